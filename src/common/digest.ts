@@ -1,0 +1,56 @@
+/**
+ * Chunk/inode digests (rafs-spec §1.2): 0 = blake3 (default), 1 = sha256.
+ * blake3 comes from hash-wasm, whose WASM module must be instantiated once
+ * (`await initDigest()`) before any synchronous hashing.
+ */
+import { createHash } from 'node:crypto';
+import { createBLAKE3, type IHasher } from 'hash-wasm';
+import { einval } from './errno';
+
+export enum DigestAlgorithm { Blake3 = 0, Sha256 = 1 }
+export const DIGEST_SIZE = 32;
+
+let blake3: IHasher | undefined;
+
+export async function initDigest(): Promise<void> {
+  if (!blake3) blake3 = await createBLAKE3();
+}
+
+export function parseDigester(s: string): DigestAlgorithm {
+  if (s === 'blake3') return DigestAlgorithm.Blake3;
+  if (s === 'sha256') return DigestAlgorithm.Sha256;
+  throw einval(`unknown digester '${s}' (expected blake3 or sha256)`);
+}
+
+export function digesterName(a: DigestAlgorithm): string {
+  return a === DigestAlgorithm.Sha256 ? 'sha256' : 'blake3';
+}
+
+/** Incremental hasher for one algorithm. */
+export interface Hasher { update(b: Uint8Array): Hasher; digest(): Buffer }
+
+export function hasher(alg: DigestAlgorithm): Hasher {
+  if (alg === DigestAlgorithm.Sha256) {
+    const h = createHash('sha256');
+    const self: Hasher = { update: (b) => { h.update(b); return self; }, digest: () => h.digest() };
+    return self;
+  }
+  if (!blake3) throw new Error('initDigest() was not awaited before hashing with blake3');
+  // hash-wasm hashers are reusable; keep one instance per call for simplicity of nesting.
+  const h = blake3;
+  const parts: Uint8Array[] = [];
+  const self: Hasher = {
+    update: (b) => { parts.push(b); return self; },
+    digest: () => { h.init(); for (const p of parts) h.update(p); return Buffer.from(h.digest('binary')); },
+  };
+  return self;
+}
+
+export function digest(alg: DigestAlgorithm, ...bufs: Uint8Array[]): Buffer {
+  const h = hasher(alg);
+  for (const b of bufs) h.update(b);
+  return h.digest();
+}
+
+export const sha256 = (...bufs: Uint8Array[]): Buffer => digest(DigestAlgorithm.Sha256, ...bufs);
+export const sha256hex = (...bufs: Uint8Array[]): string => sha256(...bufs).toString('hex');

@@ -1,0 +1,14 @@
+/** pino JSON logger shared by every binary; level names as upstream (trace..error). */
+import pino from 'pino';
+
+export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error';
+export const LOG_LEVELS: LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error'];
+
+export let log: pino.Logger = pino({ level: process.env.NYDUS_LOG_LEVEL ?? 'info', base: undefined }, pino.destination(2));
+
+/** Re-create the logger (CLI `--log-level` / `--log-file`). */
+export function setupLog(level: LogLevel, file?: string): pino.Logger {
+  const dest = file ? pino.destination({ dest: file.includes('.') ? file : `${file}.log`, sync: true }) : pino.destination(2);
+  log = pino({ level, base: undefined }, dest);
+  return log;
+}

@@ -1,0 +1,109 @@
+/**
+ * The version-neutral view of a RAFS image, implemented once per on-disk
+ * version (direct-v5.ts, direct-v6.ts) and chosen at load time (super.ts).
+ * Storage, FUSE and the tools use only these interfaces.
+ */
+import type { Compressor } from '../../common/compress';
+import type { DigestAlgorithm } from '../../common/digest';
+
+/** One blob referenced by the image (v5 blob + ext blob table, v6 blob table). */
+export interface BlobInfo {
+  blobIndex: number;
+  blobId: string;
+  chunkSize: number;
+  chunkCount: number;
+  compressor: Compressor;
+  digester: DigestAlgorithm;
+  features: number;
+  compressedSize: number;
+  uncompressedSize: number;
+  /** v5 readahead hints; 0 for v6. */
+  readaheadOffset: number;
+  readaheadSize: number;
+  /** blob.meta (chunk-info array) location, v6 only (0 when absent). */
+  metaCompressor: Compressor;
+  metaOffset: number;
+  metaCompressedSize: number;
+  metaUncompressedSize: number;
+  tocSize: number;
+  tocDigest: Buffer;
+}
+
+/** One chunk of a regular file, fully resolved (§2.9 fields). */
+export interface ChunkInfo {
+  digest: Buffer;
+  blobIndex: number;
+  /** chunk number within its blob (= v6 ci_index) */
+  index: number;
+  flags: number;
+  compressed: boolean;
+  compressedOffset: number;
+  compressedSize: number;
+  uncompressedOffset: number;
+  uncompressedSize: number;
+  /** offset inside the file */
+  fileOffset: number;
+  crc32: number;
+}
+
+export const enum InodeType { File = 1, Dir = 2, Chr = 3, Blk = 4, Fifo = 5, Sock = 6, Symlink = 7 }
+
+/** A directory entry as returned by readdir (no `.`/`..`). */
+export interface RafsDirent {
+  name: Buffer;
+  ino: number;
+  type: InodeType;
+}
+
+export interface RafsInode {
+  /** FUSE inode number (v5: i_ino, v6: nid). */
+  readonly ino: number;
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly size: number;
+  readonly nlink: number;
+  readonly rdev: number;
+  readonly mtime: number;
+  readonly mtimeNsec: number;
+  /** 512-byte blocks for stat. */
+  readonly blocks: number;
+  isDir(): boolean;
+  isReg(): boolean;
+  isSymlink(): boolean;
+  /** Symlink target; throws EINVAL for non-symlinks. */
+  readlink(): Buffer;
+  /** xattrs in on-disk order (full names). */
+  xattrs(): Array<[string, Buffer]>;
+  /** Children sorted by name bytes, without `.`/`..`; throws ENOTDIR. */
+  children(): RafsDirent[];
+  /** Child by exact name, or undefined. */
+  lookup(name: Buffer): RafsInode | undefined;
+  /** Chunks in file-offset order; [] for non-regular files. */
+  chunks(): ChunkInfo[];
+}
+
+export interface RafsSuperMeta {
+  version: 5 | 6;
+  flags: number;
+  chunkSize: number;
+  compressor: Compressor;
+  digester: DigestAlgorithm;
+  explicitUidGid: boolean;
+  hasXattr: boolean;
+  inodesCount: number;
+  rootIno: number;
+  /** raw superblock fields for inspect/API (names as upstream RafsSuperMeta) */
+  raw: Record<string, number | string>;
+}
+
+export interface RafsSuper {
+  readonly meta: RafsSuperMeta;
+  readonly blobs: BlobInfo[];
+  /** FUSE inode numbers listed in the prefetch table. */
+  readonly prefetchInodes: number[];
+  getInode(ino: number): RafsInode;
+  root(): RafsInode;
+  /** Every chunk record stored in the bootstrap (v5: collected from inodes, v6: chunk table). */
+  chunkTable(): ChunkInfo[];
+}
