@@ -53,6 +53,8 @@ export interface BuildEntry {
 export interface DataSource {
   /** read `len` bytes at `off` of this file */
   read(off: number, len: number): Buffer;
+  /** release any file descriptor held; read() may reopen */
+  close?(): void;
 }
 
 export function compareNames(a: Buffer, b: Buffer): number {

@@ -1,0 +1,86 @@
+/**
+ * The few libc calls Node lacks (xattrs, mknod), bound through koffi.
+ * Each wrapper throws ErrnoError with the C errno on failure.
+ */
+import koffi from 'koffi';
+import { ErrnoError } from './errno';
+import { constants } from 'node:os';
+
+const lib = koffi.load('libc.so.6');
+const errnoLoc = lib.func('int *__errno_location(void)');
+const c = {
+  llistxattr: lib.func('intptr_t llistxattr(const char *path, _Out_ uint8_t *list, size_t size)'),
+  lgetxattr: lib.func('intptr_t lgetxattr(const char *path, const char *name, _Out_ uint8_t *value, size_t size)'),
+  lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
+  mknod: lib.func('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
+  utimensat: lib.func('int utimensat(int dirfd, const char *path, const int64_t *times, int flags)'),
+};
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+
+const codeOf = (errno: number): string =>
+  Object.entries(constants.errno).find(([, v]) => v === errno)?.[0] ?? 'EIO';
+
+function fail(call: string, path: string): never {
+  const errno = koffi.decode(errnoLoc(), 'int') as number;
+  throw new ErrnoError(codeOf(errno), `${call}(${path}): errno ${errno}`);
+}
+
+/** Names of a path's xattrs (not following symlinks). */
+export function listXattrs(path: string): string[] {
+  for (;;) {
+    const n = Number(c.llistxattr(path, null, 0));
+    if (n < 0) fail('llistxattr', path);
+    if (n === 0) return [];
+    const buf = Buffer.alloc(n);
+    const m = Number(c.llistxattr(path, buf, n));
+    if (m < 0) { if (koffi.decode(errnoLoc(), 'int') === constants.errno.ERANGE) continue; fail('llistxattr', path); }
+    return buf.subarray(0, m).toString('latin1').split('\0').filter((s) => s.length > 0).map((s) => Buffer.from(s, 'latin1').toString());
+  }
+}
+
+export function getXattr(path: string, name: string): Buffer {
+  for (;;) {
+    const n = Number(c.lgetxattr(path, name, null, 0));
+    if (n < 0) fail('lgetxattr', path);
+    const buf = Buffer.alloc(n);
+    const m = n === 0 ? 0 : Number(c.lgetxattr(path, name, buf, n));
+    if (m < 0) { if (koffi.decode(errnoLoc(), 'int') === constants.errno.ERANGE) continue; fail('lgetxattr', path); }
+    return buf.subarray(0, m);
+  }
+}
+
+export function setXattr(path: string, name: string, value: Buffer): void {
+  if (c.lsetxattr(path, name, value, value.length, 0) < 0) fail('lsetxattr', path);
+}
+
+/** mknod(2); `dev` in Linux new_encode_dev form. */
+export function mknod(path: string, mode: number, dev: number): void {
+  const major = (dev >>> 8) & 0xfff;
+  const minor = (dev & 0xff) | ((dev >>> 12) & 0xfff00);
+  // glibc makedev: (major & 0xfff) << 8 | (minor & 0xff) | (minor & ~0xff) << 12 ...
+  const gdev = (BigInt(major & 0xfff) << 8n) | BigInt(minor & 0xff) | (BigInt(minor >>> 8) << 20n) | (BigInt(major >>> 12) << 32n);
+  if (c.mknod(path, mode, gdev) < 0) fail('mknod', path);
+}
+
+/** Linux new_encode_dev(major, minor), the 32-bit rdev RAFS stores. */
+export function encodeDev(major: number, minor: number): number {
+  return ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0;
+}
+
+export function devMajor(dev: number): number { return (dev >>> 8) & 0xfff; }
+export function devMinor(dev: number): number { return (dev & 0xff) | ((dev >>> 12) & 0xfff00); }
+
+/** glibc dev_t (what fs.Stats.rdev holds) to Linux new_encode_dev. */
+export function encodeDevFromStat(rdev: number): number {
+  const d = BigInt(rdev);
+  const major = Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn));
+  const minor = Number((d & 0xffn) | ((d >> 12n) & ~0xffn));
+  return encodeDev(major, minor);
+}
+
+/** Set atime and mtime to exactly (sec, nsec) without following symlinks. */
+export function lutimes(path: string, sec: number, nsec: number): void {
+  const t = new BigInt64Array([BigInt(sec), BigInt(nsec), BigInt(sec), BigInt(nsec)]);
+  if (c.utimensat(AT_FDCWD, path, t as unknown as number[], AT_SYMLINK_NOFOLLOW) < 0) fail('utimensat', path);
+}

@@ -1,0 +1,152 @@
+/**
+ * `nydus-image create`: source tree → data blob (chunks) → bootstrap.
+ * Chunk data order follows upstream (§4.1): files under prefetch patterns
+ * first, in pattern order, then every other file in tree order.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Compressor } from '../../common/compress';
+import { DigestAlgorithm } from '../../common/digest';
+import { einval } from '../../common/errno';
+import { log } from '../../common/log';
+import { RafsSuperFlags } from '../format/constants';
+import type { BlobInfo, ChunkInfo } from '../metadata/types';
+import { BlobWriter } from './blob-writer';
+import { writeBootstrapV5 } from './bootstrap-v5';
+import { writeBootstrapV6 } from './bootstrap-v6';
+import type { BootstrapOptions } from './options';
+import { gunzipToTemp, treeFromTar } from './source-tar';
+import { treeFromDir } from './source-dir';
+import { BuildInode, walkTree } from './tree';
+import { Progress } from '../../common/progress';
+
+export type SourceType = 'dir-rafs' | 'tar-rafs' | 'targz-rafs';
+
+export interface CreateOptions {
+  source: string;
+  type: SourceType;
+  fsVersion: 5 | 6;
+  compressor: Compressor;
+  digester: DigestAlgorithm;
+  chunkSize: number;
+  bootstrap?: string;
+  blob?: string;
+  blobDir?: string;
+  blobId?: string;
+  blobInlineMeta: boolean;
+  blobToc: boolean;
+  alignedChunk: boolean;
+  repeatable: boolean;
+  prefetchPatterns: string[];
+}
+
+export interface CreateResult {
+  bootstrapPath?: string;
+  blobPath?: string;
+  blobs: string[];
+  blobInfo?: BlobInfo;
+  bootstrap: Buffer;
+  stats: { files: number; chunks: number; uniqueChunks: number; dataBytes: number; storedBytes: number };
+}
+
+/** Find the inode at an absolute image path, or undefined. */
+export function lookupPath(root: BuildInode, p: string): BuildInode | undefined {
+  let cur: BuildInode | undefined = root;
+  for (const c of p.split('/').filter((s) => s && s !== '.')) {
+    cur = cur?.children.find((e) => e.name.toString() === c)?.inode;
+    if (!cur) return undefined;
+  }
+  return cur;
+}
+
+/** Regular files in blob dump order, each inode once. */
+function dumpOrder(root: BuildInode, prefetch: BuildInode[]): BuildInode[] {
+  const out: BuildInode[] = [];
+  const seen = new Set<BuildInode>();
+  const add = (i: BuildInode) => { if (i.isReg() && !seen.has(i)) { seen.add(i); out.push(i); } };
+  for (const p of prefetch) {
+    add(p);
+    if (p.isDir()) walkTree(p, (e) => add(e.inode));
+  }
+  walkTree(root, (e) => add(e.inode));
+  return out;
+}
+
+export async function createImage(o: CreateOptions): Promise<CreateResult> {
+  if (o.blobInlineMeta && o.bootstrap) throw einval('--blob-inline-meta conflicts with --bootstrap');
+  if (!o.bootstrap && !o.blobDir && !o.blobInlineMeta) throw einval('one of --bootstrap, --blob-dir or --blob-inline-meta is required');
+  if (o.fsVersion === 5 && o.blobInlineMeta) throw einval('--blob-inline-meta requires --fs-version 6');
+  let tmpTar: string | undefined;
+  let closeSource = () => {};
+  let root: BuildInode;
+  if (o.type === 'dir-rafs') root = treeFromDir(o.source);
+  else {
+    const tarFile = o.type === 'targz-rafs' ? (tmpTar = await gunzipToTemp(o.source)) : o.source;
+    const t = treeFromTar(tarFile);
+    root = t.root;
+    closeSource = t.close;
+  }
+  try {
+    root.mtime = 0;
+    root.mtimeNsec = 0;
+    const prefetch: BuildInode[] = [];
+    for (const p of o.prefetchPatterns) {
+      const i = lookupPath(root, p);
+      if (i) prefetch.push(i); else log.warn({ pattern: p }, 'prefetch pattern matches nothing');
+    }
+    const files = dumpOrder(root, prefetch);
+    const blobDir = o.blobDir ?? (o.blob ? path.dirname(o.blob) : undefined);
+    const writer = new BlobWriter({
+      compressor: o.compressor,
+      digester: o.digester,
+      chunkSize: o.chunkSize,
+      aligned: o.fsVersion === 6 || o.alignedChunk,
+      blobToc: o.blobToc,
+      inlineMeta: o.blobInlineMeta,
+      blobDir,
+      blobPath: o.blob,
+      blobId: o.blobId,
+      dedup: new Map<string, ChunkInfo>(),
+    });
+    const progress = new Progress('building', files.reduce((s, f) => s + f.size, 0));
+    let dataBytes = 0;
+    for (const f of files) {
+      writer.addFile(f);
+      f.source?.close?.();
+      dataBytes += f.size;
+      progress.update(dataBytes);
+    }
+    progress.done();
+    const bootOpts = (blobs: BlobInfo[]): BootstrapOptions => ({
+      chunkSize: o.chunkSize,
+      compressor: o.compressor,
+      digester: o.digester,
+      explicitUidGid: !o.repeatable,
+      blobs,
+      prefetch,
+      extraFlags: (o.fsVersion === 6 ? RafsSuperFlags.ENCRYPTION_NONE : 0) |
+        (blobs.length > 0 && blobs.every((b) => b.features & 0x20) ? RafsSuperFlags.INLINED_CHUNK_DIGEST : 0),
+    });
+    const writeBoot = (blobs: BlobInfo[]) => (o.fsVersion === 5 ? writeBootstrapV5 : writeBootstrapV6)(root, bootOpts(blobs));
+    const fin = writer.finish(o.blobInlineMeta ? (info: BlobInfo) => writeBoot([info]) : undefined);
+    const blobs = fin.info.chunkCount > 0 || o.blobInlineMeta ? [fin.info] : [];
+    const bootstrap = o.blobInlineMeta ? Buffer.alloc(0) : writeBoot(blobs);
+    let bootstrapPath = o.bootstrap;
+    if (!o.blobInlineMeta) {
+      bootstrapPath ??= path.join(o.blobDir!, 'bootstrap');
+      fs.writeFileSync(bootstrapPath, bootstrap);
+    }
+    const chunks = files.reduce((s, f) => s + f.chunks.length, 0);
+    return {
+      bootstrapPath,
+      blobPath: blobs.length ? fin.path : undefined,
+      blobs: blobs.map((b) => b.blobId),
+      blobInfo: blobs[0],
+      bootstrap,
+      stats: { files: files.length, chunks, uniqueChunks: fin.info.chunkCount, dataBytes, storedBytes: fin.info.compressedSize },
+    };
+  } finally {
+    closeSource();
+    if (tmpTar) fs.rmSync(path.dirname(tmpTar), { recursive: true, force: true });
+  }
+}

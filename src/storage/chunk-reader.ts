@@ -1,0 +1,144 @@
+/**
+ * Reading chunk data from a local blob (rafs-spec §2.9 "read path", §4.1):
+ * fetch [compressed_offset, +compressed_size), decompress with the blob's
+ * compressor when the chunk is COMPRESSED, optionally verify H(data) against
+ * the chunk digest (and CRC-32C when HAS_CRC32), and assemble file ranges
+ * from a file's chunk list (holes read as zeros).
+ */
+import { compressorName, decompress } from '../common/compress';
+import { digest } from '../common/digest';
+import { ErrnoError, eio } from '../common/errno';
+import { BlobChunkFlags, RAFS_MAX_CHUNK_SIZE } from '../rafs/format/constants';
+import type { BlobInfo, ChunkInfo } from '../rafs/metadata/types';
+import type { BlobFile } from './blob-file';
+
+const ZERO_DIGEST = Buffer.alloc(32);
+
+let CRC32C_TABLE: Int32Array | undefined;
+
+function crcTable(): Int32Array {
+  if (CRC32C_TABLE) return CRC32C_TABLE;
+  // slice-by-8 tables for CRC-32C (Castagnoli, reflected poly 0x82F63B78)
+  const t = new Int32Array(256 * 8);
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    t[i] = c;
+  }
+  for (let i = 0; i < 256; i++) {
+    let c = t[i];
+    for (let s = 1; s < 8; s++) {
+      c = t[c & 0xff] ^ (c >>> 8);
+      t[s * 256 + i] = c;
+    }
+  }
+  CRC32C_TABLE = t;
+  return t;
+}
+
+/** CRC-32C (iSCSI) of `data`, as upstream `crc32::Crc32::new(Algorithm::Crc32Iscsi)`. */
+export function crc32c(data: Uint8Array, seed = 0): number {
+  const t = crcTable();
+  let c = ~seed;
+  let i = 0;
+  const n = data.length;
+  const end8 = n - (n % 8);
+  for (; i < end8; i += 8) {
+    const a = c ^ (data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24));
+    c =
+      t[7 * 256 + (a & 0xff)] ^
+      t[6 * 256 + ((a >>> 8) & 0xff)] ^
+      t[5 * 256 + ((a >>> 16) & 0xff)] ^
+      t[4 * 256 + (a >>> 24)] ^
+      t[3 * 256 + data[i + 4]] ^
+      t[2 * 256 + data[i + 5]] ^
+      t[256 + data[i + 6]] ^
+      t[data[i + 7]];
+  }
+  for (; i < n; i++) c = t[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+export interface ReadChunkOptions {
+  /** verify the chunk digest (and crc32 when present) */
+  validate: boolean;
+}
+
+/** Read and decode one chunk; EIO (naming blob and chunk) on any failure. */
+export function readChunk(blob: BlobFile, chunk: ChunkInfo, info: BlobInfo, opts: ReadChunkOptions): Buffer {
+  const where = () => `blob ${info.blobId || blob.name} chunk ${chunk.index}`;
+  if (chunk.uncompressedSize > RAFS_MAX_CHUNK_SIZE || chunk.compressedSize > RAFS_MAX_CHUNK_SIZE * 2) {
+    throw eio(`${where()}: chunk sizes ${chunk.compressedSize}/${chunk.uncompressedSize} exceed the maximum chunk size`);
+  }
+  if (chunk.flags & BlobChunkFlags.ENCRYPTED) throw eio(`${where()}: encrypted chunks are not supported`);
+  if (chunk.flags & BlobChunkFlags.BATCH) throw eio(`${where()}: batch chunks are not supported`);
+  if (!chunk.compressed && chunk.compressedSize !== chunk.uncompressedSize) {
+    throw eio(`${where()}: uncompressed chunk has compressed size ${chunk.compressedSize} != ${chunk.uncompressedSize}`);
+  }
+  let raw: Buffer;
+  try {
+    raw = blob.readAt(chunk.compressedOffset, chunk.compressedSize);
+  } catch (e) {
+    throw eio(`${where()}: ${(e as Error).message}`, e);
+  }
+  let data: Buffer;
+  if (chunk.compressed) {
+    try {
+      data = decompress(info.compressor, raw, chunk.uncompressedSize);
+    } catch (e) {
+      throw eio(`${where()}: ${compressorName(info.compressor)} decompression failed: ${(e as Error).message}`, e);
+    }
+  } else {
+    data = raw;
+  }
+  if (opts.validate) {
+    if (chunk.digest.length === 32 && !chunk.digest.equals(ZERO_DIGEST)) {
+      let d: Buffer;
+      try {
+        d = digest(info.digester, data);
+      } catch (e) {
+        throw e instanceof ErrnoError ? e : eio(`${where()}: cannot compute digest: ${(e as Error).message}`, e);
+      }
+      if (!d.equals(chunk.digest)) {
+        throw eio(`${where()}: digest mismatch, data ${d.toString('hex')} != chunk id ${chunk.digest.toString('hex')}`);
+      }
+    }
+    if (chunk.flags & BlobChunkFlags.HAS_CRC32) {
+      const c = crc32c(data);
+      if (c !== chunk.crc32 >>> 0) throw eio(`${where()}: crc32 mismatch 0x${c.toString(16)} != 0x${(chunk.crc32 >>> 0).toString(16)}`);
+    }
+  }
+  return data;
+}
+
+/**
+ * Assemble bytes [off, off+len) of a file from its chunks (sorted by
+ * fileOffset). Ranges covered by no chunk read as zeros. `getChunk` returns a
+ * chunk's uncompressed bytes. The caller clamps `len` to the file size.
+ */
+export function readFileRange(inodeChunks: ChunkInfo[], off: number, len: number, getChunk: (c: ChunkInfo) => Buffer): Buffer {
+  const out = Buffer.alloc(Math.max(0, len));
+  if (len <= 0) return out;
+  const end = off + len;
+  // first chunk whose end is past `off`
+  let lo = 0;
+  let hi = inodeChunks.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const c = inodeChunks[mid];
+    if (c.fileOffset + c.uncompressedSize <= off) lo = mid + 1;
+    else hi = mid;
+  }
+  for (let i = lo; i < inodeChunks.length; i++) {
+    const c = inodeChunks[i];
+    if (c.fileOffset >= end) break;
+    const cEnd = c.fileOffset + c.uncompressedSize;
+    if (cEnd <= off) continue;
+    const data = getChunk(c);
+    if (data.length < c.uncompressedSize) throw eio(`chunk ${c.index} of blob index ${c.blobIndex} returned ${data.length} bytes, expected ${c.uncompressedSize}`);
+    const from = Math.max(off, c.fileOffset);
+    const to = Math.min(end, cEnd);
+    data.copy(out, from - off, from - c.fileOffset, to - c.fileOffset);
+  }
+  return out;
+}
