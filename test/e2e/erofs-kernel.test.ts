@@ -340,6 +340,7 @@ test('reader matches the kernel on mkfs.erofs images (plain, compact, chunked+bl
   const variants: Array<{ name: string; args: string[]; blob?: string }> = [
     { name: 'plain', args: [] },
     { name: 'compact', args: ['-T', '1700000000'] },
+    { name: 'shared-xattrs', args: ['-x1'] },
     { name: 'chunked', args: ['--chunksize=4096', `--blobdev=${path.join(tmp, 'blobdev')}`], blob: path.join(tmp, 'blobdev') },
     { name: 'chunked-nodev', args: ['--chunksize=8192'] },
   ];
