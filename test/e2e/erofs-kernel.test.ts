@@ -35,7 +35,7 @@ const SKIP = skipReason();
 const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 
 /** Mount `image` (with an optional extra device file) read-only; returns a cleanup function. */
-function mountErofs(image: string, dir: string, device?: string): () => void {
+function mountErofs(image: string, dir: string, devices: string[] = []): () => void {
   const loops: string[] = [];
   const cleanup = () => {
     try { run('umount', [dir]); } catch { /* not mounted */ }
@@ -45,7 +45,7 @@ function mountErofs(image: string, dir: string, device?: string): () => void {
     const main = run('losetup', ['-f', '--show', '-r', image]).trim();
     loops.push(main);
     const o = ['ro'];
-    if (device) {
+    for (const device of devices) {
       const dev = run('losetup', ['-f', '--show', '-r', device]).trim();
       loops.push(dev);
       o.push(`device=${dev}`);
@@ -164,10 +164,10 @@ function prng(seed: number) {
   };
 }
 
-interface Built { root: BuildInode; blob: Buffer; info: BlobInfo; contents: Map<BuildInode, Buffer> }
+interface Built { root: BuildInode; blobs: Buffer[]; infos: BlobInfo[] }
 
 /** A tree exercising every v6 edge case, plus the uncompressed blob holding its chunks. */
-function buildTree(): Built {
+function buildTree(nblobs = 1): Built {
   const rnd = prng(7);
   const contents = new Map<BuildInode, Buffer>();
   const dir = (init: Partial<BuildInode> = {}) => new BuildInode({ mode: S_IFDIR | 0o755, uid: 0, gid: 0, mtime: 1_600_000_000, ...init });
@@ -211,9 +211,11 @@ function buildTree(): Built {
   add(sub, 'deep', deep);
   add(deep, 'leaf', file(rnd(5000)));
 
-  // blob: chunks back to back at 4 KiB aligned offsets, deduplicated by digest, all-zero chunks are holes
-  const parts: Buffer[] = [];
-  let off = 0;
+  // blobs: chunks back to back at 4 KiB aligned offsets, deduplicated by digest, all-zero chunks are holes;
+  // with several blobs, distinct chunks go round-robin to blob (count % nblobs)
+  const parts: Buffer[][] = Array.from({ length: nblobs }, () => []);
+  const offs = new Array<number>(nblobs).fill(0);
+  const counts = new Array<number>(nblobs).fill(0);
   const seen = new Map<string, ChunkInfo>();
   let count = 0;
   const visitFiles = (d: BuildInode, done: Set<BuildInode>) => {
@@ -228,27 +230,29 @@ function buildTree(): Built {
         const dg = digest(DigestAlgorithm.Blake3, piece);
         let c = seen.get(dg.toString('hex'));
         if (!c) {
-          c = { digest: dg, blobIndex: 0, index: count++, flags: 0, compressed: false, compressedOffset: off, compressedSize: piece.length,
+          const bi = count++ % nblobs;
+          const off = offs[bi];
+          c = { digest: dg, blobIndex: bi, index: counts[bi]++, flags: 0, compressed: false, compressedOffset: off, compressedSize: piece.length,
             uncompressedOffset: off, uncompressedSize: piece.length, fileOffset: fo, crc32: 0 };
           seen.set(dg.toString('hex'), c);
           const padded = Buffer.alloc(Math.ceil(piece.length / 4096) * 4096);
           piece.copy(padded);
-          parts.push(padded);
-          off += padded.length;
+          parts[bi].push(padded);
+          offs[bi] += padded.length;
         }
         inode.chunks.push({ ...c, fileOffset: fo });
       }
     }
   };
   visitFiles(root, new Set());
-  const blob = Buffer.concat(parts);
-  const info: BlobInfo = {
-    blobIndex: 0, blobId: sha(blob), chunkSize: CS, chunkCount: count, compressor: Compressor.None, digester: DigestAlgorithm.Blake3,
+  const blobs = parts.map((p) => Buffer.concat(p));
+  const infos: BlobInfo[] = blobs.map((blob, i) => ({
+    blobIndex: i, blobId: sha(blob), chunkSize: CS, chunkCount: counts[i], compressor: Compressor.None, digester: DigestAlgorithm.Blake3,
     features: BlobFeatures.ALIGNED | BlobFeatures.CAP_TAR_TOC, compressedSize: blob.length, uncompressedSize: blob.length,
     readaheadOffset: 0, readaheadSize: 0, metaCompressor: Compressor.None, metaOffset: 0, metaCompressedSize: 0, metaUncompressedSize: 0,
     tocSize: 0, tocDigest: Buffer.alloc(32),
-  };
-  return { root, blob, info, contents };
+  }));
+  return { root, blobs, infos };
 }
 
 let tmp = '';
@@ -258,52 +262,58 @@ test.before(async () => {
 });
 test.after(() => { if (tmp) fs.rmSync(tmp, { recursive: true, force: true }); });
 
-test('kernel mounts the bootstrap written by writeBootstrapV6 and sees the same tree', () => {
-  if (SKIP) { console.log(`SKIP erofs kernel mount: ${SKIP}`); return; }
-  const { root, blob, info } = buildTree();
-  const boot = writeBootstrapV6(root, {
-    chunkSize: CS, compressor: Compressor.None, digester: DigestAlgorithm.Blake3, explicitUidGid: true, blobs: [info],
-    prefetch: [], extraFlags: RafsSuperFlags.ENCRYPTION_NONE,
+for (const nblobs of [1, 2]) {
+  test(`kernel mounts the bootstrap written by writeBootstrapV6 (${nblobs} blob(s)) and sees the same tree`, () => {
+    if (SKIP) { console.log(`SKIP erofs kernel mount: ${SKIP}`); return; }
+    const { root, blobs, infos } = buildTree(nblobs);
+    const boot = writeBootstrapV6(root, {
+      chunkSize: CS, compressor: Compressor.None, digester: DigestAlgorithm.Blake3, explicitUidGid: true, blobs: infos,
+      prefetch: [], extraFlags: RafsSuperFlags.ENCRYPTION_NONE,
+    });
+    const dir = fs.mkdtempSync(path.join(tmp, 'w'));
+    const bootPath = path.join(dir, 'image.boot');
+    fs.writeFileSync(bootPath, boot);
+    const blobPaths = infos.map((info, i) => {
+      const p = path.join(dir, info.blobId);
+      fs.writeFileSync(p, blobs[i]);
+      return p;
+    });
+
+    // fsck.erofs with the blob(s) as extra device(s)
+    const fsck = execFileSync('fsck.erofs', [...blobPaths.map((p) => `--device=${p}`), bootPath], { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+    assert.ok(!/error|corrupt/i.test(fsck), fsck);
+
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(mnt);
+    let cleanup: () => void;
+    try {
+      cleanup = mountErofs(bootPath, mnt, blobPaths);
+    } catch (e) {
+      console.log(`SKIP erofs kernel mount: mount failed: ${(e as Error).message}`);
+      return;
+    }
+    try {
+      const kernel = mountSnapshot(mnt, { withXattrs: true });
+      const reader = readerSnapshot(loadV6(boot), boot, blobs);
+      compareSnapshots(reader, kernel, 'writer→kernel');
+      console.log(`  kernel mount of writeBootstrapV6 output (${nblobs} blob(s)): ${kernel.size} entries match the reader; fsck.erofs ok`);
+      // spot checks against the source tree
+      assert.is(kernel.get('/hard1')!.ino, kernel.get('/sub/hard2')!.ino);
+      assert.is(kernel.get('/hard1')!.nlink, 2);
+      assert.is(kernel.get('/sparse.bin')!.size, 5 * CS - 100);
+      assert.is(kernel.get('/multi.bin')!.uid, 70000);
+      assert.is(kernel.get('/multi.bin')!.mode, S_IFREG | 0o4755);
+      assert.is(kernel.get('/small.txt')!.mtimeNsec, 123456789);
+      assert.is(kernel.get('/chr')!.rdev, (1 << 8) | 3);
+      assert.is(kernel.get('/' + 'x'.repeat(255))!.size, 9);
+      assert.ok(kernel.get('/small.txt')!.xattrs.includes('user.big='));
+      assert.is(kernel.get('/')!.mtime, 0, 'root mtime is forced to 0 (upstream behaviour)');
+      assert.is(kernel.get('/sub')!.nlink, 3);
+    } finally {
+      cleanup();
+    }
   });
-  const bootPath = path.join(tmp, 'image.boot');
-  const blobPath = path.join(tmp, info.blobId);
-  fs.writeFileSync(bootPath, boot);
-  fs.writeFileSync(blobPath, blob);
-
-  // fsck.erofs with the blob as the extra device
-  const fsck = execFileSync('fsck.erofs', [`--device=${blobPath}`, bootPath], { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
-  assert.ok(!/error|corrupt/i.test(fsck), fsck);
-
-  const mnt = path.join(tmp, 'mnt');
-  fs.mkdirSync(mnt);
-  let cleanup: () => void;
-  try {
-    cleanup = mountErofs(bootPath, mnt, blobPath);
-  } catch (e) {
-    console.log(`SKIP erofs kernel mount: mount failed: ${(e as Error).message}`);
-    return;
-  }
-  try {
-    const kernel = mountSnapshot(mnt, { withXattrs: true });
-    const reader = readerSnapshot(loadV6(boot), boot, [blob]);
-    compareSnapshots(reader, kernel, 'writer→kernel');
-    console.log(`  kernel mount of writeBootstrapV6 output: ${kernel.size} entries match the reader; fsck.erofs ok`);
-    // spot checks against the source tree
-    assert.is(kernel.get('/hard1')!.ino, kernel.get('/sub/hard2')!.ino);
-    assert.is(kernel.get('/hard1')!.nlink, 2);
-    assert.is(kernel.get('/sparse.bin')!.size, 5 * CS - 100);
-    assert.is(kernel.get('/multi.bin')!.uid, 70000);
-    assert.is(kernel.get('/multi.bin')!.mode, S_IFREG | 0o4755);
-    assert.is(kernel.get('/small.txt')!.mtimeNsec, 123456789);
-    assert.is(kernel.get('/chr')!.rdev, (1 << 8) | 3);
-    assert.is(kernel.get('/' + 'x'.repeat(255))!.size, 9);
-    assert.ok(kernel.get('/small.txt')!.xattrs.includes('user.big='));
-    assert.is(kernel.get('/')!.mtime, 0, 'root mtime is forced to 0 (upstream behaviour)');
-    assert.is(kernel.get('/sub')!.nlink, 3);
-  } finally {
-    cleanup();
-  }
-});
+}
 
 /** Make a source tree on disk for mkfs.erofs. */
 function makeSourceDir(dir: string): void {
@@ -362,7 +372,7 @@ test('reader matches the kernel on mkfs.erofs images (plain, compact, chunked+bl
     assert.is(reader.get('/sym')!.link, 'big');
     let cleanup: () => void;
     try {
-      cleanup = mountErofs(img, mnt, v.blob);
+      cleanup = mountErofs(img, mnt, v.blob ? [v.blob] : []);
     } catch (e) {
       console.log(`SKIP erofs mkfs image mount (${v.name}): ${(e as Error).message}`);
       continue;

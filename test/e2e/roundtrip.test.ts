@@ -93,5 +93,20 @@ test('output-json and dedup of identical chunks', () => {
   assert.ok(st.unique_chunks < st.chunks, 'duplicate chunk was not deduplicated');
 });
 
+test('prefetch list from stdin: prefetch table filled, prefetched files first in the blob', () => {
+  for (const v of ['5', '6']) {
+    const d = path.join(work, `prefetch-v${v}`);
+    fs.mkdirSync(d);
+    const boot = path.join(d, 'boot');
+    nydusImage(['create', '--fs-version', v, '--compressor', 'none', '--prefetch-policy', 'fs', '--bootstrap', boot, '--blob-dir', d, src], '/text/hello.txt\n/sizes\n/no/such/file\n');
+    const table = JSON.parse(nydusImage(['inspect', boot, '-R', 'prefetch']));
+    assert.is(table.length, 2, `v${v}: prefetch table ${JSON.stringify(table)}`);
+    const blob = fs.readdirSync(d).find((f) => /^[0-9a-f]{64}$/.test(f))!;
+    const head = fs.readFileSync(path.join(d, blob)).subarray(0, 64);
+    assert.ok(head.equals(fs.readFileSync(path.join(src, 'text/hello.txt')).subarray(0, 64)), `v${v}: prefetched file is not first in the blob`);
+    nydusImage(['check', boot, '--blob-dir', d, '--verify-chunks']);
+  }
+});
+
 test.after(() => { if (!process.env.KEEP_TMP) fs.rmSync(work, { recursive: true, force: true }); });
 test.run();

@@ -13,7 +13,7 @@ import { einval } from '../../common/errno';
 import { encodeDev } from '../../common/libc';
 import { RAFS_MAX_NAME } from '../format/constants';
 import { readTar, TarEntry } from './tar-reader';
-import { BuildInode, DataSource, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, finalizeTree } from './tree';
+import { BuildEntry, BuildInode, DataSource, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, finalizeTree } from './tree';
 import { isAllowedXattr } from './xattr';
 
 const TYPE_MODE: Record<string, number> = { '0': S_IFREG, '\0': S_IFREG, '7': S_IFREG, '2': S_IFLNK, '3': S_IFCHR, '4': S_IFBLK, '5': S_IFDIR, '6': S_IFIFO };
@@ -58,11 +58,19 @@ export function treeFromTar(file: string): TarTree {
   try {
     const size = fs.fstatSync(fd).size;
     const root = new BuildInode({ mode: S_IFDIR | 0o755 });
+    // per-directory name index, so large directories stay linear to build
+    const index = new Map<BuildInode, Map<string, BuildEntry>>();
+    const entries = (dir: BuildInode) => {
+      let m = index.get(dir);
+      if (!m) { m = new Map(); index.set(dir, m); }
+      return m;
+    };
     const dirOf = (parts: Buffer[], what: string): BuildInode => {
       let cur = root;
       for (const name of parts) {
-        let e = cur.children.find((c) => c.name.equals(name));
-        if (!e) { e = { name, inode: new BuildInode({ mode: S_IFDIR | 0o755 }) }; cur.children.push(e); }
+        const m = entries(cur);
+        let e = m.get(name.toString('latin1'));
+        if (!e) { e = { name, inode: new BuildInode({ mode: S_IFDIR | 0o755 }) }; m.set(name.toString('latin1'), e); }
         if (!e.inode.isDir()) throw einval(`tar entry '${what}': '${name}' is not a directory`);
         cur = e.inode;
       }
@@ -70,7 +78,7 @@ export function treeFromTar(file: string): TarTree {
     };
     const lookup = (parts: Buffer[]): BuildInode | undefined => {
       let cur: BuildInode | undefined = root;
-      for (const name of parts) cur = cur?.children.find((c) => c.name.equals(name))?.inode;
+      for (const name of parts) cur = cur && index.get(cur)?.get(name.toString('latin1'))?.inode;
       return cur;
     };
     for (const e of readTar(fd, size)) {
@@ -87,7 +95,7 @@ export function treeFromTar(file: string): TarTree {
       } else {
         const fmt = TYPE_MODE[e.type];
         if (fmt === undefined) throw einval(`tar entry '${e.path}': unsupported type '${e.type}'`);
-        const old = parent.children.find((c) => c.name.equals(name));
+        const old = entries(parent).get(name.toString('latin1'));
         inode = fmt === S_IFDIR && old?.inode.isDir() ? old.inode : new BuildInode();
         inode.mode = fmt;
         applyMeta(inode, e);
@@ -95,9 +103,9 @@ export function treeFromTar(file: string): TarTree {
         if (fmt === S_IFLNK) { inode.symlink = Buffer.from(e.linkname); inode.size = inode.symlink.length; }
         if (fmt === S_IFCHR || fmt === S_IFBLK) inode.rdev = encodeDev(e.devmajor, e.devminor);
       }
-      const idx = parent.children.findIndex((c) => c.name.equals(name));
-      if (idx >= 0) parent.children[idx] = { name, inode }; else parent.children.push({ name, inode });
+      entries(parent).set(name.toString('latin1'), { name, inode });
     }
+    for (const [dir, m] of index) dir.children = [...m.values()];
     finalizeTree(root);
     return { root, close: () => fs.closeSync(fd) };
   } catch (err) {

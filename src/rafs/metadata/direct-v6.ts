@@ -74,6 +74,15 @@ export function loadV6(buf: Buffer, opts: LoadV6Options = {}): RafsSuper {
   }
 }
 
+/** Run `fn`, turning any non-ErrnoError (e.g. a RangeError from a Buffer read) into EINVAL. */
+function guard<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw asErrno(e);
+  }
+}
+
 function asErrno(e: unknown): ErrnoError {
   if (e instanceof ErrnoError) return e;
   return einval(`malformed v6 bootstrap: ${(e as Error)?.message ?? String(e)}`, e);
@@ -460,10 +469,14 @@ class V6Inode implements RafsInode {
 
   readlink(): Buffer {
     if (!this.isSymlink()) throw einval(`${this.where()} is not a symlink`);
-    return Buffer.from(this.readFlatData());
+    return guard(() => Buffer.from(this.readFlatData()));
   }
 
   xattrs(): Array<[string, Buffer]> {
+    return guard(() => this.readXattrs());
+  }
+
+  private readXattrs(): Array<[string, Buffer]> {
     const { raw } = this;
     if (raw.xattrIcount === 0) return [];
     const buf = this.sup.buf;
@@ -507,15 +520,15 @@ class V6Inode implements RafsInode {
   }
 
   children(): RafsDirent[] {
-    return this.dirEntries().map((e) => ({
+    return guard(() => this.dirEntries().map((e) => ({
       name: Buffer.from(e.name),
       ino: e.nid,
       type: (e.fileType !== 0 ? e.fileType : MODE_TO_TYPE[this.sup.inode(e.nid).mode & S_IFMT]) as InodeType,
-    }));
+    })));
   }
 
   lookup(name: Buffer): RafsInode | undefined {
-    const ents = this.dirEntries();
+    const ents = guard(() => this.dirEntries());
     let lo = 0;
     let hi = ents.length - 1;
     while (lo <= hi) {
@@ -530,7 +543,7 @@ class V6Inode implements RafsInode {
 
   chunks(): ChunkInfo[] {
     if (!this.isReg() || this.size === 0) return [];
-    if (!this.chunkList) this.chunkList = this.sup.rafs ? this.rafsChunks() : this.erofsChunks();
+    if (!this.chunkList) this.chunkList = guard(() => (this.sup.rafs ? this.rafsChunks() : this.erofsChunks()));
     return this.chunkList.map((c) => ({ ...c }));
   }
 
