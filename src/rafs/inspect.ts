@@ -8,6 +8,7 @@ import { digesterName } from '../common/digest';
 import { einval } from '../common/errno';
 import type { RafsImage } from '../storage/image';
 import type { RafsSuper } from './metadata/types';
+import { verifyInodeDigestsV5 } from './metadata/direct-v5';
 import { walkImage } from './unpack';
 import { S_IFMT } from './builder/tree';
 
@@ -31,12 +32,12 @@ export function checkImage(image: RafsImage, opts: { verifyChunks: boolean }): C
     let expect = 0;
     for (const c of inode.chunks()) {
       chunks++;
-      const blob = sb.blobs[c.blobIndex];
-      if (!blob) throw einval(`${path}: chunk at ${c.fileOffset} refers to missing blob index ${c.blobIndex}`);
+      const blob = c.blobIndex === -1 ? undefined : sb.blobs[c.blobIndex];
+      if (!blob && c.blobIndex !== -1) throw einval(`${path}: chunk at ${c.fileOffset} refers to missing blob index ${c.blobIndex}`);
       if (c.fileOffset < expect) throw einval(`${path}: chunks overlap or are out of order at ${c.fileOffset}`);
       if (c.fileOffset + c.uncompressedSize > inode.size) throw einval(`${path}: chunk at ${c.fileOffset} (+${c.uncompressedSize}) ends past file size ${inode.size}`);
       if (c.uncompressedSize > sb.meta.chunkSize) throw einval(`${path}: chunk size ${c.uncompressedSize} exceeds the image chunk size`);
-      if (blob.compressedSize > 0 && c.compressedOffset + c.compressedSize > blob.compressedSize) {
+      if (blob && blob.compressedSize > 0 && c.compressedOffset + c.compressedSize > blob.compressedSize) {
         throw einval(`${path}: chunk ${c.index} of blob ${blob.blobId} lies outside the blob (${c.compressedOffset}+${c.compressedSize} > ${blob.compressedSize})`);
       }
       expect = c.fileOffset + c.uncompressedSize;
@@ -47,6 +48,8 @@ export function checkImage(image: RafsImage, opts: { verifyChunks: boolean }): C
       }
     }
   }
+  // v5 also carries a digest per inode over its chunks / target / children (§2.10)
+  if (sb.meta.version === 5) verifyInodeDigestsV5(sb);
   return { inodes: seen.size + 1, files, chunks, verifiedChunks: verified.size };
 }
 

@@ -28,6 +28,8 @@ export class RafsImage {
 
   private constructor(
     readonly sb: RafsSuper,
+    /** the bootstrap bytes: plain EROFS images keep file data here (chunks with blobIndex -1) */
+    private readonly boot: Buffer,
     private readonly src: ImageSource,
     /** the file holding an inlined bootstrap, which is also its data blob */
     private readonly inlineBlob?: string,
@@ -48,7 +50,7 @@ export class RafsImage {
     }
     let image: RafsImage | undefined;
     const sb = loadRafs(boot, { blobMeta: (info) => image?.blobMeta(info) });
-    image = new RafsImage(sb, src, inlineBlob);
+    image = new RafsImage(sb, boot, src, inlineBlob);
     if (inlineBlob) {
       for (const b of sb.blobs) if (b.features & BlobFeatures.INLINED_FS_META) b.blobId = blobIdFromFileName(inlineBlob);
     }
@@ -84,6 +86,11 @@ export class RafsImage {
   }
 
   readChunk(chunk: ChunkInfo, validate = this.src.validate ?? false): Buffer {
+    if (chunk.blobIndex === -1) {
+      const end = chunk.compressedOffset + chunk.uncompressedSize;
+      if (chunk.compressed || end > this.boot.length) throw eio(`in-image data at ${chunk.compressedOffset} (+${chunk.uncompressedSize}) lies outside the image`);
+      return this.boot.subarray(chunk.compressedOffset, end);
+    }
     const info = this.sb.blobs[chunk.blobIndex];
     if (!info) throw eio(`chunk refers to missing blob index ${chunk.blobIndex}`);
     return readChunk(this.blob(chunk.blobIndex), chunk, info, { validate });
