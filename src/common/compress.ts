@@ -5,6 +5,7 @@
  */
 import { gzipSync, gunzipSync } from 'node:zlib';
 import * as zstd from 'zstd-napi';
+import * as zstdBinding from 'zstd-napi/binding';
 import * as lz4 from 'lz4-napi';
 import { einval, eio } from './errno';
 
@@ -36,13 +37,22 @@ export function compress(c: Compressor, data: Buffer): { data: Buffer; compresse
   return { data: out, compressed: true };
 }
 
+let dctx: zstdBinding.DCtx | undefined;
+
 /** Decompress one chunk to exactly `size` bytes, or throw EIO. */
 export function decompress(c: Compressor, data: Buffer, size: number): Buffer {
   let out: Buffer;
   try {
     switch (c) {
       case Compressor.None: out = data; break;
-      case Compressor.Zstd: out = zstd.decompress(data); break;
+      case Compressor.Zstd: {
+        // decompress into a buffer of exactly the expected size: a hostile frame
+        // cannot make us allocate what its header claims
+        out = Buffer.allocUnsafe(size);
+        const n = (dctx ??= new zstdBinding.DCtx()).decompress(out, data);
+        if (n !== size) throw eio(`zstd frame holds ${n} bytes, expected ${size}`);
+        break;
+      }
       case Compressor.Lz4Block: {
         const withSize = Buffer.allocUnsafe(data.length + 4);
         withSize.writeUInt32LE(size, 0);
@@ -50,7 +60,7 @@ export function decompress(c: Compressor, data: Buffer, size: number): Buffer {
         out = lz4.uncompressSync(withSize);
         break;
       }
-      case Compressor.GZip: out = gunzipSync(data); break;
+      case Compressor.GZip: out = gunzipSync(data, { maxOutputLength: Math.max(size, 1) }); break;
       default: throw einval(`unsupported compressor ${c}`);
     }
   } catch (e) {

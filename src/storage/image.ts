@@ -11,7 +11,7 @@ import { loadRafs } from '../rafs/metadata/super';
 import type { BlobInfo, ChunkInfo, RafsInode, RafsSuper } from '../rafs/metadata/types';
 import { BlobFeatures } from '../rafs/format/constants';
 import { BlobFile, extractInlinedBootstrap, readBlobMeta } from './blob-file';
-import { readChunk } from './chunk-reader';
+import { readChunk, readFileRange } from './chunk-reader';
 
 export interface ImageSource {
   bootstrap: string;
@@ -99,17 +99,7 @@ export class RafsImage {
   /** Bytes [off, off+len) of a regular file; holes read as zeros. */
   readFile(inode: RafsInode, off = 0, len = inode.size - off, validate?: boolean): Buffer {
     const end = Math.min(inode.size, off + len);
-    if (off >= end) return Buffer.alloc(0);
-    const out = Buffer.alloc(end - off);
-    for (const c of inode.chunks()) {
-      const cEnd = c.fileOffset + c.uncompressedSize;
-      if (cEnd <= off || c.fileOffset >= end) continue;
-      const data = this.readChunk(c, validate);
-      const from = Math.max(off, c.fileOffset);
-      const to = Math.min(end, cEnd);
-      data.copy(out, from - off, from - c.fileOffset, to - c.fileOffset);
-    }
-    return out;
+    return readFileRange(inode.chunks(), off, end - off, (c) => this.readChunk(c, validate));
   }
 
   close(): void {

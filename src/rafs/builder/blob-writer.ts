@@ -27,6 +27,7 @@ import {
 import { BlobChunkFlags, BlobFeatures, RAFS_MAX_CHUNKS_PER_BLOB, alignUp, validateChunkSize } from '../format/constants';
 import { TOC_ENTRY_SIZE, type TocEntry, TocEntryName, encodeTarHeader, encodeTocEntry, tocFlagsFromCompressor } from '../format/toc';
 import type { BlobInfo, ChunkInfo } from '../metadata/types';
+import { noBlobMeta } from '../metadata/types';
 import { crc32c } from '../../storage/chunk-reader';
 import type { BuildInode } from './tree';
 
@@ -285,14 +286,7 @@ export class BlobWriter {
       features: this.features(withDigest),
       compressedSize: 0,
       uncompressedSize: this.uncompressedEnd,
-      readaheadOffset: 0,
-      readaheadSize: 0,
-      metaCompressor: Compressor.None,
-      metaOffset: 0,
-      metaCompressedSize: 0,
-      metaUncompressedSize: 0,
-      tocSize: 0,
-      tocDigest: Buffer.alloc(32),
+      ...noBlobMeta(),
     };
     if (!hasChunks && !o.inlineMeta) {
       this.discard();

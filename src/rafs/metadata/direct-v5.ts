@@ -20,7 +20,7 @@ import {
   RAFSV5_CHUNK_INFO_SIZE, RAFSV5_INODE_SIZE, RAFSV5_ROOT_INODE, validateEntryName, validateSuperBlockV5,
   type RafsV5Inode, type RafsV5SuperBlock,
 } from '../format/v5';
-import { InodeType, type BlobInfo, type ChunkInfo, type RafsDirent, type RafsInode, type RafsSuper, type RafsSuperMeta } from './types';
+import { InodeType, noBlobMeta, type BlobInfo, type ChunkInfo, type RafsDirent, type RafsInode, type RafsSuper, type RafsSuperMeta } from './types';
 
 const S_IFMT = 0o170000;
 const MODE_TYPES: Record<number, InodeType> = {
@@ -253,14 +253,9 @@ export class DirectSuperV5 implements RafsSuper {
         features: x ? (x.features & BLOB_FEATURES_ON_DISK) >>> 0 : BlobFeatures._V5_NO_EXT_BLOB_TABLE,
         compressedSize: x ? x.compressedSize : 0,
         uncompressedSize: x ? x.uncompressedSize : 0,
+        ...noBlobMeta(),
         readaheadOffset: e.readaheadOffset,
         readaheadSize: e.readaheadSize,
-        metaCompressor: Compressor.None,
-        metaOffset: 0,
-        metaCompressedSize: 0,
-        metaUncompressedSize: 0,
-        tocSize: 0,
-        tocDigest: Buffer.alloc(32),
       };
     });
   }

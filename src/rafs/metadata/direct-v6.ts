@@ -33,6 +33,7 @@ import {
   RAFSV6_BLOB_SIZE, RAFSV6_CHUNK_INFO_SIZE, RAFSV6_DEVTABLE_OFFSET, RAFSV6_FEATURE_INCOMPAT, xattrIbodySize,
 } from '../format/v6';
 import type { BlobInfo, ChunkInfo, InodeType, RafsDirent, RafsInode, RafsSuper, RafsSuperMeta } from './types';
+import { noBlobMeta } from './types';
 
 /** Chunk-info lookup for one blob, built from its blob.meta by the storage layer. */
 export interface BlobChunkTable {
@@ -286,14 +287,7 @@ class V6Super implements RafsSuper {
         features: BlobFeatures.ALIGNED,
         compressedSize: slot.blocks * EROFS_BLKSZ,
         uncompressedSize: slot.blocks * EROFS_BLKSZ,
-        readaheadOffset: 0,
-        readaheadSize: 0,
-        metaCompressor: Compressor.None,
-        metaOffset: 0,
-        metaCompressedSize: 0,
-        metaUncompressedSize: 0,
-        tocSize: 0,
-        tocDigest: Buffer.alloc(32),
+        ...noBlobMeta(),
       });
     }
   }

@@ -107,3 +107,8 @@ export interface RafsSuper {
   /** Every chunk record stored in the bootstrap (v5: collected from inodes, v6: chunk table). */
   chunkTable(): ChunkInfo[];
 }
+
+/** BlobInfo fields a blob without readahead hints, blob.meta or ToC carries. */
+export function noBlobMeta(): Pick<BlobInfo, 'readaheadOffset' | 'readaheadSize' | 'metaCompressor' | 'metaOffset' | 'metaCompressedSize' | 'metaUncompressedSize' | 'tocSize' | 'tocDigest'> {
+  return { readaheadOffset: 0, readaheadSize: 0, metaCompressor: 0, metaOffset: 0, metaCompressedSize: 0, metaUncompressedSize: 0, tocSize: 0, tocDigest: Buffer.alloc(32) };
+}
