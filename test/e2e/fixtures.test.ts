@@ -64,4 +64,23 @@ test('nydusd_daemon_test_bootstrap: superblock parses, non-conforming inodes are
   assert.match(r.stderr, /error: v5 inode index 1: invalid i_mode/);
 });
 
+test('tar fixtures (all entry types, macOS flavour, empty) build into valid images', () => {
+  const dir = tmpdir('fixture-tar');
+  try {
+    for (const t of ['all-entry-type', 'all-entry-type-macos', 'empty']) {
+      const boot = path.join(dir, `${t}.boot`);
+      nydusImage(['create', '-t', 'tar-rafs', '--bootstrap', boot, '--blob-dir', dir, `${F}/tar/${t}.tar`]);
+      const listing = nydusImage(['check', boot, '--blob-dir', dir, '--verify-chunks', '-v']);
+      assert.match(listing, /image is valid/);
+      if (t === 'all-entry-type') {
+        // four names, one inode; the symlink keeps its (dangling) target
+        const ino = /hardlink1\.txt$/m.test(listing) && listing.match(/ino=(\d+) \/tar\/dir1\/dir3\/hardlink1\.txt/)![1];
+        for (const n of ['dir1/dir3/xfile.txt', 'dir1/hardlink2.txt', 'dir2/hardlink3.txt']) assert.match(listing, new RegExp(`ino=${ino} /tar/${n.replace(/\./g, '\\.')} =>`));
+        assert.match(listing, /\/tar\/dir2\/symlink1\.txt -> \.\.\/dir1\/dir3\/file1\.txt/);
+      }
+      if (t === 'all-entry-type-macos') assert.match(listing, /this_is_really_a_very_long_name_to_test_tar_entry_type_a+\.txt/);
+    }
+  } finally { fs.rmSync(dir, { recursive: true, force: true }); }
+});
+
 test.run();

@@ -13,7 +13,7 @@ export interface EdgeTreeOptions { chunkSize: number; manyFiles?: number; device
 function pattern(size: number, seed: number): Buffer {
   const b = Buffer.alloc(size);
   let x = seed * 2654435761 >>> 0;
-  for (let i = 0; i < size; i += 4) { x = (x * 1103515245 + 12345) >>> 0; b.writeUInt32LE(x, i < size - 3 ? i : size - 4 >= 0 ? size - 4 : 0); }
+  for (let i = 0; i < size; i += 4) { x = (Math.imul(x, 1103515245) + 12345) >>> 0; b.writeUInt32LE(x, i < size - 3 ? i : size - 4 >= 0 ? size - 4 : 0); }
   return b;
 }
 
