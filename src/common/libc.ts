@@ -14,6 +14,8 @@ const c = {
   lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
   mknod: lib.func('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
   utimensat: lib.func('int utimensat(int dirfd, const char *path, const int64_t *times, int flags)'),
+  mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)'),
+  umount2: lib.func('int umount2(const char *target, int flags)'),
 };
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -83,4 +85,19 @@ export function encodeDevFromStat(rdev: number): number {
 export function lutimes(path: string, sec: number, nsec: number): void {
   const t = new BigInt64Array([BigInt(sec), BigInt(nsec), BigInt(sec), BigInt(nsec)]);
   if (c.utimensat(AT_FDCWD, path, t as unknown as number[], AT_SYMLINK_NOFOLLOW) < 0) fail('utimensat', path);
+}
+
+export const MS_RDONLY = 1;
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
+export const MNT_DETACH = 2;
+
+/** mount(2). */
+export function mount(source: string, target: string, fstype: string, flags: number, data: string): void {
+  if (c.mount(source, target, fstype, flags, data) < 0) fail('mount', target);
+}
+
+/** umount2(2). */
+export function umount2(target: string, flags: number): void {
+  if (c.umount2(target, flags) < 0) fail('umount2', target);
 }

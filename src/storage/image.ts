@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { einval, eio, enoent, ErrnoError } from '../common/errno';
-import { loadRafs } from '../rafs/metadata/super';
+import { loadRafs, type LoadOptions } from '../rafs/metadata/super';
 import type { BlobInfo, ChunkInfo, RafsInode, RafsSuper } from '../rafs/metadata/types';
 import { BlobFeatures } from '../rafs/format/constants';
 import { BlobFile, extractInlinedBootstrap, readBlobMeta } from './blob-file';
@@ -36,24 +36,9 @@ export class RafsImage {
   ) {}
 
   static open(src: ImageSource): RafsImage {
-    const buf = fs.readFileSync(src.bootstrap);
-    let boot: Buffer = buf;
-    let inlineBlob: string | undefined;
-    if (!looksLikeBootstrap(buf)) {
-      const blob = BlobFile.open(src.bootstrap);
-      try {
-        const inner = extractInlinedBootstrap(blob);
-        if (!inner) throw einval(`${src.bootstrap}: neither a RAFS bootstrap nor a blob with an inlined bootstrap`);
-        boot = inner;
-        inlineBlob = src.bootstrap;
-      } finally { blob.close(); }
-    }
     let image: RafsImage | undefined;
-    const sb = loadRafs(boot, { blobMeta: (info) => image?.blobMeta(info) });
+    const { boot, sb, inlineBlob } = loadBootstrapFile(src.bootstrap, { blobMeta: (info) => image?.blobMeta(info) });
     image = new RafsImage(sb, boot, src, inlineBlob);
-    if (inlineBlob) {
-      for (const b of sb.blobs) if (b.features & BlobFeatures.INLINED_FS_META) b.blobId = blobIdFromFileName(inlineBlob);
-    }
     return image;
   }
 
@@ -106,6 +91,37 @@ export class RafsImage {
     for (const f of this.files.values()) f.close();
     this.files.clear();
   }
+}
+
+export interface LoadedBootstrap {
+  boot: Buffer;
+  sb: RafsSuper;
+  /** set when the bootstrap was inlined in this blob file (which is then also its data blob) */
+  inlineBlob?: string;
+}
+
+/**
+ * Read a bootstrap file, or a data blob with an inlined bootstrap (`image.boot`
+ * in its ToC); inlined blobs get their real id from the file name (§4.4).
+ */
+export function loadBootstrapFile(file: string, opts: LoadOptions = {}): LoadedBootstrap {
+  const buf = fs.readFileSync(file);
+  let boot: Buffer = buf;
+  let inlineBlob: string | undefined;
+  if (!looksLikeBootstrap(buf)) {
+    const blob = BlobFile.open(file);
+    try {
+      const inner = extractInlinedBootstrap(blob);
+      if (!inner) throw einval(`${file}: neither a RAFS bootstrap nor a blob with an inlined bootstrap`);
+      boot = inner;
+      inlineBlob = file;
+    } finally { blob.close(); }
+  }
+  const sb = loadRafs(boot, opts);
+  if (inlineBlob) {
+    for (const b of sb.blobs) if (b.features & BlobFeatures.INLINED_FS_META) b.blobId = blobIdFromFileName(inlineBlob);
+  }
+  return { boot, sb, inlineBlob };
 }
 
 function looksLikeBootstrap(buf: Buffer): boolean {

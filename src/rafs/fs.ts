@@ -1,0 +1,237 @@
+/**
+ * RafsFs: a read-only FUSE FileSystem over a RAFS image (v5 or v6 through the
+ * version-neutral RafsSuper) and a BlobDevice for chunk data. Mutations are
+ * answered EROFS by the server (readOnly). As upstream: attr/entry timeouts
+ * of 2^32 s (the image is immutable), statfs bsize 512 / namemax 255 /
+ * files = inode count, and without EXPLICIT_UID_GID every inode is owned by
+ * the daemon's euid/egid.
+ */
+import { eio, einval, enodata, enoent, enotdir, ErrnoError } from '../common/errno';
+import type { BlobDevice } from '../storage/device';
+import type { ChunkInfo, RafsInode, RafsSuper } from './metadata/types';
+import type {
+  Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, RequestContext, StatFs,
+} from '../virtiofs/fuse/filesystem';
+import { FOPEN_KEEP_CACHE } from '../virtiofs/fuse/filesystem';
+
+const RAFS_TIMEOUT = 4294967296; // 2^32 s, as upstream
+const ATTR_BLKSIZE = 4096;
+const CACHE_LIMIT = 8192;
+
+export interface RafsFsOptions {
+  /** bootstrap bytes: plain EROFS images keep data in the image itself (chunks with blobIndex -1) */
+  bootstrap: Buffer;
+  /** rafs.enable_xattr; xattr ops are also on when the image has HAS_XATTR */
+  enableXattr?: boolean;
+}
+
+/** A small insertion-ordered cache, evicting the oldest entry past `limit`. */
+class BoundedMap<K, V> extends Map<K, V> {
+  constructor(private readonly limit: number) { super(); }
+  override set(k: K, v: V): this {
+    if (this.size >= this.limit) this.delete(this.keys().next().value as K);
+    return super.set(k, v);
+  }
+}
+
+export class RafsFs implements FileSystem {
+  readonly readOnly = true;
+  private readonly xattrEnabled: boolean;
+  private readonly uid: number;
+  private readonly gid: number;
+  private readonly chunkCache = new BoundedMap<number, ChunkInfo[]>(CACHE_LIMIT);
+  private readonly dirCache = new BoundedMap<number, DirEntry[]>(CACHE_LIMIT);
+
+  constructor(readonly sb: RafsSuper, readonly device: BlobDevice, private readonly opts: RafsFsOptions) {
+    this.xattrEnabled = !!opts.enableXattr || sb.meta.hasXattr;
+    this.uid = sb.meta.explicitUidGid ? -1 : process.geteuid?.() ?? 0;
+    this.gid = sb.meta.explicitUidGid ? -1 : process.getegid?.() ?? 0;
+  }
+
+  /**
+   * FUSE nodeid 1 is the root (ROOT_ID). The RAFS root ino (v6: a nid such as
+   * 128) and ino 1 swap places, a bijection that keeps every inode reachable.
+   */
+  private ino(nodeid: bigint): number {
+    const root = this.sb.meta.rootIno;
+    const n = Number(nodeid);
+    return n === 1 ? root : n === root ? 1 : n;
+  }
+
+  private nodeid(ino: number): bigint {
+    const root = this.sb.meta.rootIno;
+    return BigInt(ino === root ? 1 : ino === 1 ? root : ino);
+  }
+
+  private inode(nodeid: bigint): RafsInode {
+    const ino = this.ino(nodeid);
+    try {
+      return this.sb.getInode(ino);
+    } catch (e) {
+      if (e instanceof ErrnoError && e.code === 'EINVAL') throw enoent(`no inode ${ino}: ${e.message}`, e);
+      throw e;
+    }
+  }
+
+  attrOf(i: RafsInode): Attr {
+    return {
+      ino: this.nodeid(i.ino),
+      size: i.size,
+      blocks: i.blocks,
+      atime: i.mtime, mtime: i.mtime, ctime: i.mtime,
+      atimeNsec: i.mtimeNsec, mtimeNsec: i.mtimeNsec, ctimeNsec: i.mtimeNsec,
+      mode: i.mode,
+      nlink: i.nlink,
+      uid: this.uid >= 0 ? this.uid : i.uid,
+      gid: this.gid >= 0 ? this.gid : i.gid,
+      rdev: i.rdev,
+      blksize: ATTR_BLKSIZE,
+    };
+  }
+
+  private entryOf(i: RafsInode): Entry {
+    return { ino: this.nodeid(i.ino), generation: 0n, attr: this.attrOf(i), attrTimeout: RAFS_TIMEOUT, entryTimeout: RAFS_TIMEOUT };
+  }
+
+  async lookup(_ctx: RequestContext, parent: bigint, name: Buffer): Promise<Entry> {
+    const dir = this.inode(parent);
+    if (!dir.isDir()) throw enotdir(`lookup in non-directory ${parent}`);
+    if (name.length === 1 && name[0] === 0x2e) return this.entryOf(dir);
+    const child = dir.lookup(name);
+    if (!child) throw enoent(`no entry '${name.toString()}' in ${parent}`);
+    return this.entryOf(child);
+  }
+
+  async getattr(_ctx: RequestContext, ino: bigint): Promise<AttrReply> {
+    return { attr: this.attrOf(this.inode(ino)), timeout: RAFS_TIMEOUT };
+  }
+
+  async readlink(_ctx: RequestContext, ino: bigint): Promise<Buffer> {
+    const i = this.inode(ino);
+    if (!i.isSymlink()) throw einval(`inode ${ino} is not a symlink`);
+    return i.readlink();
+  }
+
+  async open(_ctx: RequestContext, ino: bigint): Promise<OpenReply> {
+    const i = this.inode(ino);
+    if (i.isDir()) throw new ErrnoError('EISDIR', `inode ${ino} is a directory`);
+    return { fh: 0n, openFlags: FOPEN_KEEP_CACHE };
+  }
+
+  async release(): Promise<void> {}
+  async flush(): Promise<void> {}
+  async releasedir(): Promise<void> {}
+  async fsync(): Promise<void> {}
+  async fsyncdir(): Promise<void> {}
+  async access(_ctx: RequestContext, ino: bigint): Promise<void> { this.inode(ino); }
+
+  async opendir(_ctx: RequestContext, ino: bigint): Promise<OpenReply> {
+    if (!this.inode(ino).isDir()) throw enotdir(`inode ${ino} is not a directory`);
+    return { fh: 0n, openFlags: 0 };
+  }
+
+  private chunksOf(i: RafsInode): ChunkInfo[] {
+    let c = this.chunkCache.get(i.ino);
+    if (!c) { c = i.chunks(); this.chunkCache.set(i.ino, c); }
+    return c;
+  }
+
+  private readChunk(c: ChunkInfo): Promise<Buffer> | Buffer {
+    if (c.blobIndex !== -1) return this.device.readChunk(c);
+    const boot = this.opts.bootstrap;
+    const end = c.compressedOffset + c.uncompressedSize;
+    if (end > boot.length) throw eio(`in-image data at ${c.compressedOffset} lies outside the image`);
+    return boot.subarray(c.compressedOffset, end);
+  }
+
+  async read(_ctx: RequestContext, ino: bigint, _fh: bigint, offset: number, size: number): Promise<Buffer[]> {
+    const i = this.inode(ino);
+    if (!i.isReg()) throw einval(`inode ${ino} is not a regular file`);
+    const end = Math.min(i.size, offset + size);
+    if (offset >= end) return [];
+    const chunks = this.chunksOf(i);
+    // first chunk ending after `offset` (chunks are in file order)
+    let lo = 0, hi = chunks.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (chunks[mid].fileOffset + chunks[mid].uncompressedSize <= offset) lo = mid + 1; else hi = mid;
+    }
+    const pieces: Array<Promise<Buffer> | Buffer> = [];
+    let pos = offset;
+    for (let k = lo; k < chunks.length && pos < end; k++) {
+      const c = chunks[k];
+      if (c.fileOffset >= end) break;
+      if (c.fileOffset > pos) { pieces.push(Buffer.alloc(c.fileOffset - pos)); pos = c.fileOffset; } // hole
+      const from = pos - c.fileOffset;
+      const to = Math.min(end, c.fileOffset + c.uncompressedSize) - c.fileOffset;
+      const data = this.readChunk(c);
+      pieces.push(data instanceof Promise ? data.then((d) => d.subarray(from, to)) : data.subarray(from, to));
+      pos = c.fileOffset + to;
+    }
+    if (pos < end) pieces.push(Buffer.alloc(end - pos)); // trailing hole
+    return Promise.all(pieces);
+  }
+
+  private dirEntries(dir: RafsInode): DirEntry[] {
+    let ents = this.dirCache.get(dir.ino);
+    if (ents) return ents;
+    ents = [];
+    ents.push({ ino: this.nodeid(dir.ino), offset: 1, type: 4, name: Buffer.from('.') });
+    ents.push({ ino: this.nodeid(dir.ino), offset: 2, type: 4, name: Buffer.from('..') }); // parent unknown here; kernels ignore d_ino of '..'
+    for (const d of dir.children()) ents.push({ ino: this.nodeid(d.ino), offset: ents.length + 1, type: dtype(d.type), name: d.name });
+    this.dirCache.set(dir.ino, ents);
+    return ents;
+  }
+
+  async readdir(_ctx: RequestContext, ino: bigint, _fh: bigint, offset: number, plus: boolean, add: (e: DirEntry) => boolean): Promise<void> {
+    const dir = this.inode(ino);
+    if (!dir.isDir()) throw enotdir(`inode ${ino} is not a directory`);
+    const ents = this.dirEntries(dir);
+    for (let k = offset; k < ents.length; k++) {
+      const e = ents[k];
+      const out: DirEntry = plus && e.ino !== 0n && k > 1 ? { ...e, entry: this.entryOf(this.inode(e.ino)) } : e;
+      if (!add(out)) return;
+    }
+  }
+
+  async statfs(): Promise<StatFs> {
+    return { blocks: 0, bfree: 0, bavail: 0, files: this.sb.meta.inodesCount, ffree: 0, bsize: 512, namelen: 255, frsize: 512 };
+  }
+
+  async getxattr(_ctx: RequestContext, ino: bigint, name: Buffer): Promise<Buffer> {
+    const i = this.inode(ino);
+    if (this.xattrEnabled) {
+      const n = name.toString();
+      for (const [k, v] of i.xattrs()) if (k === n) return v;
+    }
+    throw enodata(`no xattr ${name.toString()}`);
+  }
+
+  async listxattr(_ctx: RequestContext, ino: bigint): Promise<Buffer[]> {
+    const i = this.inode(ino);
+    return this.xattrEnabled ? i.xattrs().map(([k]) => Buffer.from(k)) : [];
+  }
+
+  async lseek(_ctx: RequestContext, ino: bigint, _fh: bigint, offset: number, whence: number): Promise<number> {
+    const i = this.inode(ino);
+    const SEEK_DATA = 3, SEEK_HOLE = 4;
+    if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw einval(`unsupported lseek whence ${whence}`);
+    if (offset >= i.size) throw new ErrnoError('ENXIO', 'offset past end of file');
+    if (whence === SEEK_HOLE) {
+      let pos = offset;
+      for (const c of this.chunksOf(i)) {
+        if (c.fileOffset + c.uncompressedSize <= pos) continue;
+        if (c.fileOffset > pos) return pos;
+        pos = c.fileOffset + c.uncompressedSize;
+      }
+      return Math.min(pos, i.size);
+    }
+    for (const c of this.chunksOf(i)) if (c.fileOffset + c.uncompressedSize > offset) return Math.max(offset, c.fileOffset);
+    throw new ErrnoError('ENXIO', 'no data after offset');
+  }
+}
+
+/** RAFS InodeType (1 reg, 2 dir, 3 chr, 4 blk, 5 fifo, 6 sock, 7 lnk) → DT_*. */
+function dtype(t: number): number {
+  return [0, 8, 4, 2, 6, 1, 12, 10][t] ?? 0;
+}

@@ -1,0 +1,43 @@
+/**
+ * Storage backend seam (architecture-anchors §6 "Backend: raw blob access",
+ * Synthesis C): positional reads of a blob by id. Implementations: localfs
+ * (localfs.ts); registry/oss/s3/http-proxy can be added behind the same
+ * interface. Backends return compressed bytes; decoding is the cache's job.
+ */
+import { einval } from '../../common/errno';
+
+export interface BlobBackend {
+  /** config `backend.type` this backend implements */
+  readonly type: string;
+  /** Exactly `length` bytes at `offset` of blob `blobId`; EIO on a short read. */
+  read(blobId: string, offset: number, length: number): Promise<Buffer>;
+  /** Size of the blob in bytes, when the backend can tell. */
+  size?(blobId: string): Promise<number>;
+  /** Release every handle; later reads fail. */
+  close(): Promise<void>;
+}
+
+/**
+ * A blob id becomes a file name (backend dir, cache work_dir): refuse
+ * anything that could escape the directory or name a hidden control file.
+ */
+export function checkBlobId(blobId: string): void {
+  if (
+    typeof blobId !== 'string' ||
+    blobId.length === 0 ||
+    blobId.length > 255 ||
+    blobId === '.' ||
+    blobId === '..' ||
+    blobId.includes('/') ||
+    blobId.includes('\0')
+  ) {
+    throw einval(`invalid blob id ${JSON.stringify(blobId)}`);
+  }
+}
+
+/** Validate a read range (non-negative safe integers). */
+export function checkRange(blobId: string, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 || offset + length > Number.MAX_SAFE_INTEGER) {
+    throw einval(`invalid read range offset ${offset} length ${length} of blob ${blobId}`);
+  }
+}

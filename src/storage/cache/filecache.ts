@@ -1,0 +1,236 @@
+/**
+ * `blobcache` / `filecache` local chunk cache (rafs-spec §4.5, §7.1 `cache`).
+ *
+ * Per blob, in `work_dir`:
+ *   - `<blob_id>`            decompressed chunk data, each chunk at its
+ *                            `uncompressedOffset` (sparse file; sized to the
+ *                            blob's uncompressed size when known). v5 blobs
+ *                            without ALIGNED use unaligned offsets as-is.
+ *   - `<blob_id>.chunk_map`  readiness bitmap (chunk-map.ts).
+ * (This is the nydusd ≤ v2.1 naming the spec gives; nydusd ≥ v2.2 names the
+ * data file `<blob_id>.blob.data` and the map `<blob_id>.blob.data.chunk_map`.
+ * Both names are produced by `cacheFileNames` only.)
+ *
+ * readChunk: a ready chunk is read back from the data file (and its digest
+ * checked when validation is on); otherwise the compressed bytes are fetched
+ * from the backend, decompressed, verified when validation is on, written to
+ * the data file and only then marked ready. A chunk that fails decoding or
+ * verification is never returned nor cached: EIO, logged at error level with
+ * blob id and chunk index. Bad cached data (digest mismatch with validation
+ * on) is EIO too, and its ready bit is dropped so a later read refetches it.
+ * Concurrent reads of one chunk share one fetch (single flight).
+ */
+import { constants as fsConstants } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { ErrnoError, eio } from '../../common/errno';
+import { log } from '../../common/log';
+import type { BlobInfo, ChunkInfo } from '../../rafs/metadata/types';
+import type { BlobFile } from '../blob-file';
+import { readChunk } from '../chunk-reader';
+import { type BlobBackend, checkBlobId } from '../backend/backend';
+import { CHUNK_MAP_SUFFIX, ChunkMap } from './chunk-map';
+
+/** Largest uncompressed offset + size accepted for a cached chunk (16 TiB, as the v6 blob bound). */
+const MAX_CACHE_OFFSET = 2 ** 44;
+
+export interface CacheFileNames {
+  data: string;
+  chunkMap: string;
+}
+
+/** File names of blob `blobId`'s cache in `workDir`. */
+export function cacheFileNames(workDir: string, blobId: string): CacheFileNames {
+  checkBlobId(blobId);
+  // current upstream names (nydusd >= v2.2): <id>.blob.data and <id>.blob.data.chunk_map
+  const data = path.join(workDir, `${blobId}.blob.data`);
+  return { data, chunkMap: data + CHUNK_MAP_SUFFIX };
+}
+
+/**
+ * Decode one chunk from bytes already in memory, with exactly the checks of
+ * the local read path (chunk-reader.ts): size limits, unsupported flags,
+ * decompression to the exact size, digest (+ crc32) when `validate`.
+ * `raw` holds the stored (compressed) bytes, or the uncompressed bytes when
+ * `decoded` is set (only the digest check applies then).
+ */
+export function decodeChunk(raw: Buffer, chunk: ChunkInfo, info: BlobInfo, validate: boolean, decoded = false): Buffer {
+  const c: ChunkInfo = decoded ? { ...chunk, compressed: false, compressedSize: chunk.uncompressedSize } : chunk;
+  const mem = {
+    name: info.blobId,
+    readAt(off: number, len: number): Buffer {
+      if (off !== c.compressedOffset || len !== raw.length) throw eio(`internal: unexpected read ${off}+${len}`);
+      return raw;
+    },
+  };
+  return readChunk(mem as unknown as BlobFile, c, info, { validate });
+}
+
+interface Entry {
+  blobId: string;
+  data: fsp.FileHandle;
+  map: ChunkMap | undefined;
+  inflight: Map<number, Promise<Buffer>>;
+}
+
+export interface FileCacheOptions {
+  /** `cache.filecache.work_dir` */
+  workDir: string;
+  backend: BlobBackend;
+  /** verify chunk digests (`cache.validate || rafs.validate`) */
+  validate: boolean;
+}
+
+export class FileCache {
+  private readonly entries = new Map<string, Promise<Entry>>();
+  private closed = false;
+
+  constructor(private readonly opts: FileCacheOptions) {}
+
+  get workDir(): string {
+    return this.opts.workDir;
+  }
+
+  private entry(info: BlobInfo): Promise<Entry> {
+    if (this.closed) return Promise.reject(eio(`filecache ${this.opts.workDir} is closed (blob ${info.blobId})`));
+    let e = this.entries.get(info.blobId);
+    if (!e) {
+      e = this.openEntry(info);
+      this.entries.set(info.blobId, e);
+      e.catch(() => { if (this.entries.get(info.blobId) === e) this.entries.delete(info.blobId); });
+    }
+    return e;
+  }
+
+  private async openEntry(info: BlobInfo): Promise<Entry> {
+    const names = cacheFileNames(this.opts.workDir, info.blobId);
+    try {
+      await fsp.mkdir(this.opts.workDir, { recursive: true });
+    } catch (e) {
+      throw new ErrnoError((e as NodeJS.ErrnoException).code ?? 'EIO', `cannot create filecache work_dir ${this.opts.workDir}: ${(e as Error).message}`, { cause: e });
+    }
+    const data = await fsp.open(names.data, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o644);
+    try {
+      const st = await data.stat();
+      if (!st.isFile()) throw eio(`cache file ${names.data} is not a regular file`);
+      const want = Math.min(info.uncompressedSize, MAX_CACHE_OFFSET);
+      if (want > 0 && st.size < want) await data.truncate(want);
+      const map = info.chunkCount > 0 ? await ChunkMap.open(names.chunkMap, info.chunkCount) : undefined;
+      return { blobId: info.blobId, data, map, inflight: new Map() };
+    } catch (e) {
+      await data.close().catch(() => {});
+      throw e;
+    }
+  }
+
+  private where(info: BlobInfo, chunk: ChunkInfo): string {
+    return `blob ${info.blobId} chunk ${chunk.index}`;
+  }
+
+  private checkChunk(e: Entry, info: BlobInfo, chunk: ChunkInfo): ChunkMap {
+    if (!e.map || !Number.isInteger(chunk.index) || chunk.index < 0 || chunk.index >= info.chunkCount) {
+      throw eio(`${this.where(info, chunk)}: chunk index out of range (blob has ${info.chunkCount} chunks)`);
+    }
+    const end = chunk.uncompressedOffset + chunk.uncompressedSize;
+    if (!Number.isSafeInteger(chunk.uncompressedOffset) || chunk.uncompressedOffset < 0 || !(end <= MAX_CACHE_OFFSET)) {
+      throw eio(`${this.where(info, chunk)}: uncompressed range ${chunk.uncompressedOffset}+${chunk.uncompressedSize} out of range`);
+    }
+    return e.map;
+  }
+
+  /** Whether chunk data is already in the cache. */
+  async isReady(info: BlobInfo, chunk: ChunkInfo): Promise<boolean> {
+    const e = await this.entry(info);
+    return this.checkChunk(e, info, chunk).isReady(chunk.index);
+  }
+
+  /** Uncompressed bytes of `chunk` of blob `info` (see module doc). */
+  async readChunk(info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
+    const e = await this.entry(info);
+    const map = this.checkChunk(e, info, chunk);
+    if (map.isReady(chunk.index)) {
+      const cached = await this.readCached(e, map, info, chunk);
+      if (cached) return cached;
+    }
+    return this.fetch(e, map, info, chunk);
+  }
+
+  /** Bring `chunk` into the cache unless it is there; never throws (errors are logged by the fetch). */
+  async prefetchChunk(info: BlobInfo, chunk: ChunkInfo): Promise<void> {
+    const e = await this.entry(info);
+    const map = this.checkChunk(e, info, chunk);
+    if (!map.isReady(chunk.index)) await this.fetch(e, map, info, chunk);
+  }
+
+  /** Cached bytes, or undefined when the data file turned out short (then refetched). */
+  private async readCached(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo): Promise<Buffer | undefined> {
+    const len = chunk.uncompressedSize;
+    const buf = Buffer.allocUnsafe(len);
+    let done = 0;
+    while (done < len) {
+      const { bytesRead } = await e.data.read(buf, done, len - done, chunk.uncompressedOffset + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    if (done < len) {
+      log.warn({ blobId: info.blobId, chunkIndex: chunk.index }, 'cache file shorter than a ready chunk, refetching');
+      await map.clearReady(chunk.index);
+      return undefined;
+    }
+    if (!this.opts.validate) return buf;
+    try {
+      return decodeChunk(buf, chunk, info, true, true);
+    } catch (err) {
+      log.error({ blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'cached chunk data is corrupted');
+      await map.clearReady(chunk.index).catch(() => {});
+      throw eio(`${this.where(info, chunk)}: cached data in ${cacheFileNames(this.opts.workDir, info.blobId).data} failed verification: ${(err as Error).message}`, err);
+    }
+  }
+
+  /** Single-flight backend fetch → decode → verify → write → mark ready. */
+  private fetch(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
+    let p = e.inflight.get(chunk.index);
+    if (!p) {
+      p = this.fetchOnce(e, map, info, chunk).finally(() => e.inflight.delete(chunk.index));
+      e.inflight.set(chunk.index, p);
+    }
+    return p;
+  }
+
+  private async fetchOnce(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
+    let data: Buffer;
+    try {
+      const raw = await this.opts.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
+      data = decodeChunk(raw, chunk, info, this.opts.validate);
+    } catch (err) {
+      log.error({ blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
+      if (err instanceof ErrnoError && err.code === 'EIO') throw err;
+      throw eio(`${this.where(info, chunk)}: ${(err as Error).message}`, err);
+    }
+    try {
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await e.data.write(data, done, data.length - done, chunk.uncompressedOffset + done);
+        done += bytesWritten;
+      }
+      await map.setReady(chunk.index);
+    } catch (err) {
+      // the data is good: serve it, just don't count on the cache
+      log.warn({ blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to write chunk to the cache');
+    }
+    return data;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const all = [...this.entries.values()];
+    this.entries.clear();
+    await Promise.all(all.map(async (p) => {
+      let e: Entry;
+      try { e = await p; } catch { return; }
+      await Promise.allSettled([...e.inflight.values()]);
+      await e.map?.close().catch(() => {});
+      await e.data.close().catch(() => {});
+    }));
+  }
+}

@@ -1,0 +1,667 @@
+/**
+ * Transport-agnostic FUSE server (fuse-backend-rs `Server::handle_message`
+ * model, kata-contract §8): decode the in-header and arguments once, dispatch
+ * to the FileSystem, encode the reply. It sees only a Reader over the request
+ * and a Writer over the reply room, so /dev/fuse (one buffer per request) and
+ * virtio-fs (descriptor chains) share it.
+ *
+ * Conventions enforced here (kata-contract §8.3, point 15):
+ *  - errors are a bare 16-byte fuse_out_header with error = -errno;
+ *  - FORGET, BATCH_FORGET and INTERRUPT never get a reply (return 0);
+ *  - nothing but INIT is served before INIT (EIO; no-reply ops are dropped);
+ *  - mutating opcodes answer EROFS on a read-only filesystem, ENOSYS only
+ *    when the filesystem lacks the method; unknown opcodes answer ENOSYS;
+ *  - no exception escapes handleMessage: a malformed request is answered
+ *    EINVAL, an unreadable header is logged and dropped (return 0).
+ *
+ * Per-request failures are logged at debug (they are the client's business);
+ * errors that carry no errno (bugs) at warn.
+ */
+import { constants } from 'node:os';
+import { ErrnoError, einval, enosys, erofs, errnoOf } from '../../common/errno';
+import { log } from '../../common/log';
+import {
+  FATTR_ATIME, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_SIZE, FATTR_UID,
+  FUSE_ASYNC_DIO, FUSE_ASYNC_READ, FUSE_AUTO_INVAL_DATA, FUSE_BIG_WRITES, FUSE_CACHE_SYMLINKS,
+  FUSE_DO_READDIRPLUS, FUSE_FSYNC_FDATASYNC, FUSE_GETATTR_FH, FUSE_INIT_EXT,
+  FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MAX_PAGES, FUSE_MIN_KERNEL_MINOR_VERSION,
+  FUSE_NAME_MAX, FUSE_PARALLEL_DIROPS, FUSE_READDIRPLUS_AUTO, FUSE_SETXATTR_EXT,
+  FuseAccessIn, FuseAttrOut, FuseBatchForgetIn, FuseCreateIn, FuseEntryOut, FuseFallocateIn, FuseFlushIn,
+  FuseForgetIn, FuseForgetOne, FuseFsyncIn, FuseGetattrIn, FuseGetxattrIn, FuseInHeader,
+  FuseInitIn, FuseInitOut, FuseKstatfs, FuseLinkIn, FuseLseekIn, FuseMkdirIn, FuseMknodIn,
+  FuseOpcode, FuseOpenIn, FuseOpenOut, FuseReadIn, FuseReleaseIn, FuseRename2In,
+  FuseRenameIn, FuseSetattrIn, FuseSetxattrIn, FuseSetxattrInExt, FuseWriteIn, type FuseInHeaderT,
+  direntplusSize, direntSize, encodeDirent, encodeZeroEntryOut, writeU64,
+} from './abi';
+import type { AttrReply, DirEntry, Entry, FileSystem, OpenReply, RequestContext, SetattrIn, StatFs } from './filesystem';
+import type { Reader, Writer } from './transport';
+
+const E = constants.errno;
+const OUT_HDR = 16;
+const IN_HDR = 40;
+const PAGE = 4096;
+
+export interface FuseServerOptions {
+  /** max_write in bytes (default 1 MiB, at least 4096) */
+  maxWrite?: number;
+  /** max_pages sent with FUSE_MAX_PAGES (default ceil(maxWrite / 4096)); the kernel caps it */
+  maxPages?: number;
+  /** cap on the kernel's max_readahead (default: whatever the kernel offers) */
+  maxReadahead?: number;
+  /** max_background / congestion_threshold (defaults 64 / 48; 0 keeps the kernel's default) */
+  maxBackground?: number;
+  congestionThreshold?: number;
+  /** negotiate DO_READDIRPLUS + READDIRPLUS_AUTO (default false) */
+  readdirplus?: boolean;
+  /** WRITEBACK_CACHE is never negotiated (kata-contract §8.2) */
+  writeback?: false;
+  /**
+   * Opt-in INIT flags beyond the default set, for filesystems that implement
+   * their semantics (e.g. FUSE_ATOMIC_O_TRUNC, FUSE_HANDLE_KILLPRIV_V2,
+   * FUSE_SETXATTR_EXT, FUSE_DONT_MASK). Still intersected with what the
+   * kernel offers and what `fs.init` returns.
+   */
+  extraFlags?: bigint;
+}
+
+/** The flags this server asks for by default (kata-contract §8.2 table). */
+export const DEFAULT_WANTED_FLAGS =
+  FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES |
+  FUSE_CACHE_SYMLINKS | FUSE_AUTO_INVAL_DATA | FUSE_INIT_EXT;
+
+/** Flags handled by the server itself; `fs.init` cannot veto them. */
+const PROTOCOL_FLAGS = FUSE_MAX_PAGES | FUSE_INIT_EXT;
+
+/** Opcodes that never get a reply. */
+function isNoReply(op: number): boolean {
+  return op === FuseOpcode.FORGET || op === FuseOpcode.BATCH_FORGET || op === FuseOpcode.INTERRUPT;
+}
+
+const isDot = (n: Buffer): boolean => n[0] === 0x2e && (n.length === 1 || (n.length === 2 && n[1] === 0x2e));
+
+/** NUL-terminated string at `off` → [name view, offset after the NUL]. */
+function cstr(body: Buffer, off: number, what: string): [Buffer, number] {
+  const end = body.indexOf(0, off);
+  if (end < 0) throw einval(`${what}: missing NUL terminator`);
+  return [body.subarray(off, end), end + 1];
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** fuse_out_header at offset 0, without building an object (hot path). */
+function outHeader(b: Buffer, len: number, error: number, unique: bigint): void {
+  b.writeUInt32LE(len, 0);
+  b.writeInt32LE(error, 4);
+  b.writeBigUInt64LE(unique, 8);
+}
+
+export class FuseServer {
+  private readonly wanted: bigint;
+  private readonly maxWrite: number;
+  private readonly maxPages: number;
+  private _initialized = false;
+  private _destroyed = false;
+  private _minor = 0;
+  private _flags = 0n;
+  private setxattrExt = false;
+
+  constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions = {}) {
+    let wanted = DEFAULT_WANTED_FLAGS | (opts.extraFlags ?? 0n);
+    if (opts.readdirplus) wanted |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
+    this.wanted = wanted & ~(1n << 16n); // never WRITEBACK_CACHE
+    this.maxWrite = Math.max(PAGE, Math.floor(opts.maxWrite ?? 1 << 20));
+    this.maxPages = Math.min(0xffff, Math.max(1, Math.floor(opts.maxPages ?? Math.ceil(this.maxWrite / PAGE))));
+  }
+
+  /** INIT done and no DESTROY since. */
+  get initialized(): boolean {
+    return this._initialized;
+  }
+
+  /** DESTROY received (a later INIT starts a new session). */
+  get destroyed(): boolean {
+    return this._destroyed;
+  }
+
+  /** Negotiated protocol minor (0 before INIT). */
+  get minor(): number {
+    return this._minor;
+  }
+
+  /** Negotiated INIT flags (flags | flags2 << 32), 0n before INIT. */
+  get flags(): bigint {
+    return this._flags;
+  }
+
+  /**
+   * Serve one request. Returns the number of bytes written to `w` (the reply
+   * length), 0 when no reply must be sent. Never throws.
+   */
+  async handleMessage(r: Reader, w: Writer): Promise<number> {
+    let hdr: FuseInHeaderT;
+    try {
+      hdr = FuseInHeader.decode(r.readBytes(IN_HDR));
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'fuse: dropping request with an unreadable header');
+      return 0;
+    }
+    try {
+      return await this.dispatch(hdr, r, w);
+    } catch (e) {
+      const errno = errnoOf(e);
+      if (e instanceof ErrnoError || (e as { code?: unknown })?.code !== undefined) {
+        if (log.isLevelEnabled('debug')) log.debug({ op: FuseOpcode[hdr.opcode] ?? hdr.opcode, unique: String(hdr.unique), nodeid: String(hdr.nodeid), errno }, 'fuse: request failed');
+      } else {
+        log.warn({ op: FuseOpcode[hdr.opcode] ?? hdr.opcode, unique: String(hdr.unique), err: e instanceof Error ? e.stack : String(e) }, 'fuse: unexpected error');
+      }
+      if (isNoReply(hdr.opcode)) return 0;
+      try {
+        return this.replyError(w, hdr.unique, errno);
+      } catch (e2) {
+        log.warn({ err: (e2 as Error).message }, 'fuse: writing an error reply failed');
+        return 0;
+      }
+    }
+  }
+
+  // ---- reply helpers -----------------------------------------------------------
+
+  private replyError(w: Writer, unique: bigint, errno: number): number {
+    if (w.available() < OUT_HDR) {
+      log.warn({ unique: String(unique), errno }, 'fuse: no room for an error reply');
+      return 0;
+    }
+    const b = Buffer.allocUnsafe(OUT_HDR);
+    outHeader(b, OUT_HDR, -errno, unique);
+    w.write(b);
+    return OUT_HDR;
+  }
+
+  /** A reply buffer with room for the out-header followed by `n` payload bytes. */
+  private static alloc(n: number): Buffer {
+    return Buffer.allocUnsafe(OUT_HDR + n);
+  }
+
+  /** Fill in the header of a buffer from alloc() and write it; ERANGE if it doesn't fit. */
+  private send(w: Writer, unique: bigint, b: Buffer): number {
+    if (b.length > w.available()) return this.replyError(w, unique, E.ERANGE);
+    outHeader(b, b.length, 0, unique);
+    w.write(b);
+    return b.length;
+  }
+
+  private replyEmpty(w: Writer, unique: bigint): number {
+    return this.send(w, unique, FuseServer.alloc(0));
+  }
+
+  private replyEntry(w: Writer, unique: bigint, e: Entry, open?: OpenReply): number {
+    const b = FuseServer.alloc(FuseEntryOut.SIZE + (open ? FuseOpenOut.SIZE : 0));
+    FuseEntryOut.encode(e, b, OUT_HDR);
+    if (open) FuseOpenOut.encode({ fh: open.fh, openFlags: open.openFlags, backingId: 0 }, b, OUT_HDR + FuseEntryOut.SIZE);
+    if (b.length > w.available()) {
+      // The kernel will never see this entry: give the lookup back.
+      if (e.ino !== 0n) this.forgetQuietly(e.ino, 1);
+      return this.replyError(w, unique, E.ERANGE);
+    }
+    return this.send(w, unique, b);
+  }
+
+  private replyAttr(w: Writer, unique: bigint, a: AttrReply): number {
+    const b = FuseServer.alloc(FuseAttrOut.SIZE);
+    FuseAttrOut.encode({ attr: a.attr, timeout: a.timeout }, b, OUT_HDR);
+    return this.send(w, unique, b);
+  }
+
+  private replyOpen(w: Writer, unique: bigint, o: OpenReply): number {
+    const b = FuseServer.alloc(FuseOpenOut.SIZE);
+    FuseOpenOut.encode({ fh: o.fh, openFlags: o.openFlags, backingId: 0 }, b, OUT_HDR);
+    return this.send(w, unique, b);
+  }
+
+  private replyU32Size(w: Writer, unique: bigint, size: number): number {
+    const b = FuseServer.alloc(8);
+    b.writeUInt32LE(size >>> 0, OUT_HDR);
+    b.writeUInt32LE(0, OUT_HDR + 4);
+    return this.send(w, unique, b);
+  }
+
+  /** The getxattr/listxattr size protocol over a finished value. */
+  private replyXattr(w: Writer, unique: bigint, size: number, value: Buffer | Buffer[], total: number): number {
+    if (size === 0) return this.replyU32Size(w, unique, total);
+    if (total > size || OUT_HDR + total > w.available()) return this.replyError(w, unique, E.ERANGE);
+    const b = FuseServer.alloc(total);
+    if (Array.isArray(value)) {
+      let p = OUT_HDR;
+      for (const n of value) {
+        n.copy(b, p);
+        p += n.length;
+        b[p++] = 0;
+      }
+    } else {
+      value.copy(b, OUT_HDR);
+    }
+    return this.send(w, unique, b);
+  }
+
+  private forgetQuietly(ino: bigint, n: number): void {
+    try {
+      this.fs.forget?.(ino, n);
+    } catch (e) {
+      log.debug({ err: (e as Error).message }, 'fuse: forget failed');
+    }
+  }
+
+  private mutating(name: keyof FileSystem): void {
+    if (this.fs.readOnly) throw erofs('read-only filesystem');
+    if (typeof this.fs[name] !== 'function') throw enosys(`${String(name)} not implemented`);
+  }
+
+  private has(name: keyof FileSystem): void {
+    if (typeof this.fs[name] !== 'function') throw enosys(`${String(name)} not implemented`);
+  }
+
+  // ---- dispatch --------------------------------------------------------------
+
+  private async dispatch(hdr: FuseInHeaderT, r: Reader, w: Writer): Promise<number> {
+    const op = hdr.opcode;
+    if (hdr.len < IN_HDR) throw einval(`in_header.len ${hdr.len} < 40`);
+    const bodyLen = hdr.len - IN_HDR;
+    if (bodyLen > r.available()) throw einval(`in_header.len ${hdr.len} exceeds the request (${IN_HDR + r.available()})`);
+    const extLen = hdr.totalExtlen * 8;
+    if (extLen > bodyLen) throw einval('total_extlen exceeds the request');
+    // Extensions (SECURITY_CTX, CREATE_SUPP_GROUP) trail the args; we never negotiate them.
+    const body = bodyLen === 0 ? EMPTY : r.readBytes(bodyLen).subarray(0, bodyLen - extLen);
+    const unique = hdr.unique;
+
+    if (op === FuseOpcode.INIT) return this.doInit(hdr, body, w);
+    if (!this._initialized) {
+      if (isNoReply(op)) return 0;
+      log.debug({ op: FuseOpcode[op] ?? op }, 'fuse: request before INIT');
+      return this.replyError(w, unique, E.EIO);
+    }
+
+    const fs = this.fs;
+    const ino = hdr.nodeid;
+    const ctx: RequestContext = { uid: hdr.uid, gid: hdr.gid, pid: hdr.pid, unique };
+
+    switch (op) {
+      case FuseOpcode.DESTROY: {
+        this._initialized = false;
+        this._destroyed = true;
+        await fs.destroy?.();
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.FORGET: {
+        const f = FuseForgetIn.decode(body);
+        fs.forget?.(ino, f.nlookup);
+        return 0;
+      }
+      case FuseOpcode.BATCH_FORGET: {
+        const { count } = FuseBatchForgetIn.decode(body);
+        const max = Math.floor((body.length - FuseBatchForgetIn.SIZE) / FuseForgetOne.SIZE);
+        if (count > max) log.debug({ count, max }, 'fuse: BATCH_FORGET shorter than its count');
+        const n = Math.min(count, max);
+        for (let i = 0; i < n; i++) {
+          const one = FuseForgetOne.decode(body, FuseBatchForgetIn.SIZE + i * FuseForgetOne.SIZE);
+          this.forgetQuietly(one.nodeid, one.nlookup);
+        }
+        return 0;
+      }
+      case FuseOpcode.INTERRUPT:
+        return 0;
+
+      case FuseOpcode.LOOKUP: {
+        const [name] = cstr(body, 0, 'LOOKUP name');
+        return this.replyEntry(w, unique, await fs.lookup(ctx, ino, name));
+      }
+      case FuseOpcode.GETATTR: {
+        const g = FuseGetattrIn.decode(body);
+        const fh = g.getattrFlags & FUSE_GETATTR_FH ? g.fh : undefined;
+        return this.replyAttr(w, unique, await fs.getattr(ctx, ino, fh));
+      }
+      case FuseOpcode.READLINK: {
+        this.has('readlink');
+        const target = await fs.readlink!(ctx, ino);
+        const b = FuseServer.alloc(target.length);
+        target.copy(b, OUT_HDR);
+        return this.send(w, unique, b);
+      }
+      case FuseOpcode.OPEN: {
+        this.has('open');
+        const o = FuseOpenIn.decode(body);
+        return this.replyOpen(w, unique, await fs.open!(ctx, ino, o.flags));
+      }
+      case FuseOpcode.OPENDIR: {
+        this.has('opendir');
+        const o = FuseOpenIn.decode(body);
+        return this.replyOpen(w, unique, await fs.opendir!(ctx, ino, o.flags));
+      }
+      case FuseOpcode.READ:
+        return this.doRead(ctx, ino, body, w);
+      case FuseOpcode.RELEASE: {
+        this.has('release');
+        const rel = FuseReleaseIn.decode(body);
+        await fs.release!(ctx, ino, rel.fh, rel.flags);
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.RELEASEDIR: {
+        this.has('releasedir');
+        const rel = FuseReleaseIn.decode(body);
+        await fs.releasedir!(ctx, ino, rel.fh);
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.FLUSH: {
+        this.has('flush');
+        const f = FuseFlushIn.decode(body);
+        await fs.flush!(ctx, ino, f.fh);
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.READDIR:
+        return this.doReaddir(ctx, ino, body, w, false);
+      case FuseOpcode.READDIRPLUS:
+        return this.doReaddir(ctx, ino, body, w, true);
+      case FuseOpcode.STATFS: {
+        const st: StatFs = fs.statfs
+          ? await fs.statfs(ctx, ino)
+          : { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 512, namelen: 255, frsize: 512 };
+        const b = FuseServer.alloc(FuseKstatfs.SIZE);
+        FuseKstatfs.encode(st, b, OUT_HDR);
+        return this.send(w, unique, b);
+      }
+      case FuseOpcode.GETXATTR: {
+        this.has('getxattr');
+        const g = FuseGetxattrIn.decode(body);
+        const [name] = cstr(body, FuseGetxattrIn.SIZE, 'GETXATTR name');
+        const v = await fs.getxattr!(ctx, ino, name);
+        return this.replyXattr(w, unique, g.size, v, v.length);
+      }
+      case FuseOpcode.LISTXATTR: {
+        this.has('listxattr');
+        const g = FuseGetxattrIn.decode(body);
+        const names = await fs.listxattr!(ctx, ino);
+        let total = 0;
+        for (const n of names) total += n.length + 1;
+        return this.replyXattr(w, unique, g.size, names, total);
+      }
+      case FuseOpcode.ACCESS: {
+        this.has('access');
+        await fs.access!(ctx, ino, FuseAccessIn.decode(body).mask);
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.LSEEK: {
+        this.has('lseek');
+        const l = FuseLseekIn.decode(body);
+        const off = await fs.lseek!(ctx, ino, l.fh, l.offset, l.whence);
+        const b = FuseServer.alloc(8);
+        writeU64(b, OUT_HDR, off);
+        return this.send(w, unique, b);
+      }
+      case FuseOpcode.SYNCFS: {
+        this.has('syncfs');
+        await fs.syncfs!(ctx, ino);
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.FSYNC:
+      case FuseOpcode.FSYNCDIR: {
+        const dir = op === FuseOpcode.FSYNCDIR;
+        this.has(dir ? 'fsyncdir' : 'fsync');
+        const f = FuseFsyncIn.decode(body);
+        const datasync = (f.fsyncFlags & FUSE_FSYNC_FDATASYNC) !== 0;
+        await (dir ? fs.fsyncdir!(ctx, ino, f.fh, datasync) : fs.fsync!(ctx, ino, f.fh, datasync));
+        return this.replyEmpty(w, unique);
+      }
+
+      // ---- mutating ----
+      case FuseOpcode.SETATTR: {
+        this.mutating('setattr');
+        const s = FuseSetattrIn.decode(body);
+        const v = s.valid;
+        const a: SetattrIn = { valid: v };
+        if (v & FATTR_FH) a.fh = s.fh;
+        if (v & FATTR_SIZE) a.size = s.size;
+        if (v & FATTR_ATIME) { a.atime = s.atime; a.atimeNsec = s.atimeNsec; }
+        if (v & FATTR_MTIME) { a.mtime = s.mtime; a.mtimeNsec = s.mtimeNsec; }
+        if (v & FATTR_MODE) a.mode = s.mode;
+        if (v & FATTR_UID) a.uid = s.uid;
+        if (v & FATTR_GID) a.gid = s.gid;
+        return this.replyAttr(w, unique, await fs.setattr!(ctx, ino, a));
+      }
+      case FuseOpcode.MKNOD: {
+        this.mutating('mknod');
+        const m = FuseMknodIn.decode(body);
+        const [name] = cstr(body, FuseMknodIn.SIZE, 'MKNOD name');
+        return this.replyEntry(w, unique, await fs.mknod!(ctx, ino, name, m.mode, m.rdev, m.umask));
+      }
+      case FuseOpcode.MKDIR: {
+        this.mutating('mkdir');
+        const m = FuseMkdirIn.decode(body);
+        const [name] = cstr(body, FuseMkdirIn.SIZE, 'MKDIR name');
+        return this.replyEntry(w, unique, await fs.mkdir!(ctx, ino, name, m.mode, m.umask));
+      }
+      case FuseOpcode.UNLINK:
+      case FuseOpcode.RMDIR: {
+        const rm = op === FuseOpcode.RMDIR;
+        this.mutating(rm ? 'rmdir' : 'unlink');
+        const [name] = cstr(body, 0, 'name');
+        await (rm ? fs.rmdir!(ctx, ino, name) : fs.unlink!(ctx, ino, name));
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.SYMLINK: {
+        this.mutating('symlink');
+        const [name, next] = cstr(body, 0, 'SYMLINK name');
+        const [target] = cstr(body, next, 'SYMLINK target');
+        return this.replyEntry(w, unique, await fs.symlink!(ctx, ino, name, target));
+      }
+      case FuseOpcode.RENAME:
+      case FuseOpcode.RENAME2: {
+        this.mutating('rename');
+        let newdir: bigint;
+        let flags = 0;
+        let off: number;
+        if (op === FuseOpcode.RENAME) {
+          newdir = FuseRenameIn.decode(body).newdir;
+          off = FuseRenameIn.SIZE;
+        } else {
+          const r2 = FuseRename2In.decode(body);
+          newdir = r2.newdir;
+          flags = r2.flags;
+          off = FuseRename2In.SIZE;
+        }
+        const [oldName, next] = cstr(body, off, 'RENAME old name');
+        const [newName] = cstr(body, next, 'RENAME new name');
+        await fs.rename!(ctx, ino, oldName, newdir, newName, flags);
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.LINK: {
+        this.mutating('link');
+        const l = FuseLinkIn.decode(body);
+        const [name] = cstr(body, FuseLinkIn.SIZE, 'LINK name');
+        return this.replyEntry(w, unique, await fs.link!(ctx, l.oldnodeid, ino, name));
+      }
+      case FuseOpcode.CREATE: {
+        this.mutating('create');
+        const c = FuseCreateIn.decode(body);
+        const [name] = cstr(body, FuseCreateIn.SIZE, 'CREATE name');
+        const res = await fs.create!(ctx, ino, name, c.mode, c.flags, c.umask);
+        return this.replyEntry(w, unique, res.entry, res.open);
+      }
+      case FuseOpcode.WRITE: {
+        this.mutating('write');
+        const wi = FuseWriteIn.decode(body);
+        if (body.length - FuseWriteIn.SIZE < wi.size) throw einval(`WRITE data shorter than ${wi.size}`);
+        const data = body.subarray(FuseWriteIn.SIZE, FuseWriteIn.SIZE + wi.size);
+        const n = await fs.write!(ctx, ino, wi.fh, wi.offset, data, wi.writeFlags);
+        return this.replyU32Size(w, unique, n);
+      }
+      case FuseOpcode.SETXATTR: {
+        this.mutating('setxattr');
+        const codec = this.setxattrExt ? FuseSetxattrInExt : FuseSetxattrIn;
+        const s = codec.decode(body);
+        const [name, next] = cstr(body, codec.SIZE, 'SETXATTR name');
+        if (body.length - next < s.size) throw einval('SETXATTR value shorter than its size');
+        await fs.setxattr!(ctx, ino, name, body.subarray(next, next + s.size), s.flags);
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.REMOVEXATTR: {
+        this.mutating('removexattr');
+        const [name] = cstr(body, 0, 'REMOVEXATTR name');
+        await fs.removexattr!(ctx, ino, name);
+        return this.replyEmpty(w, unique);
+      }
+      case FuseOpcode.FALLOCATE: {
+        this.mutating('fallocate');
+        const f = FuseFallocateIn.decode(body);
+        await fs.fallocate!(ctx, ino, f.fh, f.mode, f.offset, f.length);
+        return this.replyEmpty(w, unique);
+      }
+      default:
+        if (log.isLevelEnabled('debug')) log.debug({ op: FuseOpcode[op] ?? op }, 'fuse: opcode not implemented');
+        return this.replyError(w, unique, E.ENOSYS);
+    }
+  }
+
+  // ---- INIT ------------------------------------------------------------------
+
+  private async doInit(hdr: FuseInHeaderT, body: Buffer, w: Writer): Promise<number> {
+    const i = FuseInitIn.decode(body);
+    if (i.major < FUSE_KERNEL_VERSION) {
+      log.error({ major: i.major, minor: i.minor }, 'fuse: unsupported protocol major version');
+      return this.replyError(w, hdr.unique, E.EPROTO);
+    }
+    if (i.major > FUSE_KERNEL_VERSION) {
+      // Announce 7.x; the kernel re-sends INIT with major 7 (libfuse behaviour).
+      const b = FuseServer.alloc(FuseInitOut.COMPAT_SIZE);
+      b.writeUInt32LE(FUSE_KERNEL_VERSION, OUT_HDR);
+      b.writeUInt32LE(FUSE_KERNEL_MINOR_VERSION, OUT_HDR + 4);
+      return this.send(w, hdr.unique, b);
+    }
+    if (i.minor < FUSE_MIN_KERNEL_MINOR_VERSION) {
+      log.error({ major: i.major, minor: i.minor }, 'fuse: kernel protocol minor too old');
+      return this.replyError(w, hdr.unique, E.EPROTO);
+    }
+    if (this._initialized) {
+      // A guest that rebooted or remounted without DESTROY: start over.
+      log.info('fuse: INIT on a live session, starting a new one');
+      this._initialized = false;
+      try {
+        await this.fs.destroy?.();
+      } catch (e) {
+        log.warn({ err: (e as Error).message }, 'fuse: destroy before re-INIT failed');
+      }
+    }
+    const offered = i.flags;
+    let want = this.wanted;
+    if (this.fs.init) want &= BigInt.asUintN(64, await this.fs.init(offered)) | PROTOCOL_FLAGS;
+    const flags = offered & want;
+    const minor = Math.min(i.minor, FUSE_KERNEL_MINOR_VERSION);
+    const out = {
+      major: FUSE_KERNEL_VERSION,
+      minor,
+      maxReadahead: this.opts.maxReadahead !== undefined ? Math.min(i.maxReadahead, this.opts.maxReadahead) : i.maxReadahead,
+      flags,
+      maxBackground: this.opts.maxBackground ?? 64,
+      congestionThreshold: this.opts.congestionThreshold ?? 48,
+      maxWrite: this.maxWrite,
+      timeGran: 1,
+      maxPages: flags & FUSE_MAX_PAGES ? this.maxPages : 0,
+      mapAlignment: 0,
+      maxStackDepth: 0,
+      requestTimeout: 0,
+    };
+    const size = minor < 23 ? FuseInitOut.COMPAT_22_SIZE : FuseInitOut.SIZE;
+    const full = FuseInitOut.encode(out);
+    const b = FuseServer.alloc(size);
+    full.copy(b, OUT_HDR, 0, size);
+    const n = this.send(w, hdr.unique, b);
+    if (n === b.length) {
+      this._initialized = true;
+      this._destroyed = false;
+      this._minor = minor;
+      this._flags = flags;
+      this.setxattrExt = (flags & FUSE_SETXATTR_EXT) !== 0n;
+      log.info({ kernel: `${i.major}.${i.minor}`, minor, offered: `0x${offered.toString(16)}`, flags: `0x${flags.toString(16)}`, maxWrite: this.maxWrite, maxPages: out.maxPages }, 'fuse: session initialized');
+    }
+    return n;
+  }
+
+  // ---- READ / READDIR ----------------------------------------------------------
+
+  private async doRead(ctx: RequestContext, ino: bigint, body: Buffer, w: Writer): Promise<number> {
+    this.has('read');
+    const ri = FuseReadIn.decode(body);
+    const room = w.available() - OUT_HDR;
+    if (room < 0) {
+      log.warn({ unique: String(ctx.unique) }, 'fuse: no room for a READ reply');
+      return 0;
+    }
+    const size = Math.min(ri.size, room);
+    const bufs = await this.fs.read!(ctx, ino, ri.fh, ri.offset, size);
+    let total = 0;
+    for (let i = 0; i < bufs.length; i++) total += bufs[i].length;
+    if (total > size) total = size;
+    const h = Buffer.allocUnsafe(OUT_HDR);
+    outHeader(h, OUT_HDR + total, 0, ctx.unique);
+    w.write(h);
+    let left = total;
+    for (let i = 0; i < bufs.length && left > 0; i++) {
+      const b = bufs[i];
+      if (b.length <= left) {
+        w.write(b);
+        left -= b.length;
+      } else {
+        w.write(b.subarray(0, left));
+        left = 0;
+      }
+    }
+    return OUT_HDR + total;
+  }
+
+  private async doReaddir(ctx: RequestContext, ino: bigint, body: Buffer, w: Writer, plus: boolean): Promise<number> {
+    this.has('readdir');
+    const ri = FuseReadIn.decode(body);
+    const room = w.available() - OUT_HDR;
+    if (room < 0) {
+      log.warn({ unique: String(ctx.unique) }, 'fuse: no room for a READDIR reply');
+      return 0;
+    }
+    const end = OUT_HDR + Math.min(ri.size, room);
+    const buf = Buffer.allocUnsafe(end);
+    let used = OUT_HDR;
+    let open = true;
+    const fs = this.fs;
+    const add = (e: DirEntry): boolean => {
+      if (!open) return false;
+      const name = e.name;
+      const len = plus ? direntplusSize(name.length) : direntSize(name.length);
+      if (used + len > end) return false;
+      if (name.length === 0 || name.length > FUSE_NAME_MAX || name.indexOf(0x2f) >= 0 || name.indexOf(0) >= 0) {
+        // The kernel fails the whole listing with EIO on such a name: skip it.
+        log.debug({ ino: String(ino), name: name.toString('latin1') }, 'fuse: skipping an invalid directory entry name');
+        if (plus && e.entry && e.entry.ino !== 0n) this.forgetQuietly(e.entry.ino, 1);
+        return true;
+      }
+      if (plus) {
+        if (e.entry) FuseEntryOut.encode(e.entry, buf, used);
+        else encodeZeroEntryOut(buf, used);
+        encodeDirent(buf, used + FuseEntryOut.SIZE, e.ino, e.offset, e.type, name);
+      } else {
+        encodeDirent(buf, used, e.ino, e.offset, e.type, name);
+      }
+      used += len;
+      return true;
+    };
+    try {
+      await fs.readdir!(ctx, ino, ri.fh, ri.offset, plus, add);
+    } catch (e) {
+      // Entries already packed may carry lookups: deliver them rather than the error.
+      if (used === OUT_HDR) throw e;
+      log.debug({ ino: String(ino), errno: errnoOf(e) }, 'fuse: readdir failed after some entries, returning them');
+    } finally {
+      open = false;
+    }
+    outHeader(buf, used, 0, ctx.unique);
+    w.write(used === buf.length ? buf : buf.subarray(0, used));
+    return used;
+  }
+}
+

@@ -1,0 +1,120 @@
+/**
+ * `npm run bench` (FUSE): the same image served by this nydusd over
+ * /dev/fuse, by squashfuse, and by the kernel's EROFS (the ceiling), in one
+ * run: cold and warm sequential read of a 256 MiB file and find+stat over
+ * 3000 files. Prints times and ratios (ours / squashfuse). Needs root.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ROOT } from '../support/cli';
+import { isMounted, startNydusd } from '../support/nydusd';
+
+const BIG = 256 << 20;
+const SMALL = 3000;
+
+function makeTree(base: string): void {
+  if (fs.existsSync(path.join(base, '.complete'))) return;
+  fs.rmSync(base, { recursive: true, force: true });
+  fs.mkdirSync(path.join(base, 'small'), { recursive: true });
+  const fd = fs.openSync(path.join(base, 'big.bin'), 'w');
+  const mb = Buffer.alloc(1 << 20);
+  let seed = 7;
+  for (let off = 0; off < BIG; off += mb.length) {
+    // half random, half text: compressible but not trivially
+    if ((off >> 20) % 2 === 0) for (let i = 0; i < mb.length; i += 4) { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; mb.writeUInt32LE(seed, i); }
+    else mb.write(`block ${off} `.repeat(1 << 16).slice(0, mb.length));
+    fs.writeSync(fd, mb);
+  }
+  fs.closeSync(fd);
+  for (let i = 0; i < SMALL; i++) {
+    const d = path.join(base, 'small', `d${i % 50}`);
+    fs.mkdirSync(d, { recursive: true });
+    fs.writeFileSync(path.join(d, `f${i}`), `small file ${i}\n`.repeat(i % 20 + 1));
+  }
+  fs.writeFileSync(path.join(base, '.complete'), '');
+}
+
+const dropCaches = () => { spawnSync('sync'); fs.writeFileSync('/proc/sys/vm/drop_caches', '3'); };
+
+function timeCmd(cmd: string): number {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+interface Result { cold: number; warm: number; meta: number }
+
+function measure(mnt: string, beforeCold: () => void): Result {
+  beforeCold();
+  dropCaches();
+  const cold = timeCmd(`dd if='${mnt}/big.bin' of=/dev/null bs=1M`);
+  const warm = Math.min(timeCmd(`dd if='${mnt}/big.bin' of=/dev/null bs=1M`), timeCmd(`dd if='${mnt}/big.bin' of=/dev/null bs=1M`));
+  dropCaches();
+  const meta = timeCmd(`find '${mnt}/small' -type f -print0 | xargs -0 stat --format=%s > /dev/null`);
+  return { cold, warm, meta };
+}
+
+async function main() {
+  if (process.getuid?.() !== 0) { console.log('SKIP fuse bench: needs root'); return; }
+  const work = path.join(os.tmpdir(), 'nydus-fuse-bench');
+  const src = path.join(work, 'src');
+  makeTree(src);
+  const ni = path.join(ROOT, 'bin/nydus-image');
+  const results: Record<string, Result> = {};
+
+  // this nydusd: v6 zstd, blobcache
+  const blobs = path.join(work, 'blobs'), cache = path.join(work, 'cache'), mnt = path.join(work, 'mnt-nydusd');
+  fs.rmSync(blobs, { recursive: true, force: true });
+  fs.mkdirSync(blobs, { recursive: true });
+  execFileSync(ni, ['create', '--compressor', 'zstd', '--bootstrap', path.join(work, 'image.boot'), '--blob-dir', blobs, src], { stdio: 'ignore' });
+  const cfg = path.join(work, 'config.json');
+  fs.writeFileSync(cfg, JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: blobs } }, cache: { type: 'blobcache', filecache: { work_dir: cache } }, rafs: { mode: 'direct' } }));
+  fs.rmSync(cache, { recursive: true, force: true });
+  fs.mkdirSync(cache, { recursive: true });
+  let d = await startNydusd(mnt, ['--bootstrap', path.join(work, 'image.boot'), '--config', cfg, '--thread-num', '4', '--log-level', 'warn']);
+  try { results['nydusd (zstd, blobcache)'] = measure(mnt, () => {}); } finally { await d.stop(); }
+  // cold again with an empty cache dir for a fair "first read"
+  fs.rmSync(cache, { recursive: true, force: true });
+  fs.mkdirSync(cache, { recursive: true });
+  d = await startNydusd(mnt, ['--bootstrap', path.join(work, 'image.boot'), '--config', cfg, '--thread-num', '4', '--log-level', 'warn']);
+  try {
+    dropCaches();
+    results['nydusd (zstd, blobcache)'].cold = timeCmd(`dd if='${mnt}/big.bin' of=/dev/null bs=1M`);
+  } finally { await d.stop(); }
+
+  // squashfuse over a zstd squashfs of the same tree
+  const sq = path.join(work, 'image.sqfs'), smnt = path.join(work, 'mnt-squashfuse');
+  execFileSync('mksquashfs', [src, sq, '-comp', 'zstd', '-noappend', '-quiet'], { stdio: 'ignore' });
+  fs.mkdirSync(smnt, { recursive: true });
+  execFileSync('squashfuse', [sq, smnt]);
+  try { results['squashfuse (zstd)'] = measure(smnt, () => {}); } finally { execFileSync('umount', [smnt]); }
+
+  // kernel EROFS ceiling: uncompressed v6 image, blob as device
+  const eb = path.join(work, 'eblobs'), emnt = path.join(work, 'mnt-erofs');
+  fs.rmSync(eb, { recursive: true, force: true });
+  fs.mkdirSync(eb, { recursive: true });
+  execFileSync(ni, ['create', '--compressor', 'none', '--bootstrap', path.join(work, 'none.boot'), '--blob-dir', eb, '--output-json', path.join(work, 'none.json'), src], { stdio: 'ignore' });
+  const blob = path.join(eb, JSON.parse(fs.readFileSync(path.join(work, 'none.json'), 'utf8')).blobs[0]);
+  fs.mkdirSync(emnt, { recursive: true });
+  const lb = execFileSync('losetup', ['-f', '--show', '-r', path.join(work, 'none.boot')], { encoding: 'utf8' }).trim();
+  const ld = execFileSync('losetup', ['-f', '--show', '-r', blob], { encoding: 'utf8' }).trim();
+  try {
+    execFileSync('mount', ['-t', 'erofs', '-o', `ro,device=${ld}`, lb, emnt]);
+    try { results['kernel EROFS (ceiling)'] = measure(emnt, () => {}); } finally { execFileSync('umount', [emnt]); }
+  } finally { for (const l of [lb, ld]) spawnSync('losetup', ['-d', l]); }
+
+  console.log(`FUSE benchmark: ${BIG >> 20} MiB file (cold = caches dropped, daemon cache empty; warm = best of 2) and find+stat of ${SMALL} files`);
+  const ref = results['squashfuse (zstd)'];
+  for (const [name, r] of Object.entries(results)) {
+    const mbps = (t: number) => `${(BIG / 1048576 / t).toFixed(0)} MiB/s`;
+    console.log(`${name.padEnd(26)} cold ${r.cold.toFixed(2)} s (${mbps(r.cold)})  warm ${r.warm.toFixed(2)} s (${mbps(r.warm)})  find+stat ${r.meta.toFixed(2)} s`);
+  }
+  const o = results['nydusd (zstd, blobcache)'];
+  console.log(`ratios nydusd/squashfuse (time, lower is better): cold ${(o.cold / ref.cold).toFixed(2)}x  warm ${(o.warm / ref.warm).toFixed(2)}x  find+stat ${(o.meta / ref.meta).toFixed(2)}x`);
+  if (isMounted(mnt)) console.log('warning: nydusd mount left behind');
+}
+
+main().catch((e) => { console.error(e); process.exitCode = 1; });

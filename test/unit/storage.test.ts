@@ -1,0 +1,390 @@
+/**
+ * Storage layers (architecture-anchors §6): localfs backend, persisted chunk
+ * map (rafs-spec §4.5), blobcache/filecache, and the BlobDevice factory.
+ * Images are built with the project's builder (v6 zstd, and v5 unaligned).
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Compressor } from '../../src/common/compress';
+import { DigestAlgorithm, initDigest } from '../../src/common/digest';
+import { ErrnoError } from '../../src/common/errno';
+import { localfsDirConfig, parseNydusdConfig, type ConfigV2 } from '../../src/common/config';
+import { createImage } from '../../src/rafs/builder/create';
+import { loadRafs } from '../../src/rafs/metadata/super';
+import type { BlobInfo, ChunkInfo } from '../../src/rafs/metadata/types';
+import { BlobFile } from '../../src/storage/blob-file';
+import { readChunk as readChunkSync } from '../../src/storage/chunk-reader';
+import type { BlobBackend } from '../../src/storage/backend/backend';
+import { LocalFsBackend } from '../../src/storage/backend/localfs';
+import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-map';
+import { FileCache, cacheFileNames } from '../../src/storage/cache/filecache';
+import { createBlobDevice, StorageDevice } from '../../src/storage/factory';
+
+const ROOT = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-storage-'));
+let n = 0;
+const tmp = (name: string) => fs.mkdtempSync(path.join(ROOT, `${name}-${n++}-`));
+
+interface Img {
+  blobDir: string;
+  blobPath: string;
+  info: BlobInfo;
+  chunks: ChunkInfo[];
+  /** expected uncompressed bytes by chunk index */
+  expect: Map<number, Buffer>;
+}
+
+/** Deterministic, compressible but not trivial file content. */
+function content(seed: number, len: number): Buffer {
+  const b = Buffer.alloc(len);
+  let x = seed * 2654435761 >>> 0;
+  for (let i = 0; i < len; i++) {
+    if (i % 64 === 0) x = (x * 1103515245 + 12345) >>> 0;
+    b[i] = 97 + ((x >>> (i % 24)) % 26);
+  }
+  return b;
+}
+
+async function build(fsVersion: 5 | 6, compressor: Compressor): Promise<Img> {
+  const src = tmp('src');
+  fs.writeFileSync(path.join(src, 'a'), content(1, 150_000));
+  fs.writeFileSync(path.join(src, 'b'), content(2, 70_001));
+  fs.mkdirSync(path.join(src, 'd'));
+  fs.writeFileSync(path.join(src, 'd', 'c'), content(3, 5_000));
+  const blobDir = tmp('blobs');
+  const r = await createImage({
+    source: src, type: 'dir-rafs', fsVersion, compressor, digester: DigestAlgorithm.Blake3, chunkSize: 0x10000,
+    blobDir, blobInlineMeta: false, blobToc: false, alignedChunk: false, repeatable: true, prefetchPatterns: [],
+  });
+  const sb = loadRafs(r.bootstrap);
+  const info = sb.blobs[0];
+  const seen = new Map<number, ChunkInfo>();
+  for (const c of sb.chunkTable()) if (!seen.has(c.index)) seen.set(c.index, c);
+  const chunks = [...seen.values()].sort((a, b) => a.index - b.index);
+  const bf = BlobFile.open(r.blobPath!);
+  const expect = new Map<number, Buffer>();
+  try {
+    for (const c of chunks) expect.set(c.index, readChunkSync(bf, c, info, { validate: true }));
+  } finally { bf.close(); }
+  return { blobDir, blobPath: r.blobPath!, info, chunks, expect };
+}
+
+/** A backend wrapper counting reads. */
+class Counting implements BlobBackend {
+  readonly type = 'counting';
+  reads = 0;
+  constructor(readonly inner: BlobBackend) {}
+  read(id: string, off: number, len: number) { this.reads++; return this.inner.read(id, off, len); }
+  close() { return this.inner.close(); }
+}
+
+const isErr = (code: string, re?: RegExp) => (e: unknown) => e instanceof ErrnoError && e.code === code && (!re || re.test(e.message));
+
+async function rejectsWith(p: Promise<unknown>, code: string, re?: RegExp): Promise<ErrnoError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(isErr(code, re)(e), `expected ${code}${re ? ` matching ${re}` : ''}, got ${(e as Error).message}`);
+    return e as ErrnoError;
+  }
+  assert.unreachable(`expected ${code}`);
+  throw new Error('unreachable');
+}
+
+let V6: Img;
+let V5: Img;
+let RAW: Img;
+
+test.before(async () => {
+  await initDigest();
+  V6 = await build(6, Compressor.Zstd);
+  V5 = await build(5, Compressor.Lz4Block);
+  RAW = await build(6, Compressor.None);
+});
+
+test.after(() => fs.rmSync(ROOT, { recursive: true, force: true }));
+
+test('image sanity: compressed chunks, several per blob', () => {
+  assert.ok(V6.chunks.length >= 5, `${V6.chunks.length} chunks`);
+  assert.ok(V6.chunks.some((c) => c.compressed));
+  assert.is(V6.info.chunkCount, V6.chunks.length);
+  // v5 unaligned: some chunk starts off a 4K boundary
+  assert.ok(V5.chunks.some((c) => c.uncompressedOffset % 4096 !== 0));
+});
+
+test('localfs: reads, short read, alt_dirs, blob_file, hostile ids', async () => {
+  const whole = fs.readFileSync(V6.blobPath);
+  const id = V6.info.blobId;
+  const b = new LocalFsBackend({ blob_file: '', dir: V6.blobDir, alt_dirs: [] });
+  assert.equal(await b.read(id, 0, 100), whole.subarray(0, 100));
+  assert.equal(await b.read(id, 1234, 4000), whole.subarray(1234, 5234));
+  assert.is(await b.size(id), whole.length);
+  await rejectsWith(b.read(id, whole.length - 10, 20), 'EIO', new RegExp(`short read from blob ${id}.*range ${whole.length - 10}\\+20`));
+  await rejectsWith(b.read('0'.repeat(64), 0, 1), 'ENOENT', /not found/);
+  for (const bad of ['../x', 'a/b', '.', '..', '', 'x\0y']) await rejectsWith(b.read(bad, 0, 1), 'EINVAL', /invalid blob id/);
+  await rejectsWith(b.read(id, -1, 1), 'EINVAL');
+  await b.close();
+  await rejectsWith(b.read(id, 0, 1), 'EIO', /closed/);
+
+  // alt_dirs: the primary dir lacks the blob (an empty file does not count)
+  const empty = tmp('empty');
+  fs.writeFileSync(path.join(empty, id), '');
+  const alt = new LocalFsBackend({ blob_file: '', dir: empty, alt_dirs: [tmp('nothing'), V6.blobDir] });
+  assert.is(await alt.blobPath(id), path.join(V6.blobDir, id));
+  assert.equal(await alt.read(id, 10, 10), whole.subarray(10, 20));
+  await alt.close();
+
+  // blob_file: every id maps to the file
+  const bf = new LocalFsBackend({ blob_file: V6.blobPath, dir: '' });
+  assert.equal(await bf.read('anything', 0, 8), whole.subarray(0, 8));
+  await rejectsWith(bf.read('../etc/passwd', 0, 8), 'EINVAL');
+  await bf.close();
+});
+
+test('chunk map: header bytes, MSB-first bits, persistence, reset of bad files', async () => {
+  const dir = tmp('map');
+  const file = path.join(dir, 'x.chunk_map');
+  const m = await ChunkMap.open(file, 11);
+  assert.is(fs.statSync(file).size, CHUNK_MAP_HEADER_SIZE + 2);
+  await m.setReady(0);
+  await m.setReady(3);
+  await m.setReady(10);
+  await m.close();
+  let raw = fs.readFileSync(file);
+  assert.equal([...raw.subarray(0, 16)], [0x50, 0x41, 0x4d, 0x42, 1, 0, 0, 0, 0x50, 0x41, 0x4d, 0x43, 0, 0, 0, 0]);
+  assert.ok(raw.subarray(16, CHUNK_MAP_HEADER_SIZE).every((b) => b === 0));
+  assert.equal([...raw.subarray(CHUNK_MAP_HEADER_SIZE)], [0b1001_0000, 0b0010_0000]);
+
+  const m2 = await ChunkMap.open(file, 11);
+  assert.ok(m2.isReady(0) && m2.isReady(3) && m2.isReady(10));
+  assert.not.ok(m2.isReady(1));
+  assert.is(m2.ready, 3);
+  assert.throws(() => m2.isReady(11), isErr('EINVAL'));
+  for (let i = 0; i < 11; i++) await m2.setReady(i);
+  assert.ok(m2.allReady);
+  await m2.close();
+  raw = fs.readFileSync(file);
+  assert.is(raw.readUInt32LE(12), 0x4d4d4150);
+  assert.equal([...raw.subarray(CHUNK_MAP_HEADER_SIZE)], [0xff, 0b1110_0000]);
+
+  // clearing a bit drops all_ready
+  const m3 = await ChunkMap.open(file, 11);
+  assert.ok(m3.allReady);
+  await m3.clearReady(4);
+  await m3.close();
+  raw = fs.readFileSync(file);
+  assert.is(raw.readUInt32LE(12), 0);
+  assert.equal([...raw.subarray(CHUNK_MAP_HEADER_SIZE)], [0b1111_0111, 0b1110_0000]);
+
+  // wrong size (chunk count changed) or garbage header → start empty
+  const m4 = await ChunkMap.open(file, 20);
+  assert.is(m4.ready, 0);
+  await m4.close();
+  assert.is(fs.statSync(file).size, CHUNK_MAP_HEADER_SIZE + 3);
+  fs.writeFileSync(file, Buffer.alloc(CHUNK_MAP_HEADER_SIZE + 3, 0xaa));
+  const m5 = await ChunkMap.open(file, 20);
+  assert.is(m5.ready, 0);
+  await m5.close();
+  assert.is(fs.readFileSync(file).readUInt32LE(0), 0x424d4150);
+});
+
+test('filecache: fill writes decompressed chunks at uncompressed offsets and an exact chunk_map', async () => {
+  for (const img of [V6, V5]) {
+    const work = tmp('work');
+    const be = new Counting(new LocalFsBackend({ blob_file: '', dir: img.blobDir }));
+    const fc = new FileCache({ workDir: work, backend: be, validate: true });
+    for (const c of img.chunks) assert.equal(await fc.readChunk(img.info, c), img.expect.get(c.index));
+    assert.is(be.reads, img.chunks.length);
+    // reading again is served from the cache
+    for (const c of img.chunks) assert.equal(await fc.readChunk(img.info, c), img.expect.get(c.index));
+    assert.is(be.reads, img.chunks.length);
+    await fc.close();
+
+    const names = cacheFileNames(work, img.info.blobId);
+    assert.is(names.data, path.join(work, `${img.info.blobId}.blob.data`));
+    assert.is(names.chunkMap, path.join(work, `${img.info.blobId}.blob.data.chunk_map`));
+    const data = fs.readFileSync(names.data);
+    for (const c of img.chunks) assert.equal(data.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize), img.expect.get(c.index));
+    const map = fs.readFileSync(names.chunkMap);
+    const cnt = img.chunks.length;
+    assert.is(map.length, 4096 + Math.ceil(cnt / 8));
+    assert.is(map.readUInt32LE(0), 0x424d4150);
+    assert.is(map.readUInt32LE(4), 1);
+    assert.is(map.readUInt32LE(8), 0x434d4150);
+    assert.is(map.readUInt32LE(12), 0x4d4d4150);
+    for (let i = 0; i < cnt; i++) assert.ok(map[4096 + (i >> 3)] & (0x80 >> (i & 7)), `bit ${i}`);
+  }
+});
+
+test('filecache: partial fill bitmap, restart keeps the cache without touching the backend', async () => {
+  const work = tmp('work');
+  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const fc = new FileCache({ workDir: work, backend: be, validate: false });
+  await fc.readChunk(V6.info, V6.chunks[1]);
+  await fc.readChunk(V6.info, V6.chunks[3]);
+  await fc.close();
+  const map = fs.readFileSync(cacheFileNames(work, V6.info.blobId).chunkMap);
+  assert.is(map.readUInt32LE(12), 0);
+  assert.is(map[4096], 0b0101_0000);
+
+  const be2 = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const fc2 = new FileCache({ workDir: work, backend: be2, validate: true });
+  assert.equal(await fc2.readChunk(V6.info, V6.chunks[1]), V6.expect.get(V6.chunks[1].index));
+  assert.equal(await fc2.readChunk(V6.info, V6.chunks[3]), V6.expect.get(V6.chunks[3].index));
+  assert.is(be2.reads, 0);
+  assert.equal(await fc2.readChunk(V6.info, V6.chunks[0]), V6.expect.get(V6.chunks[0].index));
+  assert.is(be2.reads, 1);
+  await fc2.close();
+});
+
+test('filecache: single flight — concurrent reads of one chunk fetch once', async () => {
+  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const fc = new FileCache({ workDir: tmp('work'), backend: be, validate: true });
+  const c = V6.chunks[2];
+  const all = await Promise.all(Array.from({ length: 8 }, () => fc.readChunk(V6.info, c)));
+  assert.is(be.reads, 1);
+  for (const d of all) assert.equal(d, V6.expect.get(c.index));
+  await fc.close();
+});
+
+test('filecache: corrupted blob data → EIO with validation, never cached', async () => {
+  const dir = tmp('badblob');
+  const blob = Buffer.from(fs.readFileSync(V6.blobPath));
+  // an uncompressed-or-compressed chunk whose stored bytes we can flip
+  const c = V6.chunks[1];
+  blob[c.compressedOffset + Math.floor(c.compressedSize / 2)] ^= 0x20;
+  fs.writeFileSync(path.join(dir, V6.info.blobId), blob);
+  const work = tmp('work');
+  const fc = new FileCache({ workDir: work, backend: new LocalFsBackend({ blob_file: '', dir }), validate: true });
+  await rejectsWith(fc.readChunk(V6.info, c), 'EIO', new RegExp(`blob ${V6.info.blobId} chunk ${c.index}`));
+  assert.not.ok(await fc.isReady(V6.info, c));
+  // other chunks are fine
+  assert.equal(await fc.readChunk(V6.info, V6.chunks[0]), V6.expect.get(V6.chunks[0].index));
+  // a retry fails again (nothing was cached)
+  await rejectsWith(fc.readChunk(V6.info, c), 'EIO');
+  await fc.close();
+  const names = cacheFileNames(work, V6.info.blobId);
+  const data = fs.readFileSync(names.data);
+  assert.ok(data.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize).every((b) => b === 0), 'bad chunk not written');
+  const map = fs.readFileSync(names.chunkMap);
+  assert.not.ok(map[4096 + (c.index >> 3)] & (0x80 >> (c.index & 7)));
+});
+
+test('filecache: a stored-raw chunk with a flipped byte is caught by the digest check only', async () => {
+  const dir = tmp('badraw');
+  const blob = Buffer.from(fs.readFileSync(RAW.blobPath));
+  const c = RAW.chunks[0];
+  assert.not.ok(c.compressed);
+  blob[c.compressedOffset + 100] ^= 0x01;
+  fs.writeFileSync(path.join(dir, RAW.info.blobId), blob);
+  const backend = new LocalFsBackend({ blob_file: '', dir });
+  const fc = new FileCache({ workDir: tmp('work'), backend, validate: true });
+  await rejectsWith(fc.readChunk(RAW.info, c), 'EIO', /digest mismatch/);
+  assert.not.ok(await fc.isReady(RAW.info, c));
+  await fc.close();
+  // the same read without validation returns the damaged bytes: validation is what protects
+  const lax = new FileCache({ workDir: tmp('work'), backend: new LocalFsBackend({ blob_file: '', dir }), validate: false });
+  assert.not.equal(await lax.readChunk(RAW.info, c), RAW.expect.get(c.index));
+  await lax.close();
+});
+
+test('filecache: corrupted cache file → EIO with validation, ready bit dropped, next read refetches', async () => {
+  const work = tmp('work');
+  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const fc = new FileCache({ workDir: work, backend: be, validate: true });
+  for (const c of V6.chunks) await fc.readChunk(V6.info, c);
+  await fc.close();
+  const names = cacheFileNames(work, V6.info.blobId);
+  const c = V6.chunks[2];
+  const fd = fs.openSync(names.data, 'r+');
+  const one = Buffer.alloc(1);
+  fs.readSync(fd, one, 0, 1, c.uncompressedOffset + 7);
+  one[0] ^= 0xff;
+  fs.writeSync(fd, one, 0, 1, c.uncompressedOffset + 7);
+  fs.closeSync(fd);
+
+  // without validation the cache is trusted as is
+  const trusting = new FileCache({ workDir: work, backend: be, validate: false });
+  const raw = await trusting.readChunk(V6.info, c);
+  assert.not.equal(raw, V6.expect.get(c.index));
+  await trusting.close();
+
+  const before = be.reads;
+  const fc2 = new FileCache({ workDir: work, backend: be, validate: true });
+  await rejectsWith(fc2.readChunk(V6.info, c), 'EIO', /failed verification/);
+  assert.is(be.reads, before);
+  await fc2.close();
+  const map = fs.readFileSync(names.chunkMap);
+  assert.is(map.readUInt32LE(12), 0, 'all_ready cleared');
+  assert.not.ok(map[4096 + (c.index >> 3)] & (0x80 >> (c.index & 7)), 'ready bit dropped');
+
+  const fc3 = new FileCache({ workDir: work, backend: be, validate: true });
+  assert.equal(await fc3.readChunk(V6.info, c), V6.expect.get(c.index));
+  assert.is(be.reads, before + 1);
+  await fc3.close();
+  assert.is(fs.readFileSync(names.chunkMap).readUInt32LE(12), 0x4d4d4150);
+});
+
+test('filecache: hostile blob id and out-of-range chunks', async () => {
+  const fc = new FileCache({ workDir: tmp('work'), backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }), validate: true });
+  await rejectsWith(fc.readChunk({ ...V6.info, blobId: '../escape' }, V6.chunks[0]), 'EINVAL', /invalid blob id/);
+  await rejectsWith(fc.readChunk(V6.info, { ...V6.chunks[0], index: V6.info.chunkCount }), 'EIO', /out of range/);
+  await rejectsWith(fc.readChunk(V6.info, { ...V6.chunks[0], uncompressedOffset: 2 ** 50 }), 'EIO', /out of range/);
+  await fc.close();
+});
+
+function cfgFor(img: Img, extra: Partial<ConfigV2['cache']> = {}, work?: string): ConfigV2 {
+  const c = localfsDirConfig(img.blobDir);
+  if (work) c.cache.filecache!.work_dir = work;
+  Object.assign(c.cache, extra);
+  return c;
+}
+
+test('factory: blobcache device, prefetch, bounds, close', async () => {
+  const work = tmp('work');
+  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const cfg = cfgFor(V6, { validate: true, prefetch: { enable: true, threads: 2, batch_size: 1 << 20, bandwidth_limit: 0, prefetch_all: false, stream_prefetch: false } }, work);
+  const dev = createBlobDevice(cfg, [V6.info], { backend: be }) as StorageDevice;
+  dev.prefetch(V6.chunks);
+  dev.prefetch(V6.chunks); // duplicates are skipped once ready / shared in flight
+  await dev.prefetchIdle();
+  assert.is(be.reads, V6.chunks.length);
+  for (const c of V6.chunks) assert.equal(await dev.readChunk(c), V6.expect.get(c.index));
+  assert.is(be.reads, V6.chunks.length);
+  assert.is(fs.readFileSync(cacheFileNames(work, V6.info.blobId).chunkMap).readUInt32LE(12), 0x4d4d4150);
+  await rejectsWith(dev.readChunk({ ...V6.chunks[0], blobIndex: 1 }), 'EIO', /blob index 1/);
+  await rejectsWith(dev.readChunk({ ...V6.chunks[0], blobIndex: -1 }), 'EIO');
+  await dev.close();
+  await rejectsWith(dev.readChunk(V6.chunks[0]), 'EIO', /closed/);
+});
+
+test('factory: no cache reads + verifies every time; blobFile option; unsupported types', async () => {
+  const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: V6.blobDir } }, cache: { type: 'dummycache' }, rafs: { validate: true } }));
+  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const dev = createBlobDevice(cfg, [V6.info], { backend: be });
+  const c = V6.chunks[0];
+  assert.equal(await dev.readChunk(c), V6.expect.get(c.index));
+  assert.equal(await dev.readChunk(c), V6.expect.get(c.index));
+  assert.is(be.reads, 2);
+  dev.prefetch!(V6.chunks); // no-op without a cache
+  await dev.close();
+
+  // corrupt blob through the no-cache path
+  const dir = tmp('bad');
+  const blob = Buffer.from(fs.readFileSync(V6.blobPath));
+  blob[c.compressedOffset + 3] ^= 1;
+  fs.writeFileSync(path.join(dir, 'renamed.blob'), blob);
+  const dev2 = createBlobDevice(cfg, [V6.info], { blobFile: path.join(dir, 'renamed.blob') });
+  await rejectsWith(dev2.readChunk(c), 'EIO', new RegExp(`chunk ${c.index}`));
+  assert.equal(await dev2.readChunk(V6.chunks[1]), V6.expect.get(V6.chunks[1].index));
+  await dev2.close();
+
+  const reg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'registry', registry: { host: 'h', repo: 'r' } } }));
+  assert.throws(() => createBlobDevice(reg, [V6.info]), isErr('ENOSYS', /backend type registry not supported yet/));
+  const fsc = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: '/x' } }, cache: { type: 'fscache', fscache: { work_dir: '/x' } } }));
+  assert.throws(() => createBlobDevice(fsc, [V6.info]), isErr('ENOSYS', /cache type fscache/));
+});
+
+test.run();
