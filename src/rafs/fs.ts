@@ -17,6 +17,8 @@ import { FOPEN_KEEP_CACHE } from '../virtiofs/fuse/filesystem';
 const RAFS_TIMEOUT = 4294967296; // 2^32 s, as upstream
 const ATTR_BLKSIZE = 4096;
 const CACHE_LIMIT = 8192;
+/** chunks fetched ahead of a sequential reader */
+const READAHEAD_CHUNKS = 4;
 
 export interface RafsFsOptions {
   /** bootstrap bytes: plain EROFS images keep data in the image itself (chunks with blobIndex -1) */
@@ -41,6 +43,8 @@ export class RafsFs implements FileSystem {
   private readonly gid: number;
   private readonly chunkCache = new BoundedMap<number, ChunkInfo[]>(CACHE_LIMIT);
   private readonly dirCache = new BoundedMap<number, DirEntry[]>(CACHE_LIMIT);
+  /** end offset of the last read per inode, to detect sequential readers */
+  private readonly lastEnd = new BoundedMap<number, number>(CACHE_LIMIT);
 
   constructor(readonly sb: RafsSuper, readonly device: BlobDevice, private readonly opts: RafsFsOptions) {
     this.xattrEnabled = !!opts.enableXattr || sb.meta.hasXattr;
@@ -169,7 +173,24 @@ export class RafsFs implements FileSystem {
       pos = c.fileOffset + to;
     }
     if (pos < end) pieces.push(Buffer.alloc(end - pos)); // trailing hole
+    this.readahead(i, chunks, offset, end);
     return Promise.all(pieces);
+  }
+
+  /**
+   * Sequential readers (a read starting where the previous one of this inode
+   * ended) get the next chunks fetched in the background, so backend latency
+   * overlaps with serving the current chunk.
+   */
+  private readahead(i: RafsInode, chunks: ChunkInfo[], offset: number, end: number): void {
+    const sequential = this.lastEnd.get(i.ino) === offset;
+    this.lastEnd.set(i.ino, end);
+    if (!sequential) return;
+    let k = chunks.findIndex((c) => c.fileOffset + c.uncompressedSize > end - 1);
+    if (k < 0) return;
+    for (const c of chunks.slice(k + 1, k + 1 + READAHEAD_CHUNKS)) {
+      if (c.blobIndex >= 0) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
+    }
   }
 
   private dirEntries(dir: RafsInode): DirEntry[] {

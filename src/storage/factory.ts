@@ -7,6 +7,7 @@
  *   - 'blobcache' / 'filecache': FileCache in `cache.filecache.work_dir`.
  * Validation is on when `rafs.validate` or `cache.validate` is set.
  */
+import { ChunkMemoryCache } from './cache/memory';
 import { type ConfigV2, isChunkValidationEnabled } from '../common/config';
 import { ErrnoError, eio, enosys } from '../common/errno';
 import { log } from '../common/log';
@@ -64,8 +65,12 @@ export function createBlobDevice(cfg: ConfigV2, blobs: BlobInfo[], opts: BlobDev
 }
 
 /** BlobDevice over a backend and an optional FileCache. */
+/** Decompressed chunks kept in memory per image (a few chunks of read-ahead). */
+const MEMORY_CACHE_BYTES = 32 << 20;
+
 export class StorageDevice implements BlobDevice {
   private closed = false;
+  private readonly memory = new ChunkMemoryCache(MEMORY_CACHE_BYTES);
   private readonly pending: ChunkInfo[] = [];
   private workers = 0;
   private readonly idle = new Set<() => void>();
@@ -86,9 +91,14 @@ export class StorageDevice implements BlobDevice {
     return this.blobs[i];
   }
 
-  async readChunk(chunk: ChunkInfo): Promise<Buffer> {
-    if (this.closed) throw eio('blob device is closed');
-    const info = this.blobOf(chunk);
+  readChunk(chunk: ChunkInfo): Promise<Buffer> {
+    if (this.closed) return Promise.reject(eio('blob device is closed'));
+    let info: BlobInfo;
+    try { info = this.blobOf(chunk); } catch (e) { return Promise.reject(e); }
+    return this.memory.get(`${chunk.blobIndex}:${chunk.index}:${chunk.compressedOffset}`, () => this.loadChunk(info, chunk));
+  }
+
+  private async loadChunk(info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
     if (this.cache) return this.cache.readChunk(info, chunk);
     try {
       const raw = await this.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
@@ -141,6 +151,7 @@ export class StorageDevice implements BlobDevice {
     if (this.closed) return;
     this.closed = true;
     this.pending.length = 0;
+    this.memory.clear();
     await this.prefetchIdle();
     await this.cache?.close();
     await this.backend.close();

@@ -71,6 +71,8 @@ interface Entry {
   data: fsp.FileHandle;
   map: ChunkMap | undefined;
   inflight: Map<number, Promise<Buffer>>;
+  /** cache-file writes still running (write-behind) */
+  writes: Map<number, Promise<void>>;
 }
 
 export interface FileCacheOptions {
@@ -116,7 +118,7 @@ export class FileCache {
       const want = Math.min(info.uncompressedSize, MAX_CACHE_OFFSET);
       if (want > 0 && st.size < want) await data.truncate(want);
       const map = info.chunkCount > 0 ? await ChunkMap.open(names.chunkMap, info.chunkCount) : undefined;
-      return { blobId: info.blobId, data, map, inflight: new Map() };
+      return { blobId: info.blobId, data, map, inflight: new Map(), writes: new Map() };
     } catch (e) {
       await data.close().catch(() => {});
       throw e;
@@ -191,8 +193,11 @@ export class FileCache {
   private fetch(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
     let p = e.inflight.get(chunk.index);
     if (!p) {
-      p = this.fetchOnce(e, map, info, chunk).finally(() => e.inflight.delete(chunk.index));
+      p = this.fetchOnce(e, map, info, chunk);
       e.inflight.set(chunk.index, p);
+      // stays in flight until written behind, so nobody refetches a chunk being persisted
+      const done = () => { e.inflight.delete(chunk.index); };
+      p.then(() => e.writes.get(chunk.index), () => undefined).then(done, done);
     }
     return p;
   }
@@ -207,6 +212,14 @@ export class FileCache {
       if (err instanceof ErrnoError && err.code === 'EIO') throw err;
       throw eio(`${this.where(info, chunk)}: ${(err as Error).message}`, err);
     }
+    // serve the verified data now; the cache file and chunk map are written behind
+    const w = this.persist(e, map, info, chunk, data);
+    e.writes.set(chunk.index, w);
+    void w.finally(() => e.writes.delete(chunk.index));
+    return data;
+  }
+
+  private async persist(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, data: Buffer): Promise<void> {
     try {
       let done = 0;
       while (done < data.length) {
@@ -215,10 +228,9 @@ export class FileCache {
       }
       await map.setReady(chunk.index);
     } catch (err) {
-      // the data is good: serve it, just don't count on the cache
+      // the data was good and has been served; only the cache misses out
       log.warn({ blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to write chunk to the cache');
     }
-    return data;
   }
 
   async close(): Promise<void> {
@@ -229,6 +241,7 @@ export class FileCache {
       let e: Entry;
       try { e = await p; } catch { return; }
       await Promise.allSettled([...e.inflight.values()]);
+      await Promise.allSettled([...e.writes.values()]);
       await e.map?.close().catch(() => {});
       await e.data.close().catch(() => {});
     }));

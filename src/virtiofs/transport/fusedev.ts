@@ -1,11 +1,11 @@
 /**
  * The FUSE server over /dev/fuse (the standalone fallback for runc hosts):
- * opens /dev/fuse, mounts it with mount(2) (root only), and runs N reader
- * loops. Each loop reads one request on the libuv threadpool, lets the
- * FuseServer handle it (asynchronously, so a slow chunk fetch never stalls
- * the other loops) and writes the reply in one write(2). The session ends
- * when the kernel says the mount is gone (ENODEV), e.g. after `umount` or
- * our own `umount()` on SIGTERM.
+ * opens /dev/fuse non-blocking, mounts it with mount(2) (root only) and
+ * watches it on the main loop. Every queued request is read at once and
+ * handled asynchronously (so a slow chunk fetch never stalls the others, up
+ * to 4 × `--thread-num` in flight); each reply is one write(2). No thread
+ * hop sits on the request path. The session ends when the kernel says the
+ * mount is gone (ENODEV), e.g. after `umount` or our own `umount()`.
  */
 import * as fs from 'node:fs';
 import { ErrnoError } from '../../common/errno';
@@ -13,6 +13,7 @@ import { log } from '../../common/log';
 import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, mount, umount2 } from '../../common/libc';
 import type { FuseServer } from '../fuse/server';
 import { BufferReader, BufferWriter } from '../fuse/transport';
+import { FdWatcher } from '../../common/poll';
 
 /** Largest request the kernel sends: max_write (1 MiB) + headers; FUSE_MIN_READ_BUFFER is 8 KiB. */
 const REQUEST_BUFFER = (1 << 20) + 4096;
@@ -32,6 +33,13 @@ export class FuseDevSession {
   private mounted = false;
   private stopping = false;
   private connection = -1;
+  private ended = false;
+  private inflight = 0;
+  private maxInflight = 16;
+  private watcher: FdWatcher | undefined;
+  private finished: (() => void) | undefined;
+  private readonly requestBuffers: Buffer[] = [];
+  private readonly replyBuffers: Buffer[] = [];
 
   constructor(private readonly server: FuseServer, private readonly opts: FuseDevOptions) {}
 
@@ -41,7 +49,7 @@ export class FuseDevSession {
     // resolved before mounting: once mounted, touching the path waits for this process
     const real = fs.realpathSync(this.opts.mountpoint);
     if (!st.isDirectory()) throw new ErrnoError('ENOTDIR', `mountpoint ${this.opts.mountpoint} is not a directory`);
-    this.fd = fs.openSync('/dev/fuse', fs.constants.O_RDWR);
+    this.fd = fs.openSync('/dev/fuse', fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
     const flags = MS_NOSUID | MS_NODEV | (this.opts.readOnly === false ? 0 : MS_RDONLY);
     const data = `fd=${this.fd},rootmode=40000,user_id=${process.getuid?.() ?? 0},group_id=${process.getgid?.() ?? 0},allow_other,default_permissions`;
     try {
@@ -59,16 +67,22 @@ export class FuseDevSession {
   }
 
   /** Serve until the mount goes away. */
-  async run(): Promise<void> {
-    const n = Math.max(1, this.opts.threads ?? 4);
-    await Promise.all(Array.from({ length: n }, () => this.loop()));
-    if (this.fd >= 0) { fs.closeSync(this.fd); this.fd = -1; }
-    log.info({ mountpoint: this.opts.mountpoint }, 'fuse session ended');
+  run(): Promise<void> {
+    this.maxInflight = Math.max(1, this.opts.threads ?? 4) * 4;
+    return new Promise((resolve) => {
+      this.finished = () => {
+        if (this.fd >= 0) { fs.closeSync(this.fd); this.fd = -1; }
+        log.info({ mountpoint: this.opts.mountpoint }, 'fuse session ended');
+        resolve();
+      };
+      this.watcher = new FdWatcher(this.fd, () => this.drain());
+      this.drain();
+    });
   }
 
   /**
-   * Detach the mount and abort the connection, so running loops end with
-   * ENODEV even while clients still hold files open on the detached mount.
+   * Detach the mount and abort the connection, so the session ends (ENODEV)
+   * even while clients still hold files open on the detached mount.
    */
   umount(): void {
     if (!this.mounted || this.stopping) return;
@@ -91,39 +105,60 @@ export class FuseDevSession {
     }
   }
 
-  private readRequest(buf: Buffer): Promise<number> {
-    return new Promise((resolve, reject) => {
-      fs.read(this.fd, buf, 0, buf.length, null, (err, n) => (err ? reject(err) : resolve(n)));
-    });
-  }
-
-  private async loop(): Promise<void> {
-    const req = Buffer.allocUnsafe(REQUEST_BUFFER);
-    const reply = Buffer.allocUnsafe(REPLY_BUFFER);
-    for (;;) {
+  /**
+   * Read every queued request (non-blocking) and start handling each; at most
+   * `maxInflight` at once, the watcher pausing while the limit is reached.
+   */
+  private drain(): void {
+    while (!this.ended) {
+      if (this.inflight >= this.maxInflight) { this.watcher?.pause(); return; }
+      const req = this.requestBuffers.pop() ?? Buffer.allocUnsafe(REQUEST_BUFFER);
       let n: number;
       try {
-        n = await this.readRequest(req);
+        n = fs.readSync(this.fd, req, 0, req.length, null);
       } catch (e) {
+        this.requestBuffers.push(req);
         const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'EINTR' || code === 'EAGAIN' || code === 'ENOENT') continue; // interrupted request
-        if (code === 'ENODEV') return; // unmounted
-        log.error({ err: (e as Error).message }, 'reading /dev/fuse failed');
+        if (code === 'EAGAIN') return; // nothing queued
+        if (code === 'EINTR' || code === 'ENOENT') continue; // interrupted request
+        if (code !== 'ENODEV') log.error({ err: (e as Error).message }, 'reading /dev/fuse failed');
+        this.end();
         return;
       }
-      if (n === 0) return;
-      const w = new BufferWriter(reply);
-      const len = await this.server.handleMessage(new BufferReader(req.subarray(0, n)), w);
-      if (len === 0) continue; // FORGET and friends: no reply
-      try {
-        fs.writeSync(this.fd, reply, 0, len);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT') continue; // the request was interrupted meanwhile
-        if (code === 'ENODEV') return;
-        log.error({ err: (e as Error).message }, 'writing /dev/fuse failed');
-      }
+      if (n === 0) { this.requestBuffers.push(req); this.end(); return; }
+      this.inflight++;
+      void this.handle(req, n);
     }
+  }
+
+  private async handle(req: Buffer, n: number): Promise<void> {
+    const reply = this.replyBuffers.pop() ?? Buffer.allocUnsafe(REPLY_BUFFER);
+    try {
+      const len = await this.server.handleMessage(new BufferReader(req.subarray(0, n)), new BufferWriter(reply));
+      if (len > 0 && !this.ended) {
+        try {
+          fs.writeSync(this.fd, reply, 0, len);
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          // ENOENT: the request was interrupted meanwhile; ENODEV: unmounted
+          if (code !== 'ENOENT' && code !== 'ENODEV') log.error({ err: (e as Error).message }, 'writing /dev/fuse failed');
+        }
+      }
+    } finally {
+      this.requestBuffers.push(req);
+      this.replyBuffers.push(reply);
+      this.inflight--;
+      if (this.ended) { if (this.inflight === 0) this.finished?.(); }
+      else if (this.inflight < this.maxInflight) this.watcher?.resume();
+    }
+  }
+
+  private end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.watcher?.close();
+    this.watcher = undefined;
+    if (this.inflight === 0) this.finished?.();
   }
 }
 
