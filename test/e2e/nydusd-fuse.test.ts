@@ -134,6 +134,45 @@ test('a corrupted chunk gives EIO for its range only; the daemon stays up', asyn
   assert.match(d.log(), /chunk/);
 });
 
+test('a corrupted chunk in the blobcache is never served: EIO without the blob, refetched with it', async () => {
+  if (skip) return;
+  const { boot, blobs } = build('cache-corrupt', ['--compressor', 'zstd']);
+  const cache = path.join(work, 'cache-corrupt-cache');
+  const cfg = config(blobs, cache, true);
+  const mnt = path.join(work, 'mnt-cache-corrupt');
+  const want = fs.readFileSync(path.join(src, 'sizes/three-chunks-and-a-bit'));
+  const hello = fs.readFileSync(path.join(src, 'text/hello.txt'));
+  let d = await startNydusd(mnt, ['--bootstrap', boot, '--config', cfg]);
+  try {
+    assert.ok(fs.readFileSync(path.join(mnt, 'sizes/three-chunks-and-a-bit')).equals(want));
+    assert.ok(fs.readFileSync(path.join(mnt, 'text/hello.txt')).equals(hello));
+  } finally { assert.is(await d.stop(), 0, d.log()); }
+  const dataFile = fs.readdirSync(cache).find((f) => f.endsWith('.blob.data'))!;
+  assert.ok(dataFile, 'blobcache data file');
+  assert.ok(fs.existsSync(path.join(cache, `${dataFile}.chunk_map`)), 'chunk map persisted');
+  // flip one byte of the file's first chunk inside the cache file
+  const cached = fs.readFileSync(path.join(cache, dataFile));
+  const at = cached.indexOf(want.subarray(0, 64));
+  assert.ok(at >= 0, 'file data is in the cache file');
+  cached[at + 10] ^= 0xff;
+  fs.writeFileSync(path.join(cache, dataFile), cached);
+  // with the blob gone, only the (restarted) cache can serve
+  const blobFile = fs.readdirSync(blobs)[0];
+  fs.renameSync(path.join(blobs, blobFile), path.join(work, 'cache-corrupt-blob'));
+  d = await startNydusd(mnt, ['--bootstrap', boot, '--config', cfg]);
+  try {
+    assert.throws(() => fs.readFileSync(path.join(mnt, 'sizes/three-chunks-and-a-bit')), /EIO|input\/output/i);
+    assert.ok(fs.readFileSync(path.join(mnt, 'text/hello.txt')).equals(hello), 'cached files stay readable');
+  } finally { assert.is(await d.stop(), 0, d.log()); }
+  assert.match(d.log(), /cached chunk data is corrupted/);
+  // with the blob back, the bad chunk (dropped from the chunk map) is fetched again
+  fs.renameSync(path.join(work, 'cache-corrupt-blob'), path.join(blobs, blobFile));
+  d = await startNydusd(mnt, ['--bootstrap', boot, '--config', cfg]);
+  try {
+    assert.ok(fs.readFileSync(path.join(mnt, 'sizes/three-chunks-and-a-bit')).equals(want));
+  } finally { assert.is(await d.stop(), 0, d.log()); }
+});
+
 test('an external umount ends the daemon with no leftover mount', async () => {
   if (skip) return;
   const { boot, blobs } = build('umount', ['--compressor', 'zstd']);
