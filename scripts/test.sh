@@ -5,7 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 status=0
-for suite in test/unit test/e2e; do
+for suite in test/unit test/fuzz test/e2e; do
+  [ -d "$suite" ] || continue
   echo "== $suite"
   npx uvu -r tsx "$suite" '\.test\.ts$' 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

@@ -1,23 +1,24 @@
 /**
- * `nydusd`: the Nydus daemon. This module wires the FUSE mode
- * (`nydusd [fuse] --mountpoint M --bootstrap B --config C …`, rafs-spec §6):
- * config → bootstrap → blob device → RafsFs mounted in the Vfs at the
- * virtual mountpoint → FuseServer → /dev/fuse session. SIGTERM/SIGINT
- * unmount and exit; an external `umount` ends the session and the process.
+ * `nydusd`: the Nydus daemon CLI (rafs-spec §6, kata-contract §1).
+ * FUSE mode (`nydusd [fuse] --mountpoint M --bootstrap B --config C …`):
+ * config → bootstrap → blob device → RafsFs in the Vfs at the virtual
+ * mountpoint → FuseServer → /dev/fuse session; SIGTERM/SIGINT unmount and
+ * exit, an external `umount` ends the session and the process.
+ * virtio-fs mode (`nydusd virtiofs --sock S [--bootstrap B] [--shared-dir D]`):
+ * the same Vfs and FuseServer behind a vhost-user-fs backend for QEMU.
  */
-import * as fs from 'node:fs';
 import { Command, Option } from 'commander';
 import { initDigest } from '../../common/digest';
 import { einval, ErrnoError } from '../../common/errno';
 import { LOG_LEVELS, log, setupLog, type LogLevel } from '../../common/log';
 import { localfsDirConfig, readNydusdConfigFile, type ConfigV2 } from '../../common/config';
-import { createBlobDevice } from '../../storage/factory';
-import { loadBootstrapFile } from '../../storage/image';
-import { RafsFs } from '../../rafs/fs';
 import { Vfs } from '../vfs/vfs';
 import { FuseServer } from '../fuse/server';
+import { FUSE_ATOMIC_O_TRUNC } from '../fuse/abi';
 import { FuseDevSession } from '../transport/fusedev';
-import { prefetchChunks } from './prefetch';
+import { createRafs, readPrefetchList } from './rafs-mount';
+import { PassthroughFs, type CachePolicy } from '../passthrough/passthrough-fs';
+import { VirtioFsDaemon } from '../transport/virtio-fs-device';
 
 export const VERSION = {
   package_ver: 'v2.4.4-ts',
@@ -73,16 +74,11 @@ function addFuseOptions(cmd: Command): Command {
     .addOption(new Option('-m, --virtual-mountpoint <path>', 'Mountpoint within the FUSE/virtiofs device').default('/'));
 }
 
-function loadConfig(o: FuseOpts): ConfigV2 {
+function loadConfig(o: { config?: string; localfsDir?: string }): ConfigV2 {
   if (o.config && o.localfsDir) throw einval('--localfs-dir conflicts with --config');
   if (o.localfsDir) return localfsDirConfig(o.localfsDir);
   if (o.config) return readNydusdConfigFile(o.config);
   throw einval('either --config or --localfs-dir is required with --bootstrap');
-}
-
-function readPrefetchList(file: string | undefined): string[] | undefined {
-  if (!file) return undefined;
-  return fs.readFileSync(file, 'utf8').split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
 }
 
 async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
@@ -99,22 +95,13 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   if (!Number.isInteger(threads) || threads < 1 || threads > 1024) throw einval(`invalid --thread-num '${o.fuseThreads ?? o.threadNum}' (1..1024)`);
 
   const cfg = loadConfig(o);
-  const { boot, sb, inlineBlob } = loadBootstrapFile(o.bootstrap);
-  const device = createBlobDevice(cfg, sb.blobs, { blobFile: inlineBlob });
-  const rafs = new RafsFs(sb, device, { bootstrap: boot, enableXattr: cfg.rafs.enable_xattr });
+  const rafs = createRafs(o.bootstrap, cfg, readPrefetchList(o.prefetchFiles));
   const vfs = new Vfs();
-  vfs.mount(o.virtualMountpoint, rafs);
+  vfs.mount(o.virtualMountpoint, rafs.fs);
   const server = new FuseServer(vfs, { readdirplus: true });
   const session = new FuseDevSession(server, { mountpoint: o.mountpoint, readOnly: !o.writable, threads });
   session.mount();
-  log.info({ bootstrap: o.bootstrap, mountpoint: o.mountpoint, version: sb.meta.version, threads }, 'nydusd started');
-
-  const files = readPrefetchList(o.prefetchFiles);
-  const pf = cfg.rafs.prefetch;
-  if (files || pf.enable) {
-    const chunks = prefetchChunks(sb, { files, all: pf.enable && pf.prefetch_all });
-    if (chunks.length && device.prefetch) { log.info({ chunks: chunks.length }, 'prefetch started'); device.prefetch(chunks); }
-  }
+  log.info({ bootstrap: o.bootstrap, mountpoint: o.mountpoint, threads }, 'nydusd started');
 
   const stop = (sig: string) => {
     log.info({ signal: sig }, 'stopping');
@@ -125,8 +112,70 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   await session.run();
-  await device.close();
+  await rafs.close();
   log.info('nydusd exited');
+}
+
+interface VirtiofsOpts extends Omit<FuseOpts, 'mountpoint' | 'threadNum' | 'writable' | 'failoverPolicy'> {
+  sock: string;
+  hybridMode?: boolean;
+  sharedMountpoint?: string;
+  cachePolicy: CachePolicy;
+}
+
+function addVirtiofsOptions(cmd: Command): Command {
+  return addCommonOptions(cmd)
+    .addOption(new Option('--sock <path>', 'vhost-user socket path QEMU connects to'))
+    .addOption(new Option('--hybrid-mode', 'Accepted for runtime-rs compatibility (upstream declares it inverted; no effect)'))
+    .addOption(new Option('-B, --bootstrap <path>', 'RAFS filesystem metadata (bootstrap) to mount'))
+    .addOption(new Option('-D, --localfs-dir <dir>', 'Directory holding blobs; synthesises a localfs + blobcache config'))
+    .addOption(new Option('-s, --shared-dir <dir>', 'Directory to share with a passthrough filesystem'))
+    .addOption(new Option('--prefetch-files <path>', 'File listing paths to prefetch, one per line'))
+    .addOption(new Option('-m, --virtual-mountpoint <path>', 'Mountpoint of the RAFS (or shared dir) within the virtiofs device').default('/'))
+    .addOption(new Option('--shared-mountpoint <path>', '(extra) where --shared-dir is mounted when --bootstrap is also given'))
+    .addOption(new Option('--cache-policy <policy>', '(extra) passthrough cache policy, as virtiofsd cache=').choices(['none', 'auto', 'always']).default('auto'))
+    .allowUnknownOption()
+    .allowExcessArguments();
+}
+
+async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
+  setupLog(o.logLevel, o.logFile);
+  await initDigest();
+  if (!o.sock) throw einval('--sock is required');
+  // virtiofsd-style extras (e.g. `-o cache=none`, `--thread-pool-size=1`) are accepted with a warning
+  if (extra.length) log.warn({ args: extra }, 'ignoring unsupported virtiofsd-style arguments');
+  const cacheOpt = extra.join(' ').match(/cache=(none|auto|always)/);
+  const cachePolicy = (cacheOpt?.[1] as CachePolicy | undefined) ?? o.cachePolicy;
+  if (o.apisock) log.warn({ apisock: o.apisock }, 'the HTTP API is not implemented in this version; --apisock ignored');
+  if (o.prefetchFiles && !o.bootstrap) throw einval('--prefetch-files requires --bootstrap');
+  const vfs = new Vfs();
+  const closers: Array<() => Promise<void>> = [];
+  if (o.bootstrap) {
+    const rafs = createRafs(o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles));
+    vfs.mount(o.virtualMountpoint, rafs.fs);
+    closers.push(rafs.close);
+  }
+  if (o.sharedDir) {
+    const at = o.bootstrap ? o.sharedMountpoint : o.sharedMountpoint ?? o.virtualMountpoint;
+    if (!at) throw einval('--shared-dir with --bootstrap needs --shared-mountpoint (they cannot share one mountpoint)');
+    const pfs = new PassthroughFs(o.sharedDir, { cachePolicy });
+    vfs.mount(at, pfs);
+    closers.push(async () => pfs.close());
+  }
+  // ATOMIC_O_TRUNC: the passthrough handles O_TRUNC in OPEN
+  const server = new FuseServer(vfs, { readdirplus: true, extraFlags: FUSE_ATOMIC_O_TRUNC });
+  const daemon = new VirtioFsDaemon(server, { socketPath: o.sock });
+  await daemon.start();
+  log.info({ sock: o.sock, bootstrap: o.bootstrap, sharedDir: o.sharedDir }, 'nydusd virtiofs started');
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string) => { log.info({ signal: sig }, 'stopping'); resolve(); };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  await daemon.stop();
+  for (const c of closers) await c();
+  log.info('nydusd exited');
+  process.exit(0);
 }
 
 export function main(argv: string[]): void {
@@ -137,6 +186,8 @@ export function main(argv: string[]): void {
     .action((o) => runFuse(o).catch(fatal));
   addFuseOptions(program.command('fuse').description('Run the Nydus daemon as a FUSE server'))
     .action((o) => runFuse(o).catch(fatal));
+  addVirtiofsOptions(program.command('virtiofs').description('Run the Nydus daemon as a vhost-user-fs backend (virtio-fs)'))
+    .action((o, cmd: Command) => runVirtiofs(o, cmd.args).catch(fatal));
   program.parse(argv);
 }
 

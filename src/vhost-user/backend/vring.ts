@@ -1,0 +1,188 @@
+/**
+ * A virtqueue plus its notification fds and run state (rust-vmm
+ * `VringState`): kick eventfd (watched on the main loop), call eventfd
+ * (written to interrupt the guest), err eventfd (kept, unused), and the
+ * enabled/started flags of the vhost-user ring-state rules.
+ *
+ * Devices take work with `pop()` and finish it with `complete()`. A chain
+ * pins the memory table it was parsed against until it completes; a chain
+ * completed after the ring was stopped (GET_VRING_BASE, disconnect) is
+ * dropped rather than written into a ring the frontend has taken back.
+ */
+import { log } from '../../common/log';
+import { FdWatcher } from '../../common/poll';
+import { closeFd, eventfdRead, eventfdWrite } from '../sys/host';
+import type { GuestMemory } from '../virtio/guest-memory';
+import { DescriptorChain, SplitQueue } from '../virtio/queue';
+
+/** A popped chain, tied to the ring generation and memory it came from. */
+export interface InflightChain {
+  readonly chain: DescriptorChain;
+  readonly memory: GuestMemory;
+  readonly generation: number;
+}
+
+export class Vring {
+  readonly queue: SplitQueue;
+  kickFd = -1;
+  callFd = -1;
+  errFd = -1;
+  /** SET_VRING_ENABLE state (or "enabled" when PROTOCOL_FEATURES was not acked) */
+  enabled = false;
+  /** a kick fd was installed since the last stop */
+  started = false;
+  /** chains popped and not yet completed */
+  inflight = 0;
+  private generation = 0;
+  private watcher: FdWatcher | undefined;
+  private signalQueued = false;
+  private brokenLogged = false;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(readonly index: number, maxSize: number, private readonly onKick: (v: Vring) => void) {
+    this.queue = new SplitQueue(maxSize);
+  }
+
+  /** Ready to process: started, enabled and the rings are inside guest memory. */
+  canProcess(): boolean {
+    return this.started && this.enabled && this.queue.ready();
+  }
+
+  /** Install a kick eventfd (-1: none); the ring is started. Never changes `enabled`. */
+  setKick(fd: number): void {
+    this.unwatch();
+    closeFd(this.kickFd);
+    this.kickFd = fd;
+    this.started = true;
+    this.brokenLogged = false;
+    if (fd >= 0) {
+      this.watcher = new FdWatcher(fd, () => {
+        eventfdRead(fd);
+        if (this.canProcess()) this.onKick(this);
+      });
+    }
+    // a kick may already be due (entries made available before the fd arrived)
+    this.poke();
+  }
+
+  setCall(fd: number): void {
+    closeFd(this.callFd);
+    this.callFd = fd;
+  }
+
+  setErr(fd: number): void {
+    closeFd(this.errFd);
+    this.errFd = fd;
+  }
+
+  setEnabled(on: boolean): void {
+    this.enabled = on;
+    if (on) this.poke();
+  }
+
+  /** Process soon if there is anything to do (after enable / kick install). */
+  poke(): void {
+    setImmediate(() => {
+      if (this.canProcess() && this.queue.pending() !== 0) this.onKick(this);
+    });
+  }
+
+  /**
+   * Next valid chain, or undefined when the ring is empty (notifications
+   * re-enabled) or not processable. Invalid chains are completed with length 0
+   * and logged, never returned.
+   */
+  pop(): InflightChain | undefined {
+    for (;;) {
+      if (!this.canProcess()) return undefined;
+      const q = this.queue;
+      const n = q.pending();
+      if (n < 0) {
+        if (!this.brokenLogged) log.warn({ queue: this.index, availIdx: q.availIdx(), nextAvail: q.nextAvail }, 'vhost-user: avail index runs ahead of the ring; queue ignored until reset');
+        this.brokenLogged = true;
+        return undefined;
+      }
+      if (n === 0) {
+        if (q.enableNotification()) continue;
+        return undefined;
+      }
+      const head = q.popHead();
+      const r = q.parseChain(head);
+      if (!(r instanceof DescriptorChain)) {
+        log.warn({ queue: this.index, head, err: r.error }, 'vhost-user: dropping invalid descriptor chain');
+        q.addUsed(head, 0);
+        this.signal();
+        continue;
+      }
+      this.inflight++;
+      return { chain: r, memory: q.memory!.acquire(), generation: this.generation };
+    }
+  }
+
+  /** Finish a chain: publish `len` bytes written (if the ring still runs) and signal. */
+  complete(c: InflightChain, len: number): void {
+    this.inflight--;
+    try {
+      if (c.generation === this.generation && this.queue.ready()) {
+        const l = Number.isInteger(len) && len > 0 ? Math.min(len, c.chain.writableLen) : 0;
+        this.queue.addUsed(c.chain.head, l);
+        this.signal();
+      }
+    } finally {
+      c.memory.release();
+      if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  /** Interrupt the guest once per batch of completions, if it wants one. */
+  signal(): void {
+    if (this.signalQueued) return;
+    this.signalQueued = true;
+    queueMicrotask(() => {
+      this.signalQueued = false;
+      if (this.queue.ready() && this.queue.needsNotification() && this.callFd >= 0) {
+        if (!eventfdWrite(this.callFd)) log.warn({ queue: this.index }, 'vhost-user: writing the call eventfd failed');
+      }
+    });
+  }
+
+  /** Resolve when no chain is in flight, or after `timeoutMs`. */
+  whenIdle(timeoutMs: number): Promise<boolean> {
+    if (this.inflight === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.idleWaiters = this.idleWaiters.filter((w) => w !== done);
+        resolve(false);
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(t);
+        resolve(true);
+      };
+      this.idleWaiters.push(done);
+    });
+  }
+
+  private unwatch(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+  }
+
+  /** Stop the ring (GET_VRING_BASE): no more kicks, later completions are dropped. */
+  stop(): void {
+    this.generation++;
+    this.started = false;
+    this.unwatch();
+    closeFd(this.kickFd);
+    this.kickFd = -1;
+  }
+
+  /** Stop and forget everything (disconnect / RESET_DEVICE). */
+  dispose(): void {
+    this.stop();
+    this.enabled = false;
+    closeFd(this.callFd);
+    closeFd(this.errFd);
+    this.callFd = this.errFd = -1;
+    this.queue.reset();
+  }
+}

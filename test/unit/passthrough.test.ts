@@ -1,0 +1,671 @@
+/**
+ * PassthroughFs driven through a FuseServer with real request bytes; every
+ * mutation is checked on the HOST directory afterwards. Runs as root (chown,
+ * mknod, trusted.* xattrs).
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import {
+  DT_CHR, DT_DIR, DT_LNK, DT_REG, FATTR_ATIME, FATTR_ATIME_NOW, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME,
+  FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID, FUSE_ATOMIC_O_TRUNC, FUSE_DO_READDIRPLUS, FUSE_GETATTR_FH,
+  FUSE_READDIRPLUS_AUTO, FUSE_ASYNC_READ, FUSE_BIG_WRITES, FUSE_MAX_PAGES, FUSE_INIT_EXT, FUSE_PARALLEL_DIROPS,
+  FuseAttrOut, FuseBatchForgetIn, FuseCreateIn, FuseEntryOut, FuseFallocateIn, FuseFlushIn, FuseForgetIn,
+  FuseForgetOne, FuseFsyncIn, FuseGetattrIn, FuseGetxattrIn, FuseKstatfs, FuseLinkIn, FuseLseekIn, FuseMkdirIn,
+  FuseMknodIn, FuseOpcode, FuseOpenIn, FuseOpenOut, FuseReadIn, FuseReleaseIn, FuseRename2In, FuseRenameIn,
+  FuseSetattrIn, FuseSetxattrIn, FuseWriteIn, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
+  decodeDirent, decodeDirentplus, type StructCodec,
+} from '../../src/virtiofs/fuse/abi';
+import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, type Entry } from '../../src/virtiofs/fuse/filesystem';
+import { FuseServer } from '../../src/virtiofs/fuse/server';
+import { PassthroughFs, type PassthroughOptions } from '../../src/virtiofs/passthrough/passthrough-fs';
+import { getXattr, setXattr } from '../../src/common/libc';
+import { Vfs } from '../../src/virtiofs/vfs/vfs';
+import { call, cstr, initBody, req } from '../support/memory-fs';
+
+const E = os.constants.errno;
+const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000;
+const S_IFREG = 0o100000, S_IFDIR = 0o040000, S_IFCHR = 0o020000, S_IFLNK = 0o120000, S_IFMT = 0o170000;
+const UID = 1000, GID = 100; // req()'s default caller
+
+const enc = <T>(c: StructCodec<T>, v: Partial<T>): Buffer => c.encode(v as T);
+const readIn = (fh: bigint, offset: number, size: number): Buffer => FuseReadIn.encode({ fh, offset, size, readFlags: 0, lockOwner: 0n, flags: 0 });
+
+interface World {
+  dir: string;
+  pfs: PassthroughFs;
+  s: FuseServer;
+}
+
+const worlds: World[] = [];
+
+async function world(opts: PassthroughOptions = {}): Promise<World> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pt-'));
+  const pfs = new PassthroughFs(dir, opts);
+  const s = new FuseServer(pfs, { readdirplus: true, extraFlags: FUSE_ATOMIC_O_TRUNC });
+  const flags = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT | FUSE_PARALLEL_DIROPS |
+    FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_ATOMIC_O_TRUNC;
+  const r = await call(s, req(FuseOpcode.INIT, 0n, initBody(38, flags)));
+  assert.is(r.hdr!.error, 0);
+  const w = { dir, pfs, s };
+  worlds.push(w);
+  return w;
+}
+
+test.after.each(() => {
+  for (const w of worlds.splice(0)) {
+    w.pfs.close();
+    fs.rmSync(w.dir, { recursive: true, force: true });
+  }
+});
+
+/** Run a request; return [errno (positive, 0 = ok), payload]. */
+async function run(w: World, op: FuseOpcode, nodeid: bigint, body: Buffer | Buffer[] = [], o: { uid?: number; gid?: number } = {}): Promise<[number, Buffer]> {
+  const r = await call(w.s, req(op, nodeid, body, o));
+  if (op === FuseOpcode.FORGET || op === FuseOpcode.BATCH_FORGET) return [0, Buffer.alloc(0)];
+  return [-r.hdr!.error, r.payload];
+}
+
+async function ok(w: World, op: FuseOpcode, nodeid: bigint, body: Buffer | Buffer[] = [], o: { uid?: number; gid?: number } = {}): Promise<Buffer> {
+  const [e, p] = await run(w, op, nodeid, body, o);
+  assert.is(e, 0, `${FuseOpcode[op]} failed with errno ${e}`);
+  return p;
+}
+
+async function fails(w: World, op: FuseOpcode, nodeid: bigint, body: Buffer | Buffer[], errno: number, what = ''): Promise<void> {
+  const [e] = await run(w, op, nodeid, body);
+  assert.is(e, errno, `${FuseOpcode[op]} ${what}: expected errno ${errno}, got ${e}`);
+}
+
+const lookup = async (w: World, parent: bigint, name: string): Promise<Entry> =>
+  FuseEntryOut.decode(await ok(w, FuseOpcode.LOOKUP, parent, cstr(name)));
+
+async function create(w: World, parent: bigint, name: string, mode = S_IFREG | 0o644, flags = O_RDWR | O_CREAT, umask = 0o022, o = {}): Promise<{ e: Entry; fh: bigint; openFlags: number }> {
+  const p = await ok(w, FuseOpcode.CREATE, parent, [enc(FuseCreateIn, { flags, mode, umask }), cstr(name)], o);
+  const e = FuseEntryOut.decode(p);
+  const op = FuseOpenOut.decode(p, 128);
+  return { e, fh: op.fh, openFlags: op.openFlags };
+}
+
+const mkdir = async (w: World, parent: bigint, name: string, mode = 0o755, umask = 0o022): Promise<Entry> =>
+  FuseEntryOut.decode(await ok(w, FuseOpcode.MKDIR, parent, [enc(FuseMkdirIn, { mode: S_IFDIR | mode, umask }), cstr(name)]));
+
+async function write(w: World, ino: bigint, fh: bigint, offset: number, data: Buffer): Promise<number> {
+  const p = await ok(w, FuseOpcode.WRITE, ino, [enc(FuseWriteIn, { fh, offset, size: data.length }), data]);
+  return p.readUInt32LE(0);
+}
+
+const read = (w: World, ino: bigint, fh: bigint, offset: number, size: number): Promise<Buffer> =>
+  ok(w, FuseOpcode.READ, ino, readIn(fh, offset, size));
+
+async function open(w: World, ino: bigint, flags: number): Promise<{ fh: bigint; openFlags: number }> {
+  const o = FuseOpenOut.decode(await ok(w, FuseOpcode.OPEN, ino, enc(FuseOpenIn, { flags })));
+  return { fh: o.fh, openFlags: o.openFlags };
+}
+
+const release = (w: World, ino: bigint, fh: bigint) => ok(w, FuseOpcode.RELEASE, ino, enc(FuseReleaseIn, { fh }));
+
+const setattr = async (w: World, ino: bigint, v: Partial<Parameters<typeof FuseSetattrIn.encode>[0]>) =>
+  FuseAttrOut.decode(await ok(w, FuseOpcode.SETATTR, ino, enc(FuseSetattrIn, v)));
+
+const getattr = async (w: World, ino: bigint) => FuseAttrOut.decode(await ok(w, FuseOpcode.GETATTR, ino, enc(FuseGetattrIn, {})));
+
+/** Full listing through READDIR(PLUS) with a small reply size, resuming on cookies. */
+async function listDir(w: World, ino: bigint, plus: boolean, size = 256): Promise<Array<{ name: string; type: number; ino: bigint; entry?: Entry }>> {
+  const fh = FuseOpenOut.decode(await ok(w, FuseOpcode.OPENDIR, ino, enc(FuseOpenIn, {}))).fh;
+  const out: Array<{ name: string; type: number; ino: bigint; entry?: Entry }> = [];
+  let off = 0;
+  for (;;) {
+    const p = await ok(w, plus ? FuseOpcode.READDIRPLUS : FuseOpcode.READDIR, ino, readIn(fh, off, size));
+    if (p.length === 0) break;
+    for (let q = 0; q < p.length;) {
+      const d = plus ? decodeDirentplus(p, q) : decodeDirent(p, q);
+      out.push({ name: d.name.toString(), type: d.type, ino: d.ino, entry: 'entry' in d ? (d as { entry: Entry }).entry : undefined });
+      off = d.off;
+      q = d.next;
+    }
+  }
+  await ok(w, FuseOpcode.RELEASEDIR, ino, enc(FuseReleaseIn, { fh }));
+  return out;
+}
+
+// ---- files -------------------------------------------------------------------------
+
+test('CREATE/WRITE/READ: data lands on the host, file owned by the caller with mode & ~umask', async () => {
+  const w = await world();
+  const { e, fh } = await create(w, 1n, 'f.txt', S_IFREG | 0o640, O_RDWR | O_CREAT, 0o002);
+  assert.ok(e.ino > 1n);
+  assert.is(w.pfs.lookupCount(e.ino), 1);
+  assert.is(await write(w, e.ino, fh, 0, Buffer.from('hello world')), 11);
+  assert.is(await write(w, e.ino, fh, 6, Buffer.from('WORLD!')), 6);
+  assert.is((await read(w, e.ino, fh, 0, 100)).toString(), 'hello WORLD!');
+  assert.is((await read(w, e.ino, fh, 6, 3)).toString(), 'WOR');
+  assert.is((await read(w, e.ino, fh, 100, 10)).length, 0);
+  await ok(w, FuseOpcode.FLUSH, e.ino, enc(FuseFlushIn, { fh }));
+  await ok(w, FuseOpcode.FSYNC, e.ino, enc(FuseFsyncIn, { fh, fsyncFlags: 1 }));
+  await release(w, e.ino, fh);
+  assert.is(w.pfs.handleCount, 0);
+
+  const host = path.join(w.dir, 'f.txt');
+  assert.is(fs.readFileSync(host, 'utf8'), 'hello WORLD!');
+  const st = fs.statSync(host);
+  assert.is(st.uid, UID);
+  assert.is(st.gid, GID);
+  assert.is(st.mode & 0o7777, 0o640);
+  assert.is(e.attr.uid, UID);
+  assert.is(e.attr.mode, S_IFREG | 0o640);
+  assert.is(e.attr.ino, BigInt(st.ino));
+
+  // mode bits the daemon's own umask (022) would strip survive: 0666 with umask 0
+  const g = await create(w, 1n, 'g', S_IFREG | 0o666, O_WRONLY | O_CREAT, 0);
+  assert.is(fs.statSync(path.join(w.dir, 'g')).mode & 0o7777, 0o666);
+  await release(w, g.e.ino, g.fh);
+
+  // O_EXCL on an existing name
+  await fails(w, FuseOpcode.CREATE, 1n, [enc(FuseCreateIn, { flags: O_RDWR | O_CREAT | O_EXCL, mode: S_IFREG | 0o644 }), cstr('f.txt')], E.EEXIST);
+
+  // OPEN with O_TRUNC (ATOMIC_O_TRUNC negotiated) truncates; reopen reads what is on the host
+  const o = await open(w, e.ino, O_WRONLY | O_TRUNC);
+  assert.is(fs.statSync(host).size, 0);
+  await release(w, e.ino, o.fh);
+  fs.writeFileSync(host, 'from host');
+  const r = await open(w, e.ino, O_RDONLY);
+  assert.is((await read(w, e.ino, r.fh, 0, 64)).toString(), 'from host');
+  assert.is(r.openFlags, 0, "cache 'auto': no FOPEN flags");
+  await release(w, e.ino, r.fh);
+  await fails(w, FuseOpcode.READ, e.ino, readIn(r.fh, 0, 4), E.EBADF, 'released handle');
+});
+
+test('setuid file created by a user keeps its bits; set-group-ID parent gives its gid and S_ISGID to new dirs', async () => {
+  const w = await world();
+  const c = await create(w, 1n, 'suid', S_IFREG | 0o4755, O_RDWR | O_CREAT, 0);
+  assert.is(fs.statSync(path.join(w.dir, 'suid')).mode & 0o7777, 0o4755);
+  await release(w, c.e.ino, c.fh);
+  fs.mkdirSync(path.join(w.dir, 'sg'));
+  fs.chownSync(path.join(w.dir, 'sg'), 0, 4242);
+  fs.chmodSync(path.join(w.dir, 'sg'), 0o2777);
+  const sg = await lookup(w, 1n, 'sg');
+  const d = await mkdir(w, sg.ino, 'sub', 0o755, 0);
+  const st = fs.statSync(path.join(w.dir, 'sg/sub'));
+  assert.is(st.uid, UID);
+  assert.is(st.gid, 4242);
+  assert.is(st.mode & 0o7777, 0o2755);
+  assert.is(d.attr.gid, 4242);
+});
+
+test('cache policies: none → timeouts 0 + DIRECT_IO, always → 86400 s + KEEP_CACHE', async () => {
+  const none = await world({ cachePolicy: 'none' });
+  const a = await create(none, 1n, 'x');
+  assert.is(a.e.entryTimeout, 0);
+  assert.is(a.e.attrTimeout, 0);
+  assert.is(a.openFlags & FOPEN_DIRECT_IO, FOPEN_DIRECT_IO);
+  const always = await world({ cache: 'always' });
+  const b = await create(always, 1n, 'x');
+  assert.is(b.e.entryTimeout, 86400);
+  assert.is(b.openFlags & FOPEN_KEEP_CACHE, FOPEN_KEEP_CACHE);
+  const o = await open(always, b.e.ino, O_RDONLY);
+  assert.is(o.openFlags & FOPEN_KEEP_CACHE, FOPEN_KEEP_CACHE);
+  const auto = await world();
+  assert.is((await lookup(auto, 1n, '..')).entryTimeout, 1);
+});
+
+// ---- namespace -----------------------------------------------------------------------
+
+test('MKDIR/RMDIR/UNLINK on the host; caller owns the directory', async () => {
+  const w = await world();
+  const d = await mkdir(w, 1n, 'd', 0o750, 0o022);
+  const st = fs.statSync(path.join(w.dir, 'd'));
+  assert.ok(st.isDirectory());
+  assert.is(st.mode & 0o777, 0o750);
+  assert.is(st.uid, UID);
+  assert.is(st.gid, GID);
+  await fails(w, FuseOpcode.MKDIR, 1n, [enc(FuseMkdirIn, { mode: S_IFDIR | 0o755 }), cstr('d')], E.EEXIST);
+  const f = await create(w, d.ino, 'file');
+  await release(w, f.e.ino, f.fh);
+  await fails(w, FuseOpcode.RMDIR, 1n, cstr('d'), E.ENOTEMPTY);
+  await fails(w, FuseOpcode.UNLINK, 1n, cstr('d'), E.EISDIR);
+  await ok(w, FuseOpcode.UNLINK, d.ino, cstr('file'));
+  assert.not.ok(fs.existsSync(path.join(w.dir, 'd/file')));
+  await fails(w, FuseOpcode.UNLINK, d.ino, cstr('file'), E.ENOENT);
+  await ok(w, FuseOpcode.RMDIR, 1n, cstr('d'));
+  assert.not.ok(fs.existsSync(path.join(w.dir, 'd')));
+  // the kernel still holds the nodeid: GETATTR works on the unlinked inode
+  assert.is((await getattr(w, d.ino)).attr.nlink, 0);
+});
+
+test('RENAME, RENAME2 NOREPLACE / EXCHANGE / WHITEOUT (host sees c 0:0)', async () => {
+  const w = await world();
+  fs.writeFileSync(path.join(w.dir, 'a'), 'A');
+  fs.writeFileSync(path.join(w.dir, 'b'), 'B');
+  fs.mkdirSync(path.join(w.dir, 'sub'));
+  const sub = await lookup(w, 1n, 'sub');
+
+  await ok(w, FuseOpcode.RENAME, 1n, [enc(FuseRenameIn, { newdir: sub.ino }), cstr('a'), cstr('a2')]);
+  assert.is(fs.readFileSync(path.join(w.dir, 'sub/a2'), 'utf8'), 'A');
+  assert.not.ok(fs.existsSync(path.join(w.dir, 'a')));
+
+  await fails(w, FuseOpcode.RENAME2, sub.ino, [enc(FuseRename2In, { newdir: 1n, flags: RENAME_NOREPLACE }), cstr('a2'), cstr('b')], E.EEXIST);
+  assert.is(fs.readFileSync(path.join(w.dir, 'b'), 'utf8'), 'B');
+
+  await ok(w, FuseOpcode.RENAME2, sub.ino, [enc(FuseRename2In, { newdir: 1n, flags: RENAME_EXCHANGE }), cstr('a2'), cstr('b')]);
+  assert.is(fs.readFileSync(path.join(w.dir, 'b'), 'utf8'), 'A');
+  assert.is(fs.readFileSync(path.join(w.dir, 'sub/a2'), 'utf8'), 'B');
+
+  // overlayfs: rename the work file over the upper name, leaving a whiteout behind
+  await ok(w, FuseOpcode.RENAME2, sub.ino, [enc(FuseRename2In, { newdir: 1n, flags: RENAME_WHITEOUT }), cstr('a2'), cstr('moved')]);
+  assert.is(fs.readFileSync(path.join(w.dir, 'moved'), 'utf8'), 'B');
+  const wh = fs.lstatSync(path.join(w.dir, 'sub/a2'));
+  assert.ok(wh.isCharacterDevice());
+  assert.is(wh.rdev, 0);
+
+  // names with '/' or dot names never reach the host
+  await fails(w, FuseOpcode.RENAME, 1n, [enc(FuseRenameIn, { newdir: 1n }), cstr('b'), cstr('sub/x')], E.EINVAL);
+  await fails(w, FuseOpcode.RENAME, 1n, [enc(FuseRenameIn, { newdir: 1n }), cstr('b'), cstr('..')], E.EINVAL);
+  await fails(w, FuseOpcode.RENAME2, 1n, [enc(FuseRename2In, { newdir: 1n, flags: 1 << 7 }), cstr('b'), cstr('c')], E.EINVAL);
+});
+
+test('MKNOD char 0:0 whiteout, fifo; owned by the caller', async () => {
+  const w = await world();
+  const e = FuseEntryOut.decode(await ok(w, FuseOpcode.MKNOD, 1n, [enc(FuseMknodIn, { mode: S_IFCHR | 0o644, rdev: 0, umask: 0 }), cstr('wh')]));
+  const st = fs.lstatSync(path.join(w.dir, 'wh'));
+  assert.ok(st.isCharacterDevice());
+  assert.is(st.rdev, 0);
+  assert.is(st.uid, UID);
+  assert.is(e.attr.mode & S_IFMT, S_IFCHR);
+  assert.is(e.attr.rdev, 0);
+  // a char device with a real number is created faithfully (1:3, new_encode_dev)
+  const nul = FuseEntryOut.decode(await ok(w, FuseOpcode.MKNOD, 1n, [enc(FuseMknodIn, { mode: S_IFCHR | 0o600, rdev: (1 << 8) | 3 }), cstr('null')]));
+  assert.is(nul.attr.rdev, (1 << 8) | 3);
+  await ok(w, FuseOpcode.MKNOD, 1n, [enc(FuseMknodIn, { mode: 0o010000 | 0o600 }), cstr('fifo')]);
+  assert.ok(fs.lstatSync(path.join(w.dir, 'fifo')).isFIFO());
+  const ls = await listDir(w, 1n, false);
+  assert.is(ls.find((x) => x.name === 'wh')!.type, DT_CHR);
+});
+
+test('LINK: a second name, same nodeid, lookup counted', async () => {
+  const w = await world();
+  fs.writeFileSync(path.join(w.dir, 'orig'), 'data');
+  const e = await lookup(w, 1n, 'orig');
+  const l = FuseEntryOut.decode(await ok(w, FuseOpcode.LINK, 1n, [enc(FuseLinkIn, { oldnodeid: e.ino }), cstr('hard')]));
+  assert.is(l.ino, e.ino);
+  assert.is(l.attr.nlink, 2);
+  assert.is(w.pfs.lookupCount(e.ino), 2);
+  assert.is(fs.statSync(path.join(w.dir, 'hard')).ino, fs.statSync(path.join(w.dir, 'orig')).ino);
+  const l2 = await lookup(w, 1n, 'hard');
+  assert.is(l2.ino, e.ino, 'dedupe by (dev, ino)');
+  assert.is(w.pfs.lookupCount(e.ino), 3);
+  const d = await mkdir(w, 1n, 'dd');
+  await fails(w, FuseOpcode.LINK, 1n, [enc(FuseLinkIn, { oldnodeid: d.ino }), cstr('dd2')], E.EPERM);
+});
+
+test('SYMLINK/READLINK: targets verbatim (absolute too), link owned by the caller, never followed', async () => {
+  const w = await world();
+  const e = FuseEntryOut.decode(await ok(w, FuseOpcode.SYMLINK, 1n, [cstr('abs'), cstr('/etc/passwd')]));
+  assert.is(e.attr.mode & S_IFMT, S_IFLNK);
+  assert.is(fs.readlinkSync(path.join(w.dir, 'abs')), '/etc/passwd');
+  assert.is(fs.lstatSync(path.join(w.dir, 'abs')).uid, UID);
+  assert.is((await ok(w, FuseOpcode.READLINK, e.ino)).toString(), '/etc/passwd');
+  // the attr is the link's, not /etc/passwd's
+  assert.is((await getattr(w, e.ino)).attr.size, '/etc/passwd'.length);
+  // opening a symlink inode never follows it
+  await fails(w, FuseOpcode.OPEN, e.ino, enc(FuseOpenIn, { flags: O_RDONLY }), E.ELOOP);
+  // READLINK on a non-link
+  await fails(w, FuseOpcode.READLINK, 1n, [], E.EINVAL);
+  // host-made symlink with a relative target escaping upwards: returned verbatim
+  fs.symlinkSync('../../../../etc/shadow', path.join(w.dir, 'rel'));
+  const r = await lookup(w, 1n, 'rel');
+  assert.is((await ok(w, FuseOpcode.READLINK, r.ino)).toString(), '../../../../etc/shadow');
+});
+
+// ---- attributes ------------------------------------------------------------------------
+
+test('SETATTR: chmod, chown, truncate (path and fh), utimes explicit and NOW', async () => {
+  const w = await world();
+  const host = path.join(w.dir, 'f');
+  fs.writeFileSync(host, 'x'.repeat(1000));
+  const e = await lookup(w, 1n, 'f');
+  let a = await setattr(w, e.ino, { valid: FATTR_MODE, mode: S_IFREG | 0o600 });
+  assert.is(fs.statSync(host).mode & 0o7777, 0o600);
+  assert.is(a.attr.mode, S_IFREG | 0o600);
+  a = await setattr(w, e.ino, { valid: FATTR_UID | FATTR_GID, uid: 1234, gid: 5678 });
+  assert.is(fs.statSync(host).uid, 1234);
+  assert.is(fs.statSync(host).gid, 5678);
+  await setattr(w, e.ino, { valid: FATTR_GID, gid: 42 });
+  assert.is(fs.statSync(host).uid, 1234, 'uid kept');
+  assert.is(fs.statSync(host).gid, 42);
+  a = await setattr(w, e.ino, { valid: FATTR_SIZE, size: 10 });
+  assert.is(fs.statSync(host).size, 10);
+  assert.is(a.attr.size, 10);
+  const o = await open(w, e.ino, O_RDWR);
+  await setattr(w, e.ino, { valid: FATTR_SIZE | FATTR_FH, fh: o.fh, size: 5000 });
+  assert.is(fs.statSync(host).size, 5000);
+  const g = FuseAttrOut.decode(await ok(w, FuseOpcode.GETATTR, e.ino, enc(FuseGetattrIn, { getattrFlags: FUSE_GETATTR_FH, fh: o.fh })));
+  assert.is(g.attr.size, 5000);
+  await setattr(w, e.ino, { valid: FATTR_ATIME | FATTR_MTIME, atime: 1000000000, atimeNsec: 5, mtime: 1200000000, mtimeNsec: 123456789 });
+  let st = fs.statSync(host, { bigint: true });
+  assert.is(st.atimeNs, 1000000000n * 1000000000n + 5n);
+  assert.is(st.mtimeNs, 1200000000n * 1000000000n + 123456789n);
+  await setattr(w, e.ino, { valid: FATTR_MTIME | FATTR_MTIME_NOW | FATTR_FH, fh: o.fh });
+  st = fs.statSync(host, { bigint: true });
+  assert.ok(Number(st.mtimeMs) > Date.now() - 60000, 'mtime now');
+  assert.is(st.atimeNs, 1000000000n * 1000000000n + 5n, 'atime untouched (UTIME_OMIT)');
+  await setattr(w, e.ino, { valid: FATTR_ATIME | FATTR_ATIME_NOW });
+  assert.ok(fs.statSync(host).atimeMs > Date.now() - 60000);
+  await release(w, e.ino, o.fh);
+  // symlink: utimes and chown act on the link itself
+  fs.symlinkSync('/', path.join(w.dir, 'ln'));
+  const ln = await lookup(w, 1n, 'ln');
+  await setattr(w, ln.ino, { valid: FATTR_MTIME | FATTR_UID, mtime: 1100000000, uid: 777 });
+  assert.is(Math.floor(fs.lstatSync(path.join(w.dir, 'ln')).mtimeMs / 1000), 1100000000);
+  assert.is(fs.lstatSync(path.join(w.dir, 'ln')).uid, 777);
+  assert.is(fs.statSync('/').uid, 0, '/ untouched');
+  // truncate of a directory
+  await fails(w, FuseOpcode.SETATTR, 1n, enc(FuseSetattrIn, { valid: FATTR_SIZE, size: 0 }), E.EISDIR);
+});
+
+test('xattrs: trusted.overlay.* / user.* set/get/list/remove; size protocol; symlinks and whiteouts', async () => {
+  const w = await world();
+  const d = await mkdir(w, 1n, 'upper');
+  const set = (ino: bigint, name: string, value: string, flags = 0) =>
+    ok(w, FuseOpcode.SETXATTR, ino, [enc(FuseSetxattrIn, { size: Buffer.byteLength(value), flags }), cstr(name), Buffer.from(value)]);
+  await set(d.ino, 'trusted.overlay.opaque', 'y');
+  await set(d.ino, 'user.note', 'hello');
+  assert.is(getXattr(path.join(w.dir, 'upper'), 'trusted.overlay.opaque').toString(), 'y');
+  // size 0 probe, then the value
+  const probe = await ok(w, FuseOpcode.GETXATTR, d.ino, [enc(FuseGetxattrIn, { size: 0 }), cstr('user.note')]);
+  assert.is(probe.readUInt32LE(0), 5);
+  assert.is((await ok(w, FuseOpcode.GETXATTR, d.ino, [enc(FuseGetxattrIn, { size: 64 }), cstr('user.note')])).toString(), 'hello');
+  await fails(w, FuseOpcode.GETXATTR, d.ino, [enc(FuseGetxattrIn, { size: 2 }), cstr('user.note')], E.ERANGE);
+  await fails(w, FuseOpcode.GETXATTR, d.ino, [enc(FuseGetxattrIn, { size: 64 }), cstr('user.none')], E.ENODATA);
+  // XATTR_CREATE on an existing name
+  await fails(w, FuseOpcode.SETXATTR, d.ino, [enc(FuseSetxattrIn, { size: 1, flags: 1 }), cstr('user.note'), Buffer.from('z')], E.EEXIST);
+  const list = (await ok(w, FuseOpcode.LISTXATTR, d.ino, enc(FuseGetxattrIn, { size: 4096 }))).toString().split('\0').filter(Boolean).sort();
+  assert.equal(list, ['trusted.overlay.opaque', 'user.note']);
+  await ok(w, FuseOpcode.REMOVEXATTR, d.ino, cstr('trusted.overlay.opaque'));
+  assert.throws(() => getXattr(path.join(w.dir, 'upper'), 'trusted.overlay.opaque'));
+  await fails(w, FuseOpcode.REMOVEXATTR, d.ino, cstr('trusted.overlay.opaque'), E.ENODATA);
+  // host-set xattr visible
+  setXattr(path.join(w.dir, 'upper'), 'trusted.overlay.origin', Buffer.from([0, 1, 2]));
+  assert.equal([...(await ok(w, FuseOpcode.GETXATTR, d.ino, [enc(FuseGetxattrIn, { size: 64 }), cstr('trusted.overlay.origin')]))], [0, 1, 2]);
+  // on a symlink (the link's own xattrs) and on a whiteout device
+  const ln = FuseEntryOut.decode(await ok(w, FuseOpcode.SYMLINK, d.ino, [cstr('ln'), cstr('/')]));
+  await set(ln.ino, 'trusted.overlay.redirect', '/x');
+  assert.is(getXattr(path.join(w.dir, 'upper/ln'), 'trusted.overlay.redirect').toString(), '/x');
+  const wh = FuseEntryOut.decode(await ok(w, FuseOpcode.MKNOD, d.ino, [enc(FuseMknodIn, { mode: S_IFCHR }), cstr('wh')]));
+  await set(wh.ino, 'trusted.overlay.whiteout', '');
+  assert.equal(getXattr(path.join(w.dir, 'upper/wh'), 'trusted.overlay.whiteout').length, 0);
+  assert.ok((await ok(w, FuseOpcode.LISTXATTR, wh.ino, enc(FuseGetxattrIn, { size: 4096 }))).toString().includes('trusted.overlay.whiteout'));
+});
+
+// ---- directories -----------------------------------------------------------------------
+
+test('READDIR: d_type for every kind, stable cookies across small replies; READDIRPLUS counts lookups', async () => {
+  const w = await world();
+  for (let i = 0; i < 40; i++) fs.writeFileSync(path.join(w.dir, `file-with-a-long-name-${i}`), '');
+  fs.mkdirSync(path.join(w.dir, 'adir'));
+  fs.symlinkSync('x', path.join(w.dir, 'alink'));
+  const ls = await listDir(w, 1n, false, 200);
+  const names = ls.map((x) => x.name).sort();
+  assert.is(names.length, 44, 'no entry lost or duplicated across resumptions');
+  assert.is(new Set(names).size, 44);
+  const by = new Map(ls.map((x) => [x.name, x]));
+  assert.is(by.get('.')!.type, DT_DIR);
+  assert.is(by.get('..')!.type, DT_DIR);
+  assert.is(by.get('adir')!.type, DT_DIR);
+  assert.is(by.get('alink')!.type, DT_LNK);
+  assert.is(by.get('file-with-a-long-name-7')!.type, DT_REG);
+  assert.is(by.get('adir')!.ino, BigInt(fs.statSync(path.join(w.dir, 'adir')).ino));
+
+  const before = w.pfs.inodeCount;
+  const plus = await listDir(w, 1n, true, 1000);
+  assert.is(plus.length, 44);
+  for (const p of plus) {
+    if (p.name === '.' || p.name === '..') {
+      assert.is(p.entry!.ino, 0n, 'no entry for dots');
+      continue;
+    }
+    assert.ok(p.entry!.ino > 1n);
+    assert.is(w.pfs.lookupCount(p.entry!.ino), 1, `${p.name}: one lookup per entry sent`);
+  }
+  assert.is(w.pfs.inodeCount, before + 42, 'entries that did not fit were given back');
+  assert.is(plus.find((x) => x.name === 'adir')!.entry!.attr.mode & S_IFMT, S_IFDIR);
+  // READDIR on a file handle / a non-directory
+  fs.writeFileSync(path.join(w.dir, 'plain'), '');
+  const f = await lookup(w, 1n, 'plain');
+  await fails(w, FuseOpcode.OPENDIR, f.ino, enc(FuseOpenIn, {}), E.ENOTDIR);
+  await ok(w, FuseOpcode.FSYNCDIR, 1n, enc(FuseFsyncIn, { fh: 0n }));
+});
+
+test('STATFS is the host filesystem; SYNCFS; LSEEK SEEK_DATA/SEEK_HOLE; FALLOCATE', async () => {
+  const w = await world();
+  const st = FuseKstatfs.decode(await ok(w, FuseOpcode.STATFS, 1n));
+  const host = fs.statfsSync(w.dir);
+  assert.is(st.bsize, host.bsize);
+  assert.is(st.blocks, host.blocks);
+  assert.ok(Math.abs(st.bfree - host.bfree) < 4096);
+  assert.is(st.namelen, 255);
+  await ok(w, FuseOpcode.SYNCFS, 1n, Buffer.alloc(8));
+
+  const c = await create(w, 1n, 'sparse');
+  await ok(w, FuseOpcode.FALLOCATE, c.e.ino, enc(FuseFallocateIn, { fh: c.fh, offset: 0, length: 1 << 20, mode: 0 }));
+  assert.is(fs.statSync(path.join(w.dir, 'sparse')).size, 1 << 20);
+  await setattr(w, c.e.ino, { valid: FATTR_SIZE, size: 0 });
+  await write(w, c.e.ino, c.fh, 1 << 20, Buffer.from('data'));
+  const seek = async (offset: number, whence: number) => Number((await ok(w, FuseOpcode.LSEEK, c.e.ino, enc(FuseLseekIn, { fh: c.fh, offset, whence }))).readBigUInt64LE(0));
+  assert.is(await seek(0, 3), 1 << 20, 'SEEK_DATA skips the hole');
+  assert.is(await seek(0, 4), 0, 'SEEK_HOLE at 0');
+  await fails(w, FuseOpcode.LSEEK, c.e.ino, enc(FuseLseekIn, { fh: c.fh, offset: (1 << 20) + 100, whence: 3 }), E.ENXIO);
+  // FALLOC_FL_KEEP_SIZE|PUNCH_HOLE
+  await ok(w, FuseOpcode.FALLOCATE, c.e.ino, enc(FuseFallocateIn, { fh: c.fh, offset: 1 << 20, length: 4096, mode: 3 }));
+  assert.is((await read(w, c.e.ino, c.fh, 1 << 20, 4)).toString('hex'), '00000000');
+  await release(w, c.e.ino, c.fh);
+});
+
+// ---- inode table -----------------------------------------------------------------------
+
+test('lookup counts, FORGET / BATCH_FORGET close at 0, root is never forgotten', async () => {
+  const w = await world();
+  fs.writeFileSync(path.join(w.dir, 'a'), '');
+  fs.writeFileSync(path.join(w.dir, 'b'), '');
+  const base = w.pfs.inodeCount;
+  assert.is(base, 1);
+  const a1 = await lookup(w, 1n, 'a');
+  const a2 = await lookup(w, 1n, 'a');
+  assert.is(a1.ino, a2.ino);
+  assert.is(w.pfs.lookupCount(a1.ino), 2);
+  await run(w, FuseOpcode.FORGET, a1.ino, enc(FuseForgetIn, { nlookup: 1 }));
+  assert.is(w.pfs.lookupCount(a1.ino), 1);
+  assert.is(w.pfs.inodeCount, 2);
+  const b = await lookup(w, 1n, 'b');
+  const batch = Buffer.concat([
+    enc(FuseBatchForgetIn, { count: 3 }),
+    enc(FuseForgetOne, { nodeid: a1.ino, nlookup: 1 }),
+    enc(FuseForgetOne, { nodeid: b.ino, nlookup: 1 }),
+    enc(FuseForgetOne, { nodeid: 1n, nlookup: 99 }),
+  ]);
+  await run(w, FuseOpcode.BATCH_FORGET, 0n, batch);
+  assert.is(w.pfs.inodeCount, 1);
+  assert.is(w.pfs.lookupCount(a1.ino), 0);
+  await fails(w, FuseOpcode.GETATTR, a1.ino, enc(FuseGetattrIn, {}), E.EBADF, 'forgotten nodeid');
+  assert.is((await getattr(w, 1n)).attr.mode & S_IFMT, S_IFDIR);
+  // a new lookup gets a fresh nodeid (never reused)
+  const a3 = await lookup(w, 1n, 'a');
+  assert.ok(a3.ino > b.ino);
+  // no fd leak: repeated lookup/forget cycles keep the table at its size
+  const fds = fs.readdirSync('/proc/self/fd').length;
+  for (let i = 0; i < 50; i++) {
+    const e = await lookup(w, 1n, 'b');
+    await run(w, FuseOpcode.FORGET, e.ino, enc(FuseForgetIn, { nlookup: 1 }));
+  }
+  assert.is(fs.readdirSync('/proc/self/fd').length, fds);
+  // DESTROY drops everything but the root
+  await ok(w, FuseOpcode.DESTROY, 0n);
+  assert.is(w.pfs.inodeCount, 1);
+});
+
+// ---- escapes ---------------------------------------------------------------------------
+
+test('escape: LOOKUP .. at the root stays at the root; "." and names with / are refused', async () => {
+  const w = await world();
+  const up = await lookup(w, 1n, '..');
+  assert.is(up.ino, 1n);
+  assert.is(up.attr.ino, BigInt(fs.statSync(w.dir).ino));
+  const d = await mkdir(w, 1n, 'd');
+  const dd = await mkdir(w, d.ino, 'dd');
+  assert.is((await lookup(w, dd.ino, '..')).ino, d.ino);
+  assert.is((await lookup(w, d.ino, '..')).ino, 1n);
+  await fails(w, FuseOpcode.LOOKUP, 1n, cstr('.'), E.EINVAL);
+  await fails(w, FuseOpcode.LOOKUP, 1n, cstr('../..'), E.EINVAL);
+  await fails(w, FuseOpcode.LOOKUP, 1n, cstr('/etc'), E.EINVAL);
+  await fails(w, FuseOpcode.LOOKUP, d.ino, cstr('dd/..'), E.EINVAL);
+  await fails(w, FuseOpcode.MKDIR, 1n, [enc(FuseMkdirIn, { mode: S_IFDIR | 0o755 }), cstr('d/x')], E.EINVAL);
+  await fails(w, FuseOpcode.CREATE, 1n, [enc(FuseCreateIn, { flags: O_RDWR | O_CREAT, mode: S_IFREG | 0o644 }), cstr('../evil')], E.EINVAL);
+  await fails(w, FuseOpcode.SYMLINK, 1n, [cstr('a/b'), cstr('/')], E.EINVAL);
+  await fails(w, FuseOpcode.UNLINK, 1n, cstr('..'), E.EINVAL);
+  await fails(w, FuseOpcode.RMDIR, d.ino, cstr('..'), E.EINVAL);
+  assert.ok(fs.existsSync(path.join(w.dir, 'd/dd')));
+  assert.not.ok(fs.existsSync(path.join(path.dirname(w.dir), 'evil')));
+});
+
+test('escape: a symlink to / is not a directory to LOOKUP, CREATE or MKDIR through', async () => {
+  const w = await world();
+  const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'pt-outside-'));
+  try {
+    fs.writeFileSync(path.join(outside, 'secret'), 'S');
+    fs.symlinkSync('/', path.join(w.dir, 'root'));
+    fs.symlinkSync(outside, path.join(w.dir, 'out'));
+    const r = await lookup(w, 1n, 'root');
+    assert.is(r.attr.mode & S_IFMT, S_IFLNK);
+    await fails(w, FuseOpcode.LOOKUP, r.ino, cstr('etc'), E.ENOTDIR);
+    const o = await lookup(w, 1n, 'out');
+    await fails(w, FuseOpcode.LOOKUP, o.ino, cstr('secret'), E.ENOTDIR);
+    await fails(w, FuseOpcode.CREATE, o.ino, [enc(FuseCreateIn, { flags: O_RDWR | O_CREAT, mode: S_IFREG | 0o644 }), cstr('planted')], E.ENOTDIR);
+    await fails(w, FuseOpcode.MKDIR, o.ino, [enc(FuseMkdirIn, { mode: S_IFDIR | 0o755 }), cstr('planted')], E.ENOTDIR);
+    await fails(w, FuseOpcode.OPENDIR, o.ino, enc(FuseOpenIn, {}), E.ENOTDIR);
+    await fails(w, FuseOpcode.OPEN, o.ino, enc(FuseOpenIn, { flags: O_RDONLY }), E.ELOOP);
+    // CREATE over an existing symlink name refuses to follow it
+    fs.symlinkSync(path.join(outside, 'secret'), path.join(w.dir, 'trap'));
+    await fails(w, FuseOpcode.CREATE, 1n, [enc(FuseCreateIn, { flags: O_WRONLY | O_CREAT | O_TRUNC, mode: S_IFREG | 0o644 }), cstr('trap')], E.ELOOP);
+    // chmod / setxattr / truncate on the link inode touch the link, never the target
+    await fails(w, FuseOpcode.SETATTR, o.ino, enc(FuseSetattrIn, { valid: FATTR_SIZE, size: 0 }), E.EINVAL);
+    const before = fs.statSync(outside).mode;
+    await run(w, FuseOpcode.SETATTR, o.ino, enc(FuseSetattrIn, { valid: FATTR_MODE, mode: 0o777 }));
+    assert.is(fs.statSync(outside).mode, before);
+    assert.is(fs.readFileSync(path.join(outside, 'secret'), 'utf8'), 'S');
+    assert.equal(fs.readdirSync(outside), ['secret']);
+  } finally {
+    fs.rmSync(outside, { recursive: true, force: true });
+  }
+});
+
+test('escape race: a directory swapped for a symlink after LOOKUP keeps naming the original directory', async () => {
+  const w = await world();
+  const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'pt-outside-'));
+  try {
+    fs.mkdirSync(path.join(w.dir, 'd'));
+    fs.writeFileSync(path.join(w.dir, 'd/inner'), 'in');
+    const d = await lookup(w, 1n, 'd');
+    // the host (or an attacker with host access to the share) swaps d for a symlink
+    fs.renameSync(path.join(w.dir, 'd'), path.join(w.dir, 'd-moved'));
+    fs.symlinkSync(outside, path.join(w.dir, 'd'));
+    // operations on the looked-up nodeid act on the original directory inode
+    const c = await create(w, d.ino, 'new');
+    await release(w, c.e.ino, c.fh);
+    await mkdir(w, d.ino, 'newdir');
+    assert.ok(fs.existsSync(path.join(w.dir, 'd-moved/new')));
+    assert.ok(fs.existsSync(path.join(w.dir, 'd-moved/newdir')));
+    assert.equal(fs.readdirSync(outside), []);
+    const ls = (await listDir(w, d.ino, false)).map((x) => x.name).sort();
+    assert.equal(ls, ['.', '..', 'inner', 'new', 'newdir']);
+    // a fresh LOOKUP of the name sees the symlink, which is not traversable
+    const l = await lookup(w, 1n, 'd');
+    assert.is(l.attr.mode & S_IFMT, S_IFLNK);
+    await fails(w, FuseOpcode.LOOKUP, l.ino, cstr('x'), E.ENOTDIR);
+    // a file swapped for a symlink: the open goes to the original inode
+    fs.writeFileSync(path.join(w.dir, 'f'), 'original');
+    const f = await lookup(w, 1n, 'f');
+    fs.renameSync(path.join(w.dir, 'f'), path.join(w.dir, 'f-moved'));
+    fs.writeFileSync(path.join(outside, 'target'), 'outside');
+    fs.symlinkSync(path.join(outside, 'target'), path.join(w.dir, 'f'));
+    const o = await open(w, f.ino, O_RDWR);
+    assert.is((await read(w, f.ino, o.fh, 0, 64)).toString(), 'original');
+    await write(w, f.ino, o.fh, 0, Buffer.from('ORIG'));
+    await release(w, f.ino, o.fh);
+    assert.is(fs.readFileSync(path.join(outside, 'target'), 'utf8'), 'outside');
+    // a directory moved out of the share: its '..' is not answered
+    const sub = await mkdir(w, d.ino, 'sub');
+    const sub2 = await mkdir(w, sub.ino, 'sub2');
+    fs.renameSync(path.join(w.dir, 'd-moved/sub'), path.join(outside, 'sub'));
+    await forgetAll(w, [sub.ino]);
+    await fails(w, FuseOpcode.LOOKUP, sub2.ino, cstr('..'), E.ENOENT);
+  } finally {
+    fs.rmSync(outside, { recursive: true, force: true });
+  }
+});
+
+async function forgetAll(w: World, inos: bigint[]): Promise<void> {
+  for (const ino of inos) await run(w, FuseOpcode.FORGET, ino, enc(FuseForgetIn, { nlookup: w.pfs.lookupCount(ino) }));
+}
+
+test('ACCESS: checks the mode bits against the caller', async () => {
+  const w = await world();
+  fs.writeFileSync(path.join(w.dir, 'f'), '');
+  fs.chmodSync(path.join(w.dir, 'f'), 0o640);
+  fs.chownSync(path.join(w.dir, 'f'), UID, 5);
+  const e = await lookup(w, 1n, 'f');
+  const acc = async (mask: number, uid: number, gid: number) => (await run(w, FuseOpcode.ACCESS, e.ino, Buffer.from([mask, 0, 0, 0, 0, 0, 0, 0]), { uid, gid }))[0];
+  assert.is(await acc(6, UID, GID), 0);
+  assert.is(await acc(1, UID, GID), E.EACCES);
+  assert.is(await acc(4, 2000, 5), 0);
+  assert.is(await acc(2, 2000, 5), E.EACCES);
+  assert.is(await acc(4, 2000, 6), E.EACCES);
+  assert.is(await acc(0, 2000, 6), 0);
+  assert.is(await acc(6, 0, 0), 0);
+});
+
+test('non-UTF-8 names reach the host byte for byte; parallel requests', async () => {
+  const w = await world();
+  const raw = Buffer.from([0x66, 0xff, 0xfe, 0x80]);
+  const p = await ok(w, FuseOpcode.MKDIR, 1n, [enc(FuseMkdirIn, { mode: S_IFDIR | 0o755 }), raw, Buffer.from([0])]);
+  const e = FuseEntryOut.decode(p);
+  const names = fs.readdirSync(w.dir, { encoding: 'buffer' });
+  assert.ok(names.some((n) => n.equals(raw)));
+  const ls = await listDir(w, 1n, false);
+  assert.ok(ls.some((x) => Buffer.from(x.name).length > 0 && x.type === DT_DIR && x.ino === e.attr.ino));
+  // 24 creates + writes in flight at once
+  await Promise.all(Array.from({ length: 24 }, async (_, i) => {
+    const c = await create(w, e.ino, `p${i}`);
+    await write(w, c.e.ino, c.fh, 0, Buffer.from(`content ${i}`));
+    await release(w, c.e.ino, c.fh);
+  }));
+  const dir = Buffer.concat([Buffer.from(w.dir + '/'), raw]);
+  for (let i = 0; i < 24; i++) assert.is(fs.readFileSync(Buffer.concat([dir, Buffer.from(`/p${i}`)]), 'utf8'), `content ${i}`);
+  assert.is(w.pfs.handleCount, 0);
+});
+
+test('mounted in a Vfs at /containers: nodeids and inode numbers encode, ops reach the host', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pt-'));
+  const pfs = new PassthroughFs(dir);
+  worlds.push({ dir, pfs, s: undefined as unknown as FuseServer });
+  const vfs = new Vfs();
+  vfs.mount('/containers', pfs);
+  const w: World = { dir, pfs, s: new FuseServer(vfs, { readdirplus: true }) };
+  assert.is((await call(w.s, req(FuseOpcode.INIT, 0n, initBody(38, FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO)))).hdr!.error, 0);
+  const c = await lookup(w, 1n, 'containers');
+  assert.ok(c.ino >> 56n > 0n, 'mount index in the top bits');
+  const cid = await mkdir(w, c.ino, 'cid');
+  const up = await mkdir(w, cid.ino, 'fs');
+  await ok(w, FuseOpcode.SETXATTR, up.ino, [enc(FuseSetxattrIn, { size: 1 }), cstr('trusted.overlay.opaque'), Buffer.from('y')]);
+  await ok(w, FuseOpcode.MKNOD, up.ino, [enc(FuseMknodIn, { mode: S_IFCHR }), cstr('deleted')]);
+  assert.is(getXattr(path.join(dir, 'cid/fs'), 'trusted.overlay.opaque').toString(), 'y');
+  assert.ok(fs.lstatSync(path.join(dir, 'cid/fs/deleted')).isCharacterDevice());
+  assert.is(fs.statSync(path.join(dir, 'cid')).uid, UID);
+  const ls = await listDir(w, up.ino, true);
+  const wh = ls.find((x) => x.name === 'deleted')!;
+  assert.is(wh.type, DT_CHR);
+  assert.is(wh.entry!.attr.ino & ((1n << 56n) - 1n), BigInt(fs.lstatSync(path.join(dir, 'cid/fs/deleted')).ino));
+});
+
+test.run();

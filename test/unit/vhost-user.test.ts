@@ -1,0 +1,280 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as fsp from 'node:fs';
+import {
+  FuseAttrOut, FuseEntryOut, FuseForgetIn, FuseGetattrIn, FuseInitOut, FuseOpcode, FuseOutHeader, FuseReadIn,
+} from '../../src/virtiofs/fuse/abi';
+import { FuseServer } from '../../src/virtiofs/fuse/server';
+import { VIRTIO_FS_FEATURES, VirtioFsDaemon } from '../../src/virtiofs/transport/virtio-fs-device';
+import { FrontendReq, VhostUserSingleMemRegion, VhostUserVringAddr } from '../../src/vhost-user/protocol/message';
+import { eventfdCreate, closeFd, memfdCreate } from '../../src/vhost-user/sys/host';
+import { MemoryFs, cstr, initBody, req } from '../support/memory-fs';
+import { FakeGuest, GPA_BASE, GuestRam, MIB, VhostUserClient, state, u64 } from '../support/virtio-driver';
+
+const BIG = Buffer.from(Array.from({ length: 300000 }, (_, i) => (i * 7) % 251));
+
+function world(opts: { windowStep?: number } = {}) {
+  const fs = new MemoryFs();
+  fs.addDir('dir');
+  fs.addFile('dir/hello', 'hello, virtio-fs\n');
+  fs.addFile('big', BIG);
+  const server = new FuseServer(fs);
+  const sock = path.join(fsp.mkdtempSync(path.join(os.tmpdir(), 'vhu-')), 'vhost.sock');
+  const daemon = new VirtioFsDaemon(server, { socketPath: sock, windowStep: opts.windowStep });
+  return { fs, server, sock, daemon };
+}
+
+async function initFuse(g: FakeGuest): Promise<void> {
+  const { wait } = g.submit(1, req(FuseOpcode.INIT, 0n, initBody(38, (1n << 0n) | (1n << 25n) | (1n << 30n) | (1n << 31n))), 4096);
+  const { used, reply } = await wait();
+  const h = FuseOutHeader.decode(reply);
+  assert.is(h.error, 0);
+  assert.is(used.len, h.len);
+  assert.ok(FuseInitOut.decode(reply.subarray(16)).minor >= 31);
+}
+
+const readReq = (ino: bigint, offset: number, size: number) =>
+  req(FuseOpcode.READ, ino, FuseReadIn.encode({ fh: 0n, offset, size, readFlags: 0, lockOwner: 0n, flags: 0 }));
+
+test('negotiation: replies carry flags 0x5; features, protocol features, queue count, slots', async () => {
+  const { sock, daemon } = world();
+  await daemon.start();
+  const ram = new GuestRam();
+  const c = VhostUserClient.connect(sock);
+  try {
+    const f = await c.request(FrontendReq.GET_FEATURES);
+    assert.is(f.flags, 0x5);
+    assert.is(f.request, FrontendReq.GET_FEATURES);
+    const feats = f.body.readBigUInt64LE(0);
+    assert.is(feats, VIRTIO_FS_FEATURES);
+    assert.is(feats & ((1n << 34n) | (1n << 35n) | (1n << 33n)), 0n); // never PACKED / IN_ORDER / ACCESS_PLATFORM
+    const proto = await c.getU64(FrontendReq.GET_PROTOCOL_FEATURES);
+    assert.is(proto, (1n << 0n) | (1n << 3n) | (1n << 5n) | (1n << 15n));
+    c.send(FrontendReq.SET_PROTOCOL_FEATURES, u64(proto));
+    assert.is(await c.getU64(FrontendReq.GET_QUEUE_NUM), 2n);
+    assert.is(await c.getU64(FrontendReq.GET_MAX_MEM_SLOTS), 32n);
+    // SET_BACKEND_REQ_FD with NEED_REPLY → ack 0
+    const efd = eventfdCreate();
+    assert.is(await c.acked(FrontendReq.SET_BACKEND_REQ_FD, Buffer.alloc(0), [efd]), 0n);
+    closeFd(efd);
+    c.send(FrontendReq.SET_OWNER);
+    // REPLY_ACK nack: SET_VRING_NUM with a bad size
+    assert.is(await c.acked(FrontendReq.SET_VRING_NUM, state(0, 1000)), 1n);
+    assert.is(await c.acked(FrontendReq.SET_VRING_NUM, state(0, 1024)), 0n);
+    assert.is(await c.acked(FrontendReq.SET_VRING_NUM, state(7, 256)), 1n); // bad index
+    // ADD_MEM_REG beyond the end of the memfd is refused (would SIGBUS)
+    const small = memfdCreate('small', 4096);
+    assert.is(await c.acked(FrontendReq.ADD_MEM_REG, VhostUserSingleMemRegion.encode({ guestPhysAddr: 0n, memorySize: BigInt(MIB), userspaceAddr: 0x1000n, mmapOffset: 0n }), [small]), 1n);
+    assert.is(await c.acked(FrontendReq.ADD_MEM_REG, VhostUserSingleMemRegion.encode(ram.regionDesc(0)), [ram.fd]), 0n);
+    // overlapping region refused
+    assert.is(await c.acked(FrontendReq.ADD_MEM_REG, VhostUserSingleMemRegion.encode(ram.regionDesc(0)), [ram.fd]), 1n);
+    assert.is(await c.acked(FrontendReq.REM_MEM_REG, VhostUserSingleMemRegion.encode(ram.regionDesc(0))), 0n);
+    assert.is(await c.acked(FrontendReq.REM_MEM_REG, VhostUserSingleMemRegion.encode(ram.regionDesc(0))), 1n);
+    // SET_VRING_ADDR without memory: nack
+    assert.is(await c.acked(FrontendReq.SET_VRING_ADDR, VhostUserVringAddr.encode({ index: 0, flags: 0, desc: 0n, used: 0n, avail: 0n, log: 0n })), 1n);
+    // still alive
+    assert.is(await c.getU64(FrontendReq.GET_QUEUE_NUM), 2n);
+  } finally {
+    c.close();
+    daemon.stop();
+    ram.dispose();
+  }
+});
+
+test('FUSE over the virtqueue: INIT, LOOKUP, GETATTR, READ (gather, indirect, across regions), FORGET on hiprio', async () => {
+  const { fs, sock, daemon } = world();
+  await daemon.start();
+  const ram = new GuestRam();
+  const g = new FakeGuest(ram, sock);
+  try {
+    await g.setup({ queueSize: 256 });
+    assert.is(g.features & (1n << 29n), 1n << 29n);
+    await initFuse(g);
+    assert.ok(g.queues[1].calls() >= 1, 'call eventfd signalled');
+
+    // LOOKUP, request split over 3 readable descriptors, reply over 4 writable ones
+    let s = g.submit(1, req(FuseOpcode.LOOKUP, fs.inoOf('dir'), cstr('hello')), 200, { readSplit: 17, writeSplit: 50 });
+    let r = await s.wait();
+    assert.is(r.used.id, s.head);
+    let h = FuseOutHeader.decode(r.reply);
+    assert.is(h.error, 0);
+    assert.is(r.used.len, 16 + FuseEntryOut.SIZE);
+    const ino = r.reply.readBigUInt64LE(16);
+    assert.is(ino, fs.inoOf('dir/hello'));
+
+    // GETATTR through an indirect table
+    s = g.submit(1, req(FuseOpcode.GETATTR, ino, FuseGetattrIn.encode({ getattrFlags: 0, fh: 0n })), 4096, { indirect: true, readSplit: 8 });
+    r = await s.wait();
+    assert.is(FuseOutHeader.decode(r.reply).error, 0);
+    assert.is(FuseAttrOut.decode(r.reply.subarray(16)).attr.size, 17);
+
+    // READ 128 KiB with the reply gathered over 33 × 4 KiB descriptors, in an indirect table
+    const bigIno = fs.inoOf('big');
+    s = g.submit(1, readReq(bigIno, 1000, 131072), 16 + 131072, { indirect: true, writeSplit: 4096 });
+    r = await s.wait();
+    h = FuseOutHeader.decode(r.reply);
+    assert.is(h.error, 0);
+    assert.is(r.used.len, 16 + 131072);
+    assert.ok(r.reply.subarray(16).equals(BIG.subarray(1000, 1000 + 131072)));
+
+    // READ whose reply buffer crosses the boundary between the two regions (direct chain)
+    g.allocAt(GPA_BASE + 2 * MIB - 5000);
+    s = g.submit(1, readReq(bigIno, 7, 20000), 16 + 20000, { at: GPA_BASE + 2 * MIB - 9000 });
+    r = await s.wait();
+    assert.is(r.used.len, 16 + 20000);
+    assert.ok(r.reply.subarray(16).equals(BIG.subarray(7, 20007)));
+
+    // FORGET on hiprio: no writable part, used len 0
+    s = g.submit(0, req(FuseOpcode.FORGET, ino, FuseForgetIn.encode({ nlookup: 1 })), 0);
+    r = await s.wait();
+    assert.is(r.used.len, 0);
+    assert.is(r.used.id, s.head);
+    assert.is(fs.lookupCount(ino), 0);
+
+    // several requests in flight; completions out of order are fine
+    const release = fs.hold();
+    const many = [0, 1, 2, 3, 4].map((i) => g.submit(1, readReq(bigIno, i * 100, 100), 116));
+    await new Promise((res) => setTimeout(res, 20));
+    assert.is(g.queues[1].usedIdx(), 5); // nothing completed while the fs is held
+    release();
+    const used = await g.queues[1].waitUsed(5);
+    assert.equal(used.map((u) => u.id).sort((a, b) => a - b), many.map((m) => m.head).sort((a, b) => a - b));
+    assert.ok(used.every((u) => u.len === 116));
+
+    const bases = await g.stop();
+    assert.equal(bases, [1, 10]);
+  } finally {
+    g.close();
+    daemon.stop();
+    ram.dispose();
+  }
+});
+
+test('bad chains are completed with len 0 and the queue keeps working', async () => {
+  const { sock, daemon } = world();
+  await daemon.start();
+  const ram = new GuestRam();
+  const g = new FakeGuest(ram, sock);
+  try {
+    await g.setup();
+    const q = g.queues[1];
+    // address outside guest memory
+    const h1 = q.submit([[0x1000, 64, false], [GPA_BASE + 0x80000, 64, true]]);
+    // loop: descriptor pointing to itself
+    const [d] = q.allocDescs(1);
+    q.writeDesc(q.descGpa, d, GPA_BASE + 0x80000, 16, 1, d);
+    q.publish(d);
+    // writable then readable
+    const h3 = q.submit([[GPA_BASE + 0x80000, 16, true], [GPA_BASE + 0x81000, 16, false]]);
+    // indirect inside indirect
+    const tbl = g.alloc(32, 16);
+    q.writeDesc(tbl, 0, g.alloc(32, 16), 32, 4, 0);
+    const [d4] = q.allocDescs(1);
+    q.writeDesc(q.descGpa, d4, tbl, 16, 4, 0);
+    q.publish(d4);
+    // huge length crossing the end of RAM
+    const h5 = q.submit([[GPA_BASE + 0x80000, 0xffffffff, true]]);
+    q.doKick();
+    const used = await q.waitUsed(5);
+    assert.equal(used.map((u) => u.id), [h1, d, h3, d4, h5]);
+    assert.ok(used.every((u) => u.len === 0));
+    await initFuse(g);
+  } finally {
+    g.close();
+    daemon.stop();
+    ram.dispose();
+  }
+});
+
+test('EVENT_IDX: used_event suppresses calls; avail_event is published', async () => {
+  const { sock, daemon } = world();
+  await daemon.start();
+  const ram = new GuestRam();
+  const g = new FakeGuest(ram, sock);
+  try {
+    await g.setup({ memTable: true });
+    await initFuse(g);
+    const q = g.queues[1];
+    q.calls();
+    assert.is(q.availEvent(), 1);
+    // used_event far ahead: no interrupt for the next completion
+    q.setUsedEvent(100);
+    await g.submit(1, readReq(2n, 0, 10), 100).wait();
+    await new Promise((res) => setTimeout(res, 10));
+    assert.is(q.calls(), 0);
+    // used_event = current used idx: interrupt on the next one
+    q.setUsedEvent(q.usedIdx());
+    await g.submit(1, readReq(2n, 0, 10), 100).wait();
+    await new Promise((res) => setTimeout(res, 10));
+    assert.is(q.calls(), 1);
+    assert.is(q.availEvent(), 3);
+  } finally {
+    g.close();
+    daemon.stop();
+    ram.dispose();
+  }
+});
+
+test('rings start disabled with PROTOCOL_FEATURES; kicks are served once enabled', async () => {
+  const { sock, daemon } = world();
+  await daemon.start();
+  const ram = new GuestRam();
+  const g = new FakeGuest(ram, sock);
+  try {
+    await g.setup({ noEnable: true });
+    const s = g.submit(1, req(FuseOpcode.INIT, 0n, initBody(38, 0n)), 4096);
+    await new Promise((res) => setTimeout(res, 20));
+    assert.is(g.queues[1].usedIdx(), 0);
+    g.client.send(FrontendReq.SET_VRING_ENABLE, state(1, 1));
+    const r = await s.wait();
+    assert.is(FuseOutHeader.decode(r.reply).error, 0);
+  } finally {
+    g.close();
+    daemon.stop();
+    ram.dispose();
+  }
+});
+
+test('disconnect tears down; the next frontend is accepted (reconnect) and served; small view windows', async () => {
+  const { fs, sock, daemon } = world({ windowStep: 64 * 1024 });
+  await daemon.start();
+  const ram = new GuestRam();
+  try {
+    for (let round = 0; round < 3; round++) {
+      const g = new FakeGuest(ram, sock);
+      await g.setup();
+      await initFuse(g);
+      // 100 KiB read across several 64 KiB windows
+      const r = await g.submit(1, readReq(fs.inoOf('big'), 5, 100000), 16 + 100000, { writeSplit: 30000 }).wait();
+      assert.ok(r.reply.subarray(16).equals(BIG.subarray(5, 100005)));
+      const gone = new Promise((res) => daemon.vhost.once('disconnect', res));
+      g.close();
+      await gone;
+      assert.is(daemon.vhost.connected, false);
+    }
+    assert.is(daemon.vhost.connections, 3);
+  } finally {
+    daemon.stop();
+    ram.dispose();
+  }
+});
+
+test('a malformed header ends the connection; the daemon accepts the next one', async () => {
+  const { sock, daemon } = world();
+  await daemon.start();
+  const c = VhostUserClient.connect(sock);
+  const bad = Buffer.alloc(12);
+  bad.writeUInt32LE(1, 0);
+  bad.writeUInt32LE(0x2, 4); // version 2
+  c.sendRaw(bad);
+  assert.is(await c.recv(1000), null);
+  c.close();
+  const c2 = VhostUserClient.connect(sock);
+  assert.is(await c2.getU64(FrontendReq.GET_QUEUE_NUM), 2n);
+  c2.close();
+  daemon.stop();
+});
+
+test.run();

@@ -1,0 +1,212 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { GuestMemory, MemoryRegion } from '../../src/vhost-user/virtio/guest-memory';
+import { DescriptorChain, SplitQueue } from '../../src/vhost-user/virtio/queue';
+import { ChainReader, ChainWriter } from '../../src/vhost-user/virtio/chain-io';
+import { closeFd, memfdCreate, mmapShared, munmap, viewOf } from '../../src/vhost-user/sys/host';
+
+const GPA = 0x4000_0000;
+const SIZE = 1 << 20;
+
+function setup(windowStep = 2 ** 31) {
+  const fd = memfdCreate('vq', SIZE);
+  const addr = mmapShared(fd, SIZE, 0);
+  const ram = Buffer.from(viewOf(addr, SIZE));
+  // two GPA-adjacent regions over the same memfd
+  const r1 = MemoryRegion.map({ gpa: GPA, size: SIZE / 2, uaddr: 0x10000, mmapOffset: 0 }, fdDup(fd), windowStep);
+  const r2 = MemoryRegion.map({ gpa: GPA + SIZE / 2, size: SIZE / 2, uaddr: 0x900000, mmapOffset: SIZE / 2 }, fdDup(fd), windowStep);
+  const mem = new GuestMemory([r1, r2]);
+  r1.release();
+  r2.release();
+  const off = (gpa: number) => gpa - GPA;
+  const dispose = () => { mem.release(); munmap(addr, SIZE); closeFd(fd); };
+  return { ram, mem, off, dispose, r1, r2 };
+}
+
+function fdDup(fd: number): number {
+  // MemoryRegion.map closes the fd it is given: hand it a fresh open of the memfd
+  return require('node:fs').openSync(`/proc/self/fd/${fd}`, 'r+') as number;
+}
+
+function desc(ram: Buffer, at: number, addr: number, len: number, flags: number, next: number) {
+  ram.writeBigUInt64LE(BigInt(addr), at);
+  ram.writeUInt32LE(len >>> 0, at + 8);
+  ram.writeUInt16LE(flags, at + 12);
+  ram.writeUInt16LE(next, at + 14);
+}
+
+function queue(mem: GuestMemory, n = 8) {
+  const q = new SplitQueue(256);
+  assert.ok(q.setSize(n));
+  assert.ok(q.setAddresses(GPA, GPA + 0x1000, GPA + 0x2000));
+  q.setMemory(mem);
+  assert.ok(q.ready());
+  return q;
+}
+
+test('guest memory: bounds, translation, windows, refcounted unmap', () => {
+  const { mem, dispose, r1 } = setup(64 * 1024);
+  assert.is(mem.uaddrToGpa(0x10000 + 5), GPA + 5);
+  assert.is(mem.uaddrToGpa(0x900000 + 7), GPA + SIZE / 2 + 7);
+  assert.is(mem.uaddrToGpa(0x5), undefined);
+  assert.ok(mem.slice(GPA, 16));
+  assert.is(mem.slice(GPA - 1, 16), undefined);
+  assert.is(mem.slice(GPA + SIZE - 8, 16), undefined);
+  assert.is(mem.slice(GPA + SIZE / 2 - 8, 16), undefined); // crosses regions: not contiguous
+  assert.is(mem.slice(2 ** 60, 1), undefined);
+  let segs: Buffer[] = [];
+  assert.ok(mem.segments(GPA + SIZE / 2 - 100000, 200000, segs));
+  assert.is(segs.reduce((a, b) => a + b.length, 0), 200000);
+  assert.is(segs.length, 2); // region split
+  segs = [];
+  assert.ok(mem.segments(GPA + 1000, 400000, segs));
+  assert.is(segs.length, 4); // window splits (64 KiB steps, 128 KiB windows)
+  assert.is(segs.reduce((a, b) => a + b.length, 0), 400000);
+  segs = [];
+  assert.not.ok(mem.segments(GPA + SIZE - 10, 20, segs));
+  assert.is(segs.length, 0);
+  // window = 2 × step: any ≤ step access is one slice
+  assert.ok(mem.slice(GPA + 64 * 1024 - 1, 64 * 1024));
+  mem.acquire();
+  dispose();
+  assert.ok(r1.mapped); // still referenced
+  mem.release();
+  assert.not.ok(r1.mapped);
+});
+
+test('region map refuses ranges beyond the file, bad sizes and out-of-range numbers', () => {
+  const fd = memfdCreate('small', 8192);
+  assert.throws(() => MemoryRegion.map({ gpa: 0, size: 16384, uaddr: 0, mmapOffset: 0 }, fdDup(fd)));
+  assert.throws(() => MemoryRegion.map({ gpa: 0, size: 4096, uaddr: 0, mmapOffset: 8192 }, fdDup(fd)));
+  assert.throws(() => MemoryRegion.map({ gpa: 0, size: 0, uaddr: 0, mmapOffset: 0 }, fdDup(fd)));
+  assert.throws(() => MemoryRegion.map({ gpa: 2 ** 53, size: 4096, uaddr: 0, mmapOffset: 0 }, fdDup(fd)));
+  const r = MemoryRegion.map({ gpa: 0, size: 4000, uaddr: 0, mmapOffset: 100 }, fdDup(fd)); // unaligned offset
+  r.release();
+  closeFd(fd);
+});
+
+test('split queue: direct chain, indirect chain, chain io across descriptors', () => {
+  const { ram, mem, off, dispose } = setup();
+  const q = queue(mem);
+  const data = GPA + 0x10000;
+  ram.write('hello world, this is a request', off(data));
+  desc(ram, 0, data, 11, 1, 3);
+  desc(ram, 48, data + 11, 19, 1, 5);
+  desc(ram, 80, data + 0x100, 8, 2 | 1, 6);
+  desc(ram, 96, data + 0x200, 8, 2, 0);
+  ram.writeUInt16LE(0, off(GPA + 0x1000 + 4));
+  ram.writeUInt16LE(1, off(GPA + 0x1000 + 2));
+  assert.is(q.pending(), 1);
+  const c = q.parseChain(q.popHead());
+  assert.ok(c instanceof DescriptorChain);
+  const ch = c as DescriptorChain;
+  assert.is(ch.readableLen, 30);
+  assert.is(ch.writableLen, 16);
+  const r = new ChainReader(ch);
+  assert.is(r.readBytes(5).toString(), 'hello');
+  assert.is(r.readBytes(10).toString(), ' world, th'); // spans descriptors
+  assert.is(r.available(), 15);
+  assert.throws(() => r.readBytes(16));
+  const w = new ChainWriter(ch);
+  w.write(Buffer.from('0123456789AB'));
+  assert.is(w.bytesWritten(), 12);
+  assert.is(w.available(), 4);
+  assert.throws(() => w.write(Buffer.alloc(5)));
+  assert.is(ram.subarray(off(data + 0x100), off(data + 0x100) + 8).toString(), '01234567');
+  assert.is(ram.subarray(off(data + 0x200), off(data + 0x200) + 4).toString(), '89AB');
+  q.addUsed(ch.head, 12);
+  assert.is(ram.readUInt16LE(off(GPA + 0x2000 + 2)), 1);
+  assert.is(ram.readUInt32LE(off(GPA + 0x2000 + 4)), 0);
+  assert.is(ram.readUInt32LE(off(GPA + 0x2000 + 8)), 12);
+
+  // indirect
+  const tbl = GPA + 0x3000;
+  desc(ram, off(tbl), data, 4, 1, 1);
+  desc(ram, off(tbl) + 16, data + 0x100, 64, 2, 0);
+  desc(ram, 16, tbl, 32, 4, 0);
+  ram.writeUInt16LE(1, off(GPA + 0x1000 + 4 + 2));
+  ram.writeUInt16LE(2, off(GPA + 0x1000 + 2));
+  const c2 = q.parseChain(q.popHead()) as DescriptorChain;
+  assert.ok(c2 instanceof DescriptorChain);
+  assert.is(c2.readableLen, 4);
+  assert.is(c2.writableLen, 64);
+  dispose();
+});
+
+test('split queue: hostile chains are refused, never followed', () => {
+  const { ram, mem, dispose } = setup();
+  const q = queue(mem);
+  const data = GPA + 0x10000;
+  const err = (head: number) => {
+    const r = q.parseChain(head);
+    assert.not.ok(r instanceof DescriptorChain);
+    return (r as { error: string }).error;
+  };
+  desc(ram, 0, data, 8, 1, 0); // self loop
+  assert.match(err(0), /too long/);
+  desc(ram, 0, data, 8, 1, 9); // next out of range
+  assert.match(err(0), /out of range/);
+  assert.match(err(8), /head index/);
+  desc(ram, 0, GPA + SIZE - 4, 8, 0, 0);
+  assert.match(err(0), /outside/);
+  desc(ram, 0, 0xffff_ffff_fff0, 8, 0, 0);
+  assert.match(err(0), /outside|range/);
+  desc(ram, 0, data, 8, 2 | 1, 1);
+  desc(ram, 16, data, 8, 0, 0);
+  assert.match(err(0), /readable descriptor after/);
+  desc(ram, 0, data, 17, 4, 0);
+  assert.match(err(0), /indirect table length/);
+  desc(ram, 0, data, 32, 4 | 1, 0);
+  assert.match(err(0), /NEXT/);
+  desc(ram, 0, GPA + 0x3000, 16, 4, 0);
+  desc(ram, 0x3000, GPA + 0x3000, 16, 4, 0);
+  assert.match(err(0), /nested/);
+  desc(ram, 0x3000, data, 8, 1, 0); // loop inside an indirect table
+  assert.match(err(0), /too long/);
+  desc(ram, 0, data, 0xffff_ffff, 2 | 1, 1);
+  desc(ram, 16, data, 0xffff_ffff, 2, 0);
+  assert.match(err(0), /4 GiB|outside/);
+  // zero-length descriptors are fine
+  desc(ram, 0, data, 0, 1, 1);
+  desc(ram, 16, data, 0, 2, 0);
+  assert.ok(q.parseChain(0) instanceof DescriptorChain);
+  // avail idx running ahead of the ring
+  ram.writeUInt16LE(100, 0x1000 + 2);
+  assert.is(q.pending(), -1);
+  dispose();
+});
+
+test('EVENT_IDX arithmetic and NO_INTERRUPT', () => {
+  const { ram, mem, dispose } = setup();
+  const q = queue(mem);
+  ram.writeUInt16LE(0, 0x1000); // avail.flags
+  q.addUsed(0, 0);
+  assert.ok(q.needsNotification()); // without EVENT_IDX: flags say interrupt
+  ram.writeUInt16LE(1, 0x1000);
+  assert.not.ok(q.needsNotification());
+  q.eventIdx = true;
+  q.setBase(0);
+  ram.writeUInt16LE(0, 0x1000 + 4 + 2 * 8); // used_event = 0
+  q.addUsed(0, 0); // used idx 1
+  assert.ok(q.needsNotification()); // first decision always notifies
+  q.addUsed(0, 0); // 2; used_event 0 was already passed
+  assert.not.ok(q.needsNotification());
+  ram.writeUInt16LE(2, 0x1000 + 4 + 2 * 8); // used_event = 2 → notify when idx goes past 2
+  q.addUsed(0, 0); // 3
+  assert.ok(q.needsNotification());
+  // wrap-around
+  q.setBase(0xfffe);
+  q.needsNotification();
+  ram.writeUInt16LE(0xffff, 0x1000 + 4 + 2 * 8);
+  q.addUsed(0, 0);
+  q.addUsed(0, 0); // 0xfffe → 0
+  assert.ok(q.needsNotification());
+  // avail_event publication
+  ram.writeUInt16LE(0, 0x1000 + 2);
+  q.setBase(0);
+  assert.not.ok(q.enableNotification());
+  assert.is(ram.readUInt16LE(0x2000 + 4 + 8 * 8), 0);
+  dispose();
+});
+
+test.run();
