@@ -10,9 +10,9 @@ import { eio, einval, enodata, enoent, enotdir, ErrnoError } from '../common/err
 import type { BlobDevice } from '../storage/device';
 import type { ChunkInfo, RafsInode, RafsSuper } from './metadata/types';
 import type {
-  Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, RequestContext, StatFs,
+  Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, StatFs,
 } from '../virtiofs/fuse/filesystem';
-import { FOPEN_KEEP_CACHE } from '../virtiofs/fuse/filesystem';
+import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE } from '../virtiofs/fuse/filesystem';
 
 const RAFS_TIMEOUT = 4294967296; // 2^32 s, as upstream
 const ATTR_BLKSIZE = 4096;
@@ -25,6 +25,8 @@ export interface RafsFsOptions {
   bootstrap: Buffer;
   /** rafs.enable_xattr; xattr ops are also on when the image has HAS_XATTR */
   enableXattr?: boolean;
+  /** serve file data with FOPEN_DIRECT_IO (cache policy `none`, as virtiofsd cache=none) */
+  directIo?: boolean;
 }
 
 /** A small insertion-ordered cache, evicting the oldest entry past `limit`. */
@@ -119,7 +121,7 @@ export class RafsFs implements FileSystem {
   async open(_ctx: RequestContext, ino: bigint): Promise<OpenReply> {
     const i = this.inode(ino);
     if (i.isDir()) throw new ErrnoError('EISDIR', `inode ${ino} is a directory`);
-    return { fh: 0n, openFlags: FOPEN_KEEP_CACHE };
+    return { fh: 0n, openFlags: this.opts.directIo ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE };
   }
 
   async release(): Promise<void> {}
@@ -148,7 +150,7 @@ export class RafsFs implements FileSystem {
     return boot.subarray(c.compressedOffset, end);
   }
 
-  async read(_ctx: RequestContext, ino: bigint, _fh: bigint, offset: number, size: number): Promise<Buffer[]> {
+  async read(_ctx: RequestContext, ino: bigint, _fh: bigint, offset: number, size: number): Promise<ReadPiece[]> {
     const i = this.inode(ino);
     if (!i.isReg()) throw einval(`inode ${ino} is not a regular file`);
     const end = Math.min(i.size, offset + size);
@@ -160,7 +162,7 @@ export class RafsFs implements FileSystem {
       const mid = (lo + hi) >>> 1;
       if (chunks[mid].fileOffset + chunks[mid].uncompressedSize <= offset) lo = mid + 1; else hi = mid;
     }
-    const pieces: Array<Promise<Buffer> | Buffer> = [];
+    const pieces: Array<Promise<ReadPiece> | ReadPiece> = [];
     let pos = offset;
     for (let k = lo; k < chunks.length && pos < end; k++) {
       const c = chunks[k];
@@ -168,6 +170,13 @@ export class RafsFs implements FileSystem {
       if (c.fileOffset > pos) { pieces.push(Buffer.alloc(c.fileOffset - pos)); pos = c.fileOffset; } // hole
       const from = pos - c.fileOffset;
       const to = Math.min(end, c.fileOffset + c.uncompressedSize) - c.fileOffset;
+      // cached and verified on fill: let the transport copy it straight from the cache file
+      const loc = c.blobIndex >= 0 ? this.device.locate?.(c) : undefined;
+      if (loc) {
+        pieces.push({ fd: loc.fd, position: loc.position + from, length: to - from });
+        pos = c.fileOffset + to;
+        continue;
+      }
       const data = this.readChunk(c);
       pieces.push(data instanceof Promise ? data.then((d) => d.subarray(from, to)) : data.subarray(from, to));
       pos = c.fileOffset + to;
@@ -189,7 +198,7 @@ export class RafsFs implements FileSystem {
     let k = chunks.findIndex((c) => c.fileOffset + c.uncompressedSize > end - 1);
     if (k < 0) return;
     for (const c of chunks.slice(k + 1, k + 1 + READAHEAD_CHUNKS)) {
-      if (c.blobIndex >= 0) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
+      if (c.blobIndex >= 0 && !this.device.locate?.(c)) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
     }
   }
 

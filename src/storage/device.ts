@@ -5,9 +5,21 @@
  */
 import type { ChunkInfo } from '../rafs/metadata/types';
 
+/** Where a chunk's uncompressed bytes already sit in a local file (the blobcache). */
+export interface ChunkLocation {
+  fd: number;
+  position: number;
+  length: number;
+}
+
 export interface BlobDevice {
   /** Uncompressed bytes of one chunk; EIO (logged with blob id and chunk index) when it fails verification. */
   readChunk(chunk: ChunkInfo): Promise<Buffer>;
+  /**
+   * The cache file range holding this chunk when it is cached and needs no
+   * verification on read, so transports can copy it straight to the reader.
+   */
+  locate?(chunk: ChunkInfo): ChunkLocation | undefined;
   /** Start fetching these chunks in the background (best effort). */
   prefetch?(chunks: ChunkInfo[]): void;
   close(): Promise<void>;

@@ -15,7 +15,7 @@ import type { BlobInfo, ChunkInfo } from '../rafs/metadata/types';
 import type { BlobBackend } from './backend/backend';
 import { LocalFsBackend } from './backend/localfs';
 import { FileCache, decodeChunk } from './cache/filecache';
-import type { BlobDevice } from './device';
+import type { BlobDevice, ChunkLocation } from './device';
 
 export interface BlobDeviceOptions {
   /** read every blob from this one file (localfs `blob_file`), whatever `backend.type` says */
@@ -89,6 +89,12 @@ export class StorageDevice implements BlobDevice {
       throw eio(`chunk ${chunk.index} refers to blob index ${i}, but the image has ${this.blobs.length} blob(s)`);
     }
     return this.blobs[i];
+  }
+
+  locate(chunk: ChunkInfo): ChunkLocation | undefined {
+    if (this.closed || !this.cache) return undefined;
+    const info = this.blobs[chunk.blobIndex];
+    return info ? this.cache.locate(info, chunk) : undefined;
   }
 
   readChunk(chunk: ChunkInfo): Promise<Buffer> {

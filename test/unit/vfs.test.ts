@@ -70,7 +70,7 @@ test('mount at nested paths; lookup through the pseudo tree; inode encoding', as
   assert.is(osr.ino & VFS_INO_MASK, rafs.inoOf('etc/os-release'));
   assert.is((await v.getattr(ctx, osr.ino)).attr.ino, osr.ino);
   const data = await v.read(ctx, osr.ino, 0n, 0, 100);
-  assert.is(Buffer.concat(data).toString(), 'ID=a\n');
+  assert.is(Buffer.concat(data as Buffer[]).toString(), 'ID=a\n');
   assert.is(rafs.lookupCount(rafs.inoOf('etc/os-release')), 1);
 
   const hello = await walk(v, '/containers/c1/rootfs/hello');

@@ -25,6 +25,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ErrnoError, eio } from '../../common/errno';
 import { log } from '../../common/log';
+import type { ChunkLocation } from '../device';
 import type { BlobInfo, ChunkInfo } from '../../rafs/metadata/types';
 import type { BlobFile } from '../blob-file';
 import { readChunk } from '../chunk-reader';
@@ -85,6 +86,8 @@ export interface FileCacheOptions {
 
 export class FileCache {
   private readonly entries = new Map<string, Promise<Entry>>();
+  /** entries whose files are open, for the synchronous locate() */
+  private readonly opened = new Map<string, Entry>();
   private closed = false;
 
   constructor(private readonly opts: FileCacheOptions) {}
@@ -93,12 +96,22 @@ export class FileCache {
     return this.opts.workDir;
   }
 
+  /** Cached chunk data that may be read without verification, as a file range. */
+  locate(info: BlobInfo, chunk: ChunkInfo): ChunkLocation | undefined {
+    if (this.opts.validate || this.closed) return undefined;
+    const e = this.opened.get(info.blobId);
+    if (!e?.map || !Number.isInteger(chunk.index) || chunk.index < 0 || chunk.index >= info.chunkCount) return undefined;
+    if (!e.map.isReady(chunk.index)) return undefined;
+    return { fd: e.data.fd, position: chunk.uncompressedOffset, length: chunk.uncompressedSize };
+  }
+
   private entry(info: BlobInfo): Promise<Entry> {
     if (this.closed) return Promise.reject(eio(`filecache ${this.opts.workDir} is closed (blob ${info.blobId})`));
     let e = this.entries.get(info.blobId);
     if (!e) {
       e = this.openEntry(info);
       this.entries.set(info.blobId, e);
+      e.then((opened) => { if (!this.closed) this.opened.set(info.blobId, opened); }, () => {});
       e.catch(() => { if (this.entries.get(info.blobId) === e) this.entries.delete(info.blobId); });
     }
     return e;
@@ -235,6 +248,7 @@ export class FileCache {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.opened.clear();
     const all = [...this.entries.values()];
     this.entries.clear();
     await Promise.all(all.map(async (p) => {

@@ -11,6 +11,8 @@
  * contiguous, a copy when they span buffers.
  */
 import { einval } from '../../common/errno';
+import { log } from '../../common/log';
+import { preadFully } from '../../common/pread';
 import type { DescriptorChain } from './queue';
 
 export class ChainReader {
@@ -89,5 +91,28 @@ export class ChainWriter {
 
   bytesWritten(): number {
     return this.written;
+  }
+
+  /** pread straight into the guest's writable descriptors (zero copy). */
+  writeFromFile(fd: number, position: number, length: number): void {
+    if (length > this.available()) throw new RangeError(`reply overflow: ${length} > ${this.available()}`);
+    const segs = this.chain.writable;
+    let done = 0;
+    let short = false;
+    while (done < length) {
+      const s = segs[this.seg];
+      const k = Math.min(length - done, s.length - this.pos);
+      const dst = s.subarray(this.pos, this.pos + k);
+      if (short) dst.fill(0);
+      else if (preadFully(fd, dst, position + done) < k) short = true;
+      done += k;
+      this.pos += k;
+      if (this.pos === s.length) {
+        this.seg++;
+        this.pos = 0;
+      }
+    }
+    if (short) log.error({ fd, position, length }, 'short read from a file slice; zero-filled');
+    this.written += length;
   }
 }

@@ -133,7 +133,7 @@ function addVirtiofsOptions(cmd: Command): Command {
     .addOption(new Option('--prefetch-files <path>', 'File listing paths to prefetch, one per line'))
     .addOption(new Option('-m, --virtual-mountpoint <path>', 'Mountpoint of the RAFS (or shared dir) within the virtiofs device').default('/'))
     .addOption(new Option('--shared-mountpoint <path>', '(extra) where --shared-dir is mounted when --bootstrap is also given'))
-    .addOption(new Option('--cache-policy <policy>', '(extra) passthrough cache policy, as virtiofsd cache=').choices(['none', 'auto', 'always']).default('auto'))
+    .addOption(new Option('--cache-policy <policy>', '(extra) cache policy as virtiofsd cache=: none = FOPEN_DIRECT_IO and no attr caching on the passthrough, direct I/O on RAFS').choices(['none', 'auto', 'always']).default('auto'))
     .allowUnknownOption()
     .allowExcessArguments();
 }
@@ -151,7 +151,7 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   const vfs = new Vfs();
   const closers: Array<() => Promise<void>> = [];
   if (o.bootstrap) {
-    const rafs = createRafs(o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles));
+    const rafs = createRafs(o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles), { directIo: cachePolicy === 'none' });
     vfs.mount(o.virtualMountpoint, rafs.fs);
     closers.push(rafs.close);
   }

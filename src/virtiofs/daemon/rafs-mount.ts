@@ -21,10 +21,10 @@ export function readPrefetchList(file: string | undefined): string[] | undefined
   return fs.readFileSync(file, 'utf8').split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
 }
 
-export function createRafs(bootstrap: string, cfg: ConfigV2, prefetchFiles?: string[]): RafsInstance {
+export function createRafs(bootstrap: string, cfg: ConfigV2, prefetchFiles?: string[], opts: { directIo?: boolean } = {}): RafsInstance {
   const { boot, sb, inlineBlob } = loadBootstrapFile(bootstrap);
   const device = createBlobDevice(cfg, sb.blobs, { blobFile: inlineBlob });
-  const rafs = new RafsFs(sb, device, { bootstrap: boot, enableXattr: cfg.rafs.enable_xattr });
+  const rafs = new RafsFs(sb, device, { bootstrap: boot, enableXattr: cfg.rafs.enable_xattr, directIo: opts.directIo });
   const pf = cfg.rafs.prefetch;
   if (prefetchFiles || pf.enable) {
     const chunks = prefetchChunks(sb, { files: prefetchFiles, all: pf.enable && pf.prefetch_all });

@@ -58,6 +58,20 @@ export interface OpenReply {
   openFlags: number;
 }
 
+/**
+ * A piece of READ data still in a file: the transport copies it straight
+ * into the reply (pread into guest memory for virtio-fs), no staging buffer.
+ * The file must hold `length` bytes at `position`.
+ */
+export interface FileSlice {
+  fd: number;
+  position: number;
+  length: number;
+}
+
+/** One piece of READ data: bytes in memory, or a slice of a file. */
+export type ReadPiece = Buffer | FileSlice;
+
 export interface DirEntry {
   ino: bigint;
   /** cookie that resumes the listing right after this entry */
@@ -106,8 +120,8 @@ export interface FileSystem {
   getattr(ctx: RequestContext, ino: bigint, fh?: bigint): Promise<AttrReply>;
   readlink?(ctx: RequestContext, ino: bigint): Promise<Buffer>;
   open?(ctx: RequestContext, ino: bigint, flags: number): Promise<OpenReply>;
-  /** up to `size` bytes at `offset`; fewer at EOF. May return several buffers (gather). */
-  read?(ctx: RequestContext, ino: bigint, fh: bigint, offset: number, size: number): Promise<Buffer[]>;
+  /** up to `size` bytes at `offset`; fewer at EOF. May return several pieces (gather). */
+  read?(ctx: RequestContext, ino: bigint, fh: bigint, offset: number, size: number): Promise<ReadPiece[]>;
   release?(ctx: RequestContext, ino: bigint, fh: bigint, flags: number): Promise<void>;
   flush?(ctx: RequestContext, ino: bigint, fh: bigint): Promise<void>;
   opendir?(ctx: RequestContext, ino: bigint, flags: number): Promise<OpenReply>;

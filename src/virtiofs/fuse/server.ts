@@ -20,6 +20,7 @@
 import { constants } from 'node:os';
 import { ErrnoError, einval, enosys, erofs, errnoOf } from '../../common/errno';
 import { log } from '../../common/log';
+import { preadFully } from '../../common/pread';
 import {
   FATTR_ATIME, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_SIZE, FATTR_UID,
   FUSE_ASYNC_DIO, FUSE_ASYNC_READ, FUSE_AUTO_INVAL_DATA, FUSE_BIG_WRITES, FUSE_CACHE_SYMLINKS,
@@ -595,23 +596,26 @@ export class FuseServer {
       return 0;
     }
     const size = Math.min(ri.size, room);
-    const bufs = await this.fs.read!(ctx, ino, ri.fh, ri.offset, size);
+    const pieces = await this.fs.read!(ctx, ino, ri.fh, ri.offset, size);
     let total = 0;
-    for (let i = 0; i < bufs.length; i++) total += bufs[i].length;
+    for (let i = 0; i < pieces.length; i++) total += pieces[i].length;
     if (total > size) total = size;
     const h = Buffer.allocUnsafe(OUT_HDR);
     outHeader(h, OUT_HDR + total, 0, ctx.unique);
     w.write(h);
     let left = total;
-    for (let i = 0; i < bufs.length && left > 0; i++) {
-      const b = bufs[i];
-      if (b.length <= left) {
-        w.write(b);
-        left -= b.length;
-      } else {
-        w.write(b.subarray(0, left));
-        left = 0;
+    for (let i = 0; i < pieces.length && left > 0; i++) {
+      const p = pieces[i];
+      const n = Math.min(p.length, left);
+      if (Buffer.isBuffer(p)) w.write(n === p.length ? p : p.subarray(0, n));
+      else if (w.writeFromFile) w.writeFromFile(p.fd, p.position, n);
+      else {
+        // a writer without file support: stage the bytes
+        const tmp = Buffer.allocUnsafe(n);
+        preadFully(p.fd, tmp, p.position);
+        w.write(tmp);
       }
+      left -= n;
     }
     return OUT_HDR + total;
   }

@@ -19,6 +19,8 @@
  *    copy anything they keep beyond the request.
  */
 import { einval } from '../../common/errno';
+import { log } from '../../common/log';
+import { preadFully } from '../../common/pread';
 
 export interface Reader {
   /** bytes not yet consumed */
@@ -40,9 +42,13 @@ export interface Writer {
   write(b: Buffer): void;
   /** bytes appended so far (the used length for the ring / the write(2) size) */
   bytesWritten(): number;
+  /**
+   * Optional: append `length` bytes read from `fd` at `position` straight into
+   * the reply memory (no staging copy). Short files are zero-filled (logged).
+   */
+  writeFromFile?(fd: number, position: number, length: number): void;
 }
 
-/** Reader over one contiguous request (what read(2) on /dev/fuse returns). */
 export class BufferReader implements Reader {
   private pos = 0;
   constructor(private readonly buf: Buffer) {}
@@ -76,6 +82,13 @@ export class BufferWriter implements Writer {
 
   bytesWritten(): number {
     return this.pos;
+  }
+
+  writeFromFile(fd: number, position: number, length: number): void {
+    if (length > this.buf.length - this.pos) throw new RangeError(`reply overflow: ${length} > ${this.buf.length - this.pos}`);
+    const got = preadFully(fd, this.buf.subarray(this.pos, this.pos + length), position);
+    if (got < length) log.error({ fd, position, length, got }, 'short read from a file slice; zero-filled');
+    this.pos += length;
   }
 
   /** The reply written so far (a view). */

@@ -33,7 +33,7 @@ import { ErrnoError, einval, enoent, eio, erofs } from '../../common/errno';
 import { log } from '../../common/log';
 import { DT_DIR } from '../fuse/abi';
 import type {
-  Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, RequestContext, SetattrIn, StatFs,
+  Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, SetattrIn, StatFs,
 } from '../fuse/filesystem';
 
 export const VFS_INDEX_SHIFT = 56n;
@@ -418,7 +418,7 @@ export class Vfs implements FileSystem {
     return o;
   }
 
-  async read(ctx: RequestContext, nodeid: bigint, fh: bigint, offset: number, size: number): Promise<Buffer[]> {
+  async read(ctx: RequestContext, nodeid: bigint, fh: bigint, offset: number, size: number): Promise<ReadPiece[]> {
     if (this.pseudo(nodeid)) throw err('EISDIR', 'pseudo directory');
     const m = this.mountOf(nodeid);
     if (!m.fs.read) throw Vfs.unsupported(m, 'read');
