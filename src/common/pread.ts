@@ -1,12 +1,38 @@
-/** pread exactly into `dst`, zero-filling past EOF; returns the bytes really read. */
+/** Positional reads that fill their buffers completely, zero-filling past EOF. */
 import * as fs from 'node:fs';
 
+/** pread exactly into `dst`; returns the bytes really read. */
 export function preadFully(fd: number, dst: Buffer, position: number): number {
   let done = 0;
   while (done < dst.length) {
     const n = fs.readSync(fd, dst, done, dst.length - done, position + done);
     if (n === 0) { dst.fill(0, done); break; }
     done += n;
+  }
+  return done;
+}
+
+/** preadv into `iov` (several buffers, one system call when the file has the data). */
+export function preadvFully(fd: number, iov: Buffer[], position: number): number {
+  const total = iov.reduce((n, b) => n + b.length, 0);
+  let done = 0;
+  let bufs = iov;
+  while (done < total) {
+    const n = fs.readvSync(fd, bufs, position + done);
+    if (n === 0) {
+      for (const b of bufs) b.fill(0);
+      break;
+    }
+    done += n;
+    // drop what was filled and continue with the rest
+    let skip = n;
+    const rest: Buffer[] = [];
+    for (const b of bufs) {
+      if (skip >= b.length) { skip -= b.length; continue; }
+      rest.push(skip > 0 ? b.subarray(skip) : b);
+      skip = 0;
+    }
+    bufs = rest;
   }
   return done;
 }

@@ -12,7 +12,7 @@
  */
 import { einval } from '../../common/errno';
 import { log } from '../../common/log';
-import { preadFully } from '../../common/pread';
+import { preadvFully } from '../../common/pread';
 import type { DescriptorChain } from './queue';
 
 export class ChainReader {
@@ -93,18 +93,19 @@ export class ChainWriter {
     return this.written;
   }
 
-  /** pread straight into the guest's writable descriptors (zero copy). */
+  /**
+   * preadv straight into the guest's writable descriptors (zero copy, one
+   * system call for the usual page-per-descriptor READ buffers).
+   */
   writeFromFile(fd: number, position: number, length: number): void {
     if (length > this.available()) throw new RangeError(`reply overflow: ${length} > ${this.available()}`);
     const segs = this.chain.writable;
+    const iov: Buffer[] = [];
     let done = 0;
-    let short = false;
     while (done < length) {
       const s = segs[this.seg];
       const k = Math.min(length - done, s.length - this.pos);
-      const dst = s.subarray(this.pos, this.pos + k);
-      if (short) dst.fill(0);
-      else if (preadFully(fd, dst, position + done) < k) short = true;
+      iov.push(s.subarray(this.pos, this.pos + k));
       done += k;
       this.pos += k;
       if (this.pos === s.length) {
@@ -112,7 +113,7 @@ export class ChainWriter {
         this.pos = 0;
       }
     }
-    if (short) log.error({ fd, position, length }, 'short read from a file slice; zero-filled');
+    if (preadvFully(fd, iov, position) < length) log.error({ fd, position, length }, 'short read from a file slice; zero-filled');
     this.written += length;
   }
 }
