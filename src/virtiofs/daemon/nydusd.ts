@@ -19,6 +19,7 @@ import { FuseDevSession } from '../transport/fusedev';
 import { createRafs, readPrefetchList } from './rafs-mount';
 import { PassthroughFs, type CachePolicy } from '../passthrough/passthrough-fs';
 import { VirtioFsDaemon } from '../transport/virtio-fs-device';
+import { setPopulateMappings } from '../../vhost-user/sys/host';
 
 export const VERSION = {
   package_ver: 'v2.4.4-ts',
@@ -121,6 +122,7 @@ interface VirtiofsOpts extends Omit<FuseOpts, 'mountpoint' | 'threadNum' | 'writ
   hybridMode?: boolean;
   sharedMountpoint?: string;
   cachePolicy: CachePolicy;
+  populateGuestMemory: boolean;
 }
 
 function addVirtiofsOptions(cmd: Command): Command {
@@ -133,6 +135,7 @@ function addVirtiofsOptions(cmd: Command): Command {
     .addOption(new Option('--prefetch-files <path>', 'File listing paths to prefetch, one per line'))
     .addOption(new Option('-m, --virtual-mountpoint <path>', 'Mountpoint of the RAFS (or shared dir) within the virtiofs device').default('/'))
     .addOption(new Option('--shared-mountpoint <path>', '(extra) where --shared-dir is mounted when --bootstrap is also given'))
+    .addOption(new Option('--populate-guest-memory', '(extra) pre-fault guest memory mappings (faster I/O; commits all guest RAM on the host)').default(false))
     .addOption(new Option('--cache-policy <policy>', '(extra) cache policy as virtiofsd cache=: none = FOPEN_DIRECT_IO and no attr caching on the passthrough, direct I/O on RAFS').choices(['none', 'auto', 'always']).default('auto'))
     .allowUnknownOption()
     .allowExcessArguments();
@@ -164,6 +167,7 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   }
   // ATOMIC_O_TRUNC: the passthrough handles O_TRUNC in OPEN
   const server = new FuseServer(vfs, { readdirplus: true, extraFlags: FUSE_ATOMIC_O_TRUNC });
+  setPopulateMappings(o.populateGuestMemory);
   const daemon = new VirtioFsDaemon(server, { socketPath: o.sock });
   await daemon.start();
   log.info({ sock: o.sock, bootstrap: o.bootstrap, sharedDir: o.sharedDir }, 'nydusd virtiofs started');
