@@ -20,12 +20,20 @@ const c = {
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
 
-const codeOf = (errno: number): string =>
-  Object.entries(constants.errno).find(([, v]) => v === errno)?.[0] ?? 'EIO';
+const ERRNO_NAMES = new Map<number, string>();
+for (const [k, v] of Object.entries(constants.errno)) if (!ERRNO_NAMES.has(v)) ERRNO_NAMES.set(v, k);
+
+/** The calling thread's errno, right after a failed koffi call. */
+export const lastErrno = (): number => koffi.decode(errnoLoc(), 'int') as number;
+
+/** ErrnoError carrying a C errno. */
+export function errnoError(errno: number, what: string): ErrnoError {
+  const code = ERRNO_NAMES.get(errno) ?? 'EIO';
+  return new ErrnoError(code, `${what}: ${code}`);
+}
 
 function fail(call: string, path: string): never {
-  const errno = koffi.decode(errnoLoc(), 'int') as number;
-  throw new ErrnoError(codeOf(errno), `${call}(${path}): errno ${errno}`);
+  throw errnoError(lastErrno(), `${call}(${path})`);
 }
 
 /** Names of a path's xattrs (not following symlinks). */
@@ -36,7 +44,7 @@ export function listXattrs(path: string): string[] {
     if (n === 0) return [];
     const buf = Buffer.alloc(n);
     const m = Number(c.llistxattr(path, buf, n));
-    if (m < 0) { if (koffi.decode(errnoLoc(), 'int') === constants.errno.ERANGE) continue; fail('llistxattr', path); }
+    if (m < 0) { if (lastErrno() === constants.errno.ERANGE) continue; fail('llistxattr', path); }
     return buf.subarray(0, m).toString('latin1').split('\0').filter((s) => s.length > 0).map((s) => Buffer.from(s, 'latin1').toString());
   }
 }
@@ -47,7 +55,7 @@ export function getXattr(path: string, name: string): Buffer {
     if (n < 0) fail('lgetxattr', path);
     const buf = Buffer.alloc(n);
     const m = n === 0 ? 0 : Number(c.lgetxattr(path, name, buf, n));
-    if (m < 0) { if (koffi.decode(errnoLoc(), 'int') === constants.errno.ERANGE) continue; fail('lgetxattr', path); }
+    if (m < 0) { if (lastErrno() === constants.errno.ERANGE) continue; fail('lgetxattr', path); }
     return buf.subarray(0, m);
   }
 }

@@ -7,14 +7,9 @@
  */
 import type { ChunkInfo } from '../metadata/types';
 
-export const S_IFMT = 0o170000;
-export const S_IFDIR = 0o040000;
-export const S_IFREG = 0o100000;
-export const S_IFLNK = 0o120000;
-export const S_IFCHR = 0o020000;
-export const S_IFBLK = 0o060000;
-export const S_IFIFO = 0o010000;
-export const S_IFSOCK = 0o140000;
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../../common/mode';
+
+export { S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK } from '../../common/mode';
 
 export class BuildInode {
   mode = S_IFDIR | 0o755;

@@ -11,10 +11,9 @@
  */
 import koffi from 'koffi';
 import { constants } from 'node:os';
-import { ErrnoError } from '../../common/errno';
+import { errnoError, lastErrno } from '../../common/libc';
 
 const lib = koffi.load('libc.so.6');
-const errnoLoc = lib.func('int *__errno_location(void)');
 
 const c = {
   openat: lib.func('int openat(int dirfd, const uint8_t *path, int flags, uint32_t mode)'),
@@ -70,34 +69,16 @@ export const O_CLOEXEC = 0o2000000;
 export const O_PATH = 0o10000000;
 export const O_TMPFILE = 0o20000000 | O_DIRECTORY;
 
-export const S_IFMT = 0o170000;
-export const S_IFDIR = 0o040000;
-export const S_IFREG = 0o100000;
-export const S_IFLNK = 0o120000;
-export const S_IFCHR = 0o020000;
-export const S_IFBLK = 0o060000;
-export const S_IFIFO = 0o010000;
-export const S_IFSOCK = 0o140000;
-export const S_ISUID = 0o4000;
-export const S_ISGID = 0o2000;
+export { S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK, S_ISUID, S_ISGID } from '../../common/mode';
 
 export const UTIME_NOW = (1 << 30) - 1;
 export const UTIME_OMIT = (1 << 30) - 2;
 
-const ERRNO_NAMES = new Map<number, string>();
-for (const [k, v] of Object.entries(constants.errno)) if (!ERRNO_NAMES.has(v)) ERRNO_NAMES.set(v, k);
-
-export function errnoError(errno: number, what: string): ErrnoError {
-  const code = ERRNO_NAMES.get(errno) ?? 'EIO';
-  return new ErrnoError(code, `${what}: ${code}`);
-}
+export { errnoError };
 
 function fail(call: string): never {
-  const errno = koffi.decode(errnoLoc(), 'int') as number;
-  throw errnoError(errno, call);
+  throw errnoError(lastErrno(), call);
 }
-
-const lastErrno = (): number => koffi.decode(errnoLoc(), 'int') as number;
 
 /** NUL-terminated copy of a name or path (bytes kept exactly). */
 export function cpath(p: Buffer | string): Buffer {
