@@ -9,32 +9,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ROOT } from '../support/cli';
+import { BENCH_BIG, BENCH_SMALL, makeReadBenchTree } from '../support/bench-tree';
 import { isMounted, startNydusd } from '../support/nydusd';
 
-const BIG = 256 << 20;
-const SMALL = 3000;
-
-function makeTree(base: string): void {
-  if (fs.existsSync(path.join(base, '.complete'))) return;
-  fs.rmSync(base, { recursive: true, force: true });
-  fs.mkdirSync(path.join(base, 'small'), { recursive: true });
-  const fd = fs.openSync(path.join(base, 'big.bin'), 'w');
-  const mb = Buffer.alloc(1 << 20);
-  let seed = 7;
-  for (let off = 0; off < BIG; off += mb.length) {
-    // half random, half text: compressible but not trivially
-    if ((off >> 20) % 2 === 0) for (let i = 0; i < mb.length; i += 4) { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; mb.writeUInt32LE(seed, i); }
-    else mb.write(`block ${off} `.repeat(1 << 16).slice(0, mb.length));
-    fs.writeSync(fd, mb);
-  }
-  fs.closeSync(fd);
-  for (let i = 0; i < SMALL; i++) {
-    const d = path.join(base, 'small', `d${i % 50}`);
-    fs.mkdirSync(d, { recursive: true });
-    fs.writeFileSync(path.join(d, `f${i}`), `small file ${i}\n`.repeat(i % 20 + 1));
-  }
-  fs.writeFileSync(path.join(base, '.complete'), '');
-}
+const BIG = BENCH_BIG;
+const SMALL = BENCH_SMALL;
 
 const dropCaches = () => { spawnSync('sync'); fs.writeFileSync('/proc/sys/vm/drop_caches', '3'); };
 
@@ -64,7 +43,7 @@ async function main() {
   if (process.getuid?.() !== 0) { console.log('SKIP fuse bench: needs root'); return; }
   const work = path.join(os.tmpdir(), 'nydus-fuse-bench');
   const src = path.join(work, 'src');
-  makeTree(src);
+  makeReadBenchTree(src);
   const ni = path.join(ROOT, 'bin/nydus-image');
   const results: Record<string, Result> = {};
 

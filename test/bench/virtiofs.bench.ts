@@ -11,32 +11,13 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ROOT } from '../support/cli';
+import { BENCH_BIG, BENCH_SMALL, makeReadBenchTree } from '../support/bench-tree';
 import {
   bootGuest, guestScriptHelpers as H, parseGuestTimings, prepareGuest, startDaemonProcess, startReferenceVirtiofsd,
 } from '../support/qemu';
 
-const BIG = 256 << 20;
-const SMALL = 3000;
-
-function makeTree(base: string): void {
-  if (fs.existsSync(path.join(base, '.complete'))) return;
-  fs.rmSync(base, { recursive: true, force: true });
-  fs.mkdirSync(path.join(base, 'small'), { recursive: true });
-  const fd = fs.openSync(path.join(base, 'big.bin'), 'w');
-  const mb = Buffer.alloc(1 << 20);
-  let seed = 11;
-  for (let off = 0; off < BIG; off += mb.length) {
-    for (let i = 0; i < mb.length; i += 4) { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; mb.writeUInt32LE(seed, i); }
-    fs.writeSync(fd, mb);
-  }
-  fs.closeSync(fd);
-  for (let i = 0; i < SMALL; i++) {
-    const d = path.join(base, 'small', `d${i % 50}`);
-    fs.mkdirSync(d, { recursive: true });
-    fs.writeFileSync(path.join(d, `f${i}`), `small file ${i}\n`);
-  }
-  fs.writeFileSync(path.join(base, '.complete'), '');
-}
+const BIG = BENCH_BIG;
+const SMALL = BENCH_SMALL;
 
 const workload = (dir: string) => `${H.prelude}
 set -e
@@ -58,7 +39,7 @@ async function main() {
   if ('skip' in g) { console.log(`SKIP virtiofs bench: ${g.skip}`); return; }
   const work = path.join(os.tmpdir(), 'nydus-virtiofs-bench');
   const src = path.join(work, 'src');
-  makeTree(src);
+  makeReadBenchTree(src);
   const blobs = path.join(work, 'blobs');
   fs.rmSync(blobs, { recursive: true, force: true });
   fs.mkdirSync(blobs, { recursive: true });
