@@ -12,3 +12,9 @@ export function setupLog(level: LogLevel, file?: string): pino.Logger {
   log = pino({ level, base: undefined }, dest);
   return log;
 }
+
+/** Change the level of the current logger at run time (PUT /api/v1/daemon `log_level`). */
+export function setLogLevel(level: LogLevel): void {
+  if (!LOG_LEVELS.includes(level)) throw new Error(`invalid log level ${String(level)}`);
+  log.level = level;
+}

@@ -16,18 +16,21 @@ import { Vfs } from '../vfs/vfs';
 import { FuseServer } from '../fuse/server';
 import { FUSE_ATOMIC_O_TRUNC } from '../fuse/abi';
 import { FuseDevSession } from '../transport/fusedev';
-import { createRafs, readPrefetchList } from './rafs-mount';
-import { PassthroughFs, type CachePolicy } from '../passthrough/passthrough-fs';
+import { readPrefetchList } from './prefetch-list';
+import type { CachePolicy } from '../passthrough/passthrough-fs';
 import { VirtioFsDaemon } from '../transport/virtio-fs-device';
 import { setPopulateMappings } from '../../vhost-user/sys/host';
+import { VERSION } from './api/version';
+import { DaemonService, createPassthroughInstance, createRafsInstance } from './api/service';
+import { startApiServer, type ApiServer } from './api/server';
 
-export const VERSION = {
-  package_ver: 'v2.4.4-ts',
-  git_commit: 'unknown',
-  build_time: 'unknown',
-  profile: 'release',
-  rustc: 'node ' + process.version,
-};
+export { VERSION };
+
+/** API server up at once (state INIT until the daemon is serving). */
+async function startApi(apisock: string | undefined, svc: DaemonService): Promise<ApiServer | undefined> {
+  if (!apisock) return undefined;
+  return startApiServer(svc, apisock);
+}
 
 interface FuseOpts {
   apisock?: string;
@@ -91,17 +94,19 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   if (!o.bootstrap) throw einval('--bootstrap is required');
   if (o.prefetchFiles && !o.bootstrap) throw einval('--prefetch-files requires --bootstrap');
   if ((o.id && !o.supervisor) || (!o.id && o.supervisor)) throw einval('--id and --supervisor must be given together');
-  if (o.apisock) log.warn({ apisock: o.apisock }, 'the HTTP API is not implemented in this version; --apisock ignored');
   const threads = Number(o.fuseThreads ?? o.threadNum);
   if (!Number.isInteger(threads) || threads < 1 || threads > 1024) throw einval(`invalid --thread-num '${o.fuseThreads ?? o.threadNum}' (1..1024)`);
 
   const cfg = loadConfig(o);
-  const rafs = createRafs(o.bootstrap, cfg, readPrefetchList(o.prefetchFiles));
   const vfs = new Vfs();
-  vfs.mount(o.virtualMountpoint, rafs.fs);
+  const svc = new DaemonService(vfs, { id: o.id, supervisor: o.supervisor });
+  const api = await startApi(o.apisock, svc);
+  svc.attach(createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles)));
+  svc.state.fire('Mount');
   const server = new FuseServer(vfs, { readdirplus: true });
   const session = new FuseDevSession(server, { mountpoint: o.mountpoint, readOnly: !o.writable, threads });
   session.mount();
+  svc.state.fire('Start');
   log.info({ bootstrap: o.bootstrap, mountpoint: o.mountpoint, threads }, 'nydusd started');
 
   const stop = (sig: string) => {
@@ -113,7 +118,9 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   await session.run();
-  await rafs.close();
+  svc.state.shutdown();
+  await api?.close();
+  await svc.closeAll();
   log.info('nydusd exited');
 }
 
@@ -149,35 +156,34 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   if (extra.length) log.warn({ args: extra }, 'ignoring unsupported virtiofsd-style arguments');
   const cacheOpt = extra.join(' ').match(/cache=(none|auto|always)/);
   const cachePolicy = (cacheOpt?.[1] as CachePolicy | undefined) ?? o.cachePolicy;
-  if (o.apisock) log.warn({ apisock: o.apisock }, 'the HTTP API is not implemented in this version; --apisock ignored');
   if (o.prefetchFiles && !o.bootstrap) throw einval('--prefetch-files requires --bootstrap');
+  if ((o.id && !o.supervisor) || (!o.id && o.supervisor)) throw einval('--id and --supervisor must be given together');
   const vfs = new Vfs();
-  const closers: Array<() => Promise<void>> = [];
-  if (o.bootstrap) {
-    const rafs = createRafs(o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles), { directIo: cachePolicy === 'none' });
-    vfs.mount(o.virtualMountpoint, rafs.fs);
-    closers.push(rafs.close);
-  }
-  if (o.sharedDir) {
-    const at = o.bootstrap ? o.sharedMountpoint : o.sharedMountpoint ?? o.virtualMountpoint;
-    if (!at) throw einval('--shared-dir with --bootstrap needs --shared-mountpoint (they cannot share one mountpoint)');
-    const pfs = new PassthroughFs(o.sharedDir, { cachePolicy });
-    vfs.mount(at, pfs);
-    closers.push(async () => pfs.close());
-  }
+  const svc = new DaemonService(vfs, { id: o.id, supervisor: o.supervisor, cachePolicy });
+  const sharedAt = o.sharedDir ? (o.bootstrap ? o.sharedMountpoint : o.sharedMountpoint ?? o.virtualMountpoint) : undefined;
+  if (o.sharedDir && !sharedAt) throw einval('--shared-dir with --bootstrap needs --shared-mountpoint (they cannot share one mountpoint)');
+  const cfg = o.bootstrap ? loadConfig(o) : undefined;
+  const api = await startApi(o.apisock, svc);
+  if (o.bootstrap && cfg) svc.attach(createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles), { directIo: cachePolicy === 'none' }));
+  if (o.sharedDir && sharedAt) svc.attach(createPassthroughInstance(sharedAt, o.sharedDir, cachePolicy));
+  svc.state.fire('Mount');
   // ATOMIC_O_TRUNC: the passthrough handles O_TRUNC in OPEN
   const server = new FuseServer(vfs, { readdirplus: true, extraFlags: FUSE_ATOMIC_O_TRUNC });
   setPopulateMappings(o.populateGuestMemory);
   const daemon = new VirtioFsDaemon(server, { socketPath: o.sock });
   await daemon.start();
-  log.info({ sock: o.sock, bootstrap: o.bootstrap, sharedDir: o.sharedDir }, 'nydusd virtiofs started');
+  // the vhost-user socket listens now: only then RUNNING (kata-contract §0 point 2)
+  svc.state.fire('Start');
+  log.info({ sock: o.sock, apisock: o.apisock, bootstrap: o.bootstrap, sharedDir: o.sharedDir }, 'nydusd virtiofs started');
   await new Promise<void>((resolve) => {
     const stop = (sig: string) => { log.info({ signal: sig }, 'stopping'); resolve(); };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  svc.state.shutdown();
+  await api?.close();
   await daemon.stop();
-  for (const c of closers) await c();
+  await svc.closeAll();
   log.info('nydusd exited');
   process.exit(0);
 }

@@ -1,0 +1,205 @@
+/**
+ * The daemon behind the HTTP API: the Vfs, the state machine, the mount
+ * table with metrics and descriptors (backend_collection). Mount/umount/
+ * remount are serialized (one at a time) like upstream's FSM thread.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseNydusdConfig, redactSecrets, type ConfigV2 } from '../../../common/config';
+import { ErrnoError } from '../../../common/errno';
+import { log } from '../../../common/log';
+import { RafsFs } from '../../../rafs/fs';
+import { createBackend, createBlobDevice } from '../../../storage/factory';
+import { loadBootstrapFile } from '../../../storage/image';
+import type { FileSystem } from '../../fuse/filesystem';
+import { PassthroughFs, type CachePolicy } from '../../passthrough/passthrough-fs';
+import type { Vfs } from '../../vfs/vfs';
+import { BackendMetrics, FsIoStats, withBackendMetrics, withMetrics } from '../metrics';
+import { prefetchChunks } from '../prefetch';
+import { DaemonStateMachine } from '../state';
+import { VERSION } from './version';
+
+export type BackendType = 'Rafs' | 'PassthroughFs';
+
+export interface MountCmd {
+  source: string;
+  fs_type: string;
+  config: string;
+  prefetch_files?: string[];
+}
+
+export interface MountedInstance {
+  mountpoint: string;
+  backendType: BackendType;
+  mountedTime: Date;
+  /** redacted config (RAFS), null for the passthrough */
+  config: ConfigV2 | null;
+  fs: FileSystem;
+  stats: FsIoStats;
+  backend?: BackendMetrics;
+  workDir?: string;
+  close(): Promise<void>;
+}
+
+export interface DaemonServiceOptions {
+  id?: string;
+  supervisor?: string;
+  /** passthrough cache policy; `none` also means direct I/O on RAFS */
+  cachePolicy?: CachePolicy;
+  /** called by PUT /api/v1/daemon/exit after the 204 went out (default: SIGTERM to self) */
+  onExit?: () => void;
+}
+
+export function fsBackendType(t: string): BackendType {
+  switch (t) {
+    case 'rafs': return 'Rafs';
+    case 'passthrough': case 'passthroughfs': case 'passthrough_fs': return 'PassthroughFs';
+    default: throw new Error(`invalid fs type ${JSON.stringify(t)}`);
+  }
+}
+
+/** Build a RAFS instance whose backend reads are counted. */
+export function createRafsInstance(mountpoint: string, bootstrap: string, cfg: ConfigV2, prefetchFiles?: string[], opts: { directIo?: boolean } = {}): MountedInstance {
+  const { boot, sb, inlineBlob } = loadBootstrapFile(bootstrap);
+  const bm = new BackendMetrics(inlineBlob ? 'localfs' : cfg.backend.type, mountpoint);
+  const backend = withBackendMetrics(createBackend(cfg, { blobFile: inlineBlob }), bm);
+  const device = createBlobDevice(cfg, sb.blobs, { backend });
+  const rafs = new RafsFs(sb, device, { bootstrap: boot, enableXattr: cfg.rafs.enable_xattr, directIo: opts.directIo });
+  const pf = cfg.rafs.prefetch;
+  if (prefetchFiles?.length || pf.enable) {
+    const chunks = prefetchChunks(sb, { files: prefetchFiles, all: pf.enable && pf.prefetch_all });
+    if (chunks.length && device.prefetch) {
+      log.info({ bootstrap, chunks: chunks.length }, 'prefetch started');
+      device.prefetch(chunks);
+    }
+  }
+  const stats = new FsIoStats(mountpoint, cfg.rafs);
+  log.info({ bootstrap, mountpoint, version: sb.meta.version, blobs: sb.blobs.length }, 'rafs instance created');
+  const workDir = cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache' ? cfg.cache.filecache?.work_dir : undefined;
+  return {
+    mountpoint, backendType: 'Rafs', mountedTime: new Date(), config: redactSecrets(cfg),
+    fs: withMetrics(rafs, stats), stats, backend: bm, workDir, close: () => device.close(),
+  };
+}
+
+export function createPassthroughInstance(mountpoint: string, dir: string, cachePolicy: CachePolicy = 'auto'): MountedInstance {
+  const st = fs.statSync(dir);
+  if (!st.isDirectory()) throw new ErrnoError('ENOTDIR', `${dir} is not a directory`);
+  const pfs = new PassthroughFs(dir, { cachePolicy });
+  const stats = new FsIoStats(mountpoint);
+  return {
+    mountpoint, backendType: 'PassthroughFs', mountedTime: new Date(), config: null,
+    fs: withMetrics(pfs, stats), stats, close: async () => pfs.close(),
+  };
+}
+
+/** time-crate style: `2026-07-01 10:00:00.123456789 +00:00:00` */
+export function formatMountedTime(d: Date): string {
+  const p = (n: number, w = 2) => String(n).padStart(w, '0');
+  return `${d.getUTCFullYear()}-${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())}.${p(d.getUTCMilliseconds(), 3)}000000 +00:00:00`;
+}
+
+const errText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+export class DaemonService {
+  readonly state = new DaemonStateMachine();
+  readonly instances = new Map<string, MountedInstance>();
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(readonly vfs: Vfs, readonly opts: DaemonServiceOptions = {}) {}
+
+  private serial<T>(fn: () => Promise<T> | T): Promise<T> {
+    const r = this.queue.then(fn, fn);
+    this.queue = r.catch(() => undefined);
+    return r;
+  }
+
+  /** Add an already built instance (startup mounts from the command line). */
+  attach(inst: MountedInstance): void {
+    inst.stats.vfsIndex = this.vfs.mount(inst.mountpoint, inst.fs);
+    this.instances.set(inst.mountpoint, inst);
+  }
+
+  private build(mountpoint: string, cmd: MountCmd): MountedInstance {
+    const type = fsBackendType(cmd.fs_type);
+    if (type === 'Rafs') {
+      const cfg = parseNydusdConfig(cmd.config);
+      for (const f of cmd.prefetch_files ?? []) if (!path.isAbsolute(f)) throw new Error(`prefetch file ${f} is not an absolute path`);
+      return createRafsInstance(mountpoint, cmd.source, cfg, cmd.prefetch_files, { directIo: this.opts.cachePolicy === 'none' });
+    }
+    return createPassthroughInstance(mountpoint, cmd.source, this.opts.cachePolicy);
+  }
+
+  /** POST /mount. Errors are Error with upstream-like text (the caller wraps them). */
+  mount(mountpoint: string, cmd: MountCmd): Promise<void> {
+    return this.serial(async () => {
+      if (this.instances.has(mountpoint)) throw new AlreadyExists();
+      const inst = this.build(mountpoint, cmd);
+      try {
+        this.attach(inst);
+      } catch (e) {
+        await inst.close().catch(() => undefined);
+        throw e;
+      }
+      log.info({ mountpoint, fs_type: cmd.fs_type, source: cmd.source }, 'filesystem mounted');
+    });
+  }
+
+  /** PUT /mount: swap the filesystem under an existing mountpoint (old one back on failure). */
+  remount(mountpoint: string, cmd: MountCmd): Promise<void> {
+    return this.serial(async () => {
+      const old = this.instances.get(mountpoint);
+      if (!old) throw new NotFound();
+      const inst = this.build(mountpoint, cmd);
+      this.vfs.umount(mountpoint);
+      this.instances.delete(mountpoint);
+      try {
+        this.attach(inst);
+      } catch (e) {
+        await inst.close().catch(() => undefined);
+        this.attach(old);
+        throw e;
+      }
+      await old.close().catch((e: unknown) => log.warn({ mountpoint, err: errText(e) }, 'closing the old filesystem failed'));
+      log.info({ mountpoint, source: cmd.source }, 'filesystem remounted');
+    });
+  }
+
+  /** DELETE /mount; false when nothing was mounted there (answered 204 anyway). */
+  umount(mountpoint: string): Promise<boolean> {
+    return this.serial(async () => {
+      const inst = this.instances.get(mountpoint);
+      if (!inst) return false;
+      this.vfs.umount(mountpoint);
+      this.instances.delete(mountpoint);
+      await inst.close().catch((e: unknown) => log.warn({ mountpoint, err: errText(e) }, 'closing the filesystem failed'));
+      log.info({ mountpoint }, 'filesystem unmounted');
+      return true;
+    });
+  }
+
+  async closeAll(): Promise<void> {
+    for (const mp of [...this.instances.keys()]) await this.umount(mp).catch(() => undefined);
+  }
+
+  daemonInfo(withBackends: boolean): Record<string, unknown> {
+    const bc: Record<string, unknown> = {};
+    for (const [mp, i] of this.instances) {
+      bc[mp] = { backend_type: i.backendType, mountpoint: mp, mounted_time: formatMountedTime(i.mountedTime), config: i.config };
+    }
+    return {
+      version: { ...VERSION },
+      id: this.opts.id ?? null,
+      supervisor: this.opts.supervisor ?? null,
+      state: this.state.state,
+      backend_collection: withBackends ? bc : null,
+    };
+  }
+}
+
+export class AlreadyExists extends Error {
+  constructor() { super('object or filesystem already exists'); }
+}
+export class NotFound extends Error {
+  constructor() { super('object or filesystem not found'); }
+}

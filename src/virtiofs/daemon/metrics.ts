@@ -1,0 +1,352 @@
+/**
+ * Daemon metrics (rafs-spec §8.2, upstream utils/src/metrics.rs), measured
+ * from outside the filesystems:
+ *  - FsIoStats per mount, filled by `withMetrics(fs, stats)`, a counting
+ *    decorator (a Proxy: the wrapped object keeps exactly the methods and
+ *    properties of the filesystem, so the VFS sees the same capabilities);
+ *  - per-inode stats / access patterns / latest read files when the RAFS
+ *    config enables iostats_files / access_pattern / latest_read_files;
+ *  - BackendMetrics, filled by `withBackendMetrics(backend, metrics)`;
+ *  - in-flight requests across every mount, and the error event log.
+ *
+ * Semantics (as upstream): fop_hits/fop_errors/fop_cumulative_latency_total
+ * are indexed by StatsFop (0 getattr, 1 readlink, 2 open, 3 release, 4 read,
+ * 5 statfs, 6 getxattr, 7 listxattr, 8 opendir, 9 lookup, 10 readdir,
+ * 11 readdirplus, 12 access, 13 forget, 14 batch_forget); latency in µs.
+ * nr_opens counts files currently open (open +1, release -1). data_read sums
+ * the bytes returned by READ; block_count_read buckets each READ's returned
+ * size (<1K, 1K, 4K, 16K, 64K, 128K, 512K, >=1M); read_latency_dist buckets
+ * READ latency (<=200µs, <=1ms, <=20ms, <=50ms, <=500ms, <=1s, <=2s, >2s).
+ */
+import type { BlobBackend } from '../../storage/backend/backend';
+import type { FileSystem, ReadPiece } from '../fuse/filesystem';
+
+export const FOP_NAMES = [
+  'getattr', 'readlink', 'open', 'release', 'read', 'statfs', 'getxattr', 'listxattr',
+  'opendir', 'lookup', 'readdir', 'readdirplus', 'access', 'forget', 'batch_forget',
+] as const;
+const FOP_INDEX: Record<string, number> = Object.fromEntries(FOP_NAMES.map((n, i) => [n, i]));
+
+/** FUSE opcodes reported by /metrics/inflight */
+const OPCODES: Record<string, number> = {
+  lookup: 1, forget: 2, getattr: 3, setattr: 4, readlink: 5, symlink: 6, mknod: 8, mkdir: 9, unlink: 10, rmdir: 11,
+  rename: 12, link: 13, open: 14, read: 15, write: 16, statfs: 17, release: 18, fsync: 20, setxattr: 21, getxattr: 22,
+  listxattr: 23, removexattr: 24, flush: 25, opendir: 27, readdir: 28, releasedir: 29, fsyncdir: 30, access: 34,
+  create: 35, fallocate: 43, readdirplus: 44, lseek: 46, syncfs: 50,
+};
+
+const KB = 1024;
+/** bucket of a READ size: <1K, 1K, 4K, 16K, 64K, 128K, 512K, >=1M */
+export function blockSizeIndex(size: number): number {
+  const limits = [KB, 4 * KB, 16 * KB, 64 * KB, 128 * KB, 512 * KB, 1024 * KB];
+  const i = limits.findIndex((l) => size < l);
+  return i < 0 ? 7 : i;
+}
+/** bucket of a READ latency in µs: <=200, <=1ms, <=20ms, <=50ms, <=500ms, <=1s, <=2s, >2s */
+export function latencyMicrosIndex(us: number): number {
+  const limits = [200, 1000, 20_000, 50_000, 500_000, 1_000_000, 2_000_000];
+  const i = limits.findIndex((l) => us <= l);
+  return i < 0 ? 7 : i;
+}
+/** backend latency bucket in ms: <=1, <=20, <=50, <=100, <=500, <=1000, <=2000, >2000 */
+export function latencyMillisIndex(ms: number): number {
+  const limits = [1, 20, 50, 100, 500, 1000, 2000];
+  const i = limits.findIndex((l) => ms <= l);
+  return i < 0 ? 7 : i;
+}
+
+const zeros = (n: number): number[] => new Array<number>(n).fill(0);
+
+export interface InodeIoStats {
+  total_fops: number;
+  data_read: number;
+  block_count_read: number[];
+  fop_hits: number[];
+  fop_errors: number[];
+}
+
+export interface AccessPattern {
+  ino: number;
+  nr_read: number;
+  first_access_time_secs: number;
+  first_access_time_nanos: number;
+}
+
+export interface FsIoStatsOptions {
+  iostats_files?: boolean;
+  access_pattern?: boolean;
+  latest_read_files?: boolean;
+}
+
+const MAX_TRACKED_INODES = 1 << 20;
+
+export class FsIoStats {
+  files_account_enabled: boolean;
+  access_pattern_enabled: boolean;
+  record_latest_read_files_enabled: boolean;
+  measure_latency = true;
+  nr_opens = 0;
+  data_read = 0;
+  block_count_read = zeros(8);
+  fop_hits = zeros(15);
+  fop_errors = zeros(15);
+  fop_cumulative_latency_total = zeros(15);
+  read_latency_dist = zeros(8);
+  /** VFS slot of the mount, to report VFS-encoded inode numbers (set after Vfs.mount) */
+  vfsIndex = 0;
+  readonly files = new Map<number, InodeIoStats>();
+  readonly patterns = new Map<number, AccessPattern>();
+  readonly latestRead = new Set<number>();
+
+  constructor(readonly id: string, opts: FsIoStatsOptions = {}) {
+    this.files_account_enabled = !!opts.iostats_files;
+    this.access_pattern_enabled = !!opts.access_pattern;
+    this.record_latest_read_files_enabled = !!opts.latest_read_files;
+  }
+
+  /** Record one finished operation. */
+  record(fop: number, ino: number | undefined, ok: boolean, micros: number, readBytes = 0): void {
+    if (ok) this.fop_hits[fop]++;
+    else this.fop_errors[fop]++;
+    this.fop_cumulative_latency_total[fop] += micros;
+    const isRead = fop === FOP_INDEX.read && ok;
+    if (isRead) {
+      this.data_read += readBytes;
+      this.block_count_read[blockSizeIndex(readBytes)]++;
+      this.read_latency_dist[latencyMicrosIndex(micros)]++;
+    }
+    if (fop === FOP_INDEX.open && ok) this.nr_opens++;
+    if (fop === FOP_INDEX.release && ok && this.nr_opens > 0) this.nr_opens--;
+    if (ino === undefined) return;
+    if (this.files_account_enabled) {
+      let f = this.files.get(ino);
+      if (!f && this.files.size < MAX_TRACKED_INODES) {
+        f = { total_fops: 0, data_read: 0, block_count_read: zeros(8), fop_hits: zeros(15), fop_errors: zeros(15) };
+        this.files.set(ino, f);
+      }
+      if (f) {
+        f.total_fops++;
+        if (ok) f.fop_hits[fop]++;
+        else f.fop_errors[fop]++;
+        if (isRead) {
+          f.data_read += readBytes;
+          f.block_count_read[blockSizeIndex(readBytes)]++;
+        }
+      }
+    }
+    if (isRead && this.access_pattern_enabled) {
+      let p = this.patterns.get(ino);
+      if (!p && this.patterns.size < MAX_TRACKED_INODES) {
+        const now = Date.now();
+        p = { ino, nr_read: 0, first_access_time_secs: Math.floor(now / 1000), first_access_time_nanos: (now % 1000) * 1e6 };
+        this.patterns.set(ino, p);
+      }
+      if (p) p.nr_read++;
+    }
+    if (isRead && this.record_latest_read_files_enabled && this.latestRead.size < MAX_TRACKED_INODES) this.latestRead.add(ino);
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {
+      files_account_enabled: this.files_account_enabled,
+      access_pattern_enabled: this.access_pattern_enabled,
+      record_latest_read_files_enabled: this.record_latest_read_files_enabled,
+      measure_latency: this.measure_latency,
+      id: this.id,
+      nr_opens: this.nr_opens,
+      data_read: this.data_read,
+      block_count_read: this.block_count_read,
+      fop_hits: this.fop_hits,
+      fop_errors: this.fop_errors,
+      fop_cumulative_latency_total: this.fop_cumulative_latency_total,
+      read_latency_dist: this.read_latency_dist,
+    };
+  }
+
+  /** GET /metrics/files: `{ "<ino>": InodeIoStats }` */
+  exportFiles(): Record<string, InodeIoStats> {
+    const out: Record<string, InodeIoStats> = {};
+    for (const [ino, s] of this.files) out[String(ino)] = s;
+    return out;
+  }
+
+  /** GET /metrics/files?latest=true: sorted inode ranges `[[a,b],[c],…]`, then cleared */
+  exportLatestReadFiles(): number[][] {
+    const inos = [...this.latestRead].sort((a, b) => a - b);
+    this.latestRead.clear();
+    const out: number[][] = [];
+    for (let i = 0; i < inos.length; ) {
+      let j = i;
+      while (j + 1 < inos.length && inos[j + 1] === inos[j] + 1) j++;
+      out.push(i === j ? [inos[i]] : [inos[i], inos[j]]);
+      i = j + 1;
+    }
+    return out;
+  }
+
+  /** GET /metrics/pattern: inodes read at least once */
+  exportPatterns(): AccessPattern[] {
+    return [...this.patterns.values()].filter((p) => p.nr_read > 0);
+  }
+}
+
+// ---- in-flight requests -------------------------------------------------------------
+
+export interface InflightOp {
+  inode: number;
+  opcode: number;
+  unique: number;
+  timestamp_secs: number;
+}
+const inflight = new Map<number, InflightOp>();
+let inflightSeq = 0;
+
+/** Requests currently being served by any decorated filesystem. */
+export function inflightOps(): InflightOp[] {
+  return [...inflight.values()];
+}
+
+// ---- the decorator ------------------------------------------------------------------
+
+function readSize(pieces: ReadPiece[]): number {
+  let n = 0;
+  for (const p of pieces) n += Buffer.isBuffer(p) ? p.length : p.length;
+  return n;
+}
+
+function asNumber(v: unknown): number | undefined {
+  if (typeof v === 'bigint') return Number(v);
+  if (typeof v === 'number') return v;
+  return undefined;
+}
+
+/**
+ * Wrap `fs` so every call is counted into `stats`. The wrapper exposes the
+ * same methods (absent ones stay absent) and forwards properties.
+ */
+export function withMetrics<T extends FileSystem>(fs: T, stats: FsIoStats): T {
+  const cache = new Map<PropertyKey, unknown>();
+  return new Proxy(fs, {
+    get(target, prop, receiver) {
+      const v: unknown = Reflect.get(target, prop, receiver);
+      if (typeof v !== 'function' || typeof prop !== 'string' || prop === 'constructor') return v;
+      const hit = cache.get(prop);
+      if (hit) return hit;
+      const fn = v as (...args: unknown[]) => unknown;
+      const wrapped = (...args: unknown[]): unknown => {
+        const name = prop === 'readdir' && args[4] === true ? 'readdirplus' : prop;
+        const fop = FOP_INDEX[name];
+        const opcode = OPCODES[name];
+        if (fop === undefined && opcode === undefined) return fn.apply(target, args);
+        // forget(ino, n) has no ctx; every other op is (ctx, ino|parent, …)
+        const ino = asNumber(prop === 'forget' ? args[0] : args[1]);
+        const ctx = prop === 'forget' ? undefined : (args[0] as { unique?: bigint } | undefined);
+        const t0 = process.hrtime.bigint();
+        const seq = ++inflightSeq;
+        const done = (ok: boolean, result: unknown): void => {
+          inflight.delete(seq);
+          if (fop === undefined) return;
+          const us = Number((process.hrtime.bigint() - t0) / 1000n);
+          const bytes = ok && fop === FOP_INDEX.read && Array.isArray(result) ? readSize(result as ReadPiece[]) : 0;
+          stats.record(fop, ino, ok, us, bytes);
+        };
+        let r: unknown;
+        try {
+          r = fn.apply(target, args);
+        } catch (e) {
+          done(false, undefined);
+          throw e;
+        }
+        if (r && typeof (r as Promise<unknown>).then === 'function') {
+          const encoded = ino === undefined ? 0 : Number((BigInt(stats.vfsIndex) << 56n) | BigInt(ino));
+          inflight.set(seq, { inode: encoded, opcode: opcode ?? 0, unique: Number(ctx?.unique ?? 0n), timestamp_secs: Math.floor(Date.now() / 1000) });
+          return (r as Promise<unknown>).then(
+            (x) => { done(true, x); return x; },
+            (e: unknown) => { done(false, undefined); throw e; },
+          );
+        }
+        done(true, r);
+        return r;
+      };
+      cache.set(prop, wrapped);
+      return wrapped;
+    },
+  });
+}
+
+// ---- backend ------------------------------------------------------------------------
+
+export class BackendMetrics {
+  read_count = 0;
+  read_errors = 0;
+  read_amount_total = 0;
+  read_cumulative_latency_millis_total = 0;
+  read_cumulative_latency_millis_dist = zeros(8);
+  read_count_block_size_dist = zeros(8);
+  read_latency_sizes_dist: number[][] = Array.from({ length: 8 }, () => zeros(8));
+
+  constructor(readonly backend_type: string, readonly id: string) {}
+
+  record(ok: boolean, bytes: number, ms: number): void {
+    if (!ok) {
+      this.read_errors++;
+      return;
+    }
+    this.read_count++;
+    this.read_amount_total += bytes;
+    this.read_cumulative_latency_millis_total += ms;
+    const li = latencyMillisIndex(ms);
+    const si = blockSizeIndex(bytes);
+    this.read_cumulative_latency_millis_dist[li]++;
+    this.read_count_block_size_dist[si]++;
+    this.read_latency_sizes_dist[si][li]++;
+  }
+
+  toJSON(): Record<string, unknown> {
+    const { id: _id, ...rest } = { ...this };
+    return rest;
+  }
+}
+
+/** A backend that counts its reads into `m`. */
+export function withBackendMetrics(b: BlobBackend, m: BackendMetrics): BlobBackend {
+  const out: BlobBackend = {
+    type: b.type,
+    async read(blobId, offset, length) {
+      const t0 = Date.now();
+      try {
+        const buf = await b.read(blobId, offset, length);
+        m.record(true, buf.length, Date.now() - t0);
+        return buf;
+      } catch (e) {
+        m.record(false, 0, Date.now() - t0);
+        throw e;
+      }
+    },
+    close: () => b.close(),
+  };
+  if (b.size) out.size = (id: string) => b.size!(id);
+  return out;
+}
+
+// ---- error events (GET /api/v1/daemon/events) ---------------------------------------
+
+const MAX_ERRORS = 500;
+const MAX_SIZE = 51200;
+const errorEvents: string[] = [];
+let totalErrors = 0;
+let totalSize = 0;
+
+/** Record an error event ("<http-date> - msg"), bounded as upstream (500 entries / 50 KiB). */
+export function recordErrorEvent(msg: string): void {
+  const line = `${new Date().toUTCString()} - ${msg.slice(0, 1024)}`;
+  totalErrors++;
+  totalSize += line.length;
+  errorEvents.push(line);
+  let size = errorEvents.reduce((a, l) => a + l.length, 0);
+  while (errorEvents.length > MAX_ERRORS || size > MAX_SIZE) size -= errorEvents.shift()!.length;
+}
+
+export function exportEvents(): Record<string, unknown> {
+  return { max_errors: MAX_ERRORS, total_errors: totalErrors, max_size: MAX_SIZE, total_size: totalSize, errors: [...errorEvents] };
+}
