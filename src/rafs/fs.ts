@@ -164,9 +164,11 @@ export class RafsFs implements FileSystem {
     }
     const pieces: Array<Promise<ReadPiece> | ReadPiece> = [];
     let pos = offset;
+    let last = lo; // index of the last chunk this read touches
     for (let k = lo; k < chunks.length && pos < end; k++) {
       const c = chunks[k];
       if (c.fileOffset >= end) break;
+      last = k;
       if (c.fileOffset > pos) { pieces.push(Buffer.alloc(c.fileOffset - pos)); pos = c.fileOffset; } // hole
       const from = pos - c.fileOffset;
       const to = Math.min(end, c.fileOffset + c.uncompressedSize) - c.fileOffset;
@@ -182,7 +184,7 @@ export class RafsFs implements FileSystem {
       pos = c.fileOffset + to;
     }
     if (pos < end) pieces.push(Buffer.alloc(end - pos)); // trailing hole
-    this.readahead(i, chunks, offset, end);
+    this.readahead(i, chunks, last, offset, end);
     return Promise.all(pieces);
   }
 
@@ -191,13 +193,11 @@ export class RafsFs implements FileSystem {
    * ended) get the next chunks fetched in the background, so backend latency
    * overlaps with serving the current chunk.
    */
-  private readahead(i: RafsInode, chunks: ChunkInfo[], offset: number, end: number): void {
+  private readahead(i: RafsInode, chunks: ChunkInfo[], last: number, offset: number, end: number): void {
     const sequential = this.lastEnd.get(i.ino) === offset;
     this.lastEnd.set(i.ino, end);
     if (!sequential) return;
-    let k = chunks.findIndex((c) => c.fileOffset + c.uncompressedSize > end - 1);
-    if (k < 0) return;
-    for (const c of chunks.slice(k + 1, k + 1 + READAHEAD_CHUNKS)) {
+    for (const c of chunks.slice(last + 1, last + 1 + READAHEAD_CHUNKS)) {
       if (c.blobIndex >= 0 && !this.device.locate?.(c)) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
     }
   }
