@@ -6,6 +6,7 @@
  * files = inode count, and without EXPLICIT_UID_GID every inode is owned by
  * the daemon's euid/egid.
  */
+import { BoundedMap } from '../common/bounded-map';
 import { eio, einval, enodata, enoent, enotdir, ErrnoError } from '../common/errno';
 import type { BlobDevice } from '../storage/device';
 import type { ChunkInfo, RafsInode, RafsSuper } from './metadata/types';
@@ -27,15 +28,6 @@ export interface RafsFsOptions {
   enableXattr?: boolean;
   /** serve file data with FOPEN_DIRECT_IO (cache policy `none`, as virtiofsd cache=none) */
   directIo?: boolean;
-}
-
-/** A small insertion-ordered cache, evicting the oldest entry past `limit`. */
-class BoundedMap<K, V> extends Map<K, V> {
-  constructor(private readonly limit: number) { super(); }
-  override set(k: K, v: V): this {
-    if (this.size >= this.limit) this.delete(this.keys().next().value as K);
-    return super.set(k, v);
-  }
 }
 
 export class RafsFs implements FileSystem {

@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { einval, eio, enoent, ErrnoError } from '../common/errno';
+import { einval, eio, enoent } from '../common/errno';
 import { loadRafs, type LoadOptions } from '../rafs/metadata/super';
 import type { BlobInfo, ChunkInfo, RafsInode, RafsSuper } from '../rafs/metadata/types';
 import { BlobFeatures } from '../rafs/format/constants';
@@ -129,4 +129,3 @@ function looksLikeBootstrap(buf: Buffer): boolean {
   return buf.length >= 1028 && buf.readUInt32LE(1024) === 0xe0f5e1e2;
 }
 
-export { ErrnoError };

@@ -8,6 +8,7 @@
  * directory's children must have larger indexes than the directory itself,
  * so no walk of the tree can loop.
  */
+import { BoundedMap } from '../../common/bounded-map';
 import { Compressor } from '../../common/compress';
 import { digest as hashBytes, DigestAlgorithm } from '../../common/digest';
 import { einval, enoent, enotdir, ensure } from '../../common/errno';
@@ -188,7 +189,8 @@ export class DirectSuperV5 implements RafsSuper {
   readonly blobs: BlobInfo[];
   readonly prefetchInodes: number[];
   private readonly table: Uint32Array;
-  private readonly cache = new Map<number, DirectInodeV5>();
+  /** decoded inode records by table index (bounded) */
+  private readonly cache = new BoundedMap<number, DirectInodeV5>(1 << 16);
 
   constructor(readonly buf: Buffer) {
     const sb = decodeSuperBlockV5(buf);

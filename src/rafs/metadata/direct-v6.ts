@@ -34,6 +34,9 @@ import {
 } from '../format/v6';
 import type { BlobInfo, ChunkInfo, InodeType, RafsDirent, RafsInode, RafsSuper, RafsSuperMeta } from './types';
 import { noBlobMeta } from './types';
+import { BoundedMap } from '../../common/bounded-map';
+
+const INODE_CACHE_LIMIT = 1 << 16;
 
 /** Chunk-info lookup for one blob, built from its blob.meta by the storage layer. */
 export interface BlobChunkTable {
@@ -108,7 +111,8 @@ class V6Super implements RafsSuper {
   private readonly devices: Device[] = [];
   private readonly table: ChunkInfo[] = [];
   private readonly tableIndex = new Map<number, ChunkInfo>();
-  private readonly inodes = new Map<number, V6Inode>();
+  /** decoded inodes (bounded, so huge images don't pin every inode in memory) */
+  private readonly inodes = new BoundedMap<number, V6Inode>(INODE_CACHE_LIMIT);
   private readonly blobTables = new Map<number, BlobChunkTable | undefined>();
 
   constructor(readonly buf: Buffer, private readonly opts: LoadV6Options) {
