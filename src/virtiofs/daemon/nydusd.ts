@@ -90,18 +90,18 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   await initDigest();
   if (!o.mountpoint) throw einval('--mountpoint is required');
   if (o.bootstrap && o.sharedDir) throw einval('--bootstrap conflicts with --shared-dir');
-  if (o.sharedDir) throw new ErrnoError('ENOSYS', '--shared-dir (passthrough) is not available in FUSE mode yet');
-  if (!o.bootstrap) throw einval('--bootstrap is required');
+  if (!o.bootstrap && !o.sharedDir && !o.apisock) throw einval('nothing to serve: give --bootstrap, --shared-dir or --apisock (mounts through the API)');
   if (o.prefetchFiles && !o.bootstrap) throw einval('--prefetch-files requires --bootstrap');
   if ((o.id && !o.supervisor) || (!o.id && o.supervisor)) throw einval('--id and --supervisor must be given together');
   const threads = Number(o.fuseThreads ?? o.threadNum);
   if (!Number.isInteger(threads) || threads < 1 || threads > 1024) throw einval(`invalid --thread-num '${o.fuseThreads ?? o.threadNum}' (1..1024)`);
 
-  const cfg = loadConfig(o);
   const vfs = new Vfs();
   const svc = new DaemonService(vfs, { id: o.id, supervisor: o.supervisor });
   const api = await startApi(o.apisock, svc);
-  svc.attach(createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles)));
+  // one filesystem from the command line, or none (a shared daemon that gets mounts through the API)
+  if (o.bootstrap) svc.attach(createRafsInstance(o.virtualMountpoint, o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles)));
+  else if (o.sharedDir) svc.attach(createPassthroughInstance(o.virtualMountpoint, o.sharedDir));
   svc.state.fire('Mount');
   const server = new FuseServer(vfs, { readdirplus: true });
   const session = new FuseDevSession(server, { mountpoint: o.mountpoint, readOnly: !o.writable, threads });
