@@ -37,52 +37,49 @@ function corrupt(orig: Buffer, r: () => number): Buffer {
 
 test.before(async () => { await initDigest(); });
 
-test('corrupted data blobs (be7d77…) are rejected or verified', () => {
-  const sb = loadRafs(fs.readFileSync(`${F}/bootstrap/rafs-v6-2.2.boot`));
-  const info = sb.blobs[0];
-  const chunks = sb.chunkTable();
-  const orig = fs.readFileSync(`${F}/blobs/${info.blobId}`);
+/**
+ * Write `ITERATIONS` corruptions of `orig` to a temp file and run `exercise`
+ * on each: it must succeed or throw an ErrnoError. Returns how many were rejected.
+ */
+function fuzzBlobFile(orig: Buffer, seed: number, exercise: (blob: BlobFile) => void): number {
   const tmp = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'fuzz-blob-')), 'blob');
-  const r = rng(42);
+  const r = rng(seed);
   let rejected = 0;
   try {
     for (let it = 0; it < ITERATIONS; it++) {
       fs.writeFileSync(tmp, corrupt(orig, r));
       const blob = BlobFile.open(tmp);
       try {
-        readTocList(blob);
-        readBlobMeta(blob, info);
-        for (const c of chunks) readChunk(blob, c, info, { validate: true });
+        exercise(blob);
       } catch (e) {
         if (!(e instanceof ErrnoError)) assert.unreachable(`iteration ${it}: ${(e as Error)?.stack}`);
         rejected++;
       } finally { blob.close(); }
     }
   } finally { fs.rmSync(path.dirname(tmp), { recursive: true, force: true }); }
+  return rejected;
+}
+
+test('corrupted data blobs (be7d77…) are rejected or verified', () => {
+  const sb = loadRafs(fs.readFileSync(`${F}/bootstrap/rafs-v6-2.2.boot`));
+  const info = sb.blobs[0];
+  const chunks = sb.chunkTable();
+  const rejected = fuzzBlobFile(fs.readFileSync(`${F}/blobs/${info.blobId}`), 42, (blob) => {
+    readTocList(blob);
+    readBlobMeta(blob, info);
+    for (const c of chunks) readChunk(blob, c, info, { validate: true });
+  });
   assert.ok(rejected > 0);
 });
 
 test('corrupted blobs with an inlined bootstrap (toc/2fa78c…) are rejected or load', () => {
   const orig = fs.readFileSync(`${F}/toc/2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca`);
-  const tmp = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'fuzz-inline-')), 'blob');
-  const r = rng(7);
-  let rejected = 0;
-  try {
-    for (let it = 0; it < ITERATIONS; it++) {
-      fs.writeFileSync(tmp, corrupt(orig, r));
-      const blob = BlobFile.open(tmp);
-      try {
-        const boot = extractInlinedBootstrap(blob);
-        if (boot) {
-          const sb = loadRafs(boot);
-          for (const d of sb.root().children()) sb.getInode(d.ino).chunks();
-        }
-      } catch (e) {
-        if (!(e instanceof ErrnoError)) assert.unreachable(`iteration ${it}: ${(e as Error)?.stack}`);
-        rejected++;
-      } finally { blob.close(); }
-    }
-  } finally { fs.rmSync(path.dirname(tmp), { recursive: true, force: true }); }
+  const rejected = fuzzBlobFile(orig, 7, (blob) => {
+    const boot = extractInlinedBootstrap(blob);
+    if (!boot) return;
+    const sb = loadRafs(boot);
+    for (const d of sb.root().children()) sb.getInode(d.ino).chunks();
+  });
   assert.ok(rejected > 0);
 });
 

@@ -13,6 +13,7 @@
  *  - v2 comp_info: [0..40) = coffset; [40..64) = csize (NOT minus one).
  *  - v2 data: lo32 = crc32 / zran or batch offset, hi32 = zran or batch index.
  */
+import { TWO32 } from '../../common/wire';
 import { einval } from '../../common/errno';
 import { BlobChunkFlags, BlobFeatures, readU64, writeU64 } from './constants';
 
@@ -22,7 +23,6 @@ export const CHUNK_INFO_V1_SIZE = 16;
 export const CHUNK_INFO_V2_SIZE = 24;
 export const ZRAN_CONTEXT_SIZE = 40;
 
-const TWO32 = 0x1_0000_0000;
 /** Largest uncompressed offset encodable by v1 (44 bits) and v2 (32+12 bits). */
 export const MAX_META_UNCOMPRESSED_OFFSET = 2 ** 44 - 1;
 /** Largest compressed offset encodable (40 bits). */

@@ -2,6 +2,7 @@
 import { Compressor } from '../../common/compress';
 import { DigestAlgorithm } from '../../common/digest';
 import { einval } from '../../common/errno';
+import * as wire from '../../common/wire';
 
 export const RAFS_SUPER_VERSION_V5 = 0x500;
 export const RAFS_SUPER_VERSION_V6 = 0x600;
@@ -92,13 +93,12 @@ export function validateChunkSize(size: number, what = 'chunk size'): void {
 
 /** Read a little-endian u64 as a safe JS number, or throw EINVAL naming the field. */
 export function readU64(buf: Buffer, off: number, field: string): number {
-  const v = buf.readBigUInt64LE(off);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw einval(`${field} 0x${v.toString(16)} is too large`);
-  return Number(v);
+  return wire.readU64(buf, off, field);
 }
 
+/** (RAFS argument order: value before offset) */
 export function writeU64(buf: Buffer, v: number, off: number): void {
-  buf.writeBigUInt64LE(BigInt(v), off);
+  wire.writeU64(buf, off, v);
 }
 
 export const alignUp = (v: number, a: number): number => Math.ceil(v / a) * a;

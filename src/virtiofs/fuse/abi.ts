@@ -161,28 +161,9 @@ export const DT_REG = 8;
 export const DT_LNK = 10;
 export const DT_SOCK = 12;
 
-// ---- little-endian helpers --------------------------------------------------
-const TWO32 = 0x1_0000_0000;
-
-/** u64 as a number; EINVAL above 2^53 - 1. */
-export function readU64(buf: Buffer, off: number): number {
-  const hi = buf.readUInt32LE(off + 4);
-  if (hi > 0x1f_ffff) throw einval(`u64 at ${off} exceeds 2^53`);
-  return hi * TWO32 + buf.readUInt32LE(off);
-}
-
-/** s64 as a number (times). */
-export function readI64(buf: Buffer, off: number): number {
-  const hi = buf.readInt32LE(off + 4);
-  if (hi > 0x1f_ffff || hi < -0x20_0000) throw einval(`s64 at ${off} out of range`);
-  return hi * TWO32 + buf.readUInt32LE(off);
-}
-
-/** Write an integral number (negative = two's complement) as 64-bit LE. */
-export function writeU64(buf: Buffer, off: number, n: number): void {
-  buf.writeUInt32LE(n >>> 0, off);
-  buf.writeUInt32LE(Math.floor(n / TWO32) >>> 0, off + 4);
-}
+// ---- little-endian helpers (shared with the other codecs) -----------------
+export { readU64, readI64, writeU64 } from '../../common/wire';
+import { readU64, readI64, writeU64 } from '../../common/wire';
 
 function need(buf: Buffer, off: number, size: number, what: string): void {
   if (off < 0 || buf.length - off < size) throw einval(`short ${what}: ${buf.length - off} < ${size} bytes`);
