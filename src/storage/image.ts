@@ -105,18 +105,58 @@ export interface LoadedBootstrap {
  * in its ToC); inlined blobs get their real id from the file name (§4.4).
  */
 export function loadBootstrapFile(file: string, opts: LoadOptions = {}): LoadedBootstrap {
-  const buf = fs.readFileSync(file);
-  let boot: Buffer = buf;
-  let inlineBlob: string | undefined;
-  if (!looksLikeBootstrap(buf)) {
-    const blob = BlobFile.open(file);
-    try {
-      const inner = extractInlinedBootstrap(blob);
-      if (!inner) throw einval(`${file}: neither a RAFS bootstrap nor a blob with an inlined bootstrap`);
-      boot = inner;
-      inlineBlob = file;
-    } finally { blob.close(); }
+  const fd = fs.openSync(file, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    const head = Buffer.alloc(Math.min(size, BOOTSTRAP_HEAD));
+    fs.readSync(fd, head, 0, head.length, 0);
+    if (!looksLikeBootstrap(head)) return finishLoad(inlinedBootstrap(file), file, opts);
+    checkBootstrapSize(file, size);
+    return finishLoad(fs.readFileSync(fd), undefined, opts);
+  } finally {
+    fs.closeSync(fd);
   }
+}
+
+/**
+ * `loadBootstrapFile` for servers (API mounts): the bootstrap is read
+ * without blocking the event loop, and a file that is not a bootstrap is never
+ * read whole (it may be a multi-GiB blob: only its ToC is read).
+ */
+export async function loadBootstrapFileAsync(file: string, opts: LoadOptions = {}): Promise<LoadedBootstrap> {
+  const fh = await fs.promises.open(file, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const head = Buffer.alloc(Math.min(size, BOOTSTRAP_HEAD));
+    await fh.read(head, 0, head.length, 0);
+    if (!looksLikeBootstrap(head)) return finishLoad(inlinedBootstrap(file), file, opts);
+    checkBootstrapSize(file, size);
+    return finishLoad(await fh.readFile(), undefined, opts);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Bytes that tell a v5 or v6 bootstrap apart from anything else. */
+const BOOTSTRAP_HEAD = 1032;
+/** Largest bootstrap loaded into memory (upstream images stay far below; a bigger file is not one). */
+export const MAX_BOOTSTRAP_SIZE = 1 << 30;
+
+function checkBootstrapSize(file: string, size: number): void {
+  if (size > MAX_BOOTSTRAP_SIZE) throw einval(`${file}: bootstrap of ${size} bytes exceeds ${MAX_BOOTSTRAP_SIZE}`);
+}
+
+/** The bootstrap inlined in blob `file` (its ToC entry `image.boot`). */
+function inlinedBootstrap(file: string): Buffer {
+  const blob = BlobFile.open(file);
+  try {
+    const inner = extractInlinedBootstrap(blob);
+    if (!inner) throw einval(`${file}: neither a RAFS bootstrap nor a blob with an inlined bootstrap`);
+    return inner;
+  } finally { blob.close(); }
+}
+
+function finishLoad(boot: Buffer, inlineBlob: string | undefined, opts: LoadOptions): LoadedBootstrap {
   const sb = loadRafs(boot, opts);
   if (inlineBlob) {
     for (const b of sb.blobs) if (b.features & BlobFeatures.INLINED_FS_META) b.blobId = blobIdFromFileName(inlineBlob);

@@ -9,7 +9,7 @@
  * completed after the ring was stopped (GET_VRING_BASE, disconnect) is
  * dropped rather than written into a ring the frontend has taken back.
  */
-import { log } from '../../common/log';
+import { log, warnLimited } from '../../common/log';
 import { FdWatcher } from '../../common/poll';
 import { closeFd, eventfdRead, eventfdWrite } from '../sys/host';
 import type { GuestMemory } from '../virtio/guest-memory';
@@ -68,6 +68,11 @@ export class Vring {
   setCall(fd: number): void {
     closeFd(this.callFd);
     this.callFd = fd;
+    if (fd >= 0 && this.queue.ready()) {
+      // completions published while there was no call fd were never signalled: decide afresh
+      this.queue.resetNotification();
+      this.signal();
+    }
   }
 
   setErr(fd: number): void {
@@ -109,7 +114,7 @@ export class Vring {
       const head = q.popHead();
       const r = q.parseChain(head);
       if (!(r instanceof DescriptorChain)) {
-        log.warn({ queue: this.index, head, err: r.error }, 'vhost-user: dropping invalid descriptor chain');
+        warnLimited('vring.chain', { queue: this.index, head, err: r.error }, 'vhost-user: dropping invalid descriptor chain');
         q.addUsed(head, 0);
         this.signal();
         continue;
@@ -140,8 +145,10 @@ export class Vring {
     this.signalQueued = true;
     queueMicrotask(() => {
       this.signalQueued = false;
-      if (this.queue.ready() && this.queue.needsNotification() && this.callFd >= 0) {
-        if (!eventfdWrite(this.callFd)) log.warn({ queue: this.index }, 'vhost-user: writing the call eventfd failed');
+      // No call fd yet: keep the EVENT_IDX decision for when one arrives (needsNotification consumes it).
+      if (this.callFd < 0 || !this.queue.ready()) return;
+      if (this.queue.needsNotification() && !eventfdWrite(this.callFd)) {
+        warnLimited('vring.call', { queue: this.index }, 'vhost-user: writing the call eventfd failed');
       }
     });
   }

@@ -6,12 +6,12 @@
  * write/available/bytesWritten) without this layer knowing the protocol.
  *
  * Every buffer was bounds-checked when the chain was parsed, so these only
- * index into views of guest memory. The guest may change readable bytes
- * while we hold them; `readBytes` returns a view when the bytes are
- * contiguous, a copy when they span buffers.
+ * index into views of guest memory. The guest may change readable bytes at
+ * any moment (another vCPU), so `readBytes` always returns a private copy:
+ * whatever is validated is what gets used. `readShared` returns a live view
+ * when the bytes are contiguous, for payloads used once (file data).
  */
-import { einval } from '../../common/errno';
-import { log } from '../../common/log';
+import { eio, einval } from '../../common/errno';
 import { preadvFully } from '../../common/pread';
 import type { DescriptorChain } from './queue';
 
@@ -28,7 +28,17 @@ export class ChainReader {
     return this.left;
   }
 
+  /** `n` bytes copied out of guest memory (private: the guest cannot change them any more). */
   readBytes(n: number): Buffer {
+    return this.take(n, false);
+  }
+
+  /** `n` bytes as a live view of guest memory when contiguous (a copy otherwise). */
+  readShared(n: number): Buffer {
+    return this.take(n, true);
+  }
+
+  private take(n: number, shared: boolean): Buffer {
     if (!(Number.isInteger(n) && n >= 0) || n > this.left) throw einval(`request too short: need ${n}, have ${this.left}`);
     const segs = this.chain.readable;
     while (this.seg < segs.length && this.pos === segs[this.seg].length) {
@@ -38,7 +48,7 @@ export class ChainReader {
     this.left -= n;
     if (n === 0) return Buffer.alloc(0);
     const cur = segs[this.seg];
-    if (cur.length - this.pos >= n) {
+    if (shared && cur.length - this.pos >= n) {
       const b = cur.subarray(this.pos, this.pos + n);
       this.pos += n;
       return b;
@@ -93,6 +103,13 @@ export class ChainWriter {
     return this.written;
   }
 
+  /** Discard what was written (the bytes stay in guest memory; the used length will not cover them). */
+  reset(): void {
+    this.seg = 0;
+    this.pos = 0;
+    this.written = 0;
+  }
+
   /**
    * preadv straight into the guest's writable descriptors (zero copy, one
    * system call for the usual page-per-descriptor READ buffers).
@@ -113,7 +130,8 @@ export class ChainWriter {
         this.pos = 0;
       }
     }
-    if (preadvFully(fd, iov, position) < length) log.error({ fd, position, length }, 'short read from a file slice; zero-filled');
+    const got = preadvFully(fd, iov, position);
+    if (got < length) throw eio(`file slice: ${got} of ${length} bytes at ${position} (file shorter than its index says)`);
     this.written += length;
   }
 }

@@ -5,8 +5,9 @@
  *
  * Everything read from the rings is untrusted guest input: indices are
  * checked against the queue size, chains are bounded by a TTL (the table
- * size: a longer chain must contain a loop), nested indirect tables are
- * refused, lengths are capped at 2^32, and every buffer is translated
+ * size: a longer chain must contain a loop), indirect tables hold at most
+ * max(queue size, 1024) entries, nested indirect tables are refused, lengths
+ * are capped at 2^32, and every buffer is translated
  * through GuestMemory (which refuses anything outside the regions).
  *
  * Memory ordering (koffi-notes Q5): avail.idx is read with Atomics.load
@@ -27,6 +28,8 @@ export const VIRTQ_USED_F_NO_NOTIFY = 1;
 /** Largest queue size the split format allows. */
 export const MAX_QUEUE_SIZE = 32768;
 const DESC_SIZE = 16;
+/** Entries an indirect table may have beyond the queue size (QEMU VIRTQUEUE_MAX_SIZE). */
+export const MAX_INDIRECT = 1024;
 /** Addresses ≥ 2^53 cannot be in any region: the high word must be below 2^21. */
 const HI_LIMIT = 0x200000;
 
@@ -177,7 +180,9 @@ export class SplitQueue {
         if (flags & VIRTQ_DESC_F_NEXT) return { error: 'indirect descriptor with NEXT', head };
         if (len === 0 || len % DESC_SIZE !== 0) return { error: `indirect table length ${len} invalid`, head };
         const entries = len / DESC_SIZE;
-        if (entries > 65536) return { error: `indirect table of ${entries} entries`, head };
+        // QEMU's bound (VIRTQUEUE_MAX_SIZE) or the queue size when larger: a guest
+        // cannot make one request cost more descriptors than a ring holds
+        if (entries > Math.max(this.size, MAX_INDIRECT)) return { error: `indirect table of ${entries} entries`, head };
         if (hi >= HI_LIMIT) return { error: 'indirect table address out of range', head };
         const t = mem.slice(hi * 0x100000000 + lo, len);
         if (t === undefined) return { error: 'indirect table outside guest memory', head };
@@ -228,6 +233,11 @@ export class SplitQueue {
     if (old === undefined) return true;
     // vring_need_event(event, new, old)
     return ((newUsed - usedEvent - 1) & 0xffff) < ((newUsed - old) & 0xffff);
+  }
+
+  /** Forget the last notification decision: the next `needsNotification` answers true. */
+  resetNotification(): void {
+    this.signalledUsed = undefined;
   }
 
   /**

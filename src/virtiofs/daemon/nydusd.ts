@@ -100,8 +100,8 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   const svc = new DaemonService(vfs, { id: o.id, supervisor: o.supervisor });
   const api = await startApi(o.apisock, svc);
   // one filesystem from the command line, or none (a shared daemon that gets mounts through the API)
-  if (o.bootstrap) svc.attach(createRafsInstance(o.virtualMountpoint, o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles)));
-  else if (o.sharedDir) svc.attach(createPassthroughInstance(o.virtualMountpoint, o.sharedDir));
+  if (o.bootstrap) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles)));
+  else if (o.sharedDir) svc.attach(await createPassthroughInstance(o.virtualMountpoint, o.sharedDir));
   svc.state.fire('Mount');
   const server = new FuseServer(vfs, { readdirplus: true });
   const session = new FuseDevSession(server, { mountpoint: o.mountpoint, readOnly: !o.writable, threads });
@@ -164,8 +164,8 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   if (o.sharedDir && !sharedAt) throw einval('--shared-dir with --bootstrap needs --shared-mountpoint (they cannot share one mountpoint)');
   const cfg = o.bootstrap ? loadConfig(o) : undefined;
   const api = await startApi(o.apisock, svc);
-  if (o.bootstrap && cfg) svc.attach(createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles), { directIo: cachePolicy === 'none' }));
-  if (o.sharedDir && sharedAt) svc.attach(createPassthroughInstance(sharedAt, o.sharedDir, cachePolicy));
+  if (o.bootstrap && cfg) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles), { directIo: cachePolicy === 'none' }));
+  if (o.sharedDir && sharedAt) svc.attach(await createPassthroughInstance(sharedAt, o.sharedDir, cachePolicy));
   svc.state.fire('Mount');
   // ATOMIC_O_TRUNC: the passthrough handles O_TRUNC in OPEN
   const server = new FuseServer(vfs, { readdirplus: true, extraFlags: FUSE_ATOMIC_O_TRUNC });

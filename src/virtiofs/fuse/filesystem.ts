@@ -11,6 +11,13 @@ export interface RequestContext {
   gid: number;
   pid: number;
   unique: bigint;
+  /**
+   * Keep a resource (a mount, an fd) alive until this request's reply is
+   * complete: `release` runs after the reply was written in full (READ data
+   * included), or the error reply. Absent outside the FUSE server (direct
+   * calls): the caller then releases when its call returns.
+   */
+  hold?: (release: () => void) => void;
 }
 
 /** fuse_attr, in host units. Times are seconds + nanoseconds. */
@@ -61,7 +68,9 @@ export interface OpenReply {
 /**
  * A piece of READ data still in a file: the transport copies it straight
  * into the reply (pread into guest memory for virtio-fs), no staging buffer.
- * The file must hold `length` bytes at `position`.
+ * The file must hold `length` bytes at `position` (fewer is EIO), and `fd`
+ * must stay open until the reply is written: a filesystem that hands out
+ * slices keeps their fd alive through RequestContext.hold.
  */
 export interface FileSlice {
   fd: number;

@@ -14,12 +14,27 @@
  *  - no exception escapes handleMessage: a malformed request is answered
  *    EINVAL, an unreadable header is logged and dropped (return 0).
  *
+ * Hostile peers (a guest owns the virtio-fs request memory and may rewrite it
+ * while we work):
+ *  - the in-header and the body are read once, as private copies
+ *    (Reader.readBytes); names are validated and used as those very bytes.
+ *    Only WRITE's payload stays a view of peer memory (Reader.readShared);
+ *  - `in_header.len` above max_write + 4096 is refused with ENOMEM before
+ *    the body is touched (fuse-backend-rs's rule); READ and READDIR sizes are
+ *    clamped to the negotiated maximum, whatever room the reply offers;
+ *  - a failure after part of a reply was written resets the writer and
+ *    answers a bare error header: never half a success;
+ *  - resources a filesystem pins for a request (RequestContext.hold) are
+ *    released only after the reply is complete, so an fd or a mount the
+ *    reply still reads from cannot be closed under it;
+ *  - warnings a peer can trigger are rate limited (common/log).
+ *
  * Per-request failures are logged at debug (they are the client's business);
  * errors that carry no errno (bugs) at warn.
  */
 import { constants } from 'node:os';
 import { ErrnoError, einval, enosys, erofs, errnoOf } from '../../common/errno';
-import { log } from '../../common/log';
+import { log, warnLimited } from '../../common/log';
 import { preadFully } from '../../common/pread';
 import {
   FATTR_ATIME, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_SIZE, FATTR_UID,
@@ -41,6 +56,8 @@ const E = constants.errno;
 const OUT_HDR = 16;
 const IN_HDR = 40;
 const PAGE = 4096;
+/** Room for the in-header and the arguments beyond max_write (fuse-backend-rs BUFFER_HEADER_SIZE). */
+export const BUFFER_HEADER_SIZE = 0x1000;
 
 export interface FuseServerOptions {
   /** max_write in bytes (default 1 MiB, at least 4096) */
@@ -87,7 +104,7 @@ function cstr(body: Buffer, off: number, what: string): [Buffer, number] {
   return [body.subarray(off, end), end + 1];
 }
 
-const EMPTY = Buffer.alloc(0);
+const EMPTY: Buffer = Buffer.alloc(0);
 
 /** fuse_out_header at offset 0, without building an object (hot path). */
 function outHeader(b: Buffer, len: number, error: number, unique: bigint): void {
@@ -100,6 +117,8 @@ export class FuseServer {
   private readonly wanted: bigint;
   private readonly maxWrite: number;
   private readonly maxPages: number;
+  /** largest READ / READDIR reply payload served (max_write, or max_pages pages when larger) */
+  private readonly maxRead: number;
   private _initialized = false;
   private _destroyed = false;
   private _minor = 0;
@@ -112,6 +131,12 @@ export class FuseServer {
     this.wanted = wanted & ~(1n << 16n); // never WRITEBACK_CACHE
     this.maxWrite = Math.max(PAGE, Math.floor(opts.maxWrite ?? 1 << 20));
     this.maxPages = Math.min(0xffff, Math.max(1, Math.floor(opts.maxPages ?? Math.ceil(this.maxWrite / PAGE))));
+    this.maxRead = Math.max(this.maxWrite, this.maxPages * PAGE);
+  }
+
+  /** Largest in_header.len accepted (larger requests answer ENOMEM). */
+  get maxRequestLen(): number {
+    return this.maxWrite + BUFFER_HEADER_SIZE;
   }
 
   /** INIT done and no DESTROY since. */
@@ -143,24 +168,35 @@ export class FuseServer {
     try {
       hdr = FuseInHeader.decode(r.readBytes(IN_HDR));
     } catch (e) {
-      log.warn({ err: (e as Error).message }, 'fuse: dropping request with an unreadable header');
+      warnLimited('fuse.header', { err: (e as Error).message }, 'fuse: dropping request with an unreadable header');
       return 0;
     }
+    const holds: (() => void)[] = [];
     try {
-      return await this.dispatch(hdr, r, w);
+      return await this.dispatch(hdr, r, w, holds);
     } catch (e) {
       const errno = errnoOf(e);
       if (e instanceof ErrnoError || (e as { code?: unknown })?.code !== undefined) {
         if (log.isLevelEnabled('debug')) log.debug({ op: FuseOpcode[hdr.opcode] ?? hdr.opcode, unique: String(hdr.unique), nodeid: String(hdr.nodeid), errno }, 'fuse: request failed');
       } else {
-        log.warn({ op: FuseOpcode[hdr.opcode] ?? hdr.opcode, unique: String(hdr.unique), err: e instanceof Error ? e.stack : String(e) }, 'fuse: unexpected error');
+        warnLimited('fuse.unexpected', { op: FuseOpcode[hdr.opcode] ?? hdr.opcode, unique: String(hdr.unique), err: e instanceof Error ? e.stack : String(e) }, 'fuse: unexpected error');
       }
       if (isNoReply(hdr.opcode)) return 0;
       try {
+        // whatever part of a reply went out is void: the answer is the error alone
+        w.reset();
         return this.replyError(w, hdr.unique, errno);
       } catch (e2) {
-        log.warn({ err: (e2 as Error).message }, 'fuse: writing an error reply failed');
+        warnLimited('fuse.reply', { err: (e2 as Error).message }, 'fuse: writing an error reply failed');
         return 0;
+      }
+    } finally {
+      for (const release of holds) {
+        try {
+          release();
+        } catch (e) {
+          warnLimited('fuse.release', { err: (e as Error).message }, 'fuse: releasing a request hold failed');
+        }
       }
     }
   }
@@ -169,7 +205,7 @@ export class FuseServer {
 
   private replyError(w: Writer, unique: bigint, errno: number): number {
     if (w.available() < OUT_HDR) {
-      log.warn({ unique: String(unique), errno }, 'fuse: no room for an error reply');
+      warnLimited('fuse.noroom', { unique: String(unique), errno }, 'fuse: no room for an error reply');
       return 0;
     }
     const b = Buffer.allocUnsafe(OUT_HDR);
@@ -263,15 +299,26 @@ export class FuseServer {
 
   // ---- dispatch --------------------------------------------------------------
 
-  private async dispatch(hdr: FuseInHeaderT, r: Reader, w: Writer): Promise<number> {
+  private async dispatch(hdr: FuseInHeaderT, r: Reader, w: Writer, holds: (() => void)[]): Promise<number> {
     const op = hdr.opcode;
     if (hdr.len < IN_HDR) throw einval(`in_header.len ${hdr.len} < 40`);
+    // Before touching the body: a length no valid request has costs nothing (upstream: ENOMEM).
+    if (hdr.len > this.maxRequestLen) throw new ErrnoError('ENOMEM', `in_header.len ${hdr.len} > ${this.maxRequestLen}`);
     const bodyLen = hdr.len - IN_HDR;
     if (bodyLen > r.available()) throw einval(`in_header.len ${hdr.len} exceeds the request (${IN_HDR + r.available()})`);
     const extLen = hdr.totalExtlen * 8;
     if (extLen > bodyLen) throw einval('total_extlen exceeds the request');
     // Extensions (SECURITY_CTX, CREATE_SUPP_GROUP) trail the args; we never negotiate them.
-    const body = bodyLen === 0 ? EMPTY : r.readBytes(bodyLen).subarray(0, bodyLen - extLen);
+    const argLen = bodyLen - extLen;
+    // One private copy of the arguments; only WRITE's data stays in peer memory.
+    let body: Buffer;
+    let payload = EMPTY;
+    if (op === FuseOpcode.WRITE && argLen >= FuseWriteIn.SIZE) {
+      body = r.readBytes(FuseWriteIn.SIZE);
+      payload = r.readShared(argLen - FuseWriteIn.SIZE);
+    } else {
+      body = argLen === 0 ? EMPTY : r.readBytes(argLen);
+    }
     const unique = hdr.unique;
 
     if (op === FuseOpcode.INIT) return this.doInit(hdr, body, w);
@@ -283,7 +330,7 @@ export class FuseServer {
 
     const fs = this.fs;
     const ino = hdr.nodeid;
-    const ctx: RequestContext = { uid: hdr.uid, gid: hdr.gid, pid: hdr.pid, unique };
+    const ctx: RequestContext = { uid: hdr.uid, gid: hdr.gid, pid: hdr.pid, unique, hold: (release) => { holds.push(release); } };
 
     switch (op) {
       case FuseOpcode.DESTROY: {
@@ -489,8 +536,8 @@ export class FuseServer {
       case FuseOpcode.WRITE: {
         this.mutating('write');
         const wi = FuseWriteIn.decode(body);
-        if (body.length - FuseWriteIn.SIZE < wi.size) throw einval(`WRITE data shorter than ${wi.size}`);
-        const data = body.subarray(FuseWriteIn.SIZE, FuseWriteIn.SIZE + wi.size);
+        if (payload.length < wi.size) throw einval(`WRITE data shorter than ${wi.size}`);
+        const data = payload.subarray(0, wi.size);
         const n = await fs.write!(ctx, ino, wi.fh, wi.offset, data, wi.writeFlags);
         return this.replyU32Size(w, unique, n);
       }
@@ -592,10 +639,10 @@ export class FuseServer {
     const ri = FuseReadIn.decode(body);
     const room = w.available() - OUT_HDR;
     if (room < 0) {
-      log.warn({ unique: String(ctx.unique) }, 'fuse: no room for a READ reply');
+      warnLimited('fuse.noroom', { unique: String(ctx.unique) }, 'fuse: no room for a READ reply');
       return 0;
     }
-    const size = Math.min(ri.size, room);
+    const size = Math.min(ri.size, room, this.maxRead);
     const pieces = await this.fs.read!(ctx, ino, ri.fh, ri.offset, size);
     let total = 0;
     for (let i = 0; i < pieces.length; i++) total += pieces[i].length;
@@ -612,7 +659,7 @@ export class FuseServer {
       else {
         // a writer without file support: stage the bytes
         const tmp = Buffer.allocUnsafe(n);
-        preadFully(p.fd, tmp, p.position);
+        if (preadFully(p.fd, tmp, p.position) < n) throw new ErrnoError('EIO', `file slice: short read at ${p.position}`);
         w.write(tmp);
       }
       left -= n;
@@ -625,10 +672,10 @@ export class FuseServer {
     const ri = FuseReadIn.decode(body);
     const room = w.available() - OUT_HDR;
     if (room < 0) {
-      log.warn({ unique: String(ctx.unique) }, 'fuse: no room for a READDIR reply');
+      warnLimited('fuse.noroom', { unique: String(ctx.unique) }, 'fuse: no room for a READDIR reply');
       return 0;
     }
-    const end = OUT_HDR + Math.min(ri.size, room);
+    const end = OUT_HDR + Math.min(ri.size, room, this.maxRead);
     const buf = Buffer.allocUnsafe(end);
     let used = OUT_HDR;
     let open = true;

@@ -6,30 +6,44 @@
  * descriptors are scattered over guest memory (implemented in
  * virtiofs/transport on top of these interfaces).
  *
- * Design rules that keep a scatter/gather implementation cheap:
- *  - The server reads the in-header, then the whole request body once with
- *    `readBytes`; an implementation returns a view when the bytes are
- *    contiguous and copies only when they cross descriptors.
- *  - The server always knows the full reply length before it writes the
- *    out-header, so a Writer is append-only: the header is the first
- *    `write`, followed by the payload pieces (READ gathers the filesystem's
- *    buffers straight into the writer, no concatenation).
+ * The request-copy discipline (a peer may rewrite its request memory at any
+ * moment, e.g. a guest vCPU while virtio-fs serves the chain):
+ *  - `readBytes` returns bytes the peer can no longer change: a private copy
+ *    when the transport's memory is shared with the peer (virtio-fs guest
+ *    memory), a view when it is the daemon's own (the /dev/fuse request
+ *    buffer, filled by the kernel's copy). The server reads the in-header and
+ *    every request body this way, exactly once, and hands the filesystems
+ *    only those bytes: a name is validated and used as the very same bytes.
+ *  - `readShared` may return a live view of peer memory. Only the WRITE
+ *    payload goes this way (file data, used once, never interpreted).
+ *
+ * Replies: a Writer is append-only, and `reset` discards everything written
+ * so far. The server knows the full reply length before it writes the
+ * out-header (READ gathers the filesystem's pieces straight into the writer);
+ * when anything fails after the first byte went out, the server resets the
+ * writer and answers a bare error header, so no reply is ever half a success.
  *  - Buffers returned by `readBytes` may alias transport memory that is
  *    reused after the request completes; the server and filesystems must
  *    copy anything they keep beyond the request.
  */
-import { einval } from '../../common/errno';
-import { log } from '../../common/log';
+import { eio, einval } from '../../common/errno';
 import { preadFully } from '../../common/pread';
 
 export interface Reader {
   /** bytes not yet consumed */
   available(): number;
   /**
-   * Consume exactly `n` bytes. Returns a view when contiguous, a copy when
-   * the bytes span several segments. Throws EINVAL if fewer than `n` remain.
+   * Consume exactly `n` bytes into memory the peer cannot change any more
+   * (see the request-copy discipline above). Throws EINVAL if fewer than `n`
+   * remain.
    */
   readBytes(n: number): Buffer;
+  /**
+   * Consume exactly `n` bytes that may stay shared with the peer (a view of
+   * its memory). Only for payloads used once and never interpreted (WRITE
+   * data). Throws EINVAL if fewer than `n` remain.
+   */
+  readShared(n: number): Buffer;
 }
 
 export interface Writer {
@@ -42,9 +56,12 @@ export interface Writer {
   write(b: Buffer): void;
   /** bytes appended so far (the used length for the ring / the write(2) size) */
   bytesWritten(): number;
+  /** Discard everything written: the next `write` starts the reply again. */
+  reset(): void;
   /**
    * Optional: append `length` bytes read from `fd` at `position` straight into
-   * the reply memory (no staging copy). Short files are zero-filled (logged).
+   * the reply memory (no staging copy). A read error, or a file shorter than
+   * `position + length`, throws EIO: the bytes would not be the file's.
    */
   writeFromFile?(fd: number, position: number, length: number): void;
 }
@@ -57,11 +74,16 @@ export class BufferReader implements Reader {
     return this.buf.length - this.pos;
   }
 
+  /** A view: the buffer is the daemon's own (the kernel copied the request into it). */
   readBytes(n: number): Buffer {
-    if (!(n >= 0) || n > this.buf.length - this.pos) throw einval(`request too short: need ${n}, have ${this.buf.length - this.pos}`);
+    if (!(Number.isInteger(n) && n >= 0) || n > this.buf.length - this.pos) throw einval(`request too short: need ${n}, have ${this.buf.length - this.pos}`);
     const b = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     return b;
+  }
+
+  readShared(n: number): Buffer {
+    return this.readBytes(n);
   }
 }
 
@@ -84,10 +106,14 @@ export class BufferWriter implements Writer {
     return this.pos;
   }
 
+  reset(): void {
+    this.pos = 0;
+  }
+
   writeFromFile(fd: number, position: number, length: number): void {
     if (length > this.buf.length - this.pos) throw new RangeError(`reply overflow: ${length} > ${this.buf.length - this.pos}`);
     const got = preadFully(fd, this.buf.subarray(this.pos, this.pos + length), position);
-    if (got < length) log.error({ fd, position, length, got }, 'short read from a file slice; zero-filled');
+    if (got < length) throw eio(`file slice: ${got} of ${length} bytes at ${position} (file shorter than its index says)`);
     this.pos += length;
   }
 

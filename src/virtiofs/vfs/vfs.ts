@@ -76,6 +76,10 @@ interface Mount {
   alive: boolean;
   /** mounted at '/': its ino 1 is nodeid 1 */
   isRoot: boolean;
+  /** requests in flight that reached this mount (pinned until their reply is complete) */
+  inflight: number;
+  /** resolved when the mount is gone and `inflight` dropped to 0 */
+  drainWaiters: (() => void)[];
 }
 
 interface Slot {
@@ -159,6 +163,8 @@ export class Vfs implements FileSystem {
       node: n,
       alive: true,
       isRoot: parts.length === 0,
+      inflight: 0,
+      drainWaiters: [],
     };
     slot.mount = m;
     n.mount = m;
@@ -173,8 +179,35 @@ export class Vfs implements FileSystem {
     return index;
   }
 
-  /** Unmount the filesystem at `path` and hand it back. ENOENT if `path` is not a mountpoint. */
+  /**
+   * Unmount `path` and resolve with its filesystem once no request that
+   * reached it is still in flight: only then may the caller close it (its
+   * fds, its cache files). New requests get ENOENT at once; requests already
+   * in flight finish (with EIO where they touch the mount again).
+   */
+  umountAndDrain(path: string): Promise<FileSystem> {
+    const m = this.detach(path);
+    if (m.inflight === 0) return Promise.resolve(m.fs);
+    log.info({ path: m.path, inflight: m.inflight }, 'vfs: waiting for requests in flight before closing');
+    return new Promise((resolve) => m.drainWaiters.push(() => resolve(m.fs)));
+  }
+
+  /** Requests in flight on the mount at `path` (0 when not mounted). */
+  inflight(path: string): number {
+    for (const s of this.slots) if (s.mount?.path === path) return s.mount.inflight;
+    return 0;
+  }
+
+  /**
+   * Unmount the filesystem at `path` and hand it back at once. ENOENT if
+   * `path` is not a mountpoint. Requests may still be using it: close it only
+   * through `umountAndDrain`.
+   */
   umount(path: string): FileSystem {
+    return this.detach(path).fs;
+  }
+
+  private detach(path: string): Mount {
     const parts = splitPath(path);
     let node: PseudoNode | undefined = this.root;
     for (const p of parts) {
@@ -197,7 +230,7 @@ export class Vfs implements FileSystem {
       n = parent;
     }
     log.info({ path: m.path, index: m.index, refs: slot.refs }, 'vfs: unmounted');
-    return m.fs;
+    return m;
   }
 
   /** Current mounts (for the daemon API and metrics). */
@@ -257,6 +290,28 @@ export class Vfs implements FileSystem {
     return m;
   }
 
+  /**
+   * The mount owning `nodeid`, pinned for the current request: it is not
+   * closed (see `umountAndDrain`) until the request's reply is complete.
+   */
+  private use(ctx: RequestContext, nodeid: bigint): Mount {
+    const m = this.mountOf(nodeid);
+    this.pin(ctx, m);
+    return m;
+  }
+
+  /** Count a request in flight on `m` until the FUSE server releases it (no-op without a request scope). */
+  private pin(ctx: RequestContext, m: Mount): void {
+    if (!ctx.hold) return;
+    m.inflight++;
+    let done = false;
+    ctx.hold(() => {
+      if (done) return;
+      done = true;
+      if (--m.inflight === 0 && !m.alive) for (const w of m.drainWaiters.splice(0)) w();
+    });
+  }
+
   private static inner(nodeid: bigint): bigint {
     return nodeid >> VFS_INDEX_SHIFT === 0n ? ROOT : nodeid & VFS_INO_MASK;
   }
@@ -311,6 +366,7 @@ export class Vfs implements FileSystem {
 
   /** Entry for the root of a mount, as seen from its pseudo parent. */
   private async mountRootEntry(ctx: RequestContext, m: Mount, count: boolean): Promise<Entry> {
+    this.pin(ctx, m);
     const r = await m.fs.getattr(ctx, ROOT);
     Vfs.live(m);
     const e: Entry = {
@@ -373,7 +429,7 @@ export class Vfs implements FileSystem {
       if (!c) throw enoent('no such pseudo entry');
       return c.mount ? this.mountRootEntry(ctx, c.mount, true) : this.pseudoEntry(c);
     }
-    const m = this.mountOf(parent);
+    const m = this.use(ctx, parent);
     return this.encEntry(m, await m.fs.lookup(ctx, Vfs.inner(parent), name));
   }
 
@@ -392,7 +448,7 @@ export class Vfs implements FileSystem {
   async getattr(ctx: RequestContext, nodeid: bigint, fh?: bigint): Promise<AttrReply> {
     const p = this.pseudo(nodeid);
     if (p) return { attr: this.pseudoAttr(p), timeout: this.pseudoTimeout };
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     const r = await m.fs.getattr(ctx, Vfs.inner(nodeid), fh);
     Vfs.live(m);
     return { attr: this.encAttr(m, r.attr), timeout: r.timeout };
@@ -400,7 +456,7 @@ export class Vfs implements FileSystem {
 
   async readlink(ctx: RequestContext, nodeid: bigint): Promise<Buffer> {
     if (this.pseudo(nodeid)) throw einval('not a symlink');
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     if (!m.fs.readlink) throw Vfs.unsupported(m, 'readlink');
     const t = await m.fs.readlink(ctx, Vfs.inner(nodeid));
     Vfs.live(m);
@@ -411,7 +467,7 @@ export class Vfs implements FileSystem {
 
   async open(ctx: RequestContext, nodeid: bigint, flags: number): Promise<OpenReply> {
     if (this.pseudo(nodeid)) throw err('EISDIR', 'pseudo directory');
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     if (!m.fs.open) return { fh: 0n, openFlags: 0 };
     const o = await m.fs.open(ctx, Vfs.inner(nodeid), flags);
     Vfs.live(m);
@@ -420,7 +476,7 @@ export class Vfs implements FileSystem {
 
   async read(ctx: RequestContext, nodeid: bigint, fh: bigint, offset: number, size: number): Promise<ReadPiece[]> {
     if (this.pseudo(nodeid)) throw err('EISDIR', 'pseudo directory');
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     if (!m.fs.read) throw Vfs.unsupported(m, 'read');
     const r = await m.fs.read(ctx, Vfs.inner(nodeid), fh, offset, size);
     Vfs.live(m);
@@ -429,25 +485,25 @@ export class Vfs implements FileSystem {
 
   async release(ctx: RequestContext, nodeid: bigint, fh: bigint, flags: number): Promise<void> {
     if (this.pseudo(nodeid)) return;
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     await m.fs.release?.(ctx, Vfs.inner(nodeid), fh, flags);
   }
 
   async flush(ctx: RequestContext, nodeid: bigint, fh: bigint): Promise<void> {
     if (this.pseudo(nodeid)) return;
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     await m.fs.flush?.(ctx, Vfs.inner(nodeid), fh);
   }
 
   async fsync(ctx: RequestContext, nodeid: bigint, fh: bigint, datasync: boolean): Promise<void> {
     if (this.pseudo(nodeid)) return;
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     await m.fs.fsync?.(ctx, Vfs.inner(nodeid), fh, datasync);
   }
 
   async lseek(ctx: RequestContext, nodeid: bigint, fh: bigint, offset: number, whence: number): Promise<number> {
     if (this.pseudo(nodeid)) throw einval('lseek on a pseudo directory');
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     const ino = Vfs.inner(nodeid);
     if (m.fs.lseek) {
       const r = await m.fs.lseek(ctx, ino, fh, offset, whence);
@@ -466,7 +522,7 @@ export class Vfs implements FileSystem {
 
   async opendir(ctx: RequestContext, nodeid: bigint, flags: number): Promise<OpenReply> {
     if (this.pseudo(nodeid)) return { fh: 0n, openFlags: 0 };
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     if (!m.fs.opendir) return { fh: 0n, openFlags: 0 };
     const o = await m.fs.opendir(ctx, Vfs.inner(nodeid), flags);
     Vfs.live(m);
@@ -478,7 +534,7 @@ export class Vfs implements FileSystem {
   ): Promise<void> {
     const p = this.pseudo(nodeid);
     if (p) return this.pseudoReaddir(ctx, p, offset, plus, add);
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     const fs = m.fs;
     if (!fs.readdir) throw Vfs.unsupported(m, 'readdir');
     const slot = this.slots[m.index];
@@ -546,13 +602,13 @@ export class Vfs implements FileSystem {
 
   async releasedir(ctx: RequestContext, nodeid: bigint, fh: bigint): Promise<void> {
     if (this.pseudo(nodeid)) return;
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     await m.fs.releasedir?.(ctx, Vfs.inner(nodeid), fh);
   }
 
   async fsyncdir(ctx: RequestContext, nodeid: bigint, fh: bigint, datasync: boolean): Promise<void> {
     if (this.pseudo(nodeid)) return;
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     await m.fs.fsyncdir?.(ctx, Vfs.inner(nodeid), fh, datasync);
   }
 
@@ -560,7 +616,7 @@ export class Vfs implements FileSystem {
 
   async statfs(ctx: RequestContext, nodeid: bigint): Promise<StatFs> {
     if (this.pseudo(nodeid)) return { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 4096, namelen: 255, frsize: 4096 };
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     if (!m.fs.statfs) return { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 4096, namelen: 255, frsize: 4096 };
     const s = await m.fs.statfs(ctx, Vfs.inner(nodeid));
     Vfs.live(m);
@@ -569,7 +625,7 @@ export class Vfs implements FileSystem {
 
   async getxattr(ctx: RequestContext, nodeid: bigint, name: Buffer): Promise<Buffer> {
     if (this.pseudo(nodeid)) throw err('ENODATA', 'no xattrs on pseudo directories');
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     if (!m.fs.getxattr) throw Vfs.unsupported(m, 'xattrs');
     const v = await m.fs.getxattr(ctx, Vfs.inner(nodeid), name);
     Vfs.live(m);
@@ -578,7 +634,7 @@ export class Vfs implements FileSystem {
 
   async listxattr(ctx: RequestContext, nodeid: bigint): Promise<Buffer[]> {
     if (this.pseudo(nodeid)) return [];
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     if (!m.fs.listxattr) throw Vfs.unsupported(m, 'xattrs');
     const v = await m.fs.listxattr(ctx, Vfs.inner(nodeid));
     Vfs.live(m);
@@ -587,65 +643,70 @@ export class Vfs implements FileSystem {
 
   async access(ctx: RequestContext, nodeid: bigint, mask: number): Promise<void> {
     if (this.pseudo(nodeid)) return;
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     await m.fs.access?.(ctx, Vfs.inner(nodeid), mask);
   }
 
   async syncfs(ctx: RequestContext, nodeid: bigint): Promise<void> {
     if (this.pseudo(nodeid)) {
-      for (const s of this.slots) if (s.mount?.fs.syncfs) await s.mount.fs.syncfs(ctx, ROOT);
+      for (const s of this.slots) {
+        const m = s.mount;
+        if (!m?.fs.syncfs) continue;
+        this.pin(ctx, m);
+        await m.fs.syncfs(ctx, ROOT);
+      }
       return;
     }
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     await m.fs.syncfs?.(ctx, Vfs.inner(nodeid));
   }
 
   // ---- mutating ------------------------------------------------------------
 
-  /** The mount owning `nodeid` for a mutation; EROFS for the pseudo tree. */
-  private target(nodeid: bigint, method: keyof FileSystem): Mount {
+  /** The mount owning `nodeid` for a mutation (pinned); EROFS for the pseudo tree. */
+  private target(ctx: RequestContext, nodeid: bigint, method: keyof FileSystem): Mount {
     if (this.pseudo(nodeid)) throw erofs('pseudo directory');
-    const m = this.mountOf(nodeid);
+    const m = this.use(ctx, nodeid);
     this.writable(m, method);
     return m;
   }
 
   async setattr(ctx: RequestContext, nodeid: bigint, a: SetattrIn): Promise<AttrReply> {
-    const m = this.target(nodeid, 'setattr');
+    const m = this.target(ctx, nodeid, 'setattr');
     const r = await m.fs.setattr!(ctx, Vfs.inner(nodeid), a);
     Vfs.live(m);
     return { attr: this.encAttr(m, r.attr), timeout: r.timeout };
   }
 
   async mknod(ctx: RequestContext, parent: bigint, name: Buffer, mode: number, rdev: number, umask: number): Promise<Entry> {
-    const m = this.target(parent, 'mknod');
+    const m = this.target(ctx, parent, 'mknod');
     return this.encEntry(m, await m.fs.mknod!(ctx, Vfs.inner(parent), name, mode, rdev, umask));
   }
 
   async mkdir(ctx: RequestContext, parent: bigint, name: Buffer, mode: number, umask: number): Promise<Entry> {
-    const m = this.target(parent, 'mkdir');
+    const m = this.target(ctx, parent, 'mkdir');
     return this.encEntry(m, await m.fs.mkdir!(ctx, Vfs.inner(parent), name, mode, umask));
   }
 
   async unlink(ctx: RequestContext, parent: bigint, name: Buffer): Promise<void> {
-    const m = this.target(parent, 'unlink');
+    const m = this.target(ctx, parent, 'unlink');
     await m.fs.unlink!(ctx, Vfs.inner(parent), name);
     Vfs.live(m);
   }
 
   async rmdir(ctx: RequestContext, parent: bigint, name: Buffer): Promise<void> {
-    const m = this.target(parent, 'rmdir');
+    const m = this.target(ctx, parent, 'rmdir');
     await m.fs.rmdir!(ctx, Vfs.inner(parent), name);
     Vfs.live(m);
   }
 
   async symlink(ctx: RequestContext, parent: bigint, name: Buffer, target: Buffer): Promise<Entry> {
-    const m = this.target(parent, 'symlink');
+    const m = this.target(ctx, parent, 'symlink');
     return this.encEntry(m, await m.fs.symlink!(ctx, Vfs.inner(parent), name, target));
   }
 
   async rename(ctx: RequestContext, parent: bigint, name: Buffer, newParent: bigint, newName: Buffer, flags: number): Promise<void> {
-    const m = this.target(parent, 'rename');
+    const m = this.target(ctx, parent, 'rename');
     if (this.pseudo(newParent)) throw err('EXDEV', 'rename into the pseudo tree');
     if (this.mountOf(newParent) !== m) throw err('EXDEV', 'rename across filesystems');
     await m.fs.rename!(ctx, Vfs.inner(parent), name, Vfs.inner(newParent), newName, flags);
@@ -653,39 +714,39 @@ export class Vfs implements FileSystem {
   }
 
   async link(ctx: RequestContext, nodeid: bigint, newParent: bigint, newName: Buffer): Promise<Entry> {
-    const m = this.target(newParent, 'link');
+    const m = this.target(ctx, newParent, 'link');
     if (this.pseudo(nodeid)) throw err('EXDEV', 'link of a pseudo directory');
     if (this.mountOf(nodeid) !== m) throw err('EXDEV', 'link across filesystems');
     return this.encEntry(m, await m.fs.link!(ctx, Vfs.inner(nodeid), Vfs.inner(newParent), newName));
   }
 
   async create(ctx: RequestContext, parent: bigint, name: Buffer, mode: number, flags: number, umask: number): Promise<{ entry: Entry; open: OpenReply }> {
-    const m = this.target(parent, 'create');
+    const m = this.target(ctx, parent, 'create');
     const r = await m.fs.create!(ctx, Vfs.inner(parent), name, mode, flags, umask);
     return { entry: this.encEntry(m, r.entry), open: r.open };
   }
 
   async write(ctx: RequestContext, nodeid: bigint, fh: bigint, offset: number, data: Buffer, flags: number): Promise<number> {
-    const m = this.target(nodeid, 'write');
+    const m = this.target(ctx, nodeid, 'write');
     const n = await m.fs.write!(ctx, Vfs.inner(nodeid), fh, offset, data, flags);
     Vfs.live(m);
     return n;
   }
 
   async setxattr(ctx: RequestContext, nodeid: bigint, name: Buffer, value: Buffer, flags: number): Promise<void> {
-    const m = this.target(nodeid, 'setxattr');
+    const m = this.target(ctx, nodeid, 'setxattr');
     await m.fs.setxattr!(ctx, Vfs.inner(nodeid), name, value, flags);
     Vfs.live(m);
   }
 
   async removexattr(ctx: RequestContext, nodeid: bigint, name: Buffer): Promise<void> {
-    const m = this.target(nodeid, 'removexattr');
+    const m = this.target(ctx, nodeid, 'removexattr');
     await m.fs.removexattr!(ctx, Vfs.inner(nodeid), name);
     Vfs.live(m);
   }
 
   async fallocate(ctx: RequestContext, nodeid: bigint, fh: bigint, mode: number, offset: number, length: number): Promise<void> {
-    const m = this.target(nodeid, 'fallocate');
+    const m = this.target(ctx, nodeid, 'fallocate');
     await m.fs.fallocate!(ctx, Vfs.inner(nodeid), fh, mode, offset, length);
     Vfs.live(m);
   }

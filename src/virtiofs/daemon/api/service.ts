@@ -10,7 +10,7 @@ import { ErrnoError } from '../../../common/errno';
 import { log } from '../../../common/log';
 import { RafsFs } from '../../../rafs/fs';
 import { createBackend, createBlobDevice } from '../../../storage/factory';
-import { loadBootstrapFile } from '../../../storage/image';
+import { loadBootstrapFileAsync } from '../../../storage/image';
 import type { FileSystem } from '../../fuse/filesystem';
 import { PassthroughFs, type CachePolicy } from '../../passthrough/passthrough-fs';
 import type { Vfs } from '../../vfs/vfs';
@@ -20,6 +20,9 @@ import { DaemonStateMachine } from '../state';
 import { VERSION } from './version';
 
 export type BackendType = 'Rafs' | 'PassthroughFs';
+
+/** How long umount/remount wait for requests in flight before answering (the close still waits for them). */
+export const DRAIN_WAIT_MS = 5000;
 
 export interface MountCmd {
   source: string;
@@ -59,8 +62,9 @@ export function fsBackendType(t: string): BackendType {
 }
 
 /** Build a RAFS instance whose backend reads are counted. */
-export function createRafsInstance(mountpoint: string, bootstrap: string, cfg: ConfigV2, prefetchFiles?: string[], opts: { directIo?: boolean } = {}): MountedInstance {
-  const { boot, sb, inlineBlob } = loadBootstrapFile(bootstrap);
+export async function createRafsInstance(mountpoint: string, bootstrap: string, cfg: ConfigV2, prefetchFiles?: string[], opts: { directIo?: boolean } = {}): Promise<MountedInstance> {
+  // read without blocking the loop: API callers and running guests share it
+  const { boot, sb, inlineBlob } = await loadBootstrapFileAsync(bootstrap);
   const bm = new BackendMetrics(inlineBlob ? 'localfs' : cfg.backend.type, mountpoint);
   const backend = withBackendMetrics(createBackend(cfg, { blobFile: inlineBlob }), bm);
   const device = createBlobDevice(cfg, sb.blobs, { backend });
@@ -82,8 +86,8 @@ export function createRafsInstance(mountpoint: string, bootstrap: string, cfg: C
   };
 }
 
-export function createPassthroughInstance(mountpoint: string, dir: string, cachePolicy: CachePolicy = 'auto'): MountedInstance {
-  const st = fs.statSync(dir);
+export async function createPassthroughInstance(mountpoint: string, dir: string, cachePolicy: CachePolicy = 'auto'): Promise<MountedInstance> {
+  const st = await fs.promises.stat(dir);
   if (!st.isDirectory()) throw new ErrnoError('ENOTDIR', `${dir} is not a directory`);
   const pfs = new PassthroughFs(dir, { cachePolicy });
   const stats = new FsIoStats(mountpoint);
@@ -120,7 +124,7 @@ export class DaemonService {
     this.instances.set(inst.mountpoint, inst);
   }
 
-  private build(mountpoint: string, cmd: MountCmd): MountedInstance {
+  private build(mountpoint: string, cmd: MountCmd): Promise<MountedInstance> {
     const type = fsBackendType(cmd.fs_type);
     if (type === 'Rafs') {
       const cfg = parseNydusdConfig(cmd.config);
@@ -134,7 +138,7 @@ export class DaemonService {
   mount(mountpoint: string, cmd: MountCmd): Promise<void> {
     return this.serial(async () => {
       if (this.instances.has(mountpoint)) throw new AlreadyExists();
-      const inst = this.build(mountpoint, cmd);
+      const inst = await this.build(mountpoint, cmd);
       try {
         this.attach(inst);
       } catch (e) {
@@ -150,17 +154,18 @@ export class DaemonService {
     return this.serial(async () => {
       const old = this.instances.get(mountpoint);
       if (!old) throw new NotFound();
-      const inst = this.build(mountpoint, cmd);
-      this.vfs.umount(mountpoint);
+      const inst = await this.build(mountpoint, cmd);
+      const drained = this.vfs.umountAndDrain(mountpoint);
       this.instances.delete(mountpoint);
       try {
         this.attach(inst);
       } catch (e) {
         await inst.close().catch(() => undefined);
+        // the old filesystem was never closed: put it back (requests in flight on it finish as EIO)
         this.attach(old);
         throw e;
       }
-      await old.close().catch((e: unknown) => log.warn({ mountpoint, err: errText(e) }, 'closing the old filesystem failed'));
+      await this.retire(old, drained);
       log.info({ mountpoint, source: cmd.source }, 'filesystem remounted');
     });
   }
@@ -170,12 +175,28 @@ export class DaemonService {
     return this.serial(async () => {
       const inst = this.instances.get(mountpoint);
       if (!inst) return false;
-      this.vfs.umount(mountpoint);
+      const drained = this.vfs.umountAndDrain(mountpoint);
       this.instances.delete(mountpoint);
-      await inst.close().catch((e: unknown) => log.warn({ mountpoint, err: errText(e) }, 'closing the filesystem failed'));
+      await this.retire(inst, drained);
       log.info({ mountpoint }, 'filesystem unmounted');
       return true;
     });
+  }
+
+  /**
+   * Close an unmounted instance once no request uses it any more (its fds and
+   * cache files may still be read or written by requests in flight). Waits
+   * up to `DRAIN_WAIT_MS` for that; a request stuck longer (a slow disk) does
+   * not hold up the API: the close then happens when it finishes.
+   */
+  private async retire(inst: MountedInstance, drained: Promise<unknown>): Promise<void> {
+    const { mountpoint } = inst;
+    const closed = drained.then(() => inst.close()).catch((e: unknown) => log.warn({ mountpoint, err: errText(e) }, 'closing the filesystem failed'));
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => { timer = setTimeout(() => resolve('late'), DRAIN_WAIT_MS); });
+    const r = await Promise.race([closed, late]);
+    clearTimeout(timer);
+    if (r === 'late') log.warn({ mountpoint, waitMs: DRAIN_WAIT_MS }, 'requests still in flight on an unmounted filesystem; it is closed when they finish');
   }
 
   async closeAll(): Promise<void> {
