@@ -119,7 +119,7 @@ function shortSliceFs(file: string): MemoryFs {
   const mfs = new MemoryFs();
   mfs.addFile('f', 'x'.repeat(8192));
   const fd = fs.openSync(file, 'r');
-  mfs.read = async (): Promise<ReadPiece[]> => [Buffer.from('good bytes '), { fd, position: 0, length: 4096 }];
+  (mfs as { read: unknown }).read = async (): Promise<ReadPiece[]> => [Buffer.from('good bytes '), { fd, position: 0, length: 4096 }];
   return mfs;
 }
 
