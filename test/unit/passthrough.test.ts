@@ -21,7 +21,9 @@ import {
 import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, type Entry } from '../../src/virtiofs/fuse/filesystem';
 import { FuseServer } from '../../src/virtiofs/fuse/server';
 import { PassthroughFs, type PassthroughOptions } from '../../src/virtiofs/passthrough/passthrough-fs';
-import { getXattr, setXattr } from '../../src/common/libc';
+import { getXattr, mknod, setXattr } from '../../src/common/libc';
+import { blockingPoolStats, configureBlockingPool, runBlocking } from '../../src/common/blocking';
+import { spawn, spawnSync } from 'node:child_process';
 import { Vfs } from '../../src/virtiofs/vfs/vfs';
 import { call, cstr, initBody, req } from '../support/memory-fs';
 
@@ -666,6 +668,450 @@ test('mounted in a Vfs at /containers: nodeids and inode numbers encode, ops rea
   const wh = ls.find((x) => x.name === 'deleted')!;
   assert.is(wh.type, DT_CHR);
   assert.is(wh.entry!.attr.ino & ((1n << 56n) - 1n), BigInt(fs.lstatSync(path.join(dir, 'cid/fs/deleted')).ino));
+});
+
+// ---- hostile guest: special files, blocking calls, bounded state ------------------------
+
+const S_IFIFO = 0o010000, S_IFSOCK = 0o140000, O_NONBLOCK = 0o4000;
+const ctx0 = { uid: 0, gid: 0, pid: 0, unique: 0n };
+
+/**
+ * Opens `fifo` read-write after `delayS` seconds, which un-blocks any open
+ * of it: a daemon that wrongly opens the FIFO then fails the timing checks
+ * instead of hanging the test run.
+ */
+function fifoRescuer(fifo: string, delayS = 3) {
+  return spawn('sh', ['-c', `sleep ${delayS}; exec 3<>"$0"; sleep 1`, fifo], { stdio: 'ignore' });
+}
+
+const openDir = async (w: World, ino: bigint): Promise<bigint> => FuseOpenOut.decode(await ok(w, FuseOpcode.OPENDIR, ino, enc(FuseOpenIn, {}))).fh;
+
+/** One READDIR reply on an open handle: names and cookies. */
+async function readdirOnce(w: World, ino: bigint, fh: bigint, off: number, size = 4096): Promise<Array<{ name: string; off: number }>> {
+  const p = await ok(w, FuseOpcode.READDIR, ino, readIn(fh, off, size));
+  const out: Array<{ name: string; off: number }> = [];
+  for (let q = 0; q < p.length;) {
+    const d = decodeDirent(p, q);
+    out.push({ name: d.name.toString(), off: d.off });
+    q = d.next;
+  }
+  return out;
+}
+
+/** Every name of an open handle, read sequentially from cookie 0. */
+async function listHandle(w: World, ino: bigint, fh: bigint, size = 4096): Promise<string[]> {
+  const names: string[] = [];
+  let off = 0;
+  for (;;) {
+    const r = await readdirOnce(w, ino, fh, off, size);
+    if (r.length === 0) return names;
+    for (const e of r) names.push(e.name);
+    off = r[r.length - 1].off;
+  }
+}
+
+/** fds of this process that refer to something under `dir` (worker threads' own fds are not counted). */
+function hostFds(dir: string): number {
+  let n = 0;
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try {
+      if (fs.readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir)) n++;
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  return n;
+}
+
+async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  for (const t0 = Date.now(); !cond(); await new Promise((r) => setTimeout(r, 5))) {
+    if (Date.now() - t0 > ms) assert.unreachable(`timed out waiting for: ${what}`);
+  }
+}
+
+test('special files: CREATE over an existing FIFO answers EBADF at once; the loop and other requests are not held up', async () => {
+  const w = await world();
+  const fifo = path.join(w.dir, 'fifo');
+  mknod(fifo, S_IFIFO | 0o666, 0);
+  const rescuer = fifoRescuer(fifo);
+  try {
+    const fds = w.pfs.fdCount;
+    for (const flags of [O_WRONLY | O_CREAT, O_RDONLY | O_CREAT, O_RDWR | O_CREAT | O_TRUNC]) {
+      const t0 = Date.now();
+      const timer = new Promise<number>((resolve) => setTimeout(() => resolve(Date.now() - t0), 10));
+      const [cr, ga, timerMs] = await Promise.all([
+        run(w, FuseOpcode.CREATE, 1n, [enc(FuseCreateIn, { flags, mode: S_IFREG | 0o644 }), cstr('fifo')]),
+        run(w, FuseOpcode.GETATTR, 1n, enc(FuseGetattrIn, {})),
+        timer,
+      ]);
+      assert.is(cr[0], E.EBADF, `flags ${flags.toString(8)}`);
+      assert.is(ga[0], 0, 'a concurrent GETATTR is served');
+      assert.ok(timerMs < 500, `a 10 ms timer fired after ${timerMs} ms`);
+      assert.ok(Date.now() - t0 < 1000, 'CREATE answered promptly');
+    }
+    assert.ok(fs.lstatSync(fifo).isFIFO(), 'the FIFO is left as it was');
+    assert.is(w.pfs.handleCount, 0);
+    assert.is(w.pfs.fdCount, fds, 'no fd kept');
+    // O_EXCL still answers EEXIST first
+    await fails(w, FuseOpcode.CREATE, 1n, [enc(FuseCreateIn, { flags: O_WRONLY | O_CREAT | O_EXCL, mode: S_IFREG | 0o644 }), cstr('fifo')], E.EEXIST);
+  } finally {
+    rescuer.kill();
+  }
+  // other kinds of existing names
+  mknod(path.join(w.dir, 'sock'), S_IFSOCK | 0o666, 0);
+  mknod(path.join(w.dir, 'null'), S_IFCHR | 0o666, (1 << 8) | 3);
+  fs.mkdirSync(path.join(w.dir, 'dir'));
+  const cflags = [enc(FuseCreateIn, { flags: O_RDWR | O_CREAT, mode: S_IFREG | 0o644 })];
+  await fails(w, FuseOpcode.CREATE, 1n, [...cflags, cstr('sock')], E.EBADF, 'socket');
+  await fails(w, FuseOpcode.CREATE, 1n, [...cflags, cstr('null')], E.EBADF, 'char device');
+  await fails(w, FuseOpcode.CREATE, 1n, [...cflags, cstr('dir')], E.EISDIR, 'directory');
+  // an existing regular file is opened, O_TRUNC honoured, ownership untouched
+  fs.writeFileSync(path.join(w.dir, 'reg'), 'old contents');
+  fs.chownSync(path.join(w.dir, 'reg'), 0, 0);
+  const c = await create(w, 1n, 'reg', S_IFREG | 0o600, O_WRONLY | O_CREAT | O_TRUNC);
+  assert.is(c.e.ino, (await lookup(w, 1n, 'reg')).ino);
+  await write(w, c.e.ino, c.fh, 0, Buffer.from('new'));
+  await release(w, c.e.ino, c.fh);
+  assert.is(fs.readFileSync(path.join(w.dir, 'reg'), 'utf8'), 'new');
+  assert.is(fs.statSync(path.join(w.dir, 'reg')).uid, 0);
+  // a new file does not keep the O_NONBLOCK the daemon created it with (unless asked)
+  const statusFlags = (name: string): number[] => fs.readdirSync('/proc/self/fd').flatMap((fd) => {
+    try {
+      if (fs.readlinkSync(`/proc/self/fd/${fd}`) !== path.join(w.dir, name)) return [];
+      const fl = parseInt(/^flags:\s*(\d+)/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1], 8);
+      return fl & 0o10000000 ? [] : [fl]; // not the O_PATH one
+    } catch {
+      return [];
+    }
+  });
+  const n = await create(w, 1n, 'fresh', S_IFREG | 0o644, O_RDWR | O_CREAT);
+  const nb = await create(w, 1n, 'fresh-nb', S_IFREG | 0o644, O_RDWR | O_CREAT | O_NONBLOCK);
+  assert.equal(statusFlags('fresh').map((f) => f & O_NONBLOCK), [0]);
+  assert.equal(statusFlags('fresh-nb').map((f) => f & O_NONBLOCK), [O_NONBLOCK]);
+  await release(w, n.e.ino, n.fh);
+  await release(w, nb.e.ino, nb.fh);
+  assert.is(w.pfs.handleCount, 0);
+});
+
+test('special files: OPEN / SYNCFS of a FIFO, socket or device inode answer EBADF without opening it', async () => {
+  const w = await world();
+  const fifo = path.join(w.dir, 'fifo');
+  mknod(fifo, S_IFIFO | 0o666, 0);
+  mknod(path.join(w.dir, 'sock'), S_IFSOCK | 0o666, 0);
+  mknod(path.join(w.dir, 'null'), S_IFCHR | 0o666, (1 << 8) | 3);
+  const rescuer = fifoRescuer(fifo);
+  try {
+    const t0 = Date.now();
+    for (const name of ['fifo', 'sock', 'null']) {
+      const e = await lookup(w, 1n, name);
+      for (const flags of [O_RDONLY, O_WRONLY, O_RDWR, O_RDONLY | O_NONBLOCK]) {
+        await fails(w, FuseOpcode.OPEN, e.ino, enc(FuseOpenIn, { flags }), E.EBADF, `${name} flags ${flags}`);
+      }
+      await fails(w, FuseOpcode.SYNCFS, e.ino, Buffer.alloc(8), E.EBADF, name);
+      // FSYNC without a handle: nothing to sync, nothing opened
+      await ok(w, FuseOpcode.FSYNC, e.ino, enc(FuseFsyncIn, { fh: 0n }));
+      // attributes still work (through the O_PATH fd)
+      assert.is((await getattr(w, e.ino)).attr.ino, BigInt(fs.lstatSync(path.join(w.dir, name)).ino));
+    }
+    assert.ok(Date.now() - t0 < 2000, 'answered without waiting for the FIFO');
+    assert.is(w.pfs.handleCount, 0);
+  } finally {
+    rescuer.kill();
+  }
+});
+
+test('READDIR: 1,000 rewinds of a 2,000-entry directory hand out the same cookies and add nothing', async () => {
+  const w = await world();
+  const d = path.join(w.dir, 'big');
+  fs.mkdirSync(d);
+  fs.writeFileSync(path.join(d, 'e0'), '');
+  for (let i = 1; i < 2000; i++) fs.linkSync(path.join(d, 'e0'), path.join(d, `e${i}`));
+  const di = await lookup(w, 1n, 'big');
+  const fh = await openDir(w, di.ino);
+  const all = await listHandle(w, di.ino, fh);
+  assert.is(all.length, 2002);
+  assert.is(new Set(all).size, 2002);
+  const size = w.pfs.dirCookies(fh);
+  assert.ok(size >= 2002 && size <= 2003, `one cookie per entry (${size})`);
+  const first = await readdirOnce(w, di.ino, fh, 0);
+  const mid = first[first.length - 1].off;
+  const second = await readdirOnce(w, di.ino, fh, mid);
+  for (let i = 0; i < 1000; i++) {
+    const r = await readdirOnce(w, di.ino, fh, 0);
+    if (i % 100 === 0) {
+      assert.equal(r, first, 'a rewind gives the same entries and cookies');
+      assert.equal(await readdirOnce(w, di.ino, fh, mid), second, 'old cookies resume where they did');
+    }
+  }
+  for (let i = 0; i < 3; i++) assert.equal(await listHandle(w, di.ino, fh), all);
+  assert.is(w.pfs.dirCookies(fh), size, 'rewinds added no cookie');
+  assert.is(w.pfs.dirCookieCount, size);
+  await ok(w, FuseOpcode.RELEASEDIR, di.ino, enc(FuseReleaseIn, { fh }));
+  assert.is(w.pfs.dirCookieCount, 0, 'RELEASEDIR drops the handle\'s cookies');
+});
+
+test('READDIR: cookie tables are LRU-bounded per handle and per instance; listings still complete, evicted cookies answer EINVAL', async () => {
+  const w = await world({ dirCookiesPerHandle: 64, maxDirCookies: 100 });
+  const d = path.join(w.dir, 'big');
+  fs.mkdirSync(d);
+  fs.writeFileSync(path.join(d, 'e0'), '');
+  for (let i = 1; i < 1000; i++) fs.linkSync(path.join(d, 'e0'), path.join(d, `e${i}`));
+  const di = await lookup(w, 1n, 'big');
+  const a = await openDir(w, di.ino);
+  const b = await openDir(w, di.ino);
+  const early = (await readdirOnce(w, di.ino, a, 0, 256))[0].off;
+  // two listings interleaved, reply by reply
+  const names = { a: [] as string[], b: [] as string[] };
+  const off = { a: 0, b: 0 };
+  const done = { a: false, b: false };
+  while (!done.a || !done.b) {
+    for (const [k, fh] of [['a', a], ['b', b]] as const) {
+      if (done[k]) continue;
+      const r = await readdirOnce(w, di.ino, fh, off[k]);
+      if (r.length === 0) done[k] = true;
+      else {
+        for (const e of r) names[k].push(e.name);
+        off[k] = r[r.length - 1].off;
+      }
+      assert.ok(w.pfs.dirCookies(fh) <= 64, 'per-handle bound');
+      assert.ok(w.pfs.dirCookieCount <= 100, 'per-instance bound');
+    }
+  }
+  for (const k of ['a', 'b'] as const) {
+    assert.is(names[k].length, 1002, `${k}: every entry`);
+    assert.is(new Set(names[k]).size, 1002, `${k}: exactly once`);
+  }
+  await fails(w, FuseOpcode.READDIR, di.ino, readIn(a, early, 4096), E.EINVAL, 'evicted cookie');
+  await fails(w, FuseOpcode.READDIR, di.ino, readIn(a, 123456789, 4096), E.EINVAL, 'never handed out');
+  const bLast = off.b;
+  await fails(w, FuseOpcode.READDIR, di.ino, readIn(a, bLast, 4096), E.EINVAL, 'another handle\'s cookie');
+  // cookie 0 always restarts
+  assert.is((await readdirOnce(w, di.ino, a, 0))[0].name, names.a[0]);
+});
+
+test('READDIR: a 100,000-entry directory listed sequentially returns every name exactly once', async () => {
+  const w = await world();
+  const d = path.join(w.dir, 'huge');
+  fs.mkdirSync(d);
+  const N = 100_000;
+  for (let i = 0; i < N; i++) {
+    // hard links (fast), at most 50,000 per inode (ext4 allows 65,000)
+    if (i % 50_000 === 0) fs.writeFileSync(path.join(d, `f${i}`), '');
+    else fs.linkSync(path.join(d, `f${i - (i % 50_000)}`), path.join(d, `f${i}`));
+  }
+  const di = await lookup(w, 1n, 'huge');
+  const fh = await openDir(w, di.ino);
+  const names = await listHandle(w, di.ino, fh, 32768);
+  assert.is(names.length, N + 2);
+  const set = new Set(names);
+  assert.is(set.size, N + 2, 'no duplicates');
+  for (let i = 0; i < N; i += 997) assert.ok(set.has(`f${i}`));
+  assert.ok(w.pfs.dirCookies(fh) <= 65_536, `bounded (${w.pfs.dirCookies(fh)})`);
+  await ok(w, FuseOpcode.RELEASEDIR, di.ino, enc(FuseReleaseIn, { fh }));
+  fs.rmSync(d, { recursive: true, force: true });
+});
+
+test('SYNCFS, FALLOCATE, FSYNC, FLUSH, SEEK_DATA run on the blocking pool: real effects and the calls\' own errno', async () => {
+  const w = await world();
+  const before = blockingPoolStats().completed;
+  await ok(w, FuseOpcode.SYNCFS, 1n, Buffer.alloc(8));
+  assert.ok(blockingPoolStats().completed > before, 'syncfs ran on the pool');
+  assert.ok(blockingPoolStats().threads >= 1);
+  const c = await create(w, 1n, 'prealloc');
+  const host = path.join(w.dir, 'prealloc');
+  let n = blockingPoolStats().completed;
+  await ok(w, FuseOpcode.FALLOCATE, c.e.ino, enc(FuseFallocateIn, { fh: c.fh, offset: 0, length: 1 << 20, mode: 0 }));
+  assert.is(blockingPoolStats().completed, n + 1, 'fallocate ran on the pool');
+  let st = fs.statSync(host);
+  assert.is(st.size, 1 << 20);
+  assert.ok(st.blocks * 512 >= 1 << 20, `blocks allocated (${st.blocks})`);
+  // FALLOC_FL_KEEP_SIZE: more blocks, same size
+  await ok(w, FuseOpcode.FALLOCATE, c.e.ino, enc(FuseFallocateIn, { fh: c.fh, offset: 1 << 20, length: 1 << 20, mode: 1 }));
+  st = fs.statSync(host);
+  assert.is(st.size, 1 << 20, 'KEEP_SIZE keeps the size');
+  assert.ok(st.blocks * 512 >= 2 << 20, `blocks beyond EOF (${st.blocks})`);
+  // errors carry the call's errno
+  await fails(w, FuseOpcode.FALLOCATE, c.e.ino, enc(FuseFallocateIn, { fh: c.fh, offset: 0, length: 0, mode: 0 }), E.EINVAL, 'length 0');
+  const ro = await open(w, c.e.ino, O_RDONLY);
+  await fails(w, FuseOpcode.FALLOCATE, c.e.ino, enc(FuseFallocateIn, { fh: ro.fh, offset: 0, length: 4096, mode: 0 }), E.EBADF, 'read-only handle');
+  await fails(w, FuseOpcode.FALLOCATE, c.e.ino, enc(FuseFallocateIn, { fh: 999n, offset: 0, length: 4096, mode: 0 }), E.EBADF, 'unknown handle');
+  // fsync / fdatasync / flush of a written handle / SEEK_DATA
+  n = blockingPoolStats().completed;
+  await write(w, c.e.ino, c.fh, 3 << 20, Buffer.from('tail'));
+  await ok(w, FuseOpcode.FSYNC, c.e.ino, enc(FuseFsyncIn, { fh: c.fh, fsyncFlags: 0 }));
+  await ok(w, FuseOpcode.FSYNC, c.e.ino, enc(FuseFsyncIn, { fh: c.fh, fsyncFlags: 1 }));
+  await ok(w, FuseOpcode.FLUSH, c.e.ino, enc(FuseFlushIn, { fh: c.fh }));
+  await ok(w, FuseOpcode.FLUSH, c.e.ino, enc(FuseFlushIn, { fh: ro.fh }));
+  const data = Number((await ok(w, FuseOpcode.LSEEK, c.e.ino, enc(FuseLseekIn, { fh: c.fh, offset: 2 << 20, whence: 3 }))).readBigUInt64LE(0));
+  assert.is(data, 3 << 20, 'SEEK_DATA past the unwritten preallocation');
+  await fails(w, FuseOpcode.LSEEK, c.e.ino, enc(FuseLseekIn, { fh: c.fh, offset: 8 << 20, whence: 3 }), E.ENXIO);
+  assert.ok(blockingPoolStats().completed >= n + 5, 'fsync, fdatasync, flush, lseek on the pool');
+  await release(w, c.e.ino, ro.fh);
+  await release(w, c.e.ino, c.fh);
+  assert.is(w.pfs.fdCount, 2, 'root + the file inode');
+});
+
+test('blocking pool: a full queue answers EAGAIN at once; the worker reports errno per call', async () => {
+  const saved = blockingPoolStats();
+  configureBlockingPool({ maxThreads: 1, maxQueue: 2 });
+  try {
+    const fd = fs.openSync(os.tmpdir(), 'r');
+    try {
+      const r = await Promise.all(Array.from({ length: 10 }, () => runBlocking({ op: 'syncfs', fd }, 'syncfs').then(() => 0, (e) => e.errno as number)));
+      assert.is(r.filter((x) => x === 0).length, 3, 'one running + two queued');
+      assert.is(r.filter((x) => x === E.EAGAIN).length, 7);
+      assert.is(blockingPoolStats().inFlight, 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+    const bad = await Promise.all([
+      runBlocking({ op: 'syncfs', fd: 1 << 20 }, 'syncfs').catch((e) => e.errno),
+      runBlocking({ op: 'fallocate', fd: 1 << 20, mode: 0, offset: 0, length: 1 }, 'fallocate').catch((e) => e.errno),
+    ]);
+    assert.equal(bad, [E.EBADF, E.EBADF]);
+  } finally {
+    configureBlockingPool({ maxThreads: saved.maxThreads, maxQueue: saved.maxQueue });
+  }
+});
+
+test('blocking pool: idle workers do not keep a process alive', () => {
+  const script = `const fs = require('fs'); const b = require('./src/common/blocking');
+    const fd = fs.openSync('.', 'r');
+    b.syncfsBlocking(fd).then(() => b.fsyncBlocking(fd, false)).then(() => console.log('ok ' + b.blockingPoolStats().threads));`;
+  const t0 = Date.now();
+  const r = spawnSync(process.execPath, ['--require', require.resolve('tsx/cjs'), '-e', script], { cwd: path.join(__dirname, '../..'), encoding: 'utf8', timeout: 20_000 });
+  assert.is(r.status, 0, `exited by itself (${r.signal ?? ''} ${r.stderr})`);
+  assert.match(r.stdout, /^ok [1-9]/);
+  assert.ok(Date.now() - t0 < 15_000, 'well before the idle timeout');
+});
+
+test('fd cap: beyond maxFds LOOKUP/OPEN/CREATE/MKDIR/OPENDIR answer ENFILE, leave nothing behind, and recover after FORGET/RELEASE', async () => {
+  const w = await world({ maxFds: 8 });
+  for (const n of 'abcdefghij') fs.writeFileSync(path.join(w.dir, n), n);
+  const hostBefore = hostFds(w.dir);
+  assert.is(w.pfs.fdCount, 1, 'the root');
+  const e: Record<string, Entry> = {};
+  for (const n of 'abcdefg') e[n] = await lookup(w, 1n, n);
+  assert.is(w.pfs.fdCount, 8);
+  await fails(w, FuseOpcode.LOOKUP, 1n, cstr('h'), E.ENFILE, 'new inode');
+  // an inode already held needs no new fd
+  assert.is((await lookup(w, 1n, 'a')).ino, e.a.ino);
+  assert.is(w.pfs.lookupCount(e.a.ino), 2);
+  await fails(w, FuseOpcode.OPEN, e.a.ino, enc(FuseOpenIn, { flags: O_RDONLY }), E.ENFILE, 'open');
+  await fails(w, FuseOpcode.OPENDIR, 1n, enc(FuseOpenIn, {}), E.ENFILE, 'opendir');
+  await fails(w, FuseOpcode.MKDIR, 1n, [enc(FuseMkdirIn, { mode: S_IFDIR | 0o755 }), cstr('newdir')], E.ENFILE, 'mkdir');
+  await fails(w, FuseOpcode.MKNOD, 1n, [enc(FuseMknodIn, { mode: S_IFCHR }), cstr('wh')], E.ENFILE, 'mknod');
+  await fails(w, FuseOpcode.CREATE, 1n, [enc(FuseCreateIn, { flags: O_RDWR | O_CREAT, mode: S_IFREG | 0o644 }), cstr('newfile')], E.ENFILE, 'create');
+  await fails(w, FuseOpcode.CREATE, 1n, [enc(FuseCreateIn, { flags: O_RDWR | O_CREAT, mode: S_IFREG | 0o644 }), cstr('a')], E.ENFILE, 'create of an existing name');
+  assert.not.ok(fs.existsSync(path.join(w.dir, 'newdir')), 'nothing created');
+  assert.not.ok(fs.existsSync(path.join(w.dir, 'wh')));
+  assert.not.ok(fs.existsSync(path.join(w.dir, 'newfile')));
+  assert.is(fs.readFileSync(path.join(w.dir, 'a'), 'utf8'), 'a');
+  assert.is(w.pfs.fdCount, 8);
+  assert.is(hostFds(w.dir), hostBefore + 7, 'exactly the inodes\' fds are open on the host');
+  // FORGET gives room back
+  await run(w, FuseOpcode.FORGET, e.b.ino, enc(FuseForgetIn, { nlookup: 1 }));
+  await run(w, FuseOpcode.FORGET, e.c.ino, enc(FuseForgetIn, { nlookup: 1 }));
+  assert.is(w.pfs.fdCount, 6);
+  // READDIRPLUS at the cap still lists every name (entries it cannot look up carry no attributes)
+  const ls = await listDir(w, 1n, true);
+  assert.is(ls.length, 12, 'every name listed at the cap');
+  assert.ok(ls.some((x) => !x.entry || x.entry.ino === 0n), 'some entries went without attributes');
+  for (const x of ls) if (x.entry && x.entry.ino !== 0n) await run(w, FuseOpcode.FORGET, x.entry.ino, enc(FuseForgetIn, { nlookup: 1 }));
+  // RELEASE gives room back: fill with handles, then release one
+  const fhs: bigint[] = [];
+  for (;;) {
+    const [err, p] = await run(w, FuseOpcode.OPEN, e.a.ino, enc(FuseOpenIn, { flags: O_RDWR }));
+    if (err) {
+      assert.is(err, E.ENFILE);
+      break;
+    }
+    fhs.push(FuseOpenOut.decode(p).fh);
+  }
+  assert.is(w.pfs.fdCount, 8);
+  await fails(w, FuseOpcode.LOOKUP, 1n, cstr('h'), E.ENFILE);
+  await release(w, e.a.ino, fhs.pop()!);
+  const h = await lookup(w, 1n, 'h');
+  for (const fh of fhs) await release(w, e.a.ino, fh);
+  await run(w, FuseOpcode.FORGET, h.ino, enc(FuseForgetIn, { nlookup: 1 }));
+  for (const n of 'adefg') await run(w, FuseOpcode.FORGET, e[n].ino, enc(FuseForgetIn, { nlookup: n === 'a' ? 2 : 1 }));
+  assert.is(w.pfs.fdCount, 1, 'back to the root alone');
+  assert.is(w.pfs.inodeCount, 1);
+  assert.is(hostFds(w.dir), hostBefore, 'no fd leaked on the host');
+  // and everything works again
+  const c = await create(w, 1n, 'newfile');
+  await release(w, c.e.ino, c.fh);
+  await mkdir(w, 1n, 'newdir');
+});
+
+test('fd cap default: the soft RLIMIT_NOFILE minus a reserve; rlimit helpers never lower a limit', () => {
+  const { getNofileLimit, raiseNofileLimit } = require('../../src/common/rlimit') as typeof import('../../src/common/rlimit');
+  const { defaultMaxFds, FD_RESERVE, MIN_MAX_FDS } = require('../../src/virtiofs/passthrough/passthrough-fs') as typeof import('../../src/virtiofs/passthrough/passthrough-fs');
+  const lim = getNofileLimit();
+  const line = fs.readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'))!;
+  const [soft, hard] = line.split(/\s+/).slice(3, 5).map((v) => (v === 'unlimited' ? Infinity : Number(v)));
+  assert.equal(lim, { soft, hard });
+  assert.is(defaultMaxFds(), Math.max(MIN_MAX_FDS, soft - FD_RESERVE));
+  const p = new PassthroughFs(os.tmpdir());
+  assert.is(p.maxFds, defaultMaxFds());
+  void p.close();
+  assert.equal(raiseNofileLimit(16), lim, 'never lowered');
+  // in a child (Node raises soft to hard at start-up, so lower it first there)
+  const script = `const k = require('koffi'); const r = require('./src/common/rlimit');
+    const set = k.load('libc.so.6').func('int setrlimit(int, const uint8_t *)');
+    const { hard } = r.getNofileLimit(); const b = Buffer.alloc(16); b.writeBigUInt64LE(256n, 0); b.writeBigUInt64LE(BigInt(hard), 8);
+    if (set(7, b) !== 0) throw new Error('setrlimit');
+    const out = { lowered: r.getNofileLimit(), mid: r.raiseNofileLimit(1000), again: r.raiseNofileLimit(500), above: r.raiseNofileLimit(hard + 1000) };
+    console.log(JSON.stringify(out));`;
+  const res = spawnSync(process.execPath, ['--require', require.resolve('tsx/cjs'), '-e', script], { cwd: path.join(__dirname, '../..'), encoding: 'utf8', timeout: 20_000 });
+  assert.is(res.status, 0, res.stderr);
+  const out = JSON.parse(res.stdout);
+  assert.equal(out.lowered, { soft: 256, hard });
+  assert.equal(out.mid, { soft: Math.min(1000, hard), hard });
+  assert.equal(out.again, out.mid, 'not lowered to 500');
+  assert.ok(out.above.soft >= hard && out.above.hard >= hard, 'soft up to (at least) the old hard limit; hard raised only when permitted');
+});
+
+test('fd rule: RELEASE, FORGET and close() during an operation in flight never close its fd under it', async () => {
+  const w = await world();
+  const data = Buffer.alloc(1 << 20, 7);
+  fs.writeFileSync(path.join(w.dir, 'f'), data);
+  const e = await lookup(w, 1n, 'f');
+  const pfs = w.pfs;
+  // RELEASE while a READ (thread pool) is in flight: the read completes from the same file
+  const { fh } = await open(w, e.ino, O_RDONLY);
+  const rd = pfs.read(ctx0, e.ino, fh, 0, data.length);
+  await pfs.release(ctx0, e.ino, fh, 0);
+  assert.is(pfs.handleCount, 0);
+  assert.is(pfs.fdCount, 3, 'the handle\'s fd is still open (pinned)');
+  const got = Buffer.concat((await rd) as Buffer[]);
+  assert.ok(got.equals(data), 'read the whole file through the released handle');
+  assert.is(pfs.fdCount, 2, 'closed at the last unpin');
+  // RELEASE while a FSYNC (blocking pool) is in flight, on a writable handle (closed off the loop)
+  const wh = await open(w, e.ino, O_RDWR);
+  const fsy = pfs.fsync(ctx0, e.ino, wh.fh, false);
+  const rel = pfs.release(ctx0, e.ino, wh.fh, 0);
+  await rel;
+  await fsy; // no EBADF: the fd was not closed under it
+  await waitFor(() => pfs.fdCount === 2, 'the writable handle closed off the loop');
+  // FORGET while OPEN re-opens the inode: the open fails cleanly, nothing leaks
+  const op = pfs.open(ctx0, e.ino, O_RDONLY);
+  pfs.forget(e.ino, 1);
+  const err = await op.then(() => null, (x) => x);
+  assert.is(err?.errno, E.EBADF);
+  assert.is(pfs.fdCount, 1, 'only the root');
+  assert.is(pfs.inodeCount, 1);
+  // close() of the instance with a FALLOCATE in flight: it completes, then every fd is gone
+  const c = await create(w, 1n, 'g');
+  const before = hostFds(w.dir);
+  const fa = pfs.fallocate(ctx0, c.e.ino, c.fh, 0, 0, 1 << 20);
+  const closing = pfs.close();
+  await fa;
+  await closing;
+  assert.is(fs.statSync(path.join(w.dir, 'g')).size, 1 << 20);
+  await waitFor(() => pfs.fdCount === 0, 'every fd closed');
+  assert.is(hostFds(w.dir), before - 3, 'root, inode and handle closed');
+  await fails(w, FuseOpcode.GETATTR, 1n, enc(FuseGetattrIn, {}), E.EBADF, 'closed instance');
 });
 
 test.run();

@@ -11,6 +11,8 @@ import { Command, Option } from 'commander';
 import { initDigest } from '../../common/digest';
 import { einval, ErrnoError } from '../../common/errno';
 import { LOG_LEVELS, log, setupLog, type LogLevel } from '../../common/log';
+import { closeBlockingPool } from '../../common/blocking';
+import { raiseNofileLimit } from '../../common/rlimit';
 import { localfsDirConfig, readNydusdConfigFile, type ConfigV2 } from '../../common/config';
 import { Vfs } from '../vfs/vfs';
 import { FuseServer } from '../fuse/server';
@@ -34,6 +36,7 @@ async function startApi(apisock: string | undefined, svc: DaemonService): Promis
 
 interface FuseOpts {
   apisock?: string;
+  rlimitNofile?: string;
   config?: string;
   logLevel: LogLevel;
   logFile?: string;
@@ -61,7 +64,7 @@ function addCommonOptions(cmd: Command): Command {
     .addOption(new Option('-l, --log-level <level>', 'Log level').choices(LOG_LEVELS).default('info'))
     .addOption(new Option('-L, --log-file <path>', 'Log file path (stderr by default)'))
     .addOption(new Option('--log-rotation-size <mb>', 'Log rotation size in MB (0 = off; accepted, unused)'))
-    .addOption(new Option('--rlimit-nofile <n>', 'Open file limit (accepted, unused)'));
+    .addOption(new Option('--rlimit-nofile <n>', 'Set the open file limit (RLIMIT_NOFILE); 0 leaves it unchanged').default('1000000'));
 }
 
 function addFuseOptions(cmd: Command): Command {
@@ -85,8 +88,22 @@ function loadConfig(o: { config?: string; localfsDir?: string }): ConfigV2 {
   throw einval('either --config or --localfs-dir is required with --bootstrap');
 }
 
+/**
+ * `--rlimit-nofile` as upstream: raise RLIMIT_NOFILE (the passthrough holds an
+ * fd per inode the guest keeps, and sizes its fd budget from this limit).
+ */
+function applyRlimitNofile(v: string | undefined): void {
+  const n = Number(v ?? '1000000');
+  if (!Number.isInteger(n) || n < 0) throw einval(`invalid --rlimit-nofile '${v}'`);
+  if (n === 0) return;
+  const got = raiseNofileLimit(n);
+  if (got.soft < n) log.warn({ wanted: n, soft: got.soft, hard: got.hard }, 'open file limit raised only partly');
+  else log.info({ soft: got.soft, hard: got.hard }, 'open file limit set');
+}
+
 async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   setupLog(o.logLevel, o.logFile);
+  applyRlimitNofile(o.rlimitNofile);
   await initDigest();
   if (!o.mountpoint) throw einval('--mountpoint is required');
   if (o.bootstrap && o.sharedDir) throw einval('--bootstrap conflicts with --shared-dir');
@@ -121,6 +138,7 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   svc.state.shutdown();
   await api?.close();
   await svc.closeAll();
+  await closeBlockingPool();
   log.info('nydusd exited');
 }
 
@@ -150,6 +168,7 @@ function addVirtiofsOptions(cmd: Command): Command {
 
 async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   setupLog(o.logLevel, o.logFile);
+  applyRlimitNofile(o.rlimitNofile);
   await initDigest();
   if (!o.sock) throw einval('--sock is required');
   // virtiofsd-style extras (e.g. `-o cache=none`, `--thread-pool-size=1`) are accepted with a warning
@@ -184,6 +203,7 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   await api?.close();
   await daemon.stop();
   await svc.closeAll();
+  await closeBlockingPool();
   log.info('nydusd exited');
   process.exit(0);
 }

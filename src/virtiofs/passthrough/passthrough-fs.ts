@@ -43,16 +43,58 @@
  * (it would drop CAP_MKNOD/CAP_CHOWN and make whiteouts fail for non-root
  * callers).
  *
+ * Special files (CVE-2020-35517): the daemon never opens a FIFO, socket or
+ * device node for I/O — opening a FIFO blocks until a writer comes, and a
+ * device node made by the guest (mknod) would reach the host's device. OPEN
+ * (and SYNCFS) of an inode whose type (known since LOOKUP) is not a regular
+ * file or a directory answers EBADF (a symlink: ELOOP, it is never
+ * followed). CREATE creates with O_CREAT|O_EXCL|O_NOFOLLOW, which never
+ * opens an existing name; when the name exists (and the guest did not
+ * ask O_EXCL) the existing name is opened O_PATH|O_NOFOLLOW (never blocks,
+ * never reaches a driver), fstat'ed, refused unless a regular file (a
+ * directory: EISDIR, a symlink: ELOOP, anything else: EBADF), and only then
+ * re-opened through /proc/self/fd/N off the loop. Every other open by name on
+ * the loop is O_PATH, O_DIRECTORY or O_CREAT|O_EXCL, and carries O_NONBLOCK
+ * as well (cleared again on CREATE's new file unless the guest asked for it).
+ *
  * Blocking: metadata syscalls run synchronously on the event-loop thread
- * (they do not block for long on a local fs); open, read, write and fsync go
- * through Node's thread pool (a FIFO open or a slow device must not stall
- * the session). Inodes and handles used across an await are pinned so a
- * racing FORGET/RELEASE cannot close (and the kernel reuse) their fd.
+ * (they do not block for long on a local fs). Opens for I/O, read and write
+ * go through Node's thread pool. Calls that can take long however the guest
+ * asks — syncfs, fsync/fdatasync, fallocate, SEEK_DATA/SEEK_HOLE, FLUSH of a
+ * handle opened for writing (close(dup(fd)) writes back on NFS / sends FLUSH
+ * on a host FUSE fs) and the final close of such a handle — go through the
+ * bounded blocking-call pool (common/blocking.ts; a full queue answers
+ * EAGAIN). Read-only handles are flushed and closed on the loop (nothing to
+ * write back), O_PATH fds too (their close never reaches the filesystem).
+ *
+ * The fd rule (one for inodes, handles and the whole instance): an fd is
+ * closed exactly once, by closeOwned(), and only when its owner is dead
+ * (forgotten, released, destroyed or the instance closed) and unpinned. Any
+ * use of an owner's fd that spans an await (thread pool, blocking pool) runs
+ * inside pinned(owner); retire() marks the owner dead and closes at once if
+ * nothing pins it, otherwise the last unpin closes. Synchronous uses on the
+ * loop need no pin (nothing can run in between). Transient fds (a re-open for
+ * fsync/syncfs, CREATE's O_PATH probe) belong to the one call that opened
+ * them and are closed by it.
+ *
+ * Bounds (a guest must not grow state without limit):
+ *  - fds: every fd the instance holds (inodes, handles, transient ones) is
+ *    counted against `maxFds` (default: the soft RLIMIT_NOFILE minus a
+ *    reserve of 512 for the daemon's own files and sockets); an operation that
+ *    would need one more answers ENFILE and leaves nothing behind. LOOKUP of an
+ *    inode already held still works at the limit (found by statx, no new fd);
+ *  - readdir cookies: stable per kernel d_off (a rewind hands out the same
+ *    cookies again and adds nothing) and kept in an LRU bounded per handle
+ *    (`dirCookiesPerHandle`, 65,536) and per instance (`maxDirCookies`,
+ *    262,144: about 120 bytes each, ~32 MiB at most); an evicted cookie
+ *    answers EINVAL. Handles and inodes are bounded by the fd cap.
  */
 import * as fs from 'node:fs';
 import { constants } from 'node:os';
-import { ErrnoError } from '../../common/errno';
+import { closeBlocking, fallocateBlocking, flushBlocking, fsyncBlocking, lseekBlocking, syncfsBlocking } from '../../common/blocking';
+import { ErrnoError, errnoOf } from '../../common/errno';
 import { log } from '../../common/log';
+import { getNofileLimit } from '../../common/rlimit';
 import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
   FUSE_ASYNC_DIO, FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC, FUSE_AUTO_INVAL_DATA, FUSE_BIG_WRITES, FUSE_CACHE_SYMLINKS,
@@ -88,34 +130,77 @@ export interface PassthroughOptions {
   xattr?: boolean;
   /** generation reported in entries (default 0) */
   generation?: bigint;
+  /**
+   * Most fds the instance holds at once (inodes, handles, transient);
+   * beyond it operations answer ENFILE. Default: defaultMaxFds().
+   */
+  maxFds?: number;
+  /** readdir cookies kept per open directory (LRU; default 65,536) */
+  dirCookiesPerHandle?: number;
+  /** readdir cookies kept over all open directories of the instance (LRU; default 262,144) */
+  maxDirCookies?: number;
 }
 
 const POLICY_TIMEOUT: Record<CachePolicy, number> = { none: 0, auto: 1, always: 86400 };
 
-interface Inode {
-  id: bigint;
+/** fds left to the daemon itself (sockets, logs, blobs, other mounts) by the default maxFds */
+export const FD_RESERVE = 512;
+/** the default maxFds never goes below this */
+export const MIN_MAX_FDS = 64;
+export const DIR_COOKIES_PER_HANDLE = 65_536;
+export const MAX_DIR_COOKIES = 262_144;
+
+/** Default `maxFds`: the soft RLIMIT_NOFILE minus FD_RESERVE, at least MIN_MAX_FDS. */
+export function defaultMaxFds(): number {
+  let soft = 1024;
+  try {
+    soft = getNofileLimit().soft;
+  } catch {
+    /* keep the usual default */
+  }
+  return Math.max(MIN_MAX_FDS, Math.min(soft, 2 ** 31) - FD_RESERVE);
+}
+
+/** Something that owns an fd (see "The fd rule" above). */
+interface FdOwner {
+  /** -1 once closed */
   fd: number;
+  /** async operations in flight on `fd` */
+  pins: number;
+  /** forgotten / released: close when the last pin goes */
+  dead: boolean;
+}
+
+interface Inode extends FdOwner {
+  id: bigint;
   key: string;
   /** S_IFMT bits at lookup time (a host inode never changes type) */
   type: number;
   refs: number;
-  /** async operations in flight on `fd` */
-  pins: number;
-  /** forgotten while pinned: close when the last pin goes */
-  dead: boolean;
 }
 
-interface Handle {
+interface Handle extends FdOwner {
   fh: bigint;
   ino: bigint;
-  fd: number;
   dir: boolean;
-  pins: number;
-  dead: boolean;
-  /** directories: cookie → kernel d_off to resume from (cookie 0 = start) */
-  cookies?: Map<number, bigint>;
-  nextCookie?: number;
+  /** opened for writing: flush and final close go off the loop */
+  writable: boolean;
+  /** directories: kernel d_off → cookie, least recently used first (cookie 0 = start, never stored) */
+  cookies?: Map<bigint, number>;
 }
+
+interface CookieRef {
+  h: Handle;
+  off: bigint;
+}
+
+const isHandle = (o: Inode | Handle): o is Handle => (o as Handle).fh !== undefined;
+
+/** __O_TMPFILE without O_DIRECTORY */
+const O_TMPFILE_BIT = 0o20000000;
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const DOTDOT = Buffer.from('..');
 
 const errno = (code: keyof typeof E & string, msg: string) => new ErrnoError(code, msg);
 
@@ -125,6 +210,20 @@ function fromNode(e: unknown, what: string): unknown {
   if (typeof code === 'string' && E[code as keyof typeof E] !== undefined) return new ErrnoError(code, `${what}: ${code}`, { cause: e });
   return e;
 }
+
+/**
+ * Open the inode behind `fd` through its /proc/self/fd magic link, on Node's
+ * thread pool. No path walk; O_NOFOLLOW would refuse the link itself and a
+ * symlink inode gives ELOOP (never followed); creation flags are dropped.
+ */
+function openProc(fd: number, flags: number): Promise<number> {
+  const f = (flags & ~(sys.O_NOFOLLOW | sys.O_CREAT | sys.O_EXCL | sys.O_PATH | O_TMPFILE_BIT)) | sys.O_NOCTTY | sys.O_CLOEXEC;
+  return new Promise<number>((resolve, reject) => {
+    fs.open(`/proc/self/fd/${fd}`, f, (err, nfd) => (err ? reject(fromNode(err, 'open')) : resolve(nfd)));
+  });
+}
+
+const writableFlags = (flags: number): boolean => (flags & sys.O_ACCMODE) !== sys.O_RDONLY;
 
 function isDotName(n: Buffer): boolean {
   return n[0] === 0x2e && (n.length === 1 || (n.length === 2 && n[1] === 0x2e));
@@ -151,7 +250,15 @@ export class PassthroughFs implements FileSystem {
   private readonly cache: CachePolicy;
   private readonly xattr: boolean;
   private readonly generation: bigint;
-  /** the daemon's umask (new inodes get their mode fixed when it masks bits) */
+  /** see PassthroughOptions.maxFds */
+  readonly maxFds: number;
+  /** fds held now (counted before each open) */
+  private fdsHeld = 0;
+  private readonly cookiesPerHandle: number;
+  private readonly maxCookies: number;
+  /** every live readdir cookie of the instance → its handle and d_off, least recently used first */
+  private readonly cookieLru = new Map<number, CookieRef>();
+  private nextCookie = 1;
 
   constructor(root: string, opts: PassthroughOptions = {}) {
     this.root = root;
@@ -161,8 +268,18 @@ export class PassthroughFs implements FileSystem {
     this.entryTimeout = opts.entryTimeout ?? POLICY_TIMEOUT[this.cache];
     this.xattr = opts.xattr ?? true;
     this.generation = opts.generation ?? 0n;
-    const fd = sys.openat(sys.AT_FDCWD, Buffer.from(root), sys.O_PATH | sys.O_DIRECTORY);
-    const st = sys.fstatx(fd);
+    this.maxFds = Math.max(1, Math.floor(opts.maxFds ?? defaultMaxFds()));
+    this.cookiesPerHandle = Math.max(16, Math.floor(opts.dirCookiesPerHandle ?? DIR_COOKIES_PER_HANDLE));
+    this.maxCookies = Math.max(16, Math.floor(opts.maxDirCookies ?? MAX_DIR_COOKIES));
+    const fd = sys.openat(sys.AT_FDCWD, Buffer.from(root), sys.O_PATH | sys.O_DIRECTORY | sys.O_NONBLOCK);
+    let st: sys.Statx;
+    try {
+      st = sys.fstatx(fd);
+    } catch (e) {
+      sys.close(fd);
+      throw e;
+    }
+    this.fdsHeld = 1;
     const rootNode: Inode = { id: ROOT, fd, key: st.dev + '/' + st.ino, type: sys.S_IFDIR, refs: 1, pins: 0, dead: false };
     this.inodes.set(ROOT, rootNode);
     this.byKey.set(rootNode.key, rootNode);
@@ -185,13 +302,39 @@ export class PassthroughFs implements FileSystem {
     return this.inodes.get(ino)?.refs ?? 0;
   }
 
-  /** Close every fd (the instance is unusable afterwards). */
-  close(): void {
-    for (const h of this.handles.values()) sys.close(h.fd);
+  /** fds the instance holds now (inodes, handles, transient ones, closes in flight). */
+  get fdCount(): number {
+    return this.fdsHeld;
+  }
+
+  /** Live readdir cookies over all open directories. */
+  get dirCookieCount(): number {
+    return this.cookieLru.size;
+  }
+
+  /** Live readdir cookies of one directory handle (0 if unknown). */
+  dirCookies(fh: bigint): number {
+    return this.handles.get(fh)?.cookies?.size ?? 0;
+  }
+
+  /**
+   * Close every fd (the instance is unusable afterwards). The caller drains
+   * requests first; an fd still pinned by an operation in flight is closed
+   * when that operation ends. Resolves when the unpinned fds are closed.
+   */
+  close(): Promise<void> {
+    const closing: Promise<void>[] = [];
+    for (const h of this.handles.values()) {
+      this.dropCookies(h);
+      const p = this.retire(h);
+      if (p) closing.push(p);
+    }
     this.handles.clear();
-    for (const n of this.inodes.values()) sys.close(n.fd);
+    for (const n of this.inodes.values()) this.retire(n);
     this.inodes.clear();
     this.byKey.clear();
+    this.cookieLru.clear();
+    return Promise.all(closing).then(() => undefined);
   }
 
   // ---- internals ----------------------------------------------------------------
@@ -221,13 +364,73 @@ export class PassthroughFs implements FileSystem {
     return h;
   }
 
-  private async pinned<T>(n: Inode | Handle, f: () => Promise<T>): Promise<T> {
-    n.pins++;
+  // ---- fds: the cap and the close rule -----------------------------------------------
+
+  /**
+   * Count one more fd before opening it: ENFILE at the cap. `room` > 1 also
+   * checks that that many more would fit (an operation that needs several).
+   */
+  private reserveFd(what: string, room = 1): void {
+    if (this.fdsHeld + room > this.maxFds) throw errno('ENFILE', `${what}: passthrough fd limit (${this.maxFds}) reached`);
+    this.fdsHeld++;
+  }
+
+  /** An fd opened synchronously and counted (the count is given back if the open fails). */
+  private counted(what: string, open: () => number): number {
+    this.reserveFd(what);
+    try {
+      return open();
+    } catch (e) {
+      this.fdsHeld--;
+      throw e;
+    }
+  }
+
+  private async countedAsync(what: string, open: () => Promise<number>): Promise<number> {
+    this.reserveFd(what);
+    try {
+      return await open();
+    } catch (e) {
+      this.fdsHeld--;
+      throw e;
+    }
+  }
+
+  /** Close a counted fd on the loop (O_PATH, read-only or never-written fds only). */
+  private closeCounted(fd: number): void {
+    sys.close(fd);
+    this.fdsHeld--;
+  }
+
+  /** The one place an owner's fd is closed (once; dead and unpinned). */
+  private closeOwned(o: Inode | Handle): Promise<void> | undefined {
+    const fd = o.fd;
+    if (fd < 0) return undefined;
+    o.fd = -1;
+    if (isHandle(o) && o.writable) {
+      // close(2) of a written file can write back (NFS) or wait on a host FUSE server
+      return closeBlocking(fd).finally(() => {
+        this.fdsHeld--;
+      });
+    }
+    this.closeCounted(fd);
+    return undefined;
+  }
+
+  /** Mark an owner dead; its fd is closed now if unpinned, else by the last unpin. */
+  private retire(o: Inode | Handle): Promise<void> | undefined {
+    o.dead = true;
+    return o.pins === 0 ? this.closeOwned(o) : undefined;
+  }
+
+  /** Run `f` (which uses the owner's fd across awaits) with the fd kept open. */
+  private async pinned<T>(o: Inode | Handle, f: () => Promise<T>): Promise<T> {
+    o.pins++;
     try {
       return await f();
     } finally {
-      n.pins--;
-      if (n.pins === 0 && n.dead) sys.close(n.fd);
+      o.pins--;
+      if (o.pins === 0 && o.dead) void this.closeOwned(o); // never rejects
     }
   }
 
@@ -260,13 +463,13 @@ export class PassthroughFs implements FileSystem {
     try {
       st = sys.fstatx(fd);
     } catch (e) {
-      sys.close(fd);
+      this.closeCounted(fd);
       throw e;
     }
     const key = st.dev + '/' + st.ino;
     let n = this.byKey.get(key);
     if (n && !n.dead) {
-      sys.close(fd);
+      this.closeCounted(fd);
       if (n.id !== ROOT) n.refs++;
     } else {
       n = { id: this.nextId++, fd, key, type: st.mode & sys.S_IFMT, refs: 1, pins: 0, dead: false };
@@ -278,7 +481,18 @@ export class PassthroughFs implements FileSystem {
 
   /** LOOKUP proper: one component under a directory inode, never following a symlink. */
   private doLookup(parent: Inode, name: Buffer): Entry {
-    const fd = sys.openat(parent.fd, name, sys.O_PATH | sys.O_NOFOLLOW);
+    let fd: number;
+    try {
+      fd = this.counted('lookup', () => sys.openat(parent.fd, name, sys.O_PATH | sys.O_NOFOLLOW | sys.O_NONBLOCK));
+    } catch (e) {
+      const en = errnoOf(e);
+      if (en !== E.ENFILE && en !== E.EMFILE) throw e;
+      // Out of fds: an inode already held needs none (same host inode, same nodeid).
+      const st = sys.statxAt(parent.fd, name);
+      const known = this.byKey.get(st.dev + '/' + st.ino);
+      if (!known || known.dead) throw e;
+      return this.entryFor(known);
+    }
     return this.adopt(fd);
   }
 
@@ -300,13 +514,26 @@ export class PassthroughFs implements FileSystem {
     if ((st.mode & 0o7777) !== want || (want & (sys.S_ISUID | sys.S_ISGID)) !== 0) sys.chmodFd(fd, want);
   }
 
-  /** Create-then-own for MKNOD/MKDIR/SYMLINK; undoes the creation if ownership fails. */
-  private finishCreate(ctx: RequestContext, parent: Inode, name: Buffer, wantMode: number | null, isDir: boolean): Entry {
-    let fd: number;
+  /**
+   * MKNOD/MKDIR/SYMLINK: `make` the node, then give it its owner and mode; the
+   * creation is undone if that fails. The inode's fd is counted before
+   * anything is created (ENFILE leaves nothing behind).
+   */
+  private makeNode(ctx: RequestContext, parent: Inode, name: Buffer, wantMode: number | null, isDir: boolean, make: () => void): Entry {
+    this.reserveFd('create');
     try {
-      fd = sys.openat(parent.fd, name, sys.O_PATH | sys.O_NOFOLLOW);
+      make();
+    } catch (e) {
+      this.fdsHeld--;
+      throw e;
+    }
+    let fd = -1;
+    try {
+      fd = sys.openat(parent.fd, name, sys.O_PATH | sys.O_NOFOLLOW | sys.O_NONBLOCK);
       this.setOwner(ctx, parent, fd, wantMode, isDir);
     } catch (e) {
+      if (fd >= 0) sys.close(fd);
+      this.fdsHeld--;
       try {
         sys.unlinkat(parent.fd, name, isDir ? sys.AT_REMOVEDIR : 0);
       } catch {
@@ -323,32 +550,83 @@ export class PassthroughFs implements FileSystem {
     return 0;
   }
 
-  private newHandle(ino: bigint, fd: number, dir: boolean): Handle {
-    const h: Handle = { fh: this.nextFh++, ino, fd, dir, pins: 0, dead: false };
-    if (dir) {
-      h.cookies = new Map([[0, 0n]]);
-      h.nextCookie = 1;
-    }
+  /** Takes ownership of the counted `fd`. */
+  private newHandle(ino: bigint, fd: number, dir: boolean, writable: boolean): Handle {
+    const h: Handle = { fh: this.nextFh++, ino, fd, dir, writable, pins: 0, dead: false };
+    if (dir) h.cookies = new Map();
     this.handles.set(h.fh, h);
     return h;
   }
 
-  private dropHandle(fh: bigint, ino: bigint): void {
+  /** RELEASE/RELEASEDIR/DESTROY: forget the handle; its fd goes by the fd rule. */
+  private dropHandle(fh: bigint, ino: bigint): Promise<void> | undefined {
     const h = this.handle(fh, ino);
     if (!h) throw errno('EBADF', `unknown handle ${fh}`);
     this.handles.delete(fh);
-    h.dead = true;
-    if (h.pins === 0) sys.close(h.fd);
+    this.dropCookies(h);
+    return this.retire(h);
   }
 
-  /** An fd usable for I/O on the inode: the handle's, or a fresh re-open (async, caller closes). */
-  private async reopen(n: Inode, flags: number): Promise<number> {
-    // The magic link jumps straight to the inode; O_NOFOLLOW would refuse the link
-    // itself, and a symlink inode gives ELOOP (never followed).
-    const f = (flags & ~(sys.O_NOFOLLOW | sys.O_CREAT | sys.O_EXCL | sys.O_NOCTTY)) | sys.O_CLOEXEC;
-    return this.pinned(n, () => new Promise<number>((resolve, reject) => {
-      fs.open(`/proc/self/fd/${n.fd}`, f, (err, fd) => (err ? reject(fromNode(err, 'open')) : resolve(fd)));
-    }));
+  /**
+   * Only regular files and directories are ever opened for I/O
+   * (CVE-2020-35517: a FIFO would block the open, a device node would reach
+   * the host's device): a symlink answers ELOOP (never followed), anything
+   * else EBADF.
+   */
+  private checkOpenable(n: Inode): void {
+    if (n.type === sys.S_IFREG || n.type === sys.S_IFDIR) return;
+    if (n.type === sys.S_IFLNK) throw errno('ELOOP', `inode ${n.id} is a symlink: not followed`);
+    throw errno('EBADF', `inode ${n.id} is a special file: not opened`);
+  }
+
+  /** A fresh, counted fd for I/O on the inode (thread pool; the caller owns and closes it). */
+  private reopen(n: Inode, flags: number): Promise<number> {
+    return this.pinned(n, () => this.countedAsync('open', () => openProc(n.fd, flags)));
+  }
+
+  // ---- readdir cookies ------------------------------------------------------------------
+
+  /** The cookie of a kernel d_off on this handle: the same one every time while it is live. */
+  private cookieFor(h: Handle, off: bigint): number {
+    const tab = h.cookies!;
+    const have = tab.get(off);
+    if (have !== undefined) {
+      // most recently used, in both orders
+      tab.delete(off);
+      tab.set(off, have);
+      const ref = this.cookieLru.get(have)!;
+      this.cookieLru.delete(have);
+      this.cookieLru.set(have, ref);
+      return have;
+    }
+    const c = this.nextCookie++;
+    tab.set(off, c);
+    this.cookieLru.set(c, { h, off });
+    while (tab.size > this.cookiesPerHandle) this.evictCookie(tab.values().next().value!);
+    while (this.cookieLru.size > this.maxCookies) this.evictCookie(this.cookieLru.keys().next().value!);
+    return c;
+  }
+
+  private evictCookie(c: number): void {
+    const ref = this.cookieLru.get(c);
+    if (!ref) return;
+    this.cookieLru.delete(c);
+    ref.h.cookies!.delete(ref.off);
+  }
+
+  /** The kernel d_off to resume from for a cookie this handle handed out (EINVAL otherwise). */
+  private cookieOffset(h: Handle, cookie: number): bigint {
+    if (cookie === 0) return 0n;
+    const ref = this.cookieLru.get(cookie);
+    if (!ref || ref.h !== h) throw errno('EINVAL', `unknown directory cookie ${cookie}`);
+    this.cookieFor(h, ref.off); // touch
+    return ref.off;
+  }
+
+  private dropCookies(h: Handle): void {
+    if (!h.cookies) return;
+    for (const c of h.cookies.values()) this.cookieLru.delete(c);
+    h.cookies.clear();
   }
 
   // ---- FileSystem: session ------------------------------------------------------
@@ -360,12 +638,17 @@ export class PassthroughFs implements FileSystem {
   }
 
   /** The kernel dropped every reference: forget all inodes but the root, close handles. */
-  destroy(): void {
-    for (const h of [...this.handles.values()]) this.dropHandle(h.fh, h.ino);
+  async destroy(): Promise<void> {
+    const closing: Promise<void>[] = [];
+    for (const h of [...this.handles.values()]) {
+      const p = this.dropHandle(h.fh, h.ino);
+      if (p) closing.push(p);
+    }
     for (const n of [...this.inodes.values()]) {
       if (n.id === ROOT) continue;
       this.forget(n.id, n.refs);
     }
+    await Promise.all(closing);
   }
 
   // ---- FileSystem: lookups ------------------------------------------------------
@@ -375,15 +658,8 @@ export class PassthroughFs implements FileSystem {
     if (name.length === 2 && name[0] === 0x2e && name[1] === 0x2e) {
       if (p.id === ROOT) return this.entryFor(p);
       // Only a parent the kernel already holds (hence inside the share) is answered.
-      const fd = sys.openat(p.fd, name, sys.O_PATH | sys.O_NOFOLLOW | sys.O_DIRECTORY);
-      let key: string;
-      try {
-        const st = sys.fstatx(fd);
-        key = st.dev + '/' + st.ino;
-      } finally {
-        sys.close(fd);
-      }
-      const known = this.byKey.get(key);
+      const st = sys.statxAt(p.fd, DOTDOT);
+      const known = this.byKey.get(st.dev + '/' + st.ino);
       if (!known || known.dead) throw errno('ENOENT', '.. is not a known inode');
       return this.entryFor(known);
     }
@@ -399,8 +675,7 @@ export class PassthroughFs implements FileSystem {
     if (n.refs > 0) return;
     this.inodes.delete(ino);
     if (this.byKey.get(n.key) === n) this.byKey.delete(n.key);
-    n.dead = true;
-    if (n.pins === 0) sys.close(n.fd);
+    this.retire(n); // O_PATH: closed on the loop
   }
 
   async getattr(_ctx: RequestContext, ino: bigint, fh?: bigint): Promise<AttrReply> {
@@ -436,14 +711,15 @@ export class PassthroughFs implements FileSystem {
 
   async open(_ctx: RequestContext, ino: bigint, flags: number): Promise<OpenReply> {
     const n = this.inode(ino);
-    if (n.type === sys.S_IFDIR && (flags & sys.O_ACCMODE) !== sys.O_RDONLY) throw errno('EISDIR', 'open dir for writing');
+    this.checkOpenable(n);
+    if (n.type === sys.S_IFDIR && writableFlags(flags)) throw errno('EISDIR', 'open dir for writing');
     const fd = await this.reopen(n, flags);
     if (n.dead) {
       // forgotten while opening: the kernel cannot hold a handle on it
-      sys.close(fd);
+      this.closeCounted(fd);
       throw errno('EBADF', `inode ${ino} forgotten during open`);
     }
-    return { fh: this.newHandle(ino, fd, false).fh, openFlags: this.openFlags(false) };
+    return { fh: this.newHandle(ino, fd, false, writableFlags(flags)).fh, openFlags: this.openFlags(false) };
   }
 
   async read(_ctx: RequestContext, ino: bigint, fh: bigint, offset: number, size: number): Promise<Buffer[]> {
@@ -466,30 +742,32 @@ export class PassthroughFs implements FileSystem {
 
   async flush(_ctx: RequestContext, ino: bigint, fh: bigint): Promise<void> {
     const h = this.needHandle(fh, ino);
-    // close(dup(fd)): what a close(2) of this open file would do (lock release, NFS flush)
-    sys.close(sys.dup(h.fd));
+    // close(dup(fd)): what a close(2) of this open file would do (lock release, NFS write-back)
+    if (h.writable) {
+      await this.pinned(h, () => flushBlocking(h.fd));
+      return;
+    }
+    sys.close(sys.dup(h.fd)); // read-only: nothing to write back
   }
 
   async release(_ctx: RequestContext, ino: bigint, fh: bigint, _flags: number): Promise<void> {
-    this.dropHandle(fh, ino);
+    await this.dropHandle(fh, ino);
   }
 
   async fsync(_ctx: RequestContext, ino: bigint, fh: bigint, datasync: boolean): Promise<void> {
     const n = this.inode(ino);
     const h = this.handle(fh, ino);
-    const run = (fd: number) => new Promise<void>((resolve, reject) => {
-      const cb = (err: NodeJS.ErrnoException | null) => (err ? reject(fromNode(err, 'fsync')) : resolve());
-      if (datasync) fs.fdatasync(fd, cb);
-      else fs.fsync(fd, cb);
-    });
-    if (h) return this.pinned(h, () => run(h.fd));
+    if (h) {
+      await this.pinned(h, () => fsyncBlocking(h.fd, datasync));
+      return;
+    }
     // no handle: only regular files and directories are worth (and safe: no FIFO open) syncing
     if (n.type !== sys.S_IFREG && n.type !== sys.S_IFDIR) return;
     const fd = await this.reopen(n, n.type === sys.S_IFDIR ? sys.O_RDONLY | sys.O_DIRECTORY : sys.O_RDONLY);
     try {
-      await run(fd);
+      await fsyncBlocking(fd, datasync);
     } finally {
-      sys.close(fd);
+      this.closeCounted(fd);
     }
   }
 
@@ -499,21 +777,24 @@ export class PassthroughFs implements FileSystem {
 
   async lseek(_ctx: RequestContext, ino: bigint, fh: bigint, offset: number, whence: number): Promise<number> {
     const h = this.needHandle(fh, ino);
+    // SEEK_DATA/SEEK_HOLE walk the extent map (or ask the NFS server): off the loop
+    if (whence === SEEK_DATA || whence === SEEK_HOLE) return this.pinned(h, () => lseekBlocking(h.fd, offset, whence));
     return Number(sys.lseek(h.fd, offset, whence));
   }
 
   async fallocate(_ctx: RequestContext, ino: bigint, fh: bigint, mode: number, offset: number, length: number): Promise<void> {
     const h = this.needHandle(fh, ino);
-    sys.fallocate(h.fd, mode, offset, length);
+    await this.pinned(h, () => fallocateBlocking(h.fd, mode, offset, length));
   }
 
   async syncfs(_ctx: RequestContext, ino: bigint): Promise<void> {
     const n = this.inode(ino);
+    this.checkOpenable(n); // (the kernel sends the root)
     const fd = await this.reopen(n, n.type === sys.S_IFDIR ? sys.O_RDONLY | sys.O_DIRECTORY : sys.O_RDONLY | sys.O_NONBLOCK);
     try {
-      sys.syncfs(fd);
+      await syncfsBlocking(fd);
     } finally {
-      sys.close(fd);
+      this.closeCounted(fd);
     }
   }
 
@@ -521,33 +802,36 @@ export class PassthroughFs implements FileSystem {
 
   async opendir(_ctx: RequestContext, ino: bigint, _flags: number): Promise<OpenReply> {
     const n = this.dirInode(ino);
-    const fd = sys.openat(sys.AT_FDCWD, Buffer.from(`/proc/self/fd/${n.fd}`), sys.O_RDONLY | sys.O_DIRECTORY);
-    return { fh: this.newHandle(ino, fd, true).fh, openFlags: this.openFlags(true) };
+    // O_DIRECTORY: refused before any driver open if the inode is not a directory
+    const fd = this.counted('opendir', () => sys.openat(sys.AT_FDCWD, Buffer.from(`/proc/self/fd/${n.fd}`), sys.O_RDONLY | sys.O_DIRECTORY | sys.O_NONBLOCK));
+    return { fh: this.newHandle(ino, fd, true, false).fh, openFlags: this.openFlags(true) };
   }
 
   async releasedir(_ctx: RequestContext, ino: bigint, fh: bigint): Promise<void> {
-    this.dropHandle(fh, ino);
+    await this.dropHandle(fh, ino);
   }
 
   /**
    * Cookies: the kernel's d_off values can use all 64 bits (ext4 hashes),
-   * more than a JS number holds, so the offsets handed out are per-handle
-   * small integers mapped to the kernel's d_off. Entries are read with
-   * lseek(d_off) + getdents64, synchronously (no interleaving on a handle).
+   * more than a JS number holds, so the offsets handed out are small
+   * integers (unique per instance) mapped to the kernel's d_off: the same
+   * d_off always gets the same cookie while it is live (a rewind adds
+   * nothing), and the table is an LRU bounded per handle and per instance
+   * (an evicted cookie answers EINVAL; a sequential listing only ever
+   * resumes from its newest cookies). Entries are read with lseek(d_off) +
+   * getdents64, synchronously (no interleaving on a handle).
    */
   async readdir(_ctx: RequestContext, ino: bigint, fh: bigint, offset: number, plus: boolean, add: (e: DirEntry) => boolean): Promise<void> {
     const dir = this.dirInode(ino);
     const h = this.needHandle(fh, ino);
     if (!h.dir) throw errno('ENOTDIR', 'not a directory handle');
-    const start = h.cookies!.get(offset);
-    if (start === undefined) throw errno('EINVAL', `unknown directory cookie ${offset}`);
+    const start = this.cookieOffset(h, offset);
     sys.lseek(h.fd, start, 0);
     for (;;) {
       const batch = sys.getdents64(h.fd);
       if (batch.length === 0) return;
       for (const d of batch) {
-        const cookie = h.nextCookie!++;
-        h.cookies!.set(cookie, d.off);
+        const cookie = this.cookieFor(h, d.off);
         const dot = isDotName(d.name);
         let entry: Entry | undefined;
         if (plus && !dot) {
@@ -629,52 +913,78 @@ export class PassthroughFs implements FileSystem {
     const p = this.dirInode(parent);
     checkName(name);
     const want = mode & ~umask & 0o7777;
-    const base = (flags & ~(sys.O_CREAT | sys.O_EXCL | sys.O_NOCTTY | sys.O_DIRECTORY | sys.O_PATH)) | sys.O_NOFOLLOW;
+    const base = (flags & ~(sys.O_CREAT | sys.O_EXCL | sys.O_NOCTTY | sys.O_DIRECTORY | sys.O_PATH | O_TMPFILE_BIT)) | sys.O_NOFOLLOW;
+    const writable = writableFlags(flags);
+    this.reserveFd('create', 2); // room for the handle's fd and the inode's (checked, one counted here)
     let fd: number;
-    let created = true;
     try {
-      fd = sys.openat(p.fd, name, base | sys.O_CREAT | sys.O_EXCL, want);
+      // O_CREAT|O_EXCL only ever opens the new regular file it creates (never a FIFO, a device, a symlink)
+      fd = sys.openat(p.fd, name, base | sys.O_CREAT | sys.O_EXCL | sys.O_NONBLOCK, want);
     } catch (e) {
+      this.fdsHeld--;
       // Created on the host meanwhile: open it like open(O_CREAT) would, unless O_EXCL.
-      if ((e as ErrnoError).errno !== E.EEXIST || flags & sys.O_EXCL) throw e;
-      fd = sys.openat(p.fd, name, base);
-      created = false;
+      if (errnoOf(e) !== E.EEXIST || flags & sys.O_EXCL) throw e;
+      return this.openExisting(p, name, base, writable);
     }
     let entry: Entry;
     try {
-      if (created) this.setOwner(ctx, p, fd, want, false);
-      entry = this.adopt(sys.openat(sys.AT_FDCWD, Buffer.from(`/proc/self/fd/${fd}`), sys.O_PATH));
+      if (!(flags & sys.O_NONBLOCK)) sys.clearNonblock(fd);
+      this.setOwner(ctx, p, fd, want, false);
+      entry = this.adopt(this.counted('create', () => sys.openat(sys.AT_FDCWD, Buffer.from(`/proc/self/fd/${fd}`), sys.O_PATH)));
     } catch (e) {
-      sys.close(fd);
-      if (created) {
-        try { sys.unlinkat(p.fd, name, 0); } catch { /* best effort */ }
-      }
+      this.closeCounted(fd); // never written
+      try { sys.unlinkat(p.fd, name, 0); } catch { /* best effort */ }
       throw e;
     }
-    return { entry, open: { fh: this.newHandle(entry.ino, fd, false).fh, openFlags: this.openFlags(false) } };
+    return { entry, open: { fh: this.newHandle(entry.ino, fd, false, writable).fh, openFlags: this.openFlags(false) } };
+  }
+
+  /**
+   * CREATE of a name that exists: look at it without opening it (O_PATH, no
+   * driver, no blocking), refuse anything but a regular file, then open that
+   * very inode (its O_PATH fd's magic link) off the loop.
+   */
+  private async openExisting(p: Inode, name: Buffer, base: number, writable: boolean): Promise<{ entry: Entry; open: OpenReply }> {
+    const opath = this.counted('create', () => sys.openat(p.fd, name, sys.O_PATH | sys.O_NOFOLLOW | sys.O_NONBLOCK));
+    let fd: number;
+    try {
+      const type = sys.fstatx(opath).mode & sys.S_IFMT;
+      if (type === sys.S_IFDIR) throw errno('EISDIR', 'create: an existing directory');
+      if (type === sys.S_IFLNK) throw errno('ELOOP', 'create: an existing symlink is not followed');
+      if (type !== sys.S_IFREG) throw errno('EBADF', 'create: an existing special file is never opened');
+      fd = await this.countedAsync('create', () => openProc(opath, base));
+    } catch (e) {
+      this.closeCounted(opath);
+      throw e;
+    }
+    let entry: Entry;
+    try {
+      entry = this.adopt(opath); // takes opath (closed on failure)
+    } catch (e) {
+      this.closeCounted(fd); // never written
+      throw e;
+    }
+    return { entry, open: { fh: this.newHandle(entry.ino, fd, false, writable).fh, openFlags: this.openFlags(false) } };
   }
 
   async mknod(ctx: RequestContext, parent: bigint, name: Buffer, mode: number, rdev: number, umask: number): Promise<Entry> {
     const p = this.dirInode(parent);
     checkName(name);
     const want = mode & ~umask & 0o7777;
-    sys.mknodat(p.fd, name, (mode & sys.S_IFMT) | want, rdev);
-    return this.finishCreate(ctx, p, name, want, false);
+    return this.makeNode(ctx, p, name, want, false, () => sys.mknodat(p.fd, name, (mode & sys.S_IFMT) | want, rdev));
   }
 
   async mkdir(ctx: RequestContext, parent: bigint, name: Buffer, mode: number, umask: number): Promise<Entry> {
     const p = this.dirInode(parent);
     checkName(name);
     const want = mode & ~umask & 0o7777;
-    sys.mkdirat(p.fd, name, want);
-    return this.finishCreate(ctx, p, name, want, true);
+    return this.makeNode(ctx, p, name, want, true, () => sys.mkdirat(p.fd, name, want));
   }
 
   async symlink(ctx: RequestContext, parent: bigint, name: Buffer, target: Buffer): Promise<Entry> {
     const p = this.dirInode(parent);
     checkName(name);
-    sys.symlinkat(target, p.fd, name);
-    return this.finishCreate(ctx, p, name, null, false);
+    return this.makeNode(ctx, p, name, null, false, () => sys.symlinkat(target, p.fd, name));
   }
 
   async link(_ctx: RequestContext, ino: bigint, newParent: bigint, newName: Buffer): Promise<Entry> {

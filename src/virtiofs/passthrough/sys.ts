@@ -6,8 +6,10 @@
  * Names and paths are passed as NUL-terminated byte buffers (`cpath`), so
  * file names that are not valid UTF-8 reach the kernel byte for byte.
  * All calls here are synchronous (they run on the event-loop thread); calls
- * that can block for long (open of a FIFO, fsync, read, write) are done by
- * the caller through Node's thread pool instead.
+ * that can block for long are not here: open of a file for I/O, read and
+ * write go through Node's thread pool, and syncfs, fsync, fallocate,
+ * SEEK_DATA/SEEK_HOLE and close of a written file through the blocking-call
+ * pool (common/blocking.ts).
  */
 import koffi from 'koffi';
 import { constants } from 'node:os';
@@ -39,11 +41,10 @@ const c = {
   setxattr: lib.func('int setxattr(const uint8_t *path, const uint8_t *name, const uint8_t *value, size_t size, int flags)'),
   listxattr: lib.func('intptr_t listxattr(const uint8_t *path, _Out_ uint8_t *list, size_t size)'),
   removexattr: lib.func('int removexattr(const uint8_t *path, const uint8_t *name)'),
-  fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
   lseek: lib.func('int64_t lseek(int fd, int64_t offset, int whence)'),
   fstatfs: lib.func('int fstatfs(int fd, _Out_ uint8_t *buf)'),
-  syncfs: lib.func('int syncfs(int fd)'),
   getdents64: lib.func('intptr_t getdents64(int fd, _Out_ uint8_t *buf, size_t size)'),
+  fcntl: lib.func('int fcntl(int fd, int cmd, ...)'),
 };
 
 export const AT_FDCWD = -100;
@@ -106,6 +107,16 @@ export function openat(dirfd: number, name: Buffer, flags: number, mode = 0): nu
 
 export function close(fd: number): void {
   c.close(fd); // errors from close are not actionable (the fd is gone either way)
+}
+
+const F_GETFL = 3;
+const F_SETFL = 4;
+
+/** Clear O_NONBLOCK from an open file's status flags. */
+export function clearNonblock(fd: number): void {
+  const fl = c.fcntl(fd, F_GETFL) as number;
+  if (fl < 0) fail('fcntl');
+  if (fl & O_NONBLOCK && (c.fcntl(fd, F_SETFL, 'int', fl & ~O_NONBLOCK) as number) < 0) fail('fcntl');
 }
 
 export function dup(fd: number): number {
@@ -317,10 +328,6 @@ export function removexattrFd(fd: number, name: Buffer): void {
 
 // ---- file data ---------------------------------------------------------------
 
-export function fallocate(fd: number, mode: number, offset: number, len: number): void {
-  if ((c.fallocate(fd, mode, offset, len) as number) < 0) fail('fallocate');
-}
-
 export function lseek(fd: number, offset: number | bigint, whence: number): bigint {
   const r = BigInt(c.lseek(fd, offset, whence) as number | bigint);
   if (r < 0n) fail('lseek');
@@ -345,10 +352,6 @@ export function fstatfs(fd: number): HostStatfs {
   if ((c.fstatfs(fd, b) as number) < 0) fail('fstatfs');
   const u = (o: number) => Number(b.readBigUInt64LE(o));
   return { type: u(0), bsize: u(8), blocks: u(16), bfree: u(24), bavail: u(32), files: u(40), ffree: u(48), namelen: u(64), frsize: u(72) };
-}
-
-export function syncfs(fd: number): void {
-  if ((c.syncfs(fd) as number) < 0) fail('syncfs');
 }
 
 export interface RawDirent {
