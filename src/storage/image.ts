@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { einval, eio, enoent } from '../common/errno';
 import { loadRafs, type LoadOptions } from '../rafs/metadata/super';
 import type { BlobInfo, ChunkInfo, RafsInode, RafsSuper } from '../rafs/metadata/types';
-import { BlobFeatures } from '../rafs/format/constants';
+import { BlobFeatures, RAFS_MAX_BOOTSTRAP_SIZE } from '../rafs/format/constants';
 import { BlobFile, extractInlinedBootstrap, readBlobMeta } from './blob-file';
 import { readChunk, readFileRange } from './chunk-reader';
 
@@ -139,11 +139,9 @@ export async function loadBootstrapFileAsync(file: string, opts: LoadOptions = {
 
 /** Bytes that tell a v5 or v6 bootstrap apart from anything else. */
 const BOOTSTRAP_HEAD = 1032;
-/** Largest bootstrap loaded into memory (upstream images stay far below; a bigger file is not one). */
-export const MAX_BOOTSTRAP_SIZE = 1 << 30;
-
+/** Refuse before reading: a file above the format's limit is not a bootstrap (loadRafs checks it too). */
 function checkBootstrapSize(file: string, size: number): void {
-  if (size > MAX_BOOTSTRAP_SIZE) throw einval(`${file}: bootstrap of ${size} bytes exceeds ${MAX_BOOTSTRAP_SIZE}`);
+  if (size > RAFS_MAX_BOOTSTRAP_SIZE) throw einval(`${file}: bootstrap of ${size} bytes exceeds ${RAFS_MAX_BOOTSTRAP_SIZE}`);
 }
 
 /** The bootstrap inlined in blob `file` (its ToC entry `image.boot`). */
