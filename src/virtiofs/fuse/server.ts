@@ -172,8 +172,14 @@ export class FuseServer {
       return 0;
     }
     const holds: (() => void)[] = [];
+    let ended = false;
+    // a hold taken after the reply (a filesystem's late continuation) is released at once: never leaked
+    const hold = (release: () => void): void => {
+      if (ended) release();
+      else holds.push(release);
+    };
     try {
-      return await this.dispatch(hdr, r, w, holds);
+      return await this.dispatch(hdr, r, w, hold);
     } catch (e) {
       const errno = errnoOf(e);
       if (e instanceof ErrnoError || (e as { code?: unknown })?.code !== undefined) {
@@ -191,6 +197,7 @@ export class FuseServer {
         return 0;
       }
     } finally {
+      ended = true;
       for (const release of holds) {
         try {
           release();
@@ -231,16 +238,22 @@ export class FuseServer {
     return this.send(w, unique, FuseServer.alloc(0));
   }
 
-  private replyEntry(w: Writer, unique: bigint, e: Entry, open?: OpenReply): number {
+  /**
+   * Entry replies (LOOKUP, MKNOD, MKDIR, SYMLINK, LINK, CREATE). When the
+   * reply does not fit, the kernel never learns of the entry (or CREATE's
+   * handle): the lookup is given back and the handle released, so a peer
+   * cannot pile up inodes and fds by offering too little reply room.
+   */
+  private replyEntry(ctx: RequestContext, w: Writer, e: Entry, open?: OpenReply): number {
     const b = FuseServer.alloc(FuseEntryOut.SIZE + (open ? FuseOpenOut.SIZE : 0));
     FuseEntryOut.encode(e, b, OUT_HDR);
     if (open) FuseOpenOut.encode({ fh: open.fh, openFlags: open.openFlags, backingId: 0 }, b, OUT_HDR + FuseEntryOut.SIZE);
     if (b.length > w.available()) {
-      // The kernel will never see this entry: give the lookup back.
+      if (open) this.releaseQuietly(ctx, e.ino, open.fh, false);
       if (e.ino !== 0n) this.forgetQuietly(e.ino, 1);
-      return this.replyError(w, unique, E.ERANGE);
+      return this.replyError(w, ctx.unique, E.ERANGE);
     }
-    return this.send(w, unique, b);
+    return this.send(w, ctx.unique, b);
   }
 
   private replyAttr(w: Writer, unique: bigint, a: AttrReply): number {
@@ -249,10 +262,28 @@ export class FuseServer {
     return this.send(w, unique, b);
   }
 
-  private replyOpen(w: Writer, unique: bigint, o: OpenReply): number {
+  /** OPEN / OPENDIR replies; a handle the kernel will never see (no room) is released at once. */
+  private replyOpen(ctx: RequestContext, w: Writer, ino: bigint, o: OpenReply, dir: boolean): number {
     const b = FuseServer.alloc(FuseOpenOut.SIZE);
     FuseOpenOut.encode({ fh: o.fh, openFlags: o.openFlags, backingId: 0 }, b, OUT_HDR);
-    return this.send(w, unique, b);
+    if (b.length > w.available()) {
+      this.releaseQuietly(ctx, ino, o.fh, dir);
+      return this.replyError(w, ctx.unique, E.ERANGE);
+    }
+    return this.send(w, ctx.unique, b);
+  }
+
+  /** Give back a handle the kernel never received (errors are only logged). */
+  private releaseQuietly(ctx: RequestContext, ino: bigint, fh: bigint, dir: boolean): void {
+    // called within the request (not deferred), so what the release pins is held by this request
+    const fs = this.fs;
+    const fail = (e: unknown) => log.debug({ err: (e as Error)?.message }, 'fuse: releasing an undelivered handle failed');
+    try {
+      const r = dir ? fs.releasedir?.(ctx, ino, fh) : fs.release?.(ctx, ino, fh, 0);
+      if (r) Promise.resolve(r).catch(fail);
+    } catch (e) {
+      fail(e);
+    }
   }
 
   private replyU32Size(w: Writer, unique: bigint, size: number): number {
@@ -299,7 +330,7 @@ export class FuseServer {
 
   // ---- dispatch --------------------------------------------------------------
 
-  private async dispatch(hdr: FuseInHeaderT, r: Reader, w: Writer, holds: (() => void)[]): Promise<number> {
+  private async dispatch(hdr: FuseInHeaderT, r: Reader, w: Writer, hold: (release: () => void) => void): Promise<number> {
     const op = hdr.opcode;
     if (hdr.len < IN_HDR) throw einval(`in_header.len ${hdr.len} < 40`);
     // Before touching the body: a length no valid request has costs nothing (upstream: ENOMEM).
@@ -330,7 +361,7 @@ export class FuseServer {
 
     const fs = this.fs;
     const ino = hdr.nodeid;
-    const ctx: RequestContext = { uid: hdr.uid, gid: hdr.gid, pid: hdr.pid, unique, hold: (release) => { holds.push(release); } };
+    const ctx: RequestContext = { uid: hdr.uid, gid: hdr.gid, pid: hdr.pid, unique, hold };
 
     switch (op) {
       case FuseOpcode.DESTROY: {
@@ -360,7 +391,7 @@ export class FuseServer {
 
       case FuseOpcode.LOOKUP: {
         const [name] = cstr(body, 0, 'LOOKUP name');
-        return this.replyEntry(w, unique, await fs.lookup(ctx, ino, name));
+        return this.replyEntry(ctx, w, await fs.lookup(ctx, ino, name));
       }
       case FuseOpcode.GETATTR: {
         const g = FuseGetattrIn.decode(body);
@@ -377,12 +408,12 @@ export class FuseServer {
       case FuseOpcode.OPEN: {
         this.has('open');
         const o = FuseOpenIn.decode(body);
-        return this.replyOpen(w, unique, await fs.open!(ctx, ino, o.flags));
+        return this.replyOpen(ctx, w, ino, await fs.open!(ctx, ino, o.flags), false);
       }
       case FuseOpcode.OPENDIR: {
         this.has('opendir');
         const o = FuseOpenIn.decode(body);
-        return this.replyOpen(w, unique, await fs.opendir!(ctx, ino, o.flags));
+        return this.replyOpen(ctx, w, ino, await fs.opendir!(ctx, ino, o.flags), true);
       }
       case FuseOpcode.READ:
         return this.doRead(ctx, ino, body, w);
@@ -478,13 +509,13 @@ export class FuseServer {
         this.mutating('mknod');
         const m = FuseMknodIn.decode(body);
         const [name] = cstr(body, FuseMknodIn.SIZE, 'MKNOD name');
-        return this.replyEntry(w, unique, await fs.mknod!(ctx, ino, name, m.mode, m.rdev, m.umask));
+        return this.replyEntry(ctx, w, await fs.mknod!(ctx, ino, name, m.mode, m.rdev, m.umask));
       }
       case FuseOpcode.MKDIR: {
         this.mutating('mkdir');
         const m = FuseMkdirIn.decode(body);
         const [name] = cstr(body, FuseMkdirIn.SIZE, 'MKDIR name');
-        return this.replyEntry(w, unique, await fs.mkdir!(ctx, ino, name, m.mode, m.umask));
+        return this.replyEntry(ctx, w, await fs.mkdir!(ctx, ino, name, m.mode, m.umask));
       }
       case FuseOpcode.UNLINK:
       case FuseOpcode.RMDIR: {
@@ -498,7 +529,7 @@ export class FuseServer {
         this.mutating('symlink');
         const [name, next] = cstr(body, 0, 'SYMLINK name');
         const [target] = cstr(body, next, 'SYMLINK target');
-        return this.replyEntry(w, unique, await fs.symlink!(ctx, ino, name, target));
+        return this.replyEntry(ctx, w, await fs.symlink!(ctx, ino, name, target));
       }
       case FuseOpcode.RENAME:
       case FuseOpcode.RENAME2: {
@@ -524,14 +555,14 @@ export class FuseServer {
         this.mutating('link');
         const l = FuseLinkIn.decode(body);
         const [name] = cstr(body, FuseLinkIn.SIZE, 'LINK name');
-        return this.replyEntry(w, unique, await fs.link!(ctx, l.oldnodeid, ino, name));
+        return this.replyEntry(ctx, w, await fs.link!(ctx, l.oldnodeid, ino, name));
       }
       case FuseOpcode.CREATE: {
         this.mutating('create');
         const c = FuseCreateIn.decode(body);
         const [name] = cstr(body, FuseCreateIn.SIZE, 'CREATE name');
         const res = await fs.create!(ctx, ino, name, c.mode, c.flags, c.umask);
-        return this.replyEntry(w, unique, res.entry, res.open);
+        return this.replyEntry(ctx, w, res.entry, res.open);
       }
       case FuseOpcode.WRITE: {
         this.mutating('write');
