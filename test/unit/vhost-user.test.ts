@@ -217,6 +217,35 @@ test('EVENT_IDX: used_event suppresses calls; avail_event is published', async (
   }
 });
 
+test('EVENT_IDX: a completion while there is no call fd is signalled once SET_VRING_CALL arrives', async () => {
+  const { sock, daemon } = world();
+  await daemon.start();
+  const ram = new GuestRam();
+  const g = new FakeGuest(ram, sock);
+  try {
+    await g.setup({ memTable: true });
+    await initFuse(g);
+    const q = g.queues[1];
+    q.calls();
+    // the frontend withdraws the call fd (VRING_NOFD), the guest asks for an interrupt on the next used entry
+    g.client.send(FrontendReq.SET_VRING_CALL, u64(1 | 0x100));
+    await g.client.getU64(FrontendReq.GET_FEATURES);
+    q.setUsedEvent(q.usedIdx());
+    await g.submit(1, readReq(2n, 0, 10), 100).wait();
+    await new Promise((res) => setTimeout(res, 10));
+    assert.is(q.calls(), 0, 'no call fd: nothing to signal');
+    // a late call fd gets the interrupt the guest is still waiting for
+    g.client.send(FrontendReq.SET_VRING_CALL, u64(1), [q.call]);
+    await g.client.getU64(FrontendReq.GET_FEATURES);
+    await new Promise((res) => setTimeout(res, 10));
+    assert.is(q.calls(), 1);
+  } finally {
+    g.close();
+    daemon.stop();
+    ram.dispose();
+  }
+});
+
 test('rings start disabled with PROTOCOL_FEATURES; kicks are served once enabled', async () => {
   const { sock, daemon } = world();
   await daemon.start();
