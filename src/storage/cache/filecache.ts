@@ -96,7 +96,12 @@ export class FileCache {
     return this.opts.workDir;
   }
 
-  /** Cached chunk data that may be read without verification, as a file range. */
+  /**
+   * Cached chunk data that may be read without verification, as a file range.
+   * The fd stays open until `close()`, which the daemon calls only after every
+   * request that reached the mount has written its reply (Vfs.umountAndDrain):
+   * a READ copying from it can never read a reused fd number.
+   */
   locate(info: BlobInfo, chunk: ChunkInfo): ChunkLocation | undefined {
     if (this.opts.validate || this.closed) return undefined;
     const e = this.opened.get(info.blobId);
