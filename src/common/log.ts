@@ -32,6 +32,12 @@ const warnWindows = new Map<string, { start: number; count: number; suppressed: 
 
 /** `log.warn(obj, msg)` unless `key` exceeded its budget; returns whether it was logged. */
 export function warnLimited(key: string, obj: Record<string, unknown>, msg: string): boolean {
+  return logLimited('warn', key, obj, msg);
+}
+
+/** `log[level](obj, msg)` under the per-key budget of `warnLimited` (any level a peer can trigger). */
+export function logLimited(level: 'info' | 'warn' | 'error', key: string, obj: Record<string, unknown>, msg: string): boolean {
+  if (!log.isLevelEnabled(level)) return false;
   const now = Date.now();
   let w = warnWindows.get(key);
   if (w === undefined) {
@@ -49,10 +55,10 @@ export function warnLimited(key: string, obj: Record<string, unknown>, msg: stri
   }
   w.count++;
   if (w.suppressed > 0) {
-    log.warn({ ...obj, suppressed: w.suppressed }, `${msg} (similar messages suppressed meanwhile)`);
+    log[level]({ ...obj, suppressed: w.suppressed }, `${msg} (similar messages suppressed meanwhile)`);
     w.suppressed = 0;
   } else {
-    log.warn(obj, msg);
+    log[level](obj, msg);
   }
   return true;
 }

@@ -59,7 +59,8 @@ export class BlobFile {
   static open(p: string, name?: string): BlobFile {
     let fd: number;
     try {
-      fd = fs.openSync(p, 'r');
+      // O_NONBLOCK: a FIFO (or device) put where a blob should be must not block the open
+      fd = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
       throw new ErrnoError(code, `failed to open blob ${p}: ${(e as Error).message}`, { cause: e });

@@ -10,7 +10,7 @@
 import { ChunkMemoryCache } from './cache/memory';
 import { type ConfigV2, isChunkValidationEnabled } from '../common/config';
 import { ErrnoError, eio, enosys } from '../common/errno';
-import { log } from '../common/log';
+import { logLimited, warnLimited } from '../common/log';
 import type { BlobInfo, ChunkInfo } from '../rafs/metadata/types';
 import type { BlobBackend } from './backend/backend';
 import { LocalFsBackend } from './backend/localfs';
@@ -110,7 +110,7 @@ export class StorageDevice implements BlobDevice {
       const raw = await this.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
       return decodeChunk(raw, chunk, info, this.validate);
     } catch (err) {
-      log.error({ blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to read chunk');
+      logLimited('error', 'storage.read', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to read chunk');
       if (err instanceof ErrnoError && err.code === 'EIO') throw err;
       throw eio(`blob ${info.blobId} chunk ${chunk.index}: ${(err as Error).message}`, err);
     }
@@ -135,7 +135,7 @@ export class StorageDevice implements BlobDevice {
         try {
           await this.cache!.prefetchChunk(this.blobOf(c), c);
         } catch (err) {
-          log.warn({ blobIndex: c.blobIndex, chunkIndex: c.index, err: (err as Error).message }, 'prefetch failed');
+          warnLimited('storage.prefetch', { blobIndex: c.blobIndex, chunkIndex: c.index, err: (err as Error).message }, 'prefetch failed');
         }
       }
     } finally {

@@ -105,9 +105,9 @@ export interface LoadedBootstrap {
  * in its ToC); inlined blobs get their real id from the file name (§4.4).
  */
 export function loadBootstrapFile(file: string, opts: LoadOptions = {}): LoadedBootstrap {
-  const fd = fs.openSync(file, 'r');
+  const fd = fs.openSync(file, OPEN_FLAGS);
   try {
-    const size = fs.fstatSync(fd).size;
+    const size = regularFileSize(file, fs.fstatSync(fd));
     const head = Buffer.alloc(Math.min(size, BOOTSTRAP_HEAD));
     fs.readSync(fd, head, 0, head.length, 0);
     if (!looksLikeBootstrap(head)) return finishLoad(inlinedBootstrap(file), file, opts);
@@ -124,9 +124,9 @@ export function loadBootstrapFile(file: string, opts: LoadOptions = {}): LoadedB
  * read whole (it may be a multi-GiB blob: only its ToC is read).
  */
 export async function loadBootstrapFileAsync(file: string, opts: LoadOptions = {}): Promise<LoadedBootstrap> {
-  const fh = await fs.promises.open(file, 'r');
+  const fh = await fs.promises.open(file, OPEN_FLAGS);
   try {
-    const size = (await fh.stat()).size;
+    const size = regularFileSize(file, await fh.stat());
     const head = Buffer.alloc(Math.min(size, BOOTSTRAP_HEAD));
     await fh.read(head, 0, head.length, 0);
     if (!looksLikeBootstrap(head)) return finishLoad(inlinedBootstrap(file), file, opts);
@@ -135,6 +135,14 @@ export async function loadBootstrapFileAsync(file: string, opts: LoadOptions = {
   } finally {
     await fh.close();
   }
+}
+
+/** O_NONBLOCK: a FIFO named as the bootstrap must not block the open (it is refused right after). */
+const OPEN_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NONBLOCK;
+
+function regularFileSize(file: string, st: fs.Stats): number {
+  if (!st.isFile()) throw einval(`${file}: not a regular file`);
+  return st.size;
 }
 
 /** Bytes that tell a v5 or v6 bootstrap apart from anything else. */

@@ -23,6 +23,9 @@ import { Vfs } from '../../src/virtiofs/vfs/vfs';
 import { ChainReader, ChainWriter } from '../../src/vhost-user/virtio/chain-io';
 import { DescriptorChain } from '../../src/vhost-user/virtio/queue';
 import { WARN_BURST, warnLimited, log } from '../../src/common/log';
+import { ErrnoError } from '../../src/common/errno';
+import { loadBootstrapFile, loadBootstrapFileAsync } from '../../src/storage/image';
+import { execFileSync } from 'node:child_process';
 import { MemoryFs, call, cstr, initBody, req } from '../support/memory-fs';
 
 const ENOMEM = -12, EIO = -5;
@@ -195,9 +198,63 @@ test('WRITE data may stay in guest memory, its header is a private copy', async 
   assert.is(Buffer.concat(data as Buffer[]).toString(), 'hello');
 });
 
+test('an API mount naming a FIFO fails at once (no blocking open, no whole-file read)', async () => {
+  const fifo = path.join(work, 'fifo.boot');
+  execFileSync('mkfifo', [fifo]);
+  let ticks = 0;
+  const timer = setInterval(() => { ticks++; }, 5);
+  const t0 = Date.now();
+  try {
+    await loadBootstrapFileAsync(fifo);
+    assert.unreachable('a FIFO loaded as a bootstrap');
+  } catch (e) {
+    assert.instance(e, ErrnoError);
+    assert.match((e as Error).message, /not a regular file/);
+  } finally {
+    clearInterval(timer);
+  }
+  assert.ok(Date.now() - t0 < 1000, 'answered promptly');
+  assert.throws(() => loadBootstrapFile(fifo), /not a regular file/);
+  void ticks;
+});
+
+test('READDIRPLUS entries the server skips (invalid names) do not inflate the VFS lookup count', async () => {
+  const mfs = new MemoryFs();
+  mfs.addFile('d/good', 'x');
+  const v = new Vfs();
+  const idx = v.mount('/m', mfs);
+  const orig = mfs.readdir.bind(mfs);
+  // a sub-filesystem handing out one unusable name (with a '/') among good ones
+  mfs.readdir = async (ctx, ino, fh, off, plus, add) => orig(ctx, ino, fh, off, plus, (e) => {
+    if (e.name.toString() === 'good' && e.entry) {
+      const bad = { ...e, name: Buffer.from('a/b'), offset: e.offset };
+      mfs.lookups.set(e.entry.ino, (mfs.lookups.get(e.entry.ino) ?? 0) + 1); // the bad entry's own lookup
+      if (!add(bad)) return false;
+    }
+    return add(e);
+  });
+  const s = await initServer(v, { readdirplus: true });
+  const root = (await call(s, req(FuseOpcode.LOOKUP, 1n, cstr('m')))).payload.readBigUInt64LE(0);
+  const d = (await call(s, req(FuseOpcode.LOOKUP, root, cstr('d')))).payload.readBigUInt64LE(0);
+  // the kernel gives back its lookups while the directory stays open: the slot count is 0
+  const forget = Buffer.alloc(8);
+  forget.writeBigUInt64LE(1n);
+  await call(s, req(FuseOpcode.FORGET, d, forget));
+  await call(s, req(FuseOpcode.FORGET, root, forget));
+  const before = v.slotRefs(idx);
+  assert.is(before, 0);
+  const ri = Buffer.alloc(FuseReadIn.SIZE);
+  FuseReadIn.encode({ fh: 0n, offset: 0, size: 65536, readFlags: 0, lockOwner: 0n, flags: 0 }, ri);
+  const r = await call(s, req(FuseOpcode.READDIRPLUS, d, ri));
+  assert.is(r.hdr!.error, 0);
+  assert.is(v.slotRefs(idx) - before, 1, 'only the delivered "good" entry is counted');
+});
+
 test('guest-triggered warnings are rate limited per key', () => {
   const lines: string[] = [];
   const orig = log.warn.bind(log);
+  const level = log.level;
+  log.level = 'info'; // other test files may have changed it
   (log as unknown as { warn: (o: unknown, m: string) => void }).warn = (_o: unknown, m: string) => { lines.push(m); };
   try {
     for (let i = 0; i < 10_000; i++) warnLimited('test.flood', { i }, 'flood');
@@ -206,6 +263,7 @@ test('guest-triggered warnings are rate limited per key', () => {
     assert.is(lines.length, WARN_BURST + 1);
   } finally {
     (log as unknown as { warn: typeof orig }).warn = orig;
+    log.level = level;
   }
 });
 

@@ -24,7 +24,7 @@ import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ErrnoError, eio } from '../../common/errno';
-import { log } from '../../common/log';
+import { logLimited, warnLimited } from '../../common/log';
 import type { ChunkLocation } from '../device';
 import type { BlobInfo, ChunkInfo } from '../../rafs/metadata/types';
 import type { BlobFile } from '../blob-file';
@@ -193,7 +193,7 @@ export class FileCache {
       done += bytesRead;
     }
     if (done < len) {
-      log.warn({ blobId: info.blobId, chunkIndex: chunk.index }, 'cache file shorter than a ready chunk, refetching');
+      warnLimited('cache.short', { blobId: info.blobId, chunkIndex: chunk.index }, 'cache file shorter than a ready chunk, refetching');
       await map.clearReady(chunk.index);
       return undefined;
     }
@@ -201,7 +201,7 @@ export class FileCache {
     try {
       return decodeChunk(buf, chunk, info, true, true);
     } catch (err) {
-      log.error({ blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'cached chunk data is corrupted');
+      logLimited('error', 'cache.corrupt', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'cached chunk data is corrupted');
       await map.clearReady(chunk.index).catch(() => {});
       throw eio(`${this.where(info, chunk)}: cached data in ${cacheFileNames(this.opts.workDir, info.blobId).data} failed verification: ${(err as Error).message}`, err);
     }
@@ -226,7 +226,7 @@ export class FileCache {
       const raw = await this.opts.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
       data = decodeChunk(raw, chunk, info, this.opts.validate);
     } catch (err) {
-      log.error({ blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
+      logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
       if (err instanceof ErrnoError && err.code === 'EIO') throw err;
       throw eio(`${this.where(info, chunk)}: ${(err as Error).message}`, err);
     }
@@ -247,7 +247,7 @@ export class FileCache {
       await map.setReady(chunk.index);
     } catch (err) {
       // the data was good and has been served; only the cache misses out
-      log.warn({ blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to write chunk to the cache');
+      warnLimited('cache.write', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to write chunk to the cache');
     }
   }
 

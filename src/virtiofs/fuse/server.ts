@@ -34,7 +34,7 @@
  */
 import { constants } from 'node:os';
 import { ErrnoError, einval, enosys, erofs, errnoOf } from '../../common/errno';
-import { log, warnLimited } from '../../common/log';
+import { log, logLimited, warnLimited } from '../../common/log';
 import { preadFully } from '../../common/pread';
 import {
   FATTR_ATIME, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_SIZE, FATTR_UID,
@@ -604,7 +604,7 @@ export class FuseServer {
   private async doInit(hdr: FuseInHeaderT, body: Buffer, w: Writer): Promise<number> {
     const i = FuseInitIn.decode(body);
     if (i.major < FUSE_KERNEL_VERSION) {
-      log.error({ major: i.major, minor: i.minor }, 'fuse: unsupported protocol major version');
+      logLimited('error', 'fuse.init', { major: i.major, minor: i.minor }, 'fuse: unsupported protocol major version');
       return this.replyError(w, hdr.unique, E.EPROTO);
     }
     if (i.major > FUSE_KERNEL_VERSION) {
@@ -615,17 +615,17 @@ export class FuseServer {
       return this.send(w, hdr.unique, b);
     }
     if (i.minor < FUSE_MIN_KERNEL_MINOR_VERSION) {
-      log.error({ major: i.major, minor: i.minor }, 'fuse: kernel protocol minor too old');
+      logLimited('error', 'fuse.init', { major: i.major, minor: i.minor }, 'fuse: kernel protocol minor too old');
       return this.replyError(w, hdr.unique, E.EPROTO);
     }
     if (this._initialized) {
       // A guest that rebooted or remounted without DESTROY: start over.
-      log.info('fuse: INIT on a live session, starting a new one');
+      logLimited('info', 'fuse.reinit', {}, 'fuse: INIT on a live session, starting a new one');
       this._initialized = false;
       try {
         await this.fs.destroy?.();
       } catch (e) {
-        log.warn({ err: (e as Error).message }, 'fuse: destroy before re-INIT failed');
+        warnLimited('fuse.reinit', { err: (e as Error).message }, 'fuse: destroy before re-INIT failed');
       }
     }
     const offered = i.flags;
@@ -658,7 +658,7 @@ export class FuseServer {
       this._minor = minor;
       this._flags = flags;
       this.setxattrExt = (flags & FUSE_SETXATTR_EXT) !== 0n;
-      log.info({ kernel: `${i.major}.${i.minor}`, minor, offered: `0x${offered.toString(16)}`, flags: `0x${flags.toString(16)}`, maxWrite: this.maxWrite, maxPages: out.maxPages }, 'fuse: session initialized');
+      logLimited('info', 'fuse.session', { kernel: `${i.major}.${i.minor}`, minor, offered: `0x${offered.toString(16)}`, flags: `0x${flags.toString(16)}`, maxWrite: this.maxWrite, maxPages: out.maxPages }, 'fuse: session initialized');
     }
     return n;
   }

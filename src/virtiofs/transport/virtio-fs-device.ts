@@ -20,7 +20,7 @@ import { ChainReader, ChainWriter } from '../../vhost-user/virtio/chain-io';
 import {
   VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 } from '../../vhost-user/protocol/message';
-import { log } from '../../common/log';
+import { logLimited } from '../../common/log';
 
 /** Offered virtio features: never RING_PACKED, IN_ORDER or ACCESS_PLATFORM (kata-contract §0.14). */
 export const VIRTIO_FS_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX | VHOST_USER_F_PROTOCOL_FEATURES;
@@ -69,7 +69,7 @@ export class VirtioFsDevice implements VhostUserBackend {
       n = await this.server.handleMessage(new ChainReader(c.chain), new ChainWriter(c.chain));
     } catch (e) {
       // handleMessage never throws; a throw here is a bug, not guest input
-      log.error({ queue: vring.index, err: (e as Error).stack }, 'virtio-fs: request handler threw');
+      logLimited('error', 'virtiofs.threw', { queue: vring.index, err: (e as Error).stack }, 'virtio-fs: request handler threw');
       n = 0;
     }
     vring.complete(c, n);

@@ -30,7 +30,7 @@
  * everything"; `umount` hands the filesystem back without destroying it.
  */
 import { ErrnoError, einval, enoent, eio, erofs } from '../../common/errno';
-import { log } from '../../common/log';
+import { log, warnLimited } from '../../common/log';
 import { DT_DIR } from '../fuse/abi';
 import type {
   Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, SetattrIn, StatFs,
@@ -545,7 +545,7 @@ export class Vfs implements FileSystem {
     await fs.readdir(ctx, Vfs.inner(nodeid), fh, offset, plus, (e: DirEntry): boolean => {
       if (!m.alive) return false;
       if (e.ino > VFS_INO_MASK || (e.entry && e.entry.ino > VFS_INO_MASK)) {
-        log.warn({ path: m.path, ino: String(e.ino) }, 'vfs: directory entry inode does not fit in 56 bits, skipped');
+        warnLimited('vfs.ino', { path: m.path, ino: String(e.ino) }, 'vfs: directory entry inode does not fit in 56 bits, skipped');
         if (plus && e.entry && e.entry.ino !== 0n && !isDot(e.name)) fs.forget?.(e.entry.ino, 1);
         return true;
       }
@@ -565,8 +565,11 @@ export class Vfs implements FileSystem {
       } else {
         de.entry = undefined;
       }
+      // count before `add`: the server may give an unusable entry back (forget) from inside it
+      const counted = src !== undefined && src.ino !== 0n && !isDot(e.name);
+      if (counted) slot.refs++;
       const ok = add(de);
-      if (ok && src && src.ino !== 0n && !isDot(e.name)) slot.refs++;
+      if (!ok && counted) slot.refs--;
       return ok;
     });
     Vfs.live(m);
@@ -595,8 +598,11 @@ export class Vfs implements FileSystem {
           log.debug({ path: m.path, err: (e as Error).message }, 'vfs: mount root getattr failed in readdirplus');
         }
       }
-      if (!add({ ino: this.enc(m, ROOT), offset: cookie, type: DT_DIR, name: c.name, entry })) return;
       if (entry) this.slots[m.index].refs++;
+      if (!add({ ino: this.enc(m, ROOT), offset: cookie, type: DT_DIR, name: c.name, entry })) {
+        if (entry) this.slots[m.index].refs--;
+        return;
+      }
     }
   }
 
