@@ -18,6 +18,8 @@ import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE } from '../virtiofs/fuse/filesystem';
 const RAFS_TIMEOUT = 4294967296; // 2^32 s, as upstream
 const ATTR_BLKSIZE = 4096;
 const CACHE_LIMIT = 8192;
+/** chunk infos / directory entries kept over all cached inodes (~100-200 bytes each) */
+const CACHE_MAX_ITEMS = 1 << 19;
 /** chunks fetched ahead of a sequential reader */
 const READAHEAD_CHUNKS = 4;
 
@@ -35,8 +37,9 @@ export class RafsFs implements FileSystem {
   private readonly xattrEnabled: boolean;
   private readonly uid: number;
   private readonly gid: number;
-  private readonly chunkCache = new BoundedMap<number, ChunkInfo[]>(CACHE_LIMIT);
-  private readonly dirCache = new BoundedMap<number, DirEntry[]>(CACHE_LIMIT);
+  /** bounded by entries too: one crafted inode can have a million chunks */
+  private readonly chunkCache = new BoundedMap<number, ChunkInfo[]>(CACHE_LIMIT, { weight: (c) => c.length + 1, maxWeight: CACHE_MAX_ITEMS });
+  private readonly dirCache = new BoundedMap<number, DirEntry[]>(CACHE_LIMIT, { weight: (d) => d.length + 1, maxWeight: CACHE_MAX_ITEMS });
   /** end offset of the last read per inode, to detect sequential readers */
   private readonly lastEnd = new BoundedMap<number, number>(CACHE_LIMIT);
 

@@ -26,6 +26,9 @@ import { WARN_BURST, warnLimited, log } from '../../src/common/log';
 import { ErrnoError } from '../../src/common/errno';
 import { loadBootstrapFile, loadBootstrapFileAsync } from '../../src/storage/image';
 import { execFileSync } from 'node:child_process';
+import { loadRafs } from '../../src/rafs/metadata/super';
+import { hasCommand } from '../support/cli';
+import { BoundedMap } from '../../src/common/bounded-map';
 import { MemoryFs, call, cstr, initBody, req } from '../support/memory-fs';
 
 const ENOMEM = -12, EIO = -5;
@@ -248,6 +251,47 @@ test('READDIRPLUS entries the server skips (invalid names) do not inflate the VF
   const r = await call(s, req(FuseOpcode.READDIRPLUS, d, ri));
   assert.is(r.hdr!.error, 0);
   assert.is(v.slotRefs(idx) - before, 1, 'only the delivered "good" entry is counted');
+});
+
+test('a crafted EROFS inode (huge i_size, 2^40-byte chunks on one block) is refused, not expanded', () => {
+  if (!hasCommand('mkfs.erofs')) {
+    if (process.env.CI === 'true') assert.unreachable('mkfs.erofs is missing under CI');
+    console.log('SKIP crafted EROFS inode: mkfs.erofs not installed');
+    return;
+  }
+  const dir = path.join(work, 'craft');
+  fs.mkdirSync(path.join(dir, 'src'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'src', 'f'), Buffer.alloc(8192, 1));
+  execFileSync('mkfs.erofs', ['--chunksize=4096', `--blobdev=${path.join(dir, 'blob')}`, path.join(dir, 'img'), path.join(dir, 'src')], { stdio: 'ignore' });
+  const img = fs.readFileSync(path.join(dir, 'img'));
+  const sb = loadRafs(img);
+  const f = sb.getInode(sb.meta.rootIno).children().find((c) => c.name.toString() === 'f')!;
+  const inode = sb.getInode(f.ino) as unknown as { offset: number; raw: { extended: boolean } };
+  assert.ok(inode.raw.extended, 'mkfs.erofs wrote an extended inode');
+  const crafted = Buffer.from(img);
+  crafted.writeBigUInt64LE(64n << 30n, inode.offset + 8); // i_size 64 GiB
+  crafted.writeUInt16LE(0x20 | 28, inode.offset + 16); // chunk indexes, 2^40-byte chunks
+  const sb2 = loadRafs(crafted);
+  const t0 = Date.now();
+  assert.throws(() => sb2.getInode(f.ino).chunks(), /too large/);
+  assert.ok(Date.now() - t0 < 100, 'refused before building anything');
+});
+
+test('BoundedMap with weights: a few huge values cannot exceed the total, one above it is not kept', () => {
+  const m = new BoundedMap<number, number[]>(100, { weight: (v) => v.length, maxWeight: 1000 });
+  for (let i = 0; i < 10; i++) m.set(i, new Array(10).fill(i));
+  assert.is(m.weight, 100);
+  m.set(100, new Array(950).fill(0));
+  assert.ok(m.weight <= 1000, `weight ${m.weight}`);
+  assert.ok(m.has(100));
+  m.set(101, new Array(1001).fill(0));
+  assert.not.ok(m.has(101));
+  m.set(100, [1]);
+  assert.is(m.get(100)!.length, 1);
+  m.delete(100);
+  let sum = 0;
+  for (const v of m.values()) sum += v.length;
+  assert.is(m.weight, sum);
 });
 
 test('guest-triggered warnings are rate limited per key', () => {

@@ -62,7 +62,14 @@ const ZERO_DIGEST = Buffer.alloc(32);
 /** Upper bound on symlink targets (nydusd rejects longer ones). */
 const MAX_SYMLINK = 4096;
 /** Cap on 4 KiB pieces listed for one plain-EROFS file (64 GiB). */
-const MAX_PLAIN_PIECES = 1 << 24;
+/**
+ * Pieces (4 KiB each) one plain-EROFS file may have: 1 GiB. The list is built
+ * whole, so this bounds what one inode of a crafted image costs (chunk indexes
+ * may all name the same block: the data size bounds nothing).
+ */
+const MAX_PLAIN_PIECES = 1 << 18;
+/** chunk lists longer than this are not kept on the inode (RafsFs has its own bounded cache) */
+const MAX_KEPT_CHUNKS = 1 << 16;
 
 /** True when `buf` carries an EROFS superblock (nydus v6 or plain EROFS). */
 export function isV6(buf: Buffer): boolean {
@@ -541,8 +548,13 @@ class V6Inode implements RafsInode {
 
   chunks(): ChunkInfo[] {
     if (!this.isReg() || this.size === 0) return [];
-    if (!this.chunkList) this.chunkList = guard(() => (this.sup.rafs ? this.rafsChunks() : this.erofsChunks()));
-    return this.chunkList.map((c) => ({ ...c }));
+    if (this.chunkList) return this.chunkList.map((c) => ({ ...c }));
+    const list = guard(() => (this.sup.rafs ? this.rafsChunks() : this.erofsChunks()));
+    if (list.length <= MAX_KEPT_CHUNKS) {
+      this.chunkList = list;
+      return list.map((c) => ({ ...c }));
+    }
+    return list;
   }
 
   /** Position and count of the chunk index array for `chunkSize` chunks and `unit`-byte entries. */
@@ -588,7 +600,7 @@ class V6Inode implements RafsInode {
         if (blob.uncompressedSize > 0) ensure(off + len <= blob.uncompressedSize, `${this.where()}: data at ${off} is outside device ${blobIndex + 1}`);
       }
       pieces.push({
-        digest: Buffer.from(ZERO_DIGEST), blobIndex, index: Math.floor(off / EROFS_BLKSZ), flags: 0, compressed: false,
+        digest: ZERO_DIGEST, blobIndex, index: Math.floor(off / EROFS_BLKSZ), flags: 0, compressed: false,
         compressedOffset: off, compressedSize: len, uncompressedOffset: off, uncompressedSize: len, fileOffset, crc32: 0,
       });
     };
