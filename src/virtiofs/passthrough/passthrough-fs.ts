@@ -57,15 +57,45 @@
  * the loop is O_PATH, O_DIRECTORY or O_CREAT|O_EXCL, and carries O_NONBLOCK
  * as well (cleared again on CREATE's new file unless the guest asked for it).
  *
- * Blocking: metadata syscalls run synchronously on the event-loop thread
- * (they do not block for long on a local fs). Opens for I/O, read and write
- * go through Node's thread pool. Calls that can take long however the guest
- * asks — syncfs, fsync/fdatasync, fallocate, SEEK_DATA/SEEK_HOLE, FLUSH of a
- * handle opened for writing (close(dup(fd)) writes back on NFS / sends FLUSH
- * on a host FUSE fs) and the final close of such a handle — go through the
- * bounded blocking-call pool (common/blocking.ts; a full queue answers
- * EAGAIN). Read-only handles are flushed and closed on the loop (nothing to
- * write back), O_PATH fds too (their close never reaches the filesystem).
+ * Blocking. Calls that can take long however the guest asks never run on the
+ * event-loop thread. Opens for I/O, read and write go through Node's thread
+ * pool; the bounded blocking-call pool (common/blocking.ts; a full queue
+ * answers EAGAIN) runs syncfs, fsync/fdatasync, fallocate, SEEK_DATA/HOLE,
+ * FLUSH of a handle opened for writing (close(dup(fd)) writes back on NFS /
+ * sends FLUSH on a host FUSE fs) — and everything that can free a file's
+ * blocks, which on a local fs takes seconds for a big fragmented file (5.7 s
+ * for 100k extents on ext4):
+ *  - SETATTR size (truncate of /proc/self/fd/N, or ftruncate of the handle)
+ *    and opens with O_TRUNC (OPEN, CREATE of an existing file);
+ *  - UNLINK, RMDIR and RENAME over a target, when they may drop the last
+ *    link of an inode nothing else holds (evicted inside the call). They run
+ *    on the loop only when they provably free nothing (mayFree): the name is
+ *    gone, not a regular file or directory, a file with other links, or an
+ *    inode this instance holds an fd of — checked and called back to back on
+ *    the loop while no UNLINK/RMDIR/RENAME of any instance is on the pool (the
+ *    only things in the process that change names off the loop), so the name
+ *    cannot change in between. The guest kernel looks a name up before it
+ *    removes or replaces it, so normal traffic takes the loop path;
+ *    RENAME_EXCHANGE and RENAME_NOREPLACE never replace anything;
+ *  - closes that may drop the last reference of an unlinked inode (the
+ *    kernel evicts it inside close(2)): the fds of inodes and handles of
+ *    regular files and directories close on the loop only when the inode
+ *    still has a name (nlink > 0, under the same no-namespace-call-on-the-
+ *    pool condition), on the pool otherwise; handles opened for writing
+ *    always close on the pool. Symlinks and special files have nothing to
+ *    free. A pool close keeps the fd counted until it really happened.
+ * What stays on the loop is metadata work that is short on a local fs:
+ * O_PATH lookups and statx, mkdir/mknod/symlink/link, CREATE's O_CREAT|O_EXCL
+ * open of a new (empty) file, chmod/chown/utimens, xattrs (values ≤ 64 KiB),
+ * readlink, statfs, readdir (one 32 KiB getdents64 batch per call, resumed by
+ * lseek), OPENDIR, FLUSH of read-only handles (a dup's close, never the last
+ * reference), and the unlink that undoes a CREATE/MKNOD/MKDIR whose owner
+ * change failed (a node just made, empty). Known limits: when the shared dir
+ * is (or contains) a host NFS or FUSE mount, any of these can wait on a
+ * server, and the loop with it; and a host process (or another daemon) that
+ * renames in the shared dir is not covered by the no-namespace-call rule (a
+ * name it replaces between mayFree's check and the call is evicted on the
+ * loop; the host side is trusted).
  *
  * The fd rule (one for inodes, handles and the whole instance): an fd is
  * closed exactly once, by closeOwned(), and only when its owner is dead
@@ -75,37 +105,54 @@
  * nothing pins it, otherwise the last unpin closes. Synchronous uses on the
  * loop need no pin (nothing can run in between). Transient fds (a re-open for
  * fsync/syncfs, CREATE's O_PATH probe) belong to the one call that opened
- * them and are closed by it.
+ * them and are closed by it. A close on the pool never closes a reused fd
+ * number: the worker only swaps the file out (dup3 of a placeholder), the
+ * main thread closes the number afterwards (blocking.ts, "Close ordering").
  *
  * Bounds (a guest must not grow state without limit):
- *  - fds: every fd the instance holds (inodes, handles, transient ones) is
- *    counted against `maxFds` (default: the soft RLIMIT_NOFILE minus a
- *    reserve of 512 for the daemon's own files and sockets); an operation that
- *    would need one more answers ENFILE and leaves nothing behind. LOOKUP of an
- *    inode already held still works at the limit (found by statx, no new fd);
+ *  - fds: every fd an instance holds (inodes, handles, transient ones, closes
+ *    still in flight) is drawn from one process-wide budget shared by all
+ *    instances (fd-budget.ts: the soft RLIMIT_NOFILE minus a reserve of 512
+ *    for the daemon's own files and sockets, read at first use, so several
+ *    passthrough mounts cannot push the process to EMFILE), and from the
+ *    instance's own `maxFds` cap when one is given; an operation that would
+ *    need one more than either allows answers ENFILE and leaves nothing
+ *    behind; close() gives everything back. An instance's root fd is counted
+ *    whatever the budget holds (a mount never fails because a guest used the
+ *    budget up; ≤ 255 mounts, within the reserve). LOOKUP of an inode already
+ *    held still works at the limit (found by statx, no new fd);
+ *  - closes waiting for the blocking pool: at most the fds held (a FORGET
+ *    flood can only queue closes of inodes it looked up first, each within
+ *    the budget), two array slots each;
  *  - readdir cookies: stable per kernel d_off (a rewind hands out the same
  *    cookies again and adds nothing) and kept in an LRU bounded per handle
  *    (`dirCookiesPerHandle`, 65,536) and per instance (`maxDirCookies`,
  *    262,144: about 120 bytes each, ~32 MiB at most); an evicted cookie
- *    answers EINVAL. Handles and inodes are bounded by the fd cap.
+ *    answers EINVAL. Handles and inodes are bounded by the fd budget.
  */
 import * as fs from 'node:fs';
 import { constants } from 'node:os';
-import { closeBlocking, fallocateBlocking, flushBlocking, fsyncBlocking, lseekBlocking, syncfsBlocking } from '../../common/blocking';
+import {
+  closeDeferred, fallocateBlocking, flushBlocking, fsyncBlocking, ftruncateBlocking, lseekBlocking, openBlocking,
+  renameat2Blocking, syncfsBlocking, truncateBlocking, unlinkatBlocking,
+} from '../../common/blocking';
 import { ErrnoError, errnoOf } from '../../common/errno';
 import { log } from '../../common/log';
-import { getNofileLimit } from '../../common/rlimit';
 import {
   FATTR_ATIME, FATTR_ATIME_NOW, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_MTIME_NOW, FATTR_SIZE, FATTR_UID,
   FUSE_ASYNC_DIO, FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC, FUSE_AUTO_INVAL_DATA, FUSE_BIG_WRITES, FUSE_CACHE_SYMLINKS,
   FUSE_DO_READDIRPLUS, FUSE_DONT_MASK, FUSE_INIT_EXT, FUSE_MAX_PAGES, FUSE_PARALLEL_DIROPS, FUSE_READDIRPLUS_AUTO,
+  RENAME_EXCHANGE, RENAME_NOREPLACE,
 } from '../fuse/abi';
 import {
   FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE,
   type Attr, type AttrReply, type DirEntry, type Entry, type FileSystem, type OpenReply, type RequestContext,
   type SetattrIn, type StatFs,
 } from '../fuse/filesystem';
+import { FdBudget, processFdBudget } from './fd-budget';
 import * as sys from './sys';
+
+export { FD_RESERVE, FdBudget, MIN_MAX_FDS, defaultMaxFds, processFdBudget } from './fd-budget';
 
 const E = constants.errno;
 const ROOT = 1n;
@@ -131,10 +178,13 @@ export interface PassthroughOptions {
   /** generation reported in entries (default 0) */
   generation?: bigint;
   /**
-   * Most fds the instance holds at once (inodes, handles, transient);
-   * beyond it operations answer ENFILE. Default: defaultMaxFds().
+   * Most fds this instance holds at once (inodes, handles, transient, closes
+   * in flight), on top of the shared budget (both must have room; beyond
+   * either, operations answer ENFILE). Default: no cap of its own.
    */
   maxFds?: number;
+  /** the budget the instance draws its fds from; default: processFdBudget (process-wide) */
+  fdBudget?: FdBudget;
   /** readdir cookies kept per open directory (LRU; default 65,536) */
   dirCookiesPerHandle?: number;
   /** readdir cookies kept over all open directories of the instance (LRU; default 262,144) */
@@ -143,23 +193,8 @@ export interface PassthroughOptions {
 
 const POLICY_TIMEOUT: Record<CachePolicy, number> = { none: 0, auto: 1, always: 86400 };
 
-/** fds left to the daemon itself (sockets, logs, blobs, other mounts) by the default maxFds */
-export const FD_RESERVE = 512;
-/** the default maxFds never goes below this */
-export const MIN_MAX_FDS = 64;
 export const DIR_COOKIES_PER_HANDLE = 65_536;
 export const MAX_DIR_COOKIES = 262_144;
-
-/** Default `maxFds`: the soft RLIMIT_NOFILE minus FD_RESERVE, at least MIN_MAX_FDS. */
-export function defaultMaxFds(): number {
-  let soft = 1024;
-  try {
-    soft = getNofileLimit().soft;
-  } catch {
-    /* keep the usual default */
-  }
-  return Math.max(MIN_MAX_FDS, Math.min(soft, 2 ** 31) - FD_RESERVE);
-}
 
 /** Something that owns an fd (see "The fd rule" above). */
 interface FdOwner {
@@ -183,7 +218,7 @@ interface Handle extends FdOwner {
   fh: bigint;
   ino: bigint;
   dir: boolean;
-  /** opened for writing: flush and final close go off the loop */
+  /** opened for writing: FLUSH goes off the loop */
   writable: boolean;
   /** directories: kernel d_off → cookie, least recently used first (cookie 0 = start, never stored) */
   cookies?: Map<bigint, number>;
@@ -204,6 +239,23 @@ const DOTDOT = Buffer.from('..');
 
 const errno = (code: keyof typeof E & string, msg: string) => new ErrnoError(code, msg);
 
+/**
+ * UNLINK/RMDIR/RENAME calls of any instance running on the blocking pool now.
+ * They are the only things in the process that change names in a shared dir
+ * off the event loop; while none runs, a name cannot change between a check
+ * on the loop and a call on the loop (see "Blocking" above).
+ */
+let namespaceCallsOnPool = 0;
+
+async function namespaceCallOnPool<T>(f: () => Promise<T>): Promise<T> {
+  namespaceCallsOnPool++;
+  try {
+    return await f();
+  } finally {
+    namespaceCallsOnPool--;
+  }
+}
+
 /** Node fs errors (code + negative errno) → ErrnoError with the same errno. */
 function fromNode(e: unknown, what: string): unknown {
   const code = (e as NodeJS.ErrnoException)?.code;
@@ -213,11 +265,14 @@ function fromNode(e: unknown, what: string): unknown {
 
 /**
  * Open the inode behind `fd` through its /proc/self/fd magic link, on Node's
- * thread pool. No path walk; O_NOFOLLOW would refuse the link itself and a
- * symlink inode gives ELOOP (never followed); creation flags are dropped.
+ * thread pool — or, with O_TRUNC (which frees the file's blocks inside the
+ * open), on the blocking pool. No path walk; O_NOFOLLOW would refuse the link
+ * itself and a symlink inode gives ELOOP (never followed); creation flags are
+ * dropped.
  */
 function openProc(fd: number, flags: number): Promise<number> {
   const f = (flags & ~(sys.O_NOFOLLOW | sys.O_CREAT | sys.O_EXCL | sys.O_PATH | O_TMPFILE_BIT)) | sys.O_NOCTTY | sys.O_CLOEXEC;
+  if (f & sys.O_TRUNC) return openBlocking(`/proc/self/fd/${fd}`, f);
   return new Promise<number>((resolve, reject) => {
     fs.open(`/proc/self/fd/${fd}`, f, (err, nfd) => (err ? reject(fromNode(err, 'open')) : resolve(nfd)));
   });
@@ -250,10 +305,24 @@ export class PassthroughFs implements FileSystem {
   private readonly cache: CachePolicy;
   private readonly xattr: boolean;
   private readonly generation: bigint;
-  /** see PassthroughOptions.maxFds */
-  readonly maxFds: number;
-  /** fds held now (counted before each open) */
+  /** the instance's own cap (PassthroughOptions.maxFds; Infinity: none) */
+  private readonly cap: number;
+  /** the shared budget the instance draws from (PassthroughOptions.fdBudget) */
+  readonly fdBudget: FdBudget;
+  /** fds held now (counted before each open, given back when the close really happened) */
   private fdsHeld = 0;
+  /** closes handed to the blocking pool and not done yet */
+  private closesInFlight = 0;
+  private closeWaiters: Array<() => void> = [];
+  /** a close done off the loop: the fd is gone, give it back (one shared function, no closure per close) */
+  private readonly onClosed = (): void => {
+    this.giveFd();
+    if (--this.closesInFlight === 0 && this.closeWaiters.length > 0) {
+      const w = this.closeWaiters;
+      this.closeWaiters = [];
+      for (const f of w) f();
+    }
+  };
   private readonly cookiesPerHandle: number;
   private readonly maxCookies: number;
   /** every live readdir cookie of the instance → its handle and d_off, least recently used first */
@@ -268,7 +337,8 @@ export class PassthroughFs implements FileSystem {
     this.entryTimeout = opts.entryTimeout ?? POLICY_TIMEOUT[this.cache];
     this.xattr = opts.xattr ?? true;
     this.generation = opts.generation ?? 0n;
-    this.maxFds = Math.max(1, Math.floor(opts.maxFds ?? defaultMaxFds()));
+    this.cap = opts.maxFds === undefined ? Infinity : Math.max(1, Math.floor(opts.maxFds));
+    this.fdBudget = opts.fdBudget ?? processFdBudget;
     this.cookiesPerHandle = Math.max(16, Math.floor(opts.dirCookiesPerHandle ?? DIR_COOKIES_PER_HANDLE));
     this.maxCookies = Math.max(16, Math.floor(opts.maxDirCookies ?? MAX_DIR_COOKIES));
     const fd = sys.openat(sys.AT_FDCWD, Buffer.from(root), sys.O_PATH | sys.O_DIRECTORY | sys.O_NONBLOCK);
@@ -279,6 +349,8 @@ export class PassthroughFs implements FileSystem {
       sys.close(fd);
       throw e;
     }
+    // the root is counted whatever the budget holds (a mount never fails because a guest used the budget up)
+    this.fdBudget.force();
     this.fdsHeld = 1;
     const rootNode: Inode = { id: ROOT, fd, key: st.dev + '/' + st.ino, type: sys.S_IFDIR, refs: 1, pins: 0, dead: false };
     this.inodes.set(ROOT, rootNode);
@@ -307,6 +379,17 @@ export class PassthroughFs implements FileSystem {
     return this.fdsHeld;
   }
 
+  /** Most fds the instance could hold now: its own cap or the shared budget's size, the lower. */
+  get maxFds(): number {
+    return Math.min(this.cap, this.fdBudget.max);
+  }
+
+  /** Resolves when no close of this instance is in flight on the blocking pool. */
+  closesSettled(): Promise<void> {
+    if (this.closesInFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.closeWaiters.push(resolve));
+  }
+
   /** Live readdir cookies over all open directories. */
   get dirCookieCount(): number {
     return this.cookieLru.size;
@@ -320,21 +403,21 @@ export class PassthroughFs implements FileSystem {
   /**
    * Close every fd (the instance is unusable afterwards). The caller drains
    * requests first; an fd still pinned by an operation in flight is closed
-   * when that operation ends. Resolves when the unpinned fds are closed.
+   * when that operation ends. Resolves when the unpinned fds are closed (those
+   * closed off the loop included, also the ones FORGET/RELEASE started before)
+   * and given back to the budget.
    */
   close(): Promise<void> {
-    const closing: Promise<void>[] = [];
     for (const h of this.handles.values()) {
       this.dropCookies(h);
-      const p = this.retire(h);
-      if (p) closing.push(p);
+      this.retire(h);
     }
     this.handles.clear();
     for (const n of this.inodes.values()) this.retire(n);
     this.inodes.clear();
     this.byKey.clear();
     this.cookieLru.clear();
-    return Promise.all(closing).then(() => undefined);
+    return this.closesSettled();
   }
 
   // ---- internals ----------------------------------------------------------------
@@ -367,12 +450,20 @@ export class PassthroughFs implements FileSystem {
   // ---- fds: the cap and the close rule -----------------------------------------------
 
   /**
-   * Count one more fd before opening it: ENFILE at the cap. `room` > 1 also
-   * checks that that many more would fit (an operation that needs several).
+   * Count one more fd before opening it: ENFILE when the instance's cap or
+   * the shared budget is reached. `room` > 1 also checks that that many more
+   * would fit (an operation that needs several).
    */
   private reserveFd(what: string, room = 1): void {
-    if (this.fdsHeld + room > this.maxFds) throw errno('ENFILE', `${what}: passthrough fd limit (${this.maxFds}) reached`);
+    if (this.fdsHeld + room > this.cap) throw errno('ENFILE', `${what}: passthrough fd limit of the instance (${this.cap}) reached`);
+    if (!this.fdBudget.tryTake(room)) throw errno('ENFILE', `${what}: process-wide passthrough fd budget (${this.fdBudget.max}) used up`);
     this.fdsHeld++;
+  }
+
+  /** Give back one counted fd (its open failed or its close happened). */
+  private giveFd(): void {
+    this.fdsHeld--;
+    this.fdBudget.give();
   }
 
   /** An fd opened synchronously and counted (the count is given back if the open fails). */
@@ -381,7 +472,7 @@ export class PassthroughFs implements FileSystem {
     try {
       return open();
     } catch (e) {
-      this.fdsHeld--;
+      this.giveFd();
       throw e;
     }
   }
@@ -391,30 +482,98 @@ export class PassthroughFs implements FileSystem {
     try {
       return await open();
     } catch (e) {
-      this.fdsHeld--;
+      this.giveFd();
       throw e;
     }
   }
 
-  /** Close a counted fd on the loop (O_PATH, read-only or never-written fds only). */
+  /**
+   * Close a counted fd on the loop: only an fd whose close cannot be the last
+   * reference of an unlinked inode with blocks to free (another fd of the
+   * instance holds the inode, the file was just created and never written) or
+   * of a symlink or special file (nothing to free).
+   */
   private closeCounted(fd: number): void {
     sys.close(fd);
-    this.fdsHeld--;
+    this.giveFd();
   }
 
-  /** The one place an owner's fd is closed (once; dead and unpinned). */
+  /**
+   * Close a counted fd on the blocking pool: the close may drop the last
+   * reference of an unlinked inode and free its blocks (seconds for a big
+   * fragmented file), write back (NFS) or wait on a host FUSE server. The fd
+   * stays counted until it is really closed. `done` (optional) runs then.
+   */
+  private closeOffLoop(fd: number, done?: () => void): void {
+    this.closesInFlight++;
+    closeDeferred(fd, done ? () => { this.onClosed(); done(); } : this.onClosed);
+  }
+
+  /**
+   * Close a counted fd of a regular file or a directory (not written through
+   * it): on the loop when the close provably frees nothing — the inode still
+   * has a name (nlink > 0) and no UNLINK/RMDIR/RENAME runs on the pool that
+   * could take that name away before the close — otherwise on the pool (it
+   * may be the last reference of an unlinked inode).
+   */
+  private closeFile(fd: number, done?: () => void): void {
+    let linked = false;
+    if (namespaceCallsOnPool === 0) {
+      try {
+        linked = sys.fstatx(fd).nlink > 0;
+      } catch {
+        /* unknown: off the loop */
+      }
+    }
+    if (!linked) return this.closeOffLoop(fd, done);
+    this.closeCounted(fd);
+    done?.();
+  }
+
+  /**
+   * The one place an owner's fd is closed (once; dead and unpinned). Handles
+   * opened for writing always close off the loop (write-back on NFS, FLUSH on
+   * a host FUSE fs); other handles and inodes of regular files and
+   * directories by closeFile's rule; symlinks and special files have nothing
+   * to free and close on the loop.
+   */
   private closeOwned(o: Inode | Handle): Promise<void> | undefined {
     const fd = o.fd;
     if (fd < 0) return undefined;
     o.fd = -1;
-    if (isHandle(o) && o.writable) {
-      // close(2) of a written file can write back (NFS) or wait on a host FUSE server
-      return closeBlocking(fd).finally(() => {
-        this.fdsHeld--;
-      });
+    if (isHandle(o)) {
+      if (o.writable) return new Promise((resolve) => this.closeOffLoop(fd, resolve));
+      this.closeFile(fd);
+      return undefined;
     }
-    this.closeCounted(fd);
+    if (o.type === sys.S_IFREG || o.type === sys.S_IFDIR) this.closeFile(fd); // FORGET: nobody waits (closesSettled does)
+    else this.closeCounted(fd);
     return undefined;
+  }
+
+  /**
+   * Could removing or replacing `name` in `dir` free an inode's blocks inside
+   * the call (unlinkat, renameat2 over a target)? false only when provably
+   * not: nothing is there (the call fails the same way), it is not a regular
+   * file or a directory, a regular file with other links, or an inode this
+   * instance holds an fd of (its blocks go at that fd's close, off the loop) —
+   * and no UNLINK/RMDIR/RENAME runs on the pool, so the name still means that
+   * inode when the call runs right after this check, on the loop.
+   */
+  private mayFree(dir: Inode, name: Buffer): boolean {
+    if (namespaceCallsOnPool > 0) return true;
+    let st: sys.Statx | null;
+    try {
+      st = sys.statxAtOrNull(dir.fd, name);
+    } catch {
+      return true; // cannot tell
+    }
+    if (st === null) return false; // nothing there
+    const type = st.mode & sys.S_IFMT;
+    if (type !== sys.S_IFREG && type !== sys.S_IFDIR) return false;
+    if (type === sys.S_IFREG && st.nlink > 1) return false;
+    const held = this.byKey.get(st.dev + '/' + st.ino);
+    return !(held && !held.dead && held.fd >= 0);
   }
 
   /** Mark an owner dead; its fd is closed now if unpinned, else by the last unpin. */
@@ -432,6 +591,11 @@ export class PassthroughFs implements FileSystem {
       o.pins--;
       if (o.pins === 0 && o.dead) void this.closeOwned(o); // never rejects
     }
+  }
+
+  /** pinned() over several owners (the same one may appear twice). */
+  private pinnedAll<T>(os: Array<Inode | Handle>, f: () => Promise<T>): Promise<T> {
+    return os.reduceRight<() => Promise<T>>((g, o) => () => this.pinned(o, g), f)();
   }
 
   private toAttr(st: sys.Statx): Attr {
@@ -463,13 +627,13 @@ export class PassthroughFs implements FileSystem {
     try {
       st = sys.fstatx(fd);
     } catch (e) {
-      this.closeCounted(fd);
+      this.closeFile(fd); // type unknown (a special file's fstat does not fail either)
       throw e;
     }
     const key = st.dev + '/' + st.ino;
     let n = this.byKey.get(key);
     if (n && !n.dead) {
-      this.closeCounted(fd);
+      this.closeCounted(fd); // n's fd holds the same inode: not the last reference
       if (n.id !== ROOT) n.refs++;
     } else {
       n = { id: this.nextId++, fd, key, type: st.mode & sys.S_IFMT, refs: 1, pins: 0, dead: false };
@@ -524,7 +688,7 @@ export class PassthroughFs implements FileSystem {
     try {
       make();
     } catch (e) {
-      this.fdsHeld--;
+      this.giveFd();
       throw e;
     }
     let fd = -1;
@@ -532,8 +696,9 @@ export class PassthroughFs implements FileSystem {
       fd = sys.openat(parent.fd, name, sys.O_PATH | sys.O_NOFOLLOW | sys.O_NONBLOCK);
       this.setOwner(ctx, parent, fd, wantMode, isDir);
     } catch (e) {
+      // just made, nothing written: this close and the unlink below free nothing worth a thread
       if (fd >= 0) sys.close(fd);
-      this.fdsHeld--;
+      this.giveFd();
       try {
         sys.unlinkat(parent.fd, name, isDir ? sys.AT_REMOVEDIR : 0);
       } catch {
@@ -639,16 +804,12 @@ export class PassthroughFs implements FileSystem {
 
   /** The kernel dropped every reference: forget all inodes but the root, close handles. */
   async destroy(): Promise<void> {
-    const closing: Promise<void>[] = [];
-    for (const h of [...this.handles.values()]) {
-      const p = this.dropHandle(h.fh, h.ino);
-      if (p) closing.push(p);
-    }
+    for (const h of [...this.handles.values()]) void this.dropHandle(h.fh, h.ino);
     for (const n of [...this.inodes.values()]) {
       if (n.id === ROOT) continue;
       this.forget(n.id, n.refs);
     }
-    await Promise.all(closing);
+    await this.closesSettled();
   }
 
   // ---- FileSystem: lookups ------------------------------------------------------
@@ -675,7 +836,7 @@ export class PassthroughFs implements FileSystem {
     if (n.refs > 0) return;
     this.inodes.delete(ino);
     if (this.byKey.get(n.key) === n) this.byKey.delete(n.key);
-    this.retire(n); // O_PATH: closed on the loop
+    this.retire(n); // regular files and directories: closed off the loop (see closeOwned)
   }
 
   async getattr(_ctx: RequestContext, ino: bigint, fh?: bigint): Promise<AttrReply> {
@@ -715,8 +876,9 @@ export class PassthroughFs implements FileSystem {
     if (n.type === sys.S_IFDIR && writableFlags(flags)) throw errno('EISDIR', 'open dir for writing');
     const fd = await this.reopen(n, flags);
     if (n.dead) {
-      // forgotten while opening: the kernel cannot hold a handle on it
-      this.closeCounted(fd);
+      // forgotten while opening: the kernel cannot hold a handle on it (this fd may be the last reference)
+      if (writableFlags(flags)) this.closeOffLoop(fd);
+      else this.closeFile(fd);
       throw errno('EBADF', `inode ${ino} forgotten during open`);
     }
     return { fh: this.newHandle(ino, fd, false, writableFlags(flags)).fh, openFlags: this.openFlags(false) };
@@ -767,7 +929,7 @@ export class PassthroughFs implements FileSystem {
     try {
       await fsyncBlocking(fd, datasync);
     } finally {
-      this.closeCounted(fd);
+      this.closeFile(fd); // the inode may have been forgotten and unlinked meanwhile: maybe the last reference
     }
   }
 
@@ -794,7 +956,7 @@ export class PassthroughFs implements FileSystem {
     try {
       await syncfsBlocking(fd);
     } finally {
-      this.closeCounted(fd);
+      this.closeFile(fd);
     }
   }
 
@@ -856,6 +1018,12 @@ export class PassthroughFs implements FileSystem {
   async setattr(_ctx: RequestContext, ino: bigint, a: SetattrIn): Promise<AttrReply> {
     const n = this.inode(ino);
     const h = a.valid & FATTR_FH ? this.handle(a.fh, ino) : undefined;
+    if (!(a.valid & FATTR_SIZE)) return this.doSetattr(n, h, a);
+    // truncation frees blocks (seconds for a big fragmented file): on the blocking pool, fds pinned
+    return this.pinnedAll(h ? [n, h] : [n], () => this.doSetattr(n, h, a));
+  }
+
+  private async doSetattr(n: Inode, h: Handle | undefined, a: SetattrIn): Promise<AttrReply> {
     const v = a.valid;
     if (v & FATTR_MODE) {
       if (h) sys.fchmod(h.fd, a.mode! & 0o7777);
@@ -867,9 +1035,9 @@ export class PassthroughFs implements FileSystem {
       sys.fchownFd(h ? h.fd : n.fd, uid, gid);
     }
     if (v & FATTR_SIZE) {
-      if (h) sys.ftruncate(h.fd, a.size!);
+      if (h) await ftruncateBlocking(h.fd, a.size!);
       else if (n.type !== sys.S_IFREG) throw errno(n.type === sys.S_IFDIR ? 'EISDIR' : 'EINVAL', 'truncate of a non-regular file');
-      else sys.truncateFd(n.fd, a.size!);
+      else await truncateBlocking(`/proc/self/fd/${n.fd}`, a.size!);
     }
     if (v & (FATTR_ATIME | FATTR_MTIME)) {
       const t: sys.Timespecs = [0, sys.UTIME_OMIT, 0, sys.UTIME_OMIT];
@@ -921,7 +1089,7 @@ export class PassthroughFs implements FileSystem {
       // O_CREAT|O_EXCL only ever opens the new regular file it creates (never a FIFO, a device, a symlink)
       fd = sys.openat(p.fd, name, base | sys.O_CREAT | sys.O_EXCL | sys.O_NONBLOCK, want);
     } catch (e) {
-      this.fdsHeld--;
+      this.giveFd();
       // Created on the host meanwhile: open it like open(O_CREAT) would, unless O_EXCL.
       if (errnoOf(e) !== E.EEXIST || flags & sys.O_EXCL) throw e;
       return this.openExisting(p, name, base, writable);
@@ -954,14 +1122,15 @@ export class PassthroughFs implements FileSystem {
       if (type !== sys.S_IFREG) throw errno('EBADF', 'create: an existing special file is never opened');
       fd = await this.countedAsync('create', () => openProc(opath, base));
     } catch (e) {
-      this.closeCounted(opath);
+      this.closeFile(opath); // unlinked meanwhile, it may be the last reference
       throw e;
     }
     let entry: Entry;
     try {
       entry = this.adopt(opath); // takes opath (closed on failure)
     } catch (e) {
-      this.closeCounted(fd); // never written
+      if (writable) this.closeOffLoop(fd);
+      else this.closeFile(fd);
       throw e;
     }
     return { entry, open: { fh: this.newHandle(entry.ino, fd, false, writable).fh, openFlags: this.openFlags(false) } };
@@ -996,16 +1165,27 @@ export class PassthroughFs implements FileSystem {
     return this.entryFor(n);
   }
 
+  /**
+   * UNLINK/RMDIR/RENAME: when the name is the last link of an inode nothing
+   * else holds, the kernel frees its blocks inside the call (RENAME: of the
+   * target it replaces) — seconds for a big fragmented file. Such calls run on
+   * the blocking pool (parents pinned; the names are the request's private
+   * copies, copied again for the worker); the ones that provably free nothing
+   * (mayFree) run on the loop, which is the common case: the guest kernel
+   * looks a name up before it removes it, so the inode is held.
+   */
   async unlink(_ctx: RequestContext, parent: bigint, name: Buffer): Promise<void> {
     const p = this.dirInode(parent);
     checkName(name);
-    sys.unlinkat(p.fd, name, 0);
+    if (!this.mayFree(p, name)) return sys.unlinkat(p.fd, name, 0);
+    await namespaceCallOnPool(() => this.pinned(p, () => unlinkatBlocking(p.fd, name, 0)));
   }
 
   async rmdir(_ctx: RequestContext, parent: bigint, name: Buffer): Promise<void> {
     const p = this.dirInode(parent);
     checkName(name);
-    sys.unlinkat(p.fd, name, sys.AT_REMOVEDIR);
+    if (!this.mayFree(p, name)) return sys.unlinkat(p.fd, name, sys.AT_REMOVEDIR);
+    await namespaceCallOnPool(() => this.pinned(p, () => unlinkatBlocking(p.fd, name, sys.AT_REMOVEDIR)));
   }
 
   /** RENAME/RENAME2: flags (NOREPLACE, EXCHANGE, WHITEOUT) go to renameat2 unchanged. */
@@ -1014,6 +1194,10 @@ export class PassthroughFs implements FileSystem {
     const np = this.dirInode(newParent);
     checkName(name);
     checkName(newName);
-    sys.renameat2(p.fd, name, np.fd, newName, flags);
+    // EXCHANGE keeps both inodes linked; NOREPLACE never replaces a target
+    if (flags & (RENAME_EXCHANGE | RENAME_NOREPLACE) || !this.mayFree(np, newName)) {
+      return sys.renameat2(p.fd, name, np.fd, newName, flags);
+    }
+    await namespaceCallOnPool(() => this.pinnedAll([p, np], () => renameat2Blocking(p.fd, name, np.fd, newName, flags)));
   }
 }

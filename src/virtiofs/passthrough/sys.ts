@@ -8,8 +8,11 @@
  * All calls here are synchronous (they run on the event-loop thread); calls
  * that can block for long are not here: open of a file for I/O, read and
  * write go through Node's thread pool, and syncfs, fsync, fallocate,
- * SEEK_DATA/SEEK_HOLE and close of a written file through the blocking-call
- * pool (common/blocking.ts).
+ * SEEK_DATA/SEEK_HOLE, truncate/ftruncate, opens with O_TRUNC, closes that
+ * may free an inode and unlinkat/renameat2 calls that may (see
+ * passthrough-fs.ts "Blocking") through the blocking-call pool
+ * (common/blocking.ts). unlinkat and renameat2 stay here for the calls that
+ * provably free nothing.
  */
 import koffi from 'koffi';
 import { constants } from 'node:os';
@@ -33,8 +36,6 @@ const c = {
   fchown: lib.func('int fchown(int fd, uint32_t uid, uint32_t gid)'),
   fchmod: lib.func('int fchmod(int fd, uint32_t mode)'),
   chmod: lib.func('int chmod(const uint8_t *path, uint32_t mode)'),
-  truncate: lib.func('int truncate(const uint8_t *path, int64_t length)'),
-  ftruncate: lib.func('int ftruncate(int fd, int64_t length)'),
   utimensat: lib.func('int utimensat(int dirfd, const uint8_t *path, const int64_t *times, int flags)'),
   futimens: lib.func('int futimens(int fd, const int64_t *times)'),
   getxattr: lib.func('intptr_t getxattr(const uint8_t *path, const uint8_t *name, _Out_ uint8_t *value, size_t size)'),
@@ -157,9 +158,20 @@ function encodeDev(major: number, minor: number): number {
 
 /** statx(2) without following a final symlink; `name` empty = the fd itself. */
 export function statxAt(dirfd: number, name: Buffer | null): Statx {
+  const st = statxAtOrNull(dirfd, name);
+  if (st === null) throw errnoError(constants.errno.ENOENT, 'statx');
+  return st;
+}
+
+/** statxAt, but null (no exception built) when the name does not exist. */
+export function statxAtOrNull(dirfd: number, name: Buffer | null): Statx | null {
   const flags = AT_SYMLINK_NOFOLLOW | (name === null ? AT_EMPTY_PATH : 0);
   const b = statxBuf;
-  if ((c.statx(dirfd, name === null ? EMPTY : cpath(name), flags, STATX_BASIC_STATS, b) as number) < 0) fail('statx');
+  if ((c.statx(dirfd, name === null ? EMPTY : cpath(name), flags, STATX_BASIC_STATS, b) as number) < 0) {
+    const e = lastErrno();
+    if (e === constants.errno.ENOENT) return null;
+    throw errnoError(e, 'statx');
+  }
   return {
     blksize: b.readUInt32LE(4),
     nlink: b.readUInt32LE(16),
@@ -248,14 +260,6 @@ export function fchmod(fd: number, mode: number): void {
 /** chmod of the inode behind an O_PATH fd via its magic link (no path walk). */
 export function chmodFd(fd: number, mode: number): void {
   if ((c.chmod(procPath(fd), mode) as number) < 0) fail('chmod');
-}
-
-export function ftruncate(fd: number, size: number): void {
-  if ((c.ftruncate(fd, size) as number) < 0) fail('ftruncate');
-}
-
-export function truncateFd(fd: number, size: number): void {
-  if ((c.truncate(procPath(fd), size) as number) < 0) fail('truncate');
 }
 
 /** Times as [atimeSec, atimeNsec, mtimeSec, mtimeNsec] (nsec may be UTIME_NOW/UTIME_OMIT). */
