@@ -8,12 +8,12 @@
  */
 import { BoundedMap } from '../common/bounded-map';
 import { eio, einval, enodata, enoent, enotdir, ErrnoError } from '../common/errno';
-import type { BlobDevice } from '../storage/device';
+import type { BlobDevice } from '../storage/blob/device';
 import type { ChunkInfo, RafsInode, RafsSuper } from './metadata/types';
 import type {
   Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, StatFs,
-} from '../virtiofs/fuse/filesystem';
-import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE } from '../virtiofs/fuse/filesystem';
+} from '../common/filesystem';
+import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE } from '../common/filesystem';
 
 const RAFS_TIMEOUT = 4294967296; // 2^32 s, as upstream
 const ATTR_BLKSIZE = 4096;

@@ -6,7 +6,7 @@
 import { compressorName } from '../common/compress';
 import { digesterName } from '../common/digest';
 import { einval } from '../common/errno';
-import type { RafsImage } from '../storage/image';
+import type { RafsImage } from './image';
 import type { RafsSuper } from './metadata/types';
 import { verifyInodeDigestsV5 } from './metadata/direct-v5';
 import { walkImage } from './unpack';

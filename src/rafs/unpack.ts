@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { einval } from '../common/errno';
 import { devMajor, devMinor, lutimes, mknod, setXattr } from '../common/libc';
 import type { RafsInode } from './metadata/types';
-import type { RafsImage } from '../storage/image';
+import type { RafsImage } from './image';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG } from './builder/tree';
 
 export interface WalkItem { path: string; inode: RafsInode; firstPath?: string }

@@ -11,11 +11,11 @@ import { ChunkMemoryCache } from './cache/memory';
 import { type ConfigV2, isChunkValidationEnabled } from '../common/config';
 import { ErrnoError, eio, enosys } from '../common/errno';
 import { logLimited, warnLimited } from '../common/log';
-import type { BlobInfo, ChunkInfo } from '../rafs/metadata/types';
+import type { BlobInfo, ChunkInfo } from './format/types';
 import type { BlobBackend } from './backend/backend';
 import { LocalFsBackend } from './backend/localfs';
 import { FileCache, decodeChunk } from './cache/filecache';
-import type { BlobDevice, ChunkLocation } from './device';
+import type { BlobDevice, ChunkLocation } from './blob/device';
 
 export interface BlobDeviceOptions {
   /** read every blob from this one file (localfs `blob_file`), whatever `backend.type` says */

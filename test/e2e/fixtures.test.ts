@@ -9,9 +9,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { decompress as zstdDecompress } from 'zstd-napi';
 import { nydusImage, nydusImageResult, sh, tmpdir } from '../support/cli';
+import { FIXTURES_DIR, HISTORY_TEXTURE as H, needFixtures, TEXTURE as F } from '../support/fixtures';
 
-const F = path.resolve(__dirname, '../../../shared/fixtures/nydus-upstream/tests/texture');
-const H = path.resolve(F, '../../history-df31803d-parent/tests/texture');
 const TOC_BLOB = '2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca';
 
 const cases: Array<[string, string[], RegExp]> = [
@@ -25,7 +24,7 @@ const cases: Array<[string, string[], RegExp]> = [
 
 for (const [boot, args, expect] of cases) {
   test(`fixture ${path.basename(boot)} checks and unpacks`, () => {
-    if (!fs.existsSync(boot)) { console.log(`SKIP fixture ${boot}: not present in shared/fixtures`); return; }
+    if (!needFixtures(`fixture ${path.basename(boot)} checks and unpacks (${path.relative(FIXTURES_DIR, boot)})`)) return;
     assert.match(nydusImage(['check', boot, ...args, '--verify-chunks']), expect);
     const dir = tmpdir('fixture');
     try {
@@ -37,6 +36,7 @@ for (const [boot, args, expect] of cases) {
 }
 
 test('v6 fixture file bytes: lib.rs and sync_io.rs have the documented sizes', () => {
+  if (!needFixtures('v6 fixture file bytes: lib.rs and sync_io.rs have the documented sizes')) return;
   const dir = tmpdir('fixture-v6');
   try {
     nydusImage(['unpack', `${F}/bootstrap/rafs-v6-2.2.boot`, '--blob-dir', `${F}/blobs`, '--output-dir', `${dir}/out`]);
@@ -47,6 +47,7 @@ test('v6 fixture file bytes: lib.rs and sync_io.rs have the documented sizes', (
 });
 
 test('zstd-compressed toc blob: decompressed, it is the same image', () => {
+  if (!needFixtures('zstd-compressed toc blob: decompressed, it is the same image')) return;
   const dir = tmpdir('fixture-zst');
   try {
     const blob = path.join(dir, TOC_BLOB);
@@ -57,6 +58,7 @@ test('zstd-compressed toc blob: decompressed, it is the same image', () => {
 });
 
 test('nydusd_daemon_test_bootstrap: superblock parses, non-conforming inodes are reported', () => {
+  if (!needFixtures('nydusd_daemon_test_bootstrap: superblock parses, non-conforming inodes are reported')) return;
   const boot = `${F}/bootstrap/nydusd_daemon_test_bootstrap`;
   assert.match(nydusImage(['inspect', boot]), /RAFS v5, chunk size 0x100000.*\n.*inodes 16816/);
   const r = nydusImageResult(['check', boot]);
@@ -65,6 +67,7 @@ test('nydusd_daemon_test_bootstrap: superblock parses, non-conforming inodes are
 });
 
 test('tar fixtures (all entry types, macOS flavour, empty) build into valid images', () => {
+  if (!needFixtures('tar fixtures (all entry types, macOS flavour, empty) build into valid images')) return;
   const dir = tmpdir('fixture-tar');
   try {
     for (const t of ['all-entry-type', 'all-entry-type-macos', 'empty']) {

@@ -14,6 +14,7 @@ import { makeEdgeTree } from '../support/edge-tree';
 import { diffTrees, treeRecords } from '../support/tree-digest';
 import { hasCommand, nydusImage, sh, tmpdir } from '../support/cli';
 import { fuseMissing, isMounted, startNydusd } from '../support/nydusd';
+import { needFixtures, TEXTURE as F } from '../support/fixtures';
 
 const skip = fuseMissing();
 if (skip) console.log(`SKIP nydusd-fuse: ${skip}`);
@@ -188,8 +189,7 @@ test('an external umount ends the daemon with no leftover mount', async () => {
 });
 
 test('upstream fixtures mount and read', async () => {
-  if (skip) return;
-  const F = path.resolve(__dirname, '../../../shared/fixtures/nydus-upstream/tests/texture');
+  if (skip || !needFixtures('nydusd-fuse upstream fixtures mount and read')) return;
   const cases: Array<[string, string, string, number]> = [
     [`${F}/bootstrap/rafs-v6-2.2.boot`, `${F}/blobs`, 'lib.rs', 16931],
     [`${F}/repeatable/sha256-nocompress-repeatable`, `${F}/repeatable/blobs`, 'hardlink-test/foo', -1],

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { FuseEntryOut, FuseOpcode, FuseOutHeader, type FuseOutHeaderT } from '../../src/virtiofs/fuse/abi';
-import type { Entry } from '../../src/virtiofs/fuse/filesystem';
+import type { Entry } from '../../src/common/filesystem';
 import { initBody, req } from './memory-fs';
 import { FakeGuest, GPA_BASE, GuestRam, MIB } from './virtio-driver';
 

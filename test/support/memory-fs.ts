@@ -11,7 +11,7 @@
 import { ErrnoError, enoent, enodata } from '../../src/common/errno';
 import type {
   Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, RequestContext, SetattrIn, StatFs,
-} from '../../src/virtiofs/fuse/filesystem';
+} from '../../src/common/filesystem';
 import {
   FuseInHeader, FuseInitIn, FuseOutHeader, type FuseOutHeaderT,
 } from '../../src/virtiofs/fuse/abi';

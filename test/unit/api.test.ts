@@ -15,11 +15,11 @@ import { Compressor } from '../../src/common/compress';
 import { log } from '../../src/common/log';
 import { createImage } from '../../src/rafs/builder/create';
 import { Vfs } from '../../src/virtiofs/vfs/vfs';
-import { DaemonService } from '../../src/virtiofs/daemon/api/service';
-import { startApiServer, type ApiServer } from '../../src/virtiofs/daemon/api/server';
-import { DaemonStateMachine } from '../../src/virtiofs/daemon/state';
-import { blockSizeIndex, latencyMicrosIndex } from '../../src/virtiofs/daemon/metrics';
-import type { RequestContext } from '../../src/virtiofs/fuse/filesystem';
+import { DaemonService } from '../../src/service/service';
+import { startApiServer, type ApiServer } from '../../src/api/server';
+import { DaemonStateMachine } from '../../src/service/state';
+import { blockSizeIndex, latencyMicrosIndex } from '../../src/service/metrics';
+import type { RequestContext } from '../../src/common/filesystem';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-api-unit-'));
 const sock = path.join(work, 'api.sock');

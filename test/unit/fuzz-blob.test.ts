@@ -11,10 +11,10 @@ import * as path from 'node:path';
 import { ErrnoError } from '../../src/common/errno';
 import { initDigest } from '../../src/common/digest';
 import { loadRafs } from '../../src/rafs/metadata/super';
-import { BlobFile, extractInlinedBootstrap, readBlobMeta, readTocList } from '../../src/storage/blob-file';
-import { readChunk } from '../../src/storage/chunk-reader';
+import { BlobFile, extractInlinedBootstrap, readBlobMeta, readTocList } from '../../src/storage/blob/blob-file';
+import { readChunk } from '../../src/storage/blob/chunk-reader';
+import { needFixtures, TEXTURE as F } from '../support/fixtures';
 
-const F = path.resolve(__dirname, '../../../shared/fixtures/nydus-upstream/tests/texture');
 const ITERATIONS = Number(process.env.FUZZ_ITERATIONS ?? 300);
 
 function rng(seed: number) {
@@ -61,6 +61,7 @@ function fuzzBlobFile(orig: Buffer, seed: number, exercise: (blob: BlobFile) => 
 }
 
 test('corrupted data blobs (be7d77…) are rejected or verified', () => {
+  if (!needFixtures('fuzz-blob corrupted data blobs (be7d77…) are rejected or verified')) return;
   const sb = loadRafs(fs.readFileSync(`${F}/bootstrap/rafs-v6-2.2.boot`));
   const info = sb.blobs[0];
   const chunks = sb.chunkTable();
@@ -73,6 +74,7 @@ test('corrupted data blobs (be7d77…) are rejected or verified', () => {
 });
 
 test('corrupted blobs with an inlined bootstrap (toc/2fa78c…) are rejected or load', () => {
+  if (!needFixtures('fuzz-blob corrupted blobs with an inlined bootstrap (toc/2fa78c…) are rejected or load')) return;
   const orig = fs.readFileSync(`${F}/toc/2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca`);
   const rejected = fuzzBlobFile(orig, 7, (blob) => {
     const boot = extractInlinedBootstrap(blob);

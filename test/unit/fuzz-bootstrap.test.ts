@@ -12,13 +12,13 @@ import { ErrnoError } from '../../src/common/errno';
 import { initDigest } from '../../src/common/digest';
 import { loadRafs } from '../../src/rafs/metadata/super';
 import type { RafsInode, RafsSuper } from '../../src/rafs/metadata/types';
+import { needFixtures, TEXTURE as FIX } from '../support/fixtures';
 
-const FIX = path.resolve(__dirname, '../../../shared/fixtures/nydus-upstream/tests/texture');
 const IMAGES = [
   'repeatable/sha256-nocompress-repeatable',
   'repeatable/blake3-lz4_block-non_repeatable',
   'bootstrap/rafs-v6-2.2.boot',
-].map((p) => path.join(FIX, p)).filter((p) => fs.existsSync(p));
+].map((p) => path.join(FIX, p));
 
 const ITERATIONS = Number(process.env.FUZZ_ITERATIONS ?? 400);
 
@@ -69,6 +69,7 @@ test.before(async () => { await initDigest(); });
 
 for (const img of IMAGES) {
   test(`random corruptions of ${path.basename(img)} fail cleanly`, () => {
+    if (!needFixtures(`fuzz-bootstrap random corruptions of ${path.basename(img)}`)) return;
     const orig = fs.readFileSync(img);
     exercise(loadRafs(orig)); // the pristine image works
     const r = rng(0xc0ffee ^ orig.length);

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { parseJsonExact, run } from '../../src/virtiofs/daemon/nydusctl';
+import { parseJsonExact, run } from '../../src/bin/nydusctl';
 
 interface Seen { method: string; url: string; body: string; headers: http.IncomingHttpHeaders }
 interface Reply { status: number; body?: string }

@@ -18,7 +18,7 @@ import {
   FuseSetattrIn, FuseSetxattrIn, FuseWriteIn, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT,
   decodeDirent, decodeDirentplus, type StructCodec,
 } from '../../src/virtiofs/fuse/abi';
-import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, type Entry } from '../../src/virtiofs/fuse/filesystem';
+import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE, type Entry } from '../../src/common/filesystem';
 import { FuseServer } from '../../src/virtiofs/fuse/server';
 import { PassthroughFs, type PassthroughOptions } from '../../src/virtiofs/passthrough/passthrough-fs';
 import { getXattr, mknod, setXattr } from '../../src/common/libc';

@@ -15,7 +15,7 @@ import { createImage } from '../../src/rafs/builder/create';
 import { loadRafs } from '../../src/rafs/metadata/super';
 import { RafsFs } from '../../src/rafs/fs';
 import { createBlobDevice } from '../../src/storage/factory';
-import type { BlobDevice } from '../../src/storage/device';
+import type { BlobDevice } from '../../src/storage/blob/device';
 import type { ChunkInfo } from '../../src/rafs/metadata/types';
 import { Vfs } from '../../src/virtiofs/vfs/vfs';
 import { FuseServer } from '../../src/virtiofs/fuse/server';

@@ -21,9 +21,8 @@ import type { BootstrapOptions } from '../../src/rafs/builder/options';
 import {
   BuildInode, finalizeTree, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
 } from '../../src/rafs/builder/tree';
+import { HISTORY_TEXTURE as HISTORY, needFixtures, TEXTURE } from '../support/fixtures';
 
-const TEXTURE = join(__dirname, '../../../shared/fixtures/nydus-upstream/tests/texture');
-const HISTORY = join(__dirname, '../../../shared/fixtures/nydus-upstream/history-df31803d-parent/tests/texture');
 const BLOBS = join(TEXTURE, 'repeatable/blobs');
 
 const FIXTURES = [
@@ -93,6 +92,7 @@ test.before(async () => { await initDigest(); });
 
 for (const fx of FIXTURES) {
   test(`fixture ${fx.name}: superblock, tree, hardlinks, symlinks`, () => {
+    if (!needFixtures(`rafs-v5 fixture ${fx.name}: superblock, tree, hardlinks, symlinks`)) return;
     const buf = read(fx.path);
     assert.ok(isV5(buf));
     const sb = loadV5(buf);
@@ -133,6 +133,7 @@ for (const fx of FIXTURES) {
   });
 
   test(`fixture ${fx.name}: file data, chunk digests and inode digests`, () => {
+    if (!needFixtures(`rafs-v5 fixture ${fx.name}: file data, chunk digests and inode digests`)) return;
     const sb = loadV5(read(fx.path));
     const alg = sb.meta.digester;
     const { md5 } = loadResult();
@@ -154,6 +155,7 @@ for (const fx of FIXTURES) {
 }
 
 test('nydusd_daemon_test_bootstrap: superblock and tables only', () => {
+  if (!needFixtures('rafs-v5 nydusd_daemon_test_bootstrap: superblock and tables only')) return;
   const sb = loadV5(read(join(TEXTURE, 'bootstrap/nydusd_daemon_test_bootstrap')));
   assert.is(sb.meta.flags, 0x1);
   assert.is(sb.meta.compressor, Compressor.None);
@@ -387,6 +389,7 @@ function toBuildTree(sb: DirectSuperV5): BuildInode {
 }
 
 test('writer: re-encoding the sha256 fixture reproduces every record', () => {
+  if (!needFixtures('rafs-v5 writer: re-encoding the sha256 fixture reproduces every record')) return;
   const orig = loadV5(read(FIXTURES[0].path));
   const root = toBuildTree(orig);
   const out = writeBootstrapV5(root, {
@@ -465,6 +468,7 @@ function patched(fn: (b: Buffer, sb: DirectSuperV5) => void): Buffer {
 }
 
 test('hostile: truncated buffers and bad magic', () => {
+  if (!needFixtures('rafs-v5 hostile: truncated buffers and bad magic')) return;
   const good = read(FIXTURES[0].path);
   for (const n of [0, 3, 8, 100, 8192, 8193, 8300, 8408, 8500, 8600, 9000, 12000, good.length - 81, good.length - 1]) {
     assert.throws(() => exercise(good.subarray(0, n)), isErrno, `truncated to ${n}`);
@@ -481,6 +485,7 @@ test('hostile: truncated buffers and bad magic', () => {
 });
 
 test('hostile: table offsets and counts out of range', () => {
+  if (!needFixtures('rafs-v5 hostile: table offsets and counts out of range')) return;
   const cases: Array<[string, (b: Buffer) => void, RegExp]> = [
     ['huge inode table', (b) => b.writeUInt32LE(0xffffffff, 56), /inode table/],
     ['inode table offset', (b) => b.writeBigUInt64LE(0xffffffffffn, 32), /inode table/],
@@ -504,6 +509,7 @@ test('hostile: table offsets and counts out of range', () => {
 });
 
 test('hostile: inode table and records pointing outside', () => {
+  if (!needFixtures('rafs-v5 hostile: inode table and records pointing outside')) return;
   const outside = patched((b) => b.writeUInt32LE(0x1000_0000, 8192));
   assert.throws(() => loadV5(outside).root(), (e: unknown) => isErrno(e) && /outside/.test((e as Error).message));
   const zero = patched((b) => b.writeUInt32LE(0, 8192 + 4));
@@ -526,6 +532,7 @@ test('hostile: inode table and records pointing outside', () => {
 });
 
 test('hostile: child index loops terminate with EINVAL', () => {
+  if (!needFixtures('rafs-v5 hostile: child index loops terminate with EINVAL')) return;
   // hardlink-test (index 2) lists the root or itself as its child
   for (const target of [1, 2]) {
     const b = patched((buf, sb) => buf.writeUInt32LE(target, sb.inodeAt(2).offset + 92));
@@ -547,6 +554,7 @@ test('hostile: child index loops terminate with EINVAL', () => {
 });
 
 test('hostile: bad names', () => {
+  if (!needFixtures('rafs-v5 hostile: bad names')) return;
   const setName = (index: number, name: string) => patched((buf, sb) => {
     const o = sb.inodeAt(index).offset;
     buf.writeUInt16LE(name.length, o + 100);
@@ -561,6 +569,7 @@ test('hostile: bad names', () => {
 });
 
 test('hostile: random corruption never crashes with a non-errno error', () => {
+  if (!needFixtures('rafs-v5 hostile: random corruption never crashes with a non-errno error')) return;
   const good = read(FIXTURES[0].path);
   let seed = 12345;
   const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };

@@ -15,8 +15,8 @@ import { localfsDirConfig, parseNydusdConfig, type ConfigV2 } from '../../src/co
 import { createImage } from '../../src/rafs/builder/create';
 import { loadRafs } from '../../src/rafs/metadata/super';
 import type { BlobInfo, ChunkInfo } from '../../src/rafs/metadata/types';
-import { BlobFile } from '../../src/storage/blob-file';
-import { readChunk as readChunkSync } from '../../src/storage/chunk-reader';
+import { BlobFile } from '../../src/storage/blob/blob-file';
+import { readChunk as readChunkSync } from '../../src/storage/blob/chunk-reader';
 import type { BlobBackend } from '../../src/storage/backend/backend';
 import { LocalFsBackend } from '../../src/storage/backend/localfs';
 import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-map';

@@ -5,7 +5,7 @@ import {
   DT_DIR, FUSE_ASYNC_READ, FuseEntryOut, FuseForgetIn, FuseGetattrIn, FuseInitOut, FuseMkdirIn, FuseOpcode, FuseOpenIn,
   FuseReadIn, decodeDirentplus,
 } from '../../src/virtiofs/fuse/abi';
-import type { DirEntry, RequestContext } from '../../src/virtiofs/fuse/filesystem';
+import type { DirEntry, RequestContext } from '../../src/common/filesystem';
 import { FuseServer } from '../../src/virtiofs/fuse/server';
 import { Vfs, VFS_INO_MASK } from '../../src/virtiofs/vfs/vfs';
 import { MemoryFs, call, cstr, initBody, req } from '../support/memory-fs';

@@ -23,12 +23,12 @@ import {
   encodeBlobMetaHeader,
   encodeChunkInfoV1,
   encodeChunkInfoV2,
-} from '../format/blob-meta';
+} from '../../storage/format/blob-meta';
 import { BlobChunkFlags, BlobFeatures, RAFS_MAX_CHUNKS_PER_BLOB, alignUp, validateChunkSize } from '../format/constants';
-import { TOC_ENTRY_SIZE, type TocEntry, TocEntryName, encodeTarHeader, encodeTocEntry, tocFlagsFromCompressor } from '../format/toc';
+import { TOC_ENTRY_SIZE, type TocEntry, TocEntryName, encodeTarHeader, encodeTocEntry, tocFlagsFromCompressor } from '../../storage/format/toc';
 import type { BlobInfo, ChunkInfo } from '../metadata/types';
 import { noBlobMeta } from '../metadata/types';
-import { crc32c } from '../../storage/chunk-reader';
+import { crc32c } from '../../storage/blob/chunk-reader';
 import type { BuildInode } from './tree';
 
 export const INLINE_PLACEHOLDER_BLOB_ID = 'x'.repeat(64);

@@ -15,7 +15,7 @@ import { createImage, lookupPath, type SourceType } from '../builder/create';
 import { mergeLayers, type WhiteoutSpec } from '../builder/merge';
 import { writeBootstrapV5 } from '../builder/bootstrap-v5';
 import { writeBootstrapV6 } from '../builder/bootstrap-v6';
-import { RafsImage } from '../../storage/image';
+import { RafsImage } from '../image';
 import { unpackToDir, unpackToTar } from '../unpack';
 import { checkImage, formatTree, imageStats, inspectImage } from '../inspect';
 

@@ -7,11 +7,8 @@ import * as wire from '../../common/wire';
 export const RAFS_SUPER_VERSION_V5 = 0x500;
 export const RAFS_SUPER_VERSION_V6 = 0x600;
 export const RAFS_DEFAULT_CHUNK_SIZE = 0x100000;
-export const RAFS_MAX_CHUNK_SIZE = 0x1000000;
 export const RAFS_MIN_CHUNK_SIZE = 0x1000;
-export const RAFS_MAX_CHUNKS_PER_BLOB = 1 << 24;
 export const RAFS_MAX_NAME = 255;
-export const RAFS_MAX_BOOTSTRAP_SIZE = 0x8000_0000;
 export const EROFS_BLOCK_SIZE = 4096;
 
 /** RafsSuperFlags (§1.3). Values fit in 32 bits, kept as numbers. */
@@ -32,28 +29,9 @@ export const RafsSuperFlags = {
 /** Every known bit including PRESERVED_COMPAT_5..0 (0x0400_0000..0x8000_0000). */
 export const RAFS_SUPER_FLAGS_KNOWN = 0x3ff | 0x0100_0000 | 0x0200_0000 | 0xfc00_0000;
 
-/** BlobFeatures (§1.4). */
-export const BlobFeatures = {
-  ALIGNED: 0x1,
-  INLINED_FS_META: 0x2,
-  CHUNK_INFO_V2: 0x4,
-  ZRAN: 0x8,
-  SEPARATE: 0x10,
-  INLINED_CHUNK_DIGEST: 0x20,
-  TARFS: 0x40,
-  BATCH: 0x80,
-  ENCRYPTED: 0x100,
-  IS_CHUNKDICT_GENERATED: 0x200,
-  IS_SEPARATED_WITH_PREFETCH_FILES: 0x400,
-  EXTERNAL: 0x800,
-  HAS_TAR_HEADER: 0x1000_0000,
-  HAS_TOC: 0x2000_0000,
-  CAP_TAR_TOC: 0x4000_0000,
-  _V5_NO_EXT_BLOB_TABLE: 0x8000_0000,
-} as const;
+import { RAFS_MAX_CHUNK_SIZE } from '../../storage/format/constants';
 
-/** BlobChunkFlags (§1.5). */
-export const BlobChunkFlags = { COMPRESSED: 0x1, HOLECHUNK: 0x2, ENCRYPTED: 0x4, BATCH: 0x8, HAS_CRC32: 0x10 } as const;
+export { BlobFeatures, BlobChunkFlags, RAFS_MAX_BOOTSTRAP_SIZE, RAFS_MAX_CHUNKS_PER_BLOB, RAFS_MAX_CHUNK_SIZE, alignUp } from '../../storage/format/constants';
 
 /** v5 RafsInodeFlags (§2.7). */
 export const RafsInodeFlags = { SYMLINK: 0x1, HARDLINK: 0x2, XATTR: 0x4, HAS_HOLE: 0x8 } as const;
@@ -101,4 +79,3 @@ export function writeU64(buf: Buffer, v: number, off: number): void {
   wire.writeU64(buf, off, v);
 }
 
-export const alignUp = (v: number, a: number): number => Math.ceil(v / a) * a;

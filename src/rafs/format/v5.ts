@@ -8,7 +8,7 @@
  * naming the offending field; encoders write exactly the upstream layout.
  */
 import { einval, ensure } from '../../common/errno';
-import type { ChunkInfo } from '../metadata/types';
+import type { ChunkInfo } from '../../storage/format/types';
 import {
   alignUp, BlobChunkFlags, RAFS_MAX_CHUNK_SIZE, RAFS_MAX_NAME, RAFS_SUPER_FLAGS_KNOWN,
   RAFS_SUPER_VERSION_V5, readU64, writeU64,

@@ -6,45 +6,9 @@
 import type { Compressor } from '../../common/compress';
 import type { DigestAlgorithm } from '../../common/digest';
 
-/** One blob referenced by the image (v5 blob + ext blob table, v6 blob table). */
-export interface BlobInfo {
-  blobIndex: number;
-  blobId: string;
-  chunkSize: number;
-  chunkCount: number;
-  compressor: Compressor;
-  digester: DigestAlgorithm;
-  features: number;
-  compressedSize: number;
-  uncompressedSize: number;
-  /** v5 readahead hints; 0 for v6. */
-  readaheadOffset: number;
-  readaheadSize: number;
-  /** blob.meta (chunk-info array) location, v6 only (0 when absent). */
-  metaCompressor: Compressor;
-  metaOffset: number;
-  metaCompressedSize: number;
-  metaUncompressedSize: number;
-  tocSize: number;
-  tocDigest: Buffer;
-}
+import type { BlobInfo, ChunkInfo } from '../../storage/format/types';
 
-/** One chunk of a regular file, fully resolved (§2.9 fields). */
-export interface ChunkInfo {
-  digest: Buffer;
-  blobIndex: number;
-  /** chunk number within its blob (= v6 ci_index) */
-  index: number;
-  flags: number;
-  compressed: boolean;
-  compressedOffset: number;
-  compressedSize: number;
-  uncompressedOffset: number;
-  uncompressedSize: number;
-  /** offset inside the file */
-  fileOffset: number;
-  crc32: number;
-}
+export type { BlobInfo, ChunkInfo };
 
 export const enum InodeType { File = 1, Dir = 2, Chr = 3, Blk = 4, Fifo = 5, Sock = 6, Symlink = 7 }
 

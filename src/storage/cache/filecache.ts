@@ -25,10 +25,10 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ErrnoError, eio } from '../../common/errno';
 import { logLimited, warnLimited } from '../../common/log';
-import type { ChunkLocation } from '../device';
-import type { BlobInfo, ChunkInfo } from '../../rafs/metadata/types';
-import type { BlobFile } from '../blob-file';
-import { readChunk } from '../chunk-reader';
+import type { ChunkLocation } from '../blob/device';
+import type { BlobInfo, ChunkInfo } from '../format/types';
+import type { BlobFile } from '../blob/blob-file';
+import { readChunk } from '../blob/chunk-reader';
 import { type BlobBackend, checkBlobId } from '../backend/backend';
 import { CHUNK_MAP_SUFFIX, ChunkMap } from './chunk-map';
 

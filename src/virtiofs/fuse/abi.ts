@@ -13,7 +13,7 @@
  * This module imports nothing above `common/`.
  */
 import { einval } from '../../common/errno';
-import type { Attr, Entry } from './filesystem';
+import type { Attr, Entry } from '../../common/filesystem';
 
 export const FUSE_KERNEL_VERSION = 7;
 /** Highest minor we speak; the reply carries min(kernel minor, this). */

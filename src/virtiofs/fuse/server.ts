@@ -49,7 +49,7 @@ import {
   FuseRenameIn, FuseSetattrIn, FuseSetxattrIn, FuseSetxattrInExt, FuseWriteIn, type FuseInHeaderT,
   direntplusSize, direntSize, encodeDirent, encodeZeroEntryOut, writeU64,
 } from './abi';
-import type { AttrReply, DirEntry, Entry, FileSystem, OpenReply, RequestContext, SetattrIn, StatFs } from './filesystem';
+import type { AttrReply, DirEntry, Entry, FileSystem, OpenReply, RequestContext, SetattrIn, StatFs } from '../../common/filesystem';
 import type { Reader, Writer } from './transport';
 
 const E = constants.errno;

@@ -148,7 +148,7 @@ import {
   FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE,
   type Attr, type AttrReply, type DirEntry, type Entry, type FileSystem, type OpenReply, type RequestContext,
   type SetattrIn, type StatFs,
-} from '../fuse/filesystem';
+} from '../../common/filesystem';
 import { FdBudget, processFdBudget } from './fd-budget';
 import * as sys from './sys';
 

@@ -34,7 +34,7 @@ import { log, warnLimited } from '../../common/log';
 import { DT_DIR } from '../fuse/abi';
 import type {
   Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, SetattrIn, StatFs,
-} from '../fuse/filesystem';
+} from '../../common/filesystem';
 
 export const VFS_INDEX_SHIFT = 56n;
 export const VFS_INO_MASK = (1n << 56n) - 1n;

@@ -3,7 +3,7 @@
  * `--prefetch-files` / the API's prefetch_files, else the bootstrap's prefetch
  * table, or every chunk with `prefetch_all`.
  */
-import type { ChunkInfo, RafsInode, RafsSuper } from '../../rafs/metadata/types';
+import type { ChunkInfo, RafsInode, RafsSuper } from '../rafs/metadata/types';
 
 const MAX_DEPTH = 4096;
 

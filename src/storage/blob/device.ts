@@ -3,7 +3,7 @@
  * Implementations combine a backend (localfs, registry …) with a cache
  * (none, blobcache/filecache) and chunk verification.
  */
-import type { ChunkInfo } from '../rafs/metadata/types';
+import type { ChunkInfo } from '../format/types';
 
 /** Where a chunk's uncompressed bytes already sit in a local file (the blobcache). */
 export interface ChunkLocation {

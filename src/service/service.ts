@@ -5,18 +5,18 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseNydusdConfig, redactSecrets, type ConfigV2 } from '../../../common/config';
-import { ErrnoError } from '../../../common/errno';
-import { log } from '../../../common/log';
-import { RafsFs } from '../../../rafs/fs';
-import { createBackend, createBlobDevice } from '../../../storage/factory';
-import { loadBootstrapFileAsync } from '../../../storage/image';
-import type { FileSystem } from '../../fuse/filesystem';
-import { PassthroughFs, type CachePolicy } from '../../passthrough/passthrough-fs';
-import type { Vfs } from '../../vfs/vfs';
-import { BackendMetrics, FsIoStats, withBackendMetrics, withMetrics } from '../metrics';
-import { prefetchChunks } from '../prefetch';
-import { DaemonStateMachine } from '../state';
+import { parseNydusdConfig, redactSecrets, type ConfigV2 } from '../common/config';
+import { ErrnoError } from '../common/errno';
+import { log } from '../common/log';
+import { RafsFs } from '../rafs/fs';
+import { createBackend, createBlobDevice } from '../storage/factory';
+import { loadBootstrapFileAsync } from '../rafs/image';
+import type { FileSystem } from '../common/filesystem';
+import { PassthroughFs, type CachePolicy } from '../virtiofs/passthrough/passthrough-fs';
+import type { Vfs } from '../virtiofs/vfs/vfs';
+import { BackendMetrics, FsIoStats, withBackendMetrics, withMetrics } from './metrics';
+import { prefetchChunks } from './prefetch';
+import { DaemonStateMachine } from './state';
 import { VERSION } from './version';
 
 export type BackendType = 'Rafs' | 'PassthroughFs';

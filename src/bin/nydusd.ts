@@ -8,23 +8,23 @@
  * the same Vfs and FuseServer behind a vhost-user-fs backend for QEMU.
  */
 import { Command, Option } from 'commander';
-import { initDigest } from '../../common/digest';
-import { einval, ErrnoError } from '../../common/errno';
-import { LOG_LEVELS, log, setupLog, type LogLevel } from '../../common/log';
-import { closeBlockingPool } from '../../common/blocking';
-import { raiseNofileLimit } from '../../common/rlimit';
-import { localfsDirConfig, readNydusdConfigFile, type ConfigV2 } from '../../common/config';
-import { Vfs } from '../vfs/vfs';
-import { FuseServer } from '../fuse/server';
-import { FUSE_ATOMIC_O_TRUNC } from '../fuse/abi';
-import { FuseDevSession } from '../transport/fusedev';
-import { readPrefetchList } from './prefetch-list';
-import type { CachePolicy } from '../passthrough/passthrough-fs';
-import { VirtioFsDaemon } from '../transport/virtio-fs-device';
-import { setPopulateMappings } from '../../vhost-user/sys/host';
-import { VERSION } from './api/version';
-import { DaemonService, createPassthroughInstance, createRafsInstance } from './api/service';
-import { startApiServer, type ApiServer } from './api/server';
+import { initDigest } from '../common/digest';
+import { einval, ErrnoError } from '../common/errno';
+import { LOG_LEVELS, log, setupLog, type LogLevel } from '../common/log';
+import { closeBlockingPool } from '../common/blocking';
+import { raiseNofileLimit } from '../common/rlimit';
+import { localfsDirConfig, readNydusdConfigFile, type ConfigV2 } from '../common/config';
+import { Vfs } from '../virtiofs/vfs/vfs';
+import { FuseServer } from '../virtiofs/fuse/server';
+import { FUSE_ATOMIC_O_TRUNC } from '../virtiofs/fuse/abi';
+import { FuseDevSession } from '../virtiofs/transport/fusedev';
+import { readPrefetchList } from '../service/prefetch-list';
+import type { CachePolicy } from '../virtiofs/passthrough/passthrough-fs';
+import { VirtioFsDaemon } from '../virtiofs/transport/virtio-fs-device';
+import { setPopulateMappings } from '../vhost-user/sys/host';
+import { VERSION } from '../service/version';
+import { DaemonService, createPassthroughInstance, createRafsInstance } from '../service/service';
+import { startApiServer, type ApiServer } from '../api/server';
 
 export { VERSION };
 

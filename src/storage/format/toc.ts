@@ -15,7 +15,7 @@
  */
 import { Compressor, compressorName } from '../../common/compress';
 import { einval } from '../../common/errno';
-import { readU64, writeU64 } from './constants';
+import { readU64, writeU64 } from '../../common/wire';
 
 export const TAR_HEADER_SIZE = 512;
 export const TOC_ENTRY_SIZE = 128;
@@ -77,9 +77,9 @@ export function encodeTocEntry(e: TocEntry): Buffer {
   b.writeUInt32LE(e.flags >>> 0, 0);
   name.copy(b, 8);
   e.digest.copy(b, 24);
-  writeU64(b, e.compressedOffset, 56);
-  writeU64(b, e.compressedSize, 64);
-  writeU64(b, e.uncompressedSize, 72);
+  writeU64(b, 56, e.compressedOffset);
+  writeU64(b, 64, e.compressedSize);
+  writeU64(b, 72, e.uncompressedSize);
   return b;
 }
 

@@ -13,9 +13,9 @@
  *  - v2 comp_info: [0..40) = coffset; [40..64) = csize (NOT minus one).
  *  - v2 data: lo32 = crc32 / zran or batch offset, hi32 = zran or batch index.
  */
-import { TWO32 } from '../../common/wire';
+import { TWO32, readU64, writeU64 } from '../../common/wire';
 import { einval } from '../../common/errno';
-import { BlobChunkFlags, BlobFeatures, readU64, writeU64 } from './constants';
+import { BlobChunkFlags, BlobFeatures } from './constants';
 
 export const BLOB_META_MAGIC = 0xb10bb10b;
 export const BLOB_META_HEADER_SIZE = 4096;
@@ -96,11 +96,11 @@ export function encodeBlobMetaHeader(h: BlobMetaHeader): Buffer {
   b.writeUInt32LE(h.features >>> 0, 4);
   b.writeUInt32LE(h.ciCompressor >>> 0, 8);
   b.writeUInt32LE(h.ciEntries >>> 0, 12);
-  writeU64(b, h.ciOffset, 16);
-  writeU64(b, h.ciCompressedSize, 24);
-  writeU64(b, h.ciUncompressedSize, 32);
-  writeU64(b, h.ciZranOffset, 40);
-  writeU64(b, h.ciZranSize, 48);
+  writeU64(b, 16, h.ciOffset);
+  writeU64(b, 24, h.ciCompressedSize);
+  writeU64(b, 32, h.ciUncompressedSize);
+  writeU64(b, 40, h.ciZranOffset);
+  writeU64(b, 48, h.ciZranSize);
   b.writeUInt32LE(h.ciZranCount >>> 0, 56);
   b.writeUInt32LE(BLOB_META_MAGIC, 4092);
   return b;

@@ -18,8 +18,8 @@
  * size (<1K, 1K, 4K, 16K, 64K, 128K, 512K, >=1M); read_latency_dist buckets
  * READ latency (<=200µs, <=1ms, <=20ms, <=50ms, <=500ms, <=1s, <=2s, >2s).
  */
-import type { BlobBackend } from '../../storage/backend/backend';
-import type { FileSystem, ReadPiece } from '../fuse/filesystem';
+import type { BlobBackend } from '../storage/backend/backend';
+import type { FileSystem, ReadPiece } from '../common/filesystem';
 
 export const FOP_NAMES = [
   'getattr', 'readlink', 'open', 'release', 'read', 'statfs', 'getxattr', 'listxattr',

@@ -7,11 +7,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { einval, eio, enoent } from '../common/errno';
-import { loadRafs, type LoadOptions } from '../rafs/metadata/super';
-import type { BlobInfo, ChunkInfo, RafsInode, RafsSuper } from '../rafs/metadata/types';
-import { BlobFeatures, RAFS_MAX_BOOTSTRAP_SIZE } from '../rafs/format/constants';
-import { BlobFile, extractInlinedBootstrap, readBlobMeta } from './blob-file';
-import { readChunk, readFileRange } from './chunk-reader';
+import { loadRafs, type LoadOptions } from './metadata/super';
+import type { BlobInfo, ChunkInfo, RafsInode, RafsSuper } from './metadata/types';
+import { BlobFeatures, RAFS_MAX_BOOTSTRAP_SIZE } from './format/constants';
+import { BlobFile, extractInlinedBootstrap, readBlobMeta } from '../storage/blob/blob-file';
+import { readChunk, readFileRange } from '../storage/blob/chunk-reader';
 
 export interface ImageSource {
   bootstrap: string;

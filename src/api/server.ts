@@ -6,11 +6,11 @@
  */
 import * as fs from 'node:fs';
 import * as http from 'node:http';
-import { LOG_LEVELS, log, setLogLevel, type LogLevel } from '../../../common/log';
-import { exportEvents, inflightOps, recordErrorEvent } from '../metrics';
-import { UnexpectedEvent } from '../state';
+import { LOG_LEVELS, log, setLogLevel, type LogLevel } from '../common/log';
+import { exportEvents, inflightOps, recordErrorEvent } from '../service/metrics';
+import { UnexpectedEvent } from '../service/state';
 import { ApiError, badRequest, dbg, noRoute, other, parseBody, queryString } from './errors';
-import { AlreadyExists, DaemonService, NotFound, fsBackendType, type MountCmd, type MountedInstance } from './service';
+import { AlreadyExists, DaemonService, NotFound, fsBackendType, type MountCmd, type MountedInstance } from '../service/service';
 
 export const MAX_BODY = 1 << 20;
 

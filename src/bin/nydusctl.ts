@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import { Command, CommanderError, Option } from 'commander';
-import { FuseOpcode } from '../fuse/abi';
+import { FuseOpcode } from '../virtiofs/fuse/abi';
 
 // ---------------------------------------------------------------- I/O plumbing
 

@@ -10,9 +10,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Compressor, compressorName, decompress } from '../common/compress';
-import { sha256 } from '../common/digest';
-import { ErrnoError, einval, eio } from '../common/errno';
+import { Compressor, compressorName, decompress } from '../../common/compress';
+import { sha256 } from '../../common/digest';
+import { ErrnoError, einval, eio } from '../../common/errno';
 import {
   BLOB_META_HEADER_SIZE,
   type BlobMetaHeader,
@@ -24,8 +24,8 @@ import {
   decodeChunkInfo,
   decodeZranContexts,
   isChunkInfoV2,
-} from '../rafs/format/blob-meta';
-import { BlobFeatures, RAFS_MAX_BOOTSTRAP_SIZE, RAFS_MAX_CHUNKS_PER_BLOB, alignUp } from '../rafs/format/constants';
+} from '../format/blob-meta';
+import { BlobFeatures, RAFS_MAX_BOOTSTRAP_SIZE, RAFS_MAX_CHUNKS_PER_BLOB, alignUp } from '../format/constants';
 import {
   TAR_HEADER_SIZE,
   TOC_ENTRY_SIZE,
@@ -36,8 +36,8 @@ import {
   decodeTarHeader,
   decodeTocEntry,
   tryDecodeTarHeader,
-} from '../rafs/format/toc';
-import type { BlobInfo, ChunkInfo } from '../rafs/metadata/types';
+} from '../format/toc';
+import type { BlobInfo, ChunkInfo } from '../format/types';
 
 /** Upper bound for an uncompressed chunk-info table (+ zran/batch tables). */
 export const MAX_CI_UNCOMPRESSED_SIZE = 1 << 30;

@@ -5,11 +5,11 @@
  * the chunk digest (and CRC-32C when HAS_CRC32), and assemble file ranges
  * from a file's chunk list (holes read as zeros).
  */
-import { compressorName, decompress } from '../common/compress';
-import { digest } from '../common/digest';
-import { ErrnoError, eio } from '../common/errno';
-import { BlobChunkFlags, RAFS_MAX_CHUNK_SIZE } from '../rafs/format/constants';
-import type { BlobInfo, ChunkInfo } from '../rafs/metadata/types';
+import { compressorName, decompress } from '../../common/compress';
+import { digest } from '../../common/digest';
+import { ErrnoError, eio } from '../../common/errno';
+import { BlobChunkFlags, RAFS_MAX_CHUNK_SIZE } from '../format/constants';
+import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobFile } from './blob-file';
 
 const ZERO_DIGEST = Buffer.alloc(32);
