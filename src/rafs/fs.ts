@@ -7,7 +7,9 @@
  * the daemon's euid/egid.
  */
 import { BoundedMap } from '../common/bounded-map';
-import { eio, einval, enodata, enoent, enotdir, ErrnoError } from '../common/errno';
+import { fileSpans, firstChunkAfter } from '../storage/blob/chunk-range';
+import { inImageChunk } from './image';
+import { einval, enodata, enoent, enotdir, ErrnoError } from '../common/errno';
 import type { BlobDevice } from '../storage/blob/device';
 import type { ChunkInfo, RafsInode, RafsSuper } from './metadata/types';
 import type {
@@ -139,11 +141,9 @@ export class RafsFs implements FileSystem {
 
   private readChunk(c: ChunkInfo): Promise<Buffer> | Buffer {
     if (c.blobIndex !== -1) return this.device.readChunk(c);
-    const boot = this.opts.bootstrap;
-    const end = c.compressedOffset + c.uncompressedSize;
-    if (end > boot.length) throw eio(`in-image data at ${c.compressedOffset} lies outside the image`);
-    return boot.subarray(c.compressedOffset, end);
+    return inImageChunk(this.opts.bootstrap, c);
   }
+
 
   async read(_ctx: RequestContext, ino: bigint, _fh: bigint, offset: number, size: number): Promise<ReadPiece[]> {
     const i = this.inode(ino);
@@ -151,35 +151,22 @@ export class RafsFs implements FileSystem {
     const end = Math.min(i.size, offset + size);
     if (offset >= end) return [];
     const chunks = this.chunksOf(i);
-    // first chunk ending after `offset` (chunks are in file order)
-    let lo = 0, hi = chunks.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (chunks[mid].fileOffset + chunks[mid].uncompressedSize <= offset) lo = mid + 1; else hi = mid;
-    }
     const pieces: Array<Promise<ReadPiece> | ReadPiece> = [];
-    let pos = offset;
-    let last = lo; // index of the last chunk this read touches
-    for (let k = lo; k < chunks.length && pos < end; k++) {
-      const c = chunks[k];
-      if (c.fileOffset >= end) break;
-      last = k;
-      if (c.fileOffset > pos) { pieces.push(Buffer.alloc(c.fileOffset - pos)); pos = c.fileOffset; } // hole
-      const from = pos - c.fileOffset;
-      const to = Math.min(end, c.fileOffset + c.uncompressedSize) - c.fileOffset;
+    let last = -1; // index of the last chunk this read touches
+    for (const s of fileSpans(chunks, offset, end)) {
+      if (s.kind === 'hole') { pieces.push(Buffer.alloc(s.length)); continue; }
+      const c = s.chunk;
+      last = s.index;
       // cached and verified on fill: let the transport copy it straight from the cache file
       const loc = c.blobIndex >= 0 ? this.device.locate?.(c) : undefined;
       if (loc) {
-        pieces.push({ fd: loc.fd, position: loc.position + from, length: to - from });
-        pos = c.fileOffset + to;
+        pieces.push({ fd: loc.fd, position: loc.position + s.from, length: s.to - s.from });
         continue;
       }
       const data = this.readChunk(c);
-      pieces.push(data instanceof Promise ? data.then((d) => d.subarray(from, to)) : data.subarray(from, to));
-      pos = c.fileOffset + to;
+      pieces.push(data instanceof Promise ? data.then((d) => d.subarray(s.from, s.to)) : data.subarray(s.from, s.to));
     }
-    if (pos < end) pieces.push(Buffer.alloc(end - pos)); // trailing hole
-    this.readahead(i, chunks, last, offset, end);
+    this.readahead(i, chunks, last >= 0 ? last : firstChunkAfter(chunks, end) - 1, offset, end);
     return Promise.all(pieces);
   }
 
@@ -242,16 +229,11 @@ export class RafsFs implements FileSystem {
     const SEEK_DATA = 3, SEEK_HOLE = 4;
     if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw einval(`unsupported lseek whence ${whence}`);
     if (offset >= i.size) throw new ErrnoError('ENXIO', 'offset past end of file');
-    if (whence === SEEK_HOLE) {
-      let pos = offset;
-      for (const c of this.chunksOf(i)) {
-        if (c.fileOffset + c.uncompressedSize <= pos) continue;
-        if (c.fileOffset > pos) return pos;
-        pos = c.fileOffset + c.uncompressedSize;
-      }
-      return Math.min(pos, i.size);
+    for (const sp of fileSpans(this.chunksOf(i), offset, i.size)) {
+      if (whence === SEEK_HOLE && sp.kind === 'hole') return sp.fileOffset;
+      if (whence === SEEK_DATA && sp.kind === 'chunk') return sp.fileOffset;
     }
-    for (const c of this.chunksOf(i)) if (c.fileOffset + c.uncompressedSize > offset) return Math.max(offset, c.fileOffset);
+    if (whence === SEEK_HOLE) return i.size; // the implicit hole at EOF
     throw new ErrnoError('ENXIO', 'no data after offset');
   }
 }

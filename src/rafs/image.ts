@@ -71,11 +71,7 @@ export class RafsImage {
   }
 
   readChunk(chunk: ChunkInfo, validate = this.src.validate ?? false): Buffer {
-    if (chunk.blobIndex === -1) {
-      const end = chunk.compressedOffset + chunk.uncompressedSize;
-      if (chunk.compressed || end > this.boot.length) throw eio(`in-image data at ${chunk.compressedOffset} (+${chunk.uncompressedSize}) lies outside the image`);
-      return this.boot.subarray(chunk.compressedOffset, end);
-    }
+    if (chunk.blobIndex === -1) return inImageChunk(this.boot, chunk);
     const info = this.sb.blobs[chunk.blobIndex];
     if (!info) throw eio(`chunk refers to missing blob index ${chunk.blobIndex}`);
     return readChunk(this.blob(chunk.blobIndex), chunk, info, { validate });
@@ -91,6 +87,18 @@ export class RafsImage {
     for (const f of this.files.values()) f.close();
     this.files.clear();
   }
+}
+
+/**
+ * Data a plain EROFS image keeps in the image itself (chunks with blob index
+ * -1): the one reader the tools and the daemon share. Such data is never
+ * compressed here; anything else is EIO.
+ */
+export function inImageChunk(boot: Buffer, chunk: ChunkInfo): Buffer {
+  const end = chunk.compressedOffset + chunk.uncompressedSize;
+  if (chunk.compressed) throw eio(`in-image data at ${chunk.compressedOffset} is marked compressed`);
+  if (end > boot.length) throw eio(`in-image data at ${chunk.compressedOffset} (+${chunk.uncompressedSize}) lies outside the image`);
+  return boot.subarray(chunk.compressedOffset, end);
 }
 
 export interface LoadedBootstrap {

@@ -14,7 +14,8 @@ import { logLimited, warnLimited } from '../common/log';
 import type { BlobInfo, ChunkInfo } from './format/types';
 import type { BlobBackend } from './backend/backend';
 import { LocalFsBackend } from './backend/localfs';
-import { FileCache, decodeChunk } from './cache/filecache';
+import { FileCache } from './cache/filecache';
+import { decodeChunk } from './blob/chunk-reader';
 import type { BlobDevice, ChunkLocation } from './blob/device';
 
 export interface BlobDeviceOptions {
@@ -108,7 +109,7 @@ export class StorageDevice implements BlobDevice {
     if (this.cache) return this.cache.readChunk(info, chunk);
     try {
       const raw = await this.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
-      return decodeChunk(raw, chunk, info, this.validate);
+      return decodeChunk(raw, chunk, info, { validate: this.validate });
     } catch (err) {
       logLimited('error', 'storage.read', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to read chunk');
       if (err instanceof ErrnoError && err.code === 'EIO') throw err;

@@ -11,6 +11,7 @@ import { ErrnoError, eio } from '../../common/errno';
 import { BlobChunkFlags, RAFS_MAX_CHUNK_SIZE } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobFile } from './blob-file';
+import { fileSpans } from './chunk-range';
 
 const ZERO_DIGEST = Buffer.alloc(32);
 
@@ -64,9 +65,40 @@ export interface ReadChunkOptions {
   validate: boolean;
 }
 
-/** Read and decode one chunk; EIO (naming blob and chunk) on any failure. */
-export function readChunk(blob: BlobFile, chunk: ChunkInfo, info: BlobInfo, opts: ReadChunkOptions): Buffer {
-  const where = () => `blob ${info.blobId || blob.name} chunk ${chunk.index}`;
+/**
+ * Decode one chunk from its stored bytes (the one decoder every path uses:
+ * local blobs, the blob cache, backends): size limits, unsupported flags,
+ * decompression to the exact size, then the digest (+ CRC-32C) when
+ * `validate`. `raw` holds the stored (compressed) bytes, or the uncompressed
+ * bytes when `decoded` is set (only the checks on data apply then). Pure:
+ * no I/O. EIO naming blob and chunk on any failure.
+ */
+export function decodeChunk(raw: Buffer, chunk: ChunkInfo, info: BlobInfo, opts: DecodeChunkOptions): Buffer {
+  const where = () => `blob ${info.blobId || opts.name || '?'} chunk ${chunk.index}`;
+  checkChunkShape(chunk, where);
+  let data: Buffer;
+  if (chunk.compressed && !opts.decoded) {
+    try {
+      data = decompress(info.compressor, raw, chunk.uncompressedSize);
+    } catch (e) {
+      throw eio(`${where()}: ${compressorName(info.compressor)} decompression failed: ${(e as Error).message}`, e);
+    }
+  } else {
+    if (raw.length !== chunk.uncompressedSize) throw eio(`${where()}: ${raw.length} bytes, expected ${chunk.uncompressedSize}`);
+    data = raw;
+  }
+  if (opts.validate) verifyChunk(data, chunk, info, where);
+  return data;
+}
+
+export interface DecodeChunkOptions extends ReadChunkOptions {
+  /** `raw` is already uncompressed (read back from the blob cache) */
+  decoded?: boolean;
+  /** blob name for messages when the blob id is empty */
+  name?: string;
+}
+
+function checkChunkShape(chunk: ChunkInfo, where: () => string): void {
   if (chunk.uncompressedSize > RAFS_MAX_CHUNK_SIZE || chunk.compressedSize > RAFS_MAX_CHUNK_SIZE * 2) {
     throw eio(`${where()}: chunk sizes ${chunk.compressedSize}/${chunk.uncompressedSize} exceed the maximum chunk size`);
   }
@@ -75,40 +107,37 @@ export function readChunk(blob: BlobFile, chunk: ChunkInfo, info: BlobInfo, opts
   if (!chunk.compressed && chunk.compressedSize !== chunk.uncompressedSize) {
     throw eio(`${where()}: uncompressed chunk has compressed size ${chunk.compressedSize} != ${chunk.uncompressedSize}`);
   }
+}
+
+function verifyChunk(data: Buffer, chunk: ChunkInfo, info: BlobInfo, where: () => string): void {
+  if (chunk.digest.length === 32 && !chunk.digest.equals(ZERO_DIGEST)) {
+    let d: Buffer;
+    try {
+      d = digest(info.digester, data);
+    } catch (e) {
+      throw e instanceof ErrnoError ? e : eio(`${where()}: cannot compute digest: ${(e as Error).message}`, e);
+    }
+    if (!d.equals(chunk.digest)) {
+      throw eio(`${where()}: digest mismatch, data ${d.toString('hex')} != chunk id ${chunk.digest.toString('hex')}`);
+    }
+  }
+  if (chunk.flags & BlobChunkFlags.HAS_CRC32) {
+    const c = crc32c(data);
+    if (c !== chunk.crc32 >>> 0) throw eio(`${where()}: crc32 mismatch 0x${c.toString(16)} != 0x${(chunk.crc32 >>> 0).toString(16)}`);
+  }
+}
+
+/** Read one chunk from a local blob file and decode it; EIO (naming blob and chunk) on any failure. */
+export function readChunk(blob: BlobFile, chunk: ChunkInfo, info: BlobInfo, opts: ReadChunkOptions): Buffer {
+  const where = () => `blob ${info.blobId || blob.name} chunk ${chunk.index}`;
+  checkChunkShape(chunk, where);
   let raw: Buffer;
   try {
     raw = blob.readAt(chunk.compressedOffset, chunk.compressedSize);
   } catch (e) {
     throw eio(`${where()}: ${(e as Error).message}`, e);
   }
-  let data: Buffer;
-  if (chunk.compressed) {
-    try {
-      data = decompress(info.compressor, raw, chunk.uncompressedSize);
-    } catch (e) {
-      throw eio(`${where()}: ${compressorName(info.compressor)} decompression failed: ${(e as Error).message}`, e);
-    }
-  } else {
-    data = raw;
-  }
-  if (opts.validate) {
-    if (chunk.digest.length === 32 && !chunk.digest.equals(ZERO_DIGEST)) {
-      let d: Buffer;
-      try {
-        d = digest(info.digester, data);
-      } catch (e) {
-        throw e instanceof ErrnoError ? e : eio(`${where()}: cannot compute digest: ${(e as Error).message}`, e);
-      }
-      if (!d.equals(chunk.digest)) {
-        throw eio(`${where()}: digest mismatch, data ${d.toString('hex')} != chunk id ${chunk.digest.toString('hex')}`);
-      }
-    }
-    if (chunk.flags & BlobChunkFlags.HAS_CRC32) {
-      const c = crc32c(data);
-      if (c !== chunk.crc32 >>> 0) throw eio(`${where()}: crc32 mismatch 0x${c.toString(16)} != 0x${(chunk.crc32 >>> 0).toString(16)}`);
-    }
-  }
-  return data;
+  return decodeChunk(raw, chunk, info, { ...opts, name: blob.name });
 }
 
 /**
@@ -119,26 +148,12 @@ export function readChunk(blob: BlobFile, chunk: ChunkInfo, info: BlobInfo, opts
 export function readFileRange(inodeChunks: ChunkInfo[], off: number, len: number, getChunk: (c: ChunkInfo) => Buffer): Buffer {
   const out = Buffer.alloc(Math.max(0, len));
   if (len <= 0) return out;
-  const end = off + len;
-  // first chunk whose end is past `off`
-  let lo = 0;
-  let hi = inodeChunks.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    const c = inodeChunks[mid];
-    if (c.fileOffset + c.uncompressedSize <= off) lo = mid + 1;
-    else hi = mid;
-  }
-  for (let i = lo; i < inodeChunks.length; i++) {
-    const c = inodeChunks[i];
-    if (c.fileOffset >= end) break;
-    const cEnd = c.fileOffset + c.uncompressedSize;
-    if (cEnd <= off) continue;
+  for (const s of fileSpans(inodeChunks, off, off + len)) {
+    if (s.kind === 'hole') continue; // zeros already
+    const c = s.chunk;
     const data = getChunk(c);
     if (data.length < c.uncompressedSize) throw eio(`chunk ${c.index} of blob index ${c.blobIndex} returned ${data.length} bytes, expected ${c.uncompressedSize}`);
-    const from = Math.max(off, c.fileOffset);
-    const to = Math.min(end, cEnd);
-    data.copy(out, from - off, from - c.fileOffset, to - c.fileOffset);
+    data.copy(out, s.fileOffset - off, s.from, s.to);
   }
   return out;
 }

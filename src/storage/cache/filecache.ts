@@ -28,7 +28,7 @@ import { logLimited, warnLimited } from '../../common/log';
 import type { ChunkLocation } from '../blob/device';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobFile } from '../blob/blob-file';
-import { readChunk } from '../blob/chunk-reader';
+import { decodeChunk } from '../blob/chunk-reader';
 import { type BlobBackend, checkBlobId } from '../backend/backend';
 import { CHUNK_MAP_SUFFIX, ChunkMap } from './chunk-map';
 
@@ -46,25 +46,6 @@ export function cacheFileNames(workDir: string, blobId: string): CacheFileNames 
   // current upstream names (nydusd >= v2.2): <id>.blob.data and <id>.blob.data.chunk_map
   const data = path.join(workDir, `${blobId}.blob.data`);
   return { data, chunkMap: data + CHUNK_MAP_SUFFIX };
-}
-
-/**
- * Decode one chunk from bytes already in memory, with exactly the checks of
- * the local read path (chunk-reader.ts): size limits, unsupported flags,
- * decompression to the exact size, digest (+ crc32) when `validate`.
- * `raw` holds the stored (compressed) bytes, or the uncompressed bytes when
- * `decoded` is set (only the digest check applies then).
- */
-export function decodeChunk(raw: Buffer, chunk: ChunkInfo, info: BlobInfo, validate: boolean, decoded = false): Buffer {
-  const c: ChunkInfo = decoded ? { ...chunk, compressed: false, compressedSize: chunk.uncompressedSize } : chunk;
-  const mem = {
-    name: info.blobId,
-    readAt(off: number, len: number): Buffer {
-      if (off !== c.compressedOffset || len !== raw.length) throw eio(`internal: unexpected read ${off}+${len}`);
-      return raw;
-    },
-  };
-  return readChunk(mem as unknown as BlobFile, c, info, { validate });
 }
 
 interface Entry {
@@ -199,7 +180,7 @@ export class FileCache {
     }
     if (!this.opts.validate) return buf;
     try {
-      return decodeChunk(buf, chunk, info, true, true);
+      return decodeChunk(buf, chunk, info, { validate: true, decoded: true });
     } catch (err) {
       logLimited('error', 'cache.corrupt', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'cached chunk data is corrupted');
       await map.clearReady(chunk.index).catch(() => {});
@@ -224,7 +205,7 @@ export class FileCache {
     let data: Buffer;
     try {
       const raw = await this.opts.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
-      data = decodeChunk(raw, chunk, info, this.opts.validate);
+      data = decodeChunk(raw, chunk, info, { validate: this.opts.validate });
     } catch (err) {
       logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
       if (err instanceof ErrnoError && err.code === 'EIO') throw err;
