@@ -14,7 +14,8 @@ import { logLimited, warnLimited } from '../common/log';
 import type { BlobInfo, ChunkInfo } from './format/types';
 import type { BlobBackend } from './backend/backend';
 import { LocalFsBackend } from './backend/localfs';
-import { FileCache } from './cache/filecache';
+import type { ChunkSource, FileCache } from './cache/filecache';
+import { acquireFileCache, releaseFileCache } from './cache/manager';
 import { decodeChunk } from './blob/chunk-reader';
 import type { BlobDevice, ChunkLocation } from './blob/device';
 
@@ -58,7 +59,8 @@ export function createBlobDevice(cfg: ConfigV2, blobs: BlobInfo[], opts: BlobDev
   }
   const backend = createBackend(cfg, opts);
   if (cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache') {
-    cache = new FileCache({ workDir: cfg.cache.filecache!.work_dir, backend, validate });
+    // one cache per work_dir in the process, shared with every other mount naming it
+    cache = acquireFileCache(cfg.cache.filecache!.work_dir);
   }
   const pf = cfg.cache.prefetch.enable ? cfg.cache.prefetch : cfg.rafs.prefetch;
   const threads = Math.min(Math.max(pf.enable && pf.threads > 0 ? pf.threads : 4, 1), 1024);
@@ -75,14 +77,20 @@ export class StorageDevice implements BlobDevice {
   private readonly pending: ChunkInfo[] = [];
   private workers = 0;
   private readonly idle = new Set<() => void>();
+  /** what this device's chunks come from, for the shared cache */
+  private readonly source: ChunkSource;
 
+  /** `cache` comes from acquireFileCache and is released by close(). */
   constructor(
     private readonly blobs: BlobInfo[],
     private readonly backend: BlobBackend,
     private readonly cache: FileCache | undefined,
     private readonly validate: boolean,
     private readonly prefetchThreads: number,
-  ) {}
+  ) {
+    this.source = { backend, validate };
+    for (const b of blobs) cache?.retain(b.blobId);
+  }
 
   private blobOf(chunk: ChunkInfo): BlobInfo {
     const i = chunk.blobIndex;
@@ -95,7 +103,7 @@ export class StorageDevice implements BlobDevice {
   locate(chunk: ChunkInfo): ChunkLocation | undefined {
     if (this.closed || !this.cache) return undefined;
     const info = this.blobs[chunk.blobIndex];
-    return info ? this.cache.locate(info, chunk) : undefined;
+    return info ? this.cache.locate(info, chunk, this.validate) : undefined;
   }
 
   readChunk(chunk: ChunkInfo): Promise<Buffer> {
@@ -106,7 +114,7 @@ export class StorageDevice implements BlobDevice {
   }
 
   private async loadChunk(info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
-    if (this.cache) return this.cache.readChunk(info, chunk);
+    if (this.cache) return this.cache.readChunk(info, chunk, this.source);
     try {
       const raw = await this.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
       return decodeChunk(raw, chunk, info, { validate: this.validate });
@@ -134,7 +142,7 @@ export class StorageDevice implements BlobDevice {
     try {
       for (let c = this.pending.shift(); c && !this.closed; c = this.pending.shift()) {
         try {
-          await this.cache!.prefetchChunk(this.blobOf(c), c);
+          await this.cache!.prefetchChunk(this.blobOf(c), c, this.source);
         } catch (err) {
           warnLimited('storage.prefetch', { blobIndex: c.blobIndex, chunkIndex: c.index, err: (err as Error).message }, 'prefetch failed');
         }
@@ -160,7 +168,10 @@ export class StorageDevice implements BlobDevice {
     this.pending.length = 0;
     this.memory.clear();
     await this.prefetchIdle();
-    await this.cache?.close();
+    if (this.cache) {
+      for (const b of this.blobs) await this.cache.release(b.blobId);
+      await releaseFileCache(this.cache);
+    }
     await this.backend.close();
   }
 }

@@ -22,6 +22,7 @@ import { LocalFsBackend } from '../../src/storage/backend/localfs';
 import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-map';
 import { FileCache, cacheFileNames } from '../../src/storage/cache/filecache';
 import { createBlobDevice, StorageDevice } from '../../src/storage/factory';
+import { fileCacheUsers } from '../../src/storage/cache/manager';
 
 const ROOT = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-storage-'));
 let n = 0;
@@ -385,6 +386,55 @@ test('factory: no cache reads + verifies every time; blobFile option; unsupporte
   assert.throws(() => createBlobDevice(reg, [V6.info]), isErr('ENOSYS', /backend type registry not supported yet/));
   const fsc = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: '/x' } }, cache: { type: 'fscache', fscache: { work_dir: '/x' } } }));
   assert.throws(() => createBlobDevice(fsc, [V6.info]), isErr('ENOSYS', /cache type fscache/));
+});
+
+test('shared blob cache: two mounts of images sharing a blob share one entry, one download, one chunk map', async () => {
+  const work = tmp('shared-work');
+  const beA = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const beB = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const devA = createBlobDevice(cfgFor(V6, {}, work), [V6.info], { backend: beA }) as StorageDevice;
+  const devB = createBlobDevice(cfgFor(V6, { validate: true }, path.join(work, '.', '')), [V6.info], { backend: beB }) as StorageDevice;
+  assert.is(fileCacheUsers().get(path.resolve(work)), 2, 'one cache object for the work_dir, two users');
+  // the same chunks asked by both mounts at once: fetched once in all
+  const got = await Promise.all(V6.chunks.flatMap((c) => [devA.readChunk(c), devB.readChunk(c)]));
+  V6.chunks.forEach((c, i) => { assert.equal(got[2 * i], V6.expect.get(c.index)); assert.equal(got[2 * i + 1], V6.expect.get(c.index)); });
+  assert.is(beA.reads + beB.reads, V6.chunks.length, 'each chunk downloaded once for both mounts');
+  await devA.close();
+  // B still reads (its entry stayed open) and nothing is refetched
+  assert.equal(await devB.readChunk(V6.chunks[0]), V6.expect.get(V6.chunks[0].index));
+  assert.is(beA.reads + beB.reads, V6.chunks.length);
+  await devB.close();
+  assert.is(fileCacheUsers().has(path.resolve(work)), false, 'closed with its last user');
+  // readiness persisted once, for both: a new mount finds every chunk ready
+  const beC = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const devC = createBlobDevice(cfgFor(V6, {}, work), [V6.info], { backend: beC }) as StorageDevice;
+  for (const c of V6.chunks) assert.equal(await devC.readChunk(c), V6.expect.get(c.index));
+  assert.is(beC.reads, 0);
+  await devC.close();
+});
+
+test('shared blob cache: a validating mount joining an unverified fetch still never gets wrong bytes', async () => {
+  const work = tmp('shared-verify');
+  const c = V6.chunks[0];
+  // a backend that serves a corrupted chunk to the lax mount
+  const lax: BlobBackend = {
+    read: async (id: string, off: number, len: number) => {
+      const b = Buffer.from(await new LocalFsBackend({ blob_file: '', dir: V6.blobDir }).read(id, off, len));
+      if (!c.compressed) b[0] ^= 0xff;
+      else b[b.length - 1] ^= 0xff;
+      await new Promise((r) => setTimeout(r, 20));
+      return b;
+    },
+    close: async () => {},
+  } as unknown as BlobBackend;
+  const devLax = createBlobDevice(cfgFor(V6, {}, work), [V6.info], { backend: lax }) as StorageDevice;
+  const devStrict = createBlobDevice(cfgFor(V6, { validate: true }, work), [V6.info], { backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }) }) as StorageDevice;
+  const pLax = devLax.readChunk(c).then(() => 'ok', () => 'err');
+  const strict = await devStrict.readChunk(c).then((d) => d.equals(V6.expect.get(c.index)!) ? 'right' : 'WRONG', () => 'eio');
+  await pLax;
+  assert.ok(strict === 'eio' || strict === 'right', `strict reader got ${strict}`);
+  await devLax.close();
+  await devStrict.close();
 });
 
 test.run();

@@ -19,6 +19,17 @@
  * blob id and chunk index. Bad cached data (digest mismatch with validation
  * on) is EIO too, and its ready bit is dropped so a later read refetches it.
  * Concurrent reads of one chunk share one fetch (single flight).
+ *
+ * Sharing (cache/manager.ts): one FileCache per work_dir in the process, one
+ * entry (data file, chunk map, single-flight table) per blob id, whatever
+ * mount asks: two images sharing a layer share its cache files, its
+ * readiness and its downloads. Each call names its source (the mount's
+ * backend, whether it validates); a blob id binds its content, so any
+ * backend that has the blob serves the same bytes. A validating reader that
+ * joins a fetch started without validation verifies the result itself. Mounts
+ * retain the blob ids they use; an entry is closed when its last user
+ * releases it (after the daemon drained that mount's requests, so no
+ * located fd is closed under a READ).
  */
 import { constants as fsConstants } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -52,7 +63,8 @@ interface Entry {
   blobId: string;
   data: fsp.FileHandle;
   map: ChunkMap | undefined;
-  inflight: Map<number, Promise<Buffer>>;
+  /** single flight: the fetch of a chunk in progress, and whether it verifies */
+  inflight: Map<number, { data: Promise<Buffer>; validated: boolean }>;
   /** cache-file writes still running (write-behind) */
   writes: Map<number, Promise<void>>;
 }
@@ -60,8 +72,15 @@ interface Entry {
 export interface FileCacheOptions {
   /** `cache.filecache.work_dir` */
   workDir: string;
+  /** default source of calls that name none */
+  backend?: BlobBackend;
+  /** verify chunk digests (`cache.validate || rafs.validate`) by default */
+  validate?: boolean;
+}
+
+/** Where a call's missing chunks come from, and whether its reader verifies them. */
+export interface ChunkSource {
   backend: BlobBackend;
-  /** verify chunk digests (`cache.validate || rafs.validate`) */
   validate: boolean;
 }
 
@@ -69,9 +88,39 @@ export class FileCache {
   private readonly entries = new Map<string, Promise<Entry>>();
   /** entries whose files are open, for the synchronous locate() */
   private readonly opened = new Map<string, Entry>();
+  /** mounts using each blob id (retain/release) */
+  private readonly users = new Map<string, number>();
   private closed = false;
 
   constructor(private readonly opts: FileCacheOptions) {}
+
+  private source(src?: ChunkSource): ChunkSource {
+    if (src) return src;
+    if (!this.opts.backend) throw eio(`filecache ${this.opts.workDir}: no backend given`);
+    return { backend: this.opts.backend, validate: this.opts.validate ?? false };
+  }
+
+  /** A mount starts using blob `blobId`. */
+  retain(blobId: string): void {
+    this.users.set(blobId, (this.users.get(blobId) ?? 0) + 1);
+  }
+
+  /** A (drained) mount stops using blob `blobId`: its files are closed when nobody else uses it. */
+  async release(blobId: string): Promise<void> {
+    const n = (this.users.get(blobId) ?? 0) - 1;
+    if (n > 0) { this.users.set(blobId, n); return; }
+    this.users.delete(blobId);
+    const p = this.entries.get(blobId);
+    if (!p) return;
+    this.entries.delete(blobId);
+    this.opened.delete(blobId);
+    await FileCache.closeEntry(p);
+  }
+
+  /** Blob ids with open cache files (tests, metrics). */
+  openBlobs(): string[] {
+    return [...this.opened.keys()];
+  }
 
   get workDir(): string {
     return this.opts.workDir;
@@ -83,8 +132,8 @@ export class FileCache {
    * request that reached the mount has written its reply (Vfs.umountAndDrain):
    * a READ copying from it can never read a reused fd number.
    */
-  locate(info: BlobInfo, chunk: ChunkInfo): ChunkLocation | undefined {
-    if (this.opts.validate || this.closed) return undefined;
+  locate(info: BlobInfo, chunk: ChunkInfo, validate = this.opts.validate ?? false): ChunkLocation | undefined {
+    if (validate || this.closed) return undefined;
     const e = this.opened.get(info.blobId);
     if (!e?.map || !Number.isInteger(chunk.index) || chunk.index < 0 || chunk.index >= info.chunkCount) return undefined;
     if (!e.map.isReady(chunk.index)) return undefined;
@@ -146,25 +195,27 @@ export class FileCache {
   }
 
   /** Uncompressed bytes of `chunk` of blob `info` (see module doc). */
-  async readChunk(info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
+  async readChunk(info: BlobInfo, chunk: ChunkInfo, from?: ChunkSource): Promise<Buffer> {
+    const src = this.source(from);
     const e = await this.entry(info);
     const map = this.checkChunk(e, info, chunk);
     if (map.isReady(chunk.index)) {
-      const cached = await this.readCached(e, map, info, chunk);
+      const cached = await this.readCached(e, map, info, chunk, src.validate);
       if (cached) return cached;
     }
-    return this.fetch(e, map, info, chunk);
+    return this.fetch(e, map, info, chunk, src);
   }
 
-  /** Bring `chunk` into the cache unless it is there; never throws (errors are logged by the fetch). */
-  async prefetchChunk(info: BlobInfo, chunk: ChunkInfo): Promise<void> {
+  /** Bring `chunk` into the cache unless it is there. */
+  async prefetchChunk(info: BlobInfo, chunk: ChunkInfo, from?: ChunkSource): Promise<void> {
+    const src = this.source(from);
     const e = await this.entry(info);
     const map = this.checkChunk(e, info, chunk);
-    if (!map.isReady(chunk.index)) await this.fetch(e, map, info, chunk);
+    if (!map.isReady(chunk.index)) await this.fetch(e, map, info, chunk, src);
   }
 
   /** Cached bytes, or undefined when the data file turned out short (then refetched). */
-  private async readCached(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo): Promise<Buffer | undefined> {
+  private async readCached(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, validate: boolean): Promise<Buffer | undefined> {
     const len = chunk.uncompressedSize;
     const buf = Buffer.allocUnsafe(len);
     let done = 0;
@@ -178,7 +229,7 @@ export class FileCache {
       await map.clearReady(chunk.index);
       return undefined;
     }
-    if (!this.opts.validate) return buf;
+    if (!validate) return buf;
     try {
       return decodeChunk(buf, chunk, info, { validate: true, decoded: true });
     } catch (err) {
@@ -189,23 +240,33 @@ export class FileCache {
   }
 
   /** Single-flight backend fetch → decode → verify → write → mark ready. */
-  private fetch(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
-    let p = e.inflight.get(chunk.index);
-    if (!p) {
-      p = this.fetchOnce(e, map, info, chunk);
-      e.inflight.set(chunk.index, p);
-      // stays in flight until written behind, so nobody refetches a chunk being persisted
-      const done = () => { e.inflight.delete(chunk.index); };
-      p.then(() => e.writes.get(chunk.index), () => undefined).then(done, done);
+  private fetch(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, src: ChunkSource): Promise<Buffer> {
+    const joined = e.inflight.get(chunk.index);
+    if (joined) {
+      if (!src.validate || joined.validated) return joined.data;
+      // joined a fetch that does not verify: verify what it brings for this reader
+      return joined.data.then((d) => {
+        try {
+          return decodeChunk(d, chunk, info, { validate: true, decoded: true });
+        } catch (err) {
+          throw eio(`${this.where(info, chunk)}: ${(err as Error).message}`, err);
+        }
+      });
     }
+    const p = this.fetchOnce(e, map, info, chunk, src);
+    const flight = { data: p, validated: src.validate };
+    e.inflight.set(chunk.index, flight);
+    // stays in flight until written behind, so nobody refetches a chunk being persisted
+    const done = () => { if (e.inflight.get(chunk.index) === flight) e.inflight.delete(chunk.index); };
+    p.then(() => e.writes.get(chunk.index), () => undefined).then(done, done);
     return p;
   }
 
-  private async fetchOnce(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
+  private async fetchOnce(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, src: ChunkSource): Promise<Buffer> {
     let data: Buffer;
     try {
-      const raw = await this.opts.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
-      data = decodeChunk(raw, chunk, info, { validate: this.opts.validate });
+      const raw = await src.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
+      data = decodeChunk(raw, chunk, info, { validate: src.validate });
     } catch (err) {
       logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
       if (err instanceof ErrnoError && err.code === 'EIO') throw err;
@@ -237,13 +298,16 @@ export class FileCache {
     this.opened.clear();
     const all = [...this.entries.values()];
     this.entries.clear();
-    await Promise.all(all.map(async (p) => {
-      let e: Entry;
-      try { e = await p; } catch { return; }
-      await Promise.allSettled([...e.inflight.values()]);
-      await Promise.allSettled([...e.writes.values()]);
-      await e.map?.close().catch(() => {});
-      await e.data.close().catch(() => {});
-    }));
+    await Promise.all(all.map((p) => FileCache.closeEntry(p)));
+  }
+
+  /** Close an entry's files once its fetches and write-behinds are done. */
+  private static async closeEntry(p: Promise<Entry>): Promise<void> {
+    let e: Entry;
+    try { e = await p; } catch { return; }
+    await Promise.allSettled([...e.inflight.values()].map((f) => f.data));
+    await Promise.allSettled([...e.writes.values()]);
+    await e.map?.close().catch(() => {});
+    await e.data.close().catch(() => {});
   }
 }
