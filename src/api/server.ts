@@ -10,6 +10,7 @@ import { LOG_LEVELS, log, setLogLevel, type LogLevel } from '../common/log';
 import { exportEvents, inflightOps, recordErrorEvent } from '../service/metrics';
 import { UnexpectedEvent } from '../service/state';
 import { ApiError, badRequest, dbg, noRoute, other, parseBody, queryString } from './errors';
+import { BlobcacheMetrics } from '../storage/cache/metrics';
 import { AlreadyExists, DaemonService, NotFound, fsBackendType, type MountCmd, type MountedInstance } from '../service/service';
 
 export const MAX_BODY = 1 << 20;
@@ -103,20 +104,10 @@ function superMeta(inst: MountedInstance): Record<string, unknown> {
   };
 }
 
+/** Exact counters of the instance's blob cache (no directory scan: never blocks the loop). */
 function blobcacheMetrics(inst: MountedInstance): Record<string, unknown> {
-  let files: string[] = [];
-  if (inst.workDir) {
-    try { files = fs.readdirSync(inst.workDir).filter((f) => !f.endsWith('.chunk_map') && !f.endsWith('.blob.meta')).slice(0, 4096); } catch { /* gone */ }
-  }
-  const reads = inst.stats.fop_hits[4];
-  const backendReads = inst.backend?.read_count ?? 0;
-  return {
-    underlying_files: files, store_path: inst.workDir ?? '',
-    partial_hits: 0, whole_hits: Math.max(0, reads - backendReads), total: reads, entries_count: files.length,
-    prefetch_data_amount: 0, prefetch_requests_count: 0, prefetch_workers: 0, prefetch_unmerged_chunks: 0,
-    prefetch_cumulative_time_millis: 0, prefetch_begin_time_secs: 0, prefetch_begin_time_millis: 0,
-    prefetch_end_time_secs: 0, prefetch_end_time_millis: 0, buffered_backend_size: 0, data_all_ready: false,
-  };
+  if (inst.blobcache) return inst.blobcache.toJSON();
+  return new BlobcacheMetrics(inst.workDir ?? '').toJSON();
 }
 
 function stateEvent(svc: DaemonService, ev: 'Start', wrap: string): void {

@@ -180,7 +180,7 @@ export class RafsFs implements FileSystem {
     this.lastEnd.set(i.ino, end);
     if (!sequential) return;
     for (const c of chunks.slice(last + 1, last + 1 + READAHEAD_CHUNKS)) {
-      if (c.blobIndex >= 0 && !this.device.locate?.(c)) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
+      if (c.blobIndex >= 0 && !this.device.locate?.(c, true)) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
     }
   }
 

@@ -9,7 +9,8 @@ import { parseNydusdConfig, redactSecrets, type ConfigV2 } from '../common/confi
 import { ErrnoError } from '../common/errno';
 import { log } from '../common/log';
 import { RafsFs } from '../rafs/fs';
-import { createBackend, createBlobDevice } from '../storage/factory';
+import { createBackend, createBlobDevice, StorageDevice } from '../storage/factory';
+import type { BlobcacheMetrics } from '../storage/cache/metrics';
 import { loadBootstrapFileAsync } from '../rafs/image';
 import type { FileSystem } from '../common/filesystem';
 import { PassthroughFs, type CachePolicy } from '../virtiofs/passthrough/passthrough-fs';
@@ -41,6 +42,8 @@ export interface MountedInstance {
   stats: FsIoStats;
   backend?: BackendMetrics;
   workDir?: string;
+  /** exact blob cache counters of the instance's device (RAFS with a blobcache) */
+  blobcache?: BlobcacheMetrics;
   close(): Promise<void>;
 }
 
@@ -82,7 +85,8 @@ export async function createRafsInstance(mountpoint: string, bootstrap: string, 
   const workDir = cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache' ? cfg.cache.filecache?.work_dir : undefined;
   return {
     mountpoint, backendType: 'Rafs', mountedTime: new Date(), config: redactSecrets(cfg),
-    fs: withMetrics(rafs, stats), stats, backend: bm, workDir, close: () => device.close(),
+    fs: withMetrics(rafs, stats), stats, backend: bm, workDir,
+    blobcache: device instanceof StorageDevice ? device.cacheMetrics : undefined, close: () => device.close(),
   };
 }
 

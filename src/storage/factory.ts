@@ -14,8 +14,10 @@ import { logLimited, warnLimited } from '../common/log';
 import type { BlobInfo, ChunkInfo } from './format/types';
 import type { BlobBackend } from './backend/backend';
 import { LocalFsBackend } from './backend/localfs';
+import { RegistryBackend } from './backend/registry';
 import type { ChunkSource, FileCache } from './cache/filecache';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
+import { BlobcacheMetrics } from './cache/metrics';
 import { decodeChunk } from './blob/chunk-reader';
 import type { BlobDevice, ChunkLocation } from './blob/device';
 
@@ -35,6 +37,11 @@ export function createBackend(cfg: ConfigV2, opts: BlobDeviceOptions = {}): Blob
       const l = cfg.backend.localfs;
       if (!l) throw enosys('backend type localfs needs a backend.localfs section');
       return new LocalFsBackend(l);
+    }
+    case 'registry': {
+      const r = cfg.backend.registry;
+      if (!r) throw enosys('backend type registry needs a backend.registry section');
+      return new RegistryBackend(r);
     }
     default:
       throw enosys(`backend type ${cfg.backend.type} not supported yet`);
@@ -79,6 +86,8 @@ export class StorageDevice implements BlobDevice {
   private readonly idle = new Set<() => void>();
   /** what this device's chunks come from, for the shared cache */
   private readonly source: ChunkSource;
+  /** `/api/v1/metrics/blobcache` of this device (without a cache: reads counted, the rest 0) */
+  readonly cacheMetrics: BlobcacheMetrics;
 
   /** `cache` comes from acquireFileCache and is released by close(). */
   constructor(
@@ -88,7 +97,8 @@ export class StorageDevice implements BlobDevice {
     private readonly validate: boolean,
     private readonly prefetchThreads: number,
   ) {
-    this.source = { backend, validate };
+    this.cacheMetrics = new BlobcacheMetrics(cache ? cache.workDir : '');
+    this.source = { backend, validate, metrics: this.cacheMetrics };
     for (const b of blobs) cache?.retain(b.blobId);
   }
 
@@ -100,16 +110,19 @@ export class StorageDevice implements BlobDevice {
     return this.blobs[i];
   }
 
-  locate(chunk: ChunkInfo): ChunkLocation | undefined {
+  locate(chunk: ChunkInfo, probe = false): ChunkLocation | undefined {
     if (this.closed || !this.cache) return undefined;
     const info = this.blobs[chunk.blobIndex];
-    return info ? this.cache.locate(info, chunk, this.validate) : undefined;
+    const loc = info ? this.cache.locate(info, chunk, this.validate) : undefined;
+    if (loc && !probe) { this.cacheMetrics.total++; this.cacheMetrics.partialHits++; }
+    return loc;
   }
 
   readChunk(chunk: ChunkInfo): Promise<Buffer> {
     if (this.closed) return Promise.reject(eio('blob device is closed'));
     let info: BlobInfo;
     try { info = this.blobOf(chunk); } catch (e) { return Promise.reject(e); }
+    this.cacheMetrics.total++;
     return this.memory.get(`${chunk.blobIndex}:${chunk.index}:${chunk.compressedOffset}`, () => this.loadChunk(info, chunk));
   }
 
@@ -139,15 +152,24 @@ export class StorageDevice implements BlobDevice {
   }
 
   private async prefetchWorker(): Promise<void> {
+    const m = this.cacheMetrics;
+    {
+      m.prefetchWorkers++;
+      if (m.prefetchBegin === 0) m.prefetchBegin = Date.now();
+    }
     try {
       for (let c = this.pending.shift(); c && !this.closed; c = this.pending.shift()) {
+        const t0 = Date.now();
+        if (m) { m.prefetchRequestsCount++; m.prefetchUnmergedChunks++; m.prefetchDataAmount += c.compressedSize; }
         try {
           await this.cache!.prefetchChunk(this.blobOf(c), c, this.source);
         } catch (err) {
           warnLimited('storage.prefetch', { blobIndex: c.blobIndex, chunkIndex: c.index, err: (err as Error).message }, 'prefetch failed');
         }
+        if (m) { m.prefetchEnd = Date.now(); m.prefetchCumulativeTimeMillis += m.prefetchEnd - t0; }
       }
     } finally {
+      if (m) m.prefetchWorkers--;
       this.workers--;
       if (this.workers === 0) for (const f of this.idle) f();
     }

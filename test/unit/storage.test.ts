@@ -382,8 +382,8 @@ test('factory: no cache reads + verifies every time; blobFile option; unsupporte
   assert.equal(await dev2.readChunk(V6.chunks[1]), V6.expect.get(V6.chunks[1].index));
   await dev2.close();
 
-  const reg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'registry', registry: { host: 'h', repo: 'r' } } }));
-  assert.throws(() => createBlobDevice(reg, [V6.info]), isErr('ENOSYS', /backend type registry not supported yet/));
+  const oss = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'oss', oss: { endpoint: 'e', bucket_name: 'b' } } }));
+  assert.throws(() => createBlobDevice(oss, [V6.info]), isErr('ENOSYS', /backend type oss not supported yet/));
   const fsc = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: '/x' } }, cache: { type: 'fscache', fscache: { work_dir: '/x' } } }));
   assert.throws(() => createBlobDevice(fsc, [V6.info]), isErr('ENOSYS', /cache type fscache/));
 });
@@ -410,6 +410,15 @@ test('shared blob cache: two mounts of images sharing a blob share one entry, on
   const devC = createBlobDevice(cfgFor(V6, {}, work), [V6.info], { backend: beC }) as StorageDevice;
   for (const c of V6.chunks) assert.equal(await devC.readChunk(c), V6.expect.get(c.index));
   assert.is(beC.reads, 0);
+  // exact blobcache metrics: every read a slow-path hit, then the fast path hands out file ranges
+  const m = devC.cacheMetrics!.toJSON();
+  assert.is(m.total, V6.chunks.length);
+  assert.is(m.whole_hits, V6.chunks.length);
+  assert.is(m.entries_count, V6.chunks.length);
+  assert.equal(m.underlying_files, [`${V6.info.blobId}.blob.data`]);
+  assert.is(m.store_path, path.resolve(work));
+  assert.ok(devC.locate(V6.chunks[0]));
+  assert.is(devC.cacheMetrics!.partialHits, 1);
   await devC.close();
 });
 

@@ -18,8 +18,9 @@ export interface BlobDevice {
   /**
    * The cache file range holding this chunk when it is cached and needs no
    * verification on read, so transports can copy it straight to the reader.
+   * `probe`: only asking whether it is cached (readahead), not serving a read.
    */
-  locate?(chunk: ChunkInfo): ChunkLocation | undefined;
+  locate?(chunk: ChunkInfo, probe?: boolean): ChunkLocation | undefined;
   /** Start fetching these chunks in the background (best effort). */
   prefetch?(chunks: ChunkInfo[]): void;
   close(): Promise<void>;

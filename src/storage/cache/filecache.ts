@@ -42,6 +42,7 @@ import type { BlobFile } from '../blob/blob-file';
 import { decodeChunk } from '../blob/chunk-reader';
 import { type BlobBackend, checkBlobId } from '../backend/backend';
 import { CHUNK_MAP_SUFFIX, ChunkMap } from './chunk-map';
+import type { BlobcacheMetrics } from './metrics';
 
 /** Largest uncompressed offset + size accepted for a cached chunk (16 TiB, as the v6 blob bound). */
 const MAX_CACHE_OFFSET = 2 ** 44;
@@ -82,6 +83,8 @@ export interface FileCacheOptions {
 export interface ChunkSource {
   backend: BlobBackend;
   validate: boolean;
+  /** the reader's blob cache metrics (hits, persisted chunks, write-behind bytes) */
+  metrics?: BlobcacheMetrics;
 }
 
 export class FileCache {
@@ -198,10 +201,14 @@ export class FileCache {
   async readChunk(info: BlobInfo, chunk: ChunkInfo, from?: ChunkSource): Promise<Buffer> {
     const src = this.source(from);
     const e = await this.entry(info);
+    src.metrics?.blobs.add(info.blobId);
     const map = this.checkChunk(e, info, chunk);
     if (map.isReady(chunk.index)) {
       const cached = await this.readCached(e, map, info, chunk, src.validate);
-      if (cached) return cached;
+      if (cached) {
+        if (src.metrics) { src.metrics.wholeHits++; src.metrics.entriesCount++; }
+        return cached;
+      }
     }
     return this.fetch(e, map, info, chunk, src);
   }
@@ -273,7 +280,11 @@ export class FileCache {
       throw eio(`${this.where(info, chunk)}: ${(err as Error).message}`, err);
     }
     // serve the verified data now; the cache file and chunk map are written behind
-    const w = this.persist(e, map, info, chunk, data);
+    const m = src.metrics;
+    if (m) m.bufferedBackendSize += data.length;
+    const w = this.persist(e, map, info, chunk, data).finally(() => {
+      if (m) { m.bufferedBackendSize -= data.length; m.entriesCount++; }
+    });
     e.writes.set(chunk.index, w);
     void w.finally(() => e.writes.delete(chunk.index));
     return data;

@@ -1,0 +1,233 @@
+/**
+ * Common HTTP layer for remote backends (storage-backends §1): one undici
+ * Agent per backend (keep-alive connection reuse), `connect_timeout` and
+ * `timeout` in seconds (0 disables), `skip_verify` / `ca_cert_files` in the
+ * TLS connect options, `User-Agent: nydusd/1.0.0` plus `NYDUS_HEADER_<Name>`
+ * headers. Redirects are never followed here (the registry backend follows
+ * them by hand). Everything a server controls is bounded: header size (undici
+ * `maxHeaderSize`), body size (readExact / readLimited abort past the limit).
+ */
+import * as fs from 'node:fs';
+import * as tls from 'node:tls';
+import { Agent, type Dispatcher } from 'undici';
+import { eio } from '../../common/errno';
+
+export const USER_AGENT = 'nydusd/1.0.0';
+/** response header block limit (bytes) */
+export const MAX_HEADER_SIZE = 16 * 1024;
+
+export interface HttpClientOptions {
+  /** whole-request timeout, seconds; 0 = none */
+  timeout: number;
+  /** connect timeout, seconds; 0 = none */
+  connect_timeout: number;
+  skip_verify: boolean;
+  ca_cert_files: string[];
+}
+
+export type Headers = Record<string, string>;
+
+export interface HttpResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+  /** stop the attempt's timer; call once the body is consumed or discarded */
+  done(): void;
+}
+
+/** `NYDUS_HEADER_<Name>` environment variables as extra headers (invalid names skipped). */
+export function envHeaders(env: NodeJS.ProcessEnv = process.env): Headers {
+  const out: Headers = {};
+  for (const [k, v] of Object.entries(env)) {
+    if (!k.startsWith('NYDUS_HEADER_') || v === undefined) continue;
+    const name = k.slice('NYDUS_HEADER_'.length);
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || /[\r\n\0]/.test(v)) continue;
+    out[name] = v;
+  }
+  return out;
+}
+
+/** One header value as a string (first of a repeated header). */
+export function headerValue(h: HttpResponse['headers'], name: string): string | undefined {
+  const v = h[name.toLowerCase()];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+export class HttpClient {
+  readonly agent: Agent;
+  private readonly timeoutMs: number;
+  private readonly common: Headers;
+  private readonly inflight = new Set<AbortController>();
+  private closed = false;
+
+  constructor(opts: HttpClientOptions) {
+    const ca: string[] = [];
+    for (const f of opts.ca_cert_files ?? []) {
+      try {
+        ca.push(fs.readFileSync(f, 'utf8'));
+      } catch (err) {
+        throw eio(`cannot read ca_cert_files entry ${f}: ${(err as Error).message}`, err);
+      }
+    }
+    this.timeoutMs = opts.timeout > 0 ? opts.timeout * 1000 : 0;
+    const connect: Record<string, unknown> = { rejectUnauthorized: !opts.skip_verify };
+    if (ca.length > 0) connect.ca = [...tls.rootCertificates, ...ca];
+    // undici treats 0 as "no timeout" for connect, headers and body
+    connect.timeout = opts.connect_timeout > 0 ? opts.connect_timeout * 1000 : 0;
+    this.agent = new Agent({
+      connect,
+      keepAliveTimeout: 30_000,
+      keepAliveMaxTimeout: 600_000,
+      headersTimeout: this.timeoutMs,
+      bodyTimeout: this.timeoutMs,
+      maxHeaderSize: MAX_HEADER_SIZE,
+      connections: 32,
+    });
+    this.common = { 'user-agent': USER_AGENT, ...envHeaders() };
+  }
+
+  /**
+   * Send one request (no redirects followed, no status check). The attempt's
+   * timer (`timeout`) keeps running until `done()` or the body is consumed.
+   */
+  async request(method: string, url: URL, headers: Headers = {}, body?: string): Promise<HttpResponse> {
+    if (this.closed) throw eio('http client is closed');
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw eio(`unsupported URL scheme ${url.protocol}`);
+    const ac = new AbortController();
+    this.inflight.add(ac);
+    let timer: NodeJS.Timeout | undefined;
+    if (this.timeoutMs > 0) {
+      timer = setTimeout(() => ac.abort(eio(`request timed out after ${this.timeoutMs / 1000} s`)), this.timeoutMs);
+    }
+    const done = () => {
+      if (timer) clearTimeout(timer);
+      timer = undefined;
+      this.inflight.delete(ac);
+    };
+    try {
+      const r = await this.agent.request({
+        origin: url.origin,
+        path: url.pathname + url.search,
+        method: method as Dispatcher.HttpMethod,
+        headers: { ...this.common, ...headers },
+        body,
+        signal: ac.signal,
+      });
+      return { status: r.statusCode, headers: r.headers, body: r.body, done };
+    } catch (err) {
+      done();
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const ac of this.inflight) ac.abort(eio('backend closed'));
+    this.inflight.clear();
+    await this.agent.destroy().catch(() => undefined);
+  }
+}
+
+/** Drop a body and its connection (never an unhandled 'error'). */
+export function abortBody(r: HttpResponse): void {
+  r.body.on('error', () => undefined);
+  r.body.destroy();
+}
+
+/** Discard a response body (at most `limit` bytes read; the socket is dropped past that). */
+export async function discard(r: HttpResponse, limit = 64 * 1024): Promise<void> {
+  try {
+    await r.body.dump({ limit });
+  } catch {
+    // already failed or aborted: nothing to drain
+  } finally {
+    r.done();
+  }
+}
+
+/** Read at most `max` bytes of a body; a longer body is an error (and is aborted). */
+export async function readLimited(r: HttpResponse, max: number, what: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  try {
+    for await (const chunk of r.body) {
+      const b = chunk as Buffer;
+      n += b.length;
+      if (n > max) {
+        abortBody(r);
+        throw eio(`${what}: response body larger than ${max} bytes`);
+      }
+      parts.push(b);
+    }
+    return Buffer.concat(parts, n);
+  } finally {
+    r.done();
+  }
+}
+
+/** Up to `max` bytes of an error body as text (the rest is dropped). */
+export async function errorText(r: HttpResponse, max = 512): Promise<string> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  try {
+    for await (const chunk of r.body) {
+      const b = chunk as Buffer;
+      parts.push(b.subarray(0, Math.max(0, max - n)));
+      n += b.length;
+      if (n >= max) {
+        abortBody(r);
+        break;
+      }
+    }
+  } catch {
+    // the text is only for the message
+  } finally {
+    r.done();
+  }
+  return Buffer.concat(parts).toString('utf8').replace(/[^\x20-\x7e]+/g, ' ').trim().slice(0, max);
+}
+
+/**
+ * Exactly `length` bytes of body, copied into a buffer of that size: a
+ * Content-Length that differs, a body that runs past `length` (aborted at
+ * once, never buffered) or ends short are errors.
+ */
+export async function readExact(r: HttpResponse, length: number): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(length);
+  let n = 0;
+  try {
+    const cl = headerValue(r.headers, 'content-length');
+    if (cl !== undefined && /^\d+$/.test(cl) && Number(cl) !== length) {
+      abortBody(r);
+      throw eio(`expected ${length} bytes, server announced Content-Length ${cl}`);
+    }
+    for await (const chunk of r.body) {
+      const b = chunk as Buffer;
+      if (n + b.length > length) {
+        abortBody(r);
+        throw eio(`expected ${length} bytes, server sent more`);
+      }
+      b.copy(out, n);
+      n += b.length;
+    }
+  } catch (err) {
+    if ((err as Error).name === 'ErrnoError') throw err;
+    throw eio(`expected ${length} bytes, got ${n} before error: ${describe(err)}`, err);
+  } finally {
+    r.done();
+  }
+  if (n !== length) throw eio(`expected ${length} bytes, got ${n}`);
+  return out;
+}
+
+/** A transport error's message with its nested causes. */
+export function describe(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err, i = 0; e && i < 4; e = (e as { cause?: unknown }).cause, i++) {
+    const code = e instanceof Error && e.name !== 'ErrnoError' ? (e as { code?: string }).code : undefined;
+    const m = e instanceof Error ? `${code ? `${code}: ` : ''}${e.message}` : String(e);
+    if (!parts.includes(m)) parts.push(m);
+  }
+  return parts.join(': ');
+}

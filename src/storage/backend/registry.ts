@@ -1,0 +1,394 @@
+/**
+ * Registry backend (storage-backends §2): blobs of an OCI distribution
+ * registry, read with `GET {scheme}://{host}/v2/{repo}/blobs/sha256:{id}` and
+ * `Range: bytes=a-b`.
+ *
+ * As upstream:
+ *  - the first request is anonymous (or `Bearer <registry_token>`); a 401 is
+ *    answered from its `WWW-Authenticate` challenge: Basic → `auth`, Bearer →
+ *    a token from the realm (POST form with `client_id=nydus-registry-client`,
+ *    then GET, remembered per realm host; `Authorization: Basic <auth>` when
+ *    `auth` is set). The header that worked is cached for the backend; a
+ *    request that carried one and got a 401 is resent without it first;
+ *  - redirects are followed by hand: `blob_url_scheme` / `blob_redirected_host`
+ *    rewrite the Location, Authorization is never forwarded, the final URL is
+ *    cached per blob id;
+ *  - reads must return exactly the requested length; 4 attempts per read
+ *    (`retry_limit` is unused upstream since v2.4.3);
+ *  - `skip_verify` with an https scheme falls back to http once on a TLS /
+ *    refused transport error;
+ *  - the first blob request runs alone (the others wait), so one token is
+ *    fetched instead of a storm of anonymous 401s.
+ * Deliberate differences:
+ *  - a reply must be 206 (with a matching Content-Range when present), or 200
+ *    only for a read at offset 0 of exactly the body length: a server that
+ *    ignores Range never yields bytes of the wrong place;
+ *  - a cached redirect URL is dropped on any status ≥ 400 (upstream: only
+ *    401/403), so expired pre-signed URLs recover (trap §10.3);
+ *  - challenge values are split at the first `=` only (upstream truncates a
+ *    realm containing `=`);
+ *  - no refresh thread: a Bearer token is refetched on use once it is within
+ *    20 s of `expires_in`, and on any later 401;
+ *  - retries back off (exponential, jittered, ≤ 1 s) instead of the global
+ *    1 request/s limiter; `proxy` is not implemented (ignored).
+ * Every failure surfaces as EIO naming the blob, range and cause.
+ */
+import { eio } from '../../common/errno';
+import type { RegistryConfig } from '../../common/config';
+import { warnLimited } from '../../common/log';
+import { type BlobBackend, checkBlobId, checkRange } from './backend';
+import {
+  type Headers,
+  HttpClient,
+  type HttpResponse,
+  describe,
+  discard,
+  errorText,
+  headerValue,
+  readExact,
+  readLimited,
+} from './http';
+
+/** attempts per read (upstream: 1 + 3 retries on demand) */
+export const READ_ATTEMPTS = 4;
+/** redirect hops followed from the registry to the blob store */
+export const MAX_REDIRECTS = 5;
+/** token endpoint response limit */
+export const MAX_TOKEN_RESPONSE = 64 * 1024;
+const TOKEN_CLIENT_ID = 'nydus-registry-client';
+const DEFAULT_TOKEN_TTL = 600;
+
+export interface RegistryBackendOptions {
+  /** attempts per read (default 4) */
+  attempts?: number;
+  /** delay before retry `n` (1-based), ms; default 100·2^(n-1) ± jitter, ≤ 1 s */
+  retryDelayMs?: (n: number) => number;
+}
+
+export interface Challenge {
+  scheme: 'Basic' | 'Bearer';
+  realm: string;
+  service: string;
+  scope: string;
+}
+
+/** Parse a `WWW-Authenticate` value; undefined when unusable (upstream: Bearer needs realm and service). */
+export function parseChallenge(value: string | undefined): Challenge | undefined {
+  if (!value || value.length > 4096) return undefined;
+  const sp = value.indexOf(' ');
+  const scheme = (sp < 0 ? value : value.slice(0, sp)).trim();
+  const rest = sp < 0 ? '' : value.slice(sp + 1);
+  const params: Record<string, string> = {};
+  for (const piece of rest.split('",')) {
+    const eq = piece.indexOf('=');
+    if (eq < 0) continue;
+    const k = piece.slice(0, eq).trim().toLowerCase();
+    const v = piece.slice(eq + 1).trim().replace(/^"+|"+$/g, '').trim();
+    params[k] = v;
+  }
+  if (/^basic$/i.test(scheme)) return { scheme: 'Basic', realm: params.realm ?? '', service: '', scope: '' };
+  if (/^bearer$/i.test(scheme)) {
+    if (!params.realm || !params.service) return undefined;
+    return { scheme: 'Bearer', realm: params.realm, service: params.service, scope: params.scope ?? '' };
+  }
+  return undefined;
+}
+
+/** `auth` must be base64 of UTF-8 `user:pass` (upstream validation); '' = absent. */
+export function validateAuth(auth: string | undefined): string | undefined {
+  const a = auth?.trim();
+  if (!a) return undefined;
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(a) || a.length % 4 !== 0) throw eio('backend.registry.auth is not valid base64');
+  const dec = Buffer.from(a, 'base64');
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(dec);
+  } catch {
+    throw eio('backend.registry.auth does not decode to UTF-8');
+  }
+  if (!text.includes(':')) throw eio('backend.registry.auth must encode user:password');
+  return a;
+}
+
+class RetryStop extends Error {}
+
+export class RegistryBackend implements BlobBackend {
+  readonly type = 'registry';
+  private readonly http: HttpClient;
+  private scheme: 'http' | 'https';
+  private readonly host: string;
+  private readonly repo: string;
+  private readonly auth: string | undefined;
+  private readonly attempts: number;
+  private readonly retryDelay: (n: number) => number;
+  /** the Authorization header that last worked (or `Bearer <registry_token>`) */
+  private authHeader: string | undefined;
+  /** expiry (ms since epoch) of a Bearer header we fetched */
+  private authExpires = Infinity;
+  /** the last Bearer challenge, for refreshing its token */
+  private bearer: Challenge | undefined;
+  /** realm hosts whose token endpoint wants GET */
+  private readonly tokenGetHosts = new Set<string>();
+  /** blob id → final redirected URL */
+  private readonly redirects = new Map<string, URL>();
+  private readonly fallbackDone = { v: false };
+  private gateOpen = false;
+  private gate: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(private readonly cfg: RegistryConfig, opts: RegistryBackendOptions = {}) {
+    if (!cfg.host) throw eio('backend.registry.host must not be empty');
+    if (!cfg.repo) throw eio('backend.registry.repo must not be empty');
+    if (/[\s/?#@]/.test(cfg.host)) throw eio(`backend.registry.host '${cfg.host}' is not a host[:port]`);
+    this.scheme = cfg.scheme === 'http' ? 'http' : 'https';
+    this.host = cfg.host;
+    this.repo = cfg.repo.replace(/^\/+|\/+$/g, '');
+    this.auth = validateAuth(cfg.auth);
+    const tok = cfg.registry_token?.trim();
+    if (tok) this.authHeader = `Bearer ${tok}`;
+    this.attempts = Math.max(1, opts.attempts ?? READ_ATTEMPTS);
+    this.retryDelay = opts.retryDelayMs ?? ((n) => Math.min(1000, 100 * 2 ** (n - 1)) * (0.5 + Math.random() / 2));
+    this.http = new HttpClient(cfg);
+  }
+
+  blobUrl(blobId: string): URL {
+    return new URL(`${this.scheme}://${this.host}/v2/${this.repo}/blobs/sha256:${encodeURIComponent(blobId)}`);
+  }
+
+  async read(blobId: string, offset: number, length: number): Promise<Buffer> {
+    checkBlobId(blobId);
+    checkRange(blobId, offset, length);
+    if (length === 0) return Buffer.alloc(0);
+    const range = `bytes=${offset}-${offset + length - 1}`;
+    const what = `registry ${this.host}/${this.repo} blob ${blobId} range ${range}`;
+    let last: unknown;
+    let n = 0;
+    for (let attempt = 1; attempt <= this.attempts; attempt++) {
+      if (this.closed) throw eio(`${what}: backend closed`);
+      n = attempt;
+      try {
+        return await this.gated(() => this.tryRead(blobId, offset, length, range));
+      } catch (err) {
+        last = err;
+        if (err instanceof RetryStop || this.closed) break;
+        if (this.maybeFallbackToHttp(err)) { attempt--; continue; }
+        if (attempt < this.attempts) await sleep(this.retryDelay(attempt));
+      }
+    }
+    const msg = `${what}: ${describe(last)} (${n} attempt${n === 1 ? '' : 's'})`;
+    warnLimited('storage.registry', { blobId, range, err: describe(last) }, 'registry read failed');
+    throw eio(msg, last);
+  }
+
+  async size(blobId: string): Promise<number> {
+    checkBlobId(blobId);
+    const r = await this.gated(() => this.authed('HEAD', this.blobUrl(blobId), {}));
+    await discard(r);
+    const cl = headerValue(r.headers, 'content-length');
+    if (r.status < 200 || r.status > 399 || !cl || !/^\d+$/.test(cl)) {
+      throw eio(`registry ${this.host}/${this.repo} blob ${blobId}: HEAD status ${r.status}, no usable Content-Length`);
+    }
+    return Number(cl);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.http.close();
+  }
+
+  // ------------------------------------------------------------ internals
+
+  /** First-request gate: until one request succeeded, requests run one at a time. */
+  private async gated<T>(fn: () => Promise<T>): Promise<T> {
+    while (!this.gateOpen) {
+      if (this.gate) {
+        await this.gate.catch(() => undefined);
+        continue;
+      }
+      let release!: () => void;
+      this.gate = new Promise<void>((r) => { release = r; });
+      try {
+        const v = await fn();
+        this.gateOpen = true;
+        return v;
+      } finally {
+        this.gate = undefined;
+        release();
+      }
+    }
+    return fn();
+  }
+
+  private maybeFallbackToHttp(err: unknown): boolean {
+    if (this.fallbackDone.v || !this.cfg.skip_verify || this.scheme !== 'https') return false;
+    if (!/wrong version number|ECONNREFUSED|connection refused|ssl|tls/i.test(describe(err))) return false;
+    this.fallbackDone.v = true;
+    this.scheme = 'http';
+    warnLimited('storage.registry', { host: this.host }, 'registry https failed, falling back to http');
+    return true;
+  }
+
+  private async tryRead(blobId: string, offset: number, length: number, range: string): Promise<Buffer> {
+    const cached = this.redirects.get(blobId);
+    if (cached) {
+      const r = await this.http.request('GET', cached, { range });
+      if (r.status < 400) return this.body(r, offset, length, cached);
+      // deliberate: any failure status drops the cached URL (upstream: 401/403 only)
+      await discard(r);
+      this.redirects.delete(blobId);
+    }
+    let url = this.blobUrl(blobId);
+    let r = await this.authed('GET', url, { range });
+    for (let hop = 0; r.status >= 300 && r.status <= 399; hop++) {
+      const loc = headerValue(r.headers, 'location');
+      await discard(r);
+      if (!loc) throw eio(`status ${r.status} without Location`);
+      if (hop >= MAX_REDIRECTS) throw eio(`more than ${MAX_REDIRECTS} redirects`);
+      url = this.redirectTarget(loc, url);
+      // Authorization is never forwarded to the redirect target
+      r = await this.http.request('GET', url, { range });
+      if (r.status >= 200 && r.status <= 299) this.redirects.set(blobId, url);
+    }
+    return this.body(r, offset, length, url);
+  }
+
+  private redirectTarget(loc: string, base: URL): URL {
+    let u: URL;
+    try {
+      u = new URL(loc, base);
+    } catch {
+      throw eio(`invalid redirect Location ${JSON.stringify(loc.slice(0, 200))}`);
+    }
+    if (this.cfg.blob_url_scheme) u = new URL(`${this.cfg.blob_url_scheme}:${u.href.slice(u.protocol.length)}`);
+    if (this.cfg.blob_redirected_host) u.hostname = this.cfg.blob_redirected_host;
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw eio(`redirect to unsupported scheme ${u.protocol}`);
+    return u;
+  }
+
+  private async body(r: HttpResponse, offset: number, length: number, url: URL): Promise<Buffer> {
+    if (r.status >= 400 || r.status < 200) {
+      const text = await errorText(r);
+      throw eio(`status ${r.status} from ${url.host}${text ? `: ${text}` : ''}`);
+    }
+    if (r.status === 200) {
+      if (offset !== 0) {
+        await discard(r, 0);
+        throw new RetryStop(`status 200 (Range ignored by ${url.host}) for a read at offset ${offset}`);
+      }
+    } else if (r.status !== 206) {
+      await discard(r);
+      throw eio(`unexpected status ${r.status} from ${url.host}`);
+    } else {
+      const cr = headerValue(r.headers, 'content-range');
+      const m = cr ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr.trim()) : null;
+      if (cr && (!m || Number(m[1]) !== offset || Number(m[2]) !== offset + length - 1)) {
+        await discard(r, 0);
+        throw eio(`Content-Range ${JSON.stringify(cr.slice(0, 100))} does not match the request`);
+      }
+    }
+    return readExact(r, length);
+  }
+
+  /** Request with the auth flow of storage-backends §2 "Request and auth flow". */
+  private async authed(method: string, url: URL, extra: Headers): Promise<HttpResponse> {
+    await this.refreshIfExpiring();
+    const sent = this.authHeader;
+    let r = await this.http.request(method, url, sent ? { ...extra, authorization: sent } : extra);
+    if (r.status !== 401) return r;
+    if (sent) {
+      // Harbor answers an expired token with a Basic challenge: retry anonymously
+      await discard(r);
+      r = await this.http.request(method, url, extra);
+      if (r.status !== 401) return r;
+    }
+    const ch = parseChallenge(headerValue(r.headers, 'www-authenticate'));
+    if (!ch) return r;
+    let header: string;
+    if (ch.scheme === 'Basic') {
+      if (!this.auth) return r;
+      header = `Basic ${this.auth}`;
+      await discard(r);
+    } else {
+      await discard(r);
+      const t = await this.fetchToken(ch);
+      header = t.header;
+      this.bearer = ch;
+      this.pendingExpiry = t.expires;
+    }
+    const r2 = await this.http.request(method, url, { ...extra, authorization: header });
+    if (r2.status >= 200 && r2.status <= 399) {
+      this.authHeader = header;
+      this.authExpires = ch.scheme === 'Bearer' ? this.pendingExpiry : Infinity;
+    }
+    return r2;
+  }
+
+  private pendingExpiry = Infinity;
+
+  private async refreshIfExpiring(): Promise<void> {
+    if (!this.bearer || !this.authHeader || Date.now() < this.authExpires - 20_000) return;
+    try {
+      const t = await this.fetchToken(this.bearer);
+      this.authHeader = t.header;
+      this.authExpires = t.expires;
+    } catch (err) {
+      // keep the old token; a 401 will tell
+      warnLimited('storage.registry', { err: describe(err) }, 'registry token refresh failed');
+      this.authExpires = Date.now() + 25_000;
+    }
+  }
+
+  /** Token from a Bearer challenge's realm: POST form first, then GET (remembered per host). */
+  async fetchToken(ch: Challenge): Promise<{ header: string; expires: number }> {
+    let realm: URL;
+    try {
+      realm = new URL(ch.realm);
+    } catch {
+      throw eio(`invalid token realm ${JSON.stringify(ch.realm.slice(0, 200))}`);
+    }
+    if (realm.protocol !== 'http:' && realm.protocol !== 'https:') throw eio(`token realm has unsupported scheme ${realm.protocol}`);
+    const headers: Headers = this.auth ? { authorization: `Basic ${this.auth}` } : {};
+    const params = new URLSearchParams({ service: ch.service, scope: ch.scope, client_id: TOKEN_CLIENT_ID });
+    let body: Buffer | undefined;
+    let why = '';
+    if (!this.tokenGetHosts.has(realm.host)) {
+      try {
+        const r = await this.http.request('POST', realm, { ...headers, 'content-type': 'application/x-www-form-urlencoded' }, params.toString());
+        if (r.status >= 400) {
+          why = `POST status ${r.status}`;
+          await discard(r);
+        } else {
+          body = await readLimited(r, MAX_TOKEN_RESPONSE, 'token endpoint');
+        }
+      } catch (err) {
+        why = `POST: ${describe(err)}`;
+      }
+      if (!body) this.tokenGetHosts.add(realm.host);
+    }
+    if (!body) {
+      const u = new URL(realm);
+      for (const [k, v] of params) u.searchParams.set(k, v);
+      const r = await this.http.request('GET', u, headers);
+      if (r.status >= 400) {
+        const text = await errorText(r);
+        throw eio(`token endpoint ${realm.host}: ${why ? `${why}, ` : ''}GET status ${r.status}${text ? `: ${text}` : ''}`);
+      }
+      body = await readLimited(r, MAX_TOKEN_RESPONSE, 'token endpoint');
+    }
+    let j: { token?: unknown; access_token?: unknown; expires_in?: unknown };
+    try {
+      j = JSON.parse(body.toString('utf8'));
+    } catch {
+      throw eio(`token endpoint ${realm.host}: response is not JSON`);
+    }
+    const tok = typeof j?.token === 'string' && j.token ? j.token : typeof j?.access_token === 'string' ? j.access_token : '';
+    if (!tok || /[\r\n\0]/.test(tok) || tok.length > 16384) throw eio(`token endpoint ${realm.host}: no usable token in response`);
+    const ttl = typeof j.expires_in === 'number' && Number.isFinite(j.expires_in) && j.expires_in > 0 ? j.expires_in : DEFAULT_TOKEN_TTL;
+    return { header: `Bearer ${tok}`, expires: Date.now() + Math.min(ttl, 365 * 86400) * 1000 };
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();
+}
+

@@ -1,0 +1,143 @@
+/**
+ * A real OCI registry for e2e tests: Debian's `docker-registry` (distribution
+ * 2.8) on a free loopback port with filesystem storage, optionally behind
+ * htpasswd (bcrypt, made by apache2-utils' `htpasswd -Bbn`). Blobs are pushed
+ * with the registry HTTP API (monolithic upload: POST then PUT ?digest=).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { tmpdir } from './cli';
+
+export const REGISTRY_BIN = '/usr/bin/docker-registry';
+
+/** Why the registry e2e cannot run here, or undefined. */
+export function registryMissing(): string | undefined {
+  if (!fs.existsSync(REGISTRY_BIN)) return 'docker-registry not installed (scripts/setup.sh installs it)';
+  if (spawnSync('sh', ['-c', 'command -v htpasswd']).status !== 0) return 'htpasswd not installed (apache2-utils; scripts/setup.sh installs it)';
+  return undefined;
+}
+
+export interface Registry {
+  host: string;
+  port: number;
+  /** base64 user:pass when started with auth */
+  auth?: string;
+  /** everything the registry wrote (stdout + stderr) */
+  log(): string;
+  /** push `data` as a blob of `repo`; returns its sha256 hex */
+  pushBlob(repo: string, data: Buffer): Promise<string>;
+  stop(): Promise<void>;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+interface Reply { status: number; headers: http.IncomingHttpHeaders; body: string }
+
+function req(method: string, url: string, headers: Record<string, string>, body?: Buffer): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const r = http.request(url, { method, headers: body ? { ...headers, 'content-length': String(body.length) } : headers }, (res) => {
+      let b = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { if (b.length < 65536) b += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: b }));
+      res.on('error', reject);
+    });
+    r.on('error', reject);
+    r.setTimeout(10_000, () => r.destroy(new Error(`${method} ${url} timed out`)));
+    r.end(body);
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function startRegistry(opts: { user?: string; pass?: string } = {}): Promise<Registry> {
+  const dir = tmpdir('registry');
+  const port = await freePort();
+  const storage = path.join(dir, 'storage');
+  fs.mkdirSync(storage);
+  let authYaml = '';
+  let auth: string | undefined;
+  if (opts.user) {
+    const line = spawnSync('htpasswd', ['-Bbn', opts.user, opts.pass ?? ''], { encoding: 'utf8' });
+    if (line.status !== 0) throw new Error(`htpasswd failed: ${line.stderr}`);
+    const file = path.join(dir, 'htpasswd');
+    fs.writeFileSync(file, line.stdout.trim() + '\n');
+    authYaml = `auth:\n  htpasswd:\n    realm: nydus-test\n    path: ${file}\n`;
+    auth = Buffer.from(`${opts.user}:${opts.pass ?? ''}`).toString('base64');
+  }
+  const config = path.join(dir, 'config.yml');
+  fs.writeFileSync(config, [
+    'version: 0.1',
+    'log:',
+    '  level: info',
+    '  accesslog:',
+    '    disabled: false',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${storage}`,
+    'http:',
+    `  addr: 127.0.0.1:${port}`,
+    authYaml,
+  ].join('\n'));
+  let out = '';
+  const proc: ChildProcess = spawn(REGISTRY_BIN, ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  proc.stdout!.on('data', (d) => { out += d; });
+  proc.stderr!.on('data', (d) => { out += d; });
+  let exited = false;
+  const exit = new Promise<void>((r) => proc.on('exit', () => { exited = true; r(); }));
+  const base = `http://127.0.0.1:${port}`;
+  const t0 = Date.now();
+  for (;;) {
+    if (exited) throw new Error(`docker-registry exited: ${out}`);
+    try {
+      const r = await req('GET', `${base}/v2/`, {});
+      if (r.status === 200 || r.status === 401) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() - t0 > 15_000) { proc.kill('SIGKILL'); throw new Error(`docker-registry did not start: ${out}`); }
+    await sleep(50);
+  }
+  const authHeaders: Record<string, string> = auth ? { authorization: `Basic ${auth}` } : {};
+  return {
+    host: `127.0.0.1:${port}`,
+    port,
+    auth,
+    log: () => out,
+    async pushBlob(repo, data) {
+      const digest = crypto.createHash('sha256').update(data).digest('hex');
+      const start = await req('POST', `${base}/v2/${repo}/blobs/uploads/`, authHeaders);
+      if (start.status !== 202 || !start.headers.location) throw new Error(`upload start: ${start.status} ${start.body}`);
+      const loc = new URL(start.headers.location, base);
+      loc.searchParams.set('digest', `sha256:${digest}`);
+      const put = await req('PUT', loc.href, { ...authHeaders, 'content-type': 'application/octet-stream' }, data);
+      if (put.status !== 201) throw new Error(`upload put: ${put.status} ${put.body}`);
+      return digest;
+    },
+    async stop() {
+      if (!exited) proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
+      await exit;
+      clearTimeout(t);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Access-log lines of GETs of blob `digest` (distribution logs one line per request). */
+export function blobGets(log: string, digest: string): string[] {
+  return log.split('\n').filter((l) => l.includes(`"GET /v2/`) && l.includes(`/blobs/sha256:${digest}`));
+}
