@@ -93,22 +93,26 @@ export async function startRegistry(opts: { user?: string; pass?: string } = {})
     authYaml,
   ].join('\n'));
   let out = '';
-  const proc: ChildProcess = spawn(REGISTRY_BIN, ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
-  proc.stdout!.on('data', (d) => { out += d; });
-  proc.stderr!.on('data', (d) => { out += d; });
+  // The registry logs into a file, not a pipe: a test that blocks its event loop (spawnSync of
+  // dd, cat …) would stop draining a pipe, and a registry blocked on a full pipe stops answering.
+  const logFile = path.join(dir, 'registry.log');
+  const logFd = fs.openSync(logFile, 'a');
+  const proc: ChildProcess = spawn(REGISTRY_BIN, ['serve', config], { stdio: ['ignore', logFd, logFd] });
+  fs.closeSync(logFd);
+  const readLog = (): string => { try { return fs.readFileSync(logFile, 'utf8'); } catch { return out; } };
   let exited = false;
   const exit = new Promise<void>((r) => proc.on('exit', () => { exited = true; r(); }));
   const base = `http://127.0.0.1:${port}`;
   const t0 = Date.now();
   for (;;) {
-    if (exited) throw new Error(`docker-registry exited: ${out}`);
+    if (exited) throw new Error(`docker-registry exited: ${readLog()}`);
     try {
       const r = await req('GET', `${base}/v2/`, {});
       if (r.status === 200 || r.status === 401) break;
     } catch {
       // not listening yet
     }
-    if (Date.now() - t0 > 15_000) { proc.kill('SIGKILL'); throw new Error(`docker-registry did not start: ${out}`); }
+    if (Date.now() - t0 > 15_000) { proc.kill('SIGKILL'); throw new Error(`docker-registry did not start: ${readLog()}`); }
     await sleep(50);
   }
   const authHeaders: Record<string, string> = auth ? { authorization: `Basic ${auth}` } : {};
@@ -116,7 +120,7 @@ export async function startRegistry(opts: { user?: string; pass?: string } = {})
     host: `127.0.0.1:${port}`,
     port,
     auth,
-    log: () => out,
+    log: readLog,
     async pushBlob(repo, data) {
       const digest = crypto.createHash('sha256').update(data).digest('hex');
       const start = await req('POST', `${base}/v2/${repo}/blobs/uploads/`, authHeaders);
@@ -132,6 +136,7 @@ export async function startRegistry(opts: { user?: string; pass?: string } = {})
       const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
       await exit;
       clearTimeout(t);
+      out = readLog(); // kept for log() after the files are gone
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };

@@ -1,0 +1,99 @@
+/**
+ * `npm run bench` (registry): lazy pulling from a real registry on loopback
+ * (Debian's docker-registry), side by side with the wire's ceiling in the same
+ * run: `curl` of the whole blob vs nydusd (FUSE, registry backend) reading the
+ * 256 MiB file cold, with the blob cache on (the default a user gets) and off;
+ * then a cold read of 3,000 small files (time, registry requests, bytes).
+ * Needs root and docker-registry (scripts/setup.sh installs it).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ROOT } from '../support/cli';
+import { BENCH_BIG, BENCH_SMALL, makeReadBenchTree } from '../support/bench-tree';
+import { startNydusd } from '../support/nydusd';
+import { registryMissing, startRegistry } from '../support/registry';
+
+const REPO = 'bench/img';
+const dropCaches = () => { spawnSync('sync'); fs.writeFileSync('/proc/sys/vm/drop_caches', '3'); };
+
+function timeCmd(cmd: string): number {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/** GET requests for `digest` in the registry log since `mark` characters. */
+function gets(log: string, mark: number, digest: string): { n: number; bytes: number } {
+  let n = 0;
+  let bytes = 0;
+  for (const line of log.slice(mark).split('\n')) {
+    if (!line.includes(`"GET /v2/${REPO}/blobs/sha256:${digest}`)) continue;
+    n++;
+    const m = line.match(/" (200|206) (\d+) /);
+    if (m) bytes += Number(m[2]);
+  }
+  return { n, bytes };
+}
+
+async function main(): Promise<void> {
+  const missing = registryMissing() ?? (process.getuid?.() !== 0 ? 'not root (FUSE mounts)' : undefined);
+  if (missing) { console.log(`SKIP registry bench: ${missing}`); return; }
+  const base = path.join(os.tmpdir(), 'nydus-bench-tree');
+  makeReadBenchTree(base);
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-reg-bench-'));
+  const blobs = path.join(work, 'blobs');
+  execFileSync(path.join(ROOT, 'bin/nydus-image'), ['create', '--compressor', 'zstd', '--bootstrap', path.join(work, 'image.boot'), '--blob-dir', blobs, base], { stdio: 'ignore' });
+  const blobFile = fs.readdirSync(blobs).find((f) => /^[0-9a-f]{64}$/.test(f))!;
+  const blob = fs.readFileSync(path.join(blobs, blobFile));
+  const reg = await startRegistry();
+  const mnt = path.join(work, 'mnt');
+  try {
+    const digest = await reg.pushBlob(REPO, blob);
+    const url = `http://${reg.host}/v2/${REPO}/blobs/sha256:${digest}`;
+    let curl = Infinity;
+    for (let i = 0; i < 3; i++) { dropCaches(); curl = Math.min(curl, timeCmd(`curl -sf -o /dev/null '${url}'`)); }
+
+    const run = async (cache: boolean): Promise<{ big: number; small: number; req: number; bytes: number; bigReq: number }> => {
+      const cacheDir = path.join(work, `cache-${Date.now()}`);
+      const cfg = path.join(work, 'config.json');
+      fs.writeFileSync(cfg, JSON.stringify({
+        version: 2,
+        backend: { type: 'registry', registry: { scheme: 'http', host: reg.host, repo: REPO, timeout: 30, connect_timeout: 5 } },
+        cache: cache ? { type: 'blobcache', filecache: { work_dir: cacheDir } } : { type: '' },
+        rafs: { mode: 'direct' },
+      }));
+      const d = await startNydusd(mnt, ['--bootstrap', path.join(work, 'image.boot'), '--config', cfg, '--thread-num', '4', '--log-level', 'warn']);
+      try {
+        dropCaches();
+        let mark = reg.log().length;
+        const big = timeCmd(`dd if='${mnt}/big.bin' of=/dev/null bs=1M`);
+        const bigReq = gets(reg.log(), mark, digest).n;
+        dropCaches();
+        mark = reg.log().length;
+        const small = timeCmd(`find '${mnt}/small' -type f -print0 | xargs -0 cat > /dev/null`);
+        const g = gets(reg.log(), mark, digest);
+        return { big, small, req: g.n, bytes: g.bytes, bigReq };
+      } finally {
+        await d.stop();
+      }
+    };
+    const withCache = await run(true);
+    const noCache = await run(false);
+    const mb = (n: number) => (n / 2 ** 20).toFixed(0);
+    console.log(`registry benchmark (docker-registry 2.8 on 127.0.0.1, v6 zstd image: ${mb(BENCH_BIG)} MiB file + ${BENCH_SMALL} small files, blob ${mb(blob.length)} MiB; cold = caches dropped, new cache dir)`);
+    console.log(`curl of the whole blob (the wire)                 ${curl.toFixed(2)} s  ${mb(blob.length / curl)} MiB/s`);
+    console.log(`nydusd + blobcache: dd of the 256 MiB file, cold  ${withCache.big.toFixed(2)} s  ${withCache.bigReq} requests`);
+    console.log(`nydusd, no cache:   dd of the 256 MiB file, cold  ${noCache.big.toFixed(2)} s  ${noCache.bigReq} requests`);
+    console.log(`nydusd + blobcache: cat of ${BENCH_SMALL} small files, cold  ${withCache.small.toFixed(2)} s  ${withCache.req} requests, ${(withCache.bytes / 1024).toFixed(0)} KiB fetched`);
+    console.log(`nydusd, no cache:   cat of ${BENCH_SMALL} small files, cold  ${noCache.small.toFixed(2)} s  ${noCache.req} requests, ${(noCache.bytes / 1024).toFixed(0)} KiB fetched`);
+    console.log(`ratios: registry cold read ${(curl / withCache.big).toFixed(2)}x the wire's speed with the blob cache, ${(curl / noCache.big).toFixed(2)}x without (goal >= 0.8x)`);
+  } finally {
+    await reg.stop();
+    fs.rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => { console.error(e); process.exitCode = 1; });
