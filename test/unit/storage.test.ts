@@ -20,7 +20,7 @@ import { readChunk as readChunkSync } from '../../src/storage/blob/chunk-reader'
 import type { BlobBackend } from '../../src/storage/backend/backend';
 import { LocalFsBackend } from '../../src/storage/backend/localfs';
 import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-map';
-import { FileCache, cacheFileNames } from '../../src/storage/cache/filecache';
+import { FileCache, REFETCH_LIMIT, cacheFileNames } from '../../src/storage/cache/filecache';
 import { createBlobDevice, StorageDevice } from '../../src/storage/factory';
 import { fileCacheUsers } from '../../src/storage/cache/manager';
 
@@ -420,6 +420,35 @@ test('shared blob cache: two mounts of images sharing a blob share one entry, on
   assert.ok(devC.locate(V6.chunks[0]));
   assert.is(devC.cacheMetrics!.partialHits, 1);
   await devC.close();
+});
+
+test('filecache: bad data from the backend is downloaded again (bounded), never returned', async () => {
+  const c = V6.chunks[0];
+  const good = new LocalFsBackend({ blob_file: '', dir: V6.blobDir });
+  let reads = 0;
+  let flips = 1;
+  const flaky = {
+    type: 'test',
+    read: async (id: string, off: number, len: number) => {
+      reads++;
+      const b = Buffer.from(await good.read(id, off, len));
+      if (flips-- > 0) b[b.length >> 1] ^= 0x40;
+      return b;
+    },
+    close: async () => {},
+  } as unknown as BlobBackend;
+  const fc = new FileCache({ workDir: tmp('refetch'), backend: flaky, validate: true });
+  assert.equal(await fc.readChunk(V6.info, c), V6.expect.get(c.index));
+  assert.is(reads, 2, 'one bad download, one good');
+  await fc.close();
+  // always bad: EIO after 1 + REFETCH_LIMIT downloads, nothing cached
+  reads = 0;
+  flips = 1000;
+  const fc2 = new FileCache({ workDir: tmp('refetch2'), backend: flaky, validate: true });
+  await rejectsWith(fc2.readChunk(V6.info, c), 'EIO');
+  assert.is(reads, 1 + REFETCH_LIMIT);
+  assert.not.ok(await fc2.isReady(V6.info, c));
+  await fc2.close();
 });
 
 test('shared blob cache: a validating mount joining an unverified fetch still never gets wrong bytes', async () => {

@@ -44,6 +44,8 @@ import { type BlobBackend, checkBlobId } from '../backend/backend';
 import { CHUNK_MAP_SUFFIX, ChunkMap } from './chunk-map';
 import type { BlobcacheMetrics } from './metrics';
 
+/** Extra downloads of a chunk whose data did not decode or verify. */
+export const REFETCH_LIMIT = 2;
 /** Largest uncompressed offset + size accepted for a cached chunk (16 TiB, as the v6 blob bound). */
 const MAX_CACHE_OFFSET = 2 ** 44;
 
@@ -269,11 +271,29 @@ export class FileCache {
     return p;
   }
 
+  /**
+   * Backend bytes → decoded (and, when validating, verified) chunk. Data that
+   * arrived but does not decode or verify is downloaded again, at most
+   * `REFETCH_LIMIT` more times (beyond upstream, which fails the read and
+   * leaves the retry to the next access): a flipped bit on the wire costs a
+   * refetch, never wrong bytes. Transport errors are the backend's own retries.
+   */
+  private async download(info: BlobInfo, chunk: ChunkInfo, src: ChunkSource): Promise<Buffer> {
+    for (let attempt = 0; ; attempt++) {
+      const raw = await src.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
+      try {
+        return decodeChunk(raw, chunk, info, { validate: src.validate });
+      } catch (err) {
+        if (attempt >= REFETCH_LIMIT) throw err;
+        warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: attempt + 1, err: (err as Error).message }, 'chunk data from the backend is bad, downloading it again');
+      }
+    }
+  }
+
   private async fetchOnce(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, src: ChunkSource): Promise<Buffer> {
     let data: Buffer;
     try {
-      const raw = await src.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
-      data = decodeChunk(raw, chunk, info, { validate: src.validate });
+      data = await this.download(info, chunk, src);
     } catch (err) {
       logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
       if (err instanceof ErrnoError && err.code === 'EIO') throw err;
