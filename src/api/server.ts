@@ -119,6 +119,9 @@ function stateEvent(svc: DaemonService, ev: 'Start', wrap: string): void {
   }
 }
 
+/** Keys PUT /api/v1/config accepts (upstream); only `registry_auth` acts today. */
+const CONFIG_KEYS = new Set(['registry_auth', 'proxy_url', 'dragonfly_scheduler_endpoint']);
+
 const unsupported = (wrap: string): Handler => () => { throw new ApiError(501, `${wrap}(DaemonAbnormal(Unsupported))`); };
 
 const ROUTES: Record<string, Record<string, Handler>> = {
@@ -168,6 +171,34 @@ const ROUTES: Record<string, Record<string, Handler>> = {
       const mp = requireMountpoint(r);
       const was = await svc.umount(mp).catch((e: unknown) => { throw mountError(e); });
       if (!was) log.info({ mountpoint: mp }, 'umount of a mountpoint that is not mounted: ignored');
+      return noContent;
+    },
+  },
+  '/api/v1/config': {
+    // values set through PUT, keyed `<id>:<key>` without ?id= (upstream's shape)
+    GET: (svc, r) => {
+      const id = r.query.get('id');
+      const out: Record<string, string> = {};
+      for (const [k, v] of svc.runtimeConfig) {
+        if (id === null) out[k] = v;
+        else if (k.startsWith(`${id}:`)) out[k.slice(id.length + 1)] = v;
+      }
+      return ok(out);
+    },
+    PUT: (svc, r) => {
+      const body = jsonBody(r);
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw parseBody('invalid type: expected a map of strings');
+      const values: Record<string, string> = {};
+      for (const [k, v] of Object.entries(body as Record<string, unknown>)) {
+        if (!CONFIG_KEYS.has(k)) throw other('Configure({})', `unknown config key ${JSON.stringify(k)}`);
+        if (typeof v !== 'string') throw parseBody(`invalid type for \`${k}\`, expected a string`);
+        values[k] = v;
+      }
+      try {
+        svc.updateConfig(r.query.get('id') ?? '', values);
+      } catch (e) {
+        throw other('Configure({})', (e as Error).message);
+      }
       return noContent;
     },
   },

@@ -326,6 +326,7 @@ export function withBackendMetrics(b: BlobBackend, m: BackendMetrics): BlobBacke
     close: () => b.close(),
   };
   if (b.size) out.size = (id: string) => b.size!(id);
+  if (b.updateAuth) out.updateAuth = (auth: string) => b.updateAuth!(auth);
   return out;
 }
 

@@ -11,6 +11,7 @@ import { log } from '../common/log';
 import { RafsFs } from '../rafs/fs';
 import { createBackend, createBlobDevice, StorageDevice } from '../storage/factory';
 import type { BlobcacheMetrics } from '../storage/cache/metrics';
+import type { BlobBackend } from '../storage/backend/backend';
 import { loadBootstrapFileAsync } from '../rafs/image';
 import type { FileSystem } from '../common/filesystem';
 import { PassthroughFs, type CachePolicy } from '../virtiofs/passthrough/passthrough-fs';
@@ -42,6 +43,8 @@ export interface MountedInstance {
   stats: FsIoStats;
   backend?: BackendMetrics;
   workDir?: string;
+  /** the storage backend (RAFS), for run-time credential updates */
+  storage?: BlobBackend;
   /** exact blob cache counters of the instance's device (RAFS with a blobcache) */
   blobcache?: BlobcacheMetrics;
   close(): Promise<void>;
@@ -85,7 +88,7 @@ export async function createRafsInstance(mountpoint: string, bootstrap: string, 
   const workDir = cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache' ? cfg.cache.filecache?.work_dir : undefined;
   return {
     mountpoint, backendType: 'Rafs', mountedTime: new Date(), config: redactSecrets(cfg),
-    fs: withMetrics(rafs, stats), stats, backend: bm, workDir,
+    fs: withMetrics(rafs, stats), stats, backend: bm, workDir, storage: backend,
     blobcache: device instanceof StorageDevice ? device.cacheMetrics : undefined, close: () => device.close(),
   };
 }
@@ -112,6 +115,11 @@ const errText = (e: unknown): string => (e instanceof Error ? e.message : String
 export class DaemonService {
   readonly state = new DaemonStateMachine();
   readonly instances = new Map<string, MountedInstance>();
+  /**
+   * `/api/v1/config` values, keyed `<mountpoint id>:<key>` as upstream
+   * (`registry_auth`, `proxy_url`, `dragonfly_scheduler_endpoint`).
+   */
+  readonly runtimeConfig = new Map<string, string>();
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(readonly vfs: Vfs, readonly opts: DaemonServiceOptions = {}) {}
@@ -120,6 +128,18 @@ export class DaemonService {
     const r = this.queue.then(fn, fn);
     this.queue = r.catch(() => undefined);
     return r;
+  }
+
+  /**
+   * PUT /api/v1/config: store `values` under `<id>:`; `registry_auth` reaches
+   * the backend of the filesystem mounted at `id` at once (EIO when it is not
+   * base64 of user:pass; nothing is stored then). Without `id` the keys are
+   * stored as `:key` and reach no backend (upstream's behaviour).
+   */
+  updateConfig(id: string, values: Record<string, string>): void {
+    const auth = values.registry_auth;
+    if (auth !== undefined && id) this.instances.get(id)?.storage?.updateAuth?.(auth);
+    for (const [k, v] of Object.entries(values)) this.runtimeConfig.set(`${id}:${k}`, v);
   }
 
   /** Add an already built instance (startup mounts from the command line). */

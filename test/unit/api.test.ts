@@ -315,6 +315,22 @@ test('remount (PUT) swaps the fs; DELETE umounts, unknown → 204; metrics witho
   assert.equal(svc.vfs.mounts().map((m) => m.path), ['/rafs/c2/lowerdir']);
 });
 
+test('/api/v1/config: PUT registry_auth per mountpoint id, GET it back; unknown keys 500, bad bodies 400', async () => {
+  const auth = Buffer.from('u:p').toString('base64');
+  let r = await request('PUT', `/api/v1/config?id=${encodeURIComponent('/containers')}`, JSON.stringify({ registry_auth: auth }));
+  assert.is(r.status, 204, r.text);
+  r = await request('GET', `/api/v1/config?id=${encodeURIComponent('/containers')}`);
+  assert.equal(r.json, { registry_auth: auth });
+  r = await request('PUT', '/api/v1/config', JSON.stringify({ proxy_url: 'http://p' }));
+  assert.is(r.status, 204);
+  r = await request('GET', '/api/v1/config');
+  assert.is(r.json[':proxy_url'], 'http://p', 'without id: keys prefixed ":" as upstream');
+  assert.is(r.json['/containers:registry_auth'], auth);
+  assert.is((await request('PUT', '/api/v1/config', JSON.stringify({ nope: 'x' }))).status, 500);
+  assert.is((await request('PUT', '/api/v1/config', JSON.stringify({ registry_auth: 7 }))).status, 400);
+  assert.is((await request('PUT', '/api/v1/config', '[1]')).status, 400);
+});
+
 test('unsupported endpoints 501; exit 204 then the exit hook', async () => {
   assert.is((await request('PUT', '/api/v1/daemon/fuse/takeover')).status, 501);
   assert.is((await request('PUT', '/api/v2/blobs', '{}')).status, 501);

@@ -13,6 +13,11 @@ export interface BlobBackend {
   read(blobId: string, offset: number, length: number): Promise<Buffer>;
   /** Size of the blob in bytes, when the backend can tell. */
   size?(blobId: string): Promise<number>;
+  /**
+   * Replace the credentials at run time (`PUT /api/v1/config` `registry_auth`,
+   * base64 `user:pass`; '' clears them). Backends without credentials lack it.
+   */
+  updateAuth?(auth: string): void;
   /** Release every handle; later reads fail. */
   close(): Promise<void>;
 }

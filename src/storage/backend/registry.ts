@@ -118,7 +118,7 @@ export class RegistryBackend implements BlobBackend {
   private scheme: 'http' | 'https';
   private readonly host: string;
   private readonly repo: string;
-  private readonly auth: string | undefined;
+  private auth: string | undefined;
   private readonly attempts: number;
   private readonly retryDelay: (n: number) => number;
   /** the Authorization header that last worked (or `Bearer <registry_token>`) */
@@ -149,6 +149,19 @@ export class RegistryBackend implements BlobBackend {
     this.attempts = Math.max(1, opts.attempts ?? READ_ATTEMPTS);
     this.retryDelay = opts.retryDelayMs ?? ((n) => Math.min(1000, 100 * 2 ** (n - 1)) * (0.5 + Math.random() / 2));
     this.http = new HttpClient(cfg);
+  }
+
+  /**
+   * New credentials (`registry_auth`); '' clears them. Cached Basic/Bearer
+   * headers are dropped, so the next request goes through the challenge again
+   * with the new ones (upstream's refresh thread does the same on its tick).
+   * EIO when `auth` is not base64 of `user:pass`.
+   */
+  updateAuth(auth: string): void {
+    this.auth = validateAuth(auth);
+    const tok = this.cfg.registry_token?.trim();
+    this.authHeader = tok ? `Bearer ${tok}` : undefined;
+    this.authExpires = Infinity;
   }
 
   blobUrl(blobId: string): URL {
