@@ -11,18 +11,11 @@ import * as path from 'node:path';
 import { ROOT } from '../support/cli';
 import { BENCH_BIG, BENCH_SMALL, makeReadBenchTree } from '../support/bench-tree';
 import { isMounted, startNydusd } from '../support/nydusd';
+import { dropCaches, timeCmd } from '../support/timing';
 
 const BIG = BENCH_BIG;
 const SMALL = BENCH_SMALL;
 
-const dropCaches = () => { spawnSync('sync'); fs.writeFileSync('/proc/sys/vm/drop_caches', '3'); };
-
-function timeCmd(cmd: string): number {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
 
 interface Result { cold: number; warm: number; meta: number }
 

@@ -6,7 +6,7 @@
  * then a cold read of 3,000 small files (time, registry requests, bytes).
  * Needs root and docker-registry (scripts/setup.sh installs it).
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -14,16 +14,9 @@ import { ROOT } from '../support/cli';
 import { BENCH_BIG, BENCH_SMALL, makeReadBenchTree } from '../support/bench-tree';
 import { startNydusd } from '../support/nydusd';
 import { registryMissing, startRegistry } from '../support/registry';
+import { dropCaches, timeCmd } from '../support/timing';
 
 const REPO = 'bench/img';
-const dropCaches = () => { spawnSync('sync'); fs.writeFileSync('/proc/sys/vm/drop_caches', '3'); };
-
-function timeCmd(cmd: string): number {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync('sh', ['-c', cmd], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
 
 /** GET requests for `digest` in the registry log since `mark` characters. */
 function gets(log: string, mark: number, digest: string): { n: number; bytes: number } {

@@ -18,10 +18,10 @@ import { FuseEntryOut, FuseOpcode, FuseOutHeader, type FuseOutHeaderT } from '..
 import type { Entry } from '../../src/common/filesystem';
 import { initBody, req } from './memory-fs';
 import { FakeGuest, GPA_BASE, GuestRam, MIB } from './virtio-driver';
+import { sleep } from './timing';
 
 export { MIB };
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---- process memory -------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ROOT } from './cli';
+import { sleep } from './timing';
 
 export function isMounted(mnt: string): boolean {
   const real = fs.realpathSync(mnt);
@@ -17,7 +18,6 @@ export interface Daemon {
   stop(): Promise<number | null>;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Spawn nydusd with `args` and wait until `mountpoint` is mounted. */
 export async function startNydusd(mountpoint: string, args: string[], timeoutMs = 15000): Promise<Daemon> {

@@ -24,11 +24,11 @@ import {
   BASE_MODULES, BUSYBOX, QEMU_BIN, REFERENCE_VIRTIOFSD, ensureReferenceVirtiofsd, prepareGuest, resolveModules,
   type GuestKernel,
 } from './guest-kernel';
+import { sleep } from './timing';
 
 export { prepareGuest, ensureReferenceVirtiofsd, BASE_MODULES, REFERENCE_VIRTIOFSD, GUEST_CACHE } from './guest-kernel';
 export type { GuestKernel, PrepareResult } from './guest-kernel';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------------------------------
 // cpio (newc) writer: lets the initramfs carry /dev/console without mknod on the host

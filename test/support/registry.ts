@@ -11,6 +11,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { tmpdir } from './cli';
+import { sleep } from './timing';
 
 export const REGISTRY_BIN = '/usr/bin/docker-registry';
 
@@ -61,7 +62,6 @@ function req(method: string, url: string, headers: Record<string, string>, body?
   });
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function startRegistry(opts: { user?: string; pass?: string } = {}): Promise<Registry> {
   const dir = tmpdir('registry');

@@ -26,6 +26,21 @@ function world(opts: { windowStep?: number } = {}) {
   return { fs, server, sock, daemon };
 }
 
+/** A started daemon and a fake guest on it; everything is torn down after `fn`. */
+async function withGuest(fn: (g: FakeGuest) => Promise<void>): Promise<void> {
+  const { sock, daemon } = world();
+  await daemon.start();
+  const ram = new GuestRam();
+  const g = new FakeGuest(ram, sock);
+  try {
+    await fn(g);
+  } finally {
+    g.close();
+    daemon.stop();
+    ram.dispose();
+  }
+}
+
 async function initFuse(g: FakeGuest): Promise<void> {
   const { wait } = g.submit(1, req(FuseOpcode.INIT, 0n, initBody(38, (1n << 0n) | (1n << 25n) | (1n << 30n) | (1n << 31n))), 4096);
   const { used, reply } = await wait();
@@ -153,11 +168,7 @@ test('FUSE over the virtqueue: INIT, LOOKUP, GETATTR, READ (gather, indirect, ac
 });
 
 test('bad chains are completed with len 0 and the queue keeps working', async () => {
-  const { sock, daemon } = world();
-  await daemon.start();
-  const ram = new GuestRam();
-  const g = new FakeGuest(ram, sock);
-  try {
+  await withGuest(async (g) => {
     await g.setup();
     const q = g.queues[1];
     // address outside guest memory
@@ -181,19 +192,11 @@ test('bad chains are completed with len 0 and the queue keeps working', async ()
     assert.equal(used.map((u) => u.id), [h1, d, h3, d4, h5]);
     assert.ok(used.every((u) => u.len === 0));
     await initFuse(g);
-  } finally {
-    g.close();
-    daemon.stop();
-    ram.dispose();
-  }
+  });
 });
 
 test('EVENT_IDX: used_event suppresses calls; avail_event is published', async () => {
-  const { sock, daemon } = world();
-  await daemon.start();
-  const ram = new GuestRam();
-  const g = new FakeGuest(ram, sock);
-  try {
+  await withGuest(async (g) => {
     await g.setup({ memTable: true });
     await initFuse(g);
     const q = g.queues[1];
@@ -210,19 +213,11 @@ test('EVENT_IDX: used_event suppresses calls; avail_event is published', async (
     await new Promise((res) => setTimeout(res, 10));
     assert.is(q.calls(), 1);
     assert.is(q.availEvent(), 3);
-  } finally {
-    g.close();
-    daemon.stop();
-    ram.dispose();
-  }
+  });
 });
 
 test('EVENT_IDX: a completion while there is no call fd is signalled once SET_VRING_CALL arrives', async () => {
-  const { sock, daemon } = world();
-  await daemon.start();
-  const ram = new GuestRam();
-  const g = new FakeGuest(ram, sock);
-  try {
+  await withGuest(async (g) => {
     await g.setup({ memTable: true });
     await initFuse(g);
     const q = g.queues[1];
@@ -239,19 +234,11 @@ test('EVENT_IDX: a completion while there is no call fd is signalled once SET_VR
     await g.client.getU64(FrontendReq.GET_FEATURES);
     await new Promise((res) => setTimeout(res, 10));
     assert.is(q.calls(), 1);
-  } finally {
-    g.close();
-    daemon.stop();
-    ram.dispose();
-  }
+  });
 });
 
 test('rings start disabled with PROTOCOL_FEATURES; kicks are served once enabled', async () => {
-  const { sock, daemon } = world();
-  await daemon.start();
-  const ram = new GuestRam();
-  const g = new FakeGuest(ram, sock);
-  try {
+  await withGuest(async (g) => {
     await g.setup({ noEnable: true });
     const s = g.submit(1, req(FuseOpcode.INIT, 0n, initBody(38, 0n)), 4096);
     await new Promise((res) => setTimeout(res, 20));
@@ -259,11 +246,7 @@ test('rings start disabled with PROTOCOL_FEATURES; kicks are served once enabled
     g.client.send(FrontendReq.SET_VRING_ENABLE, state(1, 1));
     const r = await s.wait();
     assert.is(FuseOutHeader.decode(r.reply).error, 0);
-  } finally {
-    g.close();
-    daemon.stop();
-    ram.dispose();
-  }
+  });
 });
 
 test('disconnect tears down; the next frontend is accepted (reconnect) and served; small view windows', async () => {

@@ -550,11 +550,9 @@ class V6Inode implements RafsInode {
     if (!this.isReg() || this.size === 0) return [];
     if (this.chunkList) return this.chunkList.map((c) => ({ ...c }));
     const list = guard(() => (this.sup.rafs ? this.rafsChunks() : this.erofsChunks()));
-    if (list.length <= MAX_KEPT_CHUNKS) {
-      this.chunkList = list;
-      return list.map((c) => ({ ...c }));
-    }
-    return list;
+    if (list.length > MAX_KEPT_CHUNKS) return list; // not kept: the caller gets the only copy
+    this.chunkList = list;
+    return this.chunks();
   }
 
   /** Position and count of the chunk index array for `chunkSize` chunks and `unit`-byte entries. */

@@ -226,9 +226,16 @@ export class FuseServer {
     return Buffer.allocUnsafe(OUT_HDR + n);
   }
 
-  /** Fill in the header of a buffer from alloc() and write it; ERANGE if it doesn't fit. */
-  private send(w: Writer, unique: bigint, b: Buffer): number {
-    if (b.length > w.available()) return this.replyError(w, unique, E.ERANGE);
+  /**
+   * Fill in the header of a buffer from alloc() and write it; ERANGE if it
+   * doesn't fit, after `giveBack` returns what the reply would have handed
+   * the kernel (a lookup, a handle): what it never sees must not pile up.
+   */
+  private send(w: Writer, unique: bigint, b: Buffer, giveBack?: () => void): number {
+    if (b.length > w.available()) {
+      giveBack?.();
+      return this.replyError(w, unique, E.ERANGE);
+    }
     outHeader(b, b.length, 0, unique);
     w.write(b);
     return b.length;
@@ -248,12 +255,10 @@ export class FuseServer {
     const b = FuseServer.alloc(FuseEntryOut.SIZE + (open ? FuseOpenOut.SIZE : 0));
     FuseEntryOut.encode(e, b, OUT_HDR);
     if (open) FuseOpenOut.encode({ fh: open.fh, openFlags: open.openFlags, backingId: 0 }, b, OUT_HDR + FuseEntryOut.SIZE);
-    if (b.length > w.available()) {
+    return this.send(w, ctx.unique, b, () => {
       if (open) this.releaseQuietly(ctx, e.ino, open.fh, false);
       if (e.ino !== 0n) this.forgetQuietly(e.ino, 1);
-      return this.replyError(w, ctx.unique, E.ERANGE);
-    }
-    return this.send(w, ctx.unique, b);
+    });
   }
 
   private replyAttr(w: Writer, unique: bigint, a: AttrReply): number {
@@ -266,11 +271,7 @@ export class FuseServer {
   private replyOpen(ctx: RequestContext, w: Writer, ino: bigint, o: OpenReply, dir: boolean): number {
     const b = FuseServer.alloc(FuseOpenOut.SIZE);
     FuseOpenOut.encode({ fh: o.fh, openFlags: o.openFlags, backingId: 0 }, b, OUT_HDR);
-    if (b.length > w.available()) {
-      this.releaseQuietly(ctx, ino, o.fh, dir);
-      return this.replyError(w, ctx.unique, E.ERANGE);
-    }
-    return this.send(w, ctx.unique, b);
+    return this.send(w, ctx.unique, b, () => this.releaseQuietly(ctx, ino, o.fh, dir));
   }
 
   /** Give back a handle the kernel never received (errors are only logged). */
