@@ -7,7 +7,8 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import { LOG_LEVELS, log, setLogLevel, type LogLevel } from '../common/log';
-import { exportEvents, inflightOps, recordErrorEvent } from '../service/metrics';
+import { inflightOps } from '../service/metrics';
+import { exportEvents, recordErrorEvent } from '../common/events';
 import { UnexpectedEvent } from '../service/state';
 import { ApiError, badRequest, dbg, noRoute, other, parseBody, queryString } from './errors';
 import { BlobcacheMetrics } from '../storage/cache/metrics';

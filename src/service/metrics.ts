@@ -6,8 +6,9 @@
  *    properties of the filesystem, so the VFS sees the same capabilities);
  *  - per-inode stats / access patterns / latest read files when the RAFS
  *    config enables iostats_files / access_pattern / latest_read_files;
- *  - BackendMetrics, filled by `withBackendMetrics(backend, metrics)`;
- *  - in-flight requests across every mount, and the error event log.
+ *  - in-flight requests across every mount.
+ * (BackendMetrics live with the backends: storage/backend/metrics.ts; the
+ * error event ring in common/events.ts.)
  *
  * Semantics (as upstream): fop_hits/fop_errors/fop_cumulative_latency_total
  * are indexed by StatsFop (0 getattr, 1 readlink, 2 open, 3 release, 4 read,
@@ -18,7 +19,7 @@
  * size (<1K, 1K, 4K, 16K, 64K, 128K, 512K, >=1M); read_latency_dist buckets
  * READ latency (<=200µs, <=1ms, <=20ms, <=50ms, <=500ms, <=1s, <=2s, >2s).
  */
-import type { BlobBackend } from '../storage/backend/backend';
+import { blockSizeIndex, latencyMicrosIndex, zeros } from '../common/buckets';
 import type { FileSystem, ReadPiece } from '../common/filesystem';
 
 export const FOP_NAMES = [
@@ -35,27 +36,7 @@ const OPCODES: Record<string, number> = {
   create: 35, fallocate: 43, readdirplus: 44, lseek: 46, syncfs: 50,
 };
 
-const KB = 1024;
-/** bucket of a READ size: <1K, 1K, 4K, 16K, 64K, 128K, 512K, >=1M */
-export function blockSizeIndex(size: number): number {
-  const limits = [KB, 4 * KB, 16 * KB, 64 * KB, 128 * KB, 512 * KB, 1024 * KB];
-  const i = limits.findIndex((l) => size < l);
-  return i < 0 ? 7 : i;
-}
-/** bucket of a READ latency in µs: <=200, <=1ms, <=20ms, <=50ms, <=500ms, <=1s, <=2s, >2s */
-export function latencyMicrosIndex(us: number): number {
-  const limits = [200, 1000, 20_000, 50_000, 500_000, 1_000_000, 2_000_000];
-  const i = limits.findIndex((l) => us <= l);
-  return i < 0 ? 7 : i;
-}
-/** backend latency bucket in ms: <=1, <=20, <=50, <=100, <=500, <=1000, <=2000, >2000 */
-export function latencyMillisIndex(ms: number): number {
-  const limits = [1, 20, 50, 100, 500, 1000, 2000];
-  const i = limits.findIndex((l) => ms <= l);
-  return i < 0 ? 7 : i;
-}
-
-const zeros = (n: number): number[] => new Array<number>(n).fill(0);
+export { blockSizeIndex, latencyMicrosIndex, latencyMillisIndex } from '../common/buckets';
 
 export interface InodeIoStats {
   total_fops: number;
@@ -274,80 +255,3 @@ export function withMetrics<T extends FileSystem>(fs: T, stats: FsIoStats): T {
   });
 }
 
-// ---- backend ------------------------------------------------------------------------
-
-export class BackendMetrics {
-  read_count = 0;
-  read_errors = 0;
-  read_amount_total = 0;
-  read_cumulative_latency_millis_total = 0;
-  read_cumulative_latency_millis_dist = zeros(8);
-  read_count_block_size_dist = zeros(8);
-  read_latency_sizes_dist: number[][] = Array.from({ length: 8 }, () => zeros(8));
-
-  constructor(readonly backend_type: string, readonly id: string) {}
-
-  record(ok: boolean, bytes: number, ms: number): void {
-    if (!ok) {
-      this.read_errors++;
-      return;
-    }
-    this.read_count++;
-    this.read_amount_total += bytes;
-    this.read_cumulative_latency_millis_total += ms;
-    const li = latencyMillisIndex(ms);
-    const si = blockSizeIndex(bytes);
-    this.read_cumulative_latency_millis_dist[li]++;
-    this.read_count_block_size_dist[si]++;
-    this.read_latency_sizes_dist[si][li]++;
-  }
-
-  toJSON(): Record<string, unknown> {
-    const { id: _id, ...rest } = { ...this };
-    return rest;
-  }
-}
-
-/** A backend that counts its reads into `m`. */
-export function withBackendMetrics(b: BlobBackend, m: BackendMetrics): BlobBackend {
-  const out: BlobBackend = {
-    type: b.type,
-    async read(blobId, offset, length) {
-      const t0 = Date.now();
-      try {
-        const buf = await b.read(blobId, offset, length);
-        m.record(true, buf.length, Date.now() - t0);
-        return buf;
-      } catch (e) {
-        m.record(false, 0, Date.now() - t0);
-        throw e;
-      }
-    },
-    close: () => b.close(),
-  };
-  if (b.size) out.size = (id: string) => b.size!(id);
-  if (b.updateAuth) out.updateAuth = (auth: string) => b.updateAuth!(auth);
-  return out;
-}
-
-// ---- error events (GET /api/v1/daemon/events) ---------------------------------------
-
-const MAX_ERRORS = 500;
-const MAX_SIZE = 51200;
-const errorEvents: string[] = [];
-let totalErrors = 0;
-let totalSize = 0;
-
-/** Record an error event ("<http-date> - msg"), bounded as upstream (500 entries / 50 KiB). */
-export function recordErrorEvent(msg: string): void {
-  const line = `${new Date().toUTCString()} - ${msg.slice(0, 1024)}`;
-  totalErrors++;
-  totalSize += line.length;
-  errorEvents.push(line);
-  let size = errorEvents.reduce((a, l) => a + l.length, 0);
-  while (errorEvents.length > MAX_ERRORS || size > MAX_SIZE) size -= errorEvents.shift()!.length;
-}
-
-export function exportEvents(): Record<string, unknown> {
-  return { max_errors: MAX_ERRORS, total_errors: totalErrors, max_size: MAX_SIZE, total_size: totalSize, errors: [...errorEvents] };
-}

@@ -16,7 +16,8 @@ import { loadBootstrapFileAsync } from '../rafs/image';
 import type { FileSystem } from '../common/filesystem';
 import { PassthroughFs, type CachePolicy } from '../virtiofs/passthrough/passthrough-fs';
 import type { Vfs } from '../virtiofs/vfs/vfs';
-import { BackendMetrics, FsIoStats, withBackendMetrics, withMetrics } from './metrics';
+import { FsIoStats, withMetrics } from './metrics';
+import { BackendMetrics, metricsBackendType } from '../storage/backend/metrics';
 import { prefetchChunks } from './prefetch';
 import { DaemonStateMachine } from './state';
 import { VERSION } from './version';
@@ -71,8 +72,8 @@ export function fsBackendType(t: string): BackendType {
 export async function createRafsInstance(mountpoint: string, bootstrap: string, cfg: ConfigV2, prefetchFiles?: string[], opts: { directIo?: boolean } = {}): Promise<MountedInstance> {
   // read without blocking the loop: API callers and running guests share it
   const { boot, sb, inlineBlob } = await loadBootstrapFileAsync(bootstrap);
-  const bm = new BackendMetrics(inlineBlob ? 'localfs' : cfg.backend.type, mountpoint);
-  const backend = withBackendMetrics(createBackend(cfg, { blobFile: inlineBlob }), bm);
+  const bm = new BackendMetrics(metricsBackendType(inlineBlob ? 'localfs' : cfg.backend.type), mountpoint);
+  const backend = createBackend(cfg, { blobFile: inlineBlob, metrics: bm });
   const device = createBlobDevice(cfg, sb.blobs, { backend });
   const rafs = new RafsFs(sb, device, { bootstrap: boot, enableXattr: cfg.rafs.enable_xattr, directIo: opts.directIo });
   const pf = cfg.rafs.prefetch;

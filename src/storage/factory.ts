@@ -13,6 +13,7 @@ import { ErrnoError, eio, enosys } from '../common/errno';
 import { logLimited, warnLimited } from '../common/log';
 import type { BlobInfo, ChunkInfo } from './format/types';
 import type { BlobBackend } from './backend/backend';
+import type { BackendMetrics } from './backend/metrics';
 import { LocalFsBackend } from './backend/localfs';
 import { RegistryBackend } from './backend/registry';
 import type { ChunkSource, FileCache } from './cache/filecache';
@@ -26,22 +27,25 @@ export interface BlobDeviceOptions {
   blobFile?: string;
   /** use this backend instead of building one from the config (tests, embedders) */
   backend?: BlobBackend;
+  /** per-attempt read metrics for the backend built here */
+  metrics?: BackendMetrics;
 }
 
 /** The backend for `cfg.backend`; ENOSYS for types not implemented yet. */
 export function createBackend(cfg: ConfigV2, opts: BlobDeviceOptions = {}): BlobBackend {
   if (opts.backend) return opts.backend;
-  if (opts.blobFile) return new LocalFsBackend({ blob_file: opts.blobFile, dir: '', alt_dirs: [] });
+  const bo = { metrics: opts.metrics };
+  if (opts.blobFile) return new LocalFsBackend({ blob_file: opts.blobFile, dir: '', alt_dirs: [] }, bo);
   switch (cfg.backend.type) {
     case 'localfs': {
       const l = cfg.backend.localfs;
       if (!l) throw enosys('backend type localfs needs a backend.localfs section');
-      return new LocalFsBackend(l);
+      return new LocalFsBackend(l, bo);
     }
     case 'registry': {
       const r = cfg.backend.registry;
       if (!r) throw enosys('backend type registry needs a backend.registry section');
-      return new RegistryBackend(r);
+      return new RegistryBackend(r, bo);
     }
     default:
       throw enosys(`backend type ${cfg.backend.type} not supported yet`);

@@ -13,6 +13,8 @@ import { ErrnoError } from '../../src/common/errno';
 import { parseNydusdConfig, type RegistryConfig } from '../../src/common/config';
 import { createBackend } from '../../src/storage/factory';
 import { RegistryBackend, parseChallenge, validateAuth } from '../../src/storage/backend/registry';
+import { BackendMetrics } from '../../src/storage/backend/metrics';
+import { exportEvents } from '../../src/common/events';
 
 const BLOB = crypto.randomBytes(256 * 1024);
 const BLOB_ID = crypto.createHash('sha256').update(BLOB).digest('hex');
@@ -293,6 +295,36 @@ test('500 then success: retried', async () => {
   try {
     assert.ok((await be.read(BLOB_ID, 0, 64)).equals(BLOB.subarray(0, 64)));
     assert.is(n, 2);
+  } finally {
+    await be.close();
+    await s.close();
+  }
+});
+
+test('backend metrics count every attempt (failed ones too) as upstream; prefetch reads get 2 attempts; the final failure is an event', async () => {
+  let n = 0;
+  const s = await serve((req, res) => {
+    if (n++ === 0) { res.writeHead(500); res.end('boom'); return; }
+    if (req.headers.range === 'bytes=0-9') { res.writeHead(503); res.end('down'); return; }
+    sendRange(req, res);
+  });
+  const m = new BackendMetrics('registry', '/m');
+  const be = new RegistryBackend(cfg(s), { ...fast, metrics: m });
+  try {
+    await be.read(BLOB_ID, 0, 2048);
+    assert.is(m.read_count, 2);
+    assert.is(m.read_errors, 1);
+    assert.is(m.read_amount_total, 4096, 'requested lengths of both attempts');
+    assert.is(m.read_count_block_size_dist[1], 2, '2 KiB is in the <4 KiB bucket');
+    assert.is(m.read_latency_sizes_dist[1].reduce((a, b) => a + b, 0), 2);
+    const before = (exportEvents() as { total_errors: number }).total_errors;
+    await rejectsEio(be.read(BLOB_ID, 0, 10, { prefetch: true }), /2 attempts/);
+    assert.is(m.read_count, 4);
+    assert.is(m.read_errors, 3);
+    const ev = exportEvents() as { total_errors: number; errors: string[] };
+    assert.is(ev.total_errors, before + 1, 'one event per failed read, not per attempt');
+    assert.match(ev.errors[ev.errors.length - 1], /range bytes=0-9: status 503/);
+    assert.not.ok('id' in m.toJSON(), 'id is not serialised');
   } finally {
     await be.close();
     await s.close();

@@ -5,12 +5,24 @@
  * interface. Backends return compressed bytes; decoding is the cache's job.
  */
 import { einval } from '../../common/errno';
+import type { BackendMetrics } from './metrics';
+
+export interface ReadOptions {
+  /** a prefetch read: smaller retry budget, Dragonfly priority 3 */
+  prefetch?: boolean;
+}
+
+/** What every backend constructor may be given. */
+export interface BackendOptions {
+  /** per-attempt read metrics (`/api/v1/metrics/backend`) */
+  metrics?: BackendMetrics;
+}
 
 export interface BlobBackend {
   /** config `backend.type` this backend implements */
   readonly type: string;
   /** Exactly `length` bytes at `offset` of blob `blobId`; EIO on a short read. */
-  read(blobId: string, offset: number, length: number): Promise<Buffer>;
+  read(blobId: string, offset: number, length: number, opts?: ReadOptions): Promise<Buffer>;
   /** Size of the blob in bytes, when the backend can tell. */
   size?(blobId: string): Promise<number>;
   /**

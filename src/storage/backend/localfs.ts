@@ -10,7 +10,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ErrnoError, eio, enoent } from '../../common/errno';
 import type { LocalFsConfig } from '../../common/config';
-import { type BlobBackend, checkBlobId, checkRange } from './backend';
+import { type BackendOptions, type BlobBackend, checkBlobId, checkRange } from './backend';
 
 interface Entry {
   fh: fsp.FileHandle;
@@ -22,7 +22,7 @@ export class LocalFsBackend implements BlobBackend {
   private readonly entries = new Map<string, Promise<Entry>>();
   private closed = false;
 
-  constructor(private readonly cfg: Pick<LocalFsConfig, 'blob_file' | 'dir'> & Partial<LocalFsConfig>) {}
+  constructor(private readonly cfg: Pick<LocalFsConfig, 'blob_file' | 'dir'> & Partial<LocalFsConfig>, private readonly opts: BackendOptions = {}) {}
 
   /** Resolve the file holding `blobId` (see module doc); ENOENT when nowhere. */
   async blobPath(blobId: string): Promise<string> {
@@ -67,6 +67,21 @@ export class LocalFsBackend implements BlobBackend {
   async read(blobId: string, offset: number, length: number): Promise<Buffer> {
     checkBlobId(blobId);
     checkRange(blobId, offset, length);
+    const m = this.opts.metrics;
+    if (!m) return this.readRange(blobId, offset, length);
+    // one attempt per read (localfs does not retry)
+    const t0 = performance.now();
+    try {
+      const b = await this.readRange(blobId, offset, length);
+      m.attempt(length, true, Math.round(performance.now() - t0));
+      return b;
+    } catch (err) {
+      m.attempt(length, false, Math.round(performance.now() - t0));
+      throw err;
+    }
+  }
+
+  private async readRange(blobId: string, offset: number, length: number): Promise<Buffer> {
     const { fh, path: p } = await this.entry(blobId);
     const buf = Buffer.allocUnsafe(length);
     let done = 0;

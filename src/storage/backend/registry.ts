@@ -36,7 +36,9 @@
 import { eio } from '../../common/errno';
 import type { RegistryConfig } from '../../common/config';
 import { warnLimited } from '../../common/log';
-import { type BlobBackend, checkBlobId, checkRange } from './backend';
+import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './backend';
+import type { BackendMetrics } from './metrics';
+import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, RetryStop, defaultRetryDelay, retryRead } from './retry';
 import {
   type Headers,
   HttpClient,
@@ -49,8 +51,6 @@ import {
   readLimited,
 } from './http';
 
-/** attempts per read (upstream: 1 + 3 retries on demand) */
-export const READ_ATTEMPTS = 4;
 /** redirect hops followed from the registry to the blob store */
 export const MAX_REDIRECTS = 5;
 /** token endpoint response limit */
@@ -58,7 +58,7 @@ export const MAX_TOKEN_RESPONSE = 64 * 1024;
 const TOKEN_CLIENT_ID = 'nydus-registry-client';
 const DEFAULT_TOKEN_TTL = 600;
 
-export interface RegistryBackendOptions {
+export interface RegistryBackendOptions extends BackendOptions {
   /** attempts per read (default 4) */
   attempts?: number;
   /** delay before retry `n` (1-based), ms; default 100·2^(n-1) ± jitter, ≤ 1 s */
@@ -110,8 +110,6 @@ export function validateAuth(auth: string | undefined): string | undefined {
   return a;
 }
 
-class RetryStop extends Error {}
-
 export class RegistryBackend implements BlobBackend {
   readonly type = 'registry';
   private readonly http: HttpClient;
@@ -121,6 +119,7 @@ export class RegistryBackend implements BlobBackend {
   private auth: string | undefined;
   private readonly attempts: number;
   private readonly retryDelay: (n: number) => number;
+  private readonly metrics: BackendMetrics | undefined;
   /** the Authorization header that last worked (or `Bearer <registry_token>`) */
   private authHeader: string | undefined;
   /** expiry (ms since epoch) of a Bearer header we fetched */
@@ -137,6 +136,7 @@ export class RegistryBackend implements BlobBackend {
   private closed = false;
 
   constructor(private readonly cfg: RegistryConfig, opts: RegistryBackendOptions = {}) {
+    this.metrics = opts.metrics;
     if (!cfg.host) throw eio('backend.registry.host must not be empty');
     if (!cfg.repo) throw eio('backend.registry.repo must not be empty');
     if (/[\s/?#@]/.test(cfg.host)) throw eio(`backend.registry.host '${cfg.host}' is not a host[:port]`);
@@ -147,7 +147,7 @@ export class RegistryBackend implements BlobBackend {
     const tok = cfg.registry_token?.trim();
     if (tok) this.authHeader = `Bearer ${tok}`;
     this.attempts = Math.max(1, opts.attempts ?? READ_ATTEMPTS);
-    this.retryDelay = opts.retryDelayMs ?? ((n) => Math.min(1000, 100 * 2 ** (n - 1)) * (0.5 + Math.random() / 2));
+    this.retryDelay = opts.retryDelayMs ?? defaultRetryDelay;
     this.http = new HttpClient(cfg);
   }
 
@@ -168,29 +168,21 @@ export class RegistryBackend implements BlobBackend {
     return new URL(`${this.scheme}://${this.host}/v2/${this.repo}/blobs/sha256:${encodeURIComponent(blobId)}`);
   }
 
-  async read(blobId: string, offset: number, length: number): Promise<Buffer> {
+  async read(blobId: string, offset: number, length: number, opts: ReadOptions = {}): Promise<Buffer> {
     checkBlobId(blobId);
     checkRange(blobId, offset, length);
     if (length === 0) return Buffer.alloc(0);
     const range = `bytes=${offset}-${offset + length - 1}`;
-    const what = `registry ${this.host}/${this.repo} blob ${blobId} range ${range}`;
-    let last: unknown;
-    let n = 0;
-    for (let attempt = 1; attempt <= this.attempts; attempt++) {
-      if (this.closed) throw eio(`${what}: backend closed`);
-      n = attempt;
-      try {
-        return await this.gated(() => this.tryRead(blobId, offset, length, range));
-      } catch (err) {
-        last = err;
-        if (err instanceof RetryStop || this.closed) break;
-        if (this.maybeFallbackToHttp(err)) { attempt--; continue; }
-        if (attempt < this.attempts) await sleep(this.retryDelay(attempt));
-      }
-    }
-    const msg = `${what}: ${describe(last)} (${n} attempt${n === 1 ? '' : 's'})`;
-    warnLimited('storage.registry', { blobId, range, err: describe(last) }, 'registry read failed');
-    throw eio(msg, last);
+    return retryRead({
+      what: `registry ${this.host}/${this.repo} blob ${blobId} range ${range}`,
+      requested: length,
+      attempts: opts.prefetch ? Math.min(PREFETCH_ATTEMPTS, this.attempts) : this.attempts,
+      delayMs: this.retryDelay,
+      metrics: this.metrics,
+      closed: () => this.closed,
+      again: (err) => this.maybeFallbackToHttp(err),
+      describe,
+    }, () => this.gated(() => this.tryRead(blobId, offset, length, range)));
   }
 
   async size(blobId: string): Promise<number> {
@@ -400,8 +392,3 @@ export class RegistryBackend implements BlobBackend {
     return { header: `Bearer ${tok}`, expires: Date.now() + Math.min(ttl, 365 * 86400) * 1000 };
   }
 }
-
-function sleep(ms: number): Promise<void> {
-  return ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();
-}
-
