@@ -6,6 +6,11 @@
  *     (when validation is on) verifies the chunk;
  *   - 'blobcache' / 'filecache': FileCache in `cache.filecache.work_dir`.
  * Validation is on when `rafs.validate` or `cache.validate` is set.
+ * Deliberate difference: chunks fetched from a remote backend (anything but
+ * localfs) are always verified against their digest before they are served
+ * or cached, whatever `validate` says (upstream serves them unverified when
+ * validation is off): bytes that crossed a network or a proxy are never
+ * trusted. `validate` still decides whether cache hits are re-verified.
  */
 import { ChunkMemoryCache } from './cache/memory';
 import { type ConfigV2, isChunkValidationEnabled } from '../common/config';
@@ -52,6 +57,11 @@ export function createBackend(cfg: ConfigV2, opts: BlobDeviceOptions = {}): Blob
   }
 }
 
+/** Whether a backend's data crosses a network (and so is always verified). */
+export function isRemote(b: BlobBackend): boolean {
+  return b.type !== 'localfs' && b.type !== 'localdisk';
+}
+
 /** Build the device serving `blobs` (indexed by ChunkInfo.blobIndex). */
 export function createBlobDevice(cfg: ConfigV2, blobs: BlobInfo[], opts: BlobDeviceOptions = {}): BlobDevice {
   const validate = isChunkValidationEnabled(cfg);
@@ -75,7 +85,7 @@ export function createBlobDevice(cfg: ConfigV2, blobs: BlobInfo[], opts: BlobDev
   }
   const pf = cfg.cache.prefetch.enable ? cfg.cache.prefetch : cfg.rafs.prefetch;
   const threads = Math.min(Math.max(pf.enable && pf.threads > 0 ? pf.threads : 4, 1), 1024);
-  return new StorageDevice(blobs, backend, cache, validate, threads);
+  return new StorageDevice(blobs, backend, cache, validate, threads, isRemote(backend));
 }
 
 /** BlobDevice over a backend and an optional FileCache. */
@@ -100,9 +110,10 @@ export class StorageDevice implements BlobDevice {
     private readonly cache: FileCache | undefined,
     private readonly validate: boolean,
     private readonly prefetchThreads: number,
+    private readonly verifyFetched = false,
   ) {
     this.cacheMetrics = new BlobcacheMetrics(cache ? cache.workDir : '');
-    this.source = { backend, validate, metrics: this.cacheMetrics };
+    this.source = { backend, validate, verifyFetched, metrics: this.cacheMetrics };
     for (const b of blobs) cache?.retain(b.blobId);
   }
 
@@ -134,7 +145,7 @@ export class StorageDevice implements BlobDevice {
     if (this.cache) return this.cache.readChunk(info, chunk, this.source);
     try {
       const raw = await this.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
-      return decodeChunk(raw, chunk, info, { validate: this.validate });
+      return decodeChunk(raw, chunk, info, { validate: this.validate || this.verifyFetched });
     } catch (err) {
       logLimited('error', 'storage.read', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to read chunk');
       if (err instanceof ErrnoError && err.code === 'EIO') throw err;

@@ -84,7 +84,13 @@ export interface FileCacheOptions {
 /** Where a call's missing chunks come from, and whether its reader verifies them. */
 export interface ChunkSource {
   backend: BlobBackend;
+  /** verify chunks read back from the cache (`cache.validate || rafs.validate`) */
   validate: boolean;
+  /**
+   * verify chunks fetched from the backend even when `validate` is off
+   * (remote backends: what crosses a network is always checked, see factory.ts)
+   */
+  verifyFetched?: boolean;
   /** the reader's blob cache metrics (hits, persisted chunks, write-behind bytes) */
   metrics?: BlobcacheMetrics;
 }
@@ -263,7 +269,7 @@ export class FileCache {
       });
     }
     const p = this.fetchOnce(e, map, info, chunk, src);
-    const flight = { data: p, validated: src.validate };
+    const flight = { data: p, validated: src.validate || !!src.verifyFetched };
     e.inflight.set(chunk.index, flight);
     // stays in flight until written behind, so nobody refetches a chunk being persisted
     const done = () => { if (e.inflight.get(chunk.index) === flight) e.inflight.delete(chunk.index); };
@@ -282,7 +288,7 @@ export class FileCache {
     for (let attempt = 0; ; attempt++) {
       const raw = await src.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
       try {
-        return decodeChunk(raw, chunk, info, { validate: src.validate });
+        return decodeChunk(raw, chunk, info, { validate: src.validate || !!src.verifyFetched });
       } catch (err) {
         if (attempt >= REFETCH_LIMIT) throw err;
         warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: attempt + 1, err: (err as Error).message }, 'chunk data from the backend is bad, downloading it again');
