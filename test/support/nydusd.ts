@@ -23,7 +23,12 @@ export interface Daemon {
 export async function startNydusd(mountpoint: string, args: string[], timeoutMs = 15000): Promise<Daemon> {
   fs.mkdirSync(mountpoint, { recursive: true });
   let out = '';
-  const proc = spawn(path.join(ROOT, 'bin/nydusd'), ['--mountpoint', mountpoint, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // NYDUSD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") runs the daemon under node with those flags (profiling)
+  const nodeArgs = process.env.NYDUSD_NODE_ARGS?.split(' ').filter((a) => a) ?? [];
+  const bin = path.join(ROOT, 'bin/nydusd');
+  const proc = nodeArgs.length
+    ? spawn(process.execPath, [...nodeArgs, bin, '--mountpoint', mountpoint, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(bin, ['--mountpoint', mountpoint, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout!.on('data', (d) => { out += d; });
   proc.stderr!.on('data', (d) => { out += d; });
   const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
