@@ -6,11 +6,25 @@
  * headers. Redirects are never followed here (the registry backend follows
  * them by hand). Everything a server controls is bounded: header size (undici
  * `maxHeaderSize`), body size (readExact / readLimited abort past the limit).
+ *
+ * With `proxy.url` set, every request is routed as storage-backends §1 "Proxy
+ * routing" says (routing state and its deliberate differences in proxy.ts):
+ * healthy proxy → through it (`use_http` rewrite, Dragonfly headers unless a
+ * source-fallback attempt), a reply >= 500 or a transport error retried once
+ * directly when `fallback` is on; unhealthy proxy → directly (`fallback`) or
+ * EIO "proxy is not healthy and fallback is disabled"; a Dragonfly
+ * `X-Dragonfly-Error-Type: proxy` reply → a typed error. Requests with
+ * `{direct: true}` (registry token requests) never touch the proxy.
  */
 import * as fs from 'node:fs';
 import * as tls from 'node:tls';
-import { Agent, type Dispatcher } from 'undici';
+import { Agent, type Dispatcher, type Pool } from 'undici';
+import type { ProxyConfig } from '../../common/config';
 import { eio } from '../../common/errno';
+import { warnLimited } from '../../common/log';
+import { ProxyForbiddenError, ProxyRateLimitedError, ProxyRouter, type RequestOptions } from './proxy';
+
+export type { RequestOptions } from './proxy';
 
 export const USER_AGENT = 'nydusd/1.0.0';
 /** response header block limit (bytes) */
@@ -23,6 +37,14 @@ export interface HttpClientOptions {
   connect_timeout: number;
   skip_verify: boolean;
   ca_cert_files: string[];
+  /** forward proxy (storage-backends §1 "Proxy routing"), used when `url` is non-empty */
+  proxy?: ProxyConfig;
+}
+
+/** Extras for tests and embedders. */
+export interface HttpClientExtras {
+  /** clock of the proxy health timer (tests) */
+  now?: () => number;
 }
 
 export type Headers = Record<string, string>;
@@ -33,6 +55,8 @@ export interface HttpResponse {
   body: Dispatcher.ResponseData['body'];
   /** stop the attempt's timer; call once the body is consumed or discarded */
   done(): void;
+  /** the reply came through the forward proxy */
+  viaProxy?: boolean;
 }
 
 /** `NYDUS_HEADER_<Name>` environment variables as extra headers (invalid names skipped). */
@@ -55,12 +79,14 @@ export function headerValue(h: HttpResponse['headers'], name: string): string | 
 
 export class HttpClient {
   readonly agent: Agent;
+  /** proxy routing state; undefined without `proxy.url` */
+  readonly proxy: ProxyRouter | undefined;
   private readonly timeoutMs: number;
   private readonly common: Headers;
   private readonly inflight = new Set<AbortController>();
   private closed = false;
 
-  constructor(opts: HttpClientOptions) {
+  constructor(opts: HttpClientOptions, extras: HttpClientExtras = {}) {
     const ca: string[] = [];
     for (const f of opts.ca_cert_files ?? []) {
       try {
@@ -70,29 +96,67 @@ export class HttpClient {
       }
     }
     this.timeoutMs = opts.timeout > 0 ? opts.timeout * 1000 : 0;
-    const connect: Record<string, unknown> = { rejectUnauthorized: !opts.skip_verify };
-    if (ca.length > 0) connect.ca = [...tls.rootCertificates, ...ca];
+    const tlsOpts: { rejectUnauthorized: boolean; ca?: string[] } = { rejectUnauthorized: !opts.skip_verify };
+    if (ca.length > 0) tlsOpts.ca = [...tls.rootCertificates, ...ca];
     // undici treats 0 as "no timeout" for connect, headers and body
-    connect.timeout = opts.connect_timeout > 0 ? opts.connect_timeout * 1000 : 0;
-    this.agent = new Agent({
-      connect,
+    const connectTimeoutMs = opts.connect_timeout > 0 ? opts.connect_timeout * 1000 : 0;
+    const pool: Pool.Options = {
       keepAliveTimeout: 30_000,
       keepAliveMaxTimeout: 600_000,
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
       maxHeaderSize: MAX_HEADER_SIZE,
       connections: 32,
-    });
+    };
+    this.agent = new Agent({ ...pool, connect: { ...tlsOpts, timeout: connectTimeoutMs } });
+    this.proxy = opts.proxy?.url ? new ProxyRouter(opts.proxy, { tls: tlsOpts, connectTimeoutMs, pool, now: extras.now }) : undefined;
     this.common = { 'user-agent': USER_AGENT, ...envHeaders() };
   }
 
   /**
-   * Send one request (no redirects followed, no status check). The attempt's
-   * timer (`timeout`) keeps running until `done()` or the body is consumed.
+   * Send one request (no redirects followed, no status check), routed through
+   * the proxy when one is configured (module doc). The attempt's timer
+   * (`timeout`) keeps running until `done()` or the body is consumed.
    */
-  async request(method: string, url: URL, headers: Headers = {}, body?: string): Promise<HttpResponse> {
+  async request(method: string, url: URL, headers: Headers = {}, body?: string, ro: RequestOptions = {}): Promise<HttpResponse> {
     if (this.closed) throw eio('http client is closed');
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw eio(`unsupported URL scheme ${url.protocol}`);
+    const p = this.proxy;
+    if (!p || ro.direct) return this.send(this.agent, method, url, headers, body, false);
+    p.touch();
+    if (ro.source && p.fallback) return this.send(this.agent, method, url, headers, body, false);
+    if (!p.isHealthy()) {
+      if (!p.fallback) throw eio(`proxy ${p.url} is not healthy and fallback is disabled`);
+      p.noteFallback('proxy is not healthy');
+      return this.send(this.agent, method, url, headers, body, false);
+    }
+    const h = ro.source ? headers : { ...p.dragonflyHeaders(!!ro.prefetch), ...headers };
+    let r: HttpResponse;
+    try {
+      r = await this.send(p.dispatcher, method, p.target(url), h, body, true);
+    } catch (err) {
+      if (!p.fallback || this.closed) throw err;
+      p.noteFallback('proxy request failed', { err: describe(err) });
+      return this.send(this.agent, method, url, headers, body, false);
+    }
+    if (r.status >= 500 && p.fallback) {
+      await discard(r);
+      p.noteFallback('proxy answered an error', { status: r.status });
+      return this.send(this.agent, method, url, headers, body, false);
+    }
+    if (headerValue(r.headers, 'x-dragonfly-error-type') === 'proxy') {
+      const text = await errorText(r);
+      const msg = `proxy ${p.url} refused ${url.host}: status ${r.status}${text ? `: ${text}` : ''}`;
+      warnLimited('storage.proxy.error', { proxy: p.url, status: r.status }, 'proxy error reply');
+      if (r.status === 429) throw new ProxyRateLimitedError(`${msg} (rate limited)`);
+      if (r.status === 403) throw new ProxyForbiddenError(`${msg} (forbidden)`);
+      throw eio(msg);
+    }
+    return r;
+  }
+
+  private async send(d: Dispatcher, method: string, url: URL, headers: Headers, body: string | undefined, viaProxy: boolean): Promise<HttpResponse> {
+    if (this.closed) throw eio('http client is closed');
     const ac = new AbortController();
     this.inflight.add(ac);
     let timer: NodeJS.Timeout | undefined;
@@ -105,7 +169,7 @@ export class HttpClient {
       this.inflight.delete(ac);
     };
     try {
-      const r = await this.agent.request({
+      const r = await d.request({
         origin: url.origin,
         path: url.pathname + url.search,
         method: method as Dispatcher.HttpMethod,
@@ -113,7 +177,7 @@ export class HttpClient {
         body,
         signal: ac.signal,
       });
-      return { status: r.statusCode, headers: r.headers, body: r.body, done };
+      return { status: r.statusCode, headers: r.headers, body: r.body, done, viaProxy };
     } catch (err) {
       done();
       throw err;
@@ -125,7 +189,10 @@ export class HttpClient {
     this.closed = true;
     for (const ac of this.inflight) ac.abort(eio('backend closed'));
     this.inflight.clear();
-    await this.agent.destroy().catch(() => undefined);
+    await Promise.all([
+      this.agent.destroy().catch(() => undefined),
+      this.proxy?.close(),
+    ]);
   }
 }
 

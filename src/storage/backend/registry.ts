@@ -18,7 +18,16 @@
  *  - `skip_verify` with an https scheme falls back to http once on a TLS /
  *    refused transport error;
  *  - the first blob request runs alone (the others wait), so one token is
- *    fetched instead of a storm of anonymous 401s.
+ *    fetched instead of a storm of anonymous 401s;
+ *  - `proxy` (Dragonfly dfdaemon as a forward proxy) routes every blob
+ *    request, redirected ones included, through HttpClient's proxy routing
+ *    (http.ts, proxy.ts); token requests always go directly and are never
+ *    rewritten by `use_http`; the last attempt of a read, and every attempt
+ *    after a proxy 429, is a source-fallback attempt; a proxy 403 ends the
+ *    read;
+ *  - `auth` is trimmed ('' = absent) and must be base64 of UTF-8 `user:pass`,
+ *    or backend creation fails; `IMAGE_PULL_AUTH` reaches it through
+ *    `applyImagePullAuth` (common/config.ts) when nydusd loads `--config`.
  * Deliberate differences:
  *  - a reply must be 206 (with a matching Content-Range when present), or 200
  *    only for a read at offset 0 of exactly the body length: a server that
@@ -30,7 +39,7 @@
  *  - no refresh thread: a Bearer token is refetched on use once it is within
  *    20 s of `expires_in`, and on any later 401;
  *  - retries back off (exponential, jittered, ≤ 1 s) instead of the global
- *    1 request/s limiter; `proxy` is not implemented (ignored).
+ *    1 request/s limiter; proxy routing differences are listed in proxy.ts.
  * Every failure surfaces as EIO naming the blob, range and cause.
  */
 import { eio } from '../../common/errno';
@@ -39,9 +48,11 @@ import { warnLimited } from '../../common/log';
 import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './backend';
 import type { BackendMetrics } from './metrics';
 import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, RetryStop, defaultRetryDelay, retryRead } from './retry';
+import { type RequestOptions, proxyAttempts } from './proxy';
 import {
   type Headers,
   HttpClient,
+  type HttpClientExtras,
   type HttpResponse,
   describe,
   discard,
@@ -63,6 +74,8 @@ export interface RegistryBackendOptions extends BackendOptions {
   attempts?: number;
   /** delay before retry `n` (1-based), ms; default 100·2^(n-1) ± jitter, ≤ 1 s */
   retryDelayMs?: (n: number) => number;
+  /** HttpClient extras (the proxy health timer's clock, for tests) */
+  http?: HttpClientExtras;
 }
 
 export interface Challenge {
@@ -148,7 +161,12 @@ export class RegistryBackend implements BlobBackend {
     if (tok) this.authHeader = `Bearer ${tok}`;
     this.attempts = Math.max(1, opts.attempts ?? READ_ATTEMPTS);
     this.retryDelay = opts.retryDelayMs ?? defaultRetryDelay;
-    this.http = new HttpClient(cfg);
+    this.http = new HttpClient(cfg, opts.http);
+  }
+
+  /** The HTTP client (its proxy routing state, for the API and tests). */
+  get client(): HttpClient {
+    return this.http;
   }
 
   /**
@@ -182,7 +200,7 @@ export class RegistryBackend implements BlobBackend {
       closed: () => this.closed,
       again: (err) => this.maybeFallbackToHttp(err),
       describe,
-    }, () => this.gated(() => this.tryRead(blobId, offset, length, range)));
+    }, proxyAttempts(!!opts.prefetch, (ro) => this.gated(() => this.tryRead(blobId, offset, length, range, ro))));
   }
 
   async size(blobId: string): Promise<number> {
@@ -233,17 +251,17 @@ export class RegistryBackend implements BlobBackend {
     return true;
   }
 
-  private async tryRead(blobId: string, offset: number, length: number, range: string): Promise<Buffer> {
+  private async tryRead(blobId: string, offset: number, length: number, range: string, ro: RequestOptions): Promise<Buffer> {
     const cached = this.redirects.get(blobId);
     if (cached) {
-      const r = await this.http.request('GET', cached, { range });
+      const r = await this.http.request('GET', cached, { range }, undefined, ro);
       if (r.status < 400) return this.body(r, offset, length, cached);
       // deliberate: any failure status drops the cached URL (upstream: 401/403 only)
       await discard(r);
       this.redirects.delete(blobId);
     }
     let url = this.blobUrl(blobId);
-    let r = await this.authed('GET', url, { range });
+    let r = await this.authed('GET', url, { range }, ro);
     for (let hop = 0; r.status >= 300 && r.status <= 399; hop++) {
       const loc = headerValue(r.headers, 'location');
       await discard(r);
@@ -251,7 +269,7 @@ export class RegistryBackend implements BlobBackend {
       if (hop >= MAX_REDIRECTS) throw eio(`more than ${MAX_REDIRECTS} redirects`);
       url = this.redirectTarget(loc, url);
       // Authorization is never forwarded to the redirect target
-      r = await this.http.request('GET', url, { range });
+      r = await this.http.request('GET', url, { range }, undefined, ro);
       if (r.status >= 200 && r.status <= 299) this.redirects.set(blobId, url);
     }
     return this.body(r, offset, length, url);
@@ -295,15 +313,15 @@ export class RegistryBackend implements BlobBackend {
   }
 
   /** Request with the auth flow of storage-backends §2 "Request and auth flow". */
-  private async authed(method: string, url: URL, extra: Headers): Promise<HttpResponse> {
+  private async authed(method: string, url: URL, extra: Headers, ro: RequestOptions = {}): Promise<HttpResponse> {
     await this.refreshIfExpiring();
     const sent = this.authHeader;
-    let r = await this.http.request(method, url, sent ? { ...extra, authorization: sent } : extra);
+    let r = await this.http.request(method, url, sent ? { ...extra, authorization: sent } : extra, undefined, ro);
     if (r.status !== 401) return r;
     if (sent) {
       // Harbor answers an expired token with a Basic challenge: retry anonymously
       await discard(r);
-      r = await this.http.request(method, url, extra);
+      r = await this.http.request(method, url, extra, undefined, ro);
       if (r.status !== 401) return r;
     }
     const ch = parseChallenge(headerValue(r.headers, 'www-authenticate'));
@@ -320,7 +338,7 @@ export class RegistryBackend implements BlobBackend {
       this.bearer = ch;
       this.pendingExpiry = t.expires;
     }
-    const r2 = await this.http.request(method, url, { ...extra, authorization: header });
+    const r2 = await this.http.request(method, url, { ...extra, authorization: header }, undefined, ro);
     if (r2.status >= 200 && r2.status <= 399) {
       this.authHeader = header;
       this.authExpires = ch.scheme === 'Bearer' ? this.pendingExpiry : Infinity;
@@ -358,7 +376,8 @@ export class RegistryBackend implements BlobBackend {
     let why = '';
     if (!this.tokenGetHosts.has(realm.host)) {
       try {
-        const r = await this.http.request('POST', realm, { ...headers, 'content-type': 'application/x-www-form-urlencoded' }, params.toString());
+        // token requests never use the proxy and are never rewritten (use_http)
+        const r = await this.http.request('POST', realm, { ...headers, 'content-type': 'application/x-www-form-urlencoded' }, params.toString(), { direct: true });
         if (r.status >= 400) {
           why = `POST status ${r.status}`;
           await discard(r);
@@ -373,7 +392,7 @@ export class RegistryBackend implements BlobBackend {
     if (!body) {
       const u = new URL(realm);
       for (const [k, v] of params) u.searchParams.set(k, v);
-      const r = await this.http.request('GET', u, headers);
+      const r = await this.http.request('GET', u, headers, undefined, { direct: true });
       if (r.status >= 400) {
         const text = await errorText(r);
         throw eio(`token endpoint ${realm.host}: ${why ? `${why}, ` : ''}GET status ${r.status}${text ? `: ${text}` : ''}`);
