@@ -21,6 +21,9 @@ import type { BlobBackend } from './backend/backend';
 import type { BackendMetrics } from './backend/metrics';
 import { LocalFsBackend } from './backend/localfs';
 import { RegistryBackend } from './backend/registry';
+import { S3Backend } from './backend/s3';
+import { OssBackend } from './backend/oss';
+import { HttpProxyBackend } from './backend/http-proxy';
 import type { ChunkSource, FileCache } from './cache/filecache';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
 import { BlobcacheMetrics } from './cache/metrics';
@@ -51,6 +54,21 @@ export function createBackend(cfg: ConfigV2, opts: BlobDeviceOptions = {}): Blob
       const r = cfg.backend.registry;
       if (!r) throw enosys('backend type registry needs a backend.registry section');
       return new RegistryBackend(r, bo);
+    }
+    case 'oss': {
+      const o = cfg.backend.oss;
+      if (!o) throw enosys('backend type oss needs a backend.oss section');
+      return new OssBackend(o, bo);
+    }
+    case 's3': {
+      const s = cfg.backend.s3;
+      if (!s) throw enosys('backend type s3 needs a backend.s3 section');
+      return new S3Backend(s, bo);
+    }
+    case 'http-proxy': {
+      const h = cfg.backend['http-proxy'];
+      if (!h) throw enosys('backend type http-proxy needs a backend.http-proxy section');
+      return new HttpProxyBackend(h, bo);
     }
     default:
       throw enosys(`backend type ${cfg.backend.type} not supported yet`);
