@@ -148,10 +148,10 @@ export function contentRangeMismatch(r: HttpResponse, offset: number, length: nu
 }
 
 /** Blob size from a HEAD reply: status 200..399 and a Content-Length. */
-export async function headSize(r: HttpResponse, what: string, checkStatus = true): Promise<number> {
+export async function headSize(r: HttpResponse, what: string): Promise<number> {
   await discard(r);
   const cl = headerValue(r.headers, 'content-length');
-  if ((checkStatus && (r.status < 200 || r.status > 399)) || !cl || !/^\d{1,16}$/.test(cl)) {
+  if (r.status < 200 || r.status > 399 || !cl || !/^\d{1,16}$/.test(cl)) {
     throw eio(`${what}: HEAD status ${r.status}, no usable Content-Length`);
   }
   return Number(cl);
