@@ -329,6 +329,9 @@ export function renderBlobcache(v: Json): string {
     ['Prefetch unmerged', String(num(m.prefetch_unmerged_chunks))],
     ['Prefetch duration', `${dur.toFixed(3)} s`],
     ['Prefetch bandwidth', `${dur ? (amount / 1048576 / dur).toFixed(2) : '0.00'} MiB/s`],
+    ...(m.prefetch_chunks_total !== undefined
+      ? [['Prefetch progress', `${num(m.prefetch_chunks_done)}/${num(m.prefetch_chunks_total)} chunks (${num(m.prefetch_chunks_total) ? ((100 * num(m.prefetch_chunks_done)) / num(m.prefetch_chunks_total)).toFixed(1) : '0.0'}%)`] as [string, string]]
+      : []),
     ['Underlying files', files.length ? files.join(', ') : '-'],
   ]);
 }

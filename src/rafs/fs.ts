@@ -23,7 +23,9 @@ const CACHE_LIMIT = 8192;
 /** chunk infos / directory entries kept over all cached inodes (~100-200 bytes each) */
 const CACHE_MAX_ITEMS = 1 << 19;
 /** chunks fetched ahead of a sequential reader */
-const READAHEAD_CHUNKS = 4;
+/** bytes of chunks fetched ahead of a sequential reader (at least 4 chunks) */
+const READAHEAD_BYTES = 8 << 20;
+const READAHEAD_MIN_CHUNKS = 4;
 
 export interface RafsFsOptions {
   /** bootstrap bytes: plain EROFS images keep data in the image itself (chunks with blobIndex -1) */
@@ -179,7 +181,8 @@ export class RafsFs implements FileSystem {
     const sequential = this.lastEnd.get(i.ino) === offset;
     this.lastEnd.set(i.ino, end);
     if (!sequential) return;
-    for (const c of chunks.slice(last + 1, last + 1 + READAHEAD_CHUNKS)) {
+    const n = Math.max(READAHEAD_MIN_CHUNKS, Math.ceil(READAHEAD_BYTES / Math.max(this.sb.meta.chunkSize, 4096)));
+    for (const c of chunks.slice(last + 1, last + 1 + n)) {
       if (c.blobIndex >= 0 && !this.device.locate?.(c, true)) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
     }
   }

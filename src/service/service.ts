@@ -18,7 +18,7 @@ import { PassthroughFs, type CachePolicy } from '../virtiofs/passthrough/passthr
 import type { Vfs } from '../virtiofs/vfs/vfs';
 import { FsIoStats, withMetrics } from './metrics';
 import { BackendMetrics, metricsBackendType } from '../storage/backend/metrics';
-import { prefetchChunks } from './prefetch';
+import { planPrefetch } from './prefetch';
 import { DaemonStateMachine } from './state';
 import { VERSION } from './version';
 
@@ -74,15 +74,14 @@ export async function createRafsInstance(mountpoint: string, bootstrap: string, 
   const { boot, sb, inlineBlob } = await loadBootstrapFileAsync(bootstrap);
   const bm = new BackendMetrics(metricsBackendType(inlineBlob ? 'localfs' : cfg.backend.type), mountpoint);
   const backend = createBackend(cfg, { blobFile: inlineBlob, metrics: bm });
-  const device = createBlobDevice(cfg, sb.blobs, { backend });
+  const device = createBlobDevice(cfg, sb.blobs, { backend, chunks: () => sb.chunkTable() });
   const rafs = new RafsFs(sb, device, { bootstrap: boot, enableXattr: cfg.rafs.enable_xattr, directIo: opts.directIo });
   const pf = cfg.rafs.prefetch;
   if (prefetchFiles?.length || pf.enable) {
-    const chunks = prefetchChunks(sb, { files: prefetchFiles, all: pf.enable && pf.prefetch_all });
-    if (chunks.length && device.prefetch) {
-      log.info({ bootstrap, chunks: chunks.length }, 'prefetch started');
-      device.prefetch(chunks);
-    }
+    const plan = planPrefetch(sb, { files: prefetchFiles, all: pf.enable && pf.prefetch_all });
+    log.info({ bootstrap, chunks: plan.chunks.length, wholeBlobs: plan.wholeBlobs }, 'prefetch started');
+    device.prefetch(plan.chunks);
+    if (plan.wholeBlobs) device.prefetchAll();
   }
   const stats = new FsIoStats(mountpoint, cfg.rafs);
   log.info({ bootstrap, mountpoint, version: sb.meta.version, blobs: sb.blobs.length }, 'rafs instance created');
@@ -90,7 +89,7 @@ export async function createRafsInstance(mountpoint: string, bootstrap: string, 
   return {
     mountpoint, backendType: 'Rafs', mountedTime: new Date(), config: redactSecrets(cfg),
     fs: withMetrics(rafs, stats), stats, backend: bm, workDir, storage: backend,
-    blobcache: device instanceof StorageDevice ? device.cacheMetrics : undefined, close: () => device.close(),
+    blobcache: device.cacheMetrics, close: () => device.close(),
   };
 }
 

@@ -24,10 +24,12 @@ import { RegistryBackend } from './backend/registry';
 import { S3Backend } from './backend/s3';
 import { OssBackend } from './backend/oss';
 import { HttpProxyBackend } from './backend/http-proxy';
-import type { ChunkSource, FileCache } from './cache/filecache';
+import { type ChunkSource, DEFAULT_BATCH, type FileCache } from './cache/filecache';
+import { ChunkDirectory } from './blob/chunk-directory';
+import { fetchRegion } from './cache/region';
+import { type PrefetchOptions, Prefetcher } from './cache/prefetcher';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
 import { BlobcacheMetrics } from './cache/metrics';
-import { decodeChunk } from './blob/chunk-reader';
 import type { BlobDevice, ChunkLocation } from './blob/device';
 
 export interface BlobDeviceOptions {
@@ -37,6 +39,8 @@ export interface BlobDeviceOptions {
   backend?: BlobBackend;
   /** per-attempt read metrics for the backend built here */
   metrics?: BackendMetrics;
+  /** every chunk record of the image (request merging, whole-blob prefetch) */
+  chunks?: () => ChunkInfo[];
 }
 
 /** The backend for `cfg.backend`; ENOSYS for types not implemented yet. */
@@ -81,7 +85,7 @@ export function isRemote(b: BlobBackend): boolean {
 }
 
 /** Build the device serving `blobs` (indexed by ChunkInfo.blobIndex). */
-export function createBlobDevice(cfg: ConfigV2, blobs: BlobInfo[], opts: BlobDeviceOptions = {}): BlobDevice {
+export function createBlobDevice(cfg: ConfigV2, blobs: BlobInfo[], opts: BlobDeviceOptions = {}): StorageDevice {
   const validate = isChunkValidationEnabled(cfg);
   let cache: FileCache | undefined;
   switch (cfg.cache.type) {
@@ -101,23 +105,52 @@ export function createBlobDevice(cfg: ConfigV2, blobs: BlobInfo[], opts: BlobDev
     // one cache per work_dir in the process, shared with every other mount naming it
     cache = acquireFileCache(cfg.cache.filecache!.work_dir);
   }
+  // v2: workers exist only with cache.prefetch.enable (a v1 fs_prefetch was copied there)
   const pf = cfg.cache.prefetch.enable ? cfg.cache.prefetch : cfg.rafs.prefetch;
-  const threads = Math.min(Math.max(pf.enable && pf.threads > 0 ? pf.threads : 4, 1), 1024);
-  return new StorageDevice(blobs, backend, cache, validate, threads, isRemote(backend));
+  return new StorageDevice(blobs, backend, cache, {
+    validate,
+    verifyFetched: isRemote(backend),
+    batchSize: Math.max(cfg.rafs.batch_size, DEFAULT_BATCH),
+    prefetch: {
+      threads: Math.min(Math.max(pf.threads > 0 ? pf.threads : 8, 1), 1024),
+      batchSize: pf.batch_size,
+      bandwidthLimit: pf.bandwidth_limit,
+    },
+    chunks: opts.chunks,
+  });
 }
 
-/** BlobDevice over a backend and an optional FileCache. */
+export interface StorageDeviceOptions {
+  /** verify cache hits (`validate`) */
+  validate: boolean;
+  /** verify what the backend returns */
+  verifyFetched?: boolean;
+  /** merged request size for misses */
+  batchSize?: number;
+  prefetch?: PrefetchOptions;
+  /** every chunk record of the image (for request merging and whole-blob prefetch); called once, lazily */
+  chunks?: () => ChunkInfo[];
+}
+
 /** Decompressed chunks kept in memory per image (a few chunks of read-ahead). */
 const MEMORY_CACHE_BYTES = 32 << 20;
 
+/**
+ * BlobDevice over a backend and an optional (shared) FileCache: misses are
+ * fetched merged with their neighbours (ChunkDirectory.region), decoded and
+ * verified once, kept in a small in-memory LRU, persisted by the cache;
+ * prefetch runs on a Prefetcher.
+ */
 export class StorageDevice implements BlobDevice {
   private closed = false;
   private readonly memory = new ChunkMemoryCache(MEMORY_CACHE_BYTES);
-  private readonly pending: ChunkInfo[] = [];
-  private workers = 0;
-  private readonly idle = new Set<() => void>();
   /** what this device's chunks come from, for the shared cache */
   private readonly source: ChunkSource;
+  private readonly prefetcher: Prefetcher;
+  private directories: Array<ChunkDirectory | undefined> | undefined;
+  private readonly validate: boolean;
+  private readonly verifyFetched: boolean;
+  private readonly batchSize: number;
   /** `/api/v1/metrics/blobcache` of this device (without a cache: reads counted, the rest 0) */
   readonly cacheMetrics: BlobcacheMetrics;
 
@@ -126,13 +159,38 @@ export class StorageDevice implements BlobDevice {
     private readonly blobs: BlobInfo[],
     private readonly backend: BlobBackend,
     private readonly cache: FileCache | undefined,
-    private readonly validate: boolean,
-    private readonly prefetchThreads: number,
-    private readonly verifyFetched = false,
+    private readonly opts: StorageDeviceOptions,
   ) {
+    this.validate = opts.validate;
+    this.verifyFetched = !!opts.verifyFetched;
+    this.batchSize = Math.max(opts.batchSize ?? DEFAULT_BATCH, DEFAULT_BATCH);
     this.cacheMetrics = new BlobcacheMetrics(cache ? cache.workDir : '');
-    this.source = { backend, validate, verifyFetched, metrics: this.cacheMetrics };
+    this.source = {
+      backend,
+      validate: this.validate,
+      verifyFetched: this.verifyFetched,
+      metrics: this.cacheMetrics,
+      directory: (info) => this.directory(info.blobIndex),
+      batchSize: this.batchSize,
+    };
+    this.prefetcher = new Prefetcher(opts.prefetch ?? { threads: 8, batchSize: 0, bandwidthLimit: 0 }, (info, run) => this.runPrefetch(info, run), this.cacheMetrics);
     for (const b of blobs) cache?.retain(b.blobId);
+  }
+
+  /** The blob's chunks in blob order (built on first use from the image's chunk records). */
+  directory(blobIndex: number): ChunkDirectory | undefined {
+    if (!this.opts.chunks) return undefined;
+    if (!this.directories) {
+      const groups: ChunkInfo[][] = this.blobs.map(() => []);
+      try {
+        for (const c of this.opts.chunks()) if (c.blobIndex >= 0 && c.blobIndex < groups.length) groups[c.blobIndex].push(c);
+        this.directories = this.blobs.map((b, i) => new ChunkDirectory(b, groups[i]));
+      } catch (err) {
+        warnLimited('storage.directory', { err: (err as Error).message }, 'cannot list the image chunks: requests are not merged');
+        this.directories = [];
+      }
+    }
+    return this.directories[blobIndex];
   }
 
   private blobOf(chunk: ChunkInfo): BlobInfo {
@@ -147,7 +205,11 @@ export class StorageDevice implements BlobDevice {
     if (this.closed || !this.cache) return undefined;
     const info = this.blobs[chunk.blobIndex];
     const loc = info ? this.cache.locate(info, chunk, this.validate) : undefined;
-    if (loc && !probe) { this.cacheMetrics.total++; this.cacheMetrics.partialHits++; }
+    if (loc && !probe) {
+      this.cacheMetrics.total++;
+      this.cacheMetrics.partialHits++;
+      this.prefetcher.userRead(loc.length);
+    }
     return loc;
   }
 
@@ -156,73 +218,60 @@ export class StorageDevice implements BlobDevice {
     let info: BlobInfo;
     try { info = this.blobOf(chunk); } catch (e) { return Promise.reject(e); }
     this.cacheMetrics.total++;
-    return this.memory.get(`${chunk.blobIndex}:${chunk.index}:${chunk.compressedOffset}`, () => this.loadChunk(info, chunk));
+    this.prefetcher.userRead(chunk.uncompressedSize);
+    return this.memory.get(memKey(chunk), () => this.loadChunk(info, chunk));
   }
 
-  private async loadChunk(info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
+  private loadChunk(info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
     if (this.cache) return this.cache.readChunk(info, chunk, this.source);
-    try {
-      const raw = await this.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
-      return decodeChunk(raw, chunk, info, { validate: this.validate || this.verifyFetched });
-    } catch (err) {
-      logLimited('error', 'storage.read', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to read chunk');
-      if (err instanceof ErrnoError && err.code === 'EIO') throw err;
-      throw eio(`blob ${info.blobId} chunk ${chunk.index}: ${(err as Error).message}`, err);
-    }
+    // no local cache: the request's neighbours are kept in memory for the reads that follow
+    const dir = this.directory(info.blobIndex);
+    const run = dir ? dir.region(chunk, this.batchSize, (c) => !this.memory.has(memKey(c))) : [chunk];
+    const datas = fetchRegion({ backend: this.backend, verify: this.validate || this.verifyFetched }, info, run);
+    for (let k = 1; k < run.length; k++) this.memory.offer(memKey(run[k]), datas[k]);
+    return datas[0];
+  }
+
+  private async runPrefetch(info: BlobInfo, run: ChunkInfo[]): Promise<void> {
+    if (this.closed || !this.cache) return;
+    await this.cache.prefetchRun(info, run, this.source);
   }
 
   /**
-   * Fetch chunks into the cache in the background, `prefetch.threads` at a
-   * time. Without a local cache there is nothing to warm: a no-op.
+   * Fetch chunks into the cache in the background (merged into runs, on the
+   * prefetch workers). Without a local cache there is nothing to warm: a no-op.
    */
   prefetch(chunks: ChunkInfo[]): void {
     if (!this.cache || this.closed) return;
-    this.pending.push(...chunks);
-    while (this.workers < this.prefetchThreads && this.pending.length > 0) {
-      this.workers++;
-      void this.prefetchWorker();
+    const per = new Map<number, ChunkInfo[]>();
+    for (const c of chunks) {
+      if (!Number.isInteger(c.blobIndex) || c.blobIndex < 0 || c.blobIndex >= this.blobs.length) continue;
+      let l = per.get(c.blobIndex);
+      if (!l) per.set(c.blobIndex, (l = []));
+      l.push(c);
     }
+    for (const [i, l] of per) this.prefetcher.submitChunks(this.blobs[i], l);
   }
 
-  private async prefetchWorker(): Promise<void> {
-    const m = this.cacheMetrics;
-    {
-      m.prefetchWorkers++;
-      if (m.prefetchBegin === 0) m.prefetchBegin = Date.now();
-    }
-    try {
-      for (let c = this.pending.shift(); c && !this.closed; c = this.pending.shift()) {
-        const t0 = Date.now();
-        if (m) { m.prefetchRequestsCount++; m.prefetchUnmergedChunks++; m.prefetchDataAmount += c.compressedSize; }
-        try {
-          await this.cache!.prefetchChunk(this.blobOf(c), c, this.source);
-        } catch (err) {
-          warnLimited('storage.prefetch', { blobIndex: c.blobIndex, chunkIndex: c.index, err: (err as Error).message }, 'prefetch failed');
-        }
-        if (m) { m.prefetchEnd = Date.now(); m.prefetchCumulativeTimeMillis += m.prefetchEnd - t0; }
-      }
-    } finally {
-      if (m) m.prefetchWorkers--;
-      this.workers--;
-      if (this.workers === 0) for (const f of this.idle) f();
-    }
+  /** Download every chunk of every blob in the background (`prefetch_all`). */
+  prefetchAll(): void {
+    if (!this.cache || this.closed) return;
+    this.blobs.forEach((b, i) => {
+      const dir = this.directory(i);
+      if (dir) this.prefetcher.submitBlob(b, dir.all());
+    });
   }
 
   /** Resolves when no prefetch work is queued or running. */
   prefetchIdle(): Promise<void> {
-    if (this.workers === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const f = () => { this.idle.delete(f); resolve(); };
-      this.idle.add(f);
-    });
+    return this.prefetcher.idle();
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.pending.length = 0;
+    await this.prefetcher.stop();
     this.memory.clear();
-    await this.prefetchIdle();
     if (this.cache) {
       for (const b of this.blobs) await this.cache.release(b.blobId);
       await releaseFileCache(this.cache);
@@ -230,3 +279,5 @@ export class StorageDevice implements BlobDevice {
     await this.backend.close();
   }
 }
+
+const memKey = (c: ChunkInfo): string => `${c.blobIndex}:${c.index}:${c.compressedOffset}`;

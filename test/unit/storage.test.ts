@@ -18,6 +18,8 @@ import type { BlobInfo, ChunkInfo } from '../../src/rafs/metadata/types';
 import { BlobFile } from '../../src/storage/blob/blob-file';
 import { readChunk as readChunkSync } from '../../src/storage/blob/chunk-reader';
 import type { BlobBackend } from '../../src/storage/backend/backend';
+import { ChunkDirectory, mergeRuns } from '../../src/storage/blob/chunk-directory';
+import { TokenBucket } from '../../src/storage/cache/prefetcher';
 import { LocalFsBackend } from '../../src/storage/backend/localfs';
 import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-map';
 import { FileCache, REFETCH_LIMIT, cacheFileNames } from '../../src/storage/cache/filecache';
@@ -351,9 +353,15 @@ test('factory: blobcache device, prefetch, bounds, close', async () => {
   dev.prefetch(V6.chunks);
   dev.prefetch(V6.chunks); // duplicates are skipped once ready / shared in flight
   await dev.prefetchIdle();
-  assert.is(be.reads, V6.chunks.length);
+  // sorted by blob offset and merged into batch_size (1 MiB) runs: one request per run
+  const sorted = [...V6.chunks].sort((a, b) => a.compressedOffset - b.compressedOffset);
+  assert.is(be.reads, mergeRuns(sorted, 1 << 20).length);
+  assert.ok(be.reads < V6.chunks.length, 'neighbouring chunks share a request');
+  const m = dev.cacheMetrics.toJSON();
+  assert.is(m.prefetch_chunks_done, m.prefetch_chunks_total);
+  assert.is(m.prefetch_unmerged_chunks, 2 * V6.chunks.length);
   for (const c of V6.chunks) assert.equal(await dev.readChunk(c), V6.expect.get(c.index));
-  assert.is(be.reads, V6.chunks.length);
+  assert.is(be.reads, mergeRuns(sorted, 1 << 20).length, 'then every read is a cache hit');
   assert.is(fs.readFileSync(cacheFileNames(work, V6.info.blobId).chunkMap).readUInt32LE(12), 0x4d4d4150);
   await rejectsWith(dev.readChunk({ ...V6.chunks[0], blobIndex: 1 }), 'EIO', /blob index 1/);
   await rejectsWith(dev.readChunk({ ...V6.chunks[0], blobIndex: -1 }), 'EIO');
@@ -382,8 +390,8 @@ test('factory: no cache reads + verifies every time; blobFile option; unsupporte
   assert.equal(await dev2.readChunk(V6.chunks[1]), V6.expect.get(V6.chunks[1].index));
   await dev2.close();
 
-  const oss = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'oss', oss: { endpoint: 'e', bucket_name: 'b' } } }));
-  assert.throws(() => createBlobDevice(oss, [V6.info]), isErr('ENOSYS', /backend type oss not supported yet/));
+  const ld = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localdisk', localdisk: { device_path: '/dev/null' } } }));
+  assert.throws(() => createBlobDevice(ld, [V6.info]), isErr('ENOSYS', /backend type localdisk not supported/));
   const fsc = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: '/x' } }, cache: { type: 'fscache', fscache: { work_dir: '/x' } } }));
   assert.throws(() => createBlobDevice(fsc, [V6.info]), isErr('ENOSYS', /cache type fscache/));
 });
@@ -473,6 +481,109 @@ test('shared blob cache: a validating mount joining an unverified fetch still ne
   assert.ok(strict === 'eio' || strict === 'right', `strict reader got ${strict}`);
   await devLax.close();
   await devStrict.close();
+});
+
+/** A synthetic chunk for directory arithmetic. */
+const ck = (index: number, off: number, size: number): ChunkInfo => ({
+  digest: Buffer.alloc(32), blobIndex: 0, index, flags: 0, compressed: false,
+  compressedOffset: off, compressedSize: size, uncompressedOffset: off, uncompressedSize: size, fileOffset: 0, crc32: 0,
+});
+
+test('ChunkDirectory.region: blob order, batch limit, gap limit, stops at cached or in-flight chunks; mergeRuns', () => {
+  const info = { ...V6.info, chunkCount: 8 };
+  // index order differs from blob order on purpose; 5 is a duplicate record, 7 is out of range
+  const recs = [ck(2, 2000, 1000), ck(0, 0, 1000), ck(1, 1000, 1000), ck(3, 3000, 1000), ck(4, 4000 + 200, 1000), ck(5, 6000, 1000), ck(5, 6000, 1000), ck(6, 7000, 1000), ck(9, 8000, 1)];
+  const dir = new ChunkDirectory(info, recs);
+  assert.is(dir.size, 7);
+  assert.equal(dir.all().map((c) => c.index), [0, 1, 2, 3, 4, 5, 6]);
+  const all = () => true;
+  // limit 128 KiB: gap 200 <= 1024 allowed, 6000-5200=800 allowed
+  assert.equal(dir.region(dir.get(0)!, 128 << 10, all).map((c) => c.index), [0, 1, 2, 3, 4, 5, 6]);
+  // limit 3000 bytes from the first chunk's offset
+  assert.equal(dir.region(dir.get(0)!, 3000, all).map((c) => c.index), [0, 1, 2]);
+  // gap limit = limit/128: with limit 12800 the max gap is 100 bytes, so 4 (gap 200) is not merged
+  assert.equal(dir.region(dir.get(0)!, 12800, all).map((c) => c.index), [0, 1, 2, 3]);
+  // a cached chunk ends the run
+  assert.equal(dir.region(dir.get(1)!, 128 << 10, (c) => c.index !== 3).map((c) => c.index), [1, 2]);
+  // a caller record that disagrees with the directory is fetched alone
+  assert.equal(dir.region(ck(1, 1001, 999), 128 << 10, all).map((c) => c.index), [1]);
+  assert.equal(dir.region(ck(42, 0, 1), 128 << 10, all).map((c) => c.index), [42]);
+  // mergeRuns: same rules over a sorted list
+  assert.equal(mergeRuns(dir.all(), 3000).map((r) => r.map((c) => c.index)), [[0, 1, 2], [3], [4], [5, 6]]);
+  assert.equal(mergeRuns([], 3000), []);
+});
+
+test('merged misses: one request fetches a miss and its uncached neighbours; they are then hits; a cached chunk splits the run', async () => {
+  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const dir = new ChunkDirectory(V6.info, V6.chunks);
+  const sorted = [...dir.all()];
+  const src = { backend: be, validate: true, directory: () => dir, batchSize: 1 << 20 };
+  const fc = new FileCache({ workDir: tmp('merge') });
+  assert.equal(await fc.readChunk(V6.info, sorted[0], src), V6.expect.get(sorted[0].index));
+  assert.is(be.reads, 1);
+  for (const c of sorted) assert.equal(await fc.readChunk(V6.info, c, src), V6.expect.get(c.index));
+  assert.is(be.reads, 1, 'every neighbour came with the first request');
+  await fc.close();
+
+  const be2 = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const fc2 = new FileCache({ workDir: tmp('merge2') });
+  const src2 = { ...src, backend: be2 };
+  await fc2.readChunk(V6.info, sorted[2], src2); // fetches 2..end
+  await fc2.prefetchRun(V6.info, sorted.slice(2), src2); // all cached or in flight: no request
+  assert.is(be2.reads, 1);
+  await fc2.readChunk(V6.info, sorted[0], src2); // 0..1 only: 2 is cached
+  assert.is(be2.reads, 2);
+  for (const c of sorted) assert.equal(await fc2.readChunk(V6.info, c, src2), V6.expect.get(c.index));
+  assert.is(be2.reads, 2);
+  await fc2.close();
+});
+
+test('merged misses: a bad chunk inside a merged request is downloaded again alone; its neighbours are served from the first request', async () => {
+  const dir = new ChunkDirectory(V6.info, V6.chunks);
+  const sorted = [...dir.all()];
+  const bad = sorted[Math.floor(sorted.length / 2)];
+  const at = bad.compressedOffset + Math.floor(bad.compressedSize / 2);
+  const inner = new LocalFsBackend({ blob_file: '', dir: V6.blobDir });
+  const ranges: Array<[number, number]> = [];
+  let flipped = false;
+  const flaky: BlobBackend = {
+    type: 'registry',
+    read: async (id: string, off: number, len: number) => {
+      ranges.push([off, len]);
+      const b = Buffer.from(await inner.read(id, off, len));
+      if (!flipped && at >= off && at < off + len) { b[at - off] ^= 0x40; flipped = true; }
+      return b;
+    },
+    close: () => inner.close(),
+  };
+  const fc = new FileCache({ workDir: tmp('merge-bad') });
+  const src = { backend: flaky, validate: false, verifyFetched: true, directory: () => dir, batchSize: 1 << 20 };
+  for (const c of sorted) assert.equal(await fc.readChunk(V6.info, c, src), V6.expect.get(c.index));
+  assert.is(ranges.length, 2);
+  assert.equal(ranges[1], [bad.compressedOffset, bad.compressedSize], 'the refetch asks for the bad chunk only');
+  await fc.close();
+  await inner.close();
+});
+
+test('no-cache device: a miss brings its neighbours into memory (one request for the blob), bytes verified', async () => {
+  const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: V6.blobDir } }, cache: { type: '' }, rafs: { validate: true } }));
+  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const dev = createBlobDevice(cfg, [V6.info], { backend: be, chunks: () => V6.chunks });
+  for (const c of V6.chunks) assert.equal(await dev.readChunk(c), V6.expect.get(c.index));
+  assert.is(be.reads, 1);
+  await dev.close();
+});
+
+test('prefetch bandwidth bucket: full at start, refills at the rate, charges at most 2x the rate', () => {
+  let now = 0;
+  const b = new TokenBucket(1000, () => now);
+  assert.is(b.take(600), 0);
+  assert.is(b.take(600), 200, '200 bytes short at 1000 B/s = 200 ms');
+  now += 200;
+  assert.is(b.take(0), 0);
+  now += 10_000; // refill caps at the rate
+  assert.is(b.take(1000), 0);
+  assert.is(b.take(1_000_000), 2000, 'a huge job is charged 2x the rate: 2 s');
 });
 
 test.run();

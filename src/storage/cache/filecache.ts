@@ -40,12 +40,15 @@ import type { ChunkLocation } from '../blob/device';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobFile } from '../blob/blob-file';
 import { decodeChunk } from '../blob/chunk-reader';
+import type { ChunkDirectory } from '../blob/chunk-directory';
+import { fetchRegion } from './region';
 import { type BlobBackend, checkBlobId } from '../backend/backend';
 import { CHUNK_MAP_SUFFIX, ChunkMap } from './chunk-map';
 import type { BlobcacheMetrics } from './metrics';
 
-/** Extra downloads of a chunk whose data did not decode or verify. */
-export const REFETCH_LIMIT = 2;
+export { REFETCH_LIMIT } from './region';
+/** Backend request size when the source names none (upstream's 128 KiB floor). */
+export const DEFAULT_BATCH = 128 << 10;
 /** Largest uncompressed offset + size accepted for a cached chunk (16 TiB, as the v6 blob bound). */
 const MAX_CACHE_OFFSET = 2 ** 44;
 
@@ -91,6 +94,10 @@ export interface ChunkSource {
    * (remote backends: what crosses a network is always checked, see factory.ts)
    */
   verifyFetched?: boolean;
+  /** the blob's chunks in blob order, to merge a miss with its neighbours */
+  directory?: (info: BlobInfo) => ChunkDirectory | undefined;
+  /** merged request size for misses (max(rafs.batch_size, 128 KiB)) */
+  batchSize?: number;
   /** the reader's blob cache metrics (hits, persisted chunks, write-behind bytes) */
   metrics?: BlobcacheMetrics;
 }
@@ -218,15 +225,42 @@ export class FileCache {
         return cached;
       }
     }
-    return this.fetch(e, map, info, chunk, src);
+    return this.fetch(e, map, info, chunk, src, false);
   }
 
-  /** Bring `chunk` into the cache unless it is there. */
-  async prefetchChunk(info: BlobInfo, chunk: ChunkInfo, from?: ChunkSource): Promise<void> {
+  /**
+   * Bring the chunks of `run` (one blob, sorted by compressed offset) into the
+   * cache: each stretch of chunks neither cached nor being fetched is read
+   * with one prefetch request; resolves when all of them are persisted (or
+   * failed). Returns the number of chunks this call fetched.
+   */
+  async prefetchRun(info: BlobInfo, run: readonly ChunkInfo[], from?: ChunkSource): Promise<number> {
     const src = this.source(from);
     const e = await this.entry(info);
-    const map = this.checkChunk(e, info, chunk);
-    if (!map.isReady(chunk.index)) await this.fetch(e, map, info, chunk, src);
+    src.metrics?.blobs.add(info.blobId);
+    const waits: Promise<unknown>[] = [];
+    let stretch: ChunkInfo[] = [];
+    let fetched = 0;
+    const flush = () => {
+      if (!stretch.length) return;
+      fetched += stretch.length;
+      for (const p of this.fetchRun(e, e.map!, info, stretch, src, true)) waits.push(p);
+      stretch = [];
+    };
+    for (const c of run) {
+      const map = this.checkChunk(e, info, c);
+      const joined = e.inflight.get(c.index);
+      if (map.isReady(c.index) || joined) {
+        flush();
+        if (joined) waits.push(joined.data);
+        continue;
+      }
+      stretch.push(c);
+    }
+    flush();
+    await Promise.allSettled(waits);
+    await Promise.allSettled([...run].map((c) => e.writes.get(c.index)));
+    return fetched;
   }
 
   /** Cached bytes, or undefined when the data file turned out short (then refetched). */
@@ -254,8 +288,13 @@ export class FileCache {
     }
   }
 
-  /** Single-flight backend fetch → decode → verify → write → mark ready. */
-  private fetch(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, src: ChunkSource): Promise<Buffer> {
+  /**
+   * Single-flight backend fetch of `chunk`, merged with the following chunks
+   * of its blob that are neither cached nor in flight (up to the source's
+   * batch size), decoded, verified when asked, served at once and written
+   * behind; each chunk is marked ready only once its bytes are in the file.
+   */
+  private fetch(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, src: ChunkSource, prefetch: boolean): Promise<Buffer> {
     const joined = e.inflight.get(chunk.index);
     if (joined) {
       if (!src.validate || joined.validated) return joined.data;
@@ -268,52 +307,32 @@ export class FileCache {
         }
       });
     }
-    const p = this.fetchOnce(e, map, info, chunk, src);
-    const flight = { data: p, validated: src.validate || !!src.verifyFetched };
-    e.inflight.set(chunk.index, flight);
-    // stays in flight until written behind, so nobody refetches a chunk being persisted
-    const done = () => { if (e.inflight.get(chunk.index) === flight) e.inflight.delete(chunk.index); };
-    p.then(() => e.writes.get(chunk.index), () => undefined).then(done, done);
-    return p;
+    const dir = src.directory?.(info);
+    const run = dir ? dir.region(chunk, src.batchSize ?? DEFAULT_BATCH, (c) => !map.isReady(c.index) && !e.inflight.has(c.index)) : [chunk];
+    return this.fetchRun(e, map, info, run, src, prefetch)[0];
   }
 
-  /**
-   * Backend bytes → decoded (and, when validating, verified) chunk. Data that
-   * arrived but does not decode or verify is downloaded again, at most
-   * `REFETCH_LIMIT` more times (beyond upstream, which fails the read and
-   * leaves the retry to the next access): a flipped bit on the wire costs a
-   * refetch, never wrong bytes. Transport errors are the backend's own retries.
-   */
-  private async download(info: BlobInfo, chunk: ChunkInfo, src: ChunkSource): Promise<Buffer> {
-    for (let attempt = 0; ; attempt++) {
-      const raw = await src.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize);
-      try {
-        return decodeChunk(raw, chunk, info, { validate: src.validate || !!src.verifyFetched });
-      } catch (err) {
-        if (attempt >= REFETCH_LIMIT) throw err;
-        warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: attempt + 1, err: (err as Error).message }, 'chunk data from the backend is bad, downloading it again');
-      }
-    }
-  }
-
-  private async fetchOnce(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, src: ChunkSource): Promise<Buffer> {
-    let data: Buffer;
-    try {
-      data = await this.download(info, chunk, src);
-    } catch (err) {
-      logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
-      if (err instanceof ErrnoError && err.code === 'EIO') throw err;
-      throw eio(`${this.where(info, chunk)}: ${(err as Error).message}`, err);
-    }
-    // serve the verified data now; the cache file and chunk map are written behind
-    const m = src.metrics;
-    if (m) m.bufferedBackendSize += data.length;
-    const w = this.persist(e, map, info, chunk, data).finally(() => {
-      if (m) { m.bufferedBackendSize -= data.length; m.entriesCount++; }
+  /** One backend request for `run`; every chunk of it in flight until written behind. */
+  private fetchRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean): Promise<Buffer>[] {
+    const verify = src.validate || !!src.verifyFetched;
+    const datas = fetchRegion({ backend: src.backend, verify, prefetch }, info, run);
+    run.forEach((chunk, k) => {
+      const p = datas[k];
+      const flight = { data: p, validated: verify };
+      e.inflight.set(chunk.index, flight);
+      p.then((data) => {
+        // serve the verified data now; the cache file and chunk map are written behind
+        const m = src.metrics;
+        if (m) m.bufferedBackendSize += data.length;
+        const w = this.persist(e, map, info, chunk, data).finally(() => {
+          if (m) { m.bufferedBackendSize -= data.length; m.entriesCount++; }
+        });
+        e.writes.set(chunk.index, w);
+        void w.finally(() => { if (e.writes.get(chunk.index) === w) e.writes.delete(chunk.index); });
+        return w;
+      }, () => undefined).then(() => { if (e.inflight.get(chunk.index) === flight) e.inflight.delete(chunk.index); });
     });
-    e.writes.set(chunk.index, w);
-    void w.finally(() => e.writes.delete(chunk.index));
-    return data;
+    return datas;
   }
 
   private async persist(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, data: Buffer): Promise<void> {

@@ -27,6 +27,19 @@ export class ChunkMemoryCache {
     return p;
   }
 
+  /** Whether `key` is held or being loaded. */
+  has(key: string): boolean {
+    return this.map.has(key) || this.loading.has(key);
+  }
+
+  /** Hold what `p` brings for `key` (a neighbour fetched by the same request); no-op when known. */
+  offer(key: string, p: Promise<Buffer>): void {
+    if (this.has(key)) return;
+    const q = p.then((buf) => { this.put(key, buf); return buf; }).finally(() => this.loading.delete(key));
+    q.catch(() => undefined);
+    this.loading.set(key, q);
+  }
+
   private put(key: string, buf: Buffer): void {
     if (buf.length > this.capacityBytes) return;
     this.map.set(key, buf);

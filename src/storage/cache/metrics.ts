@@ -2,7 +2,10 @@
  * BlobcacheMetrics, as upstream serialises them (storage-backends.md §7),
  * counted where the events happen: the device (reads, fast-path hits,
  * prefetch jobs) and the shared FileCache (slow-path hits, chunks persisted,
- * bytes waiting for write-behind), per mounted instance.
+ * bytes waiting for write-behind), per mounted instance. Two fields follow
+ * upstream's (a deliberate addition, ignored by upstream's clients):
+ * `prefetch_chunks_total` / `prefetch_chunks_done`, the progress of the
+ * prefetch (file list or whole-blob download) asked for.
  */
 export class BlobcacheMetrics {
   /** chunk ranges served straight from the cache file (CacheFast) */
@@ -22,6 +25,9 @@ export class BlobcacheMetrics {
   prefetchEnd = 0;
   /** bytes of fetched chunks waiting to be written to the cache */
   bufferedBackendSize = 0;
+  /** prefetch progress (not upstream): chunks queued for prefetch, and chunks whose job finished */
+  prefetchChunksTotal = 0;
+  prefetchChunksDone = 0;
   /** blob ids whose cache files this instance opened */
   readonly blobs = new Set<string>();
 
@@ -47,6 +53,9 @@ export class BlobcacheMetrics {
       prefetch_end_time_millis: this.prefetchEnd % 1000,
       buffered_backend_size: this.bufferedBackendSize,
       data_all_ready: false,
+      // additions (not upstream): progress of the prefetch asked for
+      prefetch_chunks_total: this.prefetchChunksTotal,
+      prefetch_chunks_done: this.prefetchChunksDone,
     };
   }
 }

@@ -1,0 +1,76 @@
+/**
+ * One backend request for a run of chunks (storage-backends §5 "Backend
+ * region"): the bytes [first.compressedOffset, last compressed end) are read
+ * once, then each chunk is cut out, decoded and — when the source asks —
+ * verified. Each chunk gets its own promise, so a reader waiting for one chunk
+ * is answered as soon as the request is in, and one bad chunk does not fail
+ * its neighbours: a chunk whose data does not decode or verify is downloaded
+ * again alone, at most REFETCH_LIMIT times (beyond upstream, which fails the
+ * read and leaves the retry to the next access), then EIO.
+ */
+import { ErrnoError, eio } from '../../common/errno';
+import { logLimited, warnLimited } from '../../common/log';
+import { decodeChunk } from '../blob/chunk-reader';
+import type { BlobInfo, ChunkInfo } from '../format/types';
+import type { BlobBackend } from '../backend/backend';
+
+/** Extra downloads of a chunk whose data did not decode or verify. */
+export const REFETCH_LIMIT = 2;
+
+export interface RegionSource {
+  backend: BlobBackend;
+  /** verify digests of what the backend returns */
+  verify: boolean;
+  /** a prefetch request (smaller retry budget, lower Dragonfly priority) */
+  prefetch?: boolean;
+}
+
+function asEio(info: BlobInfo, chunk: ChunkInfo, err: unknown): ErrnoError {
+  if (err instanceof ErrnoError && err.code === 'EIO') return err;
+  return eio(`blob ${info.blobId} chunk ${chunk.index}: ${(err as Error).message}`, err);
+}
+
+/** Decoded bytes of each chunk of `run` (sorted by compressed offset, non-overlapping), one promise each. */
+export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly ChunkInfo[]): Promise<Buffer>[] {
+  const first = run[0];
+  const last = run[run.length - 1];
+  const start = first.compressedOffset;
+  const length = last.compressedOffset + last.compressedSize - start;
+  const raw = src.backend.read(info.blobId, start, length, { prefetch: src.prefetch });
+  return run.map((chunk) => raw.then(
+    (buf) => {
+      const piece = buf.subarray(chunk.compressedOffset - start, chunk.compressedOffset - start + chunk.compressedSize);
+      try {
+        return decodeChunk(piece, chunk, info, { validate: src.verify });
+      } catch (err) {
+        warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: 1, err: (err as Error).message }, 'chunk data from the backend is bad, downloading it again');
+        return refetch(src, info, chunk, 1);
+      }
+    },
+    (err) => {
+      logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
+      throw asEio(info, chunk, err);
+    },
+  ));
+}
+
+async function refetch(src: RegionSource, info: BlobInfo, chunk: ChunkInfo, attempt: number): Promise<Buffer> {
+  for (;; attempt++) {
+    let raw: Buffer;
+    try {
+      raw = await src.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize, { prefetch: src.prefetch });
+    } catch (err) {
+      logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
+      throw asEio(info, chunk, err);
+    }
+    try {
+      return decodeChunk(raw, chunk, info, { validate: src.verify });
+    } catch (err) {
+      if (attempt >= REFETCH_LIMIT) {
+        logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'chunk data from the backend is bad');
+        throw asEio(info, chunk, err);
+      }
+      warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: attempt + 1, err: (err as Error).message }, 'chunk data from the backend is bad, downloading it again');
+    }
+  }
+}
