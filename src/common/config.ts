@@ -109,6 +109,8 @@ export interface PrefetchConfigV2 {
 
 export interface FileCacheConfig {
   work_dir: string;
+  /** not upstream: cache size quota in bytes, least recently used unused blobs evicted (0 = none) */
+  quota?: number;
   disable_indexed_map: boolean;
   enable_encryption: boolean;
   enable_convergent_encryption: boolean;
@@ -382,6 +384,7 @@ function decFileCache(o: Obj, p: string): FileCacheConfig {
     enable_encryption: bool(o, 'enable_encryption', p, false),
     enable_convergent_encryption: bool(o, 'enable_convergent_encryption', p, false),
     encryption_key: str(o, 'encryption_key', p, ''),
+    ...(o.quota !== undefined ? { quota: int(o, 'quota', p, 0, Number.MAX_SAFE_INTEGER) } : {}),
   };
 }
 

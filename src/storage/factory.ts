@@ -103,7 +103,7 @@ export function createBlobDevice(cfg: ConfigV2, blobs: BlobInfo[], opts: BlobDev
   const backend = createBackend(cfg, opts);
   if (cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache') {
     // one cache per work_dir in the process, shared with every other mount naming it
-    cache = acquireFileCache(cfg.cache.filecache!.work_dir);
+    cache = acquireFileCache(cfg.cache.filecache!.work_dir, { quota: cfg.cache.filecache!.quota });
   }
   // v2: workers exist only with cache.prefetch.enable (a v1 fs_prefetch was copied there)
   const pf = cfg.cache.prefetch.enable ? cfg.cache.prefetch : cfg.rafs.prefetch;

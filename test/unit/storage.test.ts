@@ -586,4 +586,46 @@ test('prefetch bandwidth bucket: full at start, refills at the rate, charges at 
   assert.is(b.take(1_000_000), 2000, 'a huge job is charged 2x the rate: 2 s');
 });
 
+test('cache quota: least recently used blobs no mount uses are evicted whole; a blob in use never is; an evicted blob is fetched again', async () => {
+  const work = tmp('quota');
+  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be5 = new Counting(new LocalFsBackend({ blob_file: '', dir: V5.blobDir }));
+  const size = (img: Img) => img.chunks.reduce((a, c) => a + Math.ceil(c.uncompressedSize / 4096) * 4096, 0) + 8192;
+  // room for one of the two blobs, not both
+  const quota = Math.max(size(V6), size(V5)) + 4096;
+  const fc = new FileCache({ workDir: work, quota });
+  const readAll = async (img: Img, backend: BlobBackend) => {
+    for (const c of img.chunks) assert.equal(await fc.readChunk(img.info, c, { backend, validate: true }), img.expect.get(c.index));
+  };
+  const files = () => fs.readdirSync(work).sort();
+  fc.retain(V6.info.blobId);
+  await readAll(V6, be);
+  await fc.release(V6.info.blobId);
+  assert.ok(files().includes(`${V6.info.blobId}.blob.data`), 'under the quota: kept after release');
+  fc.retain(V5.info.blobId);
+  await readAll(V5, be5);
+  await fc.quota!.evictSoon();
+  assert.not.ok(files().some((f) => f.startsWith(V6.info.blobId)), 'the unused blob is evicted');
+  assert.ok(files().includes(`${V5.info.blobId}.blob.data`), 'the blob in use stays');
+  assert.ok(fc.quota!.bytes <= quota);
+  // V6 comes back: fetched again, byte for byte; now V5 (released, least recently used) goes
+  const before = be.reads;
+  await fc.release(V5.info.blobId);
+  fc.retain(V6.info.blobId);
+  await readAll(V6, be);
+  assert.ok(be.reads > before, 'evicted chunks are downloaded again');
+  await fc.quota!.evictSoon();
+  assert.not.ok(files().some((f) => f.startsWith(V5.info.blobId)));
+  await fc.release(V6.info.blobId);
+  await fc.close();
+  // a restart with a smaller quota counts what the work_dir holds and evicts on the next release
+  const fc2 = new FileCache({ workDir: work, quota: 4096 });
+  fc2.retain(V6.info.blobId);
+  await fc2.release(V6.info.blobId);
+  assert.equal(files(), []);
+  await fc2.close();
+  await be.close();
+  await be5.close();
+});
+
 test.run();

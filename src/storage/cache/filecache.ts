@@ -42,6 +42,7 @@ import type { BlobFile } from '../blob/blob-file';
 import { decodeChunk } from '../blob/chunk-reader';
 import type { ChunkDirectory } from '../blob/chunk-directory';
 import { fetchRegion } from './region';
+import { CacheQuota } from './quota';
 import { type BlobBackend, checkBlobId } from '../backend/backend';
 import { CHUNK_MAP_SUFFIX, ChunkMap } from './chunk-map';
 import type { BlobcacheMetrics } from './metrics';
@@ -82,6 +83,8 @@ export interface FileCacheOptions {
   backend?: BlobBackend;
   /** verify chunk digests (`cache.validate || rafs.validate`) by default */
   validate?: boolean;
+  /** size quota in bytes (`cache.filecache.quota`, not upstream; 0 = none): quota.ts */
+  quota?: number;
 }
 
 /** Where a call's missing chunks come from, and whether its reader verifies them. */
@@ -109,8 +112,14 @@ export class FileCache {
   /** mounts using each blob id (retain/release) */
   private readonly users = new Map<string, number>();
   private closed = false;
+  /** size quota with LRU eviction of unused blobs (quota.ts), when configured */
+  readonly quota: CacheQuota | undefined;
 
-  constructor(private readonly opts: FileCacheOptions) {}
+  constructor(private readonly opts: FileCacheOptions) {
+    if (opts.quota && opts.quota > 0) {
+      this.quota = new CacheQuota(opts.workDir, opts.quota, (id) => this.users.has(id) || this.entries.has(id));
+    }
+  }
 
   private source(src?: ChunkSource): ChunkSource {
     if (src) return src;
@@ -121,6 +130,7 @@ export class FileCache {
   /** A mount starts using blob `blobId`. */
   retain(blobId: string): void {
     this.users.set(blobId, (this.users.get(blobId) ?? 0) + 1);
+    this.quota?.touch(blobId);
   }
 
   /** A (drained) mount stops using blob `blobId`: its files are closed when nobody else uses it. */
@@ -128,11 +138,15 @@ export class FileCache {
     const n = (this.users.get(blobId) ?? 0) - 1;
     if (n > 0) { this.users.set(blobId, n); return; }
     this.users.delete(blobId);
+    this.quota?.touch(blobId);
     const p = this.entries.get(blobId);
-    if (!p) return;
-    this.entries.delete(blobId);
-    this.opened.delete(blobId);
-    await FileCache.closeEntry(p);
+    if (p) {
+      this.entries.delete(blobId);
+      this.opened.delete(blobId);
+      await FileCache.closeEntry(p);
+    }
+    // the blob may now be evicted if the cache is over its quota
+    if (this.quota && !this.closed) await this.quota.evictSoon();
   }
 
   /** Blob ids with open cache files (tests, metrics). */
@@ -172,6 +186,7 @@ export class FileCache {
 
   private async openEntry(info: BlobInfo): Promise<Entry> {
     const names = cacheFileNames(this.opts.workDir, info.blobId);
+    await this.quota?.ready(info.blobId);
     try {
       await fsp.mkdir(this.opts.workDir, { recursive: true });
     } catch (e) {
@@ -343,6 +358,7 @@ export class FileCache {
         done += bytesWritten;
       }
       await map.setReady(chunk.index);
+      this.quota?.charge(info.blobId, data.length);
     } catch (err) {
       // the data was good and has been served; only the cache misses out
       warnLimited('cache.write', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to write chunk to the cache');

@@ -6,17 +6,20 @@
  * files, readiness bitmap and downloads.
  */
 import * as path from 'node:path';
+import { warnLimited } from '../../common/log';
 import { FileCache } from './filecache';
 
 const caches = new Map<string, { cache: FileCache; refs: number }>();
 
 /** The FileCache of `workDir`, created on first use; pair with `releaseFileCache`. */
-export function acquireFileCache(workDir: string): FileCache {
+export function acquireFileCache(workDir: string, opts: { quota?: number } = {}): FileCache {
   const key = path.resolve(workDir);
   let c = caches.get(key);
   if (!c) {
-    c = { cache: new FileCache({ workDir: key }), refs: 0 };
+    c = { cache: new FileCache({ workDir: key, quota: opts.quota }), refs: 0 };
     caches.set(key, c);
+  } else if ((opts.quota ?? 0) !== (c.cache.quota?.quota ?? 0)) {
+    warnLimited('cache.quota', { workDir: key, asked: opts.quota ?? 0, kept: c.cache.quota?.quota ?? 0 }, 'work_dir already open with another quota: the first one is kept');
   }
   c.refs++;
   return c.cache;
