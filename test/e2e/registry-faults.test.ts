@@ -26,7 +26,7 @@ import { READ_ATTEMPTS } from '../../src/storage/backend/retry';
 import { REFETCH_LIMIT } from '../../src/storage/cache/filecache';
 import { api } from '../support/api';
 import { nydusImage, tmpdir } from '../support/cli';
-import { ALL_FAULTS, type FaultKind, type FaultOptions, type FaultProxyHandle, type FaultRule, spawnFaultProxy } from '../support/fault-proxy';
+import { ALL_FAULTS, type FaultKind, type FaultOptions, type FaultProxyHandle, type FaultRule, readEveryPiece, spawnFaultProxy } from '../support/fault-proxy';
 import { fuseMissing, isMounted, startNydusd, type Daemon } from '../support/nydusd';
 import { registryMissing, startRegistry, type Registry } from '../support/registry';
 import { dropCaches } from '../support/timing';
@@ -121,64 +121,6 @@ test.after(async () => {
 });
 
 // ------------------------------------------------------------------ helpers
-
-async function watchdog<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  const dog = new Promise<never>((_, reject) => {
-    t = setTimeout(() => reject(new Error(`liveness: ${what} still pending after ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([p, dog]);
-  } finally {
-    clearTimeout(t);
-  }
-}
-
-interface Pass { pieces: number; ok: number; eio: number; eioFiles: Set<string> }
-
-/**
- * Read every file of `list` under `mnt` in chunk-sized pieces (each read(2)
- * under the watchdog): a piece is exactly the source's bytes or EIO.
- * `stopAtEio`: go on with the next file after a file's first EIO.
- */
-async function readPass(mnt: string, list: string[], stopAtEio = false): Promise<Pass> {
-  const r: Pass = { pieces: 0, ok: 0, eio: 0, eioFiles: new Set() };
-  const queue = [...list];
-  const worker = async () => {
-    for (let rel = queue.shift(); rel !== undefined; rel = queue.shift()) {
-      const want = files.get(rel)!;
-      const fh = await watchdog(fs.promises.open(path.join(mnt, rel), 'r'), READ_BOUND_MS, `open ${rel}`);
-      try {
-        const buf = Buffer.alloc(CHUNK);
-        for (let off = 0; ; off += CHUNK) {
-          const expect = Math.min(CHUNK, Math.max(0, want.length - off));
-          r.pieces++;
-          let n: number;
-          try {
-            ({ bytesRead: n } = await watchdog(fh.read(buf, 0, CHUNK, off), READ_BOUND_MS, `read ${rel} at ${off}`));
-          } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== 'EIO') throw new Error(`read ${rel} at ${off}: ${(e as Error).message} (only EIO is allowed)`);
-            r.eio++;
-            r.eioFiles.add(rel);
-            if (stopAtEio || expect === 0) break;
-            continue;
-          }
-          assert.is(n, expect, `read ${rel} at ${off}: ${n} bytes instead of ${expect} (a short read is wrong data)`);
-          if (!buf.subarray(0, n).equals(want.subarray(off, off + n))) {
-            const at = buf.subarray(0, n).findIndex((b, i) => b !== want[off + i]);
-            assert.unreachable(`WRONG BYTES: ${rel} at ${off}: first difference at file offset ${off + at}`);
-          }
-          r.ok++;
-          if (expect === 0) break;
-        }
-      } finally {
-        await fh.close();
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-  return r;
-}
 
 interface Counters { events: number; attempts: number; errors: number }
 
@@ -285,7 +227,7 @@ async function runMode(img: Image, mode: Mode): Promise<void> {
     await proxy!.resetStats();
     await proxy!.setFaults(mode.rules, mode.opts);
     const list = mode.only ?? [...files.keys()].sort();
-    const pass = await readPass(d.mountpoint, list, !!mode.allFail);
+    const pass = await readEveryPiece(d.mountpoint, files, list, { piece: CHUNK, boundMs: READ_BOUND_MS, concurrency: CONCURRENCY, stopAtEio: !!mode.allFail });
     const injected = await proxy!.stats();
     await assertAlive(d, sock, 'after the faulty pass');
     const c1 = await counters(sock);

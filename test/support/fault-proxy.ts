@@ -18,7 +18,9 @@
  * wait for it forever. `startFaultProxy` runs it in the calling process.
  */
 import { fork, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as path from 'node:path';
 import type * as net from 'node:net';
 import { Transform, type TransformCallback } from 'node:stream';
 
@@ -458,6 +460,89 @@ export async function startFaultProxy(target: string, port = 0): Promise<FaultPr
     resetStats: async () => p.resetStats(),
     close: () => p.close(),
   };
+}
+
+// ------------------------------------------------------------ readers for fault tests
+
+/** `p`, or an error once `ms` passed (a liveness bound, not a speed assertion). */
+export async function watchdog<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  const dog = new Promise<never>((_, reject) => {
+    t = setTimeout(() => reject(new Error(`liveness: ${what} still pending after ${ms} ms (a hang)`)), ms);
+  });
+  try {
+    return await Promise.race([p, dog]);
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+export interface PieceReport {
+  pieces: number;
+  ok: number;
+  eio: number;
+  /** files with at least one EIO piece */
+  eioFiles: Set<string>;
+  /** "<file>@<offset>" of every EIO piece */
+  eioPieces: string[];
+}
+
+export interface PieceOptions {
+  /** bytes per read(2) (the chunk size: a piece touches one chunk) */
+  piece: number;
+  /** liveness bound of one open/read, ms */
+  boundMs: number;
+  /** files read at once (default 1); reads are async, so the event loop stays free */
+  concurrency?: number;
+  /** go on with the next file after a file's first EIO */
+  stopAtEio?: boolean;
+}
+
+/**
+ * Read each file `rel` of `want` under `root` in pieces, each read(2) under a
+ * watchdog: a piece must be exactly the expected bytes (full length: a short
+ * read is wrong data too) or fail with EIO. Anything else (other bytes, other
+ * errors, a read that does not return) throws.
+ */
+export async function readEveryPiece(root: string, want: Map<string, Buffer>, list: string[], o: PieceOptions): Promise<PieceReport> {
+  const r: PieceReport = { pieces: 0, ok: 0, eio: 0, eioFiles: new Set(), eioPieces: [] };
+  const queue = [...list];
+  const worker = async () => {
+    for (let rel = queue.shift(); rel !== undefined; rel = queue.shift()) {
+      const data = want.get(rel);
+      if (!data) throw new Error(`no expected content for ${rel}`);
+      const fh = await watchdog(fs.promises.open(path.join(root, rel), 'r'), o.boundMs, `open ${rel}`);
+      try {
+        const buf = Buffer.alloc(o.piece);
+        for (let off = 0; ; off += o.piece) {
+          const expect = Math.min(o.piece, Math.max(0, data.length - off));
+          r.pieces++;
+          let n: number;
+          try {
+            ({ bytesRead: n } = await watchdog(fh.read(buf, 0, o.piece, off), o.boundMs, `read ${rel} at ${off}`));
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'EIO') throw new Error(`read ${rel} at ${off}: ${(e as Error).message} (only EIO is allowed)`);
+            r.eio++;
+            r.eioFiles.add(rel);
+            r.eioPieces.push(`${rel}@${off}`);
+            if (o.stopAtEio || expect === 0) break;
+            continue;
+          }
+          if (n !== expect) throw new Error(`WRONG DATA: read ${rel} at ${off} returned ${n} bytes instead of ${expect}`);
+          if (!buf.subarray(0, n).equals(data.subarray(off, off + n))) {
+            const at = buf.subarray(0, n).findIndex((b, i) => b !== data[off + i]);
+            throw new Error(`WRONG BYTES: ${rel} at ${off}: first difference at file offset ${off + at}`);
+          }
+          r.ok++;
+          if (expect === 0) break;
+        }
+      } finally {
+        await fh.close();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
+  return r;
 }
 
 // ------------------------------------------------------------ child process
