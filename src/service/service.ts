@@ -19,6 +19,7 @@ import type { Vfs } from '../virtiofs/vfs/vfs';
 import { FsIoStats, withMetrics } from './metrics';
 import { BackendMetrics, metricsBackendType } from '../storage/backend/metrics';
 import { planPrefetch } from './prefetch';
+import { BlobMetaTables } from '../rafs/blob-meta-tables';
 import { DaemonStateMachine } from './state';
 import { VERSION } from './version';
 
@@ -71,9 +72,13 @@ export function fsBackendType(t: string): BackendType {
 /** Build a RAFS instance whose backend reads are counted. */
 export async function createRafsInstance(mountpoint: string, bootstrap: string, cfg: ConfigV2, prefetchFiles?: string[], opts: { directIo?: boolean } = {}): Promise<MountedInstance> {
   // read without blocking the loop: API callers and running guests share it
-  const { boot, sb, inlineBlob } = await loadBootstrapFileAsync(bootstrap);
+  const metas = new BlobMetaTables();
+  const { boot, sb, inlineBlob } = await loadBootstrapFileAsync(bootstrap, { blobMeta: (info) => metas.get(info) });
   const bm = new BackendMetrics(metricsBackendType(inlineBlob ? 'localfs' : cfg.backend.type), mountpoint);
   const backend = createBackend(cfg, { blobFile: inlineBlob, metrics: bm });
+  const workDir = cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache' ? cfg.cache.filecache?.work_dir : undefined;
+  // v6 blobs whose chunks the bootstrap does not list: their blob.meta comes from the cache, the image dir or the backend
+  await metas.start(sb, { backend, workDir, dirs: [path.dirname(bootstrap)] });
   const device = createBlobDevice(cfg, sb.blobs, { backend, chunks: () => sb.chunkTable() });
   const rafs = new RafsFs(sb, device, { bootstrap: boot, enableXattr: cfg.rafs.enable_xattr, directIo: opts.directIo });
   const pf = cfg.rafs.prefetch;
@@ -85,11 +90,10 @@ export async function createRafsInstance(mountpoint: string, bootstrap: string, 
   }
   const stats = new FsIoStats(mountpoint, cfg.rafs);
   log.info({ bootstrap, mountpoint, version: sb.meta.version, blobs: sb.blobs.length }, 'rafs instance created');
-  const workDir = cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache' ? cfg.cache.filecache?.work_dir : undefined;
   return {
     mountpoint, backendType: 'Rafs', mountedTime: new Date(), config: redactSecrets(cfg),
     fs: withMetrics(rafs, stats), stats, backend: bm, workDir, storage: backend,
-    blobcache: device.cacheMetrics, close: () => device.close(),
+    blobcache: device.cacheMetrics, close: () => { metas.stop(); return device.close(); },
   };
 }
 

@@ -338,9 +338,10 @@ class V6Super implements RafsSuper {
     const blob = this.blobs[blobIndex];
     if (this.opts.blobMeta) {
       let t = this.blobTables.get(blobIndex);
-      if (!this.blobTables.has(blobIndex)) {
+      if (!t) {
+        // not cached while unavailable: a blob.meta still being downloaded is asked for again
         t = this.opts.blobMeta(blob);
-        this.blobTables.set(blobIndex, t);
+        if (t) this.blobTables.set(blobIndex, t);
       }
       const c = t?.get(ciIndex);
       if (c) return { ...c, blobIndex, index: ciIndex, fileOffset };

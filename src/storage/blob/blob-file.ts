@@ -43,8 +43,17 @@ import type { BlobInfo, ChunkInfo } from '../format/types';
 export const MAX_CI_UNCOMPRESSED_SIZE = 1 << 30;
 const ZERO_DIGEST = Buffer.alloc(32);
 
+/** Positional reads of a blob (a local file, or ranges fetched from a backend). */
+export interface RangeSource {
+  readonly size: number;
+  /** name used in error messages (blob id or file name) */
+  readonly name: string;
+  /** Exactly `len` bytes at `off`. */
+  readAt(off: number, len: number): Buffer;
+}
+
 /** A local blob file read with explicit positions. */
-export class BlobFile {
+export class BlobFile implements RangeSource {
   private fd: number;
   readonly size: number;
   /** name used in error messages (blob id or file name) */
@@ -121,7 +130,7 @@ export interface TocList {
  * has neither a `rafs.blob.toc` nor (legacy) a trailing `image.boot` header.
  * A present but malformed ToC throws EINVAL.
  */
-export function readTocList(blob: BlobFile, expectDigest?: Buffer): TocList | undefined {
+export function readTocList(blob: RangeSource, expectDigest?: Buffer): TocList | undefined {
   if (blob.size < TAR_HEADER_SIZE) return undefined;
   const hdrOff = blob.size - TAR_HEADER_SIZE;
   const hdrBuf = blob.readAt(hdrOff, TAR_HEADER_SIZE);
@@ -159,7 +168,7 @@ export function readTocList(blob: BlobFile, expectDigest?: Buffer): TocList | un
 }
 
 /** ToC entries (see readTocList), or undefined for blobs without a ToC. */
-export function readToc(blob: BlobFile): TocEntry[] | undefined {
+export function readToc(blob: RangeSource): TocEntry[] | undefined {
   return readTocList(blob)?.entries;
 }
 
@@ -171,7 +180,7 @@ export function findTocEntry(entries: TocEntry[], name: string): TocEntry | unde
  * Read one ToC member, decompressed and checked against its size and sha256
  * (a zero digest is not checked). `maxSize` caps the uncompressed size.
  */
-export function extractTocEntry(blob: BlobFile, e: TocEntry, maxSize: number): Buffer {
+export function extractTocEntry(blob: RangeSource, e: TocEntry, maxSize: number): Buffer {
   const c = compressorFromTocFlags(e.flags);
   if (e.uncompressedSize > maxSize) throw einval(`blob ${blob.name}: ToC entry ${e.name} size ${e.uncompressedSize} exceeds limit ${maxSize}`);
   if (c === Compressor.None && e.compressedSize !== e.uncompressedSize) {
@@ -265,7 +274,7 @@ export class BlobMeta {
  * Read and validate the blob.meta of a blob against its BlobInfo (v6 blob
  * table entry). Fills digests from blob.digest when INLINED_CHUNK_DIGEST.
  */
-export function readBlobMeta(blob: BlobFile, info: BlobInfo): BlobMeta {
+export function readBlobMeta(blob: RangeSource, info: BlobInfo): BlobMeta {
   const where = `blob ${info.blobId || blob.name}`;
   if (info.features & BlobFeatures.ENCRYPTED) throw einval(`${where}: encrypted blob.meta is not supported`);
   if (info.metaCompressedSize > info.metaUncompressedSize) {
@@ -309,7 +318,7 @@ export function readBlobMeta(blob: BlobFile, info: BlobInfo): BlobMeta {
  * ToC or, lacking one, right after the blob.meta tar header. Undefined when the
  * blob does not carry INLINED_CHUNK_DIGEST.
  */
-export function readBlobDigests(blob: BlobFile, info: BlobInfo): Buffer | undefined {
+export function readBlobDigests(blob: RangeSource, info: BlobInfo): Buffer | undefined {
   if (!(info.features & BlobFeatures.INLINED_CHUNK_DIGEST) || info.chunkCount === 0) return undefined;
   const where = `blob ${info.blobId || blob.name}`;
   if (info.chunkCount > RAFS_MAX_CHUNKS_PER_BLOB) throw einval(`${where}: chunk count ${info.chunkCount} too large`);
