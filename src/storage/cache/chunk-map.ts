@@ -173,7 +173,7 @@ export class ChunkMap {
     if (this.bits[byte] & mask) return this.flush();
     this.bits[byte] |= mask;
     this.readyCount++;
-    this.enqueue(() => this.writeByte(byte));
+    this.markDirty(byte);
     if (this.readyCount >= this.chunkCount) this.enqueue(() => this.writeAllReady(true));
     return this.flush();
   }
@@ -194,9 +194,35 @@ export class ChunkMap {
         await this.fh.write(this.bits, 0, this.bits.length, CHUNK_MAP_HEADER_SIZE);
       });
     } else {
-      this.enqueue(() => this.writeByte(byte));
+      this.markDirty(byte);
     }
     return this.flush();
+  }
+
+  /**
+   * Bytes changed since the last bitmap write: written together by one
+   * queued write (chunks persisted in a burst cost one pwrite, not one each).
+   */
+  private dirtyLo = Infinity;
+  private dirtyHi = -1;
+  private dirtyQueued = false;
+
+  private markDirty(byte: number): void {
+    this.dirtyLo = Math.min(this.dirtyLo, byte);
+    this.dirtyHi = Math.max(this.dirtyHi, byte + 1);
+    if (this.dirtyQueued) return;
+    this.dirtyQueued = true;
+    this.enqueue(async () => {
+      this.dirtyQueued = false;
+      const lo = this.dirtyLo;
+      const hi = this.dirtyHi;
+      this.dirtyLo = Infinity;
+      this.dirtyHi = -1;
+      if (hi <= lo) return;
+      // the bytes' values at write time: the latest state always lands last
+      const b = Buffer.from(this.bits.subarray(lo, hi));
+      await this.fh.write(b, 0, b.length, CHUNK_MAP_HEADER_SIZE + lo);
+    });
   }
 
   private enqueue(op: () => Promise<void>): void {
@@ -214,11 +240,6 @@ export class ChunkMap {
       this.writeError = undefined;
       throw e;
     }
-  }
-
-  private async writeByte(byte: number): Promise<void> {
-    // the byte's value at write time: the latest state always lands last
-    await this.fh.write(Buffer.from([this.bits[byte]]), 0, 1, CHUNK_MAP_HEADER_SIZE + byte);
   }
 
   private async writeAllReady(on: boolean): Promise<void> {
