@@ -2,7 +2,8 @@
  * Registry backend (storage-backends §1–2) against small node:http fakes on
  * loopback: range reads, Basic and Bearer auth (token caching and refresh),
  * redirects (Authorization dropped, final URL cached), retries, length
- * checks, hostile servers (oversized bodies, headers, token replies), timeouts.
+ * checks, hostile servers (oversized bodies, headers, token replies), timeouts,
+ * `auth` validation and the `IMAGE_PULL_AUTH` override.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -10,7 +11,7 @@ import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ErrnoError } from '../../src/common/errno';
-import { parseNydusdConfig, type RegistryConfig } from '../../src/common/config';
+import { applyImagePullAuth, parseNydusdConfig, type RegistryConfig } from '../../src/common/config';
 import { createBackend } from '../../src/storage/factory';
 import { RegistryBackend, parseChallenge, validateAuth } from '../../src/storage/backend/registry';
 import { BackendMetrics } from '../../src/storage/backend/metrics';
@@ -89,6 +90,44 @@ test('validateAuth: base64 of user:pass', () => {
   assert.is(validateAuth(''), undefined);
   assert.throws(() => validateAuth('not base64!'));
   assert.throws(() => validateAuth(Buffer.from('nocolon').toString('base64')));
+});
+
+test('validateAuth: trimmed, strict base64 (padding), UTF-8 with a colon', () => {
+  assert.is(validateAuth('\t \n'), undefined, 'blank = absent');
+  assert.is(validateAuth(Buffer.from(':').toString('base64')), 'Og==', 'empty user and password still have the colon');
+  assert.throws(() => validateAuth('dXNlcjpwYXNz='), /base64/, 'wrong padding');
+  assert.throws(() => validateAuth('dXNlcjpwYXN'), /base64/, 'missing padding');
+  assert.throws(() => validateAuth(Buffer.from([0x75, 0x3a, 0xff, 0xfe]).toString('base64')), /UTF-8/);
+});
+
+test('IMAGE_PULL_AUTH replaces backend.registry.auth of a --config file; a bad value fails backend creation', async () => {
+  const seen: (string | undefined)[] = [];
+  const s = await serve((req, res) => {
+    seen.push(req.headers.authorization);
+    if (req.headers.authorization !== `Basic ${AUTH}`) {
+      res.writeHead(401, { 'www-authenticate': 'Basic realm="r"' });
+      res.end();
+      return;
+    }
+    sendRange(req, res);
+  });
+  const file = (auth?: string) => parseNydusdConfig(JSON.stringify({
+    version: 2,
+    backend: { type: 'registry', registry: { scheme: 'http', host: `127.0.0.1:${s.port}`, repo: REPO, ...(auth ? { auth } : {}) } },
+    cache: { type: '' },
+  }));
+  const be = createBackend(applyImagePullAuth(file(Buffer.from('old:creds').toString('base64')), AUTH));
+  try {
+    assert.ok((await be.read(BLOB_ID, 0, 8)).equals(BLOB.subarray(0, 8)));
+    assert.equal(seen, [undefined, `Basic ${AUTH}`], 'anonymous first, then the IMAGE_PULL_AUTH credentials');
+    assert.throws(() => createBackend(applyImagePullAuth(file(), 'not base64!')), /base64/);
+    assert.throws(() => createBackend(applyImagePullAuth(file(), Buffer.from('nocolon').toString('base64'))), /user:password/);
+    const localfs = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: '/nonexistent' } }, cache: { type: '' } }));
+    assert.is(applyImagePullAuth(localfs, AUTH).backend.registry, undefined, 'no registry section: nothing to override');
+  } finally {
+    await be.close();
+    await s.close();
+  }
 });
 
 test('anonymous range read; blob URL and Range header as upstream', async () => {

@@ -26,8 +26,8 @@
  *    after a proxy 429, is a source-fallback attempt; a proxy 403 ends the
  *    read;
  *  - `auth` is trimmed ('' = absent) and must be base64 of UTF-8 `user:pass`,
- *    or backend creation fails; `IMAGE_PULL_AUTH` reaches it through
- *    `applyImagePullAuth` (common/config.ts) when nydusd loads `--config`.
+ *    or backend creation fails (an `IMAGE_PULL_AUTH` value put in by
+ *    `applyImagePullAuth`, common/config.ts, is checked the same way).
  * Deliberate differences:
  *  - a reply must be 206 (with a matching Content-Range when present), or 200
  *    only for a read at offset 0 of exactly the body length: a server that
