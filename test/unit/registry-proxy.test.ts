@@ -396,9 +396,11 @@ test('Dragonfly proxy 403 stops retrying at once; a 429 without the error-type h
     await rejectsEio(be.read(BLOB_ID, 0, 16), /forbidden.*1 attempt\)/);
     assert.is(px.seen.length, 1);
     assert.is(reg.seen.length, 0);
+    await rejectsEio(be.size(BLOB_ID), /HEAD: .*forbidden/);
+    assert.is(px.seen[1].method, 'HEAD');
     mode = 'plain429';
     assert.ok((await be.read(BLOB_ID, 0, 16)).equals(BLOB.subarray(0, 16)), 'last attempt direct');
-    assert.is(px.seen.length, 4, 'a plain 429 is retried through the proxy like any error status');
+    assert.is(px.seen.length, 5, 'a plain 429 is retried through the proxy like any error status');
   } finally {
     await be.close();
     await px.close();

@@ -42,7 +42,7 @@
  *    1 request/s limiter; proxy routing differences are listed in proxy.ts.
  * Every failure surfaces as EIO naming the blob, range and cause.
  */
-import { eio } from '../../common/errno';
+import { ErrnoError, eio } from '../../common/errno';
 import type { RegistryConfig } from '../../common/config';
 import { warnLimited } from '../../common/log';
 import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './backend';
@@ -205,7 +205,13 @@ export class RegistryBackend implements BlobBackend {
 
   async size(blobId: string): Promise<number> {
     checkBlobId(blobId);
-    const r = await this.gated(() => this.authed('HEAD', this.blobUrl(blobId), {}));
+    let r: HttpResponse;
+    try {
+      r = await this.gated(() => this.authed('HEAD', this.blobUrl(blobId), {}));
+    } catch (err) {
+      if (err instanceof ErrnoError) throw err;
+      throw eio(`registry ${this.host}/${this.repo} blob ${blobId}: HEAD: ${describe(err)}`, err);
+    }
     await discard(r);
     const cl = headerValue(r.headers, 'content-length');
     if (r.status < 200 || r.status > 399 || !cl || !/^\d+$/.test(cl)) {
@@ -244,6 +250,8 @@ export class RegistryBackend implements BlobBackend {
 
   private maybeFallbackToHttp(err: unknown): boolean {
     if (this.fallbackDone.v || !this.cfg.skip_verify || this.scheme !== 'https') return false;
+    // without proxy fallback a transport error is the proxy's, not the registry's
+    if (this.http.proxy && !this.http.proxy.fallback) return false;
     if (!/wrong version number|ECONNREFUSED|connection refused|ssl|tls/i.test(describe(err))) return false;
     this.fallbackDone.v = true;
     this.scheme = 'http';
