@@ -26,10 +26,13 @@ import { READ_ATTEMPTS } from '../../src/storage/backend/retry';
 import { REFETCH_LIMIT } from '../../src/storage/cache/filecache';
 import { api } from '../support/api';
 import { nydusImage, tmpdir } from '../support/cli';
-import { ALL_FAULTS, type FaultKind, type FaultOptions, type FaultProxyHandle, type FaultRule, readEveryPiece, spawnFaultProxy } from '../support/fault-proxy';
+import {
+  ALL_FAULTS, type FaultKind, type FaultOptions, type FaultProxyHandle, type FaultRule, type ImageChunks, imageChunks, poisonedChunks, readEveryPiece, readyChunks,
+  spawnFaultProxy,
+} from '../support/fault-proxy';
 import { fuseMissing, isMounted, startNydusd, type Daemon } from '../support/nydusd';
 import { registryMissing, startRegistry, type Registry } from '../support/registry';
-import { dropCaches } from '../support/timing';
+import { dropCaches, sleep } from '../support/timing';
 import { diffTrees, treeRecords } from '../support/tree-digest';
 
 const missing = registryMissing() ?? fuseMissing();
@@ -57,7 +60,7 @@ const src = path.join(work, 'src');
 let reg: Registry | undefined;
 let proxy: FaultProxyHandle | undefined;
 
-interface Image { name: string; boot: string; blobId: string }
+interface Image { name: string; boot: string; blobId: string; chunks: ImageChunks }
 const images: Record<string, Image> = {};
 /** regular files of `src`: relative path → content */
 const files = new Map<string, Buffer>();
@@ -102,7 +105,9 @@ async function buildImage(name: string, compressor: string): Promise<Image> {
   assert.is(names.length, 1);
   const blobId = names[0];
   assert.is(await reg!.pushBlob(REPO, fs.readFileSync(path.join(blobs, blobId))), blobId);
-  return { name, boot, blobId };
+  const chunks = await imageChunks(boot, files.keys());
+  assert.is(chunks.blobId, blobId);
+  return { name, boot, blobId, chunks };
 }
 
 test.before(async () => {
@@ -144,20 +149,21 @@ async function assertAlive(d: Daemon, sock: string, when: string): Promise<void>
 
 let runs = 0;
 
-async function mount(img: Image): Promise<{ d: Daemon; sock: string }> {
+async function mount(img: Image, prefetch = false): Promise<{ d: Daemon; sock: string; cache: string }> {
   const dir = path.join(work, `run-${++runs}`);
   fs.mkdirSync(dir);
   const cfg = path.join(dir, 'config.json');
+  const cache = path.join(dir, 'cache');
   // default config, plus small timeouts so stalls resolve
   fs.writeFileSync(cfg, JSON.stringify({
     version: 2,
     backend: { type: 'registry', registry: { scheme: 'http', host: proxy!.host, repo: REPO, auth: reg!.auth, timeout: TIMEOUT_S, connect_timeout: TIMEOUT_S } },
-    cache: { type: 'blobcache', filecache: { work_dir: path.join(dir, 'cache') } },
-    rafs: { mode: 'direct' },
+    cache: { type: 'blobcache', filecache: { work_dir: cache }, prefetch: { enable: prefetch } },
+    rafs: { mode: 'direct', prefetch: { enable: prefetch, prefetch_all: prefetch } },
   }));
   const sock = path.join(dir, 'api.sock');
   const d = await startNydusd(path.join(dir, 'mnt'), ['--bootstrap', img.boot, '--config', cfg, '--apisock', sock, '--log-level', 'warn']);
-  return { d, sock };
+  return { d, sock, cache };
 }
 
 interface Mode {
@@ -172,6 +178,8 @@ interface Mode {
   only?: string[];
   /** every piece must fail */
   allFail?: boolean;
+  /** prefetch_all runs (under the faults) before the files are read */
+  prefetch?: boolean;
 }
 
 const p = (fault: FaultKind, probability: number, extra: Partial<FaultRule> = {}): FaultRule => ({ fault, probability, ...extra });
@@ -207,6 +215,13 @@ const MODES: Mode[] = [
     corrupts: true,
   },
   {
+    name: 'prefetch_all under flipped bytes, resets and truncation',
+    rules: [second('flip'), p('flip', 0.3), p('reset-after-headers', 0.15), p('truncate', 0.15)],
+    opts: { seed: 23 },
+    corrupts: true,
+    prefetch: true,
+  },
+  {
     name: 'every blob GET answered 503',
     rules: [p('status-503', 1)],
     failsAttempt: true,
@@ -217,15 +232,34 @@ const MODES: Mode[] = [
 
 /** Uncompressed chunks: the data-corruption modes, where only the digest can tell. */
 const NONE_MODES = new Set(['flipped bytes (half the blob GETs)', 'flipped bytes (every blob GET)', 'shifted range with its honest Content-Range',
-  'right body, wrong Content-Range', 'extra bytes (Content-Length and chunked)', 'truncated bodies', 'Range ignored (200 with the whole blob)']);
+  'right body, wrong Content-Range', 'extra bytes (Content-Length and chunked)', 'truncated bodies', 'Range ignored (200 with the whole blob)',
+  'prefetch_all under flipped bytes, resets and truncation']);
+
+/** Bounded wait until the prefetch workers are done (or everything is cached). */
+async function prefetchDone(sock: string, cache: string, img: Image): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    const r = await api(sock, 'GET', '/api/v1/metrics/blobcache');
+    const m = r.json as { prefetch_workers?: number; prefetch_requests_count?: number };
+    const ready = await readyChunks(cache, img.chunks);
+    if (ready.size === img.chunks.chunkCount || (m.prefetch_requests_count! > 0 && m.prefetch_workers === 0)) return;
+    if (Date.now() - t0 > 60_000) assert.unreachable(`prefetch still running after 60 s: ${r.body}`);
+    await sleep(100);
+  }
+}
 
 async function runMode(img: Image, mode: Mode): Promise<void> {
-  const { d, sock } = await mount(img);
+  // faults on from the start when prefetch runs at mount
+  await proxy!.resetStats();
+  await proxy!.setFaults(mode.rules, mode.opts);
+  const { d, sock, cache } = await mount(img, mode.prefetch);
   try {
     await assertAlive(d, sock, 'after mount');
     const c0 = await counters(sock);
-    await proxy!.resetStats();
-    await proxy!.setFaults(mode.rules, mode.opts);
+    if (mode.prefetch) {
+      await prefetchDone(sock, cache, img);
+      assert.equal(await poisonedChunks(cache, img.chunks, files), [], 'prefetch under faults cached wrong bytes');
+    }
     const list = mode.only ?? [...files.keys()].sort();
     const pass = await readEveryPiece(d.mountpoint, files, list, { piece: CHUNK, boundMs: READ_BOUND_MS, concurrency: CONCURRENCY, stopAtEio: !!mode.allFail });
     const injected = await proxy!.stats();
@@ -246,6 +280,8 @@ async function runMode(img: Image, mode: Mode): Promise<void> {
       assert.ok(c1.events - c0.events >= 1, `${pass.eio} EIO reads but /api/v1/daemon/events did not grow`);
     }
 
+    assert.equal(await poisonedChunks(cache, img.chunks, files), [], 'the cache holds wrong bytes after the faulty pass');
+
     // clean network: everything, read cold, equals the source
     await proxy!.clean();
     dropCaches();
@@ -253,6 +289,7 @@ async function runMode(img: Image, mode: Mode): Promise<void> {
     await assertAlive(d, sock, 'after the clean pass');
     const c2 = await counters(sock);
     if (pass.eio > 0) assert.ok(c2.attempts > c1.attempts, 'chunks that failed were not fetched again');
+    assert.equal(await poisonedChunks(cache, img.chunks, files), [], 'the cache holds wrong bytes after the clean pass');
   } finally {
     await proxy!.clean();
     const code = await d.stop();

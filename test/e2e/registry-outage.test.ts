@@ -23,13 +23,10 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { loadBootstrapFile } from '../../src/rafs/image';
-import type { RafsInode } from '../../src/rafs/metadata/types';
 import { READ_ATTEMPTS } from '../../src/storage/backend/retry';
-import { cacheFileNames } from '../../src/storage/cache/filecache';
 import { api } from '../support/api';
 import { nydusImage, tmpdir } from '../support/cli';
-import { readEveryPiece, watchdog } from '../support/fault-proxy';
+import { type ImageChunks, imageChunks, poisonedChunks, readEveryPiece, readyChunks, watchdog } from '../support/fault-proxy';
 import { fuseMissing, isMounted, startNydusd, type Daemon } from '../support/nydusd';
 import { REGISTRY_BIN, registryMissing } from '../support/registry';
 import { dropCaches, sleep } from '../support/timing';
@@ -60,10 +57,7 @@ const src = path.join(work, 'src');
 const files = new Map<string, Buffer>();
 let srcRecords: ReturnType<typeof treeRecords> = [];
 let boot = '';
-let blobId = '';
-let chunkCount = 0;
-/** file → chunk indexes in the blob */
-const fileChunks = new Map<string, number[]>();
+let img: ImageChunks | undefined;
 let reg: OwnRegistry | undefined;
 const daemons = new Set<Daemon>();
 
@@ -187,37 +181,10 @@ function buildSource(): void {
   srcRecords = treeRecords(src);
 }
 
-function mapChunks(): void {
-  const { sb } = loadBootstrapFile(boot);
-  assert.is(sb.blobs.length, 1);
-  chunkCount = sb.blobs[0].chunkCount;
-  for (const rel of files.keys()) {
-    let ino: RafsInode | undefined = sb.root();
-    for (const part of rel.split('/')) ino = ino?.lookup(Buffer.from(part));
-    assert.ok(ino?.isReg(), rel);
-    fileChunks.set(rel, ino!.chunks().map((c) => c.index));
-  }
-}
-
-/** Ready bits of the blob's chunk map in `workDir` (none when there is no map yet). */
-function readyChunks(workDir: string): Set<number> {
-  const ready = new Set<number>();
-  let map: Buffer;
-  try {
-    map = fs.readFileSync(cacheFileNames(workDir, blobId).chunkMap);
-  } catch {
-    return ready;
-  }
-  const allReady = map.length >= 16 && map.readUInt32LE(12) === 0x4d4d4150;
-  for (let i = 0; i < chunkCount; i++) {
-    const byte = 4096 + (i >> 3);
-    if (allReady || (byte < map.length && map[byte] & (0x80 >>> (i & 7)))) ready.add(i);
-  }
-  return ready;
-}
-
-const cachedFully = (ready: Set<number>, rel: string): boolean => fileChunks.get(rel)!.every((i) => ready.has(i));
-const cachedNone = (ready: Set<number>, rel: string): boolean => fileChunks.get(rel)!.every((i) => !ready.has(i));
+const chunksOf = (rel: string): number[] => img!.byFile.get(rel)!.map((c) => c.index);
+const cachedFully = (ready: Set<number>, rel: string): boolean => chunksOf(rel).every((i) => ready.has(i));
+const cachedNone = (ready: Set<number>, rel: string): boolean => chunksOf(rel).every((i) => !ready.has(i));
+const readyIn = (workDir: string): Promise<Set<number>> => readyChunks(workDir, img!);
 
 test.before(async () => {
   if (missing) return;
@@ -225,8 +192,9 @@ test.before(async () => {
   boot = path.join(work, 'image.boot');
   const blobs = path.join(work, 'blobs');
   nydusImage(['create', '--fs-version', '6', '--compressor', 'zstd', '--chunk-size', `0x${CHUNK.toString(16)}`, '--bootstrap', boot, '--blob-dir', blobs, src]);
-  blobId = fs.readdirSync(blobs)[0];
-  mapChunks();
+  const blobId = fs.readdirSync(blobs)[0];
+  img = await imageChunks(boot, files.keys());
+  assert.is(img.blobId, blobId);
   const regDir = path.join(work, 'registry');
   fs.mkdirSync(regDir);
   reg = await ownRegistry(regDir);
@@ -316,14 +284,15 @@ test('prefetch_all fills the cache; registry stopped: everything reads, also in 
   const a = await startDaemon(cache, { prefetch: true });
   // bounded wait for the whole blob (nothing is read meanwhile: prefetch alone must fetch it)
   const t0 = Date.now();
-  let ready = readyChunks(cache);
-  while (ready.size < chunkCount) {
+  let ready = await readyIn(cache);
+  while (ready.size < img!.chunkCount) {
     if (Date.now() - t0 > 60_000) {
-      assert.unreachable(`prefetch_all fetched ${ready.size}/${chunkCount} chunks in 60 s; blobcache: ${JSON.stringify(await metrics(a.sock, 'blobcache'))}`);
+      assert.unreachable(`prefetch_all fetched ${ready.size}/${img!.chunkCount} chunks in 60 s; blobcache: ${JSON.stringify(await metrics(a.sock, 'blobcache'))}`);
     }
     await sleep(100);
-    ready = readyChunks(cache);
+    ready = await readyIn(cache);
   }
+  assert.equal(await poisonedChunks(cache, img!, files), [], 'cached chunks differ from the source');
   const bc = await metrics(a.sock, 'blobcache');
   assert.ok(bc.prefetch_requests_count > 0 && bc.prefetch_data_amount > 0, `prefetch metrics: ${JSON.stringify(bc)}`);
   const before = await metrics(a.sock, 'backend');
@@ -364,17 +333,17 @@ test('partial cache, registry down: cached chunks read, others EIO without a han
     await stopDaemon(first.d);
   }
   // what is cached now (merged range reads may have brought neighbours of what was read)
-  const ready = readyChunks(cache);
+  const ready = await readyIn(cache);
   for (const f of some) assert.ok(cachedFully(ready, f), `${f} was read but is not in the cache after a clean stop`);
   const cached = allFiles().filter((f) => cachedFully(ready, f));
   const notCached = allFiles().filter((f) => !cachedFully(ready, f));
-  assert.ok(notCached.length >= 3, `only ${notCached.length} files are not fully cached (${ready.size}/${chunkCount} chunks ready)`);
+  assert.ok(notCached.length >= 3, `only ${notCached.length} files are not fully cached (${ready.size}/${img!.chunkCount} chunks ready)`);
   // pieces are chunk-sized and chunk-aligned: piece k of a file is its chunk k
-  const missingPieces = (f: string) => fileChunks.get(f)!.flatMap((c, k) => (ready.has(c) ? [] : [`${f}@${k * CHUNK}`]));
+  const missingPieces = (f: string) => img!.byFile.get(f)!.flatMap((c) => (ready.has(c.index) ? [] : [`${f}@${c.fileOffset}`]));
   // read every piece of files with few missing chunks (each costs a failed backend read), the first failing piece of the others
   const exact = notCached.filter((f) => missingPieces(f).length <= 3).slice(0, 6);
   const rest = notCached.filter((f) => !exact.includes(f));
-  console.log(`registry-outage partial cache: ${ready.size}/${chunkCount} chunks cached, ${cached.length} files fully, ${notCached.length} not`);
+  console.log(`registry-outage partial cache: ${ready.size}/${img!.chunkCount} chunks cached, ${cached.length} files fully, ${notCached.length} not`);
 
   await reg!.stop();
   const run = await startDaemon(cache);
@@ -441,7 +410,7 @@ test('frozen registry (accepts, never answers): reads EIO once the timeouts are 
     assert.is(warm.eio, 0);
     const ev0 = await events(run.sock);
     await sleep(300); // write-behind of what the warm read brought (merged ranges may bring neighbours)
-    const ready = readyChunks(cache);
+    const ready = await readyIn(cache);
     const far = allFiles().filter((f) => files.get(f)!.length > 0 && cachedNone(ready, f)).slice(-2);
     assert.is(far.length, 2);
     reg!.freeze();
@@ -458,6 +427,38 @@ test('frozen registry (accepts, never answers): reads EIO once the timeouts are 
     const back = await readEveryPiece(run.d.mountpoint, files, far, { piece: CHUNK, boundMs: UP_BOUND_MS });
     assert.is(back.eio, 0, `still failing after SIGCONT: ${back.eioPieces.join(' ')}`);
     assertTree(run.d.mountpoint, 'registry thawed');
+  } finally {
+    await stopDaemon(run.d);
+  }
+});
+
+test('registry frozen from the start: concurrent reads of uncached files each fail within attempts × timeout, then succeed after SIGCONT', async () => {
+  if (missing) return;
+  if (!reg!.running()) await reg!.start();
+  reg!.freeze();
+  let run: Run;
+  try {
+    // a fresh daemon: no request has succeeded yet (the first-request gate is closed)
+    run = await startDaemon(path.join(work, 'cache-frozen-start'));
+  } catch (e) {
+    reg!.thaw();
+    throw e;
+  }
+  try {
+    try {
+      await assertAlive(run, 'after mount');
+      // six readers at once, as a starting container's processes would be
+      const six = ['a/f02', 'a/f12', 'a/f22', 'a/f32', 'b/m3', 'c/text'];
+      const t0 = Date.now();
+      const r = await readEveryPiece(run.d.mountpoint, files, six, { piece: CHUNK, boundMs: OUTAGE_BOUND_MS, concurrency: six.length, stopAtEio: true });
+      console.log(`registry-outage frozen from the start: ${r.eioFiles.size}/${six.length} reads failed in ${Date.now() - t0} ms (bound per read ${OUTAGE_BOUND_MS} ms)`);
+      assert.is(r.eioFiles.size, six.length);
+      await assertAlive(run, 'while the registry is frozen');
+    } finally {
+      reg!.thaw();
+    }
+    const back = await readEveryPiece(run.d.mountpoint, files, allFiles(), { piece: CHUNK, boundMs: UP_BOUND_MS, concurrency: 2 });
+    assert.is(back.eio, 0, `still failing after SIGCONT: ${back.eioPieces.slice(0, 10).join(' ')}`);
   } finally {
     await stopDaemon(run.d);
   }

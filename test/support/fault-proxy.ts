@@ -464,11 +464,14 @@ export async function startFaultProxy(target: string, port = 0): Promise<FaultPr
 
 // ------------------------------------------------------------ readers for fault tests
 
+/** A watchdog fired. */
+export class LivenessError extends Error {}
+
 /** `p`, or an error once `ms` passed (a liveness bound, not a speed assertion). */
 export async function watchdog<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: NodeJS.Timeout | undefined;
   const dog = new Promise<never>((_, reject) => {
-    t = setTimeout(() => reject(new Error(`liveness: ${what} still pending after ${ms} ms (a hang)`)), ms);
+    t = setTimeout(() => reject(new LivenessError(`liveness: ${what} still pending after ${ms} ms (a hang)`)), ms);
   });
   try {
     return await Promise.race([p, dog]);
@@ -507,8 +510,9 @@ export interface PieceOptions {
 export async function readEveryPiece(root: string, want: Map<string, Buffer>, list: string[], o: PieceOptions): Promise<PieceReport> {
   const r: PieceReport = { pieces: 0, ok: 0, eio: 0, eioFiles: new Set(), eioPieces: [] };
   const queue = [...list];
+  let failed = false;
   const worker = async () => {
-    for (let rel = queue.shift(); rel !== undefined; rel = queue.shift()) {
+    for (let rel = queue.shift(); rel !== undefined && !failed; rel = queue.shift()) {
       const data = want.get(rel);
       if (!data) throw new Error(`no expected content for ${rel}`);
       const fh = await watchdog(fs.promises.open(path.join(root, rel), 'r'), o.boundMs, `open ${rel}`);
@@ -521,6 +525,7 @@ export async function readEveryPiece(root: string, want: Map<string, Buffer>, li
           try {
             ({ bytesRead: n } = await watchdog(fh.read(buf, 0, o.piece, off), o.boundMs, `read ${rel} at ${off}`));
           } catch (e) {
+            if (e instanceof LivenessError) throw e;
             if ((e as NodeJS.ErrnoException).code !== 'EIO') throw new Error(`read ${rel} at ${off}: ${(e as Error).message} (only EIO is allowed)`);
             r.eio++;
             r.eioFiles.add(rel);
@@ -541,8 +546,85 @@ export async function readEveryPiece(root: string, want: Map<string, Buffer>, li
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
+  // the first failure ends the pass (workers start no new file; a read stuck in the kernel is left to the daemon's stop)
+  await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, () => worker().catch((e) => { failed = true; throw e; })));
   return r;
+}
+
+// ------------------------------------------------------------ blob cache inspection for fault tests
+
+/** One data chunk of a file: file offset, chunk index and place in the blob cache file. */
+export interface FileChunk { index: number; fileOffset: number; uncompressedOffset: number; size: number }
+
+export interface ImageChunks {
+  blobId: string;
+  chunkCount: number;
+  /** regular file (path relative to the root) → its chunks in file order */
+  byFile: Map<string, FileChunk[]>;
+}
+
+/** The chunks of each of `files` in a single-blob image (read with the project's RAFS reader). */
+export async function imageChunks(boot: string, files: Iterable<string>): Promise<ImageChunks> {
+  // loaded here, not at the top: the proxy's own process never needs the RAFS reader
+  const { loadBootstrapFile } = await import('../../src/rafs/image');
+  const { sb } = loadBootstrapFile(boot);
+  if (sb.blobs.length !== 1) throw new Error(`${boot}: ${sb.blobs.length} blobs, expected 1`);
+  const byFile = new Map<string, FileChunk[]>();
+  for (const rel of files) {
+    let ino = sb.root() as ReturnType<typeof sb.root> | undefined;
+    for (const part of rel.split('/')) ino = ino?.lookup(Buffer.from(part));
+    if (!ino?.isReg()) throw new Error(`${rel} is not a regular file of ${boot}`);
+    byFile.set(rel, ino.chunks().map((c) => ({ index: c.index, fileOffset: c.fileOffset, uncompressedOffset: c.uncompressedOffset, size: c.uncompressedSize })));
+  }
+  return { blobId: sb.blobs[0].blobId, chunkCount: sb.blobs[0].chunkCount, byFile };
+}
+
+/** Chunk indexes marked ready in the blob's chunk map in `workDir` (empty when there is none yet). */
+export async function readyChunks(workDir: string, img: ImageChunks): Promise<Set<number>> {
+  const { cacheFileNames } = await import('../../src/storage/cache/filecache');
+  const ready = new Set<number>();
+  let map: Buffer;
+  try {
+    map = fs.readFileSync(cacheFileNames(workDir, img.blobId).chunkMap);
+  } catch {
+    return ready;
+  }
+  // header: magic, version, magic2, all_ready (0x4d4d4150) as u32 LE; bitmap after 4096 bytes, MSB first
+  const allReady = map.length >= 16 && map.readUInt32LE(12) === 0x4d4d4150;
+  for (let i = 0; i < img.chunkCount; i++) {
+    const byte = 4096 + (i >> 3);
+    if (allReady || (byte < map.length && map[byte] & (0x80 >>> (i & 7)))) ready.add(i);
+  }
+  return ready;
+}
+
+/**
+ * Chunks marked ready in the cache of `workDir` whose bytes in the cache data
+ * file differ from the source (`want`: file → content): a poisoned cache.
+ * A bit is set only after its bytes are written, so reading the map first and
+ * the data second is safe while the daemon runs.
+ */
+export async function poisonedChunks(workDir: string, img: ImageChunks, want: Map<string, Buffer>): Promise<string[]> {
+  const { cacheFileNames } = await import('../../src/storage/cache/filecache');
+  const ready = await readyChunks(workDir, img);
+  if (ready.size === 0) return [];
+  const bad: string[] = [];
+  const fd = fs.openSync(cacheFileNames(workDir, img.blobId).data, 'r');
+  try {
+    for (const [rel, chunks] of img.byFile) {
+      const data = want.get(rel);
+      if (!data) continue;
+      for (const c of chunks) {
+        if (!ready.has(c.index)) continue;
+        const buf = Buffer.alloc(c.size);
+        const n = fs.readSync(fd, buf, 0, c.size, c.uncompressedOffset);
+        if (n !== c.size || !buf.equals(data.subarray(c.fileOffset, c.fileOffset + c.size))) bad.push(`${rel}@${c.fileOffset} (chunk ${c.index})`);
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return bad;
 }
 
 // ------------------------------------------------------------ child process
