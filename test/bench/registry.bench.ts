@@ -50,22 +50,33 @@ async function main(): Promise<void> {
     for (let i = 0; i < 3; i++) { dropCaches(); curl = Math.min(curl, timeCmd(`curl -sf -o /dev/null '${url}'`)); }
 
     const run = async (cache: boolean): Promise<{ big: number; small: number; req: number; bytes: number; bigReq: number }> => {
-      const cacheDir = path.join(work, `cache-${Date.now()}`);
       const cfg = path.join(work, 'config.json');
-      fs.writeFileSync(cfg, JSON.stringify({
-        version: 2,
-        backend: { type: 'registry', registry: { scheme: 'http', host: reg.host, repo: REPO, timeout: 30, connect_timeout: 5 } },
-        cache: cache ? { type: 'blobcache', filecache: { work_dir: cacheDir } } : { type: '' },
-        rafs: { mode: 'direct' },
-      }));
-      const d = await startNydusd(mnt, ['--bootstrap', path.join(work, 'image.boot'), '--config', cfg, '--thread-num', '4', '--log-level', 'warn']);
+      // each measurement gets a fresh daemon and cache: the big file's requests must not warm the small files
+      const daemon = async () => {
+        const cacheDir = path.join(work, `cache-${Date.now()}-${Math.random()}`);
+        fs.writeFileSync(cfg, JSON.stringify({
+          version: 2,
+          backend: { type: 'registry', registry: { scheme: 'http', host: reg.host, repo: REPO, timeout: 30, connect_timeout: 5 } },
+          cache: cache ? { type: 'blobcache', filecache: { work_dir: cacheDir } } : { type: '' },
+          rafs: { mode: 'direct' },
+        }));
+        return startNydusd(mnt, ['--bootstrap', path.join(work, 'image.boot'), '--config', cfg, '--thread-num', '4', '--log-level', 'warn']);
+      };
+      let d = await daemon();
+      let big: number;
+      let bigReq: number;
       try {
         dropCaches();
-        let mark = reg.log().length;
-        const big = timeCmd(`dd if='${mnt}/big.bin' of=/dev/null bs=1M`);
-        const bigReq = gets(reg.log(), mark, digest).n;
+        const mark = reg.log().length;
+        big = timeCmd(`dd if='${mnt}/big.bin' of=/dev/null bs=1M`);
+        bigReq = gets(reg.log(), mark, digest).n;
+      } finally {
+        await d.stop();
+      }
+      d = await daemon();
+      try {
         dropCaches();
-        mark = reg.log().length;
+        const mark = reg.log().length;
         const small = timeCmd(`find '${mnt}/small' -type f -print0 | xargs -0 cat > /dev/null`);
         const g = gets(reg.log(), mark, digest);
         return { big, small, req: g.n, bytes: g.bytes, bigReq };

@@ -63,7 +63,7 @@ test('v6 without a bootstrap chunk table: blob.meta fetched through the backend,
   const readAll = async (inst: Awaited<ReturnType<typeof createRafsInstance>>) => {
     for (const [name, want] of Object.entries(files)) {
       const e = await inst.fs.lookup(ctx, 1n, Buffer.from(name));
-      const got = piecesToBuffer(await inst.fs.read!(ctx, e.ino, 0n, 0, want.length + 10, 0));
+      const got = piecesToBuffer(await inst.fs.read!(ctx, e.ino, 0n, 0, want.length + 10));
       assert.ok(got.equals(want), `${name} content`);
     }
   };
@@ -92,7 +92,7 @@ test('v6 without a bootstrap chunk table: blob.meta fetched through the backend,
   try {
     const e = await inst3.fs.lookup(ctx, 1n, Buffer.from('f0'));
     try {
-      await inst3.fs.read!(ctx, e.ino, 0n, 0, 100, 0);
+      await inst3.fs.read!(ctx, e.ino, 0n, 0, 100);
       assert.unreachable('read without blob.meta');
     } catch (err) {
       assert.is((err as { code?: string }).code, 'EIO');
