@@ -23,8 +23,8 @@ const CACHE_LIMIT = 8192;
 /** chunk infos / directory entries kept over all cached inodes (~100-200 bytes each) */
 const CACHE_MAX_ITEMS = 1 << 19;
 /** chunks fetched ahead of a sequential reader */
-/** bytes of chunks fetched ahead of a sequential reader (at least 4 chunks) */
-const READAHEAD_BYTES = 8 << 20;
+/** bytes of chunks fetched ahead of a sequential reader (at least 4 chunks), refilled half a window at a time */
+const READAHEAD_BYTES = 16 << 20;
 const READAHEAD_MIN_CHUNKS = 4;
 
 export interface RafsFsOptions {
@@ -45,7 +45,8 @@ export class RafsFs implements FileSystem {
   private readonly chunkCache = new BoundedMap<number, ChunkInfo[]>(CACHE_LIMIT, { weight: (c) => c.length + 1, maxWeight: CACHE_MAX_ITEMS });
   private readonly dirCache = new BoundedMap<number, DirEntry[]>(CACHE_LIMIT, { weight: (d) => d.length + 1, maxWeight: CACHE_MAX_ITEMS });
   /** end offset of the last read per inode, to detect sequential readers */
-  private readonly lastEnd = new BoundedMap<number, number>(CACHE_LIMIT);
+  /** per inode: where the last read ended, and the chunk index readahead has been issued up to */
+  private readonly lastEnd = new BoundedMap<number, { end: number; next: number }>(CACHE_LIMIT);
 
   constructor(readonly sb: RafsSuper, readonly device: BlobDevice, private readonly opts: RafsFsOptions) {
     this.xattrEnabled = !!opts.enableXattr || sb.meta.hasXattr;
@@ -178,13 +179,19 @@ export class RafsFs implements FileSystem {
    * overlaps with serving the current chunk.
    */
   private readahead(i: RafsInode, chunks: ChunkInfo[], last: number, offset: number, end: number): void {
-    const sequential = this.lastEnd.get(i.ino) === offset;
-    this.lastEnd.set(i.ino, end);
-    if (!sequential) return;
-    const n = Math.max(READAHEAD_MIN_CHUNKS, Math.ceil(READAHEAD_BYTES / Math.max(this.sb.meta.chunkSize, 4096)));
-    for (const c of chunks.slice(last + 1, last + 1 + n)) {
-      if (c.blobIndex >= 0 && !this.device.locate?.(c, true)) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
-    }
+    const st = this.lastEnd.get(i.ino);
+    this.lastEnd.set(i.ino, { end, next: Math.max(st?.next ?? 0, last + 1) });
+    if (st?.end !== offset) return;
+    const cur = this.lastEnd.get(i.ino)!;
+    const window = Math.max(READAHEAD_MIN_CHUNKS, Math.ceil(READAHEAD_BYTES / Math.max(this.sb.meta.chunkSize, 4096)));
+    // refill in batches of at least half a window, so the device can fetch them in few large requests
+    if (cur.next - (last + 1) >= window / 2 || cur.next >= chunks.length) return;
+    const upto = Math.min(chunks.length, last + 1 + window);
+    const batch = chunks.slice(cur.next, upto).filter((c) => c.blobIndex >= 0 && !this.device.locate?.(c, true));
+    cur.next = upto;
+    if (!batch.length) return;
+    if (this.device.readahead) this.device.readahead(batch);
+    else for (const c of batch) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
   }
 
   private dirEntries(dir: RafsInode): DirEntry[] {

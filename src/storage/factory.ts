@@ -25,7 +25,7 @@ import { S3Backend } from './backend/s3';
 import { OssBackend } from './backend/oss';
 import { HttpProxyBackend } from './backend/http-proxy';
 import { type ChunkSource, DEFAULT_BATCH, type FileCache } from './cache/filecache';
-import { ChunkDirectory } from './blob/chunk-directory';
+import { ChunkDirectory, mergeRuns } from './blob/chunk-directory';
 import { fetchRegion } from './cache/region';
 import { type PrefetchOptions, Prefetcher } from './cache/prefetcher';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
@@ -134,6 +134,8 @@ export interface StorageDeviceOptions {
 
 /** Decompressed chunks kept in memory per image (a few chunks of read-ahead). */
 const MEMORY_CACHE_BYTES = 32 << 20;
+/** Largest request sequential readahead merges chunks into. */
+const READAHEAD_REQUEST = 8 << 20;
 
 /**
  * BlobDevice over a backend and an optional (shared) FileCache: misses are
@@ -230,6 +232,41 @@ export class StorageDevice implements BlobDevice {
     const datas = fetchRegion({ backend: this.backend, verify: this.validate || this.verifyFetched }, info, run);
     for (let k = 1; k < run.length; k++) this.memory.offer(memKey(run[k]), datas[k]);
     return datas[0];
+  }
+
+  /**
+   * Sequential readahead: the missing chunks among `chunks`, per blob in blob
+   * order, merged into requests of up to READAHEAD_REQUEST bytes (far above
+   * the batch size: a registry spends milliseconds per request), fetched at
+   * on-demand priority, decoded into the in-memory LRU and persisted by the
+   * cache.
+   */
+  readahead(chunks: ChunkInfo[]): void {
+    if (this.closed) return;
+    const per = new Map<number, ChunkInfo[]>();
+    for (const c of chunks) {
+      if (!Number.isInteger(c.blobIndex) || c.blobIndex < 0 || c.blobIndex >= this.blobs.length) continue;
+      if (this.memory.has(memKey(c))) continue;
+      let l = per.get(c.blobIndex);
+      if (!l) per.set(c.blobIndex, (l = []));
+      l.push(c);
+    }
+    for (const [i, l] of per) {
+      const info = this.blobs[i];
+      const seen = new Set<number>();
+      const sorted = l.filter((c) => !seen.has(c.index) && (seen.add(c.index), true)).sort((a, b) => a.compressedOffset - b.compressedOffset);
+      for (const run of mergeRuns(sorted, READAHEAD_REQUEST)) {
+        if (this.cache) {
+          this.cache.fetchRun(info, run, this.source).then(
+            (datas) => datas.forEach((p, k) => { if (p) this.memory.offer(memKey(run[k]), p); }),
+            () => { /* the real read reports it */ },
+          );
+        } else {
+          const datas = fetchRegion({ backend: this.backend, verify: this.validate || this.verifyFetched }, info, run);
+          datas.forEach((p, k) => this.memory.offer(memKey(run[k]), p));
+        }
+      }
+    }
   }
 
   private async runPrefetch(info: BlobInfo, run: ChunkInfo[]): Promise<void> {

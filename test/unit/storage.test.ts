@@ -24,6 +24,7 @@ import { LocalFsBackend } from '../../src/storage/backend/localfs';
 import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-map';
 import { FileCache, REFETCH_LIMIT, cacheFileNames } from '../../src/storage/cache/filecache';
 import { createBlobDevice, StorageDevice } from '../../src/storage/factory';
+import { RafsFs } from '../../src/rafs/fs';
 import { fileCacheUsers } from '../../src/storage/cache/manager';
 
 const ROOT = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-storage-'));
@@ -626,6 +627,38 @@ test('cache quota: least recently used blobs no mount uses are evicted whole; a 
   await fc2.close();
   await be.close();
   await be5.close();
+});
+
+test('sequential readahead: a reader going through a file is served by a few large requests, not one per chunk', async () => {
+  const src = tmp('ra-src');
+  const big = content(9, (2 << 20) + 12345);
+  fs.writeFileSync(path.join(src, 'big'), big);
+  const blobDir = tmp('ra-blobs');
+  const r = await createImage({
+    source: src, type: 'dir-rafs', fsVersion: 6, compressor: Compressor.Zstd, digester: DigestAlgorithm.Blake3, chunkSize: 0x10000,
+    blobDir, blobInlineMeta: false, blobToc: false, alignedChunk: false, repeatable: true, prefetchPatterns: [],
+  });
+  const sb = loadRafs(r.bootstrap);
+  for (const cache of [false, true]) {
+    const be = new Counting(new LocalFsBackend({ blob_file: '', dir: blobDir }));
+    const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: blobDir } },
+      cache: cache ? { type: 'blobcache', filecache: { work_dir: tmp('ra-cache') } } : { type: '' } }));
+    const dev = createBlobDevice(cfg, sb.blobs, { backend: be, chunks: () => sb.chunkTable() });
+    const rafs = new RafsFs(sb, dev, { bootstrap: r.bootstrap });
+    const ctx = { uid: 0, gid: 0, pid: 0, unique: 1n };
+    const e = await rafs.lookup(ctx, 1n, Buffer.from('big'));
+    const parts: Buffer[] = [];
+    for (let off = 0; off < big.length; off += 128 << 10) {
+      for (const p of await rafs.read(ctx, e.ino, 0n, off, 128 << 10)) {
+        if (Buffer.isBuffer(p)) parts.push(p);
+        else { const b = Buffer.alloc(p.length); fs.readSync(p.fd, b, 0, p.length, p.position); parts.push(b); }
+      }
+    }
+    assert.ok(Buffer.concat(parts).equals(big), `content (cache ${cache})`);
+    const chunks = sb.root().lookup(Buffer.from('big'))!.chunks().length;
+    assert.ok(be.reads <= 4, `${be.reads} backend requests for ${chunks} chunks (cache ${cache})`);
+    await dev.close();
+  }
 });
 
 test.run();

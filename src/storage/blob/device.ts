@@ -23,5 +23,10 @@ export interface BlobDevice {
   locate?(chunk: ChunkInfo, probe?: boolean): ChunkLocation | undefined;
   /** Start fetching these chunks in the background (best effort). */
   prefetch?(chunks: ChunkInfo[]): void;
+  /**
+   * A sequential reader will want these chunks soon: fetch the missing ones
+   * now, in as few requests as possible, at on-demand priority (best effort).
+   */
+  readahead?(chunks: ChunkInfo[]): void;
   close(): Promise<void>;
 }

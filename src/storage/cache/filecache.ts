@@ -244,22 +244,20 @@ export class FileCache {
   }
 
   /**
-   * Bring the chunks of `run` (one blob, sorted by compressed offset) into the
-   * cache: each stretch of chunks neither cached nor being fetched is read
-   * with one prefetch request; resolves when all of them are persisted (or
-   * failed). Returns the number of chunks this call fetched.
+   * Fetch the chunks of `run` (one blob, sorted by compressed offset) that
+   * are neither cached nor being fetched, each stretch of them with one
+   * request. Per chunk: its data promise (joined when already in flight), or
+   * undefined when it is cached.
    */
-  async prefetchRun(info: BlobInfo, run: readonly ChunkInfo[], from?: ChunkSource): Promise<number> {
+  async fetchRun(info: BlobInfo, run: readonly ChunkInfo[], from?: ChunkSource, prefetch = false): Promise<Array<Promise<Buffer> | undefined>> {
     const src = this.source(from);
     const e = await this.entry(info);
     src.metrics?.blobs.add(info.blobId);
-    const waits: Promise<unknown>[] = [];
+    const out: Array<Promise<Buffer> | undefined> = [];
     let stretch: ChunkInfo[] = [];
-    let fetched = 0;
     const flush = () => {
       if (!stretch.length) return;
-      fetched += stretch.length;
-      for (const p of this.fetchRun(e, e.map!, info, stretch, src, true)) waits.push(p);
+      out.push(...this.startRun(e, e.map!, info, stretch, src, prefetch));
       stretch = [];
     };
     for (const c of run) {
@@ -267,15 +265,24 @@ export class FileCache {
       const joined = e.inflight.get(c.index);
       if (map.isReady(c.index) || joined) {
         flush();
-        if (joined) waits.push(joined.data);
+        out.push(joined?.data);
         continue;
       }
       stretch.push(c);
     }
     flush();
-    await Promise.allSettled(waits);
-    await Promise.allSettled([...run].map((c) => e.writes.get(c.index)));
-    return fetched;
+    return out;
+  }
+
+  /**
+   * Prefetch job: fetchRun at prefetch priority; resolves when every chunk of
+   * `run` is persisted (or failed).
+   */
+  async prefetchRun(info: BlobInfo, run: readonly ChunkInfo[], from?: ChunkSource): Promise<void> {
+    const datas = await this.fetchRun(info, run, from, true);
+    await Promise.allSettled(datas);
+    const e = await this.entry(info);
+    await Promise.allSettled(run.map((c) => e.writes.get(c.index)));
   }
 
   /** Cached bytes, or undefined when the data file turned out short (then refetched). */
@@ -324,11 +331,11 @@ export class FileCache {
     }
     const dir = src.directory?.(info);
     const run = dir ? dir.region(chunk, src.batchSize ?? DEFAULT_BATCH, (c) => !map.isReady(c.index) && !e.inflight.has(c.index)) : [chunk];
-    return this.fetchRun(e, map, info, run, src, prefetch)[0];
+    return this.startRun(e, map, info, run, src, prefetch)[0];
   }
 
   /** One backend request for `run`; every chunk of it in flight until written behind. */
-  private fetchRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean): Promise<Buffer>[] {
+  private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean): Promise<Buffer>[] {
     const verify = src.validate || !!src.verifyFetched;
     const datas = fetchRegion({ backend: src.backend, verify, prefetch }, info, run);
     run.forEach((chunk, k) => {
