@@ -49,14 +49,16 @@ async function main(): Promise<void> {
     let curl = Infinity;
     for (let i = 0; i < 3; i++) { dropCaches(); curl = Math.min(curl, timeCmd(`curl -sf -o /dev/null '${url}'`)); }
 
-    const run = async (cache: boolean): Promise<{ big: number; small: number; req: number; bytes: number; bigReq: number }> => {
+    const run = async (cache: boolean, local = false): Promise<{ big: number; small: number; req: number; bytes: number; bigReq: number }> => {
       const cfg = path.join(work, 'config.json');
       // each measurement gets a fresh daemon and cache: the big file's requests must not warm the small files
       const daemon = async () => {
         const cacheDir = path.join(work, `cache-${Date.now()}-${Math.random()}`);
         fs.writeFileSync(cfg, JSON.stringify({
           version: 2,
-          backend: { type: 'registry', registry: { scheme: 'http', host: reg.host, repo: REPO, timeout: 30, connect_timeout: 5 } },
+          backend: local
+            ? { type: 'localfs', localfs: { dir: blobs } }
+            : { type: 'registry', registry: { scheme: 'http', host: reg.host, repo: REPO, timeout: 30, connect_timeout: 5 } },
           cache: cache ? { type: 'blobcache', filecache: { work_dir: cacheDir } } : { type: '' },
           rafs: { mode: 'direct' },
         }));
@@ -86,6 +88,7 @@ async function main(): Promise<void> {
     };
     const withCache = await run(true);
     const noCache = await run(false);
+    const local = await run(true, true);
     const mb = (n: number) => (n / 2 ** 20).toFixed(0);
     console.log(`registry benchmark (docker-registry 2.8 on 127.0.0.1, v6 zstd image: ${mb(BENCH_BIG)} MiB file + ${BENCH_SMALL} small files, blob ${mb(blob.length)} MiB; cold = caches dropped, new cache dir)`);
     console.log(`curl of the whole blob (the wire)                 ${curl.toFixed(2)} s  ${mb(blob.length / curl)} MiB/s`);
@@ -93,6 +96,7 @@ async function main(): Promise<void> {
     console.log(`nydusd, no cache:   dd of the 256 MiB file, cold  ${noCache.big.toFixed(2)} s  ${noCache.bigReq} requests`);
     console.log(`nydusd + blobcache: cat of ${BENCH_SMALL} small files, cold  ${withCache.small.toFixed(2)} s  ${withCache.req} requests, ${(withCache.bytes / 1024).toFixed(0)} KiB fetched`);
     console.log(`nydusd, no cache:   cat of ${BENCH_SMALL} small files, cold  ${noCache.small.toFixed(2)} s  ${noCache.req} requests, ${(noCache.bytes / 1024).toFixed(0)} KiB fetched`);
+    console.log(`reference: same image from a local blob (localfs + blobcache): dd ${local.big.toFixed(2)} s, small files ${local.small.toFixed(2)} s`);
     console.log(`ratios: registry cold read ${(curl / withCache.big).toFixed(2)}x the wire's speed with the blob cache, ${(curl / noCache.big).toFixed(2)}x without (goal >= 0.8x)`);
   } finally {
     await reg.stop();
