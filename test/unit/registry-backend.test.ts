@@ -246,6 +246,104 @@ test('Bearer: POST then GET token, cached, refetched after a 401', async () => {
   }
 });
 
+test('first-request gate: concurrent first reads make one anonymous request and fetch one token', async () => {
+  let tokens = 0;
+  let anonymous = 0;
+  const auth = await serve((_req, res) => {
+    tokens++;
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ token: 'tok', expires_in: 300 }));
+  });
+  const s = await serve((req, res) => {
+    if (req.headers.authorization !== 'Bearer tok') {
+      anonymous++;
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="${auth.origin}/token",service="svc"` });
+      res.end();
+      return;
+    }
+    sendRange(req, res);
+  });
+  const be = new RegistryBackend(cfg(s, { auth: AUTH }), fast);
+  try {
+    const parts = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => be.read(BLOB_ID, i * 100, 100)));
+    assert.ok(Buffer.concat(parts).equals(BLOB.subarray(0, 800)));
+    assert.is(anonymous, 1);
+    assert.is(tokens, 1);
+  } finally {
+    await be.close();
+    await s.close();
+    await auth.close();
+  }
+});
+
+test('first-request gate: when the first request gets no reply at all, the gate opens (no queueing behind a frozen registry)', async () => {
+  let live = new Set<http.IncomingMessage>();
+  let most = 0;
+  const s = await serve((req) => {
+    const set = live;
+    set.add(req);
+    most = Math.max(most, set.size);
+    req.socket.on('close', () => set.delete(req));
+    // never answers (a frozen registry)
+  });
+  const be = new RegistryBackend(cfg(s, { timeout: 1 }), { ...fast, attempts: 1 });
+  try {
+    const reads = [0, 1, 2, 3].map((i) => rejectsEio(be.read(BLOB_ID, i * 10, 10), /timed out/));
+    await Promise.all(reads);
+    assert.ok(most >= 3, `the waiting reads were queued one by one (at most ${most} at once)`);
+    live = new Set();
+    most = 0;
+    await Promise.all([0, 1, 2].map((i) => rejectsEio(be.read(BLOB_ID, i * 10, 10), /timed out/)));
+    assert.is(most, 3, 'later reads are not gated either');
+  } finally {
+    await be.close();
+    await s.close();
+  }
+});
+
+test('concurrent 401s with the same Bearer challenge share one token fetch', async () => {
+  let tokens = 0;
+  let valid = 'tok-1';
+  let hold: Promise<void> | undefined;
+  let release: () => void = () => undefined;
+  const auth = await serve(async (_req, res) => {
+    tokens++;
+    await hold;
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ token: valid, expires_in: 300 }));
+  });
+  let unauthorized = 0;
+  const s = await serve((req, res) => {
+    if (req.headers.authorization !== `Bearer ${valid}`) {
+      unauthorized++;
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="${auth.origin}/token",service="svc"` });
+      res.end();
+      if (unauthorized === 8) release();
+      return;
+    }
+    sendRange(req, res);
+  });
+  const be = new RegistryBackend(cfg(s, { auth: AUTH }), { ...fast, attempts: 1 });
+  try {
+    assert.ok((await be.read(BLOB_ID, 0, 10)).equals(BLOB.subarray(0, 10)));
+    assert.is(tokens, 1);
+    // the registry rotates its tokens: four reads at once each get a 401 with the old token and one
+    // anonymously (8 in all); the token endpoint answers only after all of them asked
+    valid = 'tok-2';
+    unauthorized = 0;
+    hold = new Promise<void>((r) => { release = r; });
+    const parts = await Promise.all([1, 2, 3, 4].map((i) => be.read(BLOB_ID, i * 10, 10)));
+    assert.ok(Buffer.concat(parts).equals(BLOB.subarray(10, 50)));
+    assert.is(unauthorized, 8);
+    assert.is(tokens, 2, 'one token fetch for the four reads');
+  } finally {
+    release();
+    await be.close();
+    await s.close();
+    await auth.close();
+  }
+});
+
 test('registry_token is sent as Bearer from the first request', async () => {
   const seen: (string | undefined)[] = [];
   const s = await serve((req, res) => { seen.push(req.headers.authorization); sendRange(req, res); });

@@ -18,7 +18,8 @@
  *  - `skip_verify` with an https scheme falls back to http once on a TLS /
  *    refused transport error;
  *  - the first blob request runs alone (the others wait), so one token is
- *    fetched instead of a storm of anonymous 401s;
+ *    fetched instead of a storm of anonymous 401s; after a failure the next
+ *    waiter goes first;
  *  - `proxy` (Dragonfly dfdaemon as a forward proxy) routes every blob
  *    request, redirected ones included, through HttpClient's proxy routing
  *    (http.ts, proxy.ts); token requests always go directly and are never
@@ -38,6 +39,11 @@
  *    realm containing `=`);
  *  - no refresh thread: a Bearer token is refetched on use once it is within
  *    20 s of `expires_in`, and on any later 401;
+ *  - when the request holding that gate got no reply at all (timeout,
+ *    refused), the gate opens instead of passing to the next waiter (N
+ *    readers of a frozen registry would otherwise wait N retry budgets);
+ *    concurrent requests that get the same Bearer challenge share one token
+ *    fetch, so opening early costs no token storm;
  *  - retries back off (exponential, jittered, ≤ 1 s) instead of the global
  *    1 request/s limiter; proxy routing differences are listed in proxy.ts.
  * Every failure surfaces as EIO naming the blob, range and cause.
@@ -146,6 +152,10 @@ export class RegistryBackend implements BlobBackend {
   private readonly fallbackDone = { v: false };
   private gateOpen = false;
   private gate: Promise<void> | undefined;
+  /** token fetches in flight, by challenge */
+  private readonly tokenFetches = new Map<string, Promise<{ header: string; expires: number }>>();
+  /** HTTP replies received (any status) */
+  private replies = 0;
   private closed = false;
 
   constructor(private readonly cfg: RegistryConfig, opts: RegistryBackendOptions = {}) {
@@ -227,25 +237,43 @@ export class RegistryBackend implements BlobBackend {
 
   // ------------------------------------------------------------ internals
 
-  /** First-request gate: until one request succeeded, requests run one at a time. */
+  /**
+   * First-request gate: until one request succeeded, requests run one at a
+   * time, the next waiter going first after a failure. When the request
+   * holding the gate got no reply at all (timeout, refused), the gate opens
+   * for good: there is nothing to learn by waiting, and queueing would make N
+   * readers of a frozen registry wait N retry budgets (token fetches are
+   * shared anyway, see sharedToken).
+   */
   private async gated<T>(fn: () => Promise<T>): Promise<T> {
     while (!this.gateOpen) {
       if (this.gate) {
-        await this.gate.catch(() => undefined);
+        await this.gate;
         continue;
       }
       let release!: () => void;
       this.gate = new Promise<void>((r) => { release = r; });
+      const replies = this.replies;
       try {
         const v = await fn();
         this.gateOpen = true;
         return v;
+      } catch (err) {
+        if (this.replies === replies) this.gateOpen = true;
+        throw err;
       } finally {
         this.gate = undefined;
         release();
       }
     }
     return fn();
+  }
+
+  /** One HTTP exchange (replies are counted for the gate). */
+  private async send(method: string, url: URL, headers: Headers, body?: string, ro?: RequestOptions): Promise<HttpResponse> {
+    const r = await this.http.request(method, url, headers, body, ro);
+    this.replies++;
+    return r;
   }
 
   private maybeFallbackToHttp(err: unknown): boolean {
@@ -262,7 +290,7 @@ export class RegistryBackend implements BlobBackend {
   private async tryRead(blobId: string, offset: number, length: number, range: string, ro: RequestOptions): Promise<Buffer> {
     const cached = this.redirects.get(blobId);
     if (cached) {
-      const r = await this.http.request('GET', cached, { range }, undefined, ro);
+      const r = await this.send('GET', cached, { range }, undefined, ro);
       if (r.status < 400) return this.body(r, offset, length, cached);
       // deliberate: any failure status drops the cached URL (upstream: 401/403 only)
       await discard(r);
@@ -277,7 +305,7 @@ export class RegistryBackend implements BlobBackend {
       if (hop >= MAX_REDIRECTS) throw eio(`more than ${MAX_REDIRECTS} redirects`);
       url = this.redirectTarget(loc, url);
       // Authorization is never forwarded to the redirect target
-      r = await this.http.request('GET', url, { range }, undefined, ro);
+      r = await this.send('GET', url, { range }, undefined, ro);
       if (r.status >= 200 && r.status <= 299) this.redirects.set(blobId, url);
     }
     return this.body(r, offset, length, url);
@@ -324,42 +352,41 @@ export class RegistryBackend implements BlobBackend {
   private async authed(method: string, url: URL, extra: Headers, ro: RequestOptions = {}): Promise<HttpResponse> {
     await this.refreshIfExpiring();
     const sent = this.authHeader;
-    let r = await this.http.request(method, url, sent ? { ...extra, authorization: sent } : extra, undefined, ro);
+    let r = await this.send(method, url, sent ? { ...extra, authorization: sent } : extra, undefined, ro);
     if (r.status !== 401) return r;
     if (sent) {
       // Harbor answers an expired token with a Basic challenge: retry anonymously
       await discard(r);
-      r = await this.http.request(method, url, extra, undefined, ro);
+      r = await this.send(method, url, extra, undefined, ro);
       if (r.status !== 401) return r;
     }
     const ch = parseChallenge(headerValue(r.headers, 'www-authenticate'));
     if (!ch) return r;
     let header: string;
+    let expires = Infinity;
     if (ch.scheme === 'Basic') {
       if (!this.auth) return r;
       header = `Basic ${this.auth}`;
       await discard(r);
     } else {
       await discard(r);
-      const t = await this.fetchToken(ch);
+      const t = await this.sharedToken(ch);
       header = t.header;
       this.bearer = ch;
-      this.pendingExpiry = t.expires;
+      expires = t.expires;
     }
-    const r2 = await this.http.request(method, url, { ...extra, authorization: header }, undefined, ro);
+    const r2 = await this.send(method, url, { ...extra, authorization: header }, undefined, ro);
     if (r2.status >= 200 && r2.status <= 399) {
       this.authHeader = header;
-      this.authExpires = ch.scheme === 'Bearer' ? this.pendingExpiry : Infinity;
+      this.authExpires = expires;
     }
     return r2;
   }
 
-  private pendingExpiry = Infinity;
-
   private async refreshIfExpiring(): Promise<void> {
     if (!this.bearer || !this.authHeader || Date.now() < this.authExpires - 20_000) return;
     try {
-      const t = await this.fetchToken(this.bearer);
+      const t = await this.sharedToken(this.bearer);
       this.authHeader = t.header;
       this.authExpires = t.expires;
     } catch (err) {
@@ -367,6 +394,17 @@ export class RegistryBackend implements BlobBackend {
       warnLimited('storage.registry', { err: describe(err) }, 'registry token refresh failed');
       this.authExpires = Date.now() + 25_000;
     }
+  }
+
+  /** fetchToken, one fetch in flight per challenge however many requests got it. */
+  private sharedToken(ch: Challenge): Promise<{ header: string; expires: number }> {
+    const key = `${ch.realm}\n${ch.service}\n${ch.scope}`;
+    let p = this.tokenFetches.get(key);
+    if (!p) {
+      p = this.fetchToken(ch).finally(() => this.tokenFetches.delete(key));
+      this.tokenFetches.set(key, p);
+    }
+    return p;
   }
 
   /** Token from a Bearer challenge's realm: POST form first, then GET (remembered per host). */
@@ -385,7 +423,7 @@ export class RegistryBackend implements BlobBackend {
     if (!this.tokenGetHosts.has(realm.host)) {
       try {
         // token requests never use the proxy and are never rewritten (use_http)
-        const r = await this.http.request('POST', realm, { ...headers, 'content-type': 'application/x-www-form-urlencoded' }, params.toString(), { direct: true });
+        const r = await this.send('POST', realm, { ...headers, 'content-type': 'application/x-www-form-urlencoded' }, params.toString(), { direct: true });
         if (r.status >= 400) {
           why = `POST status ${r.status}`;
           await discard(r);
@@ -400,7 +438,7 @@ export class RegistryBackend implements BlobBackend {
     if (!body) {
       const u = new URL(realm);
       for (const [k, v] of params) u.searchParams.set(k, v);
-      const r = await this.http.request('GET', u, headers, undefined, { direct: true });
+      const r = await this.send('GET', u, headers, undefined, { direct: true });
       if (r.status >= 400) {
         const text = await errorText(r);
         throw eio(`token endpoint ${realm.host}: ${why ? `${why}, ` : ''}GET status ${r.status}${text ? `: ${text}` : ''}`);
