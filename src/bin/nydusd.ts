@@ -13,7 +13,7 @@ import { einval, ErrnoError } from '../common/errno';
 import { LOG_LEVELS, log, setupLog, type LogLevel } from '../common/log';
 import { closeBlockingPool } from '../common/blocking';
 import { raiseNofileLimit } from '../common/rlimit';
-import { localfsDirConfig, readNydusdConfigFile, type ConfigV2 } from '../common/config';
+import { localfsDirConfig, readNydusdConfigFile, type ConfigV2, applyImagePullAuth } from '../common/config';
 import { Vfs } from '../virtiofs/vfs/vfs';
 import { FuseServer } from '../virtiofs/fuse/server';
 import { FUSE_ATOMIC_O_TRUNC } from '../virtiofs/fuse/abi';
@@ -84,7 +84,8 @@ function addFuseOptions(cmd: Command): Command {
 function loadConfig(o: { config?: string; localfsDir?: string }): ConfigV2 {
   if (o.config && o.localfsDir) throw einval('--localfs-dir conflicts with --config');
   if (o.localfsDir) return localfsDirConfig(o.localfsDir);
-  if (o.config) return readNydusdConfigFile(o.config);
+  // IMAGE_PULL_AUTH overrides backend.registry.auth of a --config file (not of API mounts), as upstream
+  if (o.config) return applyImagePullAuth(readNydusdConfigFile(o.config));
   throw einval('either --config or --localfs-dir is required with --bootstrap');
 }
 

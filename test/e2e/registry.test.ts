@@ -160,4 +160,40 @@ test('nydusd mounts the image from the registry; the tree equals its source', as
   assert.not.ok(isMounted(mnt));
 });
 
+test('IMAGE_PULL_AUTH replaces the --config auth at startup (upstream), so wrong credentials in the file still read', async () => {
+  if (missing) return;
+  const skip = fuseMissing();
+  if (skip) { console.log(`SKIP registry IMAGE_PULL_AUTH: ${skip}`); return; }
+  const cfgFile = path.join(work, 'config-wrong.json');
+  const wrong = Buffer.from('nydus:wrong').toString('base64');
+  const mk = (name: string) => {
+    fs.writeFileSync(cfgFile, JSON.stringify({
+      version: 2,
+      backend: { type: 'registry', registry: { scheme: 'http', host: reg!.host, repo: REPO, auth: wrong, timeout: 5 } },
+      cache: { type: 'blobcache', filecache: { work_dir: path.join(work, name) } },
+    }));
+  };
+  const mnt = path.join(work, 'mnt-ipa');
+  // without the variable: the file's wrong credentials fail
+  mk('cache-ipa-1');
+  let d = await startNydusd(mnt, ['--bootstrap', boot, '--config', cfgFile, '--log-level', 'error']);
+  try {
+    assert.throws(() => fs.readFileSync(path.join(mnt, 'small.txt')), (e: NodeJS.ErrnoException) => e.code === 'EIO');
+  } finally {
+    await d.stop();
+  }
+  mk('cache-ipa-2');
+  process.env.IMAGE_PULL_AUTH = reg!.auth;
+  try {
+    d = await startNydusd(mnt, ['--bootstrap', boot, '--config', cfgFile, '--log-level', 'warn']);
+  } finally {
+    delete process.env.IMAGE_PULL_AUTH;
+  }
+  try {
+    assert.is(fs.readFileSync(path.join(mnt, 'small.txt'), 'utf8'), 'hello registry\n');
+  } finally {
+    assert.is(await d.stop(), 0, `nydusd exit code; log: ${d.log()}`);
+  }
+});
+
 test.run();
