@@ -200,17 +200,17 @@ const MODES: Mode[] = [
   { name: '500/502/503 replies', rules: [second('status-502'), p('status-500', 0.15), p('status-502', 0.18), p('status-503', 0.22)], opts: { seed: 20 }, failsAttempt: true },
   {
     // the first read's 4 attempts all stall (EIO after ~4 timeouts), later ones now and then
-    name: 'stalls (never answered, headers then silence, half a body then silence)',
+    name: 'stalls (never answered, headers then silence, half a body then silence, a trickling body)',
     rules: [
-      { fault: 'stall-accept', limit: 2 }, { fault: 'stall-headers', limit: 1 }, { fault: 'stall-body', limit: 1 },
-      p('stall-headers', 0.1, { limit: 1 }), p('stall-body', 0.1, { limit: 1 }), p('stall-accept', 0.1, { limit: 1 }),
+      { fault: 'stall-accept', limit: 2 }, { fault: 'stall-headers', limit: 1 }, { fault: 'stall-body', limit: 1 }, { fault: 'trickle', limit: 1 },
+      p('stall-headers', 0.1, { limit: 1 }), p('stall-body', 0.1, { limit: 1 }), p('stall-accept', 0.1, { limit: 1 }), p('trickle', 0.1, { limit: 1 }),
     ],
     opts: { seed: 21 },
     failsAttempt: true,
   },
   {
     name: 'every kind of fault now and then',
-    rules: [second('flip'), ...ALL_FAULTS.map((f) => p(f, f.startsWith('stall') ? 0.02 : 0.04, f.startsWith('stall') ? { limit: 2 } : {}))],
+    rules: [second('flip'), ...ALL_FAULTS.map((f) => (/^(stall|trickle)/.test(f) ? p(f, 0.02, { limit: 2 }) : p(f, 0.04)))],
     opts: { seed: 22 },
     corrupts: true,
   },

@@ -214,13 +214,13 @@ let runs = 0;
 
 interface Run { d: Daemon; sock: string }
 
-async function startDaemon(workDir: string, opts: { prefetch?: boolean } = {}): Promise<Run> {
+async function startDaemon(workDir: string, opts: { prefetch?: boolean; host?: string } = {}): Promise<Run> {
   const dir = path.join(work, `run-${++runs}`);
   fs.mkdirSync(dir);
   const cfg = path.join(dir, 'config.json');
   fs.writeFileSync(cfg, JSON.stringify({
     version: 2,
-    backend: { type: 'registry', registry: { scheme: 'http', host: reg!.host, repo: REPO, timeout: TIMEOUT_S, connect_timeout: TIMEOUT_S } },
+    backend: { type: 'registry', registry: { scheme: 'http', host: opts.host ?? reg!.host, repo: REPO, timeout: TIMEOUT_S, connect_timeout: TIMEOUT_S } },
     cache: { type: 'blobcache', filecache: { work_dir: workDir }, prefetch: { enable: !!opts.prefetch, threads: 4 } },
     rafs: { mode: 'direct', prefetch: { enable: !!opts.prefetch, prefetch_all: !!opts.prefetch } },
   }));
@@ -461,6 +461,62 @@ test('registry frozen from the start: concurrent reads of uncached files each fa
     assert.is(back.eio, 0, `still failing after SIGCONT: ${back.eioPieces.slice(0, 10).join(' ')}`);
   } finally {
     await stopDaemon(run.d);
+  }
+});
+
+/**
+ * A host whose SYNs are dropped (a firewall's DROP): a stopped process listening
+ * with a backlog of 1 whose accept queue is full, so connections never
+ * complete and only `connect_timeout` ends them.
+ */
+async function blackhole(): Promise<{ host: string; close(): void }> {
+  const code = "const s = require('net').createServer(); s.listen({ host: '127.0.0.1', port: 0, backlog: 1 }, () => process.stdout.write(s.address().port + '\\n')); setInterval(() => {}, 1e9);";
+  const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await watchdog(new Promise<number>((resolve, reject) => {
+    child.stdout!.once('data', (d) => resolve(Number(String(d).trim())));
+    child.once('exit', () => reject(new Error('blackhole listener exited')));
+  }), 10_000, 'blackhole listener');
+  child.kill('SIGSTOP'); // never accepts again
+  const fillers: net.Socket[] = [];
+  for (let i = 0; i < 8; i++) fillers.push(net.connect(port, '127.0.0.1').on('error', () => undefined));
+  await sleep(300);
+  // a probe must not connect
+  const probe = await new Promise<string>((resolve) => {
+    const c = net.connect(port, '127.0.0.1');
+    const t = setTimeout(() => { c.destroy(); resolve('timeout'); }, 1000);
+    c.on('connect', () => { clearTimeout(t); c.destroy(); resolve('connected'); });
+    c.on('error', (e) => { clearTimeout(t); resolve(e.message); });
+  });
+  if (probe !== 'timeout') { child.kill('SIGKILL'); throw new Error(`blackhole on port ${port} does not drop connections: ${probe}`); }
+  return {
+    host: `127.0.0.1:${port}`,
+    close() {
+      for (const f of fillers) f.destroy();
+      child.kill('SIGKILL');
+    },
+  };
+}
+
+test('blackholed registry host (SYNs dropped): mount works, a read fails with EIO once connect_timeout is spent, daemon stays up', async () => {
+  if (missing) return;
+  const bh = await blackhole();
+  try {
+    const run = await startDaemon(path.join(work, 'cache-blackhole'), { host: bh.host });
+    try {
+      await assertAlive(run, 'after mount');
+      const t0 = Date.now();
+      const r = await readEveryPiece(run.d.mountpoint, files, ['c/large'], { piece: CHUNK, boundMs: OUTAGE_BOUND_MS, stopAtEio: true });
+      console.log(`registry-outage blackhole: the read failed after ${Date.now() - t0} ms (bound ${OUTAGE_BOUND_MS} ms)`);
+      assert.is(r.eioFiles.size, 1);
+      await assertAlive(run, 'after the failed read');
+      assert.ok((await events(run.sock)) > 0, 'no event for a read that could not connect');
+      const m = await metrics(run.sock, 'backend');
+      assert.ok(m.read_errors >= READ_ATTEMPTS, `failed attempts: ${JSON.stringify(m)}`);
+    } finally {
+      await stopDaemon(run.d);
+    }
+  } finally {
+    bh.close();
   }
 });
 

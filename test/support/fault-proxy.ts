@@ -40,6 +40,8 @@ export type FaultKind =
   | 'stall-body'
   /** the request is read and never answered (no status line ever) */
   | 'stall-accept'
+  /** status, headers, then the body at 160 bytes/s (never idle long enough for an idle timeout) */
+  | 'trickle'
   /** same length, valid headers, `flipBytes` bytes of the body XORed with 0xff */
   | 'flip'
   /** upstream is asked for a range shifted by `shift` bytes; its (honest) Content-Range is passed on */
@@ -57,7 +59,7 @@ export type FaultKind =
 
 export const ALL_FAULTS: readonly FaultKind[] = [
   'reset-before-headers', 'reset-after-headers', 'status-500', 'status-502', 'status-503', 'truncate',
-  'stall-headers', 'stall-body', 'stall-accept', 'flip', 'shifted-range', 'bad-content-range', 'extra-bytes',
+  'stall-headers', 'stall-body', 'stall-accept', 'trickle', 'flip', 'shifted-range', 'bad-content-range', 'extra-bytes',
   'extra-bytes-chunked', 'trailing-garbage', 'ignore-range',
 ];
 
@@ -178,6 +180,27 @@ class Flip extends Transform {
     }
     this.n += chunk.length;
     cb(null, out);
+  }
+}
+
+/** Pass the body on `bytes` at a time every `everyMs` (back-pressure holds the rest upstream). */
+class Trickle extends Transform {
+  private timer: NodeJS.Timeout | undefined;
+  constructor(private readonly bytes: number, private readonly everyMs: number) { super(); }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    let off = 0;
+    const step = () => {
+      this.timer = undefined;
+      if (this.destroyed || off >= chunk.length) { cb(); return; }
+      this.push(chunk.subarray(off, off + this.bytes));
+      off += this.bytes;
+      this.timer = setTimeout(step, this.everyMs);
+    };
+    step();
+  }
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
+    if (this.timer) clearTimeout(this.timer);
+    cb(err);
   }
 }
 
@@ -403,6 +426,13 @@ export class FaultProxy {
         res.writeHead(status, headers);
         pass(new Limit(Math.max(1, Math.floor(n / 2)), () => ur.destroy()));
         return; // the rest never comes
+      }
+      case 'trickle': {
+        const t = new Trickle(16, 100);
+        res.on('close', () => t.destroy());
+        res.writeHead(status, headers);
+        pass(t);
+        return;
       }
       case 'flip': {
         const n = cl ?? 1;
