@@ -23,6 +23,7 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import type * as net from 'node:net';
 import { Transform, type TransformCallback } from 'node:stream';
+import { Worker } from 'node:worker_threads';
 
 export type FaultKind =
   /** the request is read, then the connection is reset (RST), no reply at all */
@@ -106,6 +107,8 @@ export interface FaultStats {
   upstreamErrors: number;
   /** picked faults not applied because upstream did not answer 2xx (e.g. a 401 challenge) */
   notApplied: number;
+  /** the last requests (at most 1000): ms since the stats were reset, method, path, Range, fault picked */
+  log: Array<{ ms: number; method: string; path: string; range?: string; fault?: FaultKind }>;
 }
 
 export interface FaultProxyHandle {
@@ -226,10 +229,11 @@ export class FaultProxy {
   private opts: Required<FaultOptions> = { seed: 1, flipBytes: 1, shift: 4096, extra: 100 };
   private rand = prng(1);
   private st: FaultStats = FaultProxy.zero();
+  private t0 = Date.now();
   port = 0;
 
   private static zero(): FaultStats {
-    return { requests: 0, blobGets: 0, clean: 0, injected: {}, faults: 0, upstreamErrors: 0, notApplied: 0 };
+    return { requests: 0, blobGets: 0, clean: 0, injected: {}, faults: 0, upstreamErrors: 0, notApplied: 0, log: [] };
   }
 
   constructor(private readonly target: string) {
@@ -279,6 +283,7 @@ export class FaultProxy {
 
   resetStats(): void {
     this.st = FaultProxy.zero();
+    this.t0 = Date.now();
   }
 
   async close(): Promise<void> {
@@ -324,6 +329,8 @@ export class FaultProxy {
     if (blobGet) this.st.blobGets++;
     const fault = this.pick(req, blobGet);
     const rule = this.firedBy;
+    this.st.log.push({ ms: Date.now() - this.t0, method: req.method ?? '', path: (req.url ?? '').slice(0, 200), range: req.headers.range, fault });
+    if (this.st.log.length > 1000) this.st.log.shift();
     // faults that need the upstream reply are counted once applied (a 401 passes unchanged)
     if (fault && PRE_FORWARD.has(fault)) this.count(fault); else if (!fault) this.st.clean++;
     const sock = req.socket;
@@ -525,59 +532,129 @@ export interface PieceOptions {
   piece: number;
   /** liveness bound of one open/read, ms */
   boundMs: number;
-  /** files read at once (default 1); reads are async, so the event loop stays free */
+  /** files read at once (default 1), each on a thread of its own */
   concurrency?: number;
   /** go on with the next file after a file's first EIO */
   stopAtEio?: boolean;
 }
 
 /**
+ * The reader thread: pread(2) of each piece with readSync, so N readers are N
+ * real concurrent reads whatever the test process's libuv pool is doing (its 4
+ * threads would queue a 5th reader behind 4 stuck reads), and the main event
+ * loop stays free. One message per open and per piece.
+ */
+const READER_CODE = `
+const { parentPort } = require('node:worker_threads');
+const fs = require('node:fs');
+parentPort.on('message', (job) => {
+  let fd;
+  try { fd = fs.openSync(job.file, 'r'); } catch (e) { parentPort.postMessage({ t: 'open', code: e.code || 'ERR', message: e.message }); return; }
+  parentPort.postMessage({ t: 'open' });
+  try {
+    for (let off = 0; ; off += job.piece) {
+      const expect = Math.min(job.piece, Math.max(0, job.size - off));
+      const buf = Buffer.alloc(job.piece);
+      let n = -1, code, message;
+      try { n = fs.readSync(fd, buf, 0, job.piece, off); } catch (e) { code = e.code || 'ERR'; message = e.message; }
+      const data = n > 0 ? buf.buffer.slice(0, n) : undefined;
+      parentPort.postMessage({ t: 'piece', off, n, code, message, data }, data ? [data] : []);
+      if (expect === 0 || (code && job.stopAtEio)) break;
+    }
+  } finally {
+    fs.closeSync(fd);
+    parentPort.postMessage({ t: 'done' });
+  }
+});
+`;
+
+interface ReaderMsg { t: 'open' | 'piece' | 'done'; off?: number; n?: number; code?: string; message?: string; data?: ArrayBuffer }
+
+/** A reader thread with a queue of its messages, each awaited under a watchdog. */
+class Reader {
+  private readonly w: Worker;
+  private readonly inbox: ReaderMsg[] = [];
+  private waiter: ((m: ReaderMsg) => void) | undefined;
+  private dead: Error | undefined;
+
+  constructor() {
+    this.w = new Worker(READER_CODE, { eval: true });
+    this.w.on('message', (m: ReaderMsg) => {
+      if (this.waiter) { const f = this.waiter; this.waiter = undefined; f(m); } else this.inbox.push(m);
+    });
+    this.w.on('error', (e) => { this.dead = e; });
+    this.w.unref();
+  }
+
+  send(job: { file: string; piece: number; size: number; stopAtEio: boolean }): void {
+    this.w.postMessage(job);
+  }
+
+  next(ms: number, what: string): Promise<ReaderMsg> {
+    if (this.dead) return Promise.reject(this.dead);
+    const m = this.inbox.shift();
+    if (m) return Promise.resolve(m);
+    return watchdog(new Promise<ReaderMsg>((resolve) => { this.waiter = resolve; }), ms, what);
+  }
+
+  /** Stop the thread (a read stuck in the kernel ends when the daemon goes). */
+  close(): void {
+    void this.w.terminate();
+  }
+}
+
+/**
  * Read each file `rel` of `want` under `root` in pieces, each read(2) under a
  * watchdog: a piece must be exactly the expected bytes (full length: a short
  * read is wrong data too) or fail with EIO. Anything else (other bytes, other
- * errors, a read that does not return) throws.
+ * errors, a read that does not return) throws. Reads run on `concurrency`
+ * threads of their own.
  */
 export async function readEveryPiece(root: string, want: Map<string, Buffer>, list: string[], o: PieceOptions): Promise<PieceReport> {
   const r: PieceReport = { pieces: 0, ok: 0, eio: 0, eioFiles: new Set(), eioPieces: [] };
   const queue = [...list];
   let failed = false;
-  const worker = async () => {
+  const readers: Reader[] = [];
+  const worker = async (reader: Reader) => {
     for (let rel = queue.shift(); rel !== undefined && !failed; rel = queue.shift()) {
       const data = want.get(rel);
       if (!data) throw new Error(`no expected content for ${rel}`);
-      const fh = await watchdog(fs.promises.open(path.join(root, rel), 'r'), o.boundMs, `open ${rel}`);
-      try {
-        const buf = Buffer.alloc(o.piece);
-        for (let off = 0; ; off += o.piece) {
-          const expect = Math.min(o.piece, Math.max(0, data.length - off));
-          r.pieces++;
-          let n: number;
-          try {
-            ({ bytesRead: n } = await watchdog(fh.read(buf, 0, o.piece, off), o.boundMs, `read ${rel} at ${off}`));
-          } catch (e) {
-            if (e instanceof LivenessError) throw e;
-            if ((e as NodeJS.ErrnoException).code !== 'EIO') throw new Error(`read ${rel} at ${off}: ${(e as Error).message} (only EIO is allowed)`);
-            r.eio++;
-            r.eioFiles.add(rel);
-            r.eioPieces.push(`${rel}@${off}`);
-            if (o.stopAtEio || expect === 0) break;
-            continue;
-          }
-          if (n !== expect) throw new Error(`WRONG DATA: read ${rel} at ${off} returned ${n} bytes instead of ${expect}`);
-          if (!buf.subarray(0, n).equals(data.subarray(off, off + n))) {
-            const at = buf.subarray(0, n).findIndex((b, i) => b !== data[off + i]);
-            throw new Error(`WRONG BYTES: ${rel} at ${off}: first difference at file offset ${off + at}`);
-          }
-          r.ok++;
-          if (expect === 0) break;
+      reader.send({ file: path.join(root, rel), piece: o.piece, size: data.length, stopAtEio: !!o.stopAtEio });
+      const opened = await reader.next(o.boundMs, `open ${rel}`);
+      if (opened.code) throw new Error(`open ${rel}: ${opened.message}`);
+      for (;;) {
+        const m = await reader.next(o.boundMs, `read ${rel} after ${r.pieces} pieces`);
+        if (m.t === 'done') break;
+        const off = m.off!;
+        const expect = Math.min(o.piece, Math.max(0, data.length - off));
+        r.pieces++;
+        if (m.code) {
+          if (m.code !== 'EIO') throw new Error(`read ${rel} at ${off}: ${m.message} (only EIO is allowed)`);
+          r.eio++;
+          r.eioFiles.add(rel);
+          r.eioPieces.push(`${rel}@${off}`);
+          continue;
         }
-      } finally {
-        await fh.close();
+        const got = Buffer.from(m.data ?? new ArrayBuffer(0));
+        if (m.n !== expect) throw new Error(`WRONG DATA: read ${rel} at ${off} returned ${m.n} bytes instead of ${expect}`);
+        if (!got.equals(data.subarray(off, off + expect))) {
+          const at = got.findIndex((b, i) => b !== data[off + i]);
+          throw new Error(`WRONG BYTES: ${rel} at ${off}: first difference at file offset ${off + at}`);
+        }
+        r.ok++;
       }
     }
   };
-  // the first failure ends the pass (workers start no new file; a read stuck in the kernel is left to the daemon's stop)
-  await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, () => worker().catch((e) => { failed = true; throw e; })));
+  try {
+    // the first failure ends the pass (no new file is started)
+    await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, () => {
+      const reader = new Reader();
+      readers.push(reader);
+      return worker(reader).catch((e) => { failed = true; throw e; });
+    }));
+  } finally {
+    for (const x of readers) x.close();
+  }
   return r;
 }
 
