@@ -20,10 +20,16 @@ export const LAYERS: Record<string, number> = {
   storage: 1,
   rafs: 2,
   'vhost-user': 2,
+  /** OCI distribution client (registry pulls/pushes; shares the registry backend's auth) */
+  remote: 2,
   virtiofs: 3,
+  /** nydusify's conversion pipeline (builder + distribution client) */
+  converter: 3,
   service: 4,
   api: 5,
-  bin: 6,
+  /** containerd-nydus-grpc, ctr-remote's containerd client, nydus-overlayfs */
+  snapshotter: 6,
+  bin: 7,
 };
 
 interface Edge { from: string; to: string; file: string; spec: string }
