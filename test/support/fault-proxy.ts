@@ -525,13 +525,19 @@ export interface PieceReport {
   eioFiles: Set<string>;
   /** "<file>@<offset>" of every EIO piece */
   eioPieces: string[];
+  /** "<file>@<offset>: <ms> ms (<outcome>)" of every open/read that took longer than `budgetMs` */
+  overBudget: string[];
+  /** the longest open/read, ms */
+  maxMs: number;
 }
 
 export interface PieceOptions {
   /** bytes per read(2) (the chunk size: a piece touches one chunk) */
   piece: number;
-  /** liveness bound of one open/read, ms */
+  /** liveness bound of one open/read, ms: a read still pending then is a hang (throws) */
   boundMs: number;
+  /** a read that returns (bytes or EIO) after this many ms is listed in `overBudget` (default: boundMs) */
+  budgetMs?: number;
   /** files read at once (default 1), each on a thread of its own */
   concurrency?: number;
   /** go on with the next file after a file's first EIO */
@@ -611,21 +617,31 @@ class Reader {
  * threads of their own.
  */
 export async function readEveryPiece(root: string, want: Map<string, Buffer>, list: string[], o: PieceOptions): Promise<PieceReport> {
-  const r: PieceReport = { pieces: 0, ok: 0, eio: 0, eioFiles: new Set(), eioPieces: [] };
+  const r: PieceReport = { pieces: 0, ok: 0, eio: 0, eioFiles: new Set(), eioPieces: [], overBudget: [], maxMs: 0 };
   const queue = [...list];
   let failed = false;
   const readers: Reader[] = [];
+  const budget = o.budgetMs ?? o.boundMs;
+  const timed = (t0: number, what: string, outcome: string) => {
+    const ms = Date.now() - t0;
+    r.maxMs = Math.max(r.maxMs, ms);
+    if (ms > budget) r.overBudget.push(`${what}: ${ms} ms (${outcome})`);
+  };
   const worker = async (reader: Reader) => {
     for (let rel = queue.shift(); rel !== undefined && !failed; rel = queue.shift()) {
       const data = want.get(rel);
       if (!data) throw new Error(`no expected content for ${rel}`);
+      let t0 = Date.now();
       reader.send({ file: path.join(root, rel), piece: o.piece, size: data.length, stopAtEio: !!o.stopAtEio });
       const opened = await reader.next(o.boundMs, `open ${rel}`);
+      timed(t0, `open ${rel}`, opened.code ?? 'ok');
       if (opened.code) throw new Error(`open ${rel}: ${opened.message}`);
-      for (;;) {
-        const m = await reader.next(o.boundMs, `read ${rel} after ${r.pieces} pieces`);
+      for (let at = 0; ; at += o.piece) {
+        t0 = Date.now();
+        const m = await reader.next(o.boundMs, `read ${rel} at ${at}`);
         if (m.t === 'done') break;
         const off = m.off!;
+        timed(t0, `${rel}@${off}`, m.code ?? `${m.n} bytes`);
         const expect = Math.min(o.piece, Math.max(0, data.length - off));
         r.pieces++;
         if (m.code) {
