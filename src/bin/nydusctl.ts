@@ -9,11 +9,12 @@
  * prints the daemon's response body unchanged. Exit status 0 on success, 1 on
  * any error (connection, non-2xx reply, daemon not ready, usage).
  *
+ * The HTTP client is src/api/client.ts (also used by containerd-nydus-grpc).
  * The CLI runs in-process through `run(argv, io)` so it can be tested without
  * spawning; `main()` is what bin/nydusctl calls.
  */
 import * as fs from 'node:fs';
-import * as http from 'node:http';
+import { NydusdClient, query, type Json } from '../api/client';
 import { Command, CommanderError, Option } from 'commander';
 import { FuseOpcode } from '../virtiofs/fuse/abi';
 
@@ -33,7 +34,6 @@ export class CtlError extends Error {}
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'];
 const FS_TYPES = ['rafs', 'passthrough_fs', 'passthroughfs', 'passthrough'];
-const REQUEST_TIMEOUT_MS = 30_000;
 
 /** FsIoStats fop index order (upstream `StatsFop`). */
 export const FOP_NAMES = [
@@ -60,120 +60,11 @@ function defaultSleep(ms: number, signal?: AbortSignal): Promise<void> {
 
 // ---------------------------------------------------------------- HTTP client
 
-export interface ApiReply {
-  status: number;
-  text: string;
-}
-
-/** One request on the API socket. Connection failures become CtlError. */
-export function apiRequest(sock: string, method: string, path: string, body?: string): Promise<ApiReply> {
-  return new Promise((resolve, reject) => {
-    const payload = body === undefined ? undefined : Buffer.from(body, 'utf8');
-    const headers: http.OutgoingHttpHeaders = {
-      Host: 'localhost',
-      'User-Agent': 'nydusctl',
-      Accept: 'application/json',
-    };
-    if (payload !== undefined) headers['Content-Type'] = 'application/json';
-    if (method !== 'GET') headers['Content-Length'] = payload?.length ?? 0;
-    let connected = false;
-    const req = http.request({ socketPath: sock, method, path, headers, timeout: REQUEST_TIMEOUT_MS, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', (e) => reject(new CtlError(`reading the reply of ${method} ${path} failed: ${e.message}`)));
-    });
-    req.on('socket', (s) => s.once('connect', () => { connected = true; }));
-    req.on('timeout', () => req.destroy(new CtlError(`${method} ${path} timed out after ${REQUEST_TIMEOUT_MS / 1000}s`)));
-    req.on('error', (e: NodeJS.ErrnoException) => {
-      if (e instanceof CtlError) return reject(e);
-      if (!connected && e.code && e.code !== 'ECONNRESET') {
-        return reject(new CtlError(`cannot connect to nydusd API socket ${sock}: ${e.code}`));
-      }
-      reject(new CtlError(`${method} ${path} failed: ${e.code ?? e.message}`));
-    });
-    req.end(payload);
-  });
-}
-
-/** Message of a non-2xx reply: the `{"code","message"}` body's message when present. */
-export function replyError(r: ApiReply): string {
-  let msg = r.text.trim();
-  try {
-    const b: unknown = JSON.parse(r.text);
-    if (b && typeof b === 'object' && typeof (b as { message?: unknown }).message === 'string') {
-      msg = (b as { message: string }).message;
-    }
-  } catch {
-    /* not JSON: keep the raw text */
-  }
-  return `${msg || http.STATUS_CODES[r.status] || 'request failed'} (HTTP ${r.status})`;
-}
-
-/**
- * JSON.parse that keeps integers beyond 2^53 exact by turning them into
- * strings (VFS inode numbers are `fs_index << 56 | ino`). For display only:
- * `--json` prints the body text unchanged.
- */
-export function parseJsonExact(text: string): unknown {
-  let out = '';
-  let inStr = false;
-  let i = 0;
-  while (i < text.length) {
-    const c = text[i];
-    if (inStr) {
-      out += c;
-      if (c === '\\') { out += text[i + 1] ?? ''; i += 2; continue; }
-      if (c === '"') inStr = false;
-      i++;
-      continue;
-    }
-    if (c === '"') { inStr = true; out += c; i++; continue; }
-    if ((c >= '0' && c <= '9') || c === '-') {
-      let j = i + 1;
-      while (j < text.length && /[0-9.eE+-]/.test(text[j])) j++;
-      const num = text.slice(i, j);
-      out += /^-?\d+$/.test(num) && !Number.isSafeInteger(Number(num)) ? `"${num}"` : num;
-      i = j;
-      continue;
-    }
-    out += c;
-    i++;
-  }
-  return JSON.parse(out);
-}
-
-class Client {
-  constructor(readonly sock: string) {}
-
-  /** 2xx → body text (may be empty for 204); otherwise CtlError with the reply's message. */
-  async call(method: string, path: string, body?: string): Promise<ApiReply> {
-    const r = await apiRequest(this.sock, method, path, body);
-    if (r.status < 200 || r.status > 299) throw new CtlError(replyError(r));
-    return r;
-  }
-
-  async getJson(path: string): Promise<{ text: string; value: Json }> {
-    const r = await this.call('GET', path);
-    if (r.status === 204 || r.text.trim() === '') return { text: r.text, value: null };
-    try {
-      return { text: r.text, value: parseJsonExact(r.text) as Json };
-    } catch {
-      throw new CtlError(`GET ${path}: reply is not JSON: ${r.text.slice(0, 200)}`);
-    }
-  }
-
-  /** GET /api/v1/daemon and insist on state RUNNING. */
-  async requireRunning(): Promise<void> {
-    const { value } = await this.getJson('/api/v1/daemon');
-    const state = value && typeof value === 'object' && !Array.isArray(value) ? value.state : undefined;
-    if (state !== 'RUNNING') throw new CtlError(`daemon is not ready (state ${String(state ?? 'UNKNOWN')})`);
-  }
-}
-
+// The client lives in src/api/client.ts (shared with containerd-nydus-grpc).
+export { apiRequest, parseJsonExact, replyError } from '../api/client';
+export type { ApiReply } from '../api/client';
 // ---------------------------------------------------------------- formatting helpers
 
-type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type JsonObj = { [k: string]: Json };
 
 function obj(v: Json, what: string): JsonObj {
@@ -213,13 +104,6 @@ export function table(rows: string[][]): string {
 function kv(pairs: [string, string][]): string {
   const w = Math.max(...pairs.map(([k]) => k.length)) + 1;
   return pairs.map(([k, v]) => `${pad(k + ':', w)}  ${v}`).join('\n') + '\n';
-}
-function query(params: Record<string, string | undefined>): string {
-  const q = Object.entries(params)
-    .filter((e): e is [string, string] => e[1] !== undefined)
-    .map(([k, v]) => `${k}=${encodeURIComponent(v)}`)
-    .join('&');
-  return q ? `?${q}` : '';
 }
 /** Decode a VFS inode (`fs_index << 56 | ino`). */
 function inodeLabel(v: Json | undefined): string {
@@ -417,10 +301,10 @@ export async function run(argv: string[], io: CtlIo): Promise<number> {
     .addHelpText('after', '\nExamples:\n  nydusctl --sock /run/vc/vm/<sid>/nydusd-api.sock info\n  nydusctl --sock /run/nydus/api.sock metrics --interval 2\n');
 
   const globals = (cmd: Command): GlobalOpts & { raw?: boolean } => cmd.optsWithGlobals();
-  const client = (cmd: Command): Client => {
+  const client = (cmd: Command): NydusdClient => {
     const g = globals(cmd);
     if (!g.sock) throw new CtlError('--sock <path> is required (the nydusd API socket, e.g. /run/vc/vm/<sandbox>/nydusd-api.sock)');
-    return new Client(g.sock);
+    return new NydusdClient(g.sock);
   };
   const wantJson = (cmd: Command): boolean => Boolean(globals(cmd).json || globals(cmd).raw);
   const print = (cmd: Command, text: string, rendered: () => string): void => {
