@@ -315,4 +315,41 @@ for (const mode of MODES.filter((m) => NONE_MODES.has(m.name) && selected(m))) {
   });
 }
 
+/**
+ * One transient fault — of any kind — must be absorbed by the 4 attempts (and
+ * the refetches of bad data): no read fails. The fault hits the first
+ * authenticated blob GET, i.e. the first read's first attempt; the first file
+ * read is not at blob offset 0 (a 200 for a read at 0 is a mere length error).
+ * Reads are O_DIRECT, so what is tested is nydusd's own retrying.
+ */
+test('zstd chunks: a single fault of each kind is absorbed by the retries: no EIO at all', async () => {
+  if (missing) return;
+  const img = images.zstd;
+  const first = ['small/00.dat', 'mid/m0.bin', 'big/large.bin'];
+  assert.ok(img.chunks.byFile.get(first[0])![0].uncompressedOffset > 0, `${first[0]} starts the blob`);
+  const leaked: string[] = [];
+  for (const fault of ALL_FAULTS) {
+    await proxy!.resetStats();
+    await proxy!.setFaults([second(fault)]);
+    const { d, sock, cache } = await mount(img);
+    try {
+      // O_DIRECT: one read(2) is one FUSE READ, so the kernel's retry of a failed readahead cannot hide an EIO
+      const r = await readEveryPiece(d.mountpoint, files, first, { piece: CHUNK, boundMs: READ_BOUND_MS, direct: true });
+      const st = await proxy!.stats();
+      assert.is(st.faults, 1, `${fault}: ${JSON.stringify(st.injected)}`);
+      if (r.eio > 0) {
+        const ev = await api(sock, 'GET', '/api/v1/daemon/events');
+        leaked.push(`${fault}: ${r.eio} EIO (${r.eioPieces.join(' ')}); events: ${JSON.stringify((ev.json as { errors: string[] }).errors.slice(-2))}`);
+      }
+      await assertAlive(d, sock, `after one ${fault}`);
+      assert.equal(await poisonedChunks(cache, img.chunks, files), [], `${fault}: wrong bytes cached`);
+    } finally {
+      await proxy!.clean();
+      const code = await d.stop();
+      assert.is(code, 0, `nydusd exit code; log: ${d.log().slice(-3000)}`);
+    }
+  }
+  assert.equal(leaked, [], 'a single transient fault reached the reader as EIO');
+});
+
 test.run();

@@ -540,6 +540,11 @@ export interface PieceOptions {
   budgetMs?: number;
   /** files read at once (default 1), each on a thread of its own */
   concurrency?: number;
+  /**
+   * O_DIRECT: each read(2) is exactly one FUSE READ (no page cache, no kernel
+   * readahead, and no kernel retry of a failed readahead with a second READ)
+   */
+  direct?: boolean;
   /** go on with the next file after a file's first EIO */
   stopAtEio?: boolean;
 }
@@ -555,7 +560,7 @@ const { parentPort } = require('node:worker_threads');
 const fs = require('node:fs');
 parentPort.on('message', (job) => {
   let fd;
-  try { fd = fs.openSync(job.file, 'r'); } catch (e) { parentPort.postMessage({ t: 'open', code: e.code || 'ERR', message: e.message }); return; }
+  try { fd = fs.openSync(job.file, job.direct ? fs.constants.O_RDONLY | fs.constants.O_DIRECT : 'r'); } catch (e) { parentPort.postMessage({ t: 'open', code: e.code || 'ERR', message: e.message }); return; }
   parentPort.postMessage({ t: 'open' });
   try {
     for (let off = 0; ; off += job.piece) {
@@ -592,7 +597,7 @@ class Reader {
     this.w.unref();
   }
 
-  send(job: { file: string; piece: number; size: number; stopAtEio: boolean }): void {
+  send(job: { file: string; piece: number; size: number; stopAtEio: boolean; direct: boolean }): void {
     this.w.postMessage(job);
   }
 
@@ -632,7 +637,7 @@ export async function readEveryPiece(root: string, want: Map<string, Buffer>, li
       const data = want.get(rel);
       if (!data) throw new Error(`no expected content for ${rel}`);
       let t0 = Date.now();
-      reader.send({ file: path.join(root, rel), piece: o.piece, size: data.length, stopAtEio: !!o.stopAtEio });
+      reader.send({ file: path.join(root, rel), piece: o.piece, size: data.length, stopAtEio: !!o.stopAtEio, direct: !!o.direct });
       const opened = await reader.next(o.boundMs, `open ${rel}`);
       timed(t0, `open ${rel}`, opened.code ?? 'ok');
       if (opened.code) throw new Error(`open ${rel}: ${opened.message}`);
