@@ -15,7 +15,10 @@
  * /api/v1/daemon/events and failed attempts in /api/v1/metrics/backend.
  *
  * Two images: zstd chunks, and uncompressed chunks (`--compressor none`),
- * where a flipped byte is caught by the chunk digest alone.
+ * where a flipped byte is caught by the chunk digest alone. The blob cache
+ * files are compared with the source after every pass, and prefetch_all runs
+ * under faults once. Last, a single fault of each kind must never reach the
+ * reader (O_DIRECT reads, so only nydusd's retries can absorb it).
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -180,6 +183,8 @@ interface Mode {
   allFail?: boolean;
   /** prefetch_all runs (under the faults) before the files are read */
   prefetch?: boolean;
+  /** read with O_DIRECT (one FUSE READ per read(2), no kernel retry) */
+  direct?: boolean;
 }
 
 const p = (fault: FaultKind, probability: number, extra: Partial<FaultRule> = {}): FaultRule => ({ fault, probability, ...extra });
@@ -213,6 +218,13 @@ const MODES: Mode[] = [
     rules: [second('flip'), ...ALL_FAULTS.map((f) => (/^(stall|trickle)/.test(f) ? p(f, 0.02, { limit: 2 }) : p(f, 0.04)))],
     opts: { seed: 22 },
     corrupts: true,
+  },
+  {
+    name: 'every kind of fault now and then, O_DIRECT reads',
+    rules: [second('truncate'), ...ALL_FAULTS.map((f) => (/^(stall|trickle)/.test(f) ? p(f, 0.02, { limit: 2 }) : p(f, 0.05)))],
+    opts: { seed: 24 },
+    corrupts: true,
+    direct: true,
   },
   {
     name: 'prefetch_all under flipped bytes, resets and truncation',
@@ -261,7 +273,7 @@ async function runMode(img: Image, mode: Mode): Promise<void> {
       assert.equal(await poisonedChunks(cache, img.chunks, files), [], 'prefetch under faults cached wrong bytes');
     }
     const list = mode.only ?? [...files.keys()].sort();
-    const pass = await readEveryPiece(d.mountpoint, files, list, { piece: CHUNK, boundMs: READ_BOUND_MS, concurrency: CONCURRENCY, stopAtEio: !!mode.allFail });
+    const pass = await readEveryPiece(d.mountpoint, files, list, { piece: CHUNK, boundMs: READ_BOUND_MS, concurrency: CONCURRENCY, stopAtEio: !!mode.allFail, direct: !!mode.direct });
     const injected = await proxy!.stats();
     await assertAlive(d, sock, 'after the faulty pass');
     const c1 = await counters(sock);
