@@ -17,6 +17,7 @@
  * `{direct: true}` (registry token requests) never touch the proxy.
  */
 import * as fs from 'node:fs';
+import type { Readable } from 'node:stream';
 import * as tls from 'node:tls';
 import { Agent, type Dispatcher, type Pool } from 'undici';
 import type { ProxyConfig } from '../../common/config';
@@ -48,6 +49,9 @@ export interface HttpClientExtras {
 }
 
 export type Headers = Record<string, string>;
+
+/** A request body: text, bytes, or a stream (uploads; a stream cannot be resent). */
+export type RequestBodyData = string | Buffer | Readable;
 
 export interface HttpResponse {
   status: number;
@@ -118,7 +122,7 @@ export class HttpClient {
    * the proxy when one is configured (module doc). The attempt's timer
    * (`timeout`) keeps running until `done()` or the body is consumed.
    */
-  async request(method: string, url: URL, headers: Headers = {}, body?: string, ro: RequestOptions = {}): Promise<HttpResponse> {
+  async request(method: string, url: URL, headers: Headers = {}, body?: RequestBodyData, ro: RequestOptions = {}): Promise<HttpResponse> {
     if (this.closed) throw eio('http client is closed');
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw eio(`unsupported URL scheme ${url.protocol}`);
     const p = this.proxy;
@@ -155,7 +159,7 @@ export class HttpClient {
     return r;
   }
 
-  private async send(d: Dispatcher, method: string, url: URL, headers: Headers, body: string | undefined, viaProxy: boolean): Promise<HttpResponse> {
+  private async send(d: Dispatcher, method: string, url: URL, headers: Headers, body: RequestBodyData | undefined, viaProxy: boolean): Promise<HttpResponse> {
     if (this.closed) throw eio('http client is closed');
     const ac = new AbortController();
     this.inflight.add(ac);

@@ -8,7 +8,8 @@
  *    answered from its `WWW-Authenticate` challenge: Basic → `auth`, Bearer →
  *    a token from the realm (POST form with `client_id=nydus-registry-client`,
  *    then GET, remembered per realm host; `Authorization: Basic <auth>` when
- *    `auth` is set). The header that worked is cached for the backend; a
+ *    `auth` is set; that flow lives in registry-auth.ts, shared with the
+ *    distribution client of src/remote). The header that worked is cached for the backend; a
  *    request that carried one and got a 401 is resent without it first;
  *  - redirects are followed by hand: `blob_url_scheme` / `blob_redirected_host`
  *    rewrite the Location, Authorization is never forwarded, the final URL is
@@ -48,6 +49,7 @@
  *    1 request/s limiter; proxy routing differences are listed in proxy.ts.
  * Every failure surfaces as EIO naming the blob, range and cause.
  */
+import type { Readable } from 'node:stream';
 import { ErrnoError, eio } from '../../common/errno';
 import type { RegistryConfig } from '../../common/config';
 import { warnLimited } from '../../common/log';
@@ -65,15 +67,12 @@ import {
   errorText,
   headerValue,
   readExact,
-  readLimited,
 } from './http';
+import { type Challenge, RegistryAuth } from './registry-auth';
 
 /** redirect hops followed from the registry to the blob store */
 export const MAX_REDIRECTS = 5;
-/** token endpoint response limit */
-export const MAX_TOKEN_RESPONSE = 64 * 1024;
-const TOKEN_CLIENT_ID = 'nydus-registry-client';
-const DEFAULT_TOKEN_TTL = 600;
+export { MAX_TOKEN_RESPONSE, parseChallenge, validateAuth, type Challenge } from './registry-auth';
 
 export interface RegistryBackendOptions extends BackendOptions {
   /** attempts per read (default 4) */
@@ -84,76 +83,22 @@ export interface RegistryBackendOptions extends BackendOptions {
   http?: HttpClientExtras;
 }
 
-export interface Challenge {
-  scheme: 'Basic' | 'Bearer';
-  realm: string;
-  service: string;
-  scope: string;
-}
-
-/** Parse a `WWW-Authenticate` value; undefined when unusable (upstream: Bearer needs realm and service). */
-export function parseChallenge(value: string | undefined): Challenge | undefined {
-  if (!value || value.length > 4096) return undefined;
-  const sp = value.indexOf(' ');
-  const scheme = (sp < 0 ? value : value.slice(0, sp)).trim();
-  const rest = sp < 0 ? '' : value.slice(sp + 1);
-  const params: Record<string, string> = {};
-  for (const piece of rest.split('",')) {
-    const eq = piece.indexOf('=');
-    if (eq < 0) continue;
-    const k = piece.slice(0, eq).trim().toLowerCase();
-    const v = piece.slice(eq + 1).trim().replace(/^"+|"+$/g, '').trim();
-    params[k] = v;
-  }
-  if (/^basic$/i.test(scheme)) return { scheme: 'Basic', realm: params.realm ?? '', service: '', scope: '' };
-  if (/^bearer$/i.test(scheme)) {
-    if (!params.realm || !params.service) return undefined;
-    return { scheme: 'Bearer', realm: params.realm, service: params.service, scope: params.scope ?? '' };
-  }
-  return undefined;
-}
-
-/** `auth` must be base64 of UTF-8 `user:pass` (upstream validation); '' = absent. */
-export function validateAuth(auth: string | undefined): string | undefined {
-  const a = auth?.trim();
-  if (!a) return undefined;
-  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(a) || a.length % 4 !== 0) throw eio('backend.registry.auth is not valid base64');
-  const dec = Buffer.from(a, 'base64');
-  let text: string;
-  try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(dec);
-  } catch {
-    throw eio('backend.registry.auth does not decode to UTF-8');
-  }
-  if (!text.includes(':')) throw eio('backend.registry.auth must encode user:password');
-  return a;
-}
-
 export class RegistryBackend implements BlobBackend {
   readonly type = 'registry';
   private readonly http: HttpClient;
   private scheme: 'http' | 'https';
   private readonly host: string;
   private readonly repo: string;
-  private auth: string | undefined;
+  /** challenge / token / Basic flow (registry-auth.ts, shared with src/remote) */
+  private readonly authFlow: RegistryAuth;
   private readonly attempts: number;
   private readonly retryDelay: (n: number) => number;
   private readonly metrics: BackendMetrics | undefined;
-  /** the Authorization header that last worked (or `Bearer <registry_token>`) */
-  private authHeader: string | undefined;
-  /** expiry (ms since epoch) of a Bearer header we fetched */
-  private authExpires = Infinity;
-  /** the last Bearer challenge, for refreshing its token */
-  private bearer: Challenge | undefined;
-  /** realm hosts whose token endpoint wants GET */
-  private readonly tokenGetHosts = new Set<string>();
   /** blob id → final redirected URL */
   private readonly redirects = new Map<string, URL>();
   private readonly fallbackDone = { v: false };
   private gateOpen = false;
   private gate: Promise<void> | undefined;
-  /** token fetches in flight, by challenge */
-  private readonly tokenFetches = new Map<string, Promise<{ header: string; expires: number }>>();
   /** HTTP replies received (any status) */
   private replies = 0;
   private closed = false;
@@ -166,9 +111,7 @@ export class RegistryBackend implements BlobBackend {
     this.scheme = cfg.scheme === 'http' ? 'http' : 'https';
     this.host = cfg.host;
     this.repo = cfg.repo.replace(/^\/+|\/+$/g, '');
-    this.auth = validateAuth(cfg.auth);
-    const tok = cfg.registry_token?.trim();
-    if (tok) this.authHeader = `Bearer ${tok}`;
+    this.authFlow = new RegistryAuth((m, u, h, b, ro) => this.send(m, u, h, b, ro), { auth: cfg.auth, registryToken: cfg.registry_token });
     this.attempts = Math.max(1, opts.attempts ?? READ_ATTEMPTS);
     this.retryDelay = opts.retryDelayMs ?? defaultRetryDelay;
     this.http = new HttpClient(cfg, opts.http);
@@ -186,10 +129,7 @@ export class RegistryBackend implements BlobBackend {
    * EIO when `auth` is not base64 of `user:pass`.
    */
   updateAuth(auth: string): void {
-    this.auth = validateAuth(auth);
-    const tok = this.cfg.registry_token?.trim();
-    this.authHeader = tok ? `Bearer ${tok}` : undefined;
-    this.authExpires = Infinity;
+    this.authFlow.updateAuth(auth);
   }
 
   blobUrl(blobId: string): URL {
@@ -270,7 +210,7 @@ export class RegistryBackend implements BlobBackend {
   }
 
   /** One HTTP exchange (replies are counted for the gate). */
-  private async send(method: string, url: URL, headers: Headers, body?: string, ro?: RequestOptions): Promise<HttpResponse> {
+  private async send(method: string, url: URL, headers: Headers, body?: string | Buffer | Readable, ro?: RequestOptions): Promise<HttpResponse> {
     const r = await this.http.request(method, url, headers, body, ro);
     this.replies++;
     return r;
@@ -348,112 +288,13 @@ export class RegistryBackend implements BlobBackend {
     return readExact(r, length);
   }
 
-  /** Request with the auth flow of storage-backends §2 "Request and auth flow". */
-  private async authed(method: string, url: URL, extra: Headers, ro: RequestOptions = {}): Promise<HttpResponse> {
-    await this.refreshIfExpiring();
-    const sent = this.authHeader;
-    let r = await this.send(method, url, sent ? { ...extra, authorization: sent } : extra, undefined, ro);
-    if (r.status !== 401) return r;
-    if (sent) {
-      // Harbor answers an expired token with a Basic challenge: retry anonymously
-      await discard(r);
-      r = await this.send(method, url, extra, undefined, ro);
-      if (r.status !== 401) return r;
-    }
-    const ch = parseChallenge(headerValue(r.headers, 'www-authenticate'));
-    if (!ch) return r;
-    let header: string;
-    let expires = Infinity;
-    if (ch.scheme === 'Basic') {
-      if (!this.auth) return r;
-      header = `Basic ${this.auth}`;
-      await discard(r);
-    } else {
-      await discard(r);
-      const t = await this.sharedToken(ch);
-      header = t.header;
-      this.bearer = ch;
-      expires = t.expires;
-    }
-    const r2 = await this.send(method, url, { ...extra, authorization: header }, undefined, ro);
-    if (r2.status >= 200 && r2.status <= 399) {
-      this.authHeader = header;
-      this.authExpires = expires;
-    }
-    return r2;
+  /** Request with the auth flow of storage-backends §2 (registry-auth.ts). */
+  private authed(method: string, url: URL, extra: Headers, ro: RequestOptions = {}): Promise<HttpResponse> {
+    return this.authFlow.request(method, url, extra, ro);
   }
 
-  private async refreshIfExpiring(): Promise<void> {
-    if (!this.bearer || !this.authHeader || Date.now() < this.authExpires - 20_000) return;
-    try {
-      const t = await this.sharedToken(this.bearer);
-      this.authHeader = t.header;
-      this.authExpires = t.expires;
-    } catch (err) {
-      // keep the old token; a 401 will tell
-      warnLimited('storage.registry', { err: describe(err) }, 'registry token refresh failed');
-      this.authExpires = Date.now() + 25_000;
-    }
-  }
-
-  /** fetchToken, one fetch in flight per challenge however many requests got it. */
-  private sharedToken(ch: Challenge): Promise<{ header: string; expires: number }> {
-    const key = `${ch.realm}\n${ch.service}\n${ch.scope}`;
-    let p = this.tokenFetches.get(key);
-    if (!p) {
-      p = this.fetchToken(ch).finally(() => this.tokenFetches.delete(key));
-      this.tokenFetches.set(key, p);
-    }
-    return p;
-  }
-
-  /** Token from a Bearer challenge's realm: POST form first, then GET (remembered per host). */
-  async fetchToken(ch: Challenge): Promise<{ header: string; expires: number }> {
-    let realm: URL;
-    try {
-      realm = new URL(ch.realm);
-    } catch {
-      throw eio(`invalid token realm ${JSON.stringify(ch.realm.slice(0, 200))}`);
-    }
-    if (realm.protocol !== 'http:' && realm.protocol !== 'https:') throw eio(`token realm has unsupported scheme ${realm.protocol}`);
-    const headers: Headers = this.auth ? { authorization: `Basic ${this.auth}` } : {};
-    const params = new URLSearchParams({ service: ch.service, scope: ch.scope, client_id: TOKEN_CLIENT_ID });
-    let body: Buffer | undefined;
-    let why = '';
-    if (!this.tokenGetHosts.has(realm.host)) {
-      try {
-        // token requests never use the proxy and are never rewritten (use_http)
-        const r = await this.send('POST', realm, { ...headers, 'content-type': 'application/x-www-form-urlencoded' }, params.toString(), { direct: true });
-        if (r.status >= 400) {
-          why = `POST status ${r.status}`;
-          await discard(r);
-        } else {
-          body = await readLimited(r, MAX_TOKEN_RESPONSE, 'token endpoint');
-        }
-      } catch (err) {
-        why = `POST: ${describe(err)}`;
-      }
-      if (!body) this.tokenGetHosts.add(realm.host);
-    }
-    if (!body) {
-      const u = new URL(realm);
-      for (const [k, v] of params) u.searchParams.set(k, v);
-      const r = await this.send('GET', u, headers, undefined, { direct: true });
-      if (r.status >= 400) {
-        const text = await errorText(r);
-        throw eio(`token endpoint ${realm.host}: ${why ? `${why}, ` : ''}GET status ${r.status}${text ? `: ${text}` : ''}`);
-      }
-      body = await readLimited(r, MAX_TOKEN_RESPONSE, 'token endpoint');
-    }
-    let j: { token?: unknown; access_token?: unknown; expires_in?: unknown };
-    try {
-      j = JSON.parse(body.toString('utf8'));
-    } catch {
-      throw eio(`token endpoint ${realm.host}: response is not JSON`);
-    }
-    const tok = typeof j?.token === 'string' && j.token ? j.token : typeof j?.access_token === 'string' ? j.access_token : '';
-    if (!tok || /[\r\n\0]/.test(tok) || tok.length > 16384) throw eio(`token endpoint ${realm.host}: no usable token in response`);
-    const ttl = typeof j.expires_in === 'number' && Number.isFinite(j.expires_in) && j.expires_in > 0 ? j.expires_in : DEFAULT_TOKEN_TTL;
-    return { header: `Bearer ${tok}`, expires: Date.now() + Math.min(ttl, 365 * 86400) * 1000 };
+  /** Token from a Bearer challenge's realm (RegistryAuth.fetchToken). */
+  fetchToken(ch: Challenge): Promise<{ header: string; expires: number }> {
+    return this.authFlow.fetchToken(ch);
   }
 }
