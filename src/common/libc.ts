@@ -98,6 +98,18 @@ export function lutimes(path: string, sec: number, nsec: number): void {
 export const MS_RDONLY = 1;
 export const MS_NOSUID = 2;
 export const MS_NODEV = 4;
+export const MS_NOEXEC = 8;
+export const MS_SYNCHRONOUS = 16;
+export const MS_MANDLOCK = 64;
+export const MS_DIRSYNC = 128;
+export const MS_NOSYMFOLLOW = 256;
+export const MS_NOATIME = 1024;
+export const MS_NODIRATIME = 2048;
+export const MS_SILENT = 32768;
+export const MS_RELATIME = 1 << 21;
+export const MS_I_VERSION = 1 << 23;
+export const MS_STRICTATIME = 1 << 24;
+export const MS_LAZYTIME = 1 << 25;
 export const MNT_DETACH = 2;
 
 /** mount(2). */
