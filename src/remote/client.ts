@@ -195,13 +195,18 @@ export class RegistryClient {
       if (u.host === registryHost(ref.domain)) u.protocol = `${h.scheme}:`;
       return u;
     };
+    const used = h.scheme;
     try {
       return await a.request(method, mk(), headers, {}, body);
     } catch (err) {
-      if (h.scheme !== 'https' || h.fellBack || this.opts.plainHttp || !isSchemeMismatch(err)) throw this.wrap(err, method, mk());
-      h.fellBack = true;
-      h.scheme = 'http';
-      log.warn({ host: registryHost(ref.domain), err: describe(err) }, 'https failed with a plain-HTTP reply, retrying with http');
+      if (used !== 'https' || this.opts.plainHttp || !isSchemeMismatch(err)) throw this.wrap(err, method, mk());
+      if (h.fellBack && h.scheme === 'https') throw this.wrap(err, method, mk());
+      if (!h.fellBack) {
+        // concurrent requests that raced the switch retry with http too
+        h.fellBack = true;
+        h.scheme = 'http';
+        log.warn({ host: registryHost(ref.domain), err: describe(err) }, 'https failed with a plain-HTTP reply, retrying with http');
+      }
       try {
         return await a.request(method, mk(), headers, {}, body);
       } catch (err2) {
@@ -347,10 +352,11 @@ export class RegistryClient {
 
   /**
    * Push blob `desc` to `ref`'s repository unless it is there already.
-   * `source` produces the content (called again for a retry). Returns
+   * `source` produces the content (called again for a retry; may be async,
+   * e.g. a fetchBlob of another registry). Returns
    * 'exists' | 'mounted' | 'uploaded'.
    */
-  async pushBlob(ref: Reference, desc: Descriptor, source: () => Readable | Buffer, o: PushBlobOptions = {}): Promise<'exists' | 'mounted' | 'uploaded'> {
+  async pushBlob(ref: Reference, desc: Descriptor, source: () => Readable | Buffer | Promise<Readable | Buffer>, o: PushBlobOptions = {}): Promise<'exists' | 'mounted' | 'uploaded'> {
     checkDigestString(desc.digest);
     return this.withPushRetries(`blob ${desc.digest}`, async () => {
       if ((await this.blobSize(ref, desc.digest)) !== undefined) return 'exists';
@@ -368,11 +374,11 @@ export class RegistryClient {
       if (start.status !== 202) throw await this.failure(start, `start upload of ${desc.digest} to ${ref.repository}`);
       let loc = this.location(ref, start);
       await discard(start);
-      if (o.chunkSize && o.chunkSize > 0) loc = await this.uploadChunks(ref, loc, desc, source(), o.chunkSize);
+      if (o.chunkSize && o.chunkSize > 0) loc = await this.uploadChunks(ref, loc, desc, await source(), o.chunkSize);
       else {
         const u = new URL(loc);
         u.searchParams.set('digest', desc.digest);
-        const src = source();
+        const src = await source();
         const body = Buffer.isBuffer(src) ? src : src.pipe(verifyingStream(desc.digest, desc.size, `upload of ${desc.digest}`));
         let sent = false;
         const once = () => {
