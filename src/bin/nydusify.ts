@@ -20,8 +20,11 @@ import { initDigest } from '../common/digest';
 import { ErrnoError, einval } from '../common/errno';
 import { LOG_LEVELS, log, setupLog, type LogLevel } from '../common/log';
 import { validateChunkSize } from '../rafs/format/constants';
-import { defaultPlatform, parsePlatform, parseReference, formatReference, withTag, type PlatformSpec } from '../remote';
-import { BUILDER_VERSION, CheckError, check, convert, copy, type ConvertMetrics, type ProgressEvent } from '../converter';
+import { defaultPlatform, parsePlatform, type PlatformSpec } from '../remote/platform';
+import { parseReference, formatReference, withTag } from '../remote/reference';
+import { BUILDER_VERSION, convert, type ConvertMetrics, type ProgressEvent } from '../converter/convert';
+import { CheckError, check } from '../converter/check';
+import { copy } from '../converter/copy';
 
 function parseSize(s: string): number {
   const v = /^0x[0-9a-f]+$/i.test(s) ? parseInt(s, 16) : /^\d+$/.test(s) ? parseInt(s, 10) : NaN;

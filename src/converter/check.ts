@@ -39,10 +39,11 @@ import { einval, eio } from '../common/errno';
 import { log } from '../common/log';
 import { RafsImage } from '../rafs/image';
 import { checkImage } from '../rafs/inspect';
-import {
-  Annotation, type Credentials, type Descriptor, type ImageConfig, type Index, type Manifest, MediaType, type PlatformSpec,
-  type Reference, RegistryClient, basicAuth, defaultPlatform, isIndexType, layerCompression, parseReference, registryHost,
-} from '../remote';
+import { Annotation, type Descriptor, type ImageConfig, type Index, type Manifest, MediaType, isIndexType, layerCompression } from '../remote/media-types';
+import { type Credentials, basicAuth } from '../remote/docker-config';
+import { type PlatformSpec, defaultPlatform } from '../remote/platform';
+import { type Reference, parseReference, registryHost } from '../remote/reference';
+import { RegistryClient } from '../remote/client';
 import { isNydusManifest } from './manifest';
 
 export interface CheckOptions {

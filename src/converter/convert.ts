@@ -25,10 +25,11 @@ import * as path from 'node:path';
 import type { Compressor } from '../common/compress';
 import { einval } from '../common/errno';
 import { log } from '../common/log';
-import {
-  type Credentials, type Descriptor, type ImageConfig, type Index, type Manifest, type PlatformSpec, type Reference, RegistryClient,
-  formatReference, isIndexType, isManifestType, parseReference, platformMatches, sha256Digest,
-} from '../remote';
+import { type Credentials } from '../remote/docker-config';
+import { type Descriptor, type ImageConfig, type Index, type Manifest, isIndexType, isManifestType } from '../remote/media-types';
+import { type PlatformSpec, platformMatches } from '../remote/platform';
+import { type Reference, formatReference, parseReference } from '../remote/reference';
+import { RegistryClient, sha256Digest } from '../remote/client';
 import { writeBootstrapLayer, mergeBootstraps } from './bootstrap-layer';
 import { type ConvertedLayer, buildLayer, layerToTar } from './layer';
 import { bootstrapDescriptor, bootstrapMediaType, goJson, isNydusManifest, rewriteConfig, rewriteIndex, rewriteManifest } from './manifest';

@@ -12,10 +12,11 @@
  */
 import { einval } from '../common/errno';
 import { log } from '../common/log';
-import {
-  type Credentials, type Descriptor, type Index, type Manifest, type PlatformSpec, RegistryClient,
-  formatReference, isIndexType, isManifestType, parseReference, platformMatches, registryHost, sha256Digest,
-} from '../remote';
+import { type Credentials } from '../remote/docker-config';
+import { type Descriptor, type Index, type Manifest, isIndexType, isManifestType } from '../remote/media-types';
+import { type PlatformSpec, platformMatches } from '../remote/platform';
+import { RegistryClient, sha256Digest } from '../remote/client';
+import { formatReference, parseReference, registryHost } from '../remote/reference';
 import { mapLimit } from './convert';
 import { goJson } from './manifest';
 

@@ -3,7 +3,9 @@
  * and ctr-remote (src/snapshotter). Layer 2: imports common and storage only
  * (its auth flow is storage/backend/registry-auth.ts, the registry backend's).
  *
- *   import { RegistryClient, parseReference, MediaType } from '../remote';
+ *   import { RegistryClient } from '../remote/client';   (name files, not the folder:
+ *   the layering test resolves imports by file)
+ *   import { parseReference } from '../remote/reference';
  *   const c = new RegistryClient({ plainHttp: false, insecure: false });
  *   const ref = parseReference('localhost:5000/app:v1');
  *   const m = await c.fetchManifest(ref);          // { descriptor, bytes, json }
