@@ -10,7 +10,8 @@
  *    new file under a new implicit parent;
  *  - layer 2 (metadata only): whiteout of /newfile, an empty file and an
  *    empty dir.
- * `expected` is the merged tree an overlay mount shows (path → content or
+ * `docker` makes it a Docker v2 image; `useDockerConfig` pushes with the
+ * credentials of $DOCKER_CONFIG. `expected` is the merged tree an overlay mount shows (path → content or
  * type), independent of the converter's own code.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -32,7 +33,7 @@ async function tarOf(entries: Entry[]): Promise<Buffer> {
   const pack = tarStream.pack();
   const parts: Buffer[] = [];
   const done = new Promise<void>((resolve, reject) => {
-    pack.on('data', (c: Buffer) => parts.push(c));
+    pack.on('data', (c: unknown) => { parts.push(c as Buffer); });
     pack.on('end', resolve);
     pack.on('error', reject);
   });
@@ -59,7 +60,7 @@ export interface TestImage {
 }
 
 /** Build the image of the module doc and push it as `ref` (e.g. `127.0.0.1:5000/src/app:v1`). */
-export async function pushTestImage(ref: string, opts: { docker?: boolean; variant?: string } = {}): Promise<TestImage> {
+export async function pushTestImage(ref: string, opts: { docker?: boolean; variant?: string; useDockerConfig?: boolean } = {}): Promise<TestImage> {
   const busybox = fs.readFileSync(BUSYBOX);
   const big = randomBytes(1536 * 1024);
   const variant = Buffer.from(`variant ${opts.variant ?? 'a'}\n`);
@@ -114,7 +115,7 @@ export async function pushTestImage(ref: string, opts: { docker?: boolean; varia
   const deleted = ['data/remove.txt', 'dir/opq/old1', 'dir/opq/sub', 'newfile', 'data/.wh.remove.txt', 'dir/opq/.wh..wh..opq', '.wh.newfile'];
 
   const r = parseReference(ref);
-  const c = new RegistryClient({ credentials: async () => undefined, pushRetries: 0 });
+  const c = new RegistryClient({ credentials: opts.useDockerConfig ? undefined : async () => undefined, pushRetries: 0 });
   try {
     const layers: Descriptor[] = [];
     const diffIds: string[] = [];
