@@ -16,6 +16,12 @@
  * test reads the FUSE mount with synchronous calls: a test process blocked in
  * `readFileSync` on the mount cannot run an in-process proxy, and nydusd would
  * wait for it forever. `startFaultProxy` runs it in the calling process.
+ *
+ * Also here, for the tests that use it: `readEveryPiece` (chunk-sized reads of
+ * a mounted tree on threads of their own, each under a liveness watchdog:
+ * right bytes or EIO, nothing else) and `imageChunks` / `readyChunks` /
+ * `poisonedChunks` (which chunks a blob cache work_dir holds, and whether
+ * their bytes equal the source).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
