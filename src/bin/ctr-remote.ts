@@ -22,7 +22,9 @@
 import { Command, CommanderError, Option } from 'commander';
 import { LOG_LEVELS, type LogLevel, setupLog } from '../common/log';
 import { Progress } from '../common/progress';
-import { type PlatformSpec, RegistryClient, parsePlatform, parseReference } from '../remote';
+import { RegistryClient } from '../remote/client';
+import { type PlatformSpec, parsePlatform } from '../remote/platform';
+import { parseReference } from '../remote/reference';
 import { ContainerdClient, DEFAULT_ADDRESS, DEFAULT_NAMESPACE } from '../snapshotter/containerd-client';
 import { type ImageSource, type PullEvent, rpull } from '../snapshotter/rpull';
 

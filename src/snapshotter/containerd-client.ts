@@ -380,18 +380,28 @@ export class ContainerdClient {
   private writeOnce(ref: string, source: Uint8Array | AsyncIterable<Uint8Array>, opts: WriteOptions, chunk: number, consumed: { value: boolean }): Promise<'written'> {
     const rpc = 'Content.Write';
     const c = this.client('content') as unknown as { Write(md: grpc.Metadata, o: grpc.CallOptions): grpc.ClientDuplexStream<unknown, WriteResponse> };
-    // no overall deadline: a blob may be large; idle servers are caught by the transport
+    // No overall deadline (a blob may be large): the stream is cancelled when
+    // containerd leaves a request unanswered for timeoutMs.
     const call = c.Write(this.metadata(), {});
     let failed: Error | undefined;
     let last: WriteResponse | undefined;
     let responses = 0;
+    let sent = 0;
+    let lastReply = Date.now();
+    const idle = setInterval(() => {
+      if (sent > responses && Date.now() - lastReply > this.timeoutMs) {
+        failed ??= new ContainerdError(rpc, grpc.status.DEADLINE_EXCEEDED, `no reply from containerd for ${Math.round(this.timeoutMs / 1000)} s`);
+        call.cancel();
+      }
+    }, Math.min(1000, this.timeoutMs));
     const ended = new Promise<void>((resolve, reject) => {
       call.on('data', (r: WriteResponse) => {
         responses++;
+        lastReply = Date.now();
         last = r;
       });
       call.on('error', (e) => {
-        failed = toError(rpc, e, this.address);
+        failed ??= toError(rpc, e, this.address);
         reject(failed);
       });
       call.on('end', () => resolve());
@@ -399,6 +409,8 @@ export class ContainerdClient {
     ended.catch(() => undefined); // observed below
     const send = async (msg: Record<string, unknown>): Promise<void> => {
       if (failed) throw failed;
+      if (sent === responses) lastReply = Date.now();
+      sent++;
       if (!call.write(msg)) {
         await new Promise<void>((resolve) => {
           const done = () => {
@@ -420,7 +432,7 @@ export class ContainerdClient {
       try {
         const chunks = source instanceof Uint8Array ? [source] : source;
         for await (const piece of chunks) {
-          consumed.value = true;
+          if (!(source instanceof Uint8Array)) consumed.value = true; // a buffer can be sent again
           for (let at = 0; at < piece.length; at += chunk) {
             const data = piece.subarray(at, Math.min(at + chunk, piece.length));
             if (offset + data.length > opts.total) throw einval(`blob ${opts.expected} is larger than its descriptor's ${opts.total} bytes`);
@@ -440,6 +452,8 @@ export class ContainerdClient {
         if (!failed) call.cancel();
         if (failed) throw failed;
         throw e;
+      } finally {
+        clearInterval(idle);
       }
       if (!last || last.action !== 'COMMIT') throw new ContainerdError(rpc, grpc.status.DATA_LOSS, `stream ended after ${responses} replies without a commit`);
       if (last.digest !== opts.expected) throw new ContainerdError(rpc, grpc.status.DATA_LOSS, `committed digest ${last.digest}, expected ${opts.expected}`);

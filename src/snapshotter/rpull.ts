@@ -49,10 +49,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { ErrnoError, einval } from '../common/errno';
 import { log } from '../common/log';
-import {
-  Annotation, MediaType, type Descriptor as OciDescriptor, type FetchedManifest, type ImageConfig, type Index, type Manifest,
-  type PlatformSpec, type Reference, defaultPlatform, formatPlatform, formatReference, isIndexType, isManifestType, platformMatches,
-} from '../remote';
+import type { FetchedManifest } from '../remote/client';
+import { Annotation, MediaType, type Descriptor as OciDescriptor, type ImageConfig, type Index, type Manifest, isIndexType, isManifestType } from '../remote/media-types';
+import { type PlatformSpec, defaultPlatform, formatPlatform, platformMatches } from '../remote/platform';
+import { type Reference, formatReference } from '../remote/reference';
 import { type ContainerdClient, type Descriptor, type Mount, isAlreadyExists, isNotFound } from './containerd-client';
 
 // ---------------------------------------------------------------- labels
