@@ -39,7 +39,7 @@ import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, c
 import { type Headers, HttpClient, type HttpClientOptions, type HttpResponse, describe, discard, errorText, headerValue, readExact } from './http';
 import type { BackendMetrics } from './metrics';
 import { type RequestOptions, proxyAttempts } from './proxy';
-import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, RetryStop, defaultRetryDelay, retryRead } from './retry';
+import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, defaultRetryDelay, retryRead } from './retry';
 
 /** SHA-256 of the empty payload (GET and HEAD carry no body). */
 export const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
@@ -123,7 +123,8 @@ export async function rangedBody(r: HttpResponse, offset: number, length: number
   if (r.status === 200) {
     if (offset !== 0) {
       await discard(r, 0);
-      throw new RetryStop(`status 200 (Range ignored by ${from}) for a read at offset ${offset}`);
+      // retried (a caching proxy or CDN may answer a cache miss whole): as upstream, a length failure
+      throw eio(`status 200 (Range ignored by ${from}) for a read at offset ${offset}`);
     }
   } else if (r.status !== 206) {
     await discard(r);

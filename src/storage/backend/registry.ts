@@ -55,7 +55,7 @@ import type { RegistryConfig } from '../../common/config';
 import { warnLimited } from '../../common/log';
 import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './backend';
 import type { BackendMetrics } from './metrics';
-import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, RetryStop, defaultRetryDelay, retryRead } from './retry';
+import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, defaultRetryDelay, retryRead } from './retry';
 import { type RequestOptions, proxyAttempts } from './proxy';
 import {
   type Headers,
@@ -272,7 +272,8 @@ export class RegistryBackend implements BlobBackend {
     if (r.status === 200) {
       if (offset !== 0) {
         await discard(r, 0);
-        throw new RetryStop(`status 200 (Range ignored by ${url.host}) for a read at offset ${offset}`);
+        // retried (a caching proxy or CDN may answer a cache miss whole): as upstream, a length failure
+        throw eio(`status 200 (Range ignored by ${url.host}) for a read at offset ${offset}`);
       }
     } else if (r.status !== 206) {
       await discard(r);
