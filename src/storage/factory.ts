@@ -26,7 +26,7 @@ import { OssBackend } from './backend/oss';
 import { HttpProxyBackend } from './backend/http-proxy';
 import { type ChunkSource, DEFAULT_BATCH, type FileCache } from './cache/filecache';
 import { ChunkDirectory, mergeRuns } from './blob/chunk-directory';
-import { fetchRegion } from './cache/region';
+import { RecentFailures, fetchRegion } from './cache/region';
 import { type PrefetchOptions, Prefetcher } from './cache/prefetcher';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
 import { BlobcacheMetrics } from './cache/metrics';
@@ -134,6 +134,8 @@ export interface StorageDeviceOptions {
 
 /** Decompressed chunks kept in memory per image (a few chunks of read-ahead). */
 const MEMORY_CACHE_BYTES = 32 << 20;
+/** How long a chunk whose fetch failed fails at once (the kernel's immediate re-read of a failed page). */
+const FAILURE_MEMO_MS = 2000;
 /** Largest request sequential readahead merges chunks into. */
 const READAHEAD_REQUEST = 8 << 20;
 
@@ -146,6 +148,7 @@ const READAHEAD_REQUEST = 8 << 20;
 export class StorageDevice implements BlobDevice {
   private closed = false;
   private readonly memory = new ChunkMemoryCache(MEMORY_CACHE_BYTES);
+  private readonly failures = new RecentFailures(FAILURE_MEMO_MS);
   /** what this device's chunks come from, for the shared cache */
   private readonly source: ChunkSource;
   private readonly prefetcher: Prefetcher;
@@ -221,7 +224,15 @@ export class StorageDevice implements BlobDevice {
     try { info = this.blobOf(chunk); } catch (e) { return Promise.reject(e); }
     this.cacheMetrics.total++;
     this.prefetcher.userRead(chunk.uncompressedSize);
-    return this.memory.get(memKey(chunk), () => this.loadChunk(info, chunk));
+    const key = memKey(chunk);
+    // a chunk that just failed fails again at once: the kernel re-reads a page whose readahead
+    // READ failed, and that retry must not pay the whole backend retry budget a second time
+    const failed = this.failures.get(key);
+    if (failed) return Promise.reject(failed);
+    return this.memory.get(key, () => this.loadChunk(info, chunk).then(
+      (d) => { this.failures.delete(key); return d; },
+      (err) => { this.failures.add(key, err as Error); throw err; },
+    ));
   }
 
   private loadChunk(info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {

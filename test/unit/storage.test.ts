@@ -661,4 +661,19 @@ test('sequential readahead: a reader going through a file is served by a few lar
   }
 });
 
+test('a chunk whose fetch just failed fails again at once (the kernel re-reads a failed page): no second retry budget', async () => {
+  let reads = 0;
+  const down: BlobBackend = { type: 'registry', read: async () => { reads++; throw new ErrnoError('EIO', 'registry down'); }, close: async () => {} };
+  const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: V6.blobDir } }, cache: { type: 'blobcache', filecache: { work_dir: tmp('memo') } } }));
+  const dev = createBlobDevice(cfg, [V6.info], { backend: down, chunks: () => V6.chunks });
+  const c = V6.chunks[0];
+  const e1 = await rejectsWith(dev.readChunk(c), 'EIO', /registry down/);
+  const n = reads;
+  assert.ok(n >= 1);
+  const e2 = await rejectsWith(dev.readChunk(c), 'EIO', /registry down/);
+  assert.is(reads, n, 'no new backend request within the window');
+  assert.is(e2.message, e1.message);
+  await dev.close();
+});
+
 test.run();

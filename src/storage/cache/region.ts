@@ -10,6 +10,7 @@
  */
 import { ErrnoError, eio } from '../../common/errno';
 import { logLimited, warnLimited } from '../../common/log';
+import { recordErrorEvent } from '../../common/events';
 import { decodeChunk } from '../blob/chunk-reader';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobBackend } from '../backend/backend';
@@ -68,9 +69,42 @@ async function refetch(src: RegionSource, info: BlobInfo, chunk: ChunkInfo, atte
     } catch (err) {
       if (attempt >= REFETCH_LIMIT) {
         logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'chunk data from the backend is bad');
-        throw asEio(info, chunk, err);
+        const e = asEio(info, chunk, err);
+        // like a read whose retries all failed: visible in /api/v1/daemon/events
+        recordErrorEvent(`${e.message} (${attempt + 1} downloads)`);
+        throw e;
       }
       warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: attempt + 1, err: (err as Error).message }, 'chunk data from the backend is bad, downloading it again');
     }
+  }
+}
+
+/**
+ * Chunks whose fetch failed a moment ago (bounded, oldest dropped first):
+ * a read of one within `windowMs` fails at once with the same error.
+ */
+export class RecentFailures {
+  private readonly m = new Map<string, { at: number; err: Error }>();
+
+  constructor(private readonly windowMs: number, private readonly max = 4096) {}
+
+  get(key: string): Error | undefined {
+    const f = this.m.get(key);
+    if (!f) return undefined;
+    if (Date.now() - f.at > this.windowMs) {
+      this.m.delete(key);
+      return undefined;
+    }
+    return f.err;
+  }
+
+  add(key: string, err: Error): void {
+    this.m.delete(key);
+    if (this.m.size >= this.max) this.m.delete(this.m.keys().next().value as string);
+    this.m.set(key, { at: Date.now(), err });
+  }
+
+  delete(key: string): void {
+    this.m.delete(key);
   }
 }
