@@ -241,11 +241,16 @@ export async function rpull(cd: ContainerdClient, source: ImageSource, opts: Pul
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(snapshotter)) throw einval(`invalid snapshotter name '${snapshotter}'`);
 
   // 1. resolve
-  let top = await source.fetchManifest(ref);
-  if (isIndexType(top.descriptor.mediaType)) {
-    const pick = pickManifest(top.json as unknown as Index, platform, snapshotter === 'nydus');
-    checkDescriptor(pick, 'index entry');
-    top = await source.fetchManifest(ref, pick.digest);
+  let top: FetchedManifest;
+  try {
+    top = await source.fetchManifest(ref);
+    if (isIndexType(top.descriptor.mediaType)) {
+      const pick = pickManifest(top.json as unknown as Index, platform, snapshotter === 'nydus');
+      checkDescriptor(pick, 'index entry');
+      top = await source.fetchManifest(ref, pick.digest);
+    }
+  } catch (e) {
+    throw annotate(e, `resolve ${name}`);
   }
   if (!isManifestType(top.descriptor.mediaType)) throw einval(`${name}: unsupported manifest media type '${top.descriptor.mediaType}'`);
   const manifest = top.json as unknown as Manifest;
