@@ -319,7 +319,10 @@ export async function rpull(cd: ContainerdClient, source: ImageSource, opts: Pul
       const layer = manifest.layers[i];
       const chainId = chain[i];
       const parent = i > 0 ? chain[i - 1] : '';
-      if (await lcd.snapshotStatIfExists(snapshotter, chainId)) {
+      const present = await lcd.snapshotStatIfExists(snapshotter, chainId).catch((e: unknown) => {
+        throw annotate(e, `layer ${i}: stat snapshot ${chainId} of snapshotter ${snapshotter}`);
+      });
+      if (present) {
         results.push('exists');
         emit({ kind: 'layer', index: i, digest: layer.digest, chainId, action: 'exists' });
         continue;
