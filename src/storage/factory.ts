@@ -134,7 +134,7 @@ export interface StorageDeviceOptions {
 
 /** Decompressed chunks kept in memory per image (a few chunks of read-ahead). */
 const MEMORY_CACHE_BYTES = 32 << 20;
-/** How long a chunk whose fetch failed fails at once (the kernel's immediate re-read of a failed page). */
+/** How long a chunk whose fetch failed gets a single attempt (the kernel's immediate re-read of a failed page). */
 const FAILURE_MEMO_MS = 2000;
 /** Largest request sequential readahead merges chunks into. */
 const READAHEAD_REQUEST = 8 << 20;
@@ -225,22 +225,21 @@ export class StorageDevice implements BlobDevice {
     this.cacheMetrics.total++;
     this.prefetcher.userRead(chunk.uncompressedSize);
     const key = memKey(chunk);
-    // a chunk that just failed fails again at once: the kernel re-reads a page whose readahead
-    // READ failed, and that retry must not pay the whole backend retry budget a second time
-    const failed = this.failures.get(key);
-    if (failed) return Promise.reject(failed);
-    return this.memory.get(key, () => this.loadChunk(info, chunk).then(
+    // a chunk that just failed gets one attempt, not a whole budget: the kernel re-reads a page
+    // whose readahead READ failed at once, and that must not double the time to EIO
+    const once = this.failures.get(key) !== undefined;
+    return this.memory.get(key, () => this.loadChunk(info, chunk, once).then(
       (d) => { this.failures.delete(key); return d; },
       (err) => { this.failures.add(key, err as Error); throw err; },
     ));
   }
 
-  private loadChunk(info: BlobInfo, chunk: ChunkInfo): Promise<Buffer> {
-    if (this.cache) return this.cache.readChunk(info, chunk, this.source);
+  private loadChunk(info: BlobInfo, chunk: ChunkInfo, once = false): Promise<Buffer> {
+    if (this.cache) return this.cache.readChunk(info, chunk, once ? { ...this.source, attempts: 1 } : this.source);
     // no local cache: the request's neighbours are kept in memory for the reads that follow
     const dir = this.directory(info.blobIndex);
     const run = dir ? dir.region(chunk, this.batchSize, (c) => !this.memory.has(memKey(c))) : [chunk];
-    const datas = fetchRegion({ backend: this.backend, verify: this.validate || this.verifyFetched }, info, run);
+    const datas = fetchRegion({ backend: this.backend, verify: this.validate || this.verifyFetched, attempts: once ? 1 : undefined }, info, run);
     for (let k = 1; k < run.length; k++) this.memory.offer(memKey(run[k]), datas[k]);
     return datas[0];
   }

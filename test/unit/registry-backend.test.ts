@@ -468,6 +468,19 @@ test('backend metrics count every attempt (failed ones too) as upstream; prefetc
   }
 });
 
+test('ReadOptions.attempts caps the budget (a chunk that failed a moment ago is tried once)', async () => {
+  let n = 0;
+  const s = await serve((_req, res) => { n++; res.writeHead(503); res.end('down'); });
+  const be = new RegistryBackend(cfg(s), fast);
+  try {
+    await rejectsEio(be.read(BLOB_ID, 0, 10, { attempts: 1 }), /1 attempt\)/);
+    assert.is(n, 1);
+  } finally {
+    await be.close();
+    await s.close();
+  }
+});
+
 test('404 every time: EIO after 4 attempts, message names blob, range and status', async () => {
   let n = 0;
   const s = await serve((_req, res) => { n++; res.writeHead(404); res.end('{"errors":[{"code":"BLOB_UNKNOWN"}]}'); });

@@ -10,6 +10,8 @@ import type { BackendMetrics } from './metrics';
 export interface ReadOptions {
   /** a prefetch read: smaller retry budget, Dragonfly priority 3 */
   prefetch?: boolean;
+  /** at most this many attempts (a chunk that failed a moment ago is tried once, not a whole budget again) */
+  attempts?: number;
 }
 
 /** What every backend constructor may be given. */

@@ -55,7 +55,7 @@ import type { RegistryConfig } from '../../common/config';
 import { warnLimited } from '../../common/log';
 import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './backend';
 import type { BackendMetrics } from './metrics';
-import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, defaultRetryDelay, retryRead } from './retry';
+import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, defaultRetryDelay, budget, retryRead } from './retry';
 import { type RequestOptions, proxyAttempts } from './proxy';
 import {
   type Headers,
@@ -144,7 +144,7 @@ export class RegistryBackend implements BlobBackend {
     return retryRead({
       what: `registry ${this.host}/${this.repo} blob ${blobId} range ${range}`,
       requested: length,
-      attempts: opts.prefetch ? Math.min(PREFETCH_ATTEMPTS, this.attempts) : this.attempts,
+      attempts: budget(opts, this.attempts),
       delayMs: this.retryDelay,
       metrics: this.metrics,
       closed: () => this.closed,

@@ -15,6 +15,7 @@ import { eio } from '../../common/errno';
 import { recordErrorEvent } from '../../common/events';
 import { warnLimited } from '../../common/log';
 import type { BackendMetrics } from './metrics';
+import type { ReadOptions } from './backend';
 
 /** attempts of an on-demand read (upstream: 1 + 3 retries) */
 export const READ_ATTEMPTS = 4;
@@ -39,6 +40,13 @@ export interface RetryOptions {
   again?: (err: unknown) => boolean;
   /** text of an error for messages */
   describe?: (err: unknown) => string;
+}
+
+/** Attempts of one read: the backend's budget, 2 for prefetch, or fewer when the caller asks (ReadOptions.attempts). */
+export function budget(opts: ReadOptions, attempts: number): number {
+  let n = opts.prefetch ? Math.min(PREFETCH_ATTEMPTS, attempts) : attempts;
+  if (opts.attempts !== undefined && opts.attempts >= 1) n = Math.min(n, Math.floor(opts.attempts));
+  return Math.max(1, n);
 }
 
 export const defaultRetryDelay = (n: number): number => Math.min(1000, 100 * 2 ** (n - 1)) * (0.5 + Math.random() / 2);

@@ -101,6 +101,8 @@ export interface ChunkSource {
   directory?: (info: BlobInfo) => ChunkDirectory | undefined;
   /** merged request size for misses (max(rafs.batch_size, 128 KiB)) */
   batchSize?: number;
+  /** cap on backend attempts for this call's requests */
+  attempts?: number;
   /** the reader's blob cache metrics (hits, persisted chunks, write-behind bytes) */
   metrics?: BlobcacheMetrics;
 }
@@ -337,7 +339,7 @@ export class FileCache {
   /** One backend request for `run`; every chunk of it in flight until written behind. */
   private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean): Promise<Buffer>[] {
     const verify = src.validate || !!src.verifyFetched;
-    const datas = fetchRegion({ backend: src.backend, verify, prefetch }, info, run);
+    const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts }, info, run);
     run.forEach((chunk, k) => {
       const p = datas[k];
       const flight = { data: p, validated: verify };

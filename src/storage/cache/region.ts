@@ -24,6 +24,8 @@ export interface RegionSource {
   verify: boolean;
   /** a prefetch request (smaller retry budget, lower Dragonfly priority) */
   prefetch?: boolean;
+  /** cap on backend attempts per request */
+  attempts?: number;
 }
 
 function asEio(info: BlobInfo, chunk: ChunkInfo, err: unknown): ErrnoError {
@@ -37,7 +39,7 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   const last = run[run.length - 1];
   const start = first.compressedOffset;
   const length = last.compressedOffset + last.compressedSize - start;
-  const raw = src.backend.read(info.blobId, start, length, { prefetch: src.prefetch });
+  const raw = src.backend.read(info.blobId, start, length, { prefetch: src.prefetch, attempts: src.attempts });
   return run.map((chunk) => raw.then(
     (buf) => {
       const piece = buf.subarray(chunk.compressedOffset - start, chunk.compressedOffset - start + chunk.compressedSize);
@@ -59,7 +61,7 @@ async function refetch(src: RegionSource, info: BlobInfo, chunk: ChunkInfo, atte
   for (;; attempt++) {
     let raw: Buffer;
     try {
-      raw = await src.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize, { prefetch: src.prefetch });
+      raw = await src.backend.read(info.blobId, chunk.compressedOffset, chunk.compressedSize, { prefetch: src.prefetch, attempts: src.attempts });
     } catch (err) {
       logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
       throw asEio(info, chunk, err);
@@ -80,8 +82,9 @@ async function refetch(src: RegionSource, info: BlobInfo, chunk: ChunkInfo, atte
 }
 
 /**
- * Chunks whose fetch failed a moment ago (bounded, oldest dropped first):
- * a read of one within `windowMs` fails at once with the same error.
+ * Chunks whose fetch failed a moment ago (bounded, oldest dropped first),
+ * for `windowMs`: a read of one then makes a single backend attempt instead
+ * of a whole retry budget.
  */
 export class RecentFailures {
   private readonly m = new Map<string, { at: number; err: Error }>();
