@@ -1,0 +1,109 @@
+/**
+ * Prometheus metrics of containerd-nydus-grpc (nydusify-snapshotter.md §3.8)
+ * on `[metrics] address` (TCP `host:port` or `:port`), path `/v1/metrics`,
+ * from a private prom-client registry. Names as upstream:
+ * `snapshotter_snapshot_operation_elapsed_milliseconds{snapshot_operation}`,
+ * `nydusd_lifetime_event_counts{nydusd_event}`, `nydusd_counts`,
+ * `nydusd_image_info{daemon_id,image_ref}`, and the process gauges
+ * `snapshotter_{memory_usage_kilobytes,fd_counts,run_time_seconds,thread_counts,cpu_user_time_seconds,cpu_system_time_seconds}`.
+ * Not yet: the per-image nydusd read/cache metrics the upstream collector
+ * polls from each daemon's API.
+ */
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as client from 'prom-client';
+import { log } from '../common/log';
+import { DaemonManager } from './daemon';
+
+export class SnapshotterMetrics {
+  readonly registry = new client.Registry();
+  readonly opElapsed: client.Histogram<'snapshot_operation'>;
+  readonly daemonEvents: client.Counter<'nydusd_event'>;
+  private server?: http.Server;
+  private readonly started = Date.now();
+
+  constructor(daemons?: DaemonManager) {
+    const r = this.registry;
+    this.opElapsed = new client.Histogram({
+      name: 'snapshotter_snapshot_operation_elapsed_milliseconds',
+      help: 'The elapsed time of snapshot operations (ms).',
+      labelNames: ['snapshot_operation'],
+      buckets: [1, 5, 10, 50, 100, 300, 500, 1000, 2000, 5000, 10000],
+      registers: [r],
+    });
+    this.daemonEvents = new client.Counter({
+      name: 'nydusd_lifetime_event_counts',
+      help: 'The lifetime events of nydusd daemons.',
+      labelNames: ['nydusd_event'],
+      registers: [r],
+    });
+    new client.Gauge({
+      name: 'nydusd_counts',
+      help: 'The number of running nydusd daemons.',
+      registers: [r],
+      collect() { this.set(daemons ? daemons.daemons().length : 0); },
+    });
+    new client.Gauge({
+      name: 'nydusd_image_info',
+      help: 'The image each nydusd serves.',
+      labelNames: ['daemon_id', 'image_ref'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const d of daemons?.daemons() ?? []) this.set({ daemon_id: d.id, image_ref: d.imageRef ?? '' }, 1);
+      },
+    });
+    const started = this.started;
+    const gauge = (name: string, help: string, f: () => number): void => {
+      new client.Gauge({ name, help, registers: [r], collect() { this.set(f()); } });
+    };
+    gauge('snapshotter_memory_usage_kilobytes', 'Resident memory of the snapshotter (KiB).', () => Math.round(process.memoryUsage().rss / 1024));
+    gauge('snapshotter_run_time_seconds', 'Seconds since the snapshotter started.', () => (Date.now() - started) / 1000);
+    gauge('snapshotter_cpu_user_time_seconds', 'User CPU time of the snapshotter.', () => process.cpuUsage().user / 1e6);
+    gauge('snapshotter_cpu_system_time_seconds', 'System CPU time of the snapshotter.', () => process.cpuUsage().system / 1e6);
+    gauge('snapshotter_fd_counts', 'Open file descriptors of the snapshotter.', () => {
+      try { return fs.readdirSync('/proc/self/fd').length; } catch { return 0; }
+    });
+    gauge('snapshotter_thread_counts', 'Threads of the snapshotter.', () => {
+      try { return fs.readdirSync('/proc/self/task').length; } catch { return 0; }
+    });
+  }
+
+  observe(op: string, ms: number): void {
+    this.opElapsed.observe({ snapshot_operation: op }, ms);
+  }
+
+  event(ev: string): void {
+    this.daemonEvents.inc({ nydusd_event: ev });
+  }
+
+  /** Serve /v1/metrics on `address` (`[host]:port`). */
+  async listen(address: string): Promise<number> {
+    const i = address.lastIndexOf(':');
+    const host = i > 0 ? address.slice(0, i).replace(/^\[|\]$/g, '') : undefined;
+    const port = Number(address.slice(i + 1));
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`[metrics] address ${address}: bad port`);
+    this.server = http.createServer((req, res) => {
+      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/v1/metrics') {
+        res.writeHead(404).end('not found\n');
+        return;
+      }
+      this.registry.metrics().then(
+        (text) => res.writeHead(200, { 'Content-Type': this.registry.contentType }).end(text),
+        (e) => res.writeHead(500).end(String(e)),
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(port, host, () => resolve());
+    });
+    const a = this.server.address();
+    const bound = typeof a === 'object' && a ? a.port : port;
+    log.info({ address, port: bound }, 'metrics server listening');
+    return bound;
+  }
+
+  close(): void {
+    this.server?.close();
+  }
+}
