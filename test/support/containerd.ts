@@ -213,7 +213,7 @@ export function makeTar(entries: TarEntry[]): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const pack = tarStream.pack();
     const chunks: Buffer[] = [];
-    pack.on('data', (c: Buffer) => chunks.push(c));
+    pack.on('data', (c: unknown) => { chunks.push(c as Buffer); });
     pack.on('end', () => resolve(Buffer.concat(chunks)));
     pack.on('error', reject);
     for (const e of entries) {
@@ -229,11 +229,14 @@ export function makeTar(entries: TarEntry[]): Promise<Buffer> {
 
 const sha = (b: Buffer): string => 'sha256:' + createHash('sha256').update(b).digest('hex');
 
-/**
- * An OCI image-layout archive for `ctr image import`: uncompressed layers in
- * order, a config whose diff_ids match, the image name as annotation.
- */
-export async function buildOciArchive(name: string, layers: Buffer[], cmd: string[] = ['/bin/sh']): Promise<Buffer> {
+export interface OciImage {
+  blobs: Map<string, Buffer>;
+  manifest: Buffer;
+  manifestDigest: string;
+}
+
+/** Config + manifest (OCI media types, uncompressed layers) for `layers` in order. */
+export function ociImage(layers: Buffer[], cmd: string[] = ['/bin/sh']): OciImage {
   const blobs = new Map<string, Buffer>();
   const put = (b: Buffer): { digest: string; size: number } => {
     const d = sha(b);
@@ -251,17 +254,28 @@ export async function buildOciArchive(name: string, layers: Buffer[], cmd: strin
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...put(config) },
     layers: layerDescs,
   }));
-  const md = put(manifest);
+  return { blobs, manifest, manifestDigest: sha(manifest) };
+}
+
+/**
+ * An OCI image-layout archive for `ctr image import`: uncompressed layers in
+ * order, a config whose diff_ids match, the image name as annotation.
+ */
+export async function buildOciArchive(name: string, layers: Buffer[], cmd: string[] = ['/bin/sh']): Promise<Buffer> {
+  const img = ociImage(layers, cmd);
   const index = {
     schemaVersion: 2,
-    manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...md, annotations: { 'io.containerd.image.name': name, 'org.opencontainers.image.ref.name': name.split(':').pop() } }],
+    manifests: [{
+      mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: img.manifestDigest, size: img.manifest.length,
+      annotations: { 'io.containerd.image.name': name, 'org.opencontainers.image.ref.name': name.split(':').pop() },
+    }],
   };
   const entries: TarEntry[] = [
     { name: 'oci-layout', data: JSON.stringify({ imageLayoutVersion: '1.0.0' }) },
     { name: 'index.json', data: JSON.stringify(index) },
     { name: 'blobs', type: 'directory' },
     { name: 'blobs/sha256', type: 'directory' },
-    ...[...blobs].map(([d, b]) => ({ name: `blobs/sha256/${d.slice(7)}`, data: b })),
+    ...[...img.blobs, [img.manifestDigest, img.manifest] as [string, Buffer]].map(([d, b]) => ({ name: `blobs/sha256/${d.slice(7)}`, data: b })),
   ];
   return makeTar(entries);
 }
