@@ -54,6 +54,16 @@ level = "warning"
   assert.is(buildConfig('version = 1\ndaemon_mode = "multiple"\n').daemonMode, 'dedicated');
 });
 
+test('kata-config/nydus-snapshotter-config.toml loads; its address is containerd\'s [proxy_plugins.nydus] address', () => {
+  const dir = path.join(__dirname, '../../kata-config');
+  const c = buildConfig(fs.readFileSync(path.join(dir, 'nydus-snapshotter-config.toml'), 'utf8'));
+  assert.is(c.daemonMode, 'dedicated');
+  assert.ok(c.snapshot.enableNydusOverlayfs);
+  assert.is(c.cacheManager.cacheDir, `${c.root}/cache`);
+  const ctrd = fs.readFileSync(path.join(dir, 'containerd-config.toml'), 'utf8');
+  assert.ok(ctrd.includes(`address = "${c.address}"`));
+});
+
 test('bad configurations are refused with a reason', () => {
   const bad: [string, RegExp][] = [
     ['root = "/x"\n', /version = 1 is required/],
