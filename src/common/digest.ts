@@ -9,15 +9,28 @@ import { createHash } from 'node:crypto';
 import { createBLAKE3, type IHasher } from 'hash-wasm';
 import { einval } from './errno';
 
-type NativeBlake = typeof import('@napi-rs/blake-hash');
+/** The part of @napi-rs/blake-hash's native binding used here. */
+interface NativeBlake {
+  blake3(input: Uint8Array): Buffer;
+  Blake3Hasher: new () => { update(input: Buffer): unknown; digestBuffer(): Buffer };
+}
+/**
+ * The prebuilt binary is taken straight from its per-platform package (an
+ * optional dependency: linux x64 glibc or musl), not through the wrapper
+ * package, whose lock entries would name platforms the registry does not serve.
+ */
 const native: NativeBlake | undefined = (() => {
   if (process.env.NYDUS_BLAKE3 === 'wasm') return undefined;
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    return require('@napi-rs/blake-hash') as NativeBlake;
-  } catch {
-    return undefined;
+  for (const pkg of ['@napi-rs/blake-hash-linux-x64-gnu', '@napi-rs/blake-hash-linux-x64-musl']) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const m = require(pkg) as NativeBlake;
+      if (typeof m.blake3 === 'function' && typeof m.Blake3Hasher === 'function') return m;
+    } catch {
+      // not this platform
+    }
   }
+  return undefined;
 })();
 
 /** Which blake3 implementation is in use ('native' or 'wasm'). */
