@@ -26,7 +26,7 @@ export function mergeBootstraps(layers: ConvertedLayer[], prefetchPatterns: stri
   for (const l of layers) {
     if (l.image.sb.meta.version !== first.version || l.image.sb.meta.chunkSize !== first.chunkSize) throw einval('layers were built with different RAFS versions or chunk sizes');
   }
-  const m = mergeLayers(layers.map((l) => ({ sb: l.image.sb, blobIdOverride: l.descriptor.digest.slice('sha256:'.length) })), 'oci');
+  const m = mergeLayers(layers.map((l) => ({ sb: l.image.sb, blobIdOverride: l.descriptor.digest.slice('sha256:'.length), implicitDirs: l.implicitDirs })), 'oci');
   const prefetch = prefetchPatterns.map((p) => lookupPath(m.root, p)).filter((x): x is NonNullable<typeof x> => !!x);
   const bootstrap = (first.version === 5 ? writeBootstrapV5 : writeBootstrapV6)(m.root, {
     chunkSize: first.chunkSize, compressor: first.compressor, digester: first.digester,

@@ -51,6 +51,8 @@ export interface ConvertedLayer {
   /** v6 `<blob>.blob.meta` (ci data padded to 4K + header); undefined without chunks or for v5 */
   blobMeta?: Buffer;
   dir: string;
+  /** directories the layer tar only implied (they keep the lower layer's attributes in the merge) */
+  implicitDirs?: Set<string>;
 }
 
 /** Hash passing through, counting bytes. */
@@ -108,7 +110,7 @@ export async function buildLayer(source: Descriptor, diffId: string, tar: string
   const blobPath = path.join(dir, 'blob.rafs');
   const bootPath = path.join(dir, 'layer.boot');
   const v6 = o.fsVersion === 6;
-  await createImage({
+  const built = await createImage({
     source: tar,
     type: 'tar-rafs',
     fsVersion: o.fsVersion,
@@ -129,7 +131,7 @@ export async function buildLayer(source: Descriptor, diffId: string, tar: string
   const { digest, size } = await fileDigest(blobPath);
   const image = v6 ? RafsImage.open({ bootstrap: blobPath, blobFile: blobPath }) : RafsImage.open({ bootstrap: bootPath, blobFile: blobPath });
   return {
-    source, diffId, blobPath, image, dir,
+    source, diffId, blobPath, image, dir, implicitDirs: built.implicitDirs,
     descriptor: nydusBlobDescriptor(digest, size),
     blobMeta: v6 ? blobMetaFile(image, blobPath) : undefined,
   };

@@ -47,6 +47,8 @@ export interface CreateResult {
   blobInfo?: BlobInfo;
   bootstrap: Buffer;
   stats: { files: number; chunks: number; uniqueChunks: number; dataBytes: number; storedBytes: number };
+  /** tar sources: directories only implied by other entries (see TarTree.implicitDirs) */
+  implicitDirs?: Set<string>;
 }
 
 /** Find the inode at an absolute image path, or undefined. */
@@ -79,11 +81,13 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   let tmpTar: string | undefined;
   let closeSource = () => {};
   let root: BuildInode;
+  let implicitDirs: Set<string> | undefined;
   if (o.type === 'dir-rafs') root = treeFromDir(o.source);
   else {
     const tarFile = o.type === 'targz-rafs' ? (tmpTar = await gunzipToTemp(o.source)) : o.source;
     const t = treeFromTar(tarFile);
     root = t.root;
+    implicitDirs = t.implicitDirs;
     closeSource = t.close;
   }
   try {
@@ -144,6 +148,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       blobInfo: blobs[0],
       bootstrap,
       stats: { files: files.length, chunks, uniqueChunks: fin.info.chunkCount, dataBytes, storedBytes: fin.info.compressedSize },
+      implicitDirs,
     };
   } finally {
     closeSource();

@@ -61,7 +61,7 @@ function isOpaque(dir: BuildInode, spec: WhiteoutSpec): boolean {
 }
 
 /** Apply `upper` (one layer) onto `lower` (the merged result so far), in place. */
-export function applyLayer(lower: BuildInode, upper: BuildInode, spec: WhiteoutSpec): void {
+export function applyLayer(lower: BuildInode, upper: BuildInode, spec: WhiteoutSpec, implicitDirs?: Set<string>, prefix = ''): void {
   if (isOpaque(upper, spec)) lower.children = [];
   const byName = new Map(lower.children.map((c) => [c.name.toString('hex'), c] as const));
   for (const e of upper.children) {
@@ -70,16 +70,20 @@ export function applyLayer(lower: BuildInode, upper: BuildInode, spec: WhiteoutS
     if (wh !== undefined) { byName.delete(Buffer.from(wh).toString('hex')); continue; }
     const key = e.name.toString('hex');
     const old = byName.get(key);
+    const rel = prefix ? `${prefix}/${e.name.toString('latin1')}` : e.name.toString('latin1');
     if (old && old.inode.isDir() && e.inode.isDir()) {
       const merged = old.inode;
-      applyLayer(merged, e.inode, spec);
-      Object.assign(merged, { mode: e.inode.mode, uid: e.inode.uid, gid: e.inode.gid, mtime: e.inode.mtime, mtimeNsec: e.inode.mtimeNsec, xattrs: stripOverlay(e.inode.xattrs, spec) });
+      applyLayer(merged, e.inode, spec, implicitDirs, rel);
+      // a directory the layer only implies (a parent it never names) keeps the lower one's attributes
+      if (!implicitDirs?.has(rel)) {
+        Object.assign(merged, { mode: e.inode.mode, uid: e.inode.uid, gid: e.inode.gid, mtime: e.inode.mtime, mtimeNsec: e.inode.mtimeNsec, xattrs: stripOverlay(e.inode.xattrs, spec) });
+      }
       continue;
     }
     if (e.inode.isDir()) {
       // a new directory may itself carry whiteouts of nothing; clean it
       const fresh = new BuildInode({ ...e.inode, children: [], xattrs: stripOverlay(e.inode.xattrs, spec) });
-      applyLayer(fresh, e.inode, spec);
+      applyLayer(fresh, e.inode, spec, implicitDirs, rel);
       byName.set(key, { name: e.name, inode: fresh });
     } else byName.set(key, e);
   }
@@ -88,7 +92,12 @@ export function applyLayer(lower: BuildInode, upper: BuildInode, spec: WhiteoutS
 
 const stripOverlay = (x: Array<[string, Buffer]>, spec: WhiteoutSpec) => (spec === 'overlayfs' ? x.filter(([k]) => !k.startsWith('trusted.overlay.')) : x);
 
-export interface MergeLayer { sb: RafsSuper; blobIdOverride?: string }
+export interface MergeLayer {
+  sb: RafsSuper;
+  blobIdOverride?: string;
+  /** paths ('' = root, latin1) of directories the layer's tar only implied: they keep lower attributes */
+  implicitDirs?: Set<string>;
+}
 
 export interface MergeResult {
   root: BuildInode;
@@ -118,8 +127,8 @@ export function mergeLayers(layers: MergeLayer[], spec: WhiteoutSpec): MergeResu
     });
     const tree = treeFromRafs(l.sb, map);
     if (!root) { root = new BuildInode({ ...tree, children: [] }); }
-    applyLayer(root, tree, spec);
-    Object.assign(root, { mode: tree.mode, uid: tree.uid, gid: tree.gid, xattrs: tree.xattrs });
+    applyLayer(root, tree, spec, l.implicitDirs);
+    if (!l.implicitDirs?.has('')) Object.assign(root, { mode: tree.mode, uid: tree.uid, gid: tree.gid, xattrs: tree.xattrs });
   }
   root!.mtime = 0;
   root!.mtimeNsec = 0;

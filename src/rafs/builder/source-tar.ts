@@ -48,6 +48,12 @@ class TarFileSource implements DataSource {
 
 export interface TarTree {
   root: BuildInode;
+  /**
+   * Directories the tar never names ('' = the root), created only as parents
+   * of other entries: a layer merge must not let them replace a lower
+   * layer's directory attributes (umoci and others omit unchanged parents).
+   */
+  implicitDirs: Set<string>;
   /** close the tar file descriptor once the blob is written */
   close(): void;
 }
@@ -65,12 +71,18 @@ export function treeFromTar(file: string): TarTree {
       if (!m) { m = new Map(); index.set(dir, m); }
       return m;
     };
+    const implicitDirs = new Set<string>(['']);
     const dirOf = (parts: Buffer[], what: string): BuildInode => {
       let cur = root;
-      for (const name of parts) {
+      for (let k = 0; k < parts.length; k++) {
+        const name = parts[k];
         const m = entries(cur);
         let e = m.get(name.toString('latin1'));
-        if (!e) { e = { name, inode: new BuildInode({ mode: S_IFDIR | 0o755 }) }; m.set(name.toString('latin1'), e); }
+        if (!e) {
+          e = { name, inode: new BuildInode({ mode: S_IFDIR | 0o755 }) };
+          m.set(name.toString('latin1'), e);
+          implicitDirs.add(Buffer.concat(parts.slice(0, k + 1).flatMap((x, i) => (i ? [Buffer.from('/'), x] : [x]))).toString('latin1'));
+        }
         if (!e.inode.isDir()) throw einval(`tar entry '${what}': '${name}' is not a directory`);
         cur = e.inode;
       }
@@ -83,7 +95,7 @@ export function treeFromTar(file: string): TarTree {
     };
     for (const e of readTar(fd, size)) {
       const parts = tarPathComponents(e.path);
-      if (parts.length === 0) { if (e.type === '5') applyMeta(root, e); continue; }
+      if (parts.length === 0) { if (e.type === '5') { applyMeta(root, e); implicitDirs.delete(''); } continue; }
       const parent = dirOf(parts.slice(0, -1), e.path);
       const name = parts[parts.length - 1];
       let inode: BuildInode;
@@ -97,6 +109,8 @@ export function treeFromTar(file: string): TarTree {
         if (fmt === undefined) throw einval(`tar entry '${e.path}': unsupported type '${e.type}'`);
         const old = entries(parent).get(name.toString('latin1'));
         inode = fmt === S_IFDIR && old?.inode.isDir() ? old.inode : new BuildInode();
+        // named by the tar: its own attributes count
+        implicitDirs.delete(Buffer.concat(parts.flatMap((x, i) => (i ? [Buffer.from('/'), x] : [x]))).toString('latin1'));
         inode.mode = fmt;
         applyMeta(inode, e);
         if (fmt === S_IFREG) { inode.size = e.size; if (e.size > 0) inode.source = new TarFileSource(fd, e.dataOffset, e.size); }
@@ -107,7 +121,7 @@ export function treeFromTar(file: string): TarTree {
     }
     for (const [dir, m] of index) dir.children = [...m.values()];
     finalizeTree(root);
-    return { root, close: () => fs.closeSync(fd) };
+    return { root, implicitDirs, close: () => fs.closeSync(fd) };
   } catch (err) {
     fs.closeSync(fd);
     throw err;
