@@ -34,7 +34,7 @@ import {
   type ImageChunks, type PieceOptions, type PieceReport, imageChunks, poisonedChunks, readEveryPiece, readyChunks, watchdog,
 } from '../support/fault-proxy';
 import { fuseMissing, isMounted, startNydusd, type Daemon } from '../support/nydusd';
-import { REGISTRY_BIN, registryMissing } from '../support/registry';
+import { REGISTRY_BIN, registryMissing, freePort } from '../support/registry';
 import { dropCaches, sleep } from '../support/timing';
 import { diffTrees, treeRecords } from '../support/tree-digest';
 
@@ -88,17 +88,6 @@ interface OwnRegistry {
   thaw(): void;
   push(repo: string, data: Buffer): Promise<string>;
   running(): boolean;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 async function ownRegistry(dir: string): Promise<OwnRegistry> {

@@ -13,10 +13,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { tmpdir } from './cli';
 import { sleep } from './timing';
+import { freePort } from './registry';
 
 export const NGINX_BIN = '/usr/sbin/nginx';
 
@@ -50,17 +50,6 @@ export interface CachingProxy {
   stop(): Promise<void>;
   /** stop and remove its files */
   destroy(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function ping(url: string): Promise<number> {
