@@ -7,12 +7,14 @@
  * Deliberate differences: the builder runs in-process (`--nydus-image` is
  * accepted and ignored); `check` mounts with this package's nydusd unless
  * `--nydusd` names another; flags of paths that are not implemented
- * (backends, build cache, chunk dict, --merge-platform, --oci-ref, --reverse,
- * archives) are rejected with EINVAL rather than ignored; `--work-dir` is
+ * (backends, build cache, chunk dict, --merge-platform, --oci-ref, --reverse)
+ * are rejected with EINVAL rather than ignored; `--source-archive` /
+ * `--target-archive` are OCI-layout tars (skopeo's `oci-archive:`); `--work-dir` is
  * removed after convert only if nydusify created it (as upstream); progress
  * bars (cli-progress) only on a TTY.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { MultiBar, Presets } from 'cli-progress';
 import { parseCompressor } from '../common/compress';
@@ -90,8 +92,8 @@ program.command('convert')
   .addOption(new Option('--source <ref>', 'Source OCI image reference').env('SOURCE'))
   .addOption(new Option('--target <ref>', 'Target (Nydus) image reference').env('TARGET'))
   .addOption(new Option('--target-suffix <suffix>', 'Generate the target reference by appending a suffix to the source tag').env('TARGET_SUFFIX'))
-  .addOption(new Option('--source-archive <file>', '(not supported) source image archive').env('SOURCE_ARCHIVE'))
-  .addOption(new Option('--target-archive <file>', '(not supported) target image archive').env('TARGET_ARCHIVE'))
+  .addOption(new Option('--source-archive <file>', 'Read the source from this OCI-layout archive (tar, gzip or zstd) instead of pulling').env('SOURCE_ARCHIVE'))
+  .addOption(new Option('--target-archive <file>', 'Write the target to this OCI-layout archive instead of pushing').env('TARGET_ARCHIVE'))
   .option('--source-insecure', 'Skip verifying the source registry\'s TLS certificate', false)
   .option('--target-insecure', 'Skip verifying the target registry\'s TLS certificate', false)
   .option('--plain-http', 'Use plain HTTP for every registry', false)
@@ -124,11 +126,13 @@ program.command('convert')
   .option('--build-cache-tag <tag>', '(not supported)')
   .option('--chunk-dict <ref>', '(not supported) chunk dictionary')
   .action(async (o) => {
-    unsupported(o, ['sourceArchive', 'targetArchive', 'mergePlatform', 'ociRef', 'reverse', 'backendType', 'backendConfig', 'backendConfigFile', 'buildCache', 'buildCacheTag', 'chunkDict']);
+    unsupported(o, ['mergePlatform', 'ociRef', 'reverse', 'backendType', 'backendConfig', 'backendConfigFile', 'buildCache', 'buildCacheTag', 'chunkDict']);
     if (!o.source) throw einval('--source is required');
     if (o.target && o.targetSuffix) throw einval('--target and --target-suffix conflict');
     if (!o.target && !o.targetSuffix) throw einval('one of --target or --target-suffix is required');
     if (o.prefetchDir && o.prefetchPatterns) throw einval('--prefetch-dir and --prefetch-patterns conflict');
+    if (o.sourceArchive && !fs.existsSync(o.sourceArchive)) throw einval(`--source-archive ${o.sourceArchive} does not exist`);
+    if (o.targetArchive && !fs.existsSync(path.dirname(path.resolve(o.targetArchive)))) throw einval(`the directory of --target-archive ${o.targetArchive} does not exist`);
     let target: string = o.target;
     if (o.targetSuffix) {
       const s = parseReference(o.source);
@@ -155,6 +159,8 @@ program.command('convert')
         platforms: platformsOf(o),
         oci: o.oci && !o.dockerV2Format,
         withReferrer: o.withReferrer,
+        sourceArchive: o.sourceArchive,
+        targetArchive: o.targetArchive,
         workDir: o.workDir,
         pushRetries: Number(o.pushRetryCount),
         pushRetryDelayMs: Number(delay[1]) * (delay[2] === 'ms' ? 1 : delay[2] === 'm' ? 60000 : 1000),

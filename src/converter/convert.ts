@@ -15,6 +15,8 @@
  *     skips existing ones), then each manifest (by digest when an index
  *     follows, else by tag), then the index by tag. A single converted
  *     manifest drops the index.
+ * `--source-archive` / `--target-archive` read / write OCI-layout archives
+ * (remote/oci-archive.ts) instead of a registry.
  * Deliberate differences: no containerd content store (the work dir holds the
  * blobs); the layer pull and build overlap (a layer builds as soon as its tar
  * is down); no build cache, chunk dict, backends other than the registry,
@@ -30,6 +32,7 @@ import { type Descriptor, type ImageConfig, type Index, type Manifest, isIndexTy
 import { type PlatformSpec, platformMatches } from '../remote/platform';
 import { type Reference, formatReference, parseReference } from '../remote/reference';
 import { RegistryClient, sha256Digest } from '../remote/client';
+import { type ImageSink, type ImageSource, OciArchiveSink, OciArchiveSource } from '../remote/oci-archive';
 import { writeBootstrapLayer, mergeBootstraps } from './bootstrap-layer';
 import { type ConvertedLayer, buildLayer, layerToTar } from './layer';
 import { bootstrapDescriptor, bootstrapMediaType, goJson, isNydusManifest, rewriteConfig, rewriteIndex, rewriteManifest } from './manifest';
@@ -60,6 +63,10 @@ export interface ConvertOptions {
   platforms?: PlatformSpec[];
   oci?: boolean;
   withReferrer?: boolean;
+  /** read the source from this OCI-layout archive instead of a registry (`--source-archive`) */
+  sourceArchive?: string;
+  /** write the target to this OCI-layout archive instead of pushing (`--target-archive`) */
+  targetArchive?: string;
   workDir: string;
   /** push retries (default 3) and delay (ms, default 5000) */
   pushRetries?: number;
@@ -124,10 +131,21 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
   const src = parseReference(o.source);
   const dst = parseReference(o.target);
   if (dst.digest) throw einval('the target must be a tag, not a digest');
-  const srcClient = new RegistryClient({ plainHttp: o.plainHttp, insecure: o.sourceInsecure, credentials: o.credentials });
-  const dstClient = new RegistryClient({ plainHttp: o.plainHttp, insecure: o.targetInsecure, credentials: o.credentials, pushRetries: o.pushRetries, pushRetryDelayMs: o.pushRetryDelayMs });
   fs.mkdirSync(o.workDir, { recursive: true });
   const tmp = fs.mkdtempSync(path.join(o.workDir, 'nydusify-'));
+  let srcClient: ImageSource;
+  let dstClient: ImageSink;
+  let sink: OciArchiveSink | undefined;
+  try {
+    srcClient = o.sourceArchive
+      ? await OciArchiveSource.open(o.sourceArchive, fs.mkdtempSync(path.join(tmp, 'source-archive-')))
+      : new RegistryClient({ plainHttp: o.plainHttp, insecure: o.sourceInsecure, credentials: o.credentials });
+    if (o.targetArchive) dstClient = sink = new OciArchiveSink(fs.mkdtempSync(path.join(tmp, 'target-archive-')));
+    else dstClient = new RegistryClient({ plainHttp: o.plainHttp, insecure: o.targetInsecure, credentials: o.credentials, pushRetries: o.pushRetries, pushRetryDelayMs: o.pushRetryDelayMs });
+  } catch (err) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
   const metrics: ConvertMetrics = Object.assign(o.metrics ?? {}, { SourceImageSize: 0, TargetImageSize: 0, SourcePullElapsed: 0, ConversionElapsed: 0, TargetPushElapsed: 0 });
   const layerCache = new Map<string, Promise<ConvertedLayer>>();
   const opened: ConvertedLayer[] = [];
@@ -252,6 +270,7 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
       metrics.TargetImageSize += r.bytes.length;
       final = { mediaType: r.mediaType, digest: r.descriptor.digest, size: r.bytes.length };
     }
+    if (sink) await sink.finish(o.targetArchive!);
     metrics.TargetPushElapsed = ns(tPush);
     log.info({ source: sourceRef, target: formatReference(dst), digest: final.digest }, 'converted');
     return { descriptor: final, target: dst, metrics };

@@ -176,4 +176,28 @@ test('the converted image runs under containerd 1.6 with ctr-remote + our snapsh
   }
 });
 
+test('--source-archive / --target-archive: skopeo oci-archive in, oci-archive out; skopeo reads the result and it mounts', async () => {
+  if (missing) return;
+  const srcTar = path.join(work, 'src.oci.tar');
+  run('skopeo', ['copy', `oci:${path.join(work, 'oci')}:img`, `oci-archive:${srcTar}:v1`]);
+  const dstTar = path.join(work, 'nydus.oci.tar');
+  nydusify(['convert', '--source', 'localhost/interop/app:v1', '--source-archive', srcTar, '--target', 'localhost/interop/app:v1-nydus', '--target-archive', dstTar, '--work-dir', path.join(work, 'conv-archive')]);
+  // skopeo understands the archive; push it on to the registry and mount what it pushed
+  const inspect = JSON.parse(run('skopeo', ['inspect', '--raw', `oci-archive:${dstTar}`]));
+  assert.is(inspect.layers[inspect.layers.length - 1].annotations['containerd.io/snapshot/nydus-bootstrap'], 'true');
+  const pushed = `${reg!.host}/interop/archived:v1`;
+  run('skopeo', ['copy', '--dest-tls-verify=false', `oci-archive:${dstTar}`, `docker://${pushed}`]);
+  const cw = path.join(work, 'check-archive');
+  assert.match(nydusify(['check', '--source', source, '--target', pushed, '--work-dir', cw]), /check passed/);
+  // a hostile archive: no oci-layout, a path outside blobs/: a clear error, nothing written outside the work dir
+  const bad = path.join(work, 'bad.tar');
+  fs.mkdirSync(path.join(work, 'badsrc'), { recursive: true });
+  fs.writeFileSync(path.join(work, 'badsrc', 'index.json'), '{"manifests":[]}');
+  run('tar', ['-C', path.join(work, 'badsrc'), '-cf', bad, 'index.json']);
+  const r = spawnSync(path.join(ROOT, 'bin/nydusify'), ['convert', '--source', 'localhost/x:1', '--source-archive', bad, '--target', 'localhost/x:2', '--target-archive', path.join(work, 'never.tar'), '--work-dir', path.join(work, 'conv-bad')], { encoding: 'utf8' });
+  assert.is.not(r.status, 0);
+  assert.match(r.stderr + r.stdout, /no oci-layout/);
+  assert.not.ok(fs.existsSync(path.join(work, 'never.tar')));
+});
+
 test.run();
