@@ -4,7 +4,7 @@
  * with the command-line flags (flags win), defaults filled in and validated.
  *
  * Supported here: `root`, `address`, `daemon_mode` (dedicated/multiple, none;
- * shared is accepted and served by dedicated daemons, see README),
+ * shared: one nydusd, images mounted through its API, see daemon.ts),
  * `cleanup_on_close`, `[daemon]` (`nydusd_path`, `nydusimage_path`,
  * `nydusd_config`, `fs_driver` fusedev, `recover_policy` none/restart,
  * `threads_number`, `log_rotation_size`, `failover_policy`), `[log]` (`level`,

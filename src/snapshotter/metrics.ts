@@ -5,7 +5,10 @@
  * `snapshotter_snapshot_operation_elapsed_milliseconds{snapshot_operation}`,
  * `nydusd_lifetime_event_counts{nydusd_event}`, `nydusd_counts`,
  * `nydusd_image_info{daemon_id,image_ref}`, and the process gauges
- * `snapshotter_{memory_usage_kilobytes,fd_counts,run_time_seconds,thread_counts,cpu_user_time_seconds,cpu_system_time_seconds}`.
+ * `snapshotter_{memory_usage_kilobytes,fd_counts,run_time_seconds,thread_counts,cpu_user_time_seconds,cpu_system_time_seconds}`,
+ * and the blob cache GC's `snapshotter_cache_blobs_deleted_total`,
+ * `snapshotter_cache_blob_deletion_errors_total`,
+ * `snapshotter_cache_blobs_in_use`, `snapshotter_cache_usage_kilobytes`.
  * Not yet: the per-image nydusd read/cache metrics the upstream collector
  * polls from each daemon's API.
  */
@@ -52,6 +55,31 @@ export class SnapshotterMetrics {
         this.reset();
         for (const d of daemons?.daemons() ?? []) this.set({ daemon_id: d.id, image_ref: d.imageRef ?? '' }, 1);
       },
+    });
+    const gc = daemons?.cacheGc;
+    new client.Counter({
+      name: 'snapshotter_cache_blobs_deleted_total',
+      help: 'Blobs whose cache files the cache GC deleted.',
+      registers: [r],
+      collect() { this.reset(); this.inc(gc?.deletedTotal ?? 0); },
+    });
+    new client.Counter({
+      name: 'snapshotter_cache_blob_deletion_errors_total',
+      help: 'Cache files the cache GC failed to delete.',
+      registers: [r],
+      collect() { this.reset(); this.inc(gc?.errorsTotal ?? 0); },
+    });
+    new client.Gauge({
+      name: 'snapshotter_cache_blobs_in_use',
+      help: 'Referenced blobs with a cache data file at the last cache GC round.',
+      registers: [r],
+      collect() { this.set(gc?.inUse ?? 0); },
+    });
+    new client.Gauge({
+      name: 'snapshotter_cache_usage_kilobytes',
+      help: 'Allocated size of the blob cache directory (KiB).',
+      registers: [r],
+      collect() { this.set(Math.round((gc?.usageBytes() ?? 0) / 1024)); },
     });
     const started = this.started;
     const gauge = (name: string, help: string, f: () => number): void => {

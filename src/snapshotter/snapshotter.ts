@@ -14,9 +14,10 @@
  *   RAFS instance of that meta snapshot is started (DaemonManager) and the
  *   remote mount returned; Mounts of such a snapshot waits for it.
  * - Remove deletes metadata; the directory goes at once with `sync_remove`
- *   (a meta snapshot's daemon too), otherwise at Cleanup, which removes every
- *   directory no snapshot owns and tears down RAFS instances of removed meta
- *   snapshots.
+ *   (a meta snapshot's daemon or shared-daemon mount too, and the cache
+ *   files of blobs nothing uses any more), otherwise at Cleanup, which tears
+ *   down RAFS instances of removed meta snapshots, removes every directory no
+ *   snapshot owns and runs the blob cache GC (cache-gc.ts).
  *
  * Differences from upstream: a View on a Nydus data layer is refused with
  * FailedPrecondition before anything is created; usage of committed layers is
@@ -263,9 +264,24 @@ export class Snapshotter {
 
   remove(key: string): Promise<void> {
     return this.timed('remove', async () => {
+      const before = this.store.lookup(key);
       const { id } = this.store.remove(key);
-      if (this.cfg.snapshot.syncRemove) await this.removeDir(id);
+      if (this.cfg.snapshot.syncRemove) {
+        await this.removeDir(id);
+        const l = before?.info.labels ?? {};
+        if (isNydusMetaLayer(l) || isNydusDataLayer(l)) this.gcBlobs();
+      }
     });
+  }
+
+  /** One blob cache GC round (cache-gc.ts), unless `[cache_manager] disable`. */
+  gcBlobs(): void {
+    if (this.cfg.cacheManager.disable) return;
+    try {
+      this.daemons.cacheGc.run(this.store);
+    } catch (e) {
+      log.warn({ err: String(e) }, 'blob cache GC failed');
+    }
   }
 
   private async removeDir(id: string): Promise<void> {
@@ -278,14 +294,26 @@ export class Snapshotter {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 
-  /** Remove every snapshot directory (and RAFS instance) no snapshot owns. */
+  /**
+   * Containerd GC's Cleanup: tear down the RAFS instances of removed meta
+   * snapshots (dedicated nydusd stopped, or the shared daemon's API mount
+   * deleted, the shared daemon itself once it serves nothing), remove every
+   * snapshot directory no snapshot owns (unmounting what is mounted there),
+   * then delete the cache files of blobs no remaining Nydus snapshot uses.
+   */
   cleanup(): Promise<void> {
     return this.timed('cleanup', async () => {
       const ids = this.store.ids();
       const base = path.join(this.root, 'snapshots');
       for (const inst of this.store.instances()) {
-        if (!ids.has(inst.snapshotId)) await this.daemons.destroyInstance(inst.snapshotId);
+        if (ids.has(inst.snapshotId)) continue;
+        try {
+          await this.daemons.destroyInstance(inst.snapshotId);
+        } catch (e) {
+          log.warn({ snapshot: inst.snapshotId, err: String(e) }, 'tearing down a RAFS instance failed');
+        }
       }
+      await this.daemons.stopIdleShared().catch((e) => log.warn({ err: String(e) }, 'stopping the idle shared nydusd failed'));
       for (const name of fs.readdirSync(base)) {
         if (ids.has(name)) continue;
         // (a `new-*` temp dir exists only inside one synchronous create call: any seen here is stale)
@@ -295,6 +323,7 @@ export class Snapshotter {
           log.warn({ dir: name, err: String(e) }, 'cleanup of a snapshot directory failed');
         }
       }
+      this.gcBlobs();
     });
   }
 

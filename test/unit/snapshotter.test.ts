@@ -17,6 +17,12 @@ import { buildConfig, type SnapshotterConfig } from '../../src/snapshotter/confi
 import { serve, type RunningServer } from '../../src/snapshotter/grpc-service';
 import { snapshotsService } from '../../src/snapshotter/proto';
 import { Snapshotter } from '../../src/snapshotter/snapshotter';
+import { Compressor } from '../../src/common/compress';
+import { DigestAlgorithm, initDigest } from '../../src/common/digest';
+import { createImage } from '../../src/rafs/builder/create';
+import { mergeLayers } from '../../src/rafs/builder/merge';
+import { writeBootstrapV6 } from '../../src/rafs/builder/bootstrap-v6';
+import { loadRafs } from '../../src/rafs/metadata/super';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sn-unit-'));
 let seq = 0;
@@ -280,17 +286,33 @@ function fakeBootstrap(file: string): void {
   fs.writeFileSync(path.join(path.dirname(file), 'aaaa.blob.meta'), 'meta');
 }
 
+interface PullOpts {
+  /** last hex digit of the chain ids and the data layer digest (distinct images); default: all 1/2/a */
+  variant?: string;
+  /** a real bootstrap to apply instead of the stub */
+  bootstrap?: Buffer;
+  /** data layer digest (hex) */
+  layerDigest?: string;
+}
+
+const hex64 = (c: string, variant?: string): string => (variant ? c.repeat(63) + variant : c.repeat(64));
+
 /** Pull a Nydus image the way containerd's unpacker does: data layer, then meta layer (applied + committed). */
-async function pullNydus(r: Rig, imageRef = 'localhost:5000/library/busybox:nydus', extra: Obj = {}): Promise<string> {
-  const chain1 = 'sha256:' + '1'.repeat(64);
-  assert.is(await code(r.call('Prepare', { key: `default/1/extract-1 ${chain1}`, parent: '', labels: DATA_LABELS(chain1, 'sha256:' + 'a'.repeat(64)) })), S.ALREADY_EXISTS);
-  const chain2 = 'sha256:' + '2'.repeat(64);
+async function pullNydus(r: Rig, imageRef = 'localhost:5000/library/busybox:nydus', extra: Obj = {}, o: PullOpts = {}): Promise<string> {
+  const chain1 = 'sha256:' + hex64('1', o.variant);
+  const v = o.variant ?? '';
+  const layer = 'sha256:' + (o.layerDigest ?? hex64('a', o.variant));
+  assert.is(await code(r.call('Prepare', { key: `default/1${v}/extract-1 ${chain1}`, parent: '', labels: DATA_LABELS(chain1, layer) })), S.ALREADY_EXISTS);
+  const chain2 = 'sha256:' + hex64('2', o.variant);
   const metaLabels = { 'containerd.io/snapshot.ref': chain2, 'containerd.io/snapshot/nydus-bootstrap': 'true', 'containerd.io/snapshot/nydus-fs-version': '6', 'containerd.io/snapshot/cri.image-ref': imageRef, ...extra };
-  const m = (await r.call('Prepare', { key: `default/2/extract-2 ${chain2}`, parent: chain1, labels: metaLabels })).mounts;
+  const m = (await r.call('Prepare', { key: `default/2${v}/extract-2 ${chain2}`, parent: chain1, labels: metaLabels })).mounts;
   assert.is(m[0].type, 'overlay', 'the meta layer is prepared natively so containerd applies it');
   const up = m[0].options.find((o: string) => o.startsWith('upperdir=')).slice('upperdir='.length);
-  fakeBootstrap(path.join(up, 'image', 'image.boot'));
-  await r.call('Commit', { name: chain2, key: `default/2/extract-2 ${chain2}`, labels: metaLabels });
+  if (o.bootstrap) {
+    fs.mkdirSync(path.join(up, 'image'), { recursive: true });
+    fs.writeFileSync(path.join(up, 'image', 'image.boot'), o.bootstrap);
+  } else fakeBootstrap(path.join(up, 'image', 'image.boot'));
+  await r.call('Commit', { name: chain2, key: `default/2${v}/extract-2 ${chain2}`, labels: metaLabels });
   return chain2;
 }
 
@@ -382,7 +404,12 @@ test('container snapshot on a meta layer without an image ref fails and leaves n
   }
 });
 
-/** A stand-in nydusd: records its argv, serves GET /api/v1/daemon = RUNNING on --apisock. */
+/**
+ * A stand-in nydusd: records its argv (argv.log), serves GET /api/v1/daemon =
+ * RUNNING on --apisock, and the shared-mode API: POST / DELETE
+ * /api/v1/mount?mountpoint= (recorded in api.log with pid and body; kept in
+ * memory) and GET /api/v1/metrics?id= (404 unless mounted).
+ */
 function fakeNydusd(dir: string): string {
   const p = path.join(dir, 'fake-nydusd');
   fs.writeFileSync(p, `#!/usr/bin/env node
@@ -390,9 +417,23 @@ const fs = require('fs'), http = require('http');
 const a = process.argv.slice(2);
 fs.appendFileSync(${JSON.stringify(path.join(dir, 'argv.log'))}, JSON.stringify(a) + '\\n');
 const sock = a[a.indexOf('--apisock') + 1];
+const mounted = new Set();
+const rec = (o) => fs.appendFileSync(${JSON.stringify(path.join(dir, 'api.log'))}, JSON.stringify({ pid: process.pid, ...o }) + '\\n');
 const srv = http.createServer((req, res) => {
-  if (req.url === '/api/v1/daemon') { res.writeHead(200, {'content-type':'application/json'}); res.end(JSON.stringify({state: 'RUNNING', version: {}})); }
-  else { res.writeHead(404); res.end('{"code":"NotFound","message":"no"}'); }
+  const u = new URL(req.url, 'http://unix');
+  let body = '';
+  req.on('data', (d) => { body += d; });
+  req.on('end', () => {
+    if (u.pathname === '/api/v1/daemon') { res.writeHead(200, {'content-type':'application/json'}); res.end(JSON.stringify({state: 'RUNNING', version: {}})); return; }
+    if (u.pathname === '/api/v1/mount' && req.method === 'POST') {
+      const mp = u.searchParams.get('mountpoint'); mounted.add(mp); rec({ op: 'mount', mp, body: JSON.parse(body) }); res.writeHead(204); res.end(); return;
+    }
+    if (u.pathname === '/api/v1/mount' && req.method === 'DELETE') {
+      const mp = u.searchParams.get('mountpoint'); mounted.delete(mp); rec({ op: 'umount', mp }); res.writeHead(204); res.end(); return;
+    }
+    if (u.pathname === '/api/v1/metrics' && mounted.has(u.searchParams.get('id'))) { res.writeHead(200); res.end('{}'); return; }
+    res.writeHead(404); res.end('{"code":"NotFound","message":"no"}');
+  });
 });
 srv.listen(sock);
 process.on('SIGTERM', () => { srv.close(); process.exit(0); });
@@ -400,6 +441,20 @@ process.on('SIGTERM', () => { srv.close(); process.exit(0); });
   fs.chmodSync(p, 0o755);
   return p;
 }
+
+interface ApiLog { pid: number; op: string; mp: string; body?: Obj }
+const apiLog = (dir: string): ApiLog[] => {
+  try { return fs.readFileSync(path.join(dir, 'api.log'), 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as ApiLog); } catch { return []; }
+};
+const argvLog = (dir: string): string[][] => fs.readFileSync(path.join(dir, 'argv.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as string[]);
+const pidAliveTest = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+const wait = async (what: string, cond: () => boolean, ms = 8000): Promise<void> => {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
+};
 
 test('dedicated mode: nydusd started per image with upstream argv order, overlay lowerdir = RAFS mountpoint, torn down at Cleanup', async () => {
   const dir = fs.mkdtempSync(path.join(tmp, 'fake-'));
@@ -486,6 +541,216 @@ test('dedicated mode: restart re-adopts a RUNNING nydusd, and restarts a dead on
     assert.is(r.sn.daemons.daemons().length, 0);
   } finally {
     await r.close();
+  }
+});
+
+test('shared mode: one nydusd without --config/--bootstrap; images POSTed at /<id>, seen at <R>/mnt/<id>; DELETE at Cleanup; stopped with the last image', async () => {
+  const dir = fs.mkdtempSync(path.join(tmp, 'fake-'));
+  const nydusd = fakeNydusd(dir);
+  const tpl = path.join(tmp, 'nydusd-config-shared.json');
+  fs.writeFileSync(tpl, JSON.stringify({ device: { backend: { type: 'registry', config: {} }, cache: { type: 'blobcache' } }, mode: 'direct' }));
+  const r = await rig(`daemon_mode = "shared"\n[daemon]\nnydusd_path = "${nydusd}"\nnydusd_config = "${tpl}"\n[log]\nlevel = "warn"\n`);
+  const root = r.cfg.root;
+  try {
+    const meta1 = await pullNydus(r, 'docker.io/library/busybox:latest');
+    const id1 = r.sn.store.lookup(meta1)!.id;
+    const [m1, m2] = await Promise.all([r.call('Prepare', { key: 'ctr1', parent: meta1 }), r.call('Prepare', { key: 'ctr2', parent: meta1 })]);
+    assert.is(m1.mounts[0].options[2], `lowerdir=${root}/mnt/${id1}`);
+    assert.is(m2.mounts[0].options[2], `lowerdir=${root}/mnt/${id1}`);
+    const ds = r.sn.daemons.daemons();
+    assert.is(ds.length, 1);
+    const d = ds[0];
+    assert.is(d.mode, 'shared');
+    assert.equal(argvLog(dir), [[
+      'fuse', '--mountpoint', `${root}/mnt`, '--apisock', `${root}/socket/${d.id}/api.sock`, '--log-level', 'warn',
+      '--log-rotation-size', '100', '--log-file', `${root}/logs/${d.id}/nydusd.log`, '--failover-policy', 'resend',
+    ]]);
+    let log = apiLog(dir).filter((e) => e.op !== 'metrics');
+    assert.is(log.length, 1, 'one API mount for two containers of one image');
+    assert.is(log[0].mp, `/${id1}`);
+    assert.equal(Object.keys(log[0].body!).sort(), ['config', 'fs_type', 'source']);
+    assert.is(log[0].body!.source, `${root}/snapshots/${id1}/fs/image/image.boot`);
+    assert.is(log[0].body!.fs_type, 'rafs');
+    const cfg = JSON.parse(log[0].body!.config);
+    assert.is(cfg.device.id, `/${id1}`);
+    assert.is(cfg.device.backend.config.repo, 'library/busybox');
+    assert.equal(JSON.parse(fs.readFileSync(`${root}/config/${d.id}/${id1}/config.json`, 'utf8')), cfg);
+    // a second image: the same daemon, a second API mount
+    const meta2 = await pullNydus(r, 'localhost:5000/other:v2', {}, { variant: 'b' });
+    const id2 = r.sn.store.lookup(meta2)!.id;
+    const m3 = await r.call('Prepare', { key: 'ctr3', parent: meta2 });
+    assert.is(m3.mounts[0].options[2], `lowerdir=${root}/mnt/${id2}`);
+    assert.is(argvLog(dir).length, 1, 'still one nydusd');
+    assert.equal(apiLog(dir).map((e) => [e.op, e.mp]), [['mount', `/${id1}`], ['mount', `/${id2}`]]);
+    // Mounts of an existing instance: no new POST
+    await r.call('Mounts', { key: 'ctr3' });
+    assert.is(apiLog(dir).length, 2);
+    // image 1 gone + GC: its API mount is deleted, the daemon stays for image 2
+    for (const k of ['ctr1', 'ctr2', meta1, 'sha256:' + '1'.repeat(64)]) await r.call('Remove', { key: k });
+    await r.call('Cleanup', {});
+    assert.equal(apiLog(dir).slice(2).map((e) => [e.op, e.mp]), [['umount', `/${id1}`]]);
+    assert.not.ok(fs.existsSync(`${root}/config/${d.id}/${id1}`));
+    assert.ok(pidAliveTest(d.pid));
+    assert.is(r.sn.daemons.instance(id1), undefined);
+    // the last image gone: DELETE, then the shared daemon is stopped and its dirs removed
+    for (const k of ['ctr3', meta2, 'sha256:' + hex64('1', 'b')]) await r.call('Remove', { key: k });
+    await r.call('Cleanup', {});
+    assert.equal(apiLog(dir).slice(3).map((e) => [e.op, e.mp]), [['umount', `/${id2}`]]);
+    assert.is(r.sn.daemons.daemons().length, 0);
+    await wait('nydusd to exit', () => !pidAliveTest(d.pid));
+    for (const p of [`${root}/socket/${d.id}`, `${root}/config/${d.id}`, `${root}/mnt`]) assert.not.ok(fs.existsSync(p), p);
+  } finally {
+    await r.close();
+  }
+});
+
+test('shared mode recovery: a RUNNING daemon is re-adopted; after kill -9 (snapshotter up or down) it is restarted with the same argv and every image re-POSTed in order', async () => {
+  const dir = fs.mkdtempSync(path.join(tmp, 'fake-'));
+  const nydusd = fakeNydusd(dir);
+  const tpl = path.join(tmp, 'nydusd-config-shared2.json');
+  fs.writeFileSync(tpl, JSON.stringify({ device: { backend: { type: 'registry', config: {} } } }));
+  const root = path.join(tmp, `shrec${++seq}`);
+  const toml = `daemon_mode = "shared"\n[daemon]\nnydusd_path = "${nydusd}"\nnydusd_config = "${tpl}"\nrecover_policy = "restart"\n`;
+  let r = await rig(toml, root);
+  const meta1 = await pullNydus(r);
+  const meta2 = await pullNydus(r, 'localhost:5000/other:v2', {}, { variant: 'b' });
+  const id1 = r.sn.store.lookup(meta1)!.id;
+  const id2 = r.sn.store.lookup(meta2)!.id;
+  await r.call('Prepare', { key: 'c1', parent: meta2 });
+  await r.call('Prepare', { key: 'c2', parent: meta1 });
+  const mountOrder = [`/${id2}`, `/${id1}`];
+  assert.equal(apiLog(dir).map((e) => e.mp), mountOrder);
+  const d0 = r.sn.daemons.daemons()[0];
+  await r.close(true);
+  r = await rig(toml, root);
+  try {
+    await r.sn.daemons.recover();
+    assert.is(argvLog(dir).length, 1, 'alive: adopted, not restarted');
+    assert.is(apiLog(dir).length, 2, 'its mounts are still there: nothing POSTed');
+    // kill -9 while the snapshotter watches it (adopted: pid polling)
+    process.kill(d0.pid, 'SIGKILL');
+    await wait('restart', () => r.sn.daemons.daemons()[0]?.pid !== d0.pid && apiLog(dir).length === 4);
+    const d1 = r.sn.daemons.daemons()[0];
+    assert.is(d1.id, d0.id);
+    assert.equal(argvLog(dir)[1], argvLog(dir)[0], 'same argv');
+    assert.equal(apiLog(dir).slice(2).map((e) => [e.pid, e.op, e.mp]), mountOrder.map((mp) => [d1.pid, 'mount', mp]), 're-POSTed in first-mount order');
+    assert.is((await r.call('Mounts', { key: 'c2' })).mounts[0].options[2], `lowerdir=${root}/mnt/${id1}`);
+    // kill -9 while the snapshotter is down: recover() restarts and re-mounts
+    await r.close(true);
+    process.kill(d1.pid, 'SIGKILL');
+    await wait('death', () => !pidAliveTest(d1.pid));
+    r = await rig(toml, root);
+    await r.sn.daemons.recover();
+    const d2 = r.sn.daemons.daemons()[0];
+    assert.is.not(d2.pid, d1.pid);
+    assert.is(argvLog(dir).length, 3);
+    assert.equal(apiLog(dir).slice(4).map((e) => [e.pid, e.mp]), mountOrder.map((mp) => [d2.pid, mp]));
+    // a caller that finds the daemon dead before the poll notices waits for the one restart
+    process.kill(d2.pid, 'SIGKILL');
+    await wait('death', () => !pidAliveTest(d2.pid));
+    await r.call('Prepare', { key: 'c3', parent: meta1 });
+    assert.is(argvLog(dir).length, 4, 'exactly one restart');
+    const d3 = r.sn.daemons.daemons()[0];
+    assert.ok(apiLog(dir).filter((e) => e.pid === d3.pid && e.op === 'mount').length >= 2);
+    for (const k of ['c1', 'c2', 'c3', meta1, meta2]) await r.call('Remove', { key: k });
+    await r.call('Cleanup', {});
+    assert.is(r.sn.daemons.daemons().length, 0);
+  } finally {
+    await r.close();
+  }
+});
+
+/** A RAFS v6 bootstrap whose blob table lists `blobIds` (one small layer each, merged). */
+async function bootstrapWithBlobs(blobIds: string[]): Promise<Buffer> {
+  await initDigest();
+  const sbs = [];
+  for (const [i, id] of blobIds.entries()) {
+    const src = fs.mkdtempSync(path.join(tmp, 'src-'));
+    fs.writeFileSync(path.join(src, `f${i}`), `layer ${i} ${id}\n`);
+    const res = await createImage({
+      source: src, type: 'dir-rafs', fsVersion: 6, compressor: Compressor.None, digester: DigestAlgorithm.Sha256,
+      chunkSize: 0x10000, blobDir: fs.mkdtempSync(path.join(tmp, 'blobs-')), blobInlineMeta: false, blobToc: false,
+      alignedChunk: false, repeatable: true, prefetchPatterns: [],
+    });
+    sbs.push(loadRafs(res.bootstrap));
+  }
+  const m = mergeLayers(sbs.map((sb, i) => ({ sb, blobIdOverride: blobIds[i] })), 'oci');
+  const first = sbs[0].meta;
+  return writeBootstrapV6(m.root, { chunkSize: first.chunkSize, compressor: first.compressor, digester: first.digester, explicitUidGid: first.explicitUidGid, blobs: m.blobs, prefetch: [], extraFlags: 0 });
+}
+
+test('blob cache GC: Cleanup deletes the cache files of blobs no remaining Nydus snapshot references, never a used one', async () => {
+  const BASE = 'ba5e'.repeat(16);
+  const ONLY1 = '0001'.repeat(16);
+  const ONLY2 = '0002'.repeat(16);
+  const ORPHAN = '0bad'.repeat(16);
+  const r = await rig('daemon_mode = "none"\n');
+  const cache = r.cfg.cacheManager.cacheDir;
+  try {
+    // image 1 = BASE + ONLY1 (bootstrap), image 2 = BASE + ONLY2; each data layer labelled with its digest
+    const meta1 = await pullNydus(r, 'localhost:5000/a:1', {}, { bootstrap: await bootstrapWithBlobs([BASE, ONLY1]), layerDigest: ONLY1 });
+    const meta2 = await pullNydus(r, 'localhost:5000/b:1', {}, { variant: 'b', bootstrap: await bootstrapWithBlobs([BASE, ONLY2]), layerDigest: ONLY2 });
+    fs.mkdirSync(cache, { recursive: true });
+    const files = (id: string): string[] => ['.blob.data', '.blob.data.chunk_map', '.chunk_map', '.blob.meta', '.blob.digest'].map((x) => id + x);
+    for (const id of [BASE, ONLY1, ONLY2, ORPHAN]) for (const f of files(id)) fs.writeFileSync(path.join(cache, f), 'x');
+    fs.writeFileSync(path.join(cache, 'unrelated.txt'), 'keep');
+    fs.writeFileSync(path.join(cache, `${ORPHAN}.blob.data.tmp123`), 'keep: not a cache file name');
+    const ls = (): string[] => fs.readdirSync(cache).sort();
+    // nothing removed yet: only the orphan goes
+    await r.call('Cleanup', {});
+    assert.equal(ls(), [...files(BASE), ...files(ONLY1), ...files(ONLY2), `${ORPHAN}.blob.data.tmp123`, 'unrelated.txt'].sort());
+    assert.is(r.sn.daemons.cacheGc.deletedTotal, 1);
+    assert.is(r.sn.daemons.cacheGc.inUse, 3);
+    // image 1 removed: ONLY1 goes, BASE (still used by image 2) stays
+    await r.call('Remove', { key: meta1 });
+    await r.call('Remove', { key: 'sha256:' + '1'.repeat(64) });
+    await r.call('Cleanup', {});
+    assert.equal(ls(), [...files(BASE), ...files(ONLY2), `${ORPHAN}.blob.data.tmp123`, 'unrelated.txt'].sort());
+    // the meta layer of image 2 removed but its data layer not yet: ONLY2 is still protected by the layer label
+    await r.call('Remove', { key: meta2 });
+    await r.call('Cleanup', {});
+    assert.equal(ls(), [...files(ONLY2), `${ORPHAN}.blob.data.tmp123`, 'unrelated.txt'].sort());
+    await r.call('Remove', { key: 'sha256:' + hex64('1', 'b') });
+    await r.call('Cleanup', {});
+    assert.equal(ls(), [`${ORPHAN}.blob.data.tmp123`, 'unrelated.txt']);
+    assert.is(r.sn.daemons.cacheGc.deletedTotal, 4);
+    assert.is(r.sn.daemons.cacheGc.errorsTotal, 0);
+  } finally {
+    await r.close();
+  }
+});
+
+test('blob cache GC: a committed meta snapshot whose bootstrap cannot be read skips the round (nothing deleted)', async () => {
+  const r = await rig('daemon_mode = "none"\n');
+  const cache = r.cfg.cacheManager.cacheDir;
+  try {
+    await pullNydus(r); // the stub bootstrap is not a loadable RAFS image
+    fs.mkdirSync(cache, { recursive: true });
+    fs.writeFileSync(path.join(cache, `${'0bad'.repeat(16)}.blob.data`), 'x');
+    await r.call('Cleanup', {});
+    assert.ok(fs.existsSync(path.join(cache, `${'0bad'.repeat(16)}.blob.data`)));
+    assert.is(r.sn.daemons.cacheGc.deletedTotal, 0);
+  } finally {
+    await r.close();
+  }
+});
+
+test('blob cache GC with sync_remove: removing the last Nydus layer deletes its cache files at once; [cache_manager] disable keeps them', async () => {
+  const ID = 'a'.repeat(64);
+  for (const disable of [false, true]) {
+    const r = await rig(`daemon_mode = "none"\n[snapshot]\nsync_remove = true\n[cache_manager]\ndisable = ${disable}\n`);
+    const cache = r.cfg.cacheManager.cacheDir;
+    try {
+      const meta = await pullNydus(r, 'localhost:5000/a:1', {}, { bootstrap: await bootstrapWithBlobs([ID]) });
+      fs.mkdirSync(cache, { recursive: true });
+      fs.writeFileSync(path.join(cache, `${ID}.blob.data`), 'x');
+      await r.call('Remove', { key: meta });
+      assert.ok(fs.existsSync(path.join(cache, `${ID}.blob.data`)), 'the data layer still references it');
+      await r.call('Remove', { key: 'sha256:' + '1'.repeat(64) });
+      assert.is(fs.existsSync(path.join(cache, `${ID}.blob.data`)), disable, disable ? 'GC disabled' : 'deleted at Remove');
+    } finally {
+      await r.close();
+    }
   }
 });
 
