@@ -13,6 +13,8 @@ import { buildProgram } from '../../src/bin/containerd-nydus-grpc';
 import { buildConfig, DEFAULT_ADDRESS, DEFAULT_ROOT } from '../../src/snapshotter/config';
 import { findAuth, parseImageRef } from '../../src/snapshotter/daemon-config';
 import { SnapshotterMetrics } from '../../src/snapshotter/metrics';
+import { DaemonManager } from '../../src/snapshotter/daemon';
+import { MetaStore } from '../../src/snapshotter/store';
 
 test('defaults, upstream keys, flags override the file', () => {
   const d = buildConfig(undefined);
@@ -133,6 +135,28 @@ test('metrics: /v1/metrics with upstream names', async () => {
   }
   assert.is((await get('/metrics')).status, 404);
   m.close();
+});
+
+test('metrics: blob cache GC counters and cache usage', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sn-metrics-'));
+  const store = new MetaStore(path.join(dir, 'metadata.db'));
+  try {
+    const cfg = buildConfig(`version = 1\nroot = "${dir}"\n`);
+    const d = new DaemonManager(cfg, store);
+    fs.mkdirSync(cfg.cacheManager.cacheDir, { recursive: true });
+    fs.writeFileSync(path.join(cfg.cacheManager.cacheDir, `${'c'.repeat(64)}.blob.data`), Buffer.alloc(64 << 10, 1));
+    d.cacheGc.deletedTotal = 3;
+    d.cacheGc.errorsTotal = 1;
+    d.cacheGc.inUse = 2;
+    const m = new SnapshotterMetrics(d);
+    const body = await m.registry.metrics();
+    for (const n of ['snapshotter_cache_blobs_deleted_total 3', 'snapshotter_cache_blob_deletion_errors_total 1', 'snapshotter_cache_blobs_in_use 2']) assert.ok(body.includes(n), n);
+    const kib = Number(/snapshotter_cache_usage_kilobytes (\d+)/.exec(body)?.[1]);
+    assert.ok(kib >= 64, `cache usage ${kib} KiB`);
+  } finally {
+    store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test.run();
