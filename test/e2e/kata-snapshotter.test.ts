@@ -28,7 +28,11 @@
  *     equals the image's merged view, deleted files are absent, the layer-3 blob
  *     is fetched from the registry by the Kata nydusd (its GETs grow), the
  *     container's writes (new file, copy-up, whiteout) land in the snapshot's
- *     upper dir on the host; then Kata's teardown (DELETE, 204).
+ *     upper dir on the host. A second container of the same image (same pod,
+ *     its own snapshot, the same source and config in its extraoption) is
+ *     mounted the runtime-rs way (percent-encoded query) and sees the image,
+ *     not the first container's writes. Then Kata's teardown (DELETE → 204,
+ *     Go and runtime-rs forms; the share's binds undone).
  * Skips with a printed reason without root, containerd, the registry, FUSE,
  * mount.fuse, QEMU or a guest kernel; under CI=true a missing prerequisite fails.
  */
@@ -173,6 +177,14 @@ test('Kata path: snapshotter fuse.nydus-overlayfs mount → host mount.fuse over
     assert.is(cfg.device.backend.config.scheme, 'http');
     assert.is(cfg.device.id, `/${M}`);
     assert.is(cfg.device.cache.config.work_dir, path.join(sn.root, 'cache'));
+    // a second container of the same image (same pod): its own snapshot dir, the same RAFS source and config
+    const key2 = `${key}-2`;
+    const prep2 = c.ctr([...SN, 'prepare', '--mounts', key2, meta], { allowFail: true, timeoutMs: 120_000 });
+    assert.is(prep2.status, 0, `ctr snapshots prepare (2): ${prep2.stderr}`);
+    const extra2 = decodeExtraOption(parseCtrMounts(prep2.stdout)[0].Options);
+    assert.is.not(extra2.snapshotdir, extra.snapshotdir);
+    assert.is(extra2.source, extra.source);
+    assert.is(extra2.config, extra.config, 'one RAFS config per image');
     // the host view (fs_driver fusedev): the dedicated nydusd serves the lowerdir
     assert.match(mountInfo(lowerdir)?.fstype ?? '', /^fuse/, 'lowerdir is the host RAFS mount');
 
@@ -201,9 +213,11 @@ test('Kata path: snapshotter fuse.nydus-overlayfs mount → host mount.fuse over
 
     // ------------------------------------------------------------ 3. the Kata runtime: share, nydusd virtiofs, QEMU
     const cid = randomBytes(32).toString('hex');
+    const cid2 = randomBytes(32).toString('hex');
     const share = new KataShare(path.join(dir, 'sb'));
     share.setup();
     share.addContainer(cid, extra.snapshotdir);
+    share.addContainer(cid2, extra2.snapshotdir);
     const propagated = mountInfo(path.join(share.shared, cid, 'snapshotdir'));
     assert.ok(propagated, 'the snapshotdir bind propagated into shared/');
     assert.ok(propagated!.mountOpts.includes('rw'), `propagated copy stays rw: ${propagated!.mountOpts.join(',')}`);
@@ -223,12 +237,15 @@ test('Kata path: snapshotter fuse.nydus-overlayfs mount → host mount.fuse over
     const R = `${S}/rafs/${cid}/lowerdir`;
     const ROOTFS = `${C}/${cid}/rootfs`;
     const SD = `${C}/${cid}/snapshotdir`;
+    const R2 = `${S}/rafs/${cid2}/lowerdir`;
+    const ROOTFS2 = `${C}/${cid2}/rootfs`;
+    const SD2 = `${C}/${cid2}/snapshotdir`;
     const guest = bootGuest({
       socket: vhost, tag: 'kataShared', timeoutMs: 180_000, extraModules: ['overlay'],
       script: `${H.prelude}
 set -e
 ${H.mountVirtiofs('kataShared', S)}
-n=0; until [ -e ${R}/etc/os-release ]; do n=$((n+1)); [ $n -lt 900 ] || { echo "rafs never appeared"; exit 3; }; sleep 0.1; done
+n=0; until [ -e ${R}/etc/os-release ] && [ -e ${R2}/etc/os-release ]; do n=$((n+1)); [ $n -lt 900 ] || { echo "rafs never appeared"; exit 3; }; sleep 0.1; done
 mount -t overlay overlay -o upperdir=${SD}/fs,workdir=${SD}/work,lowerdir=${R},index=off ${ROOTFS}
 ${H.tree(ROOTFS, 'merged')}
 for p in ${DELETED.join(' ')}; do if [ -e ${ROOTFS}/$p ]; then echo "PRESENT $p"; else echo "ABSENT $p"; fi; done
@@ -240,6 +257,13 @@ rm ${ROOTFS}/app/keep.txt
 mkdir ${ROOTFS}/newdir
 echo new > ${ROOTFS}/newdir/f
 sync
+mount -t overlay overlay -o upperdir=${SD2}/fs,workdir=${SD2}/work,lowerdir=${R2},index=off ${ROOTFS2}
+${H.tree(ROOTFS2, 'merged2')}
+echo "c2 os-release: $(grep -c guest ${ROOTFS2}/etc/os-release || true)"
+echo "c2 writes" > ${ROOTFS2}/app/c2.txt
+echo "c1 sees c2: $(ls ${ROOTFS}/app | tr '\n' ' ')"
+sync
+umount ${ROOTFS2}
 umount ${ROOTFS}
 echo GUEST-DONE
 `,
@@ -247,6 +271,9 @@ echo GUEST-DONE
     // container create while the sandbox runs: the RAFS instance from the extraoption (Go sends the query raw)
     r = await api(apisock, 'POST', `/api/v1/mount?mountpoint=/rafs/${cid}/lowerdir`, { fs_type: 'rafs', source: extra.source, config: extra.config });
     assert.is(r.status, 204, `RAFS mount from the extraoption: ${r.body}\n${kd.log().slice(-3000)}`);
+    // the second container as runtime-rs sends it (percent-encoded query)
+    r = await api(apisock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(`/rafs/${cid2}/lowerdir`)}`, { fs_type: 'rafs', source: extra2.source, config: extra2.config });
+    assert.is(r.status, 204, `RAFS mount (2): ${r.body}`);
     const res = await guest;
     assert.ok(res.exitOk, `guest failed rc=${res.rc} timedOut=${res.timedOut}\n${res.output.slice(-3000)}\n${res.console.slice(-3000)}\n--- nydusd virtiofs ---\n${kd.log().slice(-3000)}`);
     assert.ok(res.output.includes('GUEST-DONE'));
@@ -254,6 +281,10 @@ echo GUEST-DONE
     for (const p of DELETED) assert.ok(res.output.includes(`ABSENT ${p}`), `${p} must be absent in the guest`);
     assert.ok(res.output.includes('tool: tool from layer 1'));
     assert.ok(res.output.includes('link: kept from layer 1'));
+    assert.equal(parseGuestTree(res.output, 'merged2'), hostTree(expected), 'the second container sees the image, not the first one\'s writes');
+    assert.ok(res.output.includes('c2 os-release: 0'));
+    assert.ok(res.output.includes('c1 sees c2: added.txt guest.txt '), res.output);
+    assert.is(fs.readFileSync(path.join(extra2.snapshotdir, 'fs/app/c2.txt'), 'utf8'), 'c2 writes\n');
     const l3After = blobGets(reg.log(), layer3Blob).length;
     assert.ok(l3After > l3Before, `the Kata nydusd fetched layer 3 from the registry (${l3Before} → ${l3After} GETs)`);
     // the container's writes are in the snapshot's upper dir on the host
@@ -269,10 +300,15 @@ echo GUEST-DONE
     // ------------------------------------------------------------ Kata teardown
     r = await api(apisock, 'DELETE', `/api/v1/mount?mountpoint=/rafs/${cid}/lowerdir`);
     assert.is(r.status, 204, r.body);
+    // runtime-rs: encoded query, empty body with Content-Type application/json
+    r = await api(apisock, 'DELETE', `/api/v1/mount?mountpoint=${encodeURIComponent(`/rafs/${cid2}/lowerdir`)}`, '');
+    assert.is(r.status, 204, r.body);
     share.removeContainer(cid);
+    share.removeContainer(cid2);
     r = await api(apisock, 'GET', '/api/v1/daemon');
     assert.equal(Object.keys((r.json as { backend_collection?: Record<string, unknown> }).backend_collection ?? {}), ['/containers']);
     c.ctr([...SN, 'rm', key]);
+    c.ctr([...SN, 'rm', key2]);
     await sleep(100);
   } finally {
     await kd?.stop();
