@@ -17,6 +17,8 @@ import { buildConfig, type SnapshotterConfig } from '../../src/snapshotter/confi
 import { serve, type RunningServer } from '../../src/snapshotter/grpc-service';
 import { snapshotsService } from '../../src/snapshotter/proto';
 import { Snapshotter } from '../../src/snapshotter/snapshotter';
+import { pidAlive } from '../../src/snapshotter/daemon';
+import { spawn } from 'node:child_process';
 import { Compressor } from '../../src/common/compress';
 import { DigestAlgorithm, initDigest } from '../../src/common/digest';
 import { createImage } from '../../src/rafs/builder/create';
@@ -657,6 +659,22 @@ test('shared mode recovery: a RUNNING daemon is re-adopted; after kill -9 (snaps
     assert.is(r.sn.daemons.daemons().length, 0);
   } finally {
     await r.close();
+  }
+});
+
+test('liveness: a zombie nobody reaps and a pid whose command line lacks the API socket count as dead', async () => {
+  // `sleep 0` exits at once and its parent (exec'd into `sleep 5`) never reaps it
+  const p = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 5'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  try {
+    const zombie = Number(await new Promise<string>((resolve) => p.stdout!.once('data', (d: Buffer) => resolve(d.toString().trim()))));
+    await wait('zombie', () => { try { return /\) Z/.test(fs.readFileSync(`/proc/${zombie}/stat`, 'utf8')); } catch { return false; } }, 3000);
+    assert.ok(pidAliveTest(zombie), 'kill(pid, 0) still succeeds on a zombie');
+    assert.not.ok(pidAlive(zombie), 'but it is dead');
+    assert.ok(pidAlive(p.pid!, 'sleep'));
+    assert.not.ok(pidAlive(p.pid!, '/some/api.sock'), 'a reused pid is not our daemon');
+    assert.not.ok(pidAlive(0));
+  } finally {
+    p.kill('SIGKILL');
   }
 });
 
