@@ -11,8 +11,9 @@
  *     `overlay`, work/upper of the new snapshot, lowerdir the host RAFS mount, and
  *     an `extraoption` that decodes as Kata does (standard base64, one option,
  *     JSON {source, config, snapshotdir, fs_version}): the bootstrap exists and
- *     is the fs_version it claims, the nydusd config names the test registry and
- *     the image's repository, `device.id` the meta snapshot.
+ *     is the fs_version it claims, the nydusd config names the test registry
+ *     (htpasswd), the image's repository and the credentials the snapshotter
+ *     found in the docker config, `device.id` the meta snapshot.
  *  2. containerd's own host mount of that rootfs: `mount.fuse overlay <target>
  *     -o … -t fuse.nydus-overlayfs` (bin/ on PATH) gives the overlay with the
  *     snapshot's upper/work and the returned lowerdir, and the merged view is
@@ -26,7 +27,8 @@
  *     the agent's overlay (lowerdir the RAFS mount, upper/work the snapshot dir
  *     through the share, index=off). The guest's listing (sha256 of every file)
  *     equals the image's merged view, deleted files are absent, the layer-3 blob
- *     is fetched from the registry by the Kata nydusd (its GETs grow), the
+ *     is fetched from the (htpasswd) registry by the Kata nydusd with the
+ *     credentials the snapshotter put into the config (all of big.bin), the
  *     container's writes (new file, copy-up, whiteout) land in the snapshot's
  *     upper dir on the host. A second container of the same image (same pod,
  *     its own snapshot, the same source and config in its extraoption) is
@@ -75,9 +77,10 @@ async function missing(): Promise<string | undefined> {
   return 'skip' in g ? g.skip : undefined;
 }
 
-function putManifest(url: string, body: Buffer): Promise<void> {
+function putManifest(url: string, body: Buffer, auth: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    const r = http.request(url, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': String(body.length) } }, (res) => {
+    const headers = { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': String(body.length), authorization: `Basic ${auth}` };
+    const r = http.request(url, { method: 'PUT', headers }, (res) => {
       res.resume();
       res.on('end', () => (res.statusCode === 201 ? resolve() : reject(new Error(`PUT ${url}: HTTP ${res.statusCode}`))));
     });
@@ -108,13 +111,20 @@ test('Kata path: snapshotter fuse.nydus-overlayfs mount → host mount.fuse over
   let cd: Containerd | undefined;
   let reg: Registry | undefined;
   let kd: RunningDaemon | undefined;
+  // a private registry: nydusify, ctr-remote and the snapshotter find the credentials in the docker config
+  const savedDockerConfig = process.env.DOCKER_CONFIG;
   try {
     // ------------------------------------------------------------ image: push, convert
-    reg = await startRegistry();
+    reg = await startRegistry({ user: 'kata', pass: 'pod-secret' });
+    const auth = reg.auth!;
+    const dockerConfig = path.join(dir, 'docker');
+    fs.mkdirSync(dockerConfig);
+    fs.writeFileSync(path.join(dockerConfig, 'config.json'), JSON.stringify({ auths: { [reg.host]: { auth } } }));
+    process.env.DOCKER_CONFIG = dockerConfig;
     const repo = 'e2e/kata';
     const img = ociImage(await Promise.all(KATA_LAYERS.map((l) => makeTar(l))));
     for (const b of img.blobs.values()) await reg.pushBlob(repo, b);
-    await putManifest(`http://${reg.host}/v2/${repo}/manifests/latest`, img.manifest);
+    await putManifest(`http://${reg.host}/v2/${repo}/manifests/latest`, img.manifest, auth);
     const target = `${reg.host}/${repo}:nydus`;
     const conv = spawnSync(path.join(ROOT, 'bin/nydusify'), ['convert', '--source', `${reg.host}/${repo}:latest`, '--target', target, '--plain-http', '--work-dir', path.join(dir, 'nydusify-work')], { encoding: 'utf8', timeout: 180_000 });
     assert.is(conv.status, 0, `nydusify convert: ${conv.stderr}${conv.stdout}`);
@@ -175,6 +185,7 @@ test('Kata path: snapshotter fuse.nydus-overlayfs mount → host mount.fuse over
     assert.is(cfg.device.backend.config.host, reg.host);
     assert.is(cfg.device.backend.config.repo, repo);
     assert.is(cfg.device.backend.config.scheme, 'http');
+    assert.is(cfg.device.backend.config.auth, auth, 'the registry credentials travel in the config');
     assert.is(cfg.device.id, `/${M}`);
     assert.is(cfg.device.cache.config.work_dir, path.join(sn.root, 'cache'));
     // a second container of the same image (same pod): its own snapshot dir, the same RAFS source and config
@@ -286,6 +297,9 @@ echo GUEST-DONE
     assert.ok(res.output.includes('c1 sees c2: added.txt guest.txt '), res.output);
     assert.is(fs.readFileSync(path.join(extra2.snapshotdir, 'fs/app/c2.txt'), 'utf8'), 'c2 writes\n');
     const l3After = blobGets(reg.log(), layer3Blob).length;
+    // served with the credentials from the extraoption config (the registry needs them), every byte of big.bin
+    const served = blobGets(reg.log(), layer3Blob).slice(l3Before).map((l) => /" (\d{3}) (\d+) /.exec(l)).filter((x) => x && (x[1] === '200' || x[1] === '206'));
+    assert.ok(served.reduce((n, x) => n + Number(x![2]), 0) >= BIG.length, `layer-3 bytes served: ${served.map((x) => x![0]).join(' ')}`);
     assert.ok(l3After > l3Before, `the Kata nydusd fetched layer 3 from the registry (${l3Before} → ${l3After} GETs)`);
     // the container's writes are in the snapshot's upper dir on the host
     const upper = path.join(extra.snapshotdir, 'fs');
@@ -295,7 +309,6 @@ echo GUEST-DONE
     const wh = fs.lstatSync(path.join(upper, 'app/keep.txt'));
     assert.ok(wh.isCharacterDevice() && wh.rdev === 0, 'a 0:0 whiteout for the deleted lower file');
     assert.not.ok(fs.existsSync(path.join(upper, 'data')), 'nothing copied up that was only read');
-    assert.ok(BIG.length > 0);
 
     // ------------------------------------------------------------ Kata teardown
     r = await api(apisock, 'DELETE', `/api/v1/mount?mountpoint=/rafs/${cid}/lowerdir`);
@@ -311,6 +324,8 @@ echo GUEST-DONE
     c.ctr([...SN, 'rm', key2]);
     await sleep(100);
   } finally {
+    if (savedDockerConfig === undefined) delete process.env.DOCKER_CONFIG;
+    else process.env.DOCKER_CONFIG = savedDockerConfig;
     await kd?.stop();
     await teardown(dir, cd, sn);
     await reg?.stop();
