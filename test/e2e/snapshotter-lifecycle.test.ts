@@ -26,6 +26,7 @@ import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { ROOT } from '../support/cli';
 import {
@@ -189,7 +190,29 @@ function snToml(dir: string, mode: string): string {
     device: { backend: { type: 'registry', config: { scheme: 'http', timeout: 10, connect_timeout: 5 } }, cache: { type: 'blobcache', config: {} } },
     mode: 'direct', digest_validate: false, enable_xattr: true, fs_prefetch: { enable: false },
   }));
-  return `daemon_mode = "${mode}"\n[daemon]\nnydusd_config = "${tpl}"\nrecover_policy = "restart"\n`;
+  return `daemon_mode = "${mode}"\n[daemon]\nnydusd_config = "${tpl}"\nrecover_policy = "restart"\n[metrics]\naddress = "127.0.0.1:${metricsPort}"\n`;
+}
+
+let metricsPort = 0;
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+    });
+  });
+}
+
+function getText(url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http.get(url, (res) => {
+      let b = '';
+      res.on('data', (d) => { b += d; });
+      res.on('end', () => resolve(b));
+    }).on('error', reject);
+  });
 }
 
 // ---------------------------------------------------------------- the lifecycle, per mode
@@ -197,6 +220,7 @@ function snToml(dir: string, mode: string): string {
 async function lifecycle(mode: 'dedicated' | 'shared'): Promise<void> {
   const dir = path.join(top, mode.slice(0, 3));
   fs.mkdirSync(dir, { recursive: true });
+  metricsPort = await freePort();
   const toml = snToml(dir, mode);
   let sn: SnapshotterProc | undefined;
   let c: Containerd | undefined;
@@ -273,6 +297,12 @@ async function lifecycle(mode: 'dedicated' | 'shared'): Promise<void> {
       fs.readdirSync(path.join(root, 'snapshots')).length === 0, snap());
     assert.is(c.ctr([...SN, 'ls']).stdout.trim().split('\n').length, 1, 'no snapshot left');
     assert.equal(fs.existsSync(path.join(root, 'socket')) ? fs.readdirSync(path.join(root, 'socket')) : [], []);
+    assert.equal(fs.existsSync(cache) ? fs.readdirSync(cache) : [], [], 'the cache dir is empty');
+    // this snapshotter process deleted A's own blob, then the two shared ones and B's own
+    const metrics = await getText(`http://127.0.0.1:${metricsPort}/v1/metrics`);
+    assert.match(metrics, /\nsnapshotter_cache_blobs_deleted_total 4\n/);
+    assert.match(metrics, /\nsnapshotter_cache_blob_deletion_errors_total 0\n/);
+    assert.match(metrics, /\nnydusd_counts 0\n/);
     assert.not.ok(fs.existsSync(path.join(root, 'mnt')) && fs.readdirSync(path.join(root, 'mnt')).length > 0);
     await sleep(300);
     assert.match(snap().log(), /unused cache blobs deleted/);
