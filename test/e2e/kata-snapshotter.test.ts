@@ -17,7 +17,8 @@
  *  2. containerd's own host mount of that rootfs: `mount.fuse overlay <target>
  *     -o … -t fuse.nydus-overlayfs` (bin/ on PATH) gives the overlay with the
  *     snapshot's upper/work and the returned lowerdir, and the merged view is
- *     the image's (layer-3 data left unread).
+ *     the image's (layer-3 data left unread); so is CRI's read-only temp mount
+ *     (the same options plus `ro`).
  *  3. The Kata runtime's part: the Go runtime's host share (mounts/ bound read-only
  *     with slave propagation onto shared/, the snapshot dir bound into it, marked
  *     slave, remounted read-only); `nydusd virtiofs` with the Go runtime's argv;
@@ -215,6 +216,17 @@ test('Kata path: snapshotter fuse.nydus-overlayfs mount → host mount.fuse over
       assert.not.ok(mi!.superOpts.some((o) => o.startsWith('extraoption')), 'extraoption never reaches the kernel');
       assert.equal(listTree(hostTarget, lazy), listTree(expected, lazy), 'host overlay = the image (layer-3 data unread)');
       for (const p of DELETED) assert.not.ok(fs.existsSync(path.join(hostTarget, p)), `${p} deleted`);
+    } finally {
+      spawnSync('umount', [hostTarget]);
+    }
+    assert.is(mountInfo(hostTarget), undefined);
+    // CRI's read-only temp mount (WithAdditionalGIDs / WithUser: containerd's readonlyMounts appends `ro` to non-overlay types)
+    const ro = mountLikeContainerd({ ...m, Options: [...m.Options.filter((o) => o !== 'rw' && o !== 'ro'), 'ro'] }, hostTarget);
+    assert.is(ro.status, 0, `mount.fuse (ro): ${ro.stderr}`);
+    try {
+      assert.ok(mountInfo(hostTarget)!.mountOpts.includes('ro'), 'read-only overlay');
+      assert.is(fs.readFileSync(path.join(hostTarget, 'etc/os-release'), 'utf8'), 'ID=kata-e2e\nVERSION_ID=2\n');
+      assert.throws(() => fs.writeFileSync(path.join(hostTarget, 'app/x'), 'x'), /EROFS/);
     } finally {
       spawnSync('umount', [hostTarget]);
     }
