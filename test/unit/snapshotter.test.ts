@@ -18,6 +18,7 @@ import { serve, type RunningServer } from '../../src/snapshotter/grpc-service';
 import { snapshotsService } from '../../src/snapshotter/proto';
 import { Snapshotter } from '../../src/snapshotter/snapshotter';
 import { pidAlive } from '../../src/snapshotter/daemon';
+import { MetaStore } from '../../src/snapshotter/store';
 import { spawn } from 'node:child_process';
 import { Compressor } from '../../src/common/compress';
 import { DigestAlgorithm, initDigest } from '../../src/common/digest';
@@ -659,6 +660,28 @@ test('shared mode recovery: a RUNNING daemon is re-adopted; after kill -9 (snaps
     assert.is(r.sn.daemons.daemons().length, 0);
   } finally {
     await r.close();
+  }
+});
+
+test('shared mode with cleanup_on_close: closing the snapshotter unmounts every image and stops the shared nydusd', async () => {
+  const dir = fs.mkdtempSync(path.join(tmp, 'fake-'));
+  const nydusd = fakeNydusd(dir);
+  const tpl = path.join(tmp, 'nydusd-config-shared3.json');
+  fs.writeFileSync(tpl, JSON.stringify({ device: { backend: { type: 'registry', config: {} } } }));
+  const r = await rig(`daemon_mode = "shared"\ncleanup_on_close = true\n[daemon]\nnydusd_path = "${nydusd}"\nnydusd_config = "${tpl}"\n`);
+  const meta = await pullNydus(r);
+  const id = r.sn.store.lookup(meta)!.id;
+  await r.call('Prepare', { key: 'c', parent: meta });
+  const d = r.sn.daemons.daemons()[0];
+  await r.close(true);
+  assert.equal(apiLog(dir).map((e) => [e.op, e.mp]), [['mount', `/${id}`], ['umount', `/${id}`]]);
+  await wait('nydusd to exit', () => !pidAliveTest(d.pid));
+  const store = new MetaStore(path.join(r.cfg.root, 'metadata.db'));
+  try {
+    assert.is(store.daemons().length, 0);
+    assert.is(store.instances().length, 0);
+  } finally {
+    store.close();
   }
 });
 
