@@ -9,7 +9,8 @@
  * - per mode: containerd + our containerd-nydus-grpc on private sockets,
  *   `bin/ctr-remote image rpull`, `ctr run --snapshotter nydus` prints a file
  *   of every layer and finds the deleted one absent (busybox `test -e`);
- * - the snapshotter restarted (its nydusd re-adopted), nydusd killed with
+ * - the snapshotter restarted (its nydusd re-adopted; a container started
+ *   before keeps reading through it), nydusd killed with
  *   SIGKILL while the snapshotter runs, and again while it is down: each time
  *   a new container starts and reads every layer;
  * - image A removed (`ctr image rm --sync`, containerd GC → Cleanup): A's
@@ -248,11 +249,16 @@ async function lifecycle(mode: 'dedicated' | 'shared'): Promise<void> {
     }
     for (const b of blobsA) assert.ok(cacheBlobs(cache).has(b), `cache files of blob ${b} after reading every layer`);
 
-    // restart the snapshotter: the nydusd is re-adopted, containers still start
+    // restart the snapshotter: the nydusd is re-adopted, a running container keeps reading, new ones start
     const pid0 = ourNydusd(root)[0];
+    c.ctr(['run', '-d', '--snapshotter', 'nydus', IMG_A(), 'life-bg', '/bin/sh', '-c', 'sleep 600']);
     await sn.stop();
     sn = await restartSnapshotter(dir, toml, c);
     assert.equal(ourNydusd(root), [pid0], 'nydusd outlived the snapshotter and was re-adopted');
+    assert.is(c.ctr(['task', 'exec', '--exec-id', 'e1', 'life-bg', '/bin/sh', '-c', READ_A]).stdout, WANT_A, 'the running container reads through the same nydusd');
+    c.ctr(['task', 'kill', '-s', 'SIGKILL', 'life-bg']);
+    for (let i = 0; i < 50 && c.ctr(['task', 'rm', 'life-bg'], { allowFail: true }).status !== 0; i++) await sleep(100);
+    c.ctr(['container', 'rm', 'life-bg']);
     assert.is(run(c, snap(), IMG_A(), READ_A), WANT_A);
 
     // kill -9 nydusd while the snapshotter runs: restarted (same argv), container reads again
