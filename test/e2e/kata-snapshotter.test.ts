@@ -30,7 +30,8 @@
  *     equals the image's merged view, deleted files are absent, the layer-3 blob
  *     is fetched from the (htpasswd) registry by the Kata nydusd with the
  *     credentials the snapshotter put into the config (all of big.bin), the
- *     container's writes (new file, copy-up, whiteout) land in the snapshot's
+ *     layers 1-2 the host nydusd already read come from the shared blob cache
+ *     (no new GET), the container's writes (new file, copy-up, whiteout) land in the snapshot's
  *     upper dir on the host. A second container of the same image (same pod,
  *     its own snapshot, the same source and config in its extraoption) is
  *     mounted the runtime-rs way (percent-encoded query) and sees the image,
@@ -233,6 +234,8 @@ test('Kata path: snapshotter fuse.nydus-overlayfs mount → host mount.fuse over
     assert.is(mountInfo(hostTarget), undefined);
     assert.equal(fs.readdirSync(path.join(extra.snapshotdir, 'fs')), [], 'nothing written to the upper dir on the host');
     const l3Before = blobGets(reg.log(), layer3Blob).length;
+    const gets12 = (): number[] => dataBlobs.slice(0, 2).map((d) => blobGets(reg!.log(), d.digest.slice(7)).length);
+    const l12Before = gets12();
 
     // ------------------------------------------------------------ 3. the Kata runtime: share, nydusd virtiofs, QEMU
     const cid = randomBytes(32).toString('hex');
@@ -309,6 +312,7 @@ echo GUEST-DONE
     assert.ok(res.output.includes('c1 sees c2: added.txt guest.txt '), res.output);
     assert.is(fs.readFileSync(path.join(extra2.snapshotdir, 'fs/app/c2.txt'), 'utf8'), 'c2 writes\n');
     const l3After = blobGets(reg.log(), layer3Blob).length;
+    assert.equal(gets12(), l12Before, 'layers 1-2 come from the blob cache the host nydusd filled (config work_dir shared)');
     // served with the credentials from the extraoption config (the registry needs them), every byte of big.bin
     const served = blobGets(reg.log(), layer3Blob).slice(l3Before).map((l) => /" (\d{3}) (\d+) /.exec(l)).filter((x) => x && (x[1] === '200' || x[1] === '206'));
     assert.ok(served.reduce((n, x) => n + Number(x![2]), 0) >= BIG.length, `layer-3 bytes served: ${served.map((x) => x![0]).join(' ')}`);
