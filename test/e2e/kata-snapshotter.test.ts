@@ -34,7 +34,9 @@
  *     (no new GET), the container's writes (new file, copy-up, whiteout) land in the snapshot's
  *     upper dir on the host. A second container of the same image (same pod,
  *     its own snapshot, the same source and config in its extraoption) is
- *     mounted the runtime-rs way (percent-encoded query) and sees the image,
+ *     mounted once the first runs in the guest (which has already looked the
+ *     path up: no negative dentry may stick), the runtime-rs way
+ *     (percent-encoded query), and sees the image,
  *     not the first container's writes. Then Kata's teardown (DELETE → 204,
  *     Go and runtime-rs forms; the share's binds undone).
  * Skips with a printed reason without root, containerd, the registry, FUSE,
@@ -271,7 +273,7 @@ test('Kata path: snapshotter fuse.nydus-overlayfs mount → host mount.fuse over
       script: `${H.prelude}
 set -e
 ${H.mountVirtiofs('kataShared', S)}
-n=0; until [ -e ${R}/etc/os-release ] && [ -e ${R2}/etc/os-release ]; do n=$((n+1)); [ $n -lt 900 ] || { echo "rafs never appeared"; exit 3; }; sleep 0.1; done
+n=0; until [ -e ${R}/etc/os-release ]; do n=$((n+1)); [ $n -lt 900 ] || { echo "rafs never appeared"; exit 3; }; sleep 0.1; done
 mount -t overlay overlay -o upperdir=${SD}/fs,workdir=${SD}/work,lowerdir=${R},index=off ${ROOTFS}
 ${H.tree(ROOTFS, 'merged')}
 for p in ${DELETED.join(' ')}; do if [ -e ${ROOTFS}/$p ]; then echo "PRESENT $p"; else echo "ABSENT $p"; fi; done
@@ -283,6 +285,10 @@ rm ${ROOTFS}/app/keep.txt
 mkdir ${ROOTFS}/newdir
 echo new > ${ROOTFS}/newdir/f
 sync
+# the second container is created while this one runs: look it up before it exists (no negative dentry may stick)
+if [ -e ${R2} ]; then echo "R2 EARLY"; else echo "R2 not yet"; fi
+touch ${SD}/c1-started
+n=0; until [ -e ${R2}/etc/os-release ]; do n=$((n+1)); [ $n -lt 600 ] || { echo "second rafs never appeared"; exit 4; }; sleep 0.1; done
 mount -t overlay overlay -o upperdir=${SD2}/fs,workdir=${SD2}/work,lowerdir=${R2},index=off ${ROOTFS2}
 ${H.tree(ROOTFS2, 'merged2')}
 echo "c2 os-release: $(grep -c guest ${ROOTFS2}/etc/os-release || true)"
@@ -297,12 +303,19 @@ echo GUEST-DONE
     // container create while the sandbox runs: the RAFS instance from the extraoption (Go sends the query raw)
     r = await api(apisock, 'POST', `/api/v1/mount?mountpoint=/rafs/${cid}/lowerdir`, { fs_type: 'rafs', source: extra.source, config: extra.config });
     assert.is(r.status, 204, `RAFS mount from the extraoption: ${r.body}\n${kd.log().slice(-3000)}`);
-    // the second container as runtime-rs sends it (percent-encoded query)
+    // the second container, once the first one runs in the guest, as runtime-rs sends it (percent-encoded query)
+    let guestEnded = false;
+    void guest.then(() => { guestEnded = true; });
+    const started = path.join(extra.snapshotdir, 'c1-started');
+    for (let t0 = Date.now(); !fs.existsSync(started) && !guestEnded; await sleep(100)) {
+      if (Date.now() - t0 > 150_000) throw new Error('the guest never started the first container');
+    }
     r = await api(apisock, 'POST', `/api/v1/mount?mountpoint=${encodeURIComponent(`/rafs/${cid2}/lowerdir`)}`, { fs_type: 'rafs', source: extra2.source, config: extra2.config });
     assert.is(r.status, 204, `RAFS mount (2): ${r.body}`);
     const res = await guest;
     assert.ok(res.exitOk, `guest failed rc=${res.rc} timedOut=${res.timedOut}\n${res.output.slice(-3000)}\n${res.console.slice(-3000)}\n--- nydusd virtiofs ---\n${kd.log().slice(-3000)}`);
     assert.ok(res.output.includes('GUEST-DONE'));
+    assert.ok(res.output.includes('R2 not yet'), 'the second RAFS mount came after the guest looked for it');
     assert.equal(parseGuestTree(res.output, 'merged'), hostTree(expected), 'guest overlay = the image, byte for byte');
     for (const p of DELETED) assert.ok(res.output.includes(`ABSENT ${p}`), `${p} must be absent in the guest`);
     assert.ok(res.output.includes('tool: tool from layer 1'));
