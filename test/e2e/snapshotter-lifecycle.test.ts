@@ -27,7 +27,6 @@ import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { ROOT } from '../support/cli';
 import {
@@ -35,7 +34,7 @@ import {
   type Containerd, type SnapshotterProc,
 } from '../support/containerd';
 import { fuseMissing } from '../support/nydusd';
-import { registryMissing, startRegistry, type Registry } from '../support/registry';
+import { freePort, registryMissing, startRegistry, type Registry } from '../support/registry';
 import { sleep } from '../support/timing';
 import { loadBootstrapFile } from '../../src/rafs/image';
 import { cacheFileBlob } from '../../src/snapshotter/cache-gc';
@@ -195,16 +194,6 @@ function snToml(dir: string, mode: string): string {
 }
 
 let metricsPort = 0;
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
 
 function getText(url: string): Promise<string> {
   return new Promise((resolve, reject) => {
