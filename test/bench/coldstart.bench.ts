@@ -23,7 +23,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { ROOT } from '../support/cli';
-import { containerdMissing, shortTmp, startContainerd, startSnapshotter, teardown, type Containerd, type SnapshotterProc } from '../support/containerd';
+import { containerdMissing, killUnder, shortTmp, startContainerd, startSnapshotter, teardown, unmountUnder, type Containerd, type SnapshotterProc } from '../support/containerd';
 import { freePort, registryMissing, REGISTRY_BIN } from '../support/registry';
 import { dropCaches, sleep } from '../support/timing';
 
@@ -295,8 +295,11 @@ async function backendMetrics(root: string): Promise<{ read_count: number; read_
 }
 
 let sampleSeq = 0;
+/** the running sample's dir (for the SIGINT/SIGTERM cleanup) */
+let sampleDir: string | undefined;
 async function sample(way: 'oci' | 'nydus', reg: Reg, repo: string, gib: number, link: Sample['link']): Promise<Sample> {
   const dir = shortTmp('cs-');
+  sampleDir = dir;
   let sn: SnapshotterProc | undefined;
   let c: Containerd | undefined;
   try {
@@ -322,6 +325,7 @@ async function sample(way: 'oci' | 'nydus', reg: Reg, repo: string, gib: number,
     return { size_gib: gib, way, link, pull: t1 - t0, run: t2 - t1, e2e_time: t2 - t0, registry_bytes: g.bytes, registry_requests: g.n, ...(m ?? {}) };
   } finally {
     await teardown(dir, c, sn);
+    sampleDir = undefined;
   }
 }
 
@@ -413,8 +417,21 @@ async function main(): Promise<void> {
   const samples: Sample[] = [];
   const images: ImageInfo[] = [];
   let shapedNote = '';
-  const onSig = (): void => { netnsDown(); };
+  // interrupted: kill what runs under our dirs, unmount, remove the netns and the dirs, exit
+  const onSig = (): void => {
+    for (const d of [sampleDir, work]) {
+      if (!d) continue;
+      killUnder(d);
+      unmountUnder(d);
+    }
+    reg?.proc.kill('SIGKILL');
+    shaped?.proc.kill('SIGKILL');
+    netnsDown();
+    for (const d of [sampleDir, work]) if (d) fs.rmSync(d, { recursive: true, force: true });
+    process.exit(130);
+  };
   process.once('SIGINT', onSig);
+  process.once('SIGTERM', onSig);
   try {
     reg = await launchRegistry(storage, path.join(work, 'registry.log'), `127.0.0.1:${await freePort()}`);
     for (const gib of sizes) {
@@ -427,11 +444,9 @@ async function main(): Promise<void> {
       const conversion_elapsed = now() - t0;
       fs.rmSync(path.join(work, 'conv'), { recursive: true, force: true });
       if (conv.status !== 0) throw new Error(`nydusify convert: ${conv.stderr}${conv.stdout}`);
-      const mark = reg.log().length;
       sh(`curl -sf http://${reg.host}/v2/${img.repo}/manifests/nydus -H 'Accept: application/vnd.oci.image.manifest.v1+json' > '${work}/nm.json'`);
       let nydus_blob_bytes = 0;
       try { nydus_blob_bytes = (JSON.parse(fs.readFileSync(`${work}/nm.json`, 'utf8')) as { layers: { size: number }[] }).layers.reduce((a, l) => a + l.size, 0); } catch { /* unknown */ }
-      void mark;
       console.log(`# converted in ${f(conversion_elapsed, 1)} s (nydus layers ${mib(nydus_blob_bytes)} MiB)`);
       images.push({ size_gib: gib, ...img, nydus_blob_bytes, conversion_elapsed });
       for (let i = 0; i < nSamples; i++) {
@@ -463,6 +478,7 @@ async function main(): Promise<void> {
     }
   } finally {
     process.removeListener('SIGINT', onSig);
+    process.removeListener('SIGTERM', onSig);
     await shaped?.stop().catch(() => undefined);
     if (nsUp) netnsDown();
     await reg?.stop().catch(() => undefined);
