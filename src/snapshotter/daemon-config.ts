@@ -139,56 +139,41 @@ export interface InstanceParams {
   env?: NodeJS.ProcessEnv;
 }
 
-/** The config of one RAFS instance from the template (see the file comment). */
-export function instanceConfig(template: Obj, p: InstanceParams): Obj {
-  if (template.version === 2) return v2Instance(structuredClone(template), p);
-  const c = project(template, FUSE_SCHEMA);
-  const device = (c.device ?? {}) as Obj;
-  c.device = device;
-  device.id = `/${p.snapshotId}`;
-  const backend = (isObj(device.backend) ? device.backend : {}) as Obj;
-  device.backend = backend;
-  const bc = (isObj(backend.config) ? backend.config : {}) as Obj;
-  backend.config = bc;
-  if ((backend.type ?? 'registry') === 'registry') {
-    backend.type = 'registry';
-    if (!p.imageRef) throw new SnapshotError('FailedPrecondition', `failed to find image ref of snapshot ${p.snapshotId}`);
-    const r = parseImageRef(p.imageRef);
-    bc.host = r.host;
-    bc.repo = r.repo;
-    const auth = findAuth(r.host, p.labels, p.env);
-    if (auth) bc.auth = auth;
-    if (p.skipVerify) bc.skip_verify = true;
-  }
-  const cache = (isObj(device.cache) ? device.cache : { type: 'blobcache' }) as Obj;
-  device.cache = cache;
-  const cc = (isObj(cache.config) ? cache.config : {}) as Obj;
-  cache.config = cc;
-  cc.work_dir = p.cacheDir;
-  return c;
+/** `o[key]` as an object, created (from `def`) when absent or not an object. */
+function sub(o: Obj, key: string, def: Obj = {}): Obj {
+  if (!isObj(o[key])) o[key] = def;
+  return o[key] as Obj;
 }
 
-function v2Instance(c: Obj, p: InstanceParams): Obj {
-  c.id = `/${p.snapshotId}`;
-  const backend = (isObj(c.backend) ? c.backend : {}) as Obj;
-  c.backend = backend;
-  if ((backend.type ?? 'registry') === 'registry') {
-    backend.type = 'registry';
-    if (!p.imageRef) throw new SnapshotError('FailedPrecondition', `failed to find image ref of snapshot ${p.snapshotId}`);
-    const r = parseImageRef(p.imageRef);
-    const reg = (isObj(backend.registry) ? backend.registry : {}) as Obj;
-    backend.registry = reg;
-    reg.host = r.host;
-    reg.repo = r.repo;
-    const auth = findAuth(r.host, p.labels, p.env);
-    if (auth) reg.auth = auth;
-    if (p.skipVerify) reg.skip_verify = true;
+/** Registry host/repo/auth of the image into a registry backend section (v1 `config` or v2 `registry`). */
+function fillRegistry(backend: Obj, section: Obj, p: InstanceParams): void {
+  if ((backend.type ?? 'registry') !== 'registry') return;
+  backend.type = 'registry';
+  if (!p.imageRef) throw new SnapshotError('FailedPrecondition', `failed to find image ref of snapshot ${p.snapshotId}`);
+  const r = parseImageRef(p.imageRef);
+  section.host = r.host;
+  section.repo = r.repo;
+  const auth = findAuth(r.host, p.labels, p.env);
+  if (auth) section.auth = auth;
+  if (p.skipVerify) section.skip_verify = true;
+}
+
+/** The config of one RAFS instance from the template (see the file comment). */
+export function instanceConfig(template: Obj, p: InstanceParams): Obj {
+  if (template.version === 2) {
+    const c = structuredClone(template);
+    c.id = `/${p.snapshotId}`;
+    const backend = sub(c, 'backend');
+    if ((backend.type ?? 'registry') === 'registry') fillRegistry(backend, sub(backend, 'registry'), p);
+    sub(sub(c, 'cache', { type: 'blobcache' }), 'filecache').work_dir = p.cacheDir;
+    return c;
   }
-  const cache = (isObj(c.cache) ? c.cache : { type: 'blobcache' }) as Obj;
-  c.cache = cache;
-  const fc = (isObj(cache.filecache) ? cache.filecache : {}) as Obj;
-  cache.filecache = fc;
-  fc.work_dir = p.cacheDir;
+  const c = project(template, FUSE_SCHEMA);
+  const device = sub(c, 'device');
+  device.id = `/${p.snapshotId}`;
+  const backend = sub(device, 'backend');
+  fillRegistry(backend, sub(backend, 'config'), p);
+  sub(sub(device, 'cache', { type: 'blobcache' }), 'config').work_dir = p.cacheDir;
   return c;
 }
 
