@@ -9,7 +9,7 @@ import { parseNydusdConfig, redactSecrets, type ConfigV2 } from '../common/confi
 import { ErrnoError } from '../common/errno';
 import { log } from '../common/log';
 import { RafsFs } from '../rafs/fs';
-import { createBackend, createBlobDevice, StorageDevice } from '../storage/factory';
+import { createBackend, createBlobDevice } from '../storage/factory';
 import type { BlobcacheMetrics } from '../storage/cache/metrics';
 import type { BlobBackend } from '../storage/backend/backend';
 import { loadBootstrapFileAsync } from '../rafs/image';

@@ -14,8 +14,8 @@
  */
 import { ChunkMemoryCache } from './cache/memory';
 import { type ConfigV2, isChunkValidationEnabled } from '../common/config';
-import { ErrnoError, eio, enosys } from '../common/errno';
-import { logLimited, warnLimited } from '../common/log';
+import { eio, enosys } from '../common/errno';
+import { warnLimited } from '../common/log';
 import type { BlobInfo, ChunkInfo } from './format/types';
 import type { BlobBackend } from './backend/backend';
 import type { BackendMetrics } from './backend/metrics';
@@ -25,7 +25,7 @@ import { S3Backend } from './backend/s3';
 import { OssBackend } from './backend/oss';
 import { HttpProxyBackend } from './backend/http-proxy';
 import { type ChunkSource, DEFAULT_BATCH, type FileCache } from './cache/filecache';
-import { ChunkDirectory, mergeRuns } from './blob/chunk-directory';
+import { ChunkDirectory, blobOrder, mergeRuns } from './blob/chunk-directory';
 import { RecentFailures, fetchRegion } from './cache/region';
 import { type PrefetchOptions, Prefetcher } from './cache/prefetcher';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
@@ -253,19 +253,9 @@ export class StorageDevice implements BlobDevice {
    */
   readahead(chunks: ChunkInfo[]): void {
     if (this.closed) return;
-    const per = new Map<number, ChunkInfo[]>();
-    for (const c of chunks) {
-      if (!Number.isInteger(c.blobIndex) || c.blobIndex < 0 || c.blobIndex >= this.blobs.length) continue;
-      if (this.memory.has(memKey(c))) continue;
-      let l = per.get(c.blobIndex);
-      if (!l) per.set(c.blobIndex, (l = []));
-      l.push(c);
-    }
-    for (const [i, l] of per) {
+    for (const [i, l] of this.byBlob(chunks.filter((c) => !this.memory.has(memKey(c))))) {
       const info = this.blobs[i];
-      const seen = new Set<number>();
-      const sorted = l.filter((c) => !seen.has(c.index) && (seen.add(c.index), true)).sort((a, b) => a.compressedOffset - b.compressedOffset);
-      for (const run of mergeRuns(sorted, READAHEAD_REQUEST)) {
+      for (const run of mergeRuns(blobOrder(l), READAHEAD_REQUEST)) {
         if (this.cache) {
           this.cache.fetchRun(info, run, this.source).then(
             (datas) => datas.forEach((p, k) => { if (p) this.memory.offer(memKey(run[k]), p); }),
@@ -290,6 +280,11 @@ export class StorageDevice implements BlobDevice {
    */
   prefetch(chunks: ChunkInfo[]): void {
     if (!this.cache || this.closed) return;
+    for (const [i, l] of this.byBlob(chunks)) this.prefetcher.submitChunks(this.blobs[i], l);
+  }
+
+  /** `chunks` grouped by blob index (chunks naming no blob of this image dropped). */
+  private byBlob(chunks: readonly ChunkInfo[]): Map<number, ChunkInfo[]> {
     const per = new Map<number, ChunkInfo[]>();
     for (const c of chunks) {
       if (!Number.isInteger(c.blobIndex) || c.blobIndex < 0 || c.blobIndex >= this.blobs.length) continue;
@@ -297,7 +292,7 @@ export class StorageDevice implements BlobDevice {
       if (!l) per.set(c.blobIndex, (l = []));
       l.push(c);
     }
-    for (const [i, l] of per) this.prefetcher.submitChunks(this.blobs[i], l);
+    return per;
   }
 
   /** Download every chunk of every blob in the background (`prefetch_all`). */

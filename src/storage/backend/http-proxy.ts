@@ -33,7 +33,7 @@ import { type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './b
 import { type Headers, type HttpResponse, MAX_HEADER_SIZE, describe, discard, readExact } from './http';
 import type { BackendMetrics } from './metrics';
 import { type RemoteBackendOptions, RemoteBlobBackend, contentRangeMismatch, headSize } from './object-storage';
-import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, defaultRetryDelay, budget, retryRead } from './retry';
+import { READ_ATTEMPTS, defaultRetryDelay, budget, retryRead } from './retry';
 
 /** `path` joined with the blob id as upstream's PathBuf::join does (no normalisation). */
 export function joinBlobPath(p: string, blobId: string): string {

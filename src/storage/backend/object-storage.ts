@@ -39,7 +39,7 @@ import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, c
 import { type Headers, HttpClient, type HttpClientOptions, type HttpResponse, describe, discard, errorText, headerValue, readExact } from './http';
 import type { BackendMetrics } from './metrics';
 import { type RequestOptions, proxyAttempts } from './proxy';
-import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, defaultRetryDelay, budget, retryRead } from './retry';
+import { READ_ATTEMPTS, defaultRetryDelay, budget, retryRead } from './retry';
 
 /** SHA-256 of the empty payload (GET and HEAD carry no body). */
 export const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';

@@ -55,7 +55,7 @@ import type { RegistryConfig } from '../../common/config';
 import { warnLimited } from '../../common/log';
 import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './backend';
 import type { BackendMetrics } from './metrics';
-import { PREFETCH_ATTEMPTS, READ_ATTEMPTS, defaultRetryDelay, budget, retryRead } from './retry';
+import { READ_ATTEMPTS, defaultRetryDelay, budget, retryRead } from './retry';
 import { type RequestOptions, proxyAttempts } from './proxy';
 import {
   type Headers,

@@ -68,6 +68,12 @@ export class ChunkDirectory {
   }
 }
 
+/** `chunks` of one blob, one per index, in blob order (by compressed offset). */
+export function blobOrder(chunks: readonly ChunkInfo[]): ChunkInfo[] {
+  const seen = new Set<number>();
+  return chunks.filter((c) => !seen.has(c.index) && (seen.add(c.index), true)).sort((a, b) => a.compressedOffset - b.compressedOffset);
+}
+
 /**
  * Split sorted, distinct chunks into runs that one request each can fetch:
  * contiguous in the blob (gaps of at most `limit/128`) and at most `limit`

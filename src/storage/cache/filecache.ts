@@ -38,7 +38,6 @@ import { ErrnoError, eio } from '../../common/errno';
 import { logLimited, warnLimited } from '../../common/log';
 import type { ChunkLocation } from '../blob/device';
 import type { BlobInfo, ChunkInfo } from '../format/types';
-import type { BlobFile } from '../blob/blob-file';
 import { decodeChunk } from '../blob/chunk-reader';
 import type { ChunkDirectory } from '../blob/chunk-directory';
 import { fetchRegion } from './region';

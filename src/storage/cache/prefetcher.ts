@@ -19,7 +19,7 @@
  *    the API and nydusctl.
  */
 import { warnLimited } from '../../common/log';
-import { mergeRuns } from '../blob/chunk-directory';
+import { blobOrder, mergeRuns } from '../blob/chunk-directory';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobcacheMetrics } from './metrics';
 
@@ -63,9 +63,7 @@ export class Prefetcher {
   submitChunks(info: BlobInfo, chunks: readonly ChunkInfo[]): void {
     if (this.stopped || chunks.length === 0) return;
     if (this.metrics) this.metrics.prefetchUnmergedChunks += chunks.length;
-    const seen = new Set<number>();
-    const sorted = chunks.filter((c) => !seen.has(c.index) && (seen.add(c.index), true)).sort((a, b) => a.compressedOffset - b.compressedOffset);
-    this.enqueue(info, mergeRuns(sorted, this.batch));
+    this.enqueue(info, mergeRuns(blobOrder(chunks), this.batch));
   }
 
   /** Queue the whole blob (its chunks in blob order). */
