@@ -20,7 +20,6 @@ import * as assert from 'uvu/assert';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { type HttpProxyConfig, type OssConfig, type S3Config, defaultProxyConfig, parseNydusdConfig } from '../../src/common/config';
@@ -31,6 +30,7 @@ import { OssBackend } from '../../src/storage/backend/oss';
 import { S3Backend, createSigV4Signer, signS3Request, signV4 } from '../../src/storage/backend/s3';
 import { createBackend } from '../../src/storage/factory';
 import { EMPTY_SHA256, type S3Fault, type S3LogEntry, type S3Server, startS3Server, verifySigV4 } from '../support/s3-server';
+import { type FakeServer, rangeReply, serveHttp } from '../support/http-fakes';
 
 // ------------------------------------------------------------------ helpers
 
@@ -401,28 +401,11 @@ test('s3 backend: config checks, default endpoint, keys percent-encoded per segm
 
 // ------------------------------------------------------------------ OSS backend
 
-interface Fake { port: number; close(): Promise<void> }
+type Fake = FakeServer;
 
-async function serve(handler: http.RequestListener, listen: number | string = 0): Promise<Fake> {
-  const srv = http.createServer(handler);
-  const sockets = new Set<Socket>();
-  srv.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
-  await new Promise<void>((r) => (typeof listen === 'string' ? srv.listen(listen, r) : srv.listen(listen, '127.0.0.1', r)));
-  const a = srv.address();
-  return {
-    port: typeof a === 'object' && a ? (a as AddressInfo).port : 0,
-    close: () => new Promise<void>((r) => { for (const s of sockets) s.destroy(); srv.close(() => r()); }),
-  };
-}
+const serve = (handler: http.RequestListener, listen: number | string = 0): Promise<Fake> => serveHttp(handler, { listen });
 
-function sendRange(req: http.IncomingMessage, res: http.ServerResponse, status?: number): void {
-  const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
-  if (!m) { res.writeHead(status ?? 200, { 'content-length': BLOB.length }); res.end(req.method === 'HEAD' ? undefined : BLOB); return; }
-  const a = Number(m[1]);
-  const b = m[2] === '' ? BLOB.length - 1 : Math.min(Number(m[2]), BLOB.length - 1);
-  res.writeHead(status ?? 206, { 'content-length': b - a + 1, 'content-range': `bytes ${a}-${b}/${BLOB.length}` });
-  res.end(req.method === 'HEAD' ? undefined : BLOB.subarray(a, b + 1));
-}
+const sendRange = (req: http.IncomingMessage, res: http.ServerResponse, status?: number): void => rangeReply(req, res, BLOB, status);
 
 function ossConfig(extra: Partial<OssConfig> = {}): OssConfig {
   return {

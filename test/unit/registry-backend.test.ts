@@ -9,8 +9,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { ErrnoError } from '../../src/common/errno';
+import { type FakeServer, rangeReply, serveHttp } from '../support/http-fakes';
 import { applyImagePullAuth, parseNydusdConfig, type RegistryConfig } from '../../src/common/config';
 import { createBackend } from '../../src/storage/factory';
 import { RegistryBackend, parseChallenge, validateAuth } from '../../src/storage/backend/registry';
@@ -23,31 +23,12 @@ const REPO = 'test/img';
 const BLOB_PATH = `/v2/${REPO}/blobs/sha256:${BLOB_ID}`;
 const AUTH = Buffer.from('user:pass').toString('base64');
 
-interface Server { port: number; host: string; origin: string; close(): Promise<void>; }
+type Server = FakeServer;
 
-async function serve(handler: http.RequestListener, host = '127.0.0.1'): Promise<Server> {
-  const srv = http.createServer(handler);
-  const sockets = new Set<import('node:net').Socket>();
-  srv.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
-  await new Promise<void>((r) => srv.listen(0, host, r));
-  const port = (srv.address() as AddressInfo).port;
-  return {
-    port,
-    host,
-    origin: `http://${host}:${port}`,
-    close: () => new Promise<void>((r) => { for (const s of sockets) s.destroy(); srv.close(() => r()); }),
-  };
-}
+const serve = (handler: http.RequestListener, host = '127.0.0.1'): Promise<Server> => serveHttp(handler, { host });
 
 /** Serve BLOB's Range as 206. */
-function sendRange(req: http.IncomingMessage, res: http.ServerResponse, blob = BLOB): void {
-  const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
-  if (!m) { res.writeHead(200, { 'content-length': blob.length }); res.end(blob); return; }
-  const a = Number(m[1]);
-  const b = Math.min(Number(m[2]), blob.length - 1);
-  res.writeHead(206, { 'content-length': b - a + 1, 'content-range': `bytes ${a}-${b}/${blob.length}` });
-  res.end(blob.subarray(a, b + 1));
-}
+const sendRange = (req: http.IncomingMessage, res: http.ServerResponse, blob = BLOB): void => rangeReply(req, res, blob);
 
 function cfg(s: Server, extra: Partial<RegistryConfig> = {}): RegistryConfig {
   return {

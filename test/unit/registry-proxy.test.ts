@@ -23,6 +23,7 @@ import { ErrnoError } from '../../src/common/errno';
 import { defaultProxyConfig, type ProxyConfig, type RegistryConfig } from '../../src/common/config';
 import { RegistryBackend } from '../../src/storage/backend/registry';
 import { HttpClient } from '../../src/storage/backend/http';
+import { rangeReply } from '../support/http-fakes';
 
 const BLOB = crypto.randomBytes(64 * 1024);
 const BLOB_ID = crypto.createHash('sha256').update(BLOB).digest('hex');
@@ -49,14 +50,7 @@ async function listen(srv: net.Server, scheme: string): Promise<Server> {
 const serve = (h: http.RequestListener) => listen(http.createServer(h), 'http');
 
 /** Serve BLOB's Range as 206. */
-function sendRange(req: http.IncomingMessage, res: http.ServerResponse): void {
-  const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
-  if (!m) { res.writeHead(200, { 'content-length': BLOB.length }); res.end(BLOB); return; }
-  const a = Number(m[1]);
-  const b = Math.min(Number(m[2]), BLOB.length - 1);
-  res.writeHead(206, { 'content-length': b - a + 1, 'content-range': `bytes ${a}-${b}/${BLOB.length}` });
-  res.end(BLOB.subarray(a, b + 1));
-}
+const sendRange = (req: http.IncomingMessage, res: http.ServerResponse): void => rangeReply(req, res, BLOB);
 
 interface Seen { method: string; url: string; headers: http.IncomingHttpHeaders }
 
