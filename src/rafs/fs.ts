@@ -179,10 +179,10 @@ export class RafsFs implements FileSystem {
    * overlaps with serving the current chunk.
    */
   private readahead(i: RafsInode, chunks: ChunkInfo[], last: number, offset: number, end: number): void {
-    const st = this.lastEnd.get(i.ino);
-    this.lastEnd.set(i.ino, { end, next: Math.max(st?.next ?? 0, last + 1) });
-    if (st?.end !== offset) return;
-    const cur = this.lastEnd.get(i.ino)!;
+    let cur = this.lastEnd.get(i.ino);
+    const sequential = cur?.end === offset;
+    if (cur) { cur.end = end; cur.next = Math.max(cur.next, last + 1); } else this.lastEnd.set(i.ino, (cur = { end, next: last + 1 }));
+    if (!sequential) return;
     const window = Math.max(READAHEAD_MIN_CHUNKS, Math.ceil(READAHEAD_BYTES / Math.max(this.sb.meta.chunkSize, 4096)));
     // refill in batches of at least half a window, so the device can fetch them in few large requests
     if (cur.next - (last + 1) >= window / 2 || cur.next >= chunks.length) return;
