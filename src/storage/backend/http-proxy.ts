@@ -30,9 +30,9 @@ import { Agent, type Dispatcher } from 'undici';
 import type { HttpProxyConfig } from '../../common/config';
 import { eio, einval } from '../../common/errno';
 import { type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './backend';
-import { type Headers, type HttpResponse, MAX_HEADER_SIZE, describe, discard, readExact } from './http';
+import { type Headers, type HttpResponse, MAX_HEADER_SIZE, contentRangeMismatch, describe, discard, readExact } from './http';
 import type { BackendMetrics } from './metrics';
-import { type RemoteBackendOptions, RemoteBlobBackend, contentRangeMismatch, headSize } from './object-storage';
+import { type RemoteBackendOptions, RemoteBlobBackend, headSize } from './object-storage';
 import { READ_ATTEMPTS, defaultRetryDelay, budget, retryRead } from './retry';
 
 /** `path` joined with the blob id as upstream's PathBuf::join does (no normalisation). */

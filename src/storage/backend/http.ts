@@ -302,3 +302,44 @@ export function describe(err: unknown): string {
   }
   return parts.join(': ');
 }
+
+/**
+ * Check a ranged GET reply and read exactly `length` bytes of it, for every
+ * remote backend: >= 400 is an error with the body's text; 206 must carry a
+ * Content-Range naming exactly the asked bytes (when it has one); a 200 is
+ * accepted only at offset 0 (then the exact length decides) and otherwise is
+ * a retryable error, so a server ignoring Range never yields bytes of the
+ * wrong place. `from` names the server in messages.
+ */
+export async function rangedBody(r: HttpResponse, offset: number, length: number, from: string): Promise<Buffer> {
+  if (r.status >= 400 || r.status < 200) {
+    const text = await errorText(r);
+    throw eio(`status ${r.status} from ${from}${text ? `: ${text}` : ''}`);
+  }
+  if (r.status === 200) {
+    if (offset !== 0) {
+      await discard(r, 0);
+      // retried (a caching proxy or CDN may answer a cache miss whole): as upstream, a length failure
+      throw eio(`status 200 (Range ignored by ${from}) for a read at offset ${offset}`);
+    }
+  } else if (r.status !== 206) {
+    await discard(r);
+    throw eio(`unexpected status ${r.status} from ${from}`);
+  } else {
+    const bad = contentRangeMismatch(r, offset, length);
+    if (bad) {
+      await discard(r, 0);
+      throw eio(bad);
+    }
+  }
+  return readExact(r, length);
+}
+
+/** Why a reply's Content-Range (when it has one) does not name exactly the asked bytes, or undefined. */
+export function contentRangeMismatch(r: HttpResponse, offset: number, length: number): string | undefined {
+  const cr = headerValue(r.headers, 'content-range');
+  if (cr === undefined) return undefined;
+  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr.trim());
+  if (m && Number(m[1]) === offset && Number(m[2]) === offset + length - 1) return undefined;
+  return `Content-Range ${JSON.stringify(cr.slice(0, 100))} does not match the requested bytes ${offset}-${offset + length - 1}`;
+}

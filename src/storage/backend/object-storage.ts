@@ -36,7 +36,7 @@
  */
 import { eio, einval } from '../../common/errno';
 import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './backend';
-import { type Headers, HttpClient, type HttpClientOptions, type HttpResponse, describe, discard, errorText, headerValue, readExact } from './http';
+import { type Headers, HttpClient, type HttpClientOptions, type HttpResponse, describe, discard, errorText, headerValue, rangedBody } from './http';
 import type { BackendMetrics } from './metrics';
 import { type RequestOptions, proxyAttempts } from './proxy';
 import { READ_ATTEMPTS, defaultRetryDelay, budget, retryRead } from './retry';
@@ -111,42 +111,6 @@ export function exactUrl(href: string, path: string): URL {
   return u;
 }
 
-/**
- * Check a ranged GET reply and read exactly `length` bytes of it (see the
- * module doc). `from` names the server in messages.
- */
-export async function rangedBody(r: HttpResponse, offset: number, length: number, from: string): Promise<Buffer> {
-  if (r.status >= 400 || r.status < 200) {
-    const text = await errorText(r);
-    throw eio(`status ${r.status} from ${from}${text ? `: ${text}` : ''}`);
-  }
-  if (r.status === 200) {
-    if (offset !== 0) {
-      await discard(r, 0);
-      // retried (a caching proxy or CDN may answer a cache miss whole): as upstream, a length failure
-      throw eio(`status 200 (Range ignored by ${from}) for a read at offset ${offset}`);
-    }
-  } else if (r.status !== 206) {
-    await discard(r);
-    throw eio(`unexpected status ${r.status} from ${from}`);
-  } else {
-    const bad = contentRangeMismatch(r, offset, length);
-    if (bad) {
-      await discard(r, 0);
-      throw eio(bad);
-    }
-  }
-  return readExact(r, length);
-}
-
-/** Why a reply's Content-Range (when it has one) does not name exactly the asked bytes, or undefined. */
-export function contentRangeMismatch(r: HttpResponse, offset: number, length: number): string | undefined {
-  const cr = headerValue(r.headers, 'content-range');
-  if (cr === undefined) return undefined;
-  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr.trim());
-  if (m && Number(m[1]) === offset && Number(m[2]) === offset + length - 1) return undefined;
-  return `Content-Range ${JSON.stringify(cr.slice(0, 100))} does not match the requested bytes ${offset}-${offset + length - 1}`;
-}
 
 /** Blob size from a HEAD reply: status 200..399 and a Content-Length. */
 export async function headSize(r: HttpResponse, what: string): Promise<number> {

@@ -64,9 +64,8 @@ import {
   type HttpResponse,
   describe,
   discard,
-  errorText,
   headerValue,
-  readExact,
+  rangedBody,
 } from './http';
 import { type Challenge, RegistryAuth } from './registry-auth';
 
@@ -231,7 +230,7 @@ export class RegistryBackend implements BlobBackend {
     const cached = this.redirects.get(blobId);
     if (cached) {
       const r = await this.send('GET', cached, { range }, undefined, ro);
-      if (r.status < 400) return this.body(r, offset, length, cached);
+      if (r.status < 400) return rangedBody(r, offset, length, cached.host);
       // deliberate: any failure status drops the cached URL (upstream: 401/403 only)
       await discard(r);
       this.redirects.delete(blobId);
@@ -248,7 +247,7 @@ export class RegistryBackend implements BlobBackend {
       r = await this.send('GET', url, { range }, undefined, ro);
       if (r.status >= 200 && r.status <= 299) this.redirects.set(blobId, url);
     }
-    return this.body(r, offset, length, url);
+    return rangedBody(r, offset, length, url.host);
   }
 
   private redirectTarget(loc: string, base: URL): URL {
@@ -262,31 +261,6 @@ export class RegistryBackend implements BlobBackend {
     if (this.cfg.blob_redirected_host) u.hostname = this.cfg.blob_redirected_host;
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw eio(`redirect to unsupported scheme ${u.protocol}`);
     return u;
-  }
-
-  private async body(r: HttpResponse, offset: number, length: number, url: URL): Promise<Buffer> {
-    if (r.status >= 400 || r.status < 200) {
-      const text = await errorText(r);
-      throw eio(`status ${r.status} from ${url.host}${text ? `: ${text}` : ''}`);
-    }
-    if (r.status === 200) {
-      if (offset !== 0) {
-        await discard(r, 0);
-        // retried (a caching proxy or CDN may answer a cache miss whole): as upstream, a length failure
-        throw eio(`status 200 (Range ignored by ${url.host}) for a read at offset ${offset}`);
-      }
-    } else if (r.status !== 206) {
-      await discard(r);
-      throw eio(`unexpected status ${r.status} from ${url.host}`);
-    } else {
-      const cr = headerValue(r.headers, 'content-range');
-      const m = cr ? /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr.trim()) : null;
-      if (cr && (!m || Number(m[1]) !== offset || Number(m[2]) !== offset + length - 1)) {
-        await discard(r, 0);
-        throw eio(`Content-Range ${JSON.stringify(cr.slice(0, 100))} does not match the request`);
-      }
-    }
-    return readExact(r, length);
   }
 
   /** Request with the auth flow of storage-backends §2 (registry-auth.ts). */
