@@ -90,7 +90,10 @@ async function run(flags: ConfigFlags): Promise<void> {
   sn.onOperation = (op, ms) => metrics?.observe(op, ms);
   await daemons.recover();
   const srv = await serve(sn, cfg.address);
-  if (cfg.metrics.address) await metrics.listen(cfg.metrics.address);
+  if (cfg.metrics.address) {
+    await metrics.listen(cfg.metrics.address);
+    metrics.startCollector(daemons, { collectIntervalMs: cfg.metrics.collectIntervalMs, hungIoIntervalMs: cfg.metrics.hungIoIntervalMs });
+  }
   log.info({ address: cfg.address, root: cfg.root, daemon_mode: cfg.daemonMode, nydusd: cfg.daemon.nydusdPath }, 'containerd-nydus-grpc serving');
   let stopping = false;
   const stop = (sig: string): void => {

@@ -11,8 +11,11 @@
  * `log_to_stdout`, `dir`), `[snapshot]` (`enable_nydus_overlayfs`,
  * `nydus_overlayfs_path`, `sync_remove`, `enable_overlayfs_volatile`;
  * `enable_nydus_overlayfs` is also read from `[experimental]`),
- * `[cache_manager]` (`disable`, `cache_dir`, `gc_period`), `[metrics] address`,
- * `[remote] skip_ssl_verify`. Unknown keys are ignored as upstream's decoder
+ * `[cache_manager]` (`disable`, `cache_dir`, `gc_period`), `[metrics]`
+ * (`address`, `hung_io_interval` default 10s, `collect_interval` default 1m;
+ * Go durations such as "10s" / "1m30s", or integer nanoseconds as Go's TOML
+ * decoder reads a time.Duration; zero or negative is refused, where upstream's
+ * ticker would panic), `[remote] skip_ssl_verify`. Unknown keys are ignored as upstream's decoder
  * does (logged at debug). Refused: fs_driver fscache/blockdev/proxy (not
  * implemented), a root longer than 70 bytes (as upstream).
  */
@@ -25,6 +28,9 @@ export const DEFAULT_ROOT = '/var/lib/containerd/io.containerd.snapshotter.v1.ny
 export const DEFAULT_ADDRESS = '/run/containerd-nydus/containerd-nydus-grpc.sock';
 export const DEFAULT_NYDUSD_CONFIG = '/etc/nydus/nydusd-config.json';
 export const MAX_ROOT_LENGTH = 70;
+/** `[metrics] hung_io_interval` / `collect_interval` defaults (upstream internal/constant). */
+export const DEFAULT_HUNG_IO_INTERVAL_MS = 10_000;
+export const DEFAULT_COLLECT_INTERVAL_MS = 60_000;
 
 export type DaemonMode = 'dedicated' | 'shared' | 'none';
 export type RecoverPolicy = 'none' | 'restart' | 'failover';
@@ -54,7 +60,7 @@ export interface SnapshotterConfig {
     enableOverlayfsVolatile: boolean;
   };
   cacheManager: { disable: boolean; cacheDir: string; gcPeriod: string };
-  metrics: { address: string };
+  metrics: { address: string; hungIoIntervalMs: number; collectIntervalMs: number };
   remote: { skipSslVerify: boolean };
 }
 
@@ -110,6 +116,44 @@ function int(t: Table, k: string, where: string, dflt: number, max: number): num
   const n = typeof v === 'bigint' ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > max) throw bad(`${where}${k} must be an integer in 0..${max}`);
   return n;
+}
+
+const DURATION_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, 'µs': 1e-3, 'μs': 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/**
+ * A Go `time.ParseDuration` string ("1m", "1.5s", "1h2m3s", "0") in
+ * milliseconds, or undefined when it is not one.
+ */
+export function parseGoDuration(v: string): number | undefined {
+  let s = v.trim();
+  let sign = 1;
+  if (s.startsWith('-') || s.startsWith('+')) {
+    if (s[0] === '-') sign = -1;
+    s = s.slice(1);
+  }
+  if (s === '0') return 0;
+  if (!s) return undefined;
+  let ms = 0;
+  const re = /^(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/;
+  while (s) {
+    const m = re.exec(s);
+    if (!m) return undefined;
+    ms += Number(m[1]) * DURATION_UNITS[m[2]];
+    s = s.slice(m[0].length);
+  }
+  return sign * ms;
+}
+
+/** A positive duration key (Go duration string or integer nanoseconds) in milliseconds. */
+function duration(t: Table, k: string, where: string, dflt: number): number {
+  const v = t[k];
+  if (v === undefined) return dflt;
+  let ms: number | undefined;
+  if (typeof v === 'string') ms = parseGoDuration(v);
+  else if (typeof v === 'bigint' || (typeof v === 'number' && Number.isInteger(v))) ms = Number(v) / 1e6;
+  if (ms === undefined) throw bad(`${where}${k} must be a duration such as "10s" or "1m"`);
+  if (!(ms > 0) || ms > 2 ** 31 - 1) throw bad(`${where}${k} must be positive and at most 24 days`);
+  return ms;
 }
 
 const LEVELS: LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error'];
@@ -203,7 +247,11 @@ export function buildConfig(tomlText: string | undefined, flags: ConfigFlags = {
       cacheDir,
       gcPeriod: str(cm, 'gc_period', '[cache_manager] ', '24h'),
     },
-    metrics: { address: str(me, 'address', '[metrics] ', '') },
+    metrics: {
+      address: str(me, 'address', '[metrics] ', ''),
+      hungIoIntervalMs: duration(me, 'hung_io_interval', '[metrics] ', DEFAULT_HUNG_IO_INTERVAL_MS),
+      collectIntervalMs: duration(me, 'collect_interval', '[metrics] ', DEFAULT_COLLECT_INTERVAL_MS),
+    },
     remote: { skipSslVerify: bool(re, 'skip_ssl_verify', '[remote] ', false) },
   };
 }

@@ -201,6 +201,11 @@ export class DaemonManager {
     return this.store.daemons();
   }
 
+  /** Daemons serving now: alive, not being restarted or stopped (what the metrics collector polls). */
+  servingDaemons(): DaemonRecord[] {
+    return this.store.daemons().filter((d) => !this.recovering.has(d.id) && !this.live.get(d.id)?.stopping && this.alive(d));
+  }
+
   private daemonRecord(id: string): DaemonRecord | undefined {
     return this.store.daemons().find((d) => d.id === id);
   }
