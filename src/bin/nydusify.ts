@@ -7,7 +7,7 @@
  * Deliberate differences: the builder runs in-process (`--nydus-image` is
  * accepted and ignored); `check` mounts with this package's nydusd unless
  * `--nydusd` names another; flags of paths that are not implemented
- * (backends, build cache, chunk dict, --merge-platform, --oci-ref, --reverse)
+ * (backends, build cache, chunk dict, --oci-ref, --reverse)
  * are rejected with EINVAL rather than ignored; `--source-archive` /
  * `--target-archive` are OCI-layout tars (skopeo's `oci-archive:`); `--work-dir` is
  * removed after convert only if nydusify created it (as upstream); progress
@@ -116,7 +116,8 @@ program.command('convert')
   .option('--output-json <file>', 'Write conversion metrics as JSON, also after a failure')
   .option('--push-retry-count <n>', 'Retries of a failed push', '3')
   .option('--push-retry-delay <d>', 'Delay between push retries (e.g. 5s, 500ms)', '5s')
-  .option('--merge-platform', '(not supported) index holding OCI and Nydus manifests')
+  .option('--merge-platform', 'Generate an OCI index holding both the (rewritten) OCI and the Nydus manifests', false)
+  .addOption(new Option('--multi-platform', 'Alias of --merge-platform').hideHelp())
   .option('--oci-ref', '(not supported) zran conversion')
   .option('--reverse', '(not supported) Nydus to OCI')
   .option('--backend-type <type>', '(not supported) external blob backend')
@@ -126,7 +127,7 @@ program.command('convert')
   .option('--build-cache-tag <tag>', '(not supported)')
   .option('--chunk-dict <ref>', '(not supported) chunk dictionary')
   .action(async (o) => {
-    unsupported(o, ['mergePlatform', 'ociRef', 'reverse', 'backendType', 'backendConfig', 'backendConfigFile', 'buildCache', 'buildCacheTag', 'chunkDict']);
+    unsupported(o, ['ociRef', 'reverse', 'backendType', 'backendConfig', 'backendConfigFile', 'buildCache', 'buildCacheTag', 'chunkDict']);
     if (!o.source) throw einval('--source is required');
     if (o.target && o.targetSuffix) throw einval('--target and --target-suffix conflict');
     if (!o.target && !o.targetSuffix) throw einval('one of --target or --target-suffix is required');
@@ -159,6 +160,7 @@ program.command('convert')
         platforms: platformsOf(o),
         oci: o.oci && !o.dockerV2Format,
         withReferrer: o.withReferrer,
+        mergePlatform: !!(o.mergePlatform || o.multiPlatform),
         sourceArchive: o.sourceArchive,
         targetArchive: o.targetArchive,
         workDir: o.workDir,
@@ -203,7 +205,7 @@ program.command('check')
   });
 
 program.command('copy')
-  .description('Copy an image from a source registry to a target registry')
+  .description('Copy an image between registries; file://<path> on either side loads from / saves to an OCI-layout tar')
   .addOption(new Option('--source <ref>', 'Source image reference').env('SOURCE'))
   .addOption(new Option('--target <ref>', 'Target image reference').env('TARGET'))
   .option('--source-insecure', 'Skip verifying the source registry\'s TLS certificate', false)
@@ -212,7 +214,7 @@ program.command('copy')
   .option('--platform <list>', 'Comma separated platforms to copy', `linux/${defaultPlatform().architecture}`)
   .option('--all-platforms', 'Copy every platform', false)
   .option('--push-chunk-size <size>', 'Chunked upload of this many bytes per request (0: monolithic)', '0')
-  .option('--work-dir <dir>', 'Accepted for compatibility (nothing is stored)', './tmp')
+  .option('--work-dir <dir>', 'Working directory for archives (deleted afterwards if created)', './tmp')
   .option('--source-backend-type <t>', '(not supported)')
   .action(async (o) => {
     unsupported(o, ['sourceBackendType']);
@@ -220,11 +222,16 @@ program.command('copy')
     const chunk = /^(\d+)\s*(MB|KB|B)?$/i.exec(o.pushChunkSize);
     if (!chunk) throw einval(`invalid --push-chunk-size '${o.pushChunkSize}'`);
     const mult = !chunk[2] || /^b$/i.test(chunk[2]) ? 1 : /^kb$/i.test(chunk[2]) ? 1000 : 1000_000;
-    const d = await copy({
-      source: o.source, target: o.target, sourceInsecure: o.sourceInsecure, targetInsecure: o.targetInsecure,
-      plainHttp: o.plainHttp, platforms: platformsOf(o), pushChunkSize: Number(chunk[1]) * mult,
-    });
-    process.stdout.write(`copied ${o.source} to ${o.target} (${d.digest})\n`);
+    const createdWorkDir = !fs.existsSync(o.workDir);
+    try {
+      const d = await copy({
+        source: o.source, target: o.target, sourceInsecure: o.sourceInsecure, targetInsecure: o.targetInsecure,
+        plainHttp: o.plainHttp, platforms: platformsOf(o), pushChunkSize: Number(chunk[1]) * mult, workDir: o.workDir,
+      });
+      process.stdout.write(`copied ${o.source} to ${o.target} (${d.digest})\n`);
+    } finally {
+      if (createdWorkDir) fs.rmSync(o.workDir, { recursive: true, force: true });
+    }
   });
 
 export async function main(argv: string[]): Promise<void> {

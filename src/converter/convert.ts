@@ -20,7 +20,9 @@
  * Deliberate differences: no containerd content store (the work dir holds the
  * blobs); the layer pull and build overlap (a layer builds as soon as its tar
  * is down); no build cache, chunk dict, backends other than the registry,
- * `--merge-platform` or `--oci-ref` (rejected by the CLI).
+ * or `--oci-ref` (rejected by the CLI). `--merge-platform` on a single-manifest
+ * source gives both index entries the platform of the source config (upstream
+ * leaves the Nydus entry's platform empty, so no platform matcher selects it).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -28,14 +30,18 @@ import type { Compressor } from '../common/compress';
 import { einval } from '../common/errno';
 import { log } from '../common/log';
 import { type Credentials } from '../remote/docker-config';
-import { type Descriptor, type ImageConfig, type Index, type Manifest, isIndexType, isManifestType } from '../remote/media-types';
-import { type PlatformSpec, platformMatches } from '../remote/platform';
+import { type Descriptor, type ImageConfig, type Index, type Manifest, MediaType, isIndexType, isManifestType } from '../remote/media-types';
+import { type PlatformSpec, platformMatches, platformOfConfig } from '../remote/platform';
 import { type Reference, formatReference, parseReference } from '../remote/reference';
 import { RegistryClient, sha256Digest } from '../remote/client';
 import { type ImageSink, type ImageSource, OciArchiveSink, OciArchiveSource } from '../remote/oci-archive';
 import { writeBootstrapLayer, mergeBootstraps } from './bootstrap-layer';
 import { type ConvertedLayer, buildLayer, layerToTar } from './layer';
-import { bootstrapDescriptor, bootstrapMediaType, goJson, isNydusManifest, rewriteConfig, rewriteIndex, rewriteManifest } from './manifest';
+import { transferBlob } from '../remote/transfer';
+import {
+  EMPTY_LAYER_GZIP, type PrependedEmptyLayer, bootstrapDescriptor, bootstrapMediaType, goJson, isNydusManifest, mergedIndex,
+  prependEmptyLayer, rewriteConfig, rewriteIndex, rewriteManifest,
+} from './manifest';
 
 export const BUILDER_VERSION = 'v2.4.4-ts';
 const CONCURRENCY = 5;
@@ -63,6 +69,8 @@ export interface ConvertOptions {
   platforms?: PlatformSpec[];
   oci?: boolean;
   withReferrer?: boolean;
+  /** `--merge-platform`: push an index holding the (rewritten) source manifests and the Nydus ones (§2.2) */
+  mergePlatform?: boolean;
   /** read the source from this OCI-layout archive instead of a registry (`--source-archive`) */
   sourceArchive?: string;
   /** write the target to this OCI-layout archive instead of pushing (`--target-archive`) */
@@ -115,13 +123,15 @@ export async function mapLimit<T, R>(items: T[], n: number, fn: (t: T, i: number
   return out;
 }
 
-interface PushItem { desc: Descriptor; file?: string; bytes?: Buffer }
+interface PushItem { desc: Descriptor; file?: string; bytes?: Buffer; fromSource?: boolean }
 
 interface ConvertedManifest {
   descriptor: Descriptor;
   mediaType: string;
   bytes: Buffer;
   blobs: PushItem[];
+  /** `--merge-platform`: the source manifest with the empty layer prepended, and the source layers it references */
+  oci?: { rewrite: PrependedEmptyLayer; sourceLayers: Descriptor[] };
 }
 
 const ns = (t0: bigint): number => Number(process.hrtime.bigint() - t0);
@@ -194,6 +204,8 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
       const cfgBytes = await srcClient.fetchBlobBytes(src, m.config);
       metrics.SourceImageSize += bytes.length + cfgBytes.length;
       const cfg = JSON.parse(cfgBytes.toString('utf8')) as ImageConfig;
+      // a merged index needs a platform on both entries of a single-manifest source (upstream leaves them empty)
+      const platform = desc.platform ?? (o.mergePlatform ? platformOfConfig(cfg) : undefined);
       const layers = await mapLimit(m.layers, CONCURRENCY, (l) => convertLayer(l));
       const t0 = process.hrtime.bigint();
       const merged = mergeBootstraps(layers, o.prefetchPatterns ?? ['/']);
@@ -208,7 +220,7 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
       const r = rewriteManifest({
         source: m, sourceType: desc.mediaType, sourceDescriptor: desc, sourceReference: sourceRef,
         layers: allLayers, config: cfgDesc, oci: !!o.oci, fsVersion: o.fsVersion, builderVersion: BUILDER_VERSION,
-        withReferrer: o.withReferrer,
+        withReferrer: o.withReferrer, mergePlatform: o.mergePlatform,
       });
       const mbytes = goJson(r.manifest);
       const blobs: PushItem[] = [
@@ -216,7 +228,8 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
         { desc: bootDesc, file: bootFile },
         { desc: { ...r.manifest.config }, bytes: newCfg },
       ];
-      return { descriptor: { mediaType: r.mediaType, digest: sha256Digest(mbytes), size: mbytes.length, ...(desc.platform ? { platform: desc.platform } : {}) }, mediaType: r.mediaType, bytes: mbytes, blobs };
+      const oci = o.mergePlatform ? { rewrite: prependEmptyLayer(m, { ...desc, platform }, cfg), sourceLayers: m.layers } : undefined;
+      return { descriptor: { mediaType: r.mediaType, digest: sha256Digest(mbytes), size: mbytes.length, ...(platform ? { platform } : {}) }, mediaType: r.mediaType, bytes: mbytes, blobs, oci };
     };
 
     let results: ConvertedManifest[];
@@ -230,7 +243,7 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
         const c = await convertManifest({ ...child.descriptor, mediaType: d.mediaType, platform: d.platform }, child.json, child.bytes);
         return c;
       });
-      if (results.length > 1) {
+      if (results.length > 1 && !o.mergePlatform) {
         const r = rewriteIndex(idx, top.descriptor.mediaType, results.map((c) => c.descriptor), !!o.oci);
         index = { mediaType: r.mediaType, bytes: goJson(r.index) };
       }
@@ -248,13 +261,27 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
     // push: blobs, then manifests, then the index (children before parents)
     const tPush = process.hrtime.bigint();
     const blobs = new Map<string, PushItem>();
-    for (const r of results) for (const b of r.blobs) blobs.set(b.desc.digest, b);
+    for (const r of results) {
+      for (const b of r.blobs) blobs.set(b.desc.digest, b);
+      if (!r.oci) continue;
+      // the merged index's OCI manifests: their (unchanged) source layers, the empty layer and the new config
+      for (const l of r.oci.sourceLayers) blobs.set(l.digest, { desc: l, fromSource: true });
+      blobs.set(r.oci.rewrite.emptyLayer.digest, { desc: r.oci.rewrite.emptyLayer, bytes: EMPTY_LAYER_GZIP });
+      blobs.set(r.oci.rewrite.config.descriptor.digest, { desc: r.oci.rewrite.config.descriptor, bytes: r.oci.rewrite.config.bytes });
+    }
     await mapLimit([...blobs.values()], CONCURRENCY, async (b) => {
       o.onProgress?.({ phase: 'push', id: b.desc.digest, state: 'start', bytes: b.desc.size });
-      await dstClient.pushBlob(dst, b.desc, () => (b.bytes ?? fs.createReadStream(b.file!)));
+      if (b.fromSource) await transferBlob(srcClient, src, dstClient, dst, b.desc);
+      else await dstClient.pushBlob(dst, b.desc, () => (b.bytes ?? fs.createReadStream(b.file!)));
       metrics.TargetImageSize += b.desc.size;
       o.onProgress?.({ phase: 'push', id: b.desc.digest, state: 'done', bytes: b.desc.size });
     });
+    if (o.mergePlatform) {
+      const oci = results.map((r) => r.oci!.rewrite.manifest);
+      for (const m of oci) await dstClient.pushManifest(dst, m.descriptor.digest, m.descriptor.mediaType, m.bytes);
+      index = { mediaType: MediaType.OciIndex, bytes: mergedIndex(oci.map((m) => m.descriptor), results.map((r) => r.descriptor)) };
+      metrics.TargetImageSize += oci.reduce((n, m) => n + m.bytes.length, 0);
+    }
     let final: Descriptor;
     if (index) {
       for (const r of results) {

@@ -20,6 +20,7 @@
  * and descriptors, source order for configs, where upstream sorts config keys
  * through a map), so digests are not byte-identical to upstream's.
  */
+import { sha256Digest } from '../remote/client';
 import { Annotation, type Descriptor, type ImageConfig, type Index, type Manifest, MediaType, isDockerType } from '../remote/media-types';
 
 export const NYDUS_HISTORY = { created_by: 'Nydus Converter', comment: 'Nydus Bootstrap Layer' };
@@ -93,13 +94,15 @@ export interface ManifestRewrite {
   fsVersion: 5 | 6;
   builderVersion: string;
   withReferrer?: boolean;
+  /** `--merge-platform`: the config gets the Nydus config type, which containerd does not pull */
+  mergePlatform?: boolean;
 }
 
 /** The Nydus manifest (media types per §2.1, annotations per §2 step 6e). */
 export function rewriteManifest(o: ManifestRewrite): { mediaType: string; manifest: Manifest } {
   const docker = isDockerType(o.sourceType) && !o.oci;
   const mediaType = docker ? MediaType.DockerManifest : MediaType.OciManifest;
-  const configType = docker ? MediaType.DockerConfig : MediaType.OciConfig;
+  const configType = o.mergePlatform ? MediaType.NydusConfig : docker ? MediaType.DockerConfig : MediaType.OciConfig;
   const layers = o.layers.map((l) => {
     const a = { ...(l.annotations ?? {}) };
     delete a[Annotation.Uncompressed];
@@ -132,4 +135,73 @@ export function rewriteIndex(source: Index, sourceType: string, manifests: Descr
 export function isNydusManifest(m: Manifest): boolean {
   const last = m.layers?.[m.layers.length - 1];
   return !!last && (last.mediaType === MediaType.OciLayerGzip || last.mediaType === MediaType.DockerLayerGzip) && last.annotations?.[Annotation.NydusBootstrap] === 'true';
+}
+
+/**
+ * The empty layer `--merge-platform` prepends to every OCI manifest: an empty
+ * tar (1024 zero bytes) gzipped as Go's archive/tar + compress/gzip write it,
+ * so its digest is the well-known sha256:4f4fb700…acc1 (32 bytes).
+ */
+export const EMPTY_LAYER_GZIP = Buffer.from('1f8b08000000000000ff621805a360148c5800080000ffff2eafb5ef00040000', 'hex');
+/** diff_id of the empty layer: sha256 of 1024 zero bytes */
+export const EMPTY_LAYER_DIFF_ID = 'sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef';
+export const EMPTY_LAYER_HISTORY = { created_by: 'Nydus Converter', comment: 'Nydus Empty Layer' };
+
+export interface PrependedEmptyLayer {
+  /** the empty layer's descriptor (annotated `nydus-empty-layer`) */
+  emptyLayer: Descriptor;
+  config: { descriptor: Descriptor; bytes: Buffer };
+  /** the rewritten manifest; `descriptor` is its index entry (source platform and annotations + `nydus-source-digest`) */
+  manifest: { descriptor: Descriptor; bytes: Buffer };
+}
+
+/**
+ * `--merge-platform`'s rewrite of a source OCI / Docker manifest (§2.2): the
+ * empty layer first, its diff_id first in the config, a "Nydus Empty Layer"
+ * history entry first, `nydus-source-digest` on the manifest and on its index
+ * entry. The OCI manifests get new digests, so runtimes cannot share layers
+ * between them and stock images.
+ */
+export function prependEmptyLayer(source: Manifest, sourceDescriptor: Descriptor, config: ImageConfig): PrependedEmptyLayer {
+  const docker = isDockerType(sourceDescriptor.mediaType);
+  const emptyLayer: Descriptor = {
+    mediaType: docker ? MediaType.DockerLayerGzip : MediaType.OciLayerGzip,
+    digest: sha256Digest(EMPTY_LAYER_GZIP), size: EMPTY_LAYER_GZIP.length,
+    annotations: { [Annotation.NydusEmptyLayer]: 'true' },
+  };
+  const cfg = JSON.parse(JSON.stringify(config)) as ImageConfig;
+  cfg.rootfs = { ...(cfg.rootfs ?? { type: 'layers' }), type: cfg.rootfs?.type ?? 'layers', diff_ids: [EMPTY_LAYER_DIFF_ID, ...(cfg.rootfs?.diff_ids ?? [])] };
+  cfg.history = [{ ...EMPTY_LAYER_HISTORY }, ...(Array.isArray(cfg.history) ? cfg.history : [])];
+  const cfgBytes = goJson(cfg);
+  const cfgDesc: Descriptor = { mediaType: docker ? MediaType.DockerConfig : MediaType.OciConfig, digest: sha256Digest(cfgBytes), size: cfgBytes.length };
+  const m: Manifest = {
+    ...source,
+    config: orderedDescriptor(cfgDesc),
+    layers: [orderedDescriptor(emptyLayer), ...source.layers.map(orderedDescriptor)],
+    annotations: { ...(source.annotations ?? {}), [Annotation.NydusSourceDigest]: sourceDescriptor.digest },
+  };
+  const bytes = goJson(m);
+  const descriptor = orderedDescriptor({
+    mediaType: sourceDescriptor.mediaType, digest: sha256Digest(bytes), size: bytes.length,
+    ...(sourceDescriptor.urls ? { urls: sourceDescriptor.urls } : {}),
+    annotations: { ...(sourceDescriptor.annotations ?? {}), [Annotation.NydusSourceDigest]: sourceDescriptor.digest },
+    ...(sourceDescriptor.platform ? { platform: sourceDescriptor.platform } : {}),
+    ...(sourceDescriptor.artifactType ? { artifactType: sourceDescriptor.artifactType } : {}),
+  });
+  return { emptyLayer, config: { descriptor: cfgDesc, bytes: cfgBytes }, manifest: { descriptor, bytes } };
+}
+
+/**
+ * The `--merge-platform` index (§2.2): the rewritten OCI manifests, then the
+ * Nydus manifests with `artifactType` set; OCI index JSON without a
+ * `mediaType` field, as upstream writes it.
+ */
+export function mergedIndex(oci: Descriptor[], nydus: Descriptor[]): Buffer {
+  return goJson({
+    schemaVersion: 2,
+    manifests: [
+      ...oci.map(orderedDescriptor),
+      ...nydus.map((d) => orderedDescriptor({ ...d, platform: d.platform ?? { architecture: '', os: '' }, artifactType: MediaType.NydusManifestArtifact })),
+    ],
+  });
 }

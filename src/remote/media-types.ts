@@ -37,6 +37,7 @@ export const Annotation = {
   NydusBuilderVersion: 'containerd.io/snapshot/nydus-builder-version',
   NydusReferenceBlobIds: 'containerd.io/snapshot/nydus-reference-blob-ids',
   NydusEncryptedBlob: 'containerd.io/snapshot/nydus-encrypted-blob',
+  NydusEmptyLayer: 'containerd.io/snapshot/nydus-empty-layer',
 } as const;
 
 /** Accept header of manifest requests: every manifest and index type we read. */

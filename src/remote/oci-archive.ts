@@ -15,13 +15,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createHash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Readable, Transform } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import * as tarStream from 'tar-stream';
 import { einval, eio } from '../common/errno';
-import { type FetchedManifest, MAX_MANIFEST_SIZE, sha256Digest } from './client';
+import { type FetchedManifest, MAX_MANIFEST_SIZE, type PushBlobOptions, sha256Digest, verifyingStream } from './client';
 import { type Descriptor, documentType } from './media-types';
 import type { Reference } from './reference';
 
@@ -39,30 +38,11 @@ export interface ImageSource {
 
 /** Where converted images go. */
 export interface ImageSink {
-  pushBlob(ref: Reference, desc: Descriptor, source: () => Readable | Buffer | Promise<Readable | Buffer>): Promise<unknown>;
+  pushBlob(ref: Reference, desc: Descriptor, source: () => Readable | Buffer | Promise<Readable | Buffer>, o?: PushBlobOptions): Promise<unknown>;
   pushManifest(ref: Reference, tagOrDigest: string, mediaType: string, bytes: Buffer): Promise<string>;
   close(): Promise<void>;
 }
 
-/** A stream that fails unless it carries exactly `size` bytes of digest `digest`. */
-function verifying(digest: string, size: number, what: string): Transform {
-  const h = createHash('sha256');
-  let n = 0;
-  return new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      n += chunk.length;
-      if (n > size) { cb(eio(`${what}: more than ${size} bytes`)); return; }
-      h.update(chunk);
-      cb(null, chunk);
-    },
-    flush(cb) {
-      const got = `sha256:${h.digest('hex')}`;
-      if (n !== size) cb(eio(`${what}: ${n} bytes, expected ${size}`));
-      else if (got !== digest) cb(eio(`${what}: digest ${got}, expected ${digest}`));
-      else cb();
-    },
-  });
-}
 
 /** Decompress by magic: gzip, zstd or plain. */
 async function openTar(file: string): Promise<Readable> {
@@ -150,7 +130,7 @@ export class OciArchiveSource implements ImageSource {
   }
 
   async fetchBlob(_ref: Reference, desc: Descriptor): Promise<Readable> {
-    return fs.createReadStream(this.blobPath(desc.digest)).pipe(verifying(desc.digest, desc.size, `blob ${desc.digest}`));
+    return fs.createReadStream(this.blobPath(desc.digest)).pipe(verifyingStream(desc.digest, desc.size, `blob ${desc.digest}`));
   }
 
   async close(): Promise<void> {}
@@ -174,7 +154,7 @@ export class OciArchiveSink implements ImageSink {
     if (fs.existsSync(out)) return 'exists';
     const src = await source();
     const tmp = `${out}.tmp`;
-    await pipeline(Buffer.isBuffer(src) ? Readable.from([src]) : src, verifying(desc.digest, desc.size, `blob ${desc.digest}`), fs.createWriteStream(tmp));
+    await pipeline(Buffer.isBuffer(src) ? Readable.from([src]) : src, verifyingStream(desc.digest, desc.size, `blob ${desc.digest}`), fs.createWriteStream(tmp));
     fs.renameSync(tmp, out);
     return 'uploaded';
   }

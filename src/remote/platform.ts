@@ -49,3 +49,9 @@ export function platformMatches(p: Platform | undefined, want: PlatformSpec[] | 
     return w.os === n.os && w.architecture === n.architecture && (!w.variant || w.variant === n.variant);
   });
 }
+
+/** The platform an image config declares (`os`, `architecture`, `variant`), if it declares one. */
+export function platformOfConfig(cfg: { os?: unknown; architecture?: unknown; variant?: unknown }): Platform | undefined {
+  if (typeof cfg.os !== 'string' || typeof cfg.architecture !== 'string' || !cfg.os || !cfg.architecture) return undefined;
+  return { architecture: cfg.architecture, os: cfg.os, ...(typeof cfg.variant === 'string' && cfg.variant ? { variant: cfg.variant } : {}) };
+}

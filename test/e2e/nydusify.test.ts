@@ -12,7 +12,11 @@
  *  - altered targets fail check: a target converted from a different source,
  *    a manifest without the bootstrap annotation, a config whose last diff_id
  *    is wrong;
- *  - `nydusify copy` keeps the manifest digest;
+ *  - `nydusify copy` keeps the manifest digest, also through `file://` OCI
+ *    archives (save, then load into another repository);
+ *  - `--merge-platform` writes upstream's merged index (rewritten OCI manifest
+ *    with the empty layer, Nydus manifest with artifactType) that check
+ *    accepts on both sides;
  *  - behind htpasswd with credentials from $DOCKER_CONFIG, a Docker v2 source
  *    converts (`--target-suffix`) to a Docker-typed Nydus manifest that checks.
  * Skipped with the reason when docker-registry, root/FUSE or busybox-static
@@ -28,7 +32,8 @@ import { fuseMissing, startNydusd } from '../support/nydusd';
 import { BUSYBOX, pushTestImage, type TestImage } from '../support/oci-image';
 import { registryMissing, startRegistry, type Registry } from '../support/registry';
 import { RegistryClient, sha256Digest } from '../../src/remote/client';
-import { Annotation, MediaType, type ImageConfig, type Manifest } from '../../src/remote/media-types';
+import { gunzipSync } from 'node:zlib';
+import { Annotation, MediaType, type Descriptor, type ImageConfig, type Manifest } from '../../src/remote/media-types';
 import { parseReference } from '../../src/remote/reference';
 
 const missing = registryMissing() ?? fuseMissing() ?? (fs.existsSync(BUSYBOX) ? undefined : `${BUSYBOX} missing (apt-get install busybox-static)`);
@@ -208,6 +213,82 @@ test('copy keeps the manifest digest', async () => {
   } finally {
     await c.close();
   }
+});
+
+test('copy through file:// OCI archives (save, load) keeps the digest', async () => {
+  if (missing) { console.log(`skipped: ${missing}`); return; }
+  const tar = path.join(work, 'saved.tar');
+  const cw = path.join(work, 'copy-work');
+  ok(['copy', '--source', dst, '--target', `file://${tar}`, '--work-dir', cw]);
+  assert.not.ok(fs.existsSync(cw), 'a work dir nydusify created is removed');
+  const list = spawnSync('tar', ['-tf', tar], { encoding: 'utf8' }).stdout.split('\n');
+  assert.ok(list.includes('oci-layout') && list.includes('index.json'), list.join(','));
+  const index = JSON.parse(spawnSync('tar', ['-xOf', tar, 'index.json'], { encoding: 'utf8' }).stdout);
+  assert.is(index.manifests[0].annotations['org.opencontainers.image.ref.name'], 'v1-nydus');
+  ok(['copy', '--source', `file://${tar}`, '--target', `${reg!.host}/fromfile/app:v2`]);
+  const c = client();
+  try {
+    const a = await c.resolve(parseReference(dst));
+    assert.is(index.manifests[0].digest, a.digest);
+    const b = await c.resolve(parseReference(`${reg!.host}/fromfile/app:v2`));
+    assert.is(b.digest, a.digest);
+  } finally {
+    await c.close();
+  }
+  const bad = nydusify(['copy', '--source', `file://${path.join(work, 'nonexistent.tar')}`, '--target', `${reg!.host}/x/y:z`]);
+  assert.is(bad.status, 1);
+  assert.match(bad.out, /is not a file/);
+});
+
+test('--merge-platform: one index with the rewritten OCI manifest (empty layer first) and the Nydus manifest; check passes on both sides', async () => {
+  if (missing) { console.log(`skipped: ${missing}`); return; }
+  const merged = `${reg!.host}/merged/app:v1`;
+  ok(['convert', '--source', src, '--target', merged, '--merge-platform', '--work-dir', path.join(work, 'tmp-merge')]);
+  const c = client();
+  try {
+    const ref = parseReference(merged);
+    const top = await c.fetchManifest(ref);
+    const idx = JSON.parse(top.bytes.toString('utf8'));
+    assert.is(idx.schemaVersion, 2);
+    assert.not.ok('mediaType' in idx, 'upstream writes the merged index without a mediaType field');
+    assert.is(idx.manifests.length, 2);
+    const [ociDesc, nydusDesc] = idx.manifests as Descriptor[];
+    const arch = process.arch === 'x64' ? 'amd64' : process.arch;
+    assert.equal(ociDesc.platform, { architecture: arch, os: 'linux' }, 'platform taken from the source config');
+    assert.is(ociDesc.annotations?.[Annotation.NydusSourceDigest], img.manifestDigest);
+    assert.is(ociDesc.artifactType, undefined);
+    assert.is(nydusDesc.artifactType, MediaType.NydusManifestArtifact);
+    assert.equal(nydusDesc.platform, ociDesc.platform);
+    // the OCI side: the source manifest with the empty layer prepended
+    const oci = (await c.fetchManifest(ref, ociDesc.digest)).json as unknown as Manifest;
+    const srcMan = (await c.fetchManifest(parseReference(src))).json as unknown as Manifest;
+    assert.is(oci.layers.length, srcMan.layers.length + 1);
+    assert.equal(oci.layers.slice(1), srcMan.layers);
+    assert.equal(oci.layers[0], {
+      mediaType: MediaType.OciLayerGzip, digest: 'sha256:4f4fb700ef54461cfa02571ae0db9a0dc1e0cdb5577484a6d75e68dc38e8acc1', size: 32,
+      annotations: { 'containerd.io/snapshot/nydus-empty-layer': 'true' },
+    });
+    assert.is(oci.annotations?.[Annotation.NydusSourceDigest], img.manifestDigest);
+    const empty = await c.fetchBlobBytes(ref, oci.layers[0]);
+    const tar = gunzipSync(empty);
+    assert.equal(tar, Buffer.alloc(1024), 'the empty layer is an empty tar');
+    const ocfg = await c.fetchJson<ImageConfig>(ref, oci.config);
+    const scfg = await c.fetchJson<ImageConfig>(parseReference(src), srcMan.config);
+    assert.equal(ocfg.rootfs.diff_ids, [sha256Digest(tar), ...scfg.rootfs.diff_ids]);
+    assert.equal(ocfg.history?.[0], { created_by: 'Nydus Converter', comment: 'Nydus Empty Layer' });
+    // the source layers were copied into the target repository
+    for (const l of srcMan.layers) assert.is(await c.blobSize(ref, l.digest), l.size);
+    // the Nydus side: config typed so plain containerd skips it
+    const nm = (await c.fetchManifest(ref, nydusDesc.digest)).json as unknown as Manifest;
+    assert.is(nm.config.mediaType, MediaType.NydusConfig);
+    assert.is(nm.layers.at(-1)?.annotations?.[Annotation.NydusBootstrap], 'true');
+  } finally {
+    await c.close();
+  }
+  // check takes the Nydus entry as the target and the OCI entry (with its empty layer) as the source
+  const out = ok(['check', '--source', merged, '--target', merged, '--work-dir', path.join(work, 'check-merged')]);
+  assert.match(out, /check passed: manifest, bootstrap, filesystem/);
+  ok(['check', '--source', src, '--target', merged, '--work-dir', path.join(work, 'check-merged2')]);
 });
 
 test('htpasswd registry, credentials from $DOCKER_CONFIG, Docker v2 source, --target-suffix', async () => {

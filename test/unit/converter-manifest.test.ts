@@ -14,7 +14,8 @@ import { gunzipSync } from 'node:zlib';
 import * as tarStream from 'tar-stream';
 import { Annotation, MediaType, type Descriptor, type Manifest } from '../../src/remote/media-types';
 import {
-  bootstrapDescriptor, bootstrapMediaType, goJson, isNydusManifest, nydusBlobDescriptor, rewriteConfig, rewriteIndex, rewriteManifest,
+  EMPTY_LAYER_DIFF_ID, EMPTY_LAYER_GZIP, bootstrapDescriptor, bootstrapMediaType, goJson, isNydusManifest, mergedIndex, nydusBlobDescriptor,
+  prependEmptyLayer, rewriteConfig, rewriteIndex, rewriteManifest,
 } from '../../src/converter/manifest';
 import { writeBootstrapLayer } from '../../src/converter/bootstrap-layer';
 import { applyLayerTar, diffTrees, type TreeEntry } from '../../src/converter/check';
@@ -177,6 +178,34 @@ test('check model: whiteouts, opaque dirs, hardlinks and implicit parents, layer
   other.set('extra', { type: 'f', mode: 0o644, uid: 0, gid: 0, size: 0 });
   assert.equal(diffTrees(tree, other).sort(), ['/extra: only in the Nydus image', '/h: missing in the Nydus image', `/o/new: sha256 differs: source ${tree.get('o/new')!.sha256}, nydus ${'0'.repeat(64)}`].sort());
   assert.equal(diffTrees(tree, new Map(tree)), []);
+});
+
+test('--merge-platform: the empty layer is Go\'s gzip of an empty tar; the OCI rewrite and the merged index', () => {
+  assert.is(sha256Digest(EMPTY_LAYER_GZIP), 'sha256:4f4fb700ef54461cfa02571ae0db9a0dc1e0cdb5577484a6d75e68dc38e8acc1');
+  const tar = gunzipSync(EMPTY_LAYER_GZIP);
+  assert.equal(tar, Buffer.alloc(1024));
+  assert.is(sha256Digest(tar), EMPTY_LAYER_DIFF_ID);
+  for (const docker of [false, true]) {
+    const { m, desc } = source(docker);
+    const cfg = { architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [dg('f')] }, history: [{ created_by: 'x' }] };
+    const r = prependEmptyLayer(m, desc, cfg);
+    const out = JSON.parse(r.manifest.bytes.toString()) as Manifest;
+    assert.is(r.manifest.descriptor.digest, sha256Digest(r.manifest.bytes));
+    assert.is(out.layers[0].mediaType, docker ? MediaType.DockerLayerGzip : MediaType.OciLayerGzip);
+    assert.equal(out.layers.slice(1), m.layers);
+    assert.is(out.config.mediaType, docker ? MediaType.DockerConfig : MediaType.OciConfig);
+    assert.is(out.config.digest, sha256Digest(r.config.bytes));
+    assert.equal(out.annotations, { 'org.example': 'kept', [Annotation.NydusSourceDigest]: desc.digest });
+    const c = JSON.parse(r.config.bytes.toString());
+    assert.equal(c.rootfs.diff_ids, [EMPTY_LAYER_DIFF_ID, dg('f')]);
+    assert.equal(c.history, [{ created_by: 'Nydus Converter', comment: 'Nydus Empty Layer' }, { created_by: 'x' }]);
+    assert.equal(cfg.rootfs.diff_ids, [dg('f')], 'the source config is not modified');
+    assert.equal(r.manifest.descriptor.platform, desc.platform);
+    assert.is(r.manifest.descriptor.annotations?.[Annotation.NydusSourceDigest], desc.digest);
+  }
+  const idx = mergedIndex([{ mediaType: MediaType.OciManifest, digest: dg('1'), size: 1, platform: { architecture: 'amd64', os: 'linux' } }], [{ mediaType: MediaType.OciManifest, digest: dg('2'), size: 2 }]);
+  assert.is(idx.toString(), `{"schemaVersion":2,"manifests":[{"mediaType":"${MediaType.OciManifest}","digest":"${dg('1')}","size":1,"platform":{"architecture":"amd64","os":"linux"}},` +
+    `{"mediaType":"${MediaType.OciManifest}","digest":"${dg('2')}","size":2,"platform":{"architecture":"","os":""},"artifactType":"${MediaType.NydusManifestArtifact}"}]}`);
 });
 
 test.run();
