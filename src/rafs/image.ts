@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { einval, eio, enoent } from '../common/errno';
 import { loadRafs, type LoadOptions } from './metadata/super';
 import type { BlobInfo, ChunkInfo, RafsInode, RafsSuper } from './metadata/types';
-import { BlobFeatures, RAFS_MAX_BOOTSTRAP_SIZE } from './format/constants';
+import { BlobChunkFlags, BlobFeatures, RAFS_MAX_BOOTSTRAP_SIZE } from './format/constants';
 import { BlobFile, extractInlinedBootstrap, readBlobMeta } from '../storage/blob/blob-file';
 import { readChunk, readFileRange } from '../storage/blob/chunk-reader';
 
@@ -25,6 +25,7 @@ const blobIdFromFileName = (p: string): string => path.basename(p).split('.')[0]
 
 export class RafsImage {
   private readonly files = new Map<number, BlobFile>();
+  private readonly batches = new Map<number, Map<number, Buffer>>();
 
   private constructor(
     readonly sb: RafsSuper,
@@ -74,7 +75,13 @@ export class RafsImage {
     if (chunk.blobIndex === -1) return inImageChunk(this.boot, chunk);
     const info = this.sb.blobs[chunk.blobIndex];
     if (!info) throw eio(`chunk refers to missing blob index ${chunk.blobIndex}`);
-    return readChunk(this.blob(chunk.blobIndex), chunk, info, { validate });
+    // batch members: the last few decoded batches of each blob, so a walk over small files decodes each batch once
+    let batches: Map<number, Buffer> | undefined;
+    if (chunk.flags & BlobChunkFlags.BATCH) {
+      batches = this.batches.get(chunk.blobIndex);
+      if (!batches || batches.size >= 4) this.batches.set(chunk.blobIndex, (batches = new Map()));
+    }
+    return readChunk(this.blob(chunk.blobIndex), chunk, info, { validate, batches });
   }
 
   /** Bytes [off, off+len) of a regular file; holes read as zeros. */
@@ -86,6 +93,7 @@ export class RafsImage {
   close(): void {
     for (const f of this.files.values()) f.close();
     this.files.clear();
+    this.batches.clear();
   }
 }
 

@@ -29,6 +29,7 @@ import { TOC_ENTRY_SIZE, type TocEntry, TocEntryName, encodeTarHeader, encodeToc
 import type { BlobInfo, ChunkInfo } from '../metadata/types';
 import { noBlobMeta } from '../metadata/types';
 import { crc32c } from '../../storage/blob/chunk-reader';
+import { BATCH_CONTEXT_SIZE, type BatchContext, encodeBatchContexts } from '../../storage/blob/batch';
 import type { BuildInode } from './tree';
 
 export const INLINE_PLACEHOLDER_BLOB_ID = 'x'.repeat(64);
@@ -60,6 +61,8 @@ export interface BlobWriterOptions {
   blobPath?: string;
   /** user supplied blob id (`--blob-id`) */
   blobId?: string;
+  /** `--batch-size`: merge small single-chunk files into batches of this size (0 = off; v6 only) */
+  batchSize?: number;
 }
 
 export interface BlobWriterResult {
@@ -92,14 +95,26 @@ export class BlobWriter {
   private ciCurLen = 0;
   private digestParts: Buffer[] = [];
   private finished = false;
+  /** batch mode (storage/blob/batch.ts): the batch being filled and the contexts of those written */
+  private readonly batchSize: number;
+  private batchParts: Buffer[] = [];
+  private batchLen = 0;
+  private batchContexts: BatchContext[] = [];
 
   constructor(opts: BlobWriterOptions) {
     validateChunkSize(opts.chunkSize);
     this.opts = opts;
     this.blobIndex = opts.blobIndex ?? 0;
-    this.v2 = !!(opts.chunkInfoV2 || opts.crc32);
+    this.batchSize = opts.batchSize ?? 0;
+    // upstream (src/bin/nydus-image/main.rs) turns on CHUNK_INFO_V2 with BATCH
+    this.v2 = !!(opts.chunkInfoV2 || opts.crc32 || this.batchSize > 0);
     this.metaEnabled = opts.blobMeta ?? opts.aligned;
     if (this.metaEnabled && !opts.aligned) throw einval('blob.meta requires 4K-aligned uncompressed chunk offsets');
+    if (this.batchSize > 0) {
+      validateChunkSize(this.batchSize, 'batch size');
+      if (!this.metaEnabled) throw einval('batch chunks need blob.meta (RAFS v6)');
+      if (this.batchSize > opts.chunkSize) throw einval(`batch size 0x${this.batchSize.toString(16)} is bigger than chunk size 0x${opts.chunkSize.toString(16)}`);
+    }
     this.ciCur = Buffer.alloc(this.recSize * 4096);
   }
 
@@ -153,14 +168,17 @@ export class BlobWriter {
     this.bufLen += b.length;
   }
 
-  private addCi(c: ChunkInfo): void {
+  /** `ci`: the v2 record's own location fields when they differ from the bootstrap's (batch members) */
+  private addCi(c: ChunkInfo, ci?: { compressedOffset: number; compressedSize: number; v2Flags: number; dataLo: number; dataHi: number }): void {
     if (!this.metaEnabled) return;
     if (this.ciCurLen + this.recSize > this.ciCur.length) {
       this.ciParts.push(this.ciCur.subarray(0, this.ciCurLen));
       this.ciCur = Buffer.alloc(this.recSize * 16384);
       this.ciCurLen = 0;
     }
-    if (this.v2) {
+    if (ci) {
+      encodeChunkInfoV2(this.ciCur, this.ciCurLen, { ...c, ...ci });
+    } else if (this.v2) {
       let f = 0;
       if (c.compressed) f |= ChunkInfoV2Flags.COMPRESSED;
       if (c.flags & BlobChunkFlags.HAS_CRC32) f |= ChunkInfoV2Flags.HAS_CRC32;
@@ -176,13 +194,20 @@ export class BlobWriter {
    * Store one chunk of file data (already read) and return its ChunkInfo;
    * duplicates (same digest and size in `dedup`) reuse the earlier chunk.
    */
-  addChunk(data: Buffer, fileOffset: number): ChunkInfo {
+  addChunk(data: Buffer, fileOffset: number, batchable = false): ChunkInfo {
     if (this.finished) throw einval('blob writer already finished');
     const id = digest(this.opts.digester, data);
     const key = dedupKey(id, data.length);
     const dup = this.opts.dedup.get(key);
     if (dup) return { ...dup, fileOffset };
     if (this.chunkCount >= RAFS_MAX_CHUNKS_PER_BLOB - 1) throw einval(`too many chunks in blob (max ${RAFS_MAX_CHUNKS_PER_BLOB - 1})`);
+    if (batchable && this.batchSize > 0) {
+      const chunk = this.addBatchMember(data, id, fileOffset);
+      this.opts.dedup.set(key, chunk);
+      return chunk;
+    }
+    // a chunk written on its own first writes the batch being filled (upstream `dump_file_chunk`)
+    this.flushBatch();
     const packed = compress(this.opts.compressor, data);
     let flags = packed.compressed ? BlobChunkFlags.COMPRESSED : 0;
     let crc = 0;
@@ -208,7 +233,8 @@ export class BlobWriter {
     // Deliberate difference from upstream (README): uncompressed aligned blobs are padded so
     // compressed offsets equal the 4 KiB-aligned uncompressed ones and the kernel's EROFS can
     // use the blob file itself as the bootstrap's `device=`.
-    if (this.opts.aligned && this.opts.compressor === Compressor.None && this.pos < this.uncompressedEnd) {
+    // Not in batch mode: a batch's members are contiguous in their batch, not at their 4K offsets.
+    if (this.opts.aligned && this.opts.compressor === Compressor.None && this.batchSize === 0 && this.pos < this.uncompressedEnd) {
       this.write(Buffer.alloc(this.uncompressedEnd - this.pos));
     }
     this.addCi(chunk);
@@ -216,17 +242,74 @@ export class BlobWriter {
     return chunk;
   }
 
+  /**
+   * One small chunk into the batch being filled (upstream builder/src/core/node.rs
+   * `dump_file_chunk` + storage/src/meta/batch.rs `generate_chunk_info`): the
+   * batch is written first when the chunk would make it reach the batch size.
+   * The v2 record: BATCH|COMPRESSED, compressed offset = where the batch starts,
+   * compressed size 0, data = batch index << 32 | offset in the batch. The
+   * bootstrap's record keeps compressed offset/size 0, not compressed, no
+   * BATCH flag (upstream never sets them on the chunk).
+   */
+  private addBatchMember(data: Buffer, id: Buffer, fileOffset: number): ChunkInfo {
+    if (this.batchLen + data.length >= this.batchSize) this.flushBatch();
+    let flags = 0;
+    let crc = 0;
+    if (this.opts.crc32) {
+      crc = crc32c(data);
+      flags |= BlobChunkFlags.HAS_CRC32;
+    }
+    const chunk: ChunkInfo = {
+      digest: id,
+      blobIndex: this.blobIndex,
+      index: this.chunkCount++,
+      flags,
+      compressed: false,
+      compressedOffset: 0,
+      compressedSize: 0,
+      uncompressedOffset: this.uncompressedEnd,
+      uncompressedSize: data.length,
+      fileOffset,
+      crc32: crc,
+    };
+    this.uncompressedEnd += alignUp(data.length, 4096);
+    // upstream: "Batch chunk cannot store CRC32 due to data field conflict"
+    this.addCi(chunk, {
+      compressedOffset: this.pos,
+      compressedSize: 0,
+      v2Flags: ChunkInfoV2Flags.BATCH | ChunkInfoV2Flags.COMPRESSED,
+      dataLo: this.batchLen,
+      dataHi: this.batchContexts.length,
+    });
+    this.batchParts.push(data);
+    this.batchLen += data.length;
+    return chunk;
+  }
+
+  /** Write the batch being filled, if any, as one compressed unit, and record its context. */
+  private flushBatch(): void {
+    if (this.batchLen === 0) return;
+    const whole = this.batchParts.length === 1 ? this.batchParts[0] : Buffer.concat(this.batchParts, this.batchLen);
+    const packed = compress(this.opts.compressor, whole);
+    this.write(packed.data);
+    this.batchContexts.push({ compressedSize: packed.data.length, uncompressedSize: whole.length });
+    this.batchParts = [];
+    this.batchLen = 0;
+  }
+
   /** Chunk a regular file's data source into the blob, filling inode.chunks. */
   addFile(inode: BuildInode): void {
     if (!inode.isReg() || inode.size === 0) return;
     if (!inode.source) throw einval('regular file has no data source');
     const cs = this.opts.chunkSize;
+    // batched: files of one chunk smaller than half the batch size (upstream `dump_file_chunk`)
+    const batchable = inode.size <= cs && inode.size < this.batchSize / 2;
     inode.chunks = [];
     for (let off = 0; off < inode.size; off += cs) {
       const len = Math.min(cs, inode.size - off);
       const data = inode.source.read(off, len);
       if (data.length !== len) throw eio(`short read from file source at ${off}: got ${data.length} of ${len} bytes`);
-      inode.chunks.push(this.addChunk(data, off));
+      inode.chunks.push(this.addChunk(data, off, batchable));
     }
   }
 
@@ -236,6 +319,7 @@ export class BlobWriter {
     if (this.opts.inlineMeta) f |= BlobFeatures.INLINED_FS_META | BlobFeatures.HAS_TAR_HEADER;
     if (this.opts.blobToc) f |= BlobFeatures.HAS_TOC | BlobFeatures.HAS_TAR_HEADER;
     if (this.v2 && this.metaEnabled) f |= BlobFeatures.CHUNK_INFO_V2;
+    if (this.batchSize > 0) f |= BlobFeatures.BATCH;
     if (withDigest) f |= BlobFeatures.INLINED_CHUNK_DIGEST;
     return f >>> 0;
   }
@@ -273,6 +357,8 @@ export class BlobWriter {
 
   private doFinish(bootstrapForInline?: (info: BlobInfo) => Buffer): BlobWriterResult {
     const o = this.opts;
+    // upstream `finalize_blob_data`: the last batch goes out before the image.blob header
+    this.flushBatch();
     const hasChunks = this.chunkCount > 0;
     const tar = o.blobToc || o.inlineMeta;
     const withDigest = o.blobToc && this.metaEnabled && hasChunks;
@@ -312,6 +398,10 @@ export class BlobWriter {
 
     if (hasChunks && this.metaEnabled) {
       this.ciParts.push(this.ciCur.subarray(0, this.ciCurLen));
+      // batch mode: the BatchInflateContext table follows the chunk infos, located by the
+      // header's ci_zran_* fields (upstream builder/src/core/blob.rs `dump_meta_data`)
+      const ciArrayLen = this.chunkCount * this.recSize;
+      if (this.batchSize > 0) this.ciParts.push(encodeBatchContexts(this.batchContexts));
       const ci = this.ciParts.length === 1 ? this.ciParts[0] : Buffer.concat(this.ciParts);
       this.ciParts = [];
       // gzip cannot be named in a ToC entry: keep the table raw then.
@@ -326,9 +416,9 @@ export class BlobWriter {
         ciOffset,
         ciCompressedSize: packed.data.length,
         ciUncompressedSize: ci.length,
-        ciZranOffset: 0,
-        ciZranSize: 0,
-        ciZranCount: 0,
+        ciZranOffset: this.batchSize > 0 ? ciArrayLen : 0,
+        ciZranSize: this.batchSize > 0 ? this.batchContexts.length * BATCH_CONTEXT_SIZE : 0,
+        ciZranCount: this.batchSize > 0 ? this.batchContexts.length : 0,
       });
       this.write(packed.data);
       this.write(header);

@@ -9,7 +9,7 @@ import { Compressor } from '../../common/compress';
 import { DigestAlgorithm } from '../../common/digest';
 import { einval } from '../../common/errno';
 import { log } from '../../common/log';
-import { RafsSuperFlags } from '../format/constants';
+import { RafsSuperFlags, validateChunkSize } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../metadata/types';
 import { BlobWriter } from './blob-writer';
 import { writeBootstrapV5 } from './bootstrap-v5';
@@ -38,6 +38,20 @@ export interface CreateOptions {
   alignedChunk: boolean;
   repeatable: boolean;
   prefetchPatterns: string[];
+  /** `--batch-size`: merge small files' chunks into batches (0/absent = off; v6 only), see checkBatchSize */
+  batchSize?: number;
+}
+
+/**
+ * `--batch-size` rules as upstream (src/bin/nydus-image/main.rs
+ * `get_batch_size`): 0 = off; otherwise RAFS v6 only, a power of two in
+ * [0x1000, 0x1000000], not above the chunk size.
+ */
+export function checkBatchSize(batchSize: number, fsVersion: 5 | 6, chunkSize: number): void {
+  if (batchSize === 0) return;
+  if (fsVersion === 5) throw einval('`--batch-size` with non-zero value conflicts with `--fs-version 5`');
+  validateChunkSize(batchSize, 'batch size');
+  if (batchSize > chunkSize) throw einval(`batch size 0x${batchSize.toString(16)} is bigger than chunk size 0x${chunkSize.toString(16)}`);
 }
 
 export interface CreateResult {
@@ -78,6 +92,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   if (o.blobInlineMeta && o.bootstrap) throw einval('--blob-inline-meta conflicts with --bootstrap');
   if (!o.bootstrap && !o.blobDir && !o.blobInlineMeta) throw einval('one of --bootstrap, --blob-dir or --blob-inline-meta is required');
   if (o.fsVersion === 5 && o.blobInlineMeta) throw einval('--blob-inline-meta requires --fs-version 6');
+  checkBatchSize(o.batchSize ?? 0, o.fsVersion, o.chunkSize);
   let tmpTar: string | undefined;
   let closeSource = () => {};
   let root: BuildInode;
@@ -110,6 +125,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       blobDir,
       blobPath: o.blob,
       blobId: o.blobId,
+      batchSize: o.batchSize ?? 0,
       dedup: new Map<string, ChunkInfo>(),
     });
     const progress = new Progress('building', files.reduce((s, f) => s + f.size, 0));

@@ -11,7 +11,7 @@ import { initDigest, parseDigester } from '../../common/digest';
 import { ErrnoError, einval } from '../../common/errno';
 import { LOG_LEVELS, setupLog, type LogLevel } from '../../common/log';
 import { RAFS_DEFAULT_CHUNK_SIZE, validateChunkSize } from '../format/constants';
-import { createImage, lookupPath, type SourceType } from '../builder/create';
+import { checkBatchSize, createImage, lookupPath, type SourceType } from '../builder/create';
 import { mergeLayers, type WhiteoutSpec } from '../builder/merge';
 import { writeBootstrapV5 } from '../builder/bootstrap-v5';
 import { writeBootstrapV6 } from '../builder/bootstrap-v6';
@@ -75,6 +75,7 @@ program.command('create')
   .option('--blob-inline-meta', 'Inline RAFS metadata and blob metadata into the data blob', false)
   .option('--blob-id <id>', 'blob id for the generated RAFS data blob')
   .option('--chunk-size <size>', 'Set the size of data chunks, must be power of two and between 0x1000-0x1000000')
+  .option('--batch-size <size>', 'Set the batch size to merge small chunks, must be power of two, between 0x1000-0x1000000 or be zero', '0')
   .addOption(new Option('--compressor <alg>', 'Algorithm to compress data chunks').choices(['none', 'lz4_block', 'zstd', 'gzip']).default('zstd'))
   .addOption(new Option('--digester <alg>', 'Algorithm to digest data chunks').choices(['blake3', 'sha256']).default('blake3'))
   .addOption(new Option('-v, --fs-version <v>', 'Set RAFS format version number').choices(['5', '6']).default('6'))
@@ -89,6 +90,8 @@ program.command('create')
     const chunkSize = o.chunkSize ? parseSize(o.chunkSize) : RAFS_DEFAULT_CHUNK_SIZE;
     validateChunkSize(chunkSize);
     const type: SourceType = o.type === 'directory' ? 'dir-rafs' : o.type;
+    const batchSize = parseSize(o.batchSize);
+    checkBatchSize(batchSize, Number(o.fsVersion) as 5 | 6, chunkSize);
     if (!o.bootstrap && !o.blobDir && !o.blobInlineMeta) throw einval('one of --bootstrap, --blob-dir or --blob-inline-meta is required');
     if (o.blobInlineMeta && !o.blob && !o.blobDir) throw einval('--blob-inline-meta needs --blob or --blob-dir');
     const r = await createImage({
@@ -107,6 +110,7 @@ program.command('create')
       alignedChunk: o.alignedChunk,
       repeatable: o.repeatable,
       prefetchPatterns: o.prefetchPolicy === 'fs' ? readStdinLines() : [],
+      batchSize,
     });
     const s = r.stats;
     process.stdout.write(`build finished: ${s.files} files, ${s.chunks} chunks (${s.uniqueChunks} unique), ${s.dataBytes} data bytes stored in ${s.storedBytes} bytes\n`);

@@ -20,7 +20,7 @@ import { Compressor } from '../../common/compress';
 import { DigestAlgorithm } from '../../common/digest';
 import { eio, einval, enotdir, ensure, ErrnoError } from '../../common/errno';
 import {
-  BlobFeatures, compressorFromFlags, digesterFromFlags, EROFS_BLOCK_SIZE, RafsSuperFlags,
+  BlobChunkFlags, BlobFeatures, compressorFromFlags, digesterFromFlags, EROFS_BLOCK_SIZE, RafsSuperFlags,
   RAFS_MAX_CHUNKS_PER_BLOB, RAFS_SUPER_FLAGS_KNOWN, RAFS_SUPER_VERSION_V6, validateChunkSize,
 } from '../format/constants';
 import {
@@ -326,26 +326,55 @@ class V6Super implements RafsSuper {
     return this.inode(this.sb.rootNid);
   }
 
+  /**
+   * The bootstrap's chunk table; batch members (see isBatchRecord) resolved
+   * through their blob.meta when it is loaded, so request merging sees where
+   * their data really is.
+   */
   chunkTable(): ChunkInfo[] {
-    return this.table.map((c) => ({ ...c }));
+    return this.table.map((c) => {
+      if (this.isBatchRecord(c)) {
+        try {
+          const m = this.metaTable(c.blobIndex)?.get(c.index);
+          if (m) return withRecord(m, c, c.fileOffset);
+        } catch { /* a bad record fails when read */ }
+      }
+      return { ...c };
+    });
+  }
+
+  /**
+   * Whether a chunk-table record of a BATCH blob stands for a batch member:
+   * upstream's builder leaves compressed offset and size 0 (and no BATCH flag)
+   * in the bootstrap for those (builder/src/core/node.rs `dump_file_chunk`);
+   * only blob.meta knows their batch.
+   */
+  private isBatchRecord(rec: ChunkInfo): boolean {
+    const b = this.blobs[rec.blobIndex];
+    return !!b && (b.features & BlobFeatures.BATCH) !== 0 && (rec.compressedSize === 0 || (rec.flags & BlobChunkFlags.BATCH) !== 0);
+  }
+
+  private metaTable(blobIndex: number): BlobChunkTable | undefined {
+    if (!this.opts.blobMeta) return undefined;
+    let t = this.blobTables.get(blobIndex);
+    if (!t) {
+      // not cached while unavailable: a blob.meta still being downloaded is asked for again
+      t = this.opts.blobMeta(this.blobs[blobIndex]);
+      if (t) this.blobTables.set(blobIndex, t);
+    }
+    return t;
   }
 
   /** Resolve a RAFS chunk index to a full ChunkInfo (§3.8). */
   resolveRafsChunk(blobIndex: number, ciIndex: number, blkaddr: number, fileOffset: number, where: string): ChunkInfo {
     ensure(blobIndex >= 0 && blobIndex < this.blobs.length, `${where}: chunk index names blob ${blobIndex} but the image has ${this.blobs.length} blobs`);
     const rec = this.tableIndex.get(blobIndex * RAFS_MAX_CHUNKS_PER_BLOB + ciIndex);
-    if (rec && rec.uncompressedOffset === blkaddr * EROFS_BLKSZ) return { ...rec, digest: Buffer.from(rec.digest), fileOffset };
     const blob = this.blobs[blobIndex];
-    if (this.opts.blobMeta) {
-      let t = this.blobTables.get(blobIndex);
-      if (!t) {
-        // not cached while unavailable: a blob.meta still being downloaded is asked for again
-        t = this.opts.blobMeta(blob);
-        if (t) this.blobTables.set(blobIndex, t);
-      }
-      const c = t?.get(ciIndex);
-      if (c) return { ...c, blobIndex, index: ciIndex, fileOffset };
-    }
+    const inTable = rec && rec.uncompressedOffset === blkaddr * EROFS_BLKSZ;
+    if (inTable && !this.isBatchRecord(rec)) return { ...rec, digest: Buffer.from(rec.digest), fileOffset };
+    const c = this.metaTable(blobIndex)?.get(ciIndex);
+    if (c) return inTable ? withRecord(c, rec, fileOffset) : { ...c, blobIndex, index: ciIndex, fileOffset };
+    if (inTable) throw eio(`${where}: chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}) is a batch chunk and the blob's blob.meta is not loaded`);
     throw eio(`${where}: cannot resolve chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}): not in the chunk table and no blob meta`);
   }
 
@@ -635,4 +664,23 @@ class V6Inode implements RafsInode {
     }
     return pieces;
   }
+}
+
+/**
+ * A chunk from blob.meta completed by its bootstrap record: the record's
+ * digest (blob.meta has none without blob.digest) and CRC-32C still verify
+ * the member's data.
+ */
+function withRecord(m: ChunkInfo, rec: ChunkInfo, fileOffset: number): ChunkInfo {
+  const zero = m.digest.every((b) => b === 0);
+  const crc = rec.flags & BlobChunkFlags.HAS_CRC32 && !(m.flags & BlobChunkFlags.HAS_CRC32);
+  return {
+    ...m,
+    blobIndex: rec.blobIndex,
+    index: rec.index,
+    fileOffset,
+    digest: Buffer.from(zero ? rec.digest : m.digest),
+    flags: crc ? m.flags | BlobChunkFlags.HAS_CRC32 : m.flags,
+    crc32: crc ? rec.crc32 : m.crc32,
+  };
 }

@@ -16,6 +16,7 @@ import { ErrnoError, einval, eio } from '../../common/errno';
 import {
   BLOB_META_HEADER_SIZE,
   type BlobMetaHeader,
+  ChunkInfoV2Flags,
   type MetaChunkInfo,
   type ZranInflateContext,
   chunkFlagsOf,
@@ -38,6 +39,7 @@ import {
   tryDecodeTarHeader,
 } from '../format/toc';
 import type { BlobInfo, ChunkInfo } from '../format/types';
+import { BATCH_CONTEXT_SIZE, decodeBatchContext, resolveBatchMember } from './batch';
 
 /** Upper bound for an uncompressed chunk-info table (+ zran/batch tables). */
 export const MAX_CI_UNCOMPRESSED_SIZE = 1 << 30;
@@ -250,7 +252,7 @@ export class BlobMeta {
     const m = this.record(ciIndex);
     if (!m) return undefined;
     const digest = this.digests ? Buffer.from(this.digests.subarray(ciIndex * 32, ciIndex * 32 + 32)) : Buffer.alloc(32);
-    return {
+    const c: ChunkInfo = {
       digest,
       blobIndex: this.blobIndex,
       index: ciIndex,
@@ -263,6 +265,20 @@ export class BlobMeta {
       fileOffset: 0,
       crc32: this.v2 && m.v2Flags & 0x10 ? m.dataLo : 0,
     };
+    if (!this.v2 || !(m.v2Flags & ChunkInfoV2Flags.BATCH)) return c;
+    // a batch member (batch.ts): data = batch index << 32 | offset in the batch buffer
+    if (!(this.header.features & BlobFeatures.BATCH)) throw einval(`blob.meta chunk ${ciIndex} is a batch chunk but the blob has no BATCH feature`);
+    return resolveBatchMember(c, m.dataHi, m.dataLo, decodeBatchContext(this.ciData, this.header.ciZranOffset, this.batchCount, m.dataHi));
+  }
+
+  /** Number of batch contexts (0 unless BATCH); the table must lie inside the ci data. */
+  private get batchCount(): number {
+    const h = this.header;
+    if (!(h.features & BlobFeatures.BATCH)) return 0;
+    if (h.ciZranOffset + h.ciZranCount * BATCH_CONTEXT_SIZE > this.ciData.length || h.ciZranCount * BATCH_CONTEXT_SIZE > h.ciZranSize) {
+      throw einval(`batch context table [${h.ciZranOffset}, +${h.ciZranCount}x${BATCH_CONTEXT_SIZE}) exceeds ci data of ${this.ciData.length} bytes`);
+    }
+    return h.ciZranCount;
   }
 
   zranContexts(): ZranInflateContext[] {

@@ -5,8 +5,11 @@
  * storage-backends §5 "Backend region"), and prefetch merges its chunk lists
  * into ranges (§6). Built once per blob from the image's chunk records
  * (duplicates by index dropped; records whose index is out of range ignored).
+ * Members of one batch (batch.ts) share one compressed range: a request for
+ * one brings the others.
  */
 import type { BlobInfo, ChunkInfo } from '../format/types';
+import { sameBatch } from './batch';
 
 export class ChunkDirectory {
   /** chunks sorted by compressed offset */
@@ -53,16 +56,24 @@ export class ChunkDirectory {
     const d = this.sorted[p];
     // a caller's record that disagrees with the directory is fetched alone
     if (d.compressedOffset !== first.compressedOffset || d.compressedSize !== first.compressedSize) return out;
+    // the other members of first's batch (on either side of it) come with the same request
+    for (let k = p - 1; k >= 0 && sameBatch(this.sorted[k], first); k--) if (want(this.sorted[k])) out.push(this.sorted[k]);
     const stop = first.compressedOffset + limit;
     const maxGap = Math.floor(limit / 128);
     let end = first.compressedOffset + first.compressedSize;
+    let prev = first;
     for (let k = p + 1; k < this.sorted.length; k++) {
       const c = this.sorted[k];
+      if (sameBatch(c, prev)) {
+        if (want(c)) out.push(c);
+        continue;
+      }
       if (c.compressedOffset < end) break; // overlapping records: never merge across them
       if (c.compressedOffset + c.compressedSize > stop || c.compressedOffset - end > maxGap) break;
       if (!want(c)) break;
       out.push(c);
       end = c.compressedOffset + c.compressedSize;
+      prev = c;
     }
     return out;
   }
@@ -86,7 +97,8 @@ export function mergeRuns(chunks: readonly ChunkInfo[], limit: number): ChunkInf
   let start = 0;
   let end = 0;
   for (const c of chunks) {
-    const fits = cur.length > 0 && c.compressedOffset >= end && c.compressedOffset - end <= maxGap && c.compressedOffset + c.compressedSize - start <= limit;
+    const fits = cur.length > 0 && (sameBatch(c, cur[cur.length - 1]) ||
+      (c.compressedOffset >= end && c.compressedOffset - end <= maxGap && c.compressedOffset + c.compressedSize - start <= limit));
     if (!fits) {
       if (cur.length) runs.push(cur);
       cur = [];

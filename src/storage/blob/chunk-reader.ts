@@ -12,6 +12,7 @@ import { BlobChunkFlags, RAFS_MAX_CHUNK_SIZE } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobFile } from './blob-file';
 import { fileSpans } from './chunk-range';
+import { checkBatchShape } from './batch';
 
 const ZERO_DIGEST = Buffer.alloc(32);
 
@@ -77,12 +78,17 @@ export function decodeChunk(raw: Buffer, chunk: ChunkInfo, info: BlobInfo, opts:
   const where = () => `blob ${info.blobId || opts.name || '?'} chunk ${chunk.index}`;
   checkChunkShape(chunk, where);
   let data: Buffer;
-  if (chunk.compressed && !opts.decoded) {
-    try {
-      data = decompress(info.compressor, raw, chunk.uncompressedSize);
-    } catch (e) {
-      throw eio(`${where()}: ${compressorName(info.compressor)} decompression failed: ${(e as Error).message}`, e);
+  if (chunk.flags & BlobChunkFlags.BATCH && !opts.decoded) {
+    // a batch member: the whole batch is decoded (once per request, `opts.batches`), then the member cut out
+    const b = checkBatchShape(chunk, where);
+    let whole = opts.batches?.get(chunk.compressedOffset);
+    if (!whole) {
+      whole = inflate(raw, chunk.compressed, b.size, info, where);
+      opts.batches?.set(chunk.compressedOffset, whole);
     }
+    data = Buffer.from(whole.subarray(b.offset, b.offset + chunk.uncompressedSize));
+  } else if (chunk.compressed && !opts.decoded) {
+    data = inflate(raw, true, chunk.uncompressedSize, info, where);
   } else {
     if (raw.length !== chunk.uncompressedSize) throw eio(`${where()}: ${raw.length} bytes, expected ${chunk.uncompressedSize}`);
     data = raw;
@@ -91,7 +97,22 @@ export function decodeChunk(raw: Buffer, chunk: ChunkInfo, info: BlobInfo, opts:
   return data;
 }
 
+/** Stored bytes → exactly `size` uncompressed bytes; EIO. */
+function inflate(raw: Buffer, compressed: boolean, size: number, info: BlobInfo, where: () => string): Buffer {
+  if (!compressed) {
+    if (raw.length !== size) throw eio(`${where()}: ${raw.length} bytes, expected ${size}`);
+    return raw;
+  }
+  try {
+    return decompress(info.compressor, raw, size);
+  } catch (e) {
+    throw eio(`${where()}: ${compressorName(info.compressor)} decompression failed: ${(e as Error).message}`, e);
+  }
+}
+
 export interface DecodeChunkOptions extends ReadChunkOptions {
+  /** decoded batches by compressed offset, shared by the members of one request */
+  batches?: Map<number, Buffer>;
   /** `raw` is already uncompressed (read back from the blob cache) */
   decoded?: boolean;
   /** blob name for messages when the blob id is empty */
@@ -103,8 +124,7 @@ function checkChunkShape(chunk: ChunkInfo, where: () => string): void {
     throw eio(`${where()}: chunk sizes ${chunk.compressedSize}/${chunk.uncompressedSize} exceed the maximum chunk size`);
   }
   if (chunk.flags & BlobChunkFlags.ENCRYPTED) throw eio(`${where()}: encrypted chunks are not supported`);
-  if (chunk.flags & BlobChunkFlags.BATCH) throw eio(`${where()}: batch chunks are not supported`);
-  if (!chunk.compressed && chunk.compressedSize !== chunk.uncompressedSize) {
+  if (!chunk.compressed && !(chunk.flags & BlobChunkFlags.BATCH) && chunk.compressedSize !== chunk.uncompressedSize) {
     throw eio(`${where()}: uncompressed chunk has compressed size ${chunk.compressedSize} != ${chunk.uncompressedSize}`);
   }
 }
@@ -128,7 +148,7 @@ function verifyChunk(data: Buffer, chunk: ChunkInfo, info: BlobInfo, where: () =
 }
 
 /** Read one chunk from a local blob file and decode it; EIO (naming blob and chunk) on any failure. */
-export function readChunk(blob: BlobFile, chunk: ChunkInfo, info: BlobInfo, opts: ReadChunkOptions): Buffer {
+export function readChunk(blob: BlobFile, chunk: ChunkInfo, info: BlobInfo, opts: ReadChunkOptions & Pick<DecodeChunkOptions, 'batches'>): Buffer {
   const where = () => `blob ${info.blobId || blob.name} chunk ${chunk.index}`;
   checkChunkShape(chunk, where);
   let raw: Buffer;

@@ -27,9 +27,13 @@ export interface MetaLoadOptions {
   dirs?: string[];
 }
 
-/** Whether `info`'s chunks need its blob.meta (v6 blob with chunks, not in the bootstrap's chunk table). */
+/**
+ * Whether `info`'s chunks need its blob.meta: a v6 blob with chunks that are
+ * not in the bootstrap's chunk table, or with batch chunks (whose batch the
+ * bootstrap's records do not name, batch.ts).
+ */
 export function needsBlobMeta(info: BlobInfo, chunksInBootstrap: number): boolean {
-  return info.chunkCount > 0 && chunksInBootstrap === 0 && info.metaCompressedSize > 0;
+  return info.chunkCount > 0 && info.metaCompressedSize > 0 && (chunksInBootstrap === 0 || (info.features & BlobFeatures.BATCH) !== 0);
 }
 
 const metaFile = (dir: string, id: string) => path.join(dir, `${id}.blob.meta`);

@@ -40,11 +40,13 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   const start = first.compressedOffset;
   const length = last.compressedOffset + last.compressedSize - start;
   const raw = src.backend.read(info.blobId, start, length, { prefetch: src.prefetch, attempts: src.attempts });
+  // members of one batch in the run: the batch is decompressed once
+  const batches = new Map<number, Buffer>();
   return run.map((chunk) => raw.then(
     (buf) => {
       const piece = buf.subarray(chunk.compressedOffset - start, chunk.compressedOffset - start + chunk.compressedSize);
       try {
-        return decodeChunk(piece, chunk, info, { validate: src.verify });
+        return decodeChunk(piece, chunk, info, { validate: src.verify, batches });
       } catch (err) {
         warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: 1, err: (err as Error).message }, 'chunk data from the backend is bad, downloading it again');
         return refetch(src, info, chunk, 1);
