@@ -11,7 +11,8 @@
  *
  *  1. resolve REF with the distribution client (src/remote); an index is
  *     narrowed to one platform (default linux/<host arch>), preferring the
- *     Nydus manifest for snapshotter `nydus` and the OCI one otherwise;
+ *     Nydus manifest for snapshotter `nydus` and the OCI one otherwise
+ *     (pickManifest: a `--merge-platform` index gives its OCI entry);
  *  2. take a lease (`containerd.io/gc.expire` 24 h; deleted at the end);
  *  3. write config and manifest into the content store (Content.Write with
  *     the expected digest) labelled `containerd.io/distribution.source.<host>`
@@ -171,11 +172,18 @@ export function mergeSource(existing: string | undefined, repo: string): string 
   return [...set].sort().join(',');
 }
 
-/** The one manifest of `index` for `platform` (Nydus one preferred when `nydus`). */
+/**
+ * The one manifest of `index` for `platform`: a Nydus one marked by
+ * `os.features: nydus.remoteimage.v1` is preferred when `nydus`, the OCI one
+ * otherwise. Entries of a `--merge-platform` index marked by `artifactType`
+ * are never taken: their config has the Nydus config type, which containerd
+ * clients refuse to run (`ctr run`: "unknown image config media type"); as
+ * with containerd's own pull, the OCI entry is used.
+ */
 export function pickManifest(index: Index, platform: PlatformSpec, nydus: boolean): OciDescriptor {
-  const cands = (index.manifests ?? []).filter((d) => isManifestType(d.mediaType) && platformMatches(d.platform, [platform]));
+  const cands = (index.manifests ?? []).filter((d) => isManifestType(d.mediaType) && platformMatches(d.platform, [platform]) && d.artifactType !== MediaType.NydusManifestArtifact);
   if (cands.length === 0) throw new ErrnoError('ENOENT', `no manifest for platform ${formatPlatform(platform)} in the image index`);
-  const isNydus = (d: OciDescriptor) => d.artifactType === MediaType.NydusManifestArtifact || !!d.platform?.['os.features']?.includes('nydus.remoteimage.v1');
+  const isNydus = (d: OciDescriptor) => !!d.platform?.['os.features']?.includes('nydus.remoteimage.v1');
   return cands.find((d) => isNydus(d) === nydus) ?? cands[0];
 }
 

@@ -9,7 +9,9 @@
  * - the snapshotter restarted: containerd's view of the snapshots is unchanged;
  * - image removal + containerd GC ends in our Cleanup (directories gone).
  * - a Nydus image: pushed to a local docker-registry, converted by bin/nydusify,
- *   pulled by bin/ctr-remote rpull, run with a host bin/nydusd serving RAFS.
+ *   pulled by bin/ctr-remote rpull, run with a host bin/nydusd serving RAFS;
+ *   converted again with --merge-platform: rpull and plain `ctr image pull`
+ *   both run its OCI entry (empty layer prepended) through the fallback.
  * Skips with a printed reason without root/containerd/runc; fails under CI=true.
  */
 import { test } from 'uvu';
@@ -190,6 +192,23 @@ test('nydus image: nydusify convert + ctr-remote rpull + ctr run (lazy, host nyd
     assert.is(daemons.length, 1, 'one dedicated nydusd for the image');
     const fuse = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(sn!.root) && / - fuse/.test(l));
     assert.is(fuse.length, 1, 'the RAFS mount of the meta snapshot');
+    // --merge-platform: both ctr-remote rpull and a plain `ctr image pull` take the OCI entry of the
+    // merged index (its Nydus entry has the Nydus config type, which `ctr run` refuses), unpacked
+    // through the overlayfs fallback; containerd checks every diff_id, the empty layer's too
+    const merged = `${reg.host}/${repo}:merged`;
+    const mconv = spawnSync(path.join(ROOT, 'bin/nydusify'), ['convert', '--source', source, '--target', merged, '--merge-platform', '--plain-http', '--work-dir', path.join(dir, 'nydusify-work')], { encoding: 'utf8', timeout: 180_000 });
+    assert.is(mconv.status, 0, `nydusify convert --merge-platform: ${mconv.stderr}${mconv.stdout}`);
+    for (const how of ['rpull', 'pull']) {
+      const mpull = how === 'rpull'
+        ? spawnSync(path.join(ROOT, 'bin/ctr-remote'), ['-a', c.address, '-n', c.namespace, 'image', 'rpull', '--plain-http', '--snapshotter', 'nydus', merged], { encoding: 'utf8', timeout: 180_000 })
+        : c.ctr(['image', 'pull', '--plain-http', '--snapshotter', 'nydus', merged], { allowFail: true, timeoutMs: 180_000 });
+      assert.is(mpull.status, 0, `${how} (merged): ${mpull.stderr}${mpull.stdout}`);
+      const mrun = c.ctr(['run', '--rm', '--snapshotter', 'nydus', merged, `e2e-merged-${how}`, '/bin/cat', '/hello.txt'], { allowFail: true, timeoutMs: 180_000 });
+      assert.is(mrun.status, 0, `ctr run (merged, ${how}): ${mrun.stderr}\n${sn!.log().slice(-3000)}`);
+      assert.is(mrun.stdout, 'hello from nydus\n');
+      assert.is(fs.readdirSync(path.join(sn!.root, 'socket')).length, 1, 'the OCI entry needs no nydusd');
+      c.ctr(['image', 'rm', '--sync', merged]);
+    }
     // image gone + GC: Cleanup stops nydusd and unmounts
     c.ctr(['image', 'rm', '--sync', target]);
     for (let i = 0; i < 100 && fs.readdirSync(path.join(sn!.root, 'socket')).length > 0; i++) await sleep(200);

@@ -112,6 +112,10 @@ test('manifestGcLabels, mergeSource, pickManifest', () => {
   assert.is(pickManifest(idx, amd64, false).digest, sha('oci'));
   assert.is(pickManifest(idx, { os: 'linux', architecture: 'arm64' }, true).digest, sha('arm'));
   assert.throws(() => pickManifest(idx, { os: 'linux', architecture: 's390x' }, true), /no manifest for platform linux\/s390x/);
+  // a --merge-platform index: the artifactType entry has the Nydus config type containerd will not run
+  const merged = { schemaVersion: 2, manifests: [oci, { ...oci, digest: sha('merged-nydus'), artifactType: 'application/vnd.nydus.image.manifest.v1+json' }] };
+  assert.is(pickManifest(merged, amd64, true).digest, sha('oci'));
+  assert.is(pickManifest(merged, amd64, false).digest, sha('oci'));
 });
 
 // ---------------------------------------------------------------- fake containerd
