@@ -21,6 +21,7 @@ import { parseCompressor } from '../common/compress';
 import { initDigest } from '../common/digest';
 import { ErrnoError, einval } from '../common/errno';
 import { LOG_LEVELS, log, setupLog, type LogLevel } from '../common/log';
+import { checkBatchSize } from '../rafs/builder/create';
 import { validateChunkSize } from '../rafs/format/constants';
 import { defaultPlatform, parsePlatform, type PlatformSpec } from '../remote/platform';
 import { parseReference, formatReference, withTag } from '../remote/reference';
@@ -101,7 +102,7 @@ program.command('convert')
   .addOption(new Option('--compressor <alg>', 'Algorithm to compress image data').choices(['none', 'lz4_block', 'zstd']).default('zstd'))
   .addOption(new Option('--fs-chunk-size <size>', 'Size of Nydus image data chunks, power of two in [0x1000, 0x1000000]').env('FS_CHUNK_SIZE').default('0x100000'))
   .addOption(new Option('--chunk-size <size>', 'Alias of --fs-chunk-size').hideHelp())
-  .option('--batch-size <size>', 'Batch size for small chunks (v6; 0 disables) — not supported yet except 0', '0')
+  .option('--batch-size <size>', 'Batch size to merge small chunks, power of two in [0x1000, 0x1000000] and at most the chunk size (v6; 0 disables)', '0')
   .option('--fs-align-chunk', 'Align uncompressed data chunks to 4K (v5)', false)
   .addOption(new Option('--backend-aligned-chunk', 'Deprecated alias of --fs-align-chunk').hideHelp())
   .option('--prefetch-dir <dir>', 'Prefetch directory for the Nydus image')
@@ -142,7 +143,8 @@ program.command('convert')
     }
     const chunkSize = parseSize(o.chunkSize ?? o.fsChunkSize);
     validateChunkSize(chunkSize);
-    if (parseSize(o.batchSize) !== 0) throw einval('--batch-size is not supported by this builder yet (0 only)');
+    const batchSize = parseSize(o.batchSize);
+    checkBatchSize(batchSize, Number(o.fsVersion) as 5 | 6, chunkSize);
     const delay = /^(\d+)(ms|s|m)?$/.exec(o.pushRetryDelay);
     if (!delay) throw einval(`invalid --push-retry-delay '${o.pushRetryDelay}'`);
     const createdWorkDir = !fs.existsSync(o.workDir);
@@ -155,6 +157,7 @@ program.command('convert')
         fsVersion: Number(o.fsVersion) as 5 | 6,
         compressor: parseCompressor(o.compressor),
         chunkSize,
+        batchSize,
         alignedChunk: o.fsAlignChunk || !!o.backendAlignedChunk,
         prefetchPatterns: o.prefetchPatterns ? readStdinPatterns() : [o.prefetchDir ?? '/'],
         platforms: platformsOf(o),

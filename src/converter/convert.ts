@@ -63,6 +63,8 @@ export interface ConvertOptions {
   fsVersion: 5 | 6;
   compressor: Compressor;
   chunkSize: number;
+  /** `--batch-size`: small files' chunks merged into batches (v6 only; 0 = off) */
+  batchSize?: number;
   alignedChunk?: boolean;
   prefetchPatterns?: string[];
   /** undefined = all platforms */
@@ -183,7 +185,7 @@ export async function convert(o: ConvertOptions): Promise<ConvertResult> {
           o.onProgress?.({ phase: 'build', id: l.digest, state: 'start' });
           const t1 = process.hrtime.bigint();
           const c = await buildLayer(l, diffId, tar, dir, {
-            fsVersion: o.fsVersion, compressor: o.compressor, chunkSize: o.chunkSize,
+            fsVersion: o.fsVersion, compressor: o.compressor, chunkSize: o.chunkSize, batchSize: o.batchSize,
             alignedChunk: !!o.alignedChunk, prefetchPatterns: o.prefetchPatterns ?? ['/'],
           });
           buildNs += ns(t1);

@@ -35,6 +35,8 @@ export interface LayerBuildOptions {
   fsVersion: 5 | 6;
   compressor: Compressor;
   chunkSize: number;
+  /** `--batch-size` (v6; 0 = off) */
+  batchSize?: number;
   alignedChunk: boolean;
   prefetchPatterns: string[];
 }
@@ -117,6 +119,7 @@ export async function buildLayer(source: Descriptor, diffId: string, tar: string
     compressor: o.compressor,
     digester: DigestAlgorithm.Blake3,
     chunkSize: o.chunkSize,
+    batchSize: o.batchSize || undefined,
     bootstrap: v6 ? undefined : bootPath,
     blob: blobPath,
     blobInlineMeta: v6,
