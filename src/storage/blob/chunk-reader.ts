@@ -124,6 +124,9 @@ function checkChunkShape(chunk: ChunkInfo, where: () => string): void {
     throw eio(`${where()}: chunk sizes ${chunk.compressedSize}/${chunk.uncompressedSize} exceed the maximum chunk size`);
   }
   if (chunk.flags & BlobChunkFlags.ENCRYPTED) throw eio(`${where()}: encrypted chunks are not supported`);
+  if (chunk.compressedSize === 0 && chunk.uncompressedSize > 0) {
+    throw eio(`${where()}: no stored data (a batch chunk read without its blob.meta?)`);
+  }
   if (!chunk.compressed && !(chunk.flags & BlobChunkFlags.BATCH) && chunk.compressedSize !== chunk.uncompressedSize) {
     throw eio(`${where()}: uncompressed chunk has compressed size ${chunk.compressedSize} != ${chunk.uncompressedSize}`);
   }
