@@ -55,9 +55,13 @@ export const READ_LATENCY_BUCKETS = [1, 20, 50, 100, 500, 1000, 2000, 4000];
 type Labels = Record<string, string>;
 const keyOf = (l: Labels): string => JSON.stringify(Object.keys(l).sort().map((k) => [k, l[k]]));
 
-/** Which label values still belong to a recorded instance / daemon (evaluated at most every 200 ms). */
+/**
+ * Which label values still belong to a recorded instance / daemon: read from
+ * the store once per scrape (the sets are dropped at the next turn of the
+ * event loop; a scrape runs every metric's collect in one turn).
+ */
 class LiveSet {
-  private at = 0;
+  private fresh = false;
   private imageRefs = new Set<string>();
   private daemonIds = new Set<string>();
 
@@ -65,9 +69,9 @@ class LiveSet {
 
   has(l: Labels): boolean {
     if (!this.daemons) return true;
-    const now = Date.now();
-    if (now - this.at > 200) {
-      this.at = now;
+    if (!this.fresh) {
+      this.fresh = true;
+      setImmediate(() => { this.fresh = false; });
       this.imageRefs = new Set(this.daemons.store.instances().filter((i) => i.daemonId !== '').map((i) => i.imageRef));
       this.daemonIds = new Set(this.daemons.daemons().map((d) => d.id));
     }
