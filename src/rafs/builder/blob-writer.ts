@@ -209,27 +209,8 @@ export class BlobWriter {
     // a chunk written on its own first writes the batch being filled (upstream `dump_file_chunk`)
     this.flushBatch();
     const packed = compress(this.opts.compressor, data);
-    let flags = packed.compressed ? BlobChunkFlags.COMPRESSED : 0;
-    let crc = 0;
-    if (this.opts.crc32) {
-      crc = crc32c(data);
-      flags |= BlobChunkFlags.HAS_CRC32;
-    }
-    const chunk: ChunkInfo = {
-      digest: id,
-      blobIndex: this.blobIndex,
-      index: this.chunkCount++,
-      flags,
-      compressed: packed.compressed,
-      compressedOffset: this.pos,
-      compressedSize: packed.data.length,
-      uncompressedOffset: this.uncompressedEnd,
-      uncompressedSize: data.length,
-      fileOffset,
-      crc32: crc,
-    };
+    const chunk = this.newChunk(data, id, fileOffset, { compressed: packed.compressed, compressedOffset: this.pos, compressedSize: packed.data.length });
     this.write(packed.data);
-    this.uncompressedEnd += this.opts.aligned ? alignUp(data.length, 4096) : data.length;
     // Deliberate difference from upstream (README): uncompressed aligned blobs are padded so
     // compressed offsets equal the 4 KiB-aligned uncompressed ones and the kernel's EROFS can
     // use the blob file itself as the bootstrap's `device=`.
@@ -253,26 +234,7 @@ export class BlobWriter {
    */
   private addBatchMember(data: Buffer, id: Buffer, fileOffset: number): ChunkInfo {
     if (this.batchLen + data.length >= this.batchSize) this.flushBatch();
-    let flags = 0;
-    let crc = 0;
-    if (this.opts.crc32) {
-      crc = crc32c(data);
-      flags |= BlobChunkFlags.HAS_CRC32;
-    }
-    const chunk: ChunkInfo = {
-      digest: id,
-      blobIndex: this.blobIndex,
-      index: this.chunkCount++,
-      flags,
-      compressed: false,
-      compressedOffset: 0,
-      compressedSize: 0,
-      uncompressedOffset: this.uncompressedEnd,
-      uncompressedSize: data.length,
-      fileOffset,
-      crc32: crc,
-    };
-    this.uncompressedEnd += alignUp(data.length, 4096);
+    const chunk = this.newChunk(data, id, fileOffset, { compressed: false, compressedOffset: 0, compressedSize: 0 });
     // upstream: "Batch chunk cannot store CRC32 due to data field conflict"
     this.addCi(chunk, {
       compressedOffset: this.pos,
@@ -283,6 +245,29 @@ export class BlobWriter {
     });
     this.batchParts.push(data);
     this.batchLen += data.length;
+    return chunk;
+  }
+
+  /** The record of a new chunk (next index, at the uncompressed end, which advances), stored as `stored` says. */
+  private newChunk(data: Buffer, id: Buffer, fileOffset: number, stored: Pick<ChunkInfo, 'compressed' | 'compressedOffset' | 'compressedSize'>): ChunkInfo {
+    let flags = stored.compressed ? BlobChunkFlags.COMPRESSED : 0;
+    let crc = 0;
+    if (this.opts.crc32) {
+      crc = crc32c(data);
+      flags |= BlobChunkFlags.HAS_CRC32;
+    }
+    const chunk: ChunkInfo = {
+      digest: id,
+      blobIndex: this.blobIndex,
+      index: this.chunkCount++,
+      flags,
+      ...stored,
+      uncompressedOffset: this.uncompressedEnd,
+      uncompressedSize: data.length,
+      fileOffset,
+      crc32: crc,
+    };
+    this.uncompressedEnd += this.opts.aligned ? alignUp(data.length, 4096) : data.length;
     return chunk;
   }
 
