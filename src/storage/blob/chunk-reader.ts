@@ -82,7 +82,8 @@ export function decodeChunk(raw: Buffer, chunk: ChunkInfo, info: BlobInfo, opts:
     // a batch member: the whole batch is decoded (once per request, `opts.batches`), then the member cut out
     const b = checkBatchShape(chunk, where);
     let whole = opts.batches?.get(chunk.compressedOffset);
-    if (!whole) {
+    // (a record naming another batch size at the same offset is decoded on its own)
+    if (!whole || whole.length !== b.size) {
       whole = inflate(raw, chunk.compressed, b.size, info, where);
       opts.batches?.set(chunk.compressedOffset, whole);
     }
