@@ -170,6 +170,24 @@ export function rssKilobytes(pid: number): number | undefined {
   }
 }
 
+/** A collection round that never overlaps itself: a run while one is in progress joins it. */
+class Round {
+  private running?: Promise<void>;
+
+  constructor(readonly what: string, private readonly fn: () => Promise<void>) {}
+
+  get busy(): boolean {
+    return this.running !== undefined;
+  }
+
+  run(): Promise<void> {
+    this.running ??= this.fn()
+      .catch((e) => log.error({ round: this.what, err: String(e) }, 'metrics collection failed'))
+      .finally(() => { this.running = undefined; });
+    return this.running;
+  }
+}
+
 export interface NydusdCollectorOptions {
   collectIntervalMs: number;
   hungIoIntervalMs: number;
@@ -206,8 +224,8 @@ export class NydusdCollector {
   readonly blockHist: ConstHistogram;
   readonly latencyHist: ConstHistogram;
   private timers: NodeJS.Timeout[] = [];
-  private round?: Promise<void>;
-  private inflightRound?: Promise<void>;
+  private readonly round = new Round('collect', () => this.collect());
+  private readonly inflightRound = new Round('inflight', () => this.collectInflight());
 
   constructor(registry: client.Registry, readonly daemons: DaemonManager, readonly opts: NydusdCollectorOptions) {
     const ttl = opts.ttlMs ?? METRICS_TTL_MS;
@@ -226,15 +244,12 @@ export class NydusdCollector {
   /** Start both tickers (as upstream, the first round is one interval after start). */
   start(): void {
     if (this.timers.length) return;
-    const tick = (what: string, run: () => Promise<void>, busy: () => boolean) => (): void => {
-      if (busy()) {
-        log.debug({ round: what }, 'metrics round still running: tick skipped');
-        return;
-      }
-      void run();
+    const tick = (r: Round) => (): void => {
+      if (r.busy) log.debug({ round: r.what }, 'metrics round still running: tick skipped');
+      else void r.run();
     };
-    this.timers.push(setInterval(tick('collect', () => this.collectNow(), () => !!this.round), this.opts.collectIntervalMs));
-    this.timers.push(setInterval(tick('inflight', () => this.collectInflightNow(), () => !!this.inflightRound), this.opts.hungIoIntervalMs));
+    this.timers.push(setInterval(tick(this.round), this.opts.collectIntervalMs));
+    this.timers.push(setInterval(tick(this.inflightRound), this.opts.hungIoIntervalMs));
     for (const t of this.timers) t.unref();
   }
 
@@ -250,22 +265,12 @@ export class NydusdCollector {
 
   /** One fs/blobcache/RSS round; a call while one runs returns that round. */
   collectNow(): Promise<void> {
-    if (!this.round) {
-      this.round = this.collect()
-        .catch((e) => log.error({ err: String(e) }, 'metrics collection failed'))
-        .finally(() => { this.round = undefined; });
-    }
-    return this.round;
+    return this.round.run();
   }
 
   /** One inflight (hung IO) round; a call while one runs returns that round. */
   collectInflightNow(): Promise<void> {
-    if (!this.inflightRound) {
-      this.inflightRound = this.collectInflight()
-        .catch((e) => log.error({ err: String(e) }, 'inflight metrics collection failed'))
-        .finally(() => { this.inflightRound = undefined; });
-    }
-    return this.inflightRound;
+    return this.inflightRound.run();
   }
 
   private async collect(): Promise<void> {

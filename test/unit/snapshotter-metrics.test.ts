@@ -367,6 +367,39 @@ test('stand-in nydusd: exact gauges and histograms; hung IOs; a daemon that stop
   }
 });
 
+test('tickers: collect_interval / hung_io_interval drive the rounds; a hung daemon costs each round at most one interval', async () => {
+  const dir = fs.mkdtempSync(path.join(tmp, 'fake-'));
+  const tpl = path.join(tmp, 'tpl-fake2.json');
+  fs.writeFileSync(tpl, JSON.stringify({ device: { backend: { type: 'registry', config: {} } } }));
+  const r = await rig(`[daemon]\nnydusd_path = "${fakeNydusd(dir)}"\nnydusd_config = "${tpl}"\n[metrics]\nhung_io_interval = "150ms"\ncollect_interval = "200ms"\n`);
+  const col = r.metrics.startCollector(r.sn.daemons, { collectIntervalMs: r.cfg.metrics.collectIntervalMs, hungIoIntervalMs: r.cfg.metrics.hungIoIntervalMs });
+  const ref = 'docker.io/library/alpine:3';
+  try {
+    const meta = await pullNydus(r, ref, BOOT());
+    await r.call('Prepare', { key: 'ctr', parent: meta });
+    const t0 = Date.now();
+    let text = '';
+    while (Date.now() - t0 < 5000) {
+      text = await scrape(r.port);
+      if (sample(text, 'nydusd_total_read_bytes', { image_ref: ref }) === 12345 && sample(text, 'nydusd_hung_io_counts') === 1) break;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    assert.is(sample(text, 'nydusd_total_read_bytes', { image_ref: ref }), 12345, 'collected by the ticker');
+    assert.is(sample(text, 'nydusd_hung_io_counts'), 1, 'inflight polled by the ticker');
+    fs.writeFileSync(path.join(dir, 'hang'), '');
+    const log0 = fs.readFileSync(path.join(dir, 'api.log'), 'utf8').split('\n').filter((l) => l === '/api/v1/metrics').length;
+    await new Promise((res) => setTimeout(res, 1100));
+    const calls = fs.readFileSync(path.join(dir, 'api.log'), 'utf8').split('\n').filter((l) => l === '/api/v1/metrics').length - log0;
+    assert.ok(calls >= 2 && calls <= 6, `${calls} hung fs requests in 1.1 s at a 200 ms interval (each times out within it)`);
+    const t1 = Date.now();
+    await scrape(r.port);
+    assert.ok(Date.now() - t1 < 300, '/v1/metrics answers while rounds hang');
+  } finally {
+    col.stop();
+    await r.close();
+  }
+});
+
 test('config: [metrics] hung_io_interval / collect_interval (Go durations or integer nanoseconds; defaults 10s / 1m)', () => {
   const c = buildConfig('version = 1\n');
   assert.is(c.metrics.hungIoIntervalMs, 10_000);
