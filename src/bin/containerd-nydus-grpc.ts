@@ -8,7 +8,8 @@
  *
  * Start-up: open `<root>/metadata.db`, recover recorded nydusd daemons
  * (`recover_policy`), serve the Snapshots gRPC service on `--address`, and
- * metrics on `[metrics] address`. SIGTERM/SIGINT stop serving and exit 0,
+ * metrics on `[metrics] address`, with the nydusd collector polling every
+ * daemon each `collect_interval` / `hung_io_interval`. SIGTERM/SIGINT stop serving and exit 0,
  * leaving nydusd running unless `cleanup_on_close`.
  *
  * Difference: logs are pino JSON on stderr with `--log-to-stdout` (stdout
