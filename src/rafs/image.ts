@@ -38,7 +38,7 @@ export class RafsImage {
 
   static open(src: ImageSource): RafsImage {
     let image: RafsImage | undefined;
-    const { boot, sb, inlineBlob } = loadBootstrapFile(src.bootstrap, { blobMeta: (info) => image?.blobMeta(info) });
+    const { boot, sb, inlineBlob } = loadBootstrapFile(src.bootstrap, { blobMeta: (info) => image?.blobMeta(info), metaOptional: true });
     image = new RafsImage(sb, boot, src, inlineBlob);
     return image;
   }

@@ -44,6 +44,7 @@ import { checkBatchSize, createImage, type CreateOptions } from '../../src/rafs/
 import { loadBootstrapFile, RafsImage } from '../../src/rafs/image';
 import { BlobMetaTables } from '../../src/rafs/blob-meta-tables';
 import { RafsFs } from '../../src/rafs/fs';
+import { checkImage } from '../../src/rafs/inspect';
 import type { RafsInode, RafsSuper } from '../../src/rafs/metadata/types';
 import type { BlobInfo } from '../../src/storage/format/types';
 import { BlobFeatures } from '../../src/storage/format/constants';
@@ -215,7 +216,15 @@ test('layout: exact ci records, contexts and blob bytes of a small uncompressed 
   const img = RafsImage.open({ bootstrap: b.bootstrap, blobDir: b.blobDir, validate: true });
   try {
     for (const [p, inode] of walkFiles(img.sb)) assert.ok(img.readFile(inode).equals(data(p)), p);
+    assert.is(checkImage(img, { verifyChunks: true }).verifiedChunks, 7);
   } finally { img.close(); }
+  // without the blob: the metadata still checks; reading a batched file is a clear EIO
+  const noBlob = RafsImage.open({ bootstrap: b.bootstrap, blobDir: tmp('empty') });
+  try {
+    assert.is(checkImage(noBlob, { verifyChunks: false }).files, 7);
+    const a = noBlob.sb.root().lookup(Buffer.from('a'))!;
+    assert.throws(() => noBlob.readFile(a), (e: unknown) => isErrno(e, ['EIO', 'ENOENT']));
+  } finally { noBlob.close(); }
 });
 
 test('layout: zstd batches of a big tree (batch 0x100000 and 0x10000) follow upstream rules', async () => {

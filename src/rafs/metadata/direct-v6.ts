@@ -45,6 +45,8 @@ export interface BlobChunkTable {
 
 export interface LoadV6Options {
   blobMeta?: (blob: BlobInfo) => BlobChunkTable | undefined;
+  /** see LoadOptions.metaOptional */
+  metaOptional?: boolean;
 }
 
 const S_IFMT = 0o170000;
@@ -371,10 +373,11 @@ class V6Super implements RafsSuper {
     const rec = this.tableIndex.get(blobIndex * RAFS_MAX_CHUNKS_PER_BLOB + ciIndex);
     const blob = this.blobs[blobIndex];
     const inTable = rec && rec.uncompressedOffset === blkaddr * EROFS_BLKSZ;
-    // without any blob.meta source (metadata-only tools) a batch member stays as the bootstrap has it
+    // without any blob.meta source (metadata only) a batch member stays as the bootstrap has it
     if (inTable && (!this.opts.blobMeta || !this.isBatchRecord(rec))) return { ...rec, digest: Buffer.from(rec.digest), fileOffset };
     const c = this.metaTable(blobIndex)?.get(ciIndex);
     if (c) return inTable ? withRecord(c, rec, fileOffset) : { ...c, blobIndex, index: ciIndex, fileOffset };
+    if (inTable && this.opts.metaOptional) return { ...rec, digest: Buffer.from(rec.digest), fileOffset };
     if (inTable) throw eio(`${where}: chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}) is a batch chunk and the blob's blob.meta is not loaded`);
     throw eio(`${where}: cannot resolve chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}): not in the chunk table and no blob meta`);
   }

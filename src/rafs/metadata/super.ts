@@ -11,6 +11,13 @@ import type { BlobInfo, RafsSuper } from './types';
 export interface LoadOptions {
   /** chunk-info from a blob's blob.meta, used by v6 when the bootstrap chunk table lacks a chunk */
   blobMeta?: (blob: BlobInfo) => BlobChunkTable | undefined;
+  /**
+   * Batch chunks of a blob whose blob.meta is unavailable keep their bootstrap
+   * records (no stored range: reading them fails) instead of failing to
+   * resolve: metadata-only tools. The daemon leaves it off, so a file's chunk
+   * list is not kept until its blob.meta has loaded.
+   */
+  metaOptional?: boolean;
 }
 
 export function loadRafs(buf: Buffer, opts: LoadOptions = {}): RafsSuper {
