@@ -136,6 +136,8 @@ export interface StorageDeviceOptions {
 const MEMORY_CACHE_BYTES = 32 << 20;
 /** How long a chunk whose fetch failed gets a single attempt (the kernel's immediate re-read of a failed page). */
 const FAILURE_MEMO_MS = 2000;
+/** How often a directory missing batch members (blob.meta not loaded yet) is built again. */
+const DIRECTORY_RETRY_MS = 2000;
 /** Largest request sequential readahead merges chunks into. */
 const READAHEAD_REQUEST = 8 << 20;
 
@@ -153,6 +155,7 @@ export class StorageDevice implements BlobDevice {
   private readonly source: ChunkSource;
   private readonly prefetcher: Prefetcher;
   private directories: Array<ChunkDirectory | undefined> | undefined;
+  private directoriesAt = 0;
   private readonly validate: boolean;
   private readonly verifyFetched: boolean;
   private readonly batchSize: number;
@@ -182,10 +185,16 @@ export class StorageDevice implements BlobDevice {
     for (const b of blobs) cache?.retain(b.blobId);
   }
 
-  /** The blob's chunks in blob order (built on first use from the image's chunk records). */
+  /**
+   * The blob's chunks in blob order (built on first use from the image's chunk
+   * records; built again, at most every DIRECTORY_RETRY_MS, while some batch
+   * members could not be placed because their blob.meta had not loaded).
+   */
   directory(blobIndex: number): ChunkDirectory | undefined {
     if (!this.opts.chunks) return undefined;
+    if (this.directories?.some((d) => d?.partial) && Date.now() - this.directoriesAt >= DIRECTORY_RETRY_MS) this.directories = undefined;
     if (!this.directories) {
+      this.directoriesAt = Date.now();
       const groups: ChunkInfo[][] = this.blobs.map(() => []);
       try {
         for (const c of this.opts.chunks()) if (c.blobIndex >= 0 && c.blobIndex < groups.length) groups[c.blobIndex].push(c);

@@ -51,6 +51,7 @@ import { BlobFeatures } from '../../src/storage/format/constants';
 import { BLOB_META_HEADER_SIZE, decodeChunkInfoV2, encodeBlobMetaHeader } from '../../src/storage/format/blob-meta';
 import { BlobFile, BlobMeta, readBlobMeta } from '../../src/storage/blob/blob-file';
 import { BATCH_CONTEXT_SIZE } from '../../src/storage/blob/batch';
+import { ChunkDirectory, blobOrder, mergeRuns } from '../../src/storage/blob/chunk-directory';
 import type { BlobBackend } from '../../src/storage/backend/backend';
 import { createBackend, createBlobDevice } from '../../src/storage/factory';
 import { Vfs } from '../../src/virtiofs/vfs/vfs';
@@ -431,6 +432,31 @@ test('reader: tar-rafs with --blob-inline-meta and blob-toc (the nydusify path)'
       assert.ok(r.payload.equals(want), p);
     }
   } finally { await m.close(); }
+});
+
+test('request merging: members of one batch go together; unplaced bootstrap records are left out', async () => {
+  const src = tmp('merge-src');
+  for (let i = 0; i < 30; i++) fs.writeFileSync(path.join(src, `f${String(i).padStart(2, '0')}`), content(i, 3000 + i));
+  fs.writeFileSync(path.join(src, 'zbig'), content(99, 0x9000));
+  const b = await buildDir(src, { chunkSize: 0x10000, batchSize: 0x4000 });
+  const { info, meta } = metaOf(b);
+  const resolved = Array.from({ length: meta.count }, (_, i) => ({ ...meta.get(i)!, index: i }));
+  const dir = new ChunkDirectory(info, resolved);
+  assert.not.ok(dir.partial);
+  // batch 0 holds f00..f04 (5 x ~3000 < 0x4000): asking for f02 brings f00..f04, in one range
+  const run = dir.region(resolved[2], 1 << 20, () => true);
+  assert.equal(run.slice(0, 5).map((c) => c.index).sort(), [0, 1, 2, 3, 4]);
+  assert.is(run[0].index, 2, 'the asked-for chunk first');
+  const runs = mergeRuns(blobOrder(resolved), 1 << 20);
+  assert.is(runs.length, 1, 'a whole small blob in one request');
+  // members not wanted (cached) are skipped, the rest of the batch still comes
+  assert.equal(dir.region(resolved[2], 1 << 20, (c) => c.index !== 3).slice(0, 4).map((c) => c.index).sort(), [0, 1, 2, 4]);
+  // the bootstrap's own records of batch members have no stored range: not placed, and the directory says so
+  const { sb } = loadBootstrapFile(b.bootstrap);
+  const raw = new ChunkDirectory(info, sb.chunkTable());
+  assert.ok(raw.partial);
+  assert.is(raw.get(0), undefined);
+  assert.is(raw.size, 1, 'only zbig is placed');
 });
 
 /** A blob.meta cache file (ci data padded to 4K + header) for `b`, with `edit` applied to the ci data. */

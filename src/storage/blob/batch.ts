@@ -47,6 +47,12 @@ export function batchOf(c: ChunkInfo): BatchRef | undefined {
   return (c as Partial<BatchChunkInfo>).batch;
 }
 
+/**
+ * A record with data but no stored range: a batch member as the bootstrap
+ * lists it, not yet resolved through blob.meta.
+ */
+export const unplaced = (c: ChunkInfo): boolean => c.compressedSize === 0 && c.uncompressedSize > 0;
+
 /** Whether two chunks are members of the same batch (one compressed range). */
 export function sameBatch(a: ChunkInfo, b: ChunkInfo): boolean {
   const x = batchOf(a);

@@ -9,7 +9,7 @@
  * one brings the others.
  */
 import type { BlobInfo, ChunkInfo } from '../format/types';
-import { sameBatch } from './batch';
+import { sameBatch, unplaced } from './batch';
 
 export class ChunkDirectory {
   /** chunks sorted by compressed offset */
@@ -17,10 +17,14 @@ export class ChunkDirectory {
   /** chunk index → position in `sorted` (-1 when unknown) */
   private readonly pos: Int32Array;
 
+  /** some records could not be placed (batch members listed before their blob.meta loaded) */
+  readonly partial: boolean = false;
+
   constructor(readonly info: BlobInfo, chunks: Iterable<ChunkInfo>) {
     const byIndex = new Map<number, ChunkInfo>();
     for (const c of chunks) {
       if (!Number.isInteger(c.index) || c.index < 0 || c.index >= info.chunkCount) continue;
+      if (unplaced(c)) { this.partial = true; continue; }
       if (!byIndex.has(c.index)) byIndex.set(c.index, c);
     }
     this.sorted = [...byIndex.values()].sort((a, b) => a.compressedOffset - b.compressedOffset || a.index - b.index);
