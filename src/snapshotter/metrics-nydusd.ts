@@ -298,7 +298,9 @@ export class NydusdCollector {
       this.totalRead.set(labels, num(m.data_read));
       this.readHits.set(labels, arr(m.fop_hits)[FOP_READ] ?? 0);
       this.readErrors.set(labels, arr(m.fop_errors)[FOP_READ] ?? 0);
-      if (!this.blockHist.save(labels, arr(m.block_count_read)) || !this.latencyHist.save(labels, arr(m.read_latency_dist))) {
+      const blocks = this.blockHist.save(labels, arr(m.block_count_read));
+      const latency = this.latencyHist.save(labels, arr(m.read_latency_dist));
+      if (!blocks || !latency) {
         log.warn({ image: labels.image_ref }, 'nydusd fs metrics: bucket arrays of an unexpected length');
       }
     }
