@@ -5,14 +5,18 @@
  * gzip tar holding dir `image` (0755), `image/image.boot` (0444) and, for v6,
  * `image/<blob hex>.blob.meta` per layer that has chunks (an empty blob.meta
  * is skipped as upstream). The tar's sha256 is the layer's diff_id.
+ * readBootstrapLayer is the other direction (check, the snapshotter's index
+ * detection): only those files are taken out of a (hostile) layer.
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGzip } from 'node:zlib';
+import * as path from 'node:path';
+import type { Readable } from 'node:stream';
+import { createGunzip, createGzip } from 'node:zlib';
 import * as tarStream from 'tar-stream';
-import { einval } from '../common/errno';
+import { einval, eio } from '../common/errno';
 import { writeBootstrapV5 } from '../rafs/builder/bootstrap-v5';
 import { writeBootstrapV6 } from '../rafs/builder/bootstrap-v6';
 import { lookupPath } from '../rafs/builder/create';
@@ -67,4 +71,35 @@ export async function writeBootstrapLayer(file: string, bootstrap: Buffer, blobM
   pack.finalize();
   await done;
   return { file, digest: `sha256:${gzHash.digest('hex')}`, size: gzSize, tarDigest: `sha256:${tarHash.digest('hex')}` };
+}
+
+/** Largest file taken out of a bootstrap layer (a bootstrap is at most a few hundred MiB). */
+export const MAX_BOOTSTRAP_LAYER_ENTRY = 1 << 30;
+const BOOTSTRAP_LAYER_FILE = /^image\/(image\.boot|[a-f0-9]{64}\.blob\.meta)$/;
+
+/**
+ * Unpack a gzip bootstrap layer into `outDir`: `image/image.boot` and
+ * `image/<blob hex>.blob.meta` only (paths normalised; anything else, links
+ * included, is skipped; entries over MAX_BOOTSTRAP_LAYER_ENTRY refused).
+ * Returns the sha256 of the uncompressed tar (the layer's diff_id) and
+ * whether image.boot was present.
+ */
+export async function readBootstrapLayer(gz: Readable, outDir: string): Promise<{ tarDigest: string; hasBootstrap: boolean }> {
+  fs.mkdirSync(path.join(outDir, 'image'), { recursive: true });
+  const h = createHash('sha256');
+  const tap = new Transform({ transform(c: Buffer, _e, cb) { h.update(c); cb(null, c); } });
+  const extract = tarStream.extract();
+  let hasBootstrap = false;
+  const files = (async () => {
+    for await (const entry of extract) {
+      const name = entry.header.name.split('/').filter((c) => c && c !== '.').join('/');
+      if (entry.header.type === 'file' && BOOTSTRAP_LAYER_FILE.test(name)) {
+        if ((entry.header.size ?? 0) > MAX_BOOTSTRAP_LAYER_ENTRY) throw eio(`bootstrap layer: ${name} is too large`);
+        await pipeline(entry, fs.createWriteStream(path.join(outDir, name), { mode: 0o600 }));
+        if (name === 'image/image.boot') hasBootstrap = true;
+      } else entry.resume();
+    }
+  })();
+  await Promise.all([pipeline(gz, createGunzip(), tap, extract), files]);
+  return { tarDigest: `sha256:${h.digest('hex')}`, hasBootstrap };
 }

@@ -44,6 +44,7 @@ import { type Credentials, basicAuth } from '../remote/docker-config';
 import { type PlatformSpec, defaultPlatform } from '../remote/platform';
 import { type Reference, parseReference, registryHost } from '../remote/reference';
 import { RegistryClient } from '../remote/client';
+import { readBootstrapLayer } from './bootstrap-layer';
 import { isNydusManifest } from './manifest';
 
 export interface CheckOptions {
@@ -76,7 +77,6 @@ interface Side {
   config: ImageConfig;
 }
 
-const MAX_BOOTSTRAP_TAR_ENTRY = 1 << 30;
 export const DEFAULT_NYDUSD = path.resolve(__dirname, '../../bin/nydusd');
 
 /** A file in the compared trees. */
@@ -306,21 +306,12 @@ export class Checker {
   private async bootstrapRule(t: Side): Promise<string> {
     const last = t.manifest.layers[t.manifest.layers.length - 1];
     const outDir = path.join(this.o.workDir, 'target', 'nydus_bootstrap');
-    fs.mkdirSync(path.join(outDir, 'image'), { recursive: true });
-    const tarHash = createHash('sha256');
-    const extract = tarStream.extract();
-    const hashTap = new Transform({ transform(c: Buffer, _e, cb) { tarHash.update(c); cb(null, c); } });
-    const files = (async () => {
-      for await (const entry of extract) {
-        const name = normPath(entry.header.name);
-        if (entry.header.type === 'file' && /^image\/(image\.boot|[a-f0-9]{64}\.blob\.meta)$/.test(name)) {
-          if ((entry.header.size ?? 0) > MAX_BOOTSTRAP_TAR_ENTRY) throw new CheckError('bootstrap', `${name} is too large`);
-          await pipeline(entry, fs.createWriteStream(path.join(outDir, name)));
-        } else entry.resume();
-      }
-    })();
-    await Promise.all([pipeline(await t.client.fetchBlob(t.ref, last), createGunzip(), hashTap, extract), files]);
-    const tarDigest = `sha256:${tarHash.digest('hex')}`;
+    let tarDigest: string;
+    try {
+      ({ tarDigest } = await readBootstrapLayer(await t.client.fetchBlob(t.ref, last), outDir));
+    } catch (err) {
+      throw new CheckError('bootstrap', `cannot read the bootstrap layer: ${(err as Error).message}`);
+    }
     const diffIds = t.config.rootfs.diff_ids;
     if (diffIds[diffIds.length - 1] !== tarDigest) throw new CheckError('bootstrap', `the bootstrap layer's tar digest ${tarDigest} is not the last diff_id ${diffIds[diffIds.length - 1]}`);
     const boot = path.join(outDir, 'image', 'image.boot');

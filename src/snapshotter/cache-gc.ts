@@ -8,7 +8,8 @@
  *
  * A blob is referenced when
  * - a committed meta-layer snapshot's bootstrap (`fs/image/image.boot`, read
- *   with src/rafs) lists it in its blob table, or
+ *   with src/rafs) lists it in its blob table (also an index-alternative
+ *   layer's, once index detection has fetched its bootstrap), or
  * - a Nydus data-layer snapshot carries its digest in
  *   `containerd.io/snapshot/cri.layer-digest` (`sha256:<hex>` → `<hex>`;
  *   this protects an image whose meta layer is not committed yet).
@@ -30,7 +31,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { log } from '../common/log';
 import { loadBootstrapFile } from '../rafs/image';
-import { CRI_LAYER_DIGEST, isNydusDataLayer, isNydusMetaLayer } from './labels';
+import { CRI_LAYER_DIGEST, isIndexAlternative, isNydusDataLayer, isNydusMetaLayer } from './labels';
 import { Kind, MetaStore } from './store';
 
 /** Suffixes of a blob's cache files, longest first (a name matches the first that ends it). */
@@ -91,7 +92,8 @@ export class BlobCacheGc {
         const d = s.labels[CRI_LAYER_DIGEST];
         if (d && d.startsWith('sha256:')) out.add(d.slice(7));
       }
-      if (s.kind === Kind.Committed && isNydusMetaLayer(s.labels)) {
+      const metaLike = isNydusMetaLayer(s.labels) || (isIndexAlternative(s.labels) && fs.existsSync(this.bootstrapOf(s.id)));
+      if (s.kind === Kind.Committed && metaLike) {
         live.add(s.id);
         try {
           for (const b of this.blobsOfMeta(s.id)) out.add(b);

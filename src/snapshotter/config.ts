@@ -62,6 +62,8 @@ export interface SnapshotterConfig {
   cacheManager: { disable: boolean; cacheDir: string; gcPeriod: string };
   metrics: { address: string; hungIoIntervalMs: number; collectIntervalMs: number };
   remote: { skipSslVerify: boolean };
+  /** `[experimental]` */
+  experimental: { enableIndexDetect: boolean };
 }
 
 /** Command-line values (undefined = not given). */
@@ -253,6 +255,7 @@ export function buildConfig(tomlText: string | undefined, flags: ConfigFlags = {
       collectIntervalMs: duration(me, 'collect_interval', '[metrics] ', DEFAULT_COLLECT_INTERVAL_MS),
     },
     remote: { skipSslVerify: bool(re, 'skip_ssl_verify', '[remote] ', false) },
+    experimental: { enableIndexDetect: bool(ex, 'enable_index_detect', '[experimental] ', false) },
   };
 }
 

@@ -13,6 +13,9 @@ export const NYDUS_META_LAYER = 'containerd.io/snapshot/nydus-bootstrap';
 export const NYDUS_FS_VERSION = 'containerd.io/snapshot/nydus-fs-version';
 export const CRI_IMAGE_REF = 'containerd.io/snapshot/cri.image-ref';
 export const CRI_LAYER_DIGEST = 'containerd.io/snapshot/cri.layer-digest';
+export const CRI_MANIFEST_DIGEST = 'containerd.io/snapshot/cri.manifest-digest';
+/** set by index detection on the OCI layers of an image whose index has a Nydus alternative */
+export const NYDUS_INDEX_ALTERNATIVE = 'containerd.io/snapshot/nydus-index-alternative';
 export const STARGZ_REFERENCE = 'containerd.io/snapshot/remote/stargz.reference';
 export const PULL_USERNAME = 'containerd.io/snapshot/pullusername';
 export const PULL_SECRET = 'containerd.io/snapshot/pullsecret';
@@ -48,6 +51,7 @@ export function validateLabels(labels: unknown, what = 'labels'): Record<string,
 
 export const isNydusDataLayer = (l: Record<string, string>): boolean => l[NYDUS_DATA_LAYER] !== undefined;
 export const isNydusMetaLayer = (l: Record<string, string>): boolean => l[NYDUS_META_LAYER] !== undefined;
+export const isIndexAlternative = (l: Record<string, string>): boolean => l[NYDUS_INDEX_ALTERNATIVE] === 'true';
 
 /** The image reference of a meta layer: cri.image-ref, else the stargz reference. */
 export function imageRefOf(l: Record<string, string>): string | undefined {

@@ -10,6 +10,11 @@
  *   fetch and apply). A target that already exists: AlreadyExists at once.
  * - The meta layer (`nydus-bootstrap`) and every non-Nydus layer: native
  *   prepare, containerd applies the tar (`image/image.boot` lands in `fs/`).
+ * - Index detection (`[experimental] enable_index_detect`, index-detect.ts):
+ *   a layer Prepare of an image whose index has a Nydus alternative is
+ *   committed at once (labelled `nydus-index-alternative`, AlreadyExists);
+ *   the container Prepare fetches the alternative's bootstrap into the top
+ *   such layer, which then serves as the meta snapshot.
  * - Prepare (active) or View whose ancestor is a committed meta layer: the
  *   RAFS instance of that meta snapshot is started (DaemonManager) and the
  *   remote mount returned; Mounts of such a snapshot waits for it.
@@ -30,7 +35,8 @@ import { SnapshotterConfig } from './config';
 import { DaemonManager, isMounted, lazyUmount } from './daemon';
 import { SnapshotError, alreadyExists, failedPrecondition } from './errors';
 import { compileFilters } from './filters';
-import { OVERLAY_VOLATILE, TARGET_SNAPSHOT_REF, isNydusDataLayer, isNydusMetaLayer } from './labels';
+import { IndexDetector } from './index-detect';
+import { NYDUS_INDEX_ALTERNATIVE, OVERLAY_VOLATILE, TARGET_SNAPSHOT_REF, isIndexAlternative, isNydusDataLayer, isNydusMetaLayer } from './labels';
 import { Mount, nativeMounts, remoteMounts, snapshotDir, upperPath, workPath } from './mounts';
 import { Info, KIND_NAMES, Kind, MetaStore, Snapshot, Usage } from './store';
 
@@ -75,11 +81,14 @@ export class Snapshotter {
   readonly daemons: DaemonManager;
   /** metrics hook: operation name and elapsed milliseconds */
   onOperation?: OperationHook;
+  /** `[experimental] enable_index_detect` */
+  readonly indexDetector?: IndexDetector;
 
   constructor(readonly cfg: SnapshotterConfig, store?: MetaStore, daemons?: DaemonManager) {
     fs.mkdirSync(path.join(cfg.root, 'snapshots'), { recursive: true, mode: 0o700 });
     this.store = store ?? new MetaStore(path.join(cfg.root, 'metadata.db'));
     this.daemons = daemons ?? new DaemonManager(cfg, this.store);
+    if (cfg.experimental?.enableIndexDetect) this.indexDetector = new IndexDetector({ insecure: cfg.remote.skipSslVerify });
   }
 
   get root(): string {
@@ -123,13 +132,25 @@ export class Snapshotter {
     }
   }
 
-  /** The committed meta-layer ancestor of a snapshot, if any (nearest first). */
-  private findMeta(s: Snapshot): (Info & { id: string }) | undefined {
-    for (const id of s.parentIds) {
-      const info = this.store.infoById(id);
-      if (info && info.kind === Kind.Committed && isNydusMetaLayer(info.labels)) return info;
-    }
-    return undefined;
+  /**
+   * The snapshot whose bootstrap serves `s`: the nearest committed meta-layer
+   * ancestor, else (index detection) the nearest ancestor marked as having a
+   * Nydus alternative, whose bootstrap is fetched now if it is not there yet.
+   */
+  private async findMeta(s: Snapshot): Promise<(Info & { id: string }) | undefined> {
+    const infos = s.parentIds.map((id) => this.store.infoById(id));
+    const meta = infos.find((i) => i && i.kind === Kind.Committed && isNydusMetaLayer(i.labels));
+    if (meta || !this.indexDetector) return meta;
+    const alt = infos.find((i) => i && i.kind === Kind.Committed && isIndexAlternative(i.labels));
+    if (!alt) return undefined;
+    await this.indexDetector.fetchMetadata(alt.labels, snapshotDir(this.root, alt.id));
+    return alt;
+  }
+
+  /** Index detection: whether the layer of this Prepare belongs to an image with a Nydus alternative. */
+  private async hasIndexAlternative(labels: Record<string, string>): Promise<boolean> {
+    if (!this.indexDetector || isNydusMetaLayer(labels)) return false;
+    return this.indexDetector.check(labels);
   }
 
   private async remote(s: Snapshot, meta: Info & { id: string }, labels: Record<string, string>): Promise<Mount[]> {
@@ -154,25 +175,25 @@ export class Snapshotter {
       const target = labels[TARGET_SNAPSHOT_REF];
       if (target !== undefined && target !== '' && this.store.lookup(target)) throw alreadyExists(`target snapshot ${JSON.stringify(target)}`);
       const s = this.createSnapshot(Kind.Active, key, parent, labels);
-      if (target && isNydusDataLayer(labels)) {
+      const alternative = target && !isNydusDataLayer(labels) ? await this.hasIndexAlternative(labels).catch(() => false) : false;
+      if (target && (isNydusDataLayer(labels) || alternative)) {
+        const committed = alternative ? { ...labels, [NYDUS_INDEX_ALTERNATIVE]: 'true' } : labels;
         try {
-          this.commitNow(target, key, labels);
+          this.commitNow(target, key, committed);
         } catch (e) {
           this.rollback(key, s.id);
           throw e;
         }
-        log.debug({ key, target }, 'nydus data layer committed as a remote snapshot');
+        log.debug({ key, target, alternative }, 'layer committed as a remote snapshot');
         throw alreadyExists(`target snapshot ${JSON.stringify(target)}`);
       }
       if (!target) {
-        const meta = this.findMeta(s);
-        if (meta) {
-          try {
-            return await this.remote(s, meta, labels);
-          } catch (e) {
-            this.rollback(key, s.id);
-            throw e;
-          }
+        try {
+          const meta = await this.findMeta(s);
+          if (meta) return await this.remote(s, meta, labels);
+        } catch (e) {
+          this.rollback(key, s.id);
+          throw e;
         }
       }
       return nativeMounts(this.root, s, this.volatile(labels));
@@ -188,14 +209,12 @@ export class Snapshotter {
         }
       }
       const s = this.createSnapshot(Kind.View, key, parent, labels);
-      const meta = this.findMeta(s);
-      if (meta) {
-        try {
-          return await this.remote(s, meta, labels);
-        } catch (e) {
-          this.rollback(key, s.id);
-          throw e;
-        }
+      try {
+        const meta = await this.findMeta(s);
+        if (meta) return await this.remote(s, meta, labels);
+      } catch (e) {
+        this.rollback(key, s.id);
+        throw e;
       }
       return nativeMounts(this.root, s, false);
     });
@@ -214,7 +233,7 @@ export class Snapshotter {
     return this.timed('mounts', async () => {
       const s = this.store.getSnapshot(key);
       const info = this.store.getInfo(key).info;
-      const meta = this.findMeta(s);
+      const meta = await this.findMeta(s);
       if (meta) return this.remote(s, meta, info.labels);
       return nativeMounts(this.root, s, this.volatile(info.labels));
     });
@@ -269,7 +288,7 @@ export class Snapshotter {
       if (this.cfg.snapshot.syncRemove) {
         await this.removeDir(id);
         const l = before?.info.labels ?? {};
-        if (isNydusMetaLayer(l) || isNydusDataLayer(l)) this.gcBlobs();
+        if (isNydusMetaLayer(l) || isNydusDataLayer(l) || isIndexAlternative(l)) this.gcBlobs();
       }
     });
   }

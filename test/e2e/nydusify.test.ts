@@ -14,6 +14,7 @@
  *    is wrong;
  *  - `nydusify copy` keeps the manifest digest, also through `file://` OCI
  *    archives (save, then load into another repository);
+ *  - `--batch-size` images (small files in batch chunks) pass check;
  *  - `--merge-platform` writes upstream's merged index (rewritten OCI manifest
  *    with the empty layer, Nydus manifest with artifactType) that check
  *    accepts on both sides;
@@ -238,6 +239,20 @@ test('copy through file:// OCI archives (save, load) keeps the digest', async ()
   const bad = nydusify(['copy', '--source', `file://${path.join(work, 'nonexistent.tar')}`, '--target', `${reg!.host}/x/y:z`]);
   assert.is(bad.status, 1);
   assert.match(bad.out, /is not a file/);
+});
+
+test('--batch-size: small files batched (v6), check reads them through the registry backend; v5 refused', async () => {
+  if (missing) { console.log(`skipped: ${missing}`); return; }
+  const batched = `${reg!.host}/batched/app:v1`;
+  ok(['convert', '--source', src, '--target', batched, '--batch-size', '0x10000', '--work-dir', path.join(work, 'tmp-batch')]);
+  const out = ok(['check', '--source', src, '--target', batched, '--work-dir', path.join(work, 'check-batch')]);
+  assert.match(out, /check passed: manifest, bootstrap, filesystem/);
+  const bad = nydusify(['convert', '--source', src, '--target', `${batched}-v5`, '--batch-size', '0x10000', '--fs-version', '5']);
+  assert.is(bad.status, 1);
+  assert.match(bad.out, /conflicts with `--fs-version 5`/);
+  const big = nydusify(['convert', '--source', src, '--target', `${batched}-big`, '--batch-size', '0x200000']);
+  assert.is(big.status, 1);
+  assert.match(big.out, /bigger than chunk size/);
 });
 
 test('--merge-platform: one index with the rewritten OCI manifest (empty layer first) and the Nydus manifest; check passes on both sides', async () => {

@@ -10,8 +10,10 @@
  * - image removal + containerd GC ends in our Cleanup (directories gone).
  * - a Nydus image: pushed to a local docker-registry, converted by bin/nydusify,
  *   pulled by bin/ctr-remote rpull, run with a host bin/nydusd serving RAFS;
- *   converted again with --merge-platform: rpull and plain `ctr image pull`
- *   both run its OCI entry (empty layer prepended) through the fallback.
+ *   converted again with --merge-platform: rpull takes the OCI entry and
+ *   index detection serves it from the Nydus alternative (no OCI layer
+ *   downloaded); plain `ctr image pull` runs the OCI entry (empty layer
+ *   prepended) through the fallback.
  * Skips with a printed reason without root/containerd/runc; fails under CI=true.
  */
 import { test } from 'uvu';
@@ -22,7 +24,7 @@ import { ROOT } from '../support/cli';
 import { spawnSync } from 'node:child_process';
 import * as http from 'node:http';
 import { fuseMissing } from '../support/nydusd';
-import { registryMissing, startRegistry } from '../support/registry';
+import { blobGets, registryMissing, startRegistry } from '../support/registry';
 import {
   buildOciArchive, busyboxLayer, ociImage, isCI, makeTar, shortTmp, skipUnlessContainerd, startContainerd, startSnapshotter, teardown,
   type Containerd, type SnapshotterProc,
@@ -43,7 +45,7 @@ function snToml(): string {
     device: { backend: { type: 'registry', config: { scheme: 'http', timeout: 10, connect_timeout: 5 } }, cache: { type: 'blobcache', config: {} } },
     mode: 'direct', digest_validate: false, enable_xattr: true, fs_prefetch: { enable: false },
   }));
-  return `[daemon]\nnydusd_config = "${tpl}"\nrecover_policy = "restart"\n`;
+  return `[daemon]\nnydusd_config = "${tpl}"\nrecover_policy = "restart"\n[experimental]\nenable_index_detect = true\n`;
 }
 
 test.before(async () => {
@@ -192,23 +194,34 @@ test('nydus image: nydusify convert + ctr-remote rpull + ctr run (lazy, host nyd
     assert.is(daemons.length, 1, 'one dedicated nydusd for the image');
     const fuse = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(sn!.root) && / - fuse/.test(l));
     assert.is(fuse.length, 1, 'the RAFS mount of the meta snapshot');
-    // --merge-platform: both ctr-remote rpull and a plain `ctr image pull` take the OCI entry of the
-    // merged index (its Nydus entry has the Nydus config type, which `ctr run` refuses), unpacked
-    // through the overlayfs fallback; containerd checks every diff_id, the empty layer's too
+    // --merge-platform with [experimental] enable_index_detect: ctr-remote rpull takes the OCI entry
+    // (its Nydus entry has the Nydus config type, which `ctr run` refuses); the CRI labels let the
+    // snapshotter find the Nydus alternative in the index, so no OCI layer is downloaded and the
+    // container runs from RAFS. A plain `ctr image pull` (no CRI labels) unpacks the OCI entry
+    // through the fallback; containerd checks every diff_id, the empty layer's too.
     const merged = `${reg.host}/${repo}:merged`;
     const mconv = spawnSync(path.join(ROOT, 'bin/nydusify'), ['convert', '--source', source, '--target', merged, '--merge-platform', '--plain-http', '--work-dir', path.join(dir, 'nydusify-work')], { encoding: 'utf8', timeout: 180_000 });
     assert.is(mconv.status, 0, `nydusify convert --merge-platform: ${mconv.stderr}${mconv.stdout}`);
-    for (const how of ['rpull', 'pull']) {
-      const mpull = how === 'rpull'
-        ? spawnSync(path.join(ROOT, 'bin/ctr-remote'), ['-a', c.address, '-n', c.namespace, 'image', 'rpull', '--plain-http', '--snapshotter', 'nydus', merged], { encoding: 'utf8', timeout: 180_000 })
-        : c.ctr(['image', 'pull', '--plain-http', '--snapshotter', 'nydus', merged], { allowFail: true, timeoutMs: 180_000 });
-      assert.is(mpull.status, 0, `${how} (merged): ${mpull.stderr}${mpull.stdout}`);
-      const mrun = c.ctr(['run', '--rm', '--snapshotter', 'nydus', merged, `e2e-merged-${how}`, '/bin/cat', '/hello.txt'], { allowFail: true, timeoutMs: 180_000 });
-      assert.is(mrun.status, 0, `ctr run (merged, ${how}): ${mrun.stderr}\n${sn!.log().slice(-3000)}`);
-      assert.is(mrun.stdout, 'hello from nydus\n');
-      assert.is(fs.readdirSync(path.join(sn!.root, 'socket')).length, 1, 'the OCI entry needs no nydusd');
-      c.ctr(['image', 'rm', '--sync', merged]);
-    }
+    const ociLayers = (JSON.parse(img.manifest.toString()) as { layers: Array<{ digest: string }> }).layers.map((l) => l.digest.slice(7));
+    const gets = () => ociLayers.map((h) => blobGets(reg.log(), h).length);
+    const before = gets();
+    const mpull = spawnSync(path.join(ROOT, 'bin/ctr-remote'), ['-a', c.address, '-n', c.namespace, 'image', 'rpull', '--plain-http', '--snapshotter', 'nydus', merged], { encoding: 'utf8', timeout: 180_000 });
+    assert.is(mpull.status, 0, `ctr-remote rpull (merged): ${mpull.stderr}${mpull.stdout}\n${sn!.log().slice(-3000)}`);
+    const mrun = c.ctr(['run', '--rm', '--snapshotter', 'nydus', merged, 'e2e-merged-rpull', '/bin/sh', '-c', 'cat /hello.txt; stat -c %s /data/big'], { allowFail: true, timeoutMs: 180_000 });
+    assert.is(mrun.status, 0, `ctr run (merged, rpull): ${mrun.stderr}\n${sn!.log().slice(-3000)}`);
+    assert.is(mrun.stdout, `hello from nydus\n${3 << 20}\n`);
+    assert.equal(gets(), before, 'index detection: no OCI layer of the merged image was downloaded');
+    assert.is(fs.readdirSync(path.join(sn!.root, 'socket')).length, 2, 'the merged image runs on its own nydusd');
+    await sleep(300);
+    assert.match(sn!.log(), /index detection: bootstrap fetched/);
+    c.ctr(['image', 'rm', '--sync', merged]);
+    const plain = c.ctr(['image', 'pull', '--plain-http', '--snapshotter', 'nydus', merged], { allowFail: true, timeoutMs: 180_000 });
+    assert.is(plain.status, 0, `ctr image pull (merged): ${plain.stderr}`);
+    const prun = c.ctr(['run', '--rm', '--snapshotter', 'nydus', merged, 'e2e-merged-pull', '/bin/cat', '/hello.txt'], { allowFail: true, timeoutMs: 180_000 });
+    assert.is(prun.status, 0, `ctr run (merged, plain pull): ${prun.stderr}`);
+    assert.is(prun.stdout, 'hello from nydus\n');
+    assert.ok(gets().every((n, i) => n > before[i]), 'the plain pull downloaded the OCI layers');
+    c.ctr(['image', 'rm', '--sync', merged]);
     // image gone + GC: Cleanup stops nydusd and unmounts
     c.ctr(['image', 'rm', '--sync', target]);
     for (let i = 0; i < 100 && fs.readdirSync(path.join(sn!.root, 'socket')).length > 0; i++) await sleep(200);
