@@ -187,17 +187,21 @@ export class Snapshotter {
         log.debug({ key, target, alternative }, 'layer committed as a remote snapshot');
         throw alreadyExists(`target snapshot ${JSON.stringify(target)}`);
       }
-      if (!target) {
-        try {
-          const meta = await this.findMeta(s);
-          if (meta) return await this.remote(s, meta, labels);
-        } catch (e) {
-          this.rollback(key, s.id);
-          throw e;
-        }
-      }
+      if (!target) return this.mountsOfNew(key, s, labels, this.volatile(labels));
       return nativeMounts(this.root, s, this.volatile(labels));
     });
+  }
+
+  /** Remote mounts of a new snapshot that a meta (or index-alternative) ancestor serves, else native ones; a failure removes it. */
+  private async mountsOfNew(key: string, s: Snapshot, labels: Record<string, string>, volatile: boolean): Promise<Mount[]> {
+    try {
+      const meta = await this.findMeta(s);
+      if (meta) return await this.remote(s, meta, labels);
+    } catch (e) {
+      this.rollback(key, s.id);
+      throw e;
+    }
+    return nativeMounts(this.root, s, volatile);
   }
 
   view(key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
@@ -209,14 +213,7 @@ export class Snapshotter {
         }
       }
       const s = this.createSnapshot(Kind.View, key, parent, labels);
-      try {
-        const meta = await this.findMeta(s);
-        if (meta) return await this.remote(s, meta, labels);
-      } catch (e) {
-        this.rollback(key, s.id);
-        throw e;
-      }
-      return nativeMounts(this.root, s, false);
+      return this.mountsOfNew(key, s, labels, false);
     });
   }
 
