@@ -26,7 +26,18 @@ export interface FuseDevOptions {
   readOnly?: boolean;
   /** concurrent reader loops (`--thread-num`) */
   threads?: number;
+  /**
+   * readahead of the mount's bdi in KiB, set through sysfs once INIT is done
+   * (default READAHEAD_KB; 0 leaves the kernel's 128 KiB): the kernel caps
+   * max_readahead at its own default in INIT, which splits every sequential
+   * read into 128 KiB READs, one round trip each
+   */
+  readaheadKb?: number;
 }
+
+/** Readahead of the mount (KiB): whole 1 MiB READs (max_pages), a few in flight. */
+const READAHEAD_KB = 4096;
+const FUSE_INIT = 26;
 
 export class FuseDevSession {
   private fd = -1;
@@ -138,6 +149,8 @@ export class FuseDevSession {
       if (len > 0 && !this.ended) {
         try {
           fs.writeSync(this.fd, reply, 0, len);
+          // the kernel applied the INIT reply in that write: the bdi's readahead may now be raised
+          if (n >= 8 && req.readUInt32LE(4) === FUSE_INIT) this.raiseReadahead();
         } catch (e) {
           const code = (e as NodeJS.ErrnoException).code;
           // ENOENT: the request was interrupted meanwhile; ENODEV: unmounted
@@ -150,6 +163,18 @@ export class FuseDevSession {
       this.inflight--;
       if (this.ended) { if (this.inflight === 0) this.finished?.(); }
       else if (this.inflight < this.maxInflight) this.watcher?.resume();
+    }
+  }
+
+  /** Best effort: `read_ahead_kb` of this mount's bdi (named after the connection, `0:<minor>`). */
+  private raiseReadahead(): void {
+    const kb = this.opts.readaheadKb ?? READAHEAD_KB;
+    if (!(kb > 0) || this.connection < 0) return;
+    const file = `/sys/class/bdi/0:${this.connection}/read_ahead_kb`;
+    try {
+      if (Number(fs.readFileSync(file, 'utf8')) < kb) fs.writeFileSync(file, String(Math.floor(kb)));
+    } catch (e) {
+      log.debug({ file, err: (e as Error).message }, 'cannot raise the mount readahead');
     }
   }
 
