@@ -195,21 +195,29 @@ export class BlobWriter {
    * duplicates (same digest and size in `dedup`) reuse the earlier chunk.
    */
   addChunk(data: Buffer, fileOffset: number, batchable = false): ChunkInfo {
+    return this.addPrepared(digest(this.opts.digester, data), data.length, fileOffset, batchable, () => data);
+  }
+
+  /**
+   * `addChunk` for a chunk digested (and maybe compressed) elsewhere
+   * (chunk-pipeline.ts): `raw` gives its bytes when they are needed (a batch
+   * member, no `stored` form, CRC-32), `stored` is what `compress()` made of them.
+   */
+  addPrepared(id: Buffer, size: number, fileOffset: number, batchable: boolean, raw: () => Buffer, stored?: { data: Buffer; compressed: boolean }): ChunkInfo {
     if (this.finished) throw einval('blob writer already finished');
-    const id = digest(this.opts.digester, data);
-    const key = dedupKey(id, data.length);
+    const key = dedupKey(id, size);
     const dup = this.opts.dedup.get(key);
     if (dup) return { ...dup, fileOffset };
     if (this.chunkCount >= RAFS_MAX_CHUNKS_PER_BLOB - 1) throw einval(`too many chunks in blob (max ${RAFS_MAX_CHUNKS_PER_BLOB - 1})`);
     if (batchable && this.batchSize > 0) {
-      const chunk = this.addBatchMember(data, id, fileOffset);
+      const chunk = this.addBatchMember(raw(), id, fileOffset);
       this.opts.dedup.set(key, chunk);
       return chunk;
     }
     // a chunk written on its own first writes the batch being filled (upstream `dump_file_chunk`)
     this.flushBatch();
-    const packed = compress(this.opts.compressor, data);
-    const chunk = this.newChunk(data, id, fileOffset, { compressed: packed.compressed, compressedOffset: this.pos, compressedSize: packed.data.length });
+    const packed = stored ?? compress(this.opts.compressor, raw());
+    const chunk = this.newChunk(size, this.opts.crc32 ? raw() : undefined, id, fileOffset, { compressed: packed.compressed, compressedOffset: this.pos, compressedSize: packed.data.length });
     this.write(packed.data);
     // Deliberate difference from upstream (README): uncompressed aligned blobs are padded so
     // compressed offsets equal the 4 KiB-aligned uncompressed ones and the kernel's EROFS can
@@ -234,7 +242,7 @@ export class BlobWriter {
    */
   private addBatchMember(data: Buffer, id: Buffer, fileOffset: number): ChunkInfo {
     if (this.batchLen + data.length >= this.batchSize) this.flushBatch();
-    const chunk = this.newChunk(data, id, fileOffset, { compressed: false, compressedOffset: 0, compressedSize: 0 });
+    const chunk = this.newChunk(data.length, data, id, fileOffset, { compressed: false, compressedOffset: 0, compressedSize: 0 });
     // upstream: "Batch chunk cannot store CRC32 due to data field conflict"
     this.addCi(chunk, {
       compressedOffset: this.pos,
@@ -249,11 +257,11 @@ export class BlobWriter {
   }
 
   /** The record of a new chunk (next index, at the uncompressed end, which advances), stored as `stored` says. */
-  private newChunk(data: Buffer, id: Buffer, fileOffset: number, stored: Pick<ChunkInfo, 'compressed' | 'compressedOffset' | 'compressedSize'>): ChunkInfo {
+  private newChunk(size: number, data: Buffer | undefined, id: Buffer, fileOffset: number, stored: Pick<ChunkInfo, 'compressed' | 'compressedOffset' | 'compressedSize'>): ChunkInfo {
     let flags = stored.compressed ? BlobChunkFlags.COMPRESSED : 0;
     let crc = 0;
     if (this.opts.crc32) {
-      crc = crc32c(data);
+      crc = crc32c(data!);
       flags |= BlobChunkFlags.HAS_CRC32;
     }
     const chunk: ChunkInfo = {
@@ -263,11 +271,11 @@ export class BlobWriter {
       flags,
       ...stored,
       uncompressedOffset: this.uncompressedEnd,
-      uncompressedSize: data.length,
+      uncompressedSize: size,
       fileOffset,
       crc32: crc,
     };
-    this.uncompressedEnd += this.opts.aligned ? alignUp(data.length, 4096) : data.length;
+    this.uncompressedEnd += this.opts.aligned ? alignUp(size, 4096) : size;
     return chunk;
   }
 

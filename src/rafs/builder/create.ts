@@ -12,6 +12,7 @@ import { log } from '../../common/log';
 import { RafsSuperFlags, validateChunkSize } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../metadata/types';
 import { BlobWriter } from './blob-writer';
+import { ChunkPool, addFilesParallel, defaultBuilderThreads } from './chunk-pipeline';
 import { writeBootstrapV5 } from './bootstrap-v5';
 import { writeBootstrapV6 } from './bootstrap-v6';
 import type { BootstrapOptions } from './options';
@@ -19,6 +20,10 @@ import { gunzipToTemp, treeFromTar } from './source-tar';
 import { treeFromDir } from './source-dir';
 import { BuildInode, walkTree } from './tree';
 import { Progress } from '../../common/progress';
+
+/** sources from which a build uses worker threads unless told (CreateOptions.threads) */
+export const PARALLEL_MIN_BYTES = 16 << 20;
+export const PARALLEL_MIN_FILES = 2000;
 
 export type SourceType = 'dir-rafs' | 'tar-rafs' | 'targz-rafs';
 
@@ -40,6 +45,13 @@ export interface CreateOptions {
   prefetchPatterns: string[];
   /** `--batch-size`: merge small files' chunks into batches (0/absent = off; v6 only), see checkBatchSize */
   batchSize?: number;
+  /**
+   * worker threads reading, digesting and compressing chunks (chunk-pipeline.ts):
+   * 0 = all on this thread; a number = that many, started before the source is
+   * read; absent = defaultBuilderThreads(), for sources of PARALLEL_MIN_BYTES or
+   * PARALLEL_MIN_FILES (a worker takes tens of ms to start)
+   */
+  threads?: number;
 }
 
 /**
@@ -97,13 +109,20 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   let closeSource = () => {};
   let root: BuildInode;
   let implicitDirs: Set<string> | undefined;
-  if (o.type === 'dir-rafs') root = treeFromDir(o.source);
-  else {
-    const tarFile = o.type === 'targz-rafs' ? (tmpTar = await gunzipToTemp(o.source)) : o.source;
-    const t = treeFromTar(tarFile);
-    root = t.root;
-    implicitDirs = t.implicitDirs;
-    closeSource = t.close;
+  // asked for: started first, the workers load while the source tree is read
+  let pool = o.threads ? new ChunkPool(o.threads) : undefined;
+  try {
+    if (o.type === 'dir-rafs') root = treeFromDir(o.source);
+    else {
+      const tarFile = o.type === 'targz-rafs' ? (tmpTar = await gunzipToTemp(o.source)) : o.source;
+      const t = treeFromTar(tarFile);
+      root = t.root;
+      implicitDirs = t.implicitDirs;
+      closeSource = t.close;
+    }
+  } catch (e) {
+    await pool?.destroy();
+    throw e;
   }
   try {
     root.mtime = 0;
@@ -114,6 +133,11 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       if (i) prefetch.push(i); else log.warn({ pattern: p }, 'prefetch pattern matches nothing');
     }
     const files = dumpOrder(root, prefetch);
+    if (o.threads === undefined) {
+      const threads = defaultBuilderThreads();
+      const bytes = files.reduce((s, f) => s + f.size, 0);
+      if (threads > 0 && (bytes >= PARALLEL_MIN_BYTES || files.length >= PARALLEL_MIN_FILES)) pool = new ChunkPool(threads);
+    }
     const blobDir = o.blobDir ?? (o.blob ? path.dirname(o.blob) : undefined);
     const writer = new BlobWriter({
       compressor: o.compressor,
@@ -130,11 +154,21 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
     });
     const progress = new Progress('building', files.reduce((s, f) => s + f.size, 0));
     let dataBytes = 0;
-    for (const f of files) {
-      writer.addFile(f);
-      f.source?.close?.();
-      dataBytes += f.size;
-      progress.update(dataBytes);
+    if (pool) {
+      try {
+        await addFilesParallel(writer, files, pool, (n) => progress.update(n));
+      } catch (e) {
+        writer.abort();
+        throw e;
+      }
+      dataBytes = files.reduce((s, f) => s + f.size, 0);
+    } else {
+      for (const f of files) {
+        writer.addFile(f);
+        f.source?.close?.();
+        dataBytes += f.size;
+        progress.update(dataBytes);
+      }
     }
     progress.done();
     const bootOpts = (blobs: BlobInfo[]): BootstrapOptions => ({
@@ -167,6 +201,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       implicitDirs,
     };
   } finally {
+    await pool?.destroy();
     closeSource();
     if (tmpTar) fs.rmSync(path.dirname(tmpTar), { recursive: true, force: true });
   }

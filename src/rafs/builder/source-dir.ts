@@ -14,6 +14,7 @@ import { isAllowedXattr } from './xattr';
 class FileSource implements DataSource {
   private fd = -1;
   constructor(private readonly file: string) {}
+  get location(): { path: string; base: number } { return { path: this.file, base: 0 }; }
   read(off: number, len: number): Buffer {
     if (this.fd < 0) this.fd = fs.openSync(this.file, 'r');
     const buf = Buffer.allocUnsafe(len);

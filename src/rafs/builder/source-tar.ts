@@ -33,6 +33,7 @@ export function tarPathComponents(p: string): Buffer[] {
 
 class TarFileSource implements DataSource {
   constructor(private readonly fd: number, private readonly base: number, private readonly size: number) {}
+  get location(): { fd: number; base: number } { return { fd: this.fd, base: this.base }; }
   read(off: number, len: number): Buffer {
     if (off + len > this.size) throw einval('tar entry read past its size');
     const buf = Buffer.allocUnsafe(len);

@@ -50,6 +50,11 @@ export interface DataSource {
   read(off: number, len: number): Buffer;
   /** release any file descriptor held; read() may reopen */
   close?(): void;
+  /**
+   * where the bytes are, for the chunk workers (chunk-pipeline.ts), which
+   * read them themselves: a file they open, or an fd they pread (at `base`)
+   */
+  readonly location?: { path?: string; fd?: number; base: number };
 }
 
 export function compareNames(a: Buffer, b: Buffer): number {

@@ -12,6 +12,7 @@ import { ErrnoError, einval } from '../../common/errno';
 import { LOG_LEVELS, setupLog, type LogLevel } from '../../common/log';
 import { RAFS_DEFAULT_CHUNK_SIZE, validateChunkSize } from '../format/constants';
 import { checkBatchSize, createImage, lookupPath, type SourceType } from '../builder/create';
+import { defaultBuilderThreads } from '../builder/chunk-pipeline';
 import { mergeLayers, type WhiteoutSpec } from '../builder/merge';
 import { writeBootstrapV5 } from '../builder/bootstrap-v5';
 import { writeBootstrapV6 } from '../builder/bootstrap-v6';
@@ -111,6 +112,8 @@ program.command('create')
       repeatable: o.repeatable,
       prefetchPatterns: o.prefetchPolicy === 'fs' ? readStdinLines() : [],
       batchSize,
+      // workers start at once and load while the source is read (NYDUS_BUILDER_THREADS=0: none)
+      threads: defaultBuilderThreads(),
     });
     const s = r.stats;
     process.stdout.write(`build finished: ${s.files} files, ${s.chunks} chunks (${s.uniqueChunks} unique), ${s.dataBytes} data bytes stored in ${s.storedBytes} bytes\n`);

@@ -1,0 +1,191 @@
+/**
+ * The builder's chunk pipeline: files are cut into chunks on this thread, in
+ * blob order, and handed in groups to worker threads (chunk-worker.ts) that
+ * read, digest and compress them; the answers are taken back in the order
+ * the groups were made and fed to the BlobWriter, which alone decides
+ * dedup, batching, offsets and writes. The blob is therefore the same bytes
+ * as a build on one thread (`BlobWriter.addFile`).
+ *
+ * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker are in flight, a
+ * group holds at most `GROUP_BYTES` of file data (one chunk if bigger) and
+ * `GROUP_JOBS` chunks, so the chunks pending (read, answered or being
+ * written) are a few MiB per thread whatever the tree.
+ *
+ * A worker remembers the digests it answered and answers a repeat with the
+ * digest alone (no compression): the first occurrence, earlier in blob order
+ * (a worker takes its groups in order), is already in the writer's dedup
+ * map. Should it not be (it cannot), the chunk is read again here.
+ */
+import { availableParallelism } from 'node:os';
+import * as path from 'node:path';
+import Piscina from 'piscina';
+import { DIGEST_SIZE } from '../../common/digest';
+import { eio } from '../../common/errno';
+import type { BlobWriter } from './blob-writer';
+import { type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind } from './chunk-protocol';
+import type { BuildInode } from './tree';
+
+const GROUP_BYTES = 1 << 20;
+const GROUP_JOBS = 2048;
+const MAX_GROUPS_PER_THREAD = 4;
+
+/** Worker threads for a build: `NYDUS_BUILDER_THREADS` (0 = build on this thread), else the cores, at most 8. */
+export function defaultBuilderThreads(): number {
+  const env = process.env.NYDUS_BUILDER_THREADS;
+  if (env !== undefined && /^\d+$/.test(env)) return Math.min(64, parseInt(env, 10));
+  return Math.min(8, availableParallelism());
+}
+
+/** One chunk of one file, as the main thread sees it. */
+interface Job { inode: BuildInode; off: number; len: number; batchable: boolean; last: boolean }
+
+interface Group { jobs: Job[]; answer?: Promise<ArrayBuffer>; sync?: BuildInode }
+
+function workerSpec(): { filename: string; execArgv: string[] } {
+  const ext = path.extname(__filename);
+  const filename = path.join(__dirname, `chunk-worker${ext === '.ts' ? '.ts' : '.js'}`);
+  // sources: the worker needs tsx too (tsx's hooks of this thread do not reach worker threads)
+  const execArgv = ext === '.ts' ? ['--require', require.resolve('tsx/cjs')] : [];
+  return { filename, execArgv };
+}
+
+/** The worker threads of one build; start them early (they load while the tree is read). */
+export class ChunkPool {
+  readonly threads: number;
+  private readonly pool: Piscina<GroupTask, ArrayBuffer>;
+
+  constructor(threads: number) {
+    this.threads = threads;
+    const { filename, execArgv } = workerSpec();
+    this.pool = new Piscina<GroupTask, ArrayBuffer>({
+      filename,
+      execArgv,
+      minThreads: threads,
+      maxThreads: threads,
+      // every group goes to a worker at once (its own queue), so none waits for this thread to hand it the next
+      concurrentTasksPerWorker: MAX_GROUPS_PER_THREAD,
+      idleTimeout: 60_000,
+      recordTiming: false,
+    });
+  }
+
+  run(t: GroupTask): Promise<ArrayBuffer> {
+    return this.pool.run(t);
+  }
+
+  async destroy(): Promise<void> {
+    await this.pool.destroy();
+  }
+}
+
+/**
+ * Chunk `files` (regular files, blob order) into `writer` through `pool`,
+ * filling each inode's `chunks`; `progress` gets the file bytes done so far.
+ */
+export async function addFilesParallel(writer: BlobWriter, files: BuildInode[], pool: ChunkPool, progress: (bytes: number) => void): Promise<void> {
+  const o = writer.opts;
+  const cs = o.chunkSize;
+  const batchSize = o.batchSize ?? 0;
+  const inflight: Group[] = [];
+  const maxInflight = Math.max(2, pool.threads * MAX_GROUPS_PER_THREAD);
+  let done = 0;
+
+  let cur: Job[] = [];
+  let curBytes = 0;
+  let curFiles: JobFile[] = [];
+  let curFileIdx = new Map<BuildInode, number>();
+
+  const consume = async (g: Group): Promise<void> => {
+    if (g.sync) {
+      writer.addFile(g.sync);
+      g.sync.source?.close?.();
+      done += g.sync.size;
+      progress(done);
+      return;
+    }
+    const ab = await g.answer!;
+    const n = g.jobs.length;
+    const meta = new Uint32Array(ab, 0, RESULT_HEADER / 4 + n * 2);
+    if (meta[0] !== n) throw eio(`chunk worker answered ${meta[0]} chunks for ${n}`);
+    const digests = RESULT_HEADER + n * 8;
+    let pos = digests + n * DIGEST_SIZE;
+    for (let j = 0; j < n; j++) {
+      const job = g.jobs[j];
+      const kind = meta[RESULT_HEADER / 4 + j * 2] as ResultKind;
+      const len = meta[RESULT_HEADER / 4 + j * 2 + 1];
+      // a copy: chunk infos keep their digest, and must not keep the whole answer alive
+      const id = Buffer.from(Buffer.from(ab, digests + j * DIGEST_SIZE, DIGEST_SIZE));
+      const data = Buffer.from(ab, pos, len);
+      pos += len;
+      const reread = (): Buffer => {
+        const b = job.inode.source!.read(job.off, job.len);
+        if (b.length !== job.len) throw eio(`short read from file source at ${job.off}: got ${b.length} of ${job.len} bytes`);
+        return b;
+      };
+      let raw = reread;
+      let stored: { data: Buffer; compressed: boolean } | undefined;
+      if (kind === ResultKind.Raw || kind === ResultKind.Uncompressible) raw = () => data;
+      if (kind === ResultKind.Compressed || kind === ResultKind.Uncompressible) stored = { data, compressed: kind === ResultKind.Compressed };
+      job.inode.chunks.push(writer.addPrepared(id, job.len, job.off, job.batchable, raw, stored));
+      if (job.last) {
+        job.inode.source?.close?.();
+        done += job.inode.size;
+        progress(done);
+      }
+    }
+  };
+
+  const submit = async (g: Group): Promise<void> => {
+    inflight.push(g);
+    if (inflight.length >= maxInflight) await consume(inflight.shift()!);
+  };
+
+  const flushGroup = async (): Promise<void> => {
+    if (cur.length === 0) return;
+    const jobs: number[] = new Array(cur.length * 4);
+    cur.forEach((j, k) => {
+      jobs[k * 4] = curFileIdx.get(j.inode)!;
+      jobs[k * 4 + 1] = j.off;
+      jobs[k * 4 + 2] = j.len;
+      jobs[k * 4 + 3] = j.batchable && batchSize > 0 ? JobMode.Raw : JobMode.Pack;
+    });
+    const g: Group = { jobs: cur, answer: pool.run({ compressor: o.compressor, digester: o.digester, files: curFiles, jobs }) };
+    // a failed group is reported when it is consumed, in order
+    g.answer!.catch(() => {});
+    cur = [];
+    curBytes = 0;
+    curFiles = [];
+    curFileIdx = new Map();
+    await submit(g);
+  };
+
+  try {
+    for (const inode of files) {
+      if (!inode.isReg() || inode.size === 0) continue;
+      const loc = inode.source?.location;
+      if (!loc) {
+        // not readable by a worker: chunked here, in its turn
+        await flushGroup();
+        await submit({ jobs: [], sync: inode });
+        continue;
+      }
+      inode.chunks = [];
+      const batchable = inode.size <= cs && inode.size < batchSize / 2;
+      for (let off = 0; off < inode.size; off += cs) {
+        const len = Math.min(cs, inode.size - off);
+        if (cur.length > 0 && (curBytes + len > GROUP_BYTES || cur.length >= GROUP_JOBS)) await flushGroup();
+        if (!curFileIdx.has(inode)) {
+          curFileIdx.set(inode, curFiles.length);
+          curFiles.push({ path: loc.path, fd: loc.fd, base: loc.base });
+        }
+        cur.push({ inode, off, len, batchable, last: off + len >= inode.size });
+        curBytes += len;
+      }
+    }
+    await flushGroup();
+    while (inflight.length > 0) await consume(inflight.shift()!);
+  } finally {
+    // let no answer outlive the build unobserved (the pool is destroyed by the caller)
+    await Promise.allSettled(inflight.map((g) => g.answer));
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * The builder's chunk pipeline (src/rafs/builder/chunk-pipeline.ts): worker
+ * threads read, digest and compress chunks, and the image must be the very
+ * same bytes as a build on one thread, for every compressor, digester,
+ * batch mode, blob layout and source type, with duplicate chunks spread
+ * over groups and workers.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { Compressor } from '../../src/common/compress';
+import { DigestAlgorithm, initDigest, sha256hex } from '../../src/common/digest';
+import { createImage, type CreateOptions } from '../../src/rafs/builder/create';
+
+const tmps: string[] = [];
+const tmp = (p: string) => { const d = fs.mkdtempSync(path.join(os.tmpdir(), `nydus-pipe-${p}-`)); tmps.push(d); return d; };
+test.after(() => { for (const d of tmps) fs.rmSync(d, { recursive: true, force: true }); });
+
+let src = '';
+let tarFile = '';
+
+test.before(async () => {
+  await initDigest();
+  src = tmp('src');
+  let seed = 3;
+  const rnd = (n: number) => { const b = Buffer.alloc(n); for (let i = 0; i < n; i++) { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; b[i] = seed >>> 24; } return b; };
+  const text = Buffer.from('some compressible text, repeated. '.repeat(40000));
+  fs.mkdirSync(path.join(src, 'big'));
+  // multi-chunk files (chunk size 64 KiB below): random, text, and one made of repeats of another's chunks
+  const r = rnd(600_000);
+  fs.writeFileSync(path.join(src, 'big/random'), r);
+  fs.writeFileSync(path.join(src, 'big/text'), text.subarray(0, 1_000_000));
+  fs.writeFileSync(path.join(src, 'big/repeats'), Buffer.concat([r.subarray(0, 0x10000), text.subarray(0, 0x10000), r.subarray(0, 0x10000), r.subarray(0x10000, 0x20000)]));
+  // many small files, a third of them duplicates, some empty, one hardlinked, a symlink
+  for (let i = 0; i < 900; i++) {
+    const d = path.join(src, `small/d${i % 7}`);
+    fs.mkdirSync(d, { recursive: true });
+    const body = i % 3 === 0 ? Buffer.from(`dup ${i % 9}\n`.repeat(i % 50)) : i % 3 === 1 ? rnd(100 + (i * 37) % 5000) : text.subarray(i, i + 3000 + i);
+    fs.writeFileSync(path.join(d, `f${i}`), body);
+  }
+  fs.linkSync(path.join(src, 'small/d0/f7'), path.join(src, 'small/hard'));
+  fs.symlinkSync('d0/f7', path.join(src, 'small/sym'));
+  tarFile = path.join(tmp('tar'), 'layer.tar');
+  execFileSync('tar', ['-C', src, '-cf', tarFile, '.']);
+});
+
+const base = (o: Partial<CreateOptions>): CreateOptions => ({
+  source: src, type: 'dir-rafs', fsVersion: 6, compressor: Compressor.Zstd, digester: DigestAlgorithm.Blake3, chunkSize: 0x10000,
+  blobInlineMeta: false, blobToc: false, alignedChunk: false, repeatable: true, prefetchPatterns: [], ...o,
+});
+
+/** sha256 of every output file (bootstrap and blob) of one build. */
+async function build(o: Partial<CreateOptions>): Promise<string[]> {
+  const dir = tmp('out');
+  const inline = o.blobInlineMeta;
+  const r = await createImage(base({ blobDir: inline ? undefined : dir, bootstrap: inline ? undefined : path.join(dir, 'boot'), blob: inline ? path.join(dir, 'blob') : undefined, ...o }));
+  const out = fs.readdirSync(dir).sort().map((f) => `${f === r.blobInfo?.blobId ? 'blob' : f} ${sha256hex(fs.readFileSync(path.join(dir, f)))}`);
+  fs.rmSync(dir, { recursive: true, force: true });
+  return out;
+}
+
+const cases: Array<[string, Partial<CreateOptions>]> = [
+  ['v6 zstd', {}],
+  ['v6 none', { compressor: Compressor.None }],
+  ['v5 lz4_block', { fsVersion: 5, compressor: Compressor.Lz4Block }],
+  ['v5 gzip sha256', { fsVersion: 5, compressor: Compressor.GZip, digester: DigestAlgorithm.Sha256 }],
+  ['v6 zstd batch 0x8000', { batchSize: 0x8000 }],
+  ['v6 none batch 0x4000', { compressor: Compressor.None, batchSize: 0x4000 }],
+  ['v6 tar-rafs', { type: 'tar-rafs', source: '' }],
+  ['v6 inline meta + blob-toc', { blobInlineMeta: true, blobToc: true }],
+  ['v6 prefetch', { prefetchPatterns: ['/small/d3', '/big/text'] }],
+];
+
+for (const [name, o] of cases) {
+  test(`pipeline: ${name} is byte for byte the one-thread build`, async () => {
+    const opts = { ...o, source: o.type === 'tar-rafs' ? tarFile : src };
+    const one = await build({ ...opts, threads: 0 });
+    assert.equal(await build({ ...opts, threads: 2 }), one);
+    assert.equal(await build({ ...opts, threads: 1 }), one);
+  });
+}
+
+test('pipeline: a file that vanishes after the walk fails the build and leaves no temporary blob', async () => {
+  const s = tmp('vanish');
+  fs.writeFileSync(path.join(s, 'a'), 'a'.repeat(100_000));
+  fs.writeFileSync(path.join(s, 'b'), 'b'.repeat(100));
+  const out = tmp('vanish-out');
+  // remove `a` once the tree is read: the workers open files by path
+  const p = createImage(base({ source: s, blobDir: out, bootstrap: path.join(out, 'boot'), threads: 2 }));
+  fs.rmSync(path.join(s, 'a'));
+  await p.then(() => assert.unreachable('build succeeded'), (e: Error) => assert.match(e.message, /ENOENT|no such file/i));
+  assert.equal(fs.readdirSync(out).filter((f) => f.endsWith('.tmp')), []);
+});
+
+test.run();
