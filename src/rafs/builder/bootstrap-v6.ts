@@ -87,7 +87,7 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
   const place = (n: Node) => { n.ino = nodes.length + 1; nodes.push(n); };
   const visitDir = (dir: Node) => {
     place(dir);
-    const kids = [...dir.inode.children].sort((a, b) => Buffer.compare(a.name, b.name));
+    const kids = sortedByName(dir.inode.children);
     const subdirs: Node[] = [];
     for (let i = 0; i < kids.length; i++) {
       const { name, inode } = kids[i];
@@ -105,7 +105,7 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
         place(n);
       }
       n.links++;
-      dir.entries.push({ name: Buffer.from(name), node: n });
+      dir.entries.push({ name, node: n });
     }
     for (const s of subdirs) visitDir(s);
   };
@@ -193,9 +193,10 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
   // ---- chunk table: distinct (digest, blob), last visit wins, sorted by digest then blob
   const table = new Map<string, ChunkInfo>();
   for (const n of nodes) {
-    for (const c of n.chunks) if (c) table.set(`${c.digest.toString('hex')}:${c.blobIndex}`, c);
+    for (const c of n.chunks) if (c) table.set(c.digest.toString('hex') + String(c.blobIndex).padStart(3, '0'), c);
   }
-  const records = [...table.values()].sort((a, b) => Buffer.compare(a.digest, b.digest) || a.blobIndex - b.blobIndex);
+  // keys are the hex digest then the blob index in 3 digits (< 255 blobs): their string order is (digest, blob) order
+  const records = [...table.keys()].sort().map((k) => table.get(k)!);
   const chunkTableSize = records.length * RAFSV6_CHUNK_INFO_SIZE;
   const chunkTableOffset = records.length > 0 ? cursor : 0;
   const end = alignUp(cursor + chunkTableSize, EROFS_BLKSZ);
@@ -282,6 +283,14 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
   return buf;
 }
 
+/** `children` in name order: the array itself when already sorted (trees are, see finalizeTree). */
+function sortedByName<T extends { name: Buffer }>(children: T[]): T[] {
+  for (let i = 1; i < children.length; i++) {
+    if (Buffer.compare(children[i - 1].name, children[i].name) > 0) return [...children].sort((a, b) => Buffer.compare(a.name, b.name));
+  }
+  return children;
+}
+
 function validateName(name: Buffer, path: string): void {
   if (name.length === 0 || name.length > RAFS_MAX_NAME) throw einval(`${path}: entry name must be 1..${RAFS_MAX_NAME} bytes`);
   if (name.includes(0x2f) || name.includes(0)) throw einval(`${path}: entry name contains '/' or NUL`);
@@ -301,11 +310,11 @@ function dirSize(names: Buffer[]): number {
 
 /** Directory data: blocks of dirents + names, entries sorted by raw bytes including `.`/`..`. */
 function dirData(n: Node): Buffer {
-  const all: Array<{ name: Buffer; nid: number; ft: number }> = [
+  const all = sortedByName<{ name: Buffer; nid: number; ft: number }>([
     { name: DOT, nid: n.nid, ft: EROFS_FT.DIR },
     { name: DOTDOT, nid: (n.parent ?? n).nid, ft: EROFS_FT.DIR },
     ...n.entries.map((e) => ({ name: e.name, nid: e.node.nid, ft: FT_OF[e.node.inode.mode & S_IFMT] })),
-  ].sort((a, b) => Buffer.compare(a.name, b.name));
+  ]);
   const out = Buffer.alloc(alignUp(n.size, EROFS_BLKSZ));
   let i = 0;
   for (let block = 0; i < all.length; block++) {
