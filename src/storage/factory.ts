@@ -31,6 +31,7 @@ import { type PrefetchOptions, Prefetcher } from './cache/prefetcher';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
 import { BlobcacheMetrics } from './cache/metrics';
 import type { BlobDevice, ChunkLocation } from './blob/device';
+import { warmDecodePool } from './blob/decode-pool';
 
 export interface BlobDeviceOptions {
   /** read every blob from this one file (localfs `blob_file`), whatever `backend.type` says */
@@ -183,6 +184,7 @@ export class StorageDevice implements BlobDevice {
     };
     this.prefetcher = new Prefetcher(opts.prefetch ?? { threads: 8, batchSize: 0, bandwidthLimit: 0 }, (info, run) => this.runPrefetch(info, run), this.cacheMetrics);
     for (const b of blobs) cache?.retain(b.blobId);
+    warmDecodePool();
   }
 
   /**

@@ -12,6 +12,7 @@ import { ErrnoError, eio } from '../../common/errno';
 import { logLimited, warnLimited } from '../../common/log';
 import { recordErrorEvent } from '../../common/events';
 import { decodeChunk } from '../blob/chunk-reader';
+import { decodeRunAsync } from '../blob/decode-pool';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobBackend } from '../backend/backend';
 
@@ -40,17 +41,14 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   const start = first.compressedOffset;
   const length = last.compressedOffset + last.compressedSize - start;
   const raw = src.backend.read(info.blobId, start, length, { prefetch: src.prefetch, attempts: src.attempts });
-  // members of one batch in the run: the batch is decompressed once
-  const batches = new Map<number, Buffer>();
-  return run.map((chunk) => raw.then(
-    (buf) => {
-      const piece = buf.subarray(chunk.compressedOffset - start, chunk.compressedOffset - start + chunk.compressedSize);
-      try {
-        return decodeChunk(piece, chunk, info, { validate: src.verify, batches });
-      } catch (err) {
-        warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: 1, err: (err as Error).message }, 'chunk data from the backend is bad, downloading it again');
-        return refetch(src, info, chunk, 1);
-      }
+  // decoded off the event loop (decode-pool.ts); members of one batch in the run are decompressed once
+  const decoded = raw.then((buf) => decodeRunAsync(info, buf, start, run, src.verify));
+  return run.map((chunk, k) => decoded.then(
+    async (datas) => {
+      const d = await datas[k];
+      if (!(d instanceof Error)) return d;
+      warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: 1, err: d.message }, 'chunk data from the backend is bad, downloading it again');
+      return refetch(src, info, chunk, 1);
     },
     (err) => {
       logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');

@@ -1,0 +1,191 @@
+/**
+ * Chunk decoding off the event loop: the chunks of one backend request
+ * (decompression + digest / CRC-32C checks, decodeChunk) are decoded on a
+ * worker thread, so the loop keeps answering FUSE requests while the next
+ * chunks are decoded on the other core(s). Same decoder, same checks, same
+ * errors as inline decoding (decodeRun); a chunk is handed out only after
+ * it verified. The request's bytes are moved to the worker (no copy when
+ * the buffer owns its memory) and each chunk is posted back as soon as it
+ * is decoded, so a reader waiting for the first chunk of an 8 MiB request
+ * does not wait for the last.
+ *
+ * Bounded: a request is decoded inline when QUEUE_LIMIT requests are queued
+ * or running on the workers, and when it is too small to be worth a hop or
+ * holds a single chunk (a reader waiting for exactly that chunk, as random
+ * reads do: the hop would only add latency; merged and readahead requests,
+ * whose later chunks are needed later, go to the workers). A
+ * worker failure (crash, exit) fails the chunks it had not posted like bad
+ * data: the caller downloads them again and decodes them inline, never
+ * serves them; the worker is replaced on next use.
+ *
+ * Threads: availableParallelism() - 1 (at least 1, at most 4);
+ * NYDUS_DECODE_THREADS=N overrides it, 0 decodes inline (benchmarks).
+ * Workers are unref'd (they never keep the process alive). Loaded from
+ * dist/ as compiled JS, or from the sources through tsx (tests: the worker
+ * gets `--require tsx/cjs`, as blocking.ts does).
+ */
+import { availableParallelism } from 'node:os';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { log } from '../../common/log';
+import type { BlobInfo, ChunkInfo } from '../format/types';
+import { decodeChunk } from './chunk-reader';
+
+/** Requests queued or running on the workers; more are decoded inline. */
+const QUEUE_LIMIT = 64;
+/** Requests with less data than this are decoded inline (a hop costs ~0.1 ms). */
+const MIN_POOL_BYTES = 64 << 10;
+
+/** What the worker needs of a BlobInfo. */
+export interface DecodeBlob { blobId: string; compressor: number; digester: number }
+
+/** main → worker: decode `chunks` of `raw` (offsets relative to `start`). */
+export interface DecodeRequest { id: number; blob: DecodeBlob; raw: Uint8Array; start: number; chunks: ChunkInfo[]; validate: boolean }
+/**
+ * worker → main: chunk `k` of request `id` — its bytes, `null` (stored
+ * uncompressed: the request's own bytes, which come back with `done`) or an
+ * error message; or `done` with the request's bytes.
+ */
+export type DecodeReply =
+  | { id: number; k: number; data: Uint8Array | null | string }
+  | { id: number; done: true; raw: Uint8Array };
+
+/**
+ * Decode each chunk of `run` from `raw` (the request's bytes from compressed
+ * offset `start`): decoded bytes, or the error decodeChunk threw. Batch
+ * members of one request share one decompression. `each` sees every result
+ * as soon as it is ready.
+ */
+export function decodeRun(info: DecodeBlob, raw: Buffer, start: number, run: readonly ChunkInfo[], validate: boolean, each?: (k: number, d: Buffer | Error) => void): Array<Buffer | Error> {
+  const batches = new Map<number, Buffer>();
+  return run.map((chunk, k) => {
+    const piece = raw.subarray(chunk.compressedOffset - start, chunk.compressedOffset - start + chunk.compressedSize);
+    let d: Buffer | Error;
+    try {
+      d = decodeChunk(piece, chunk, info as BlobInfo, { validate, batches });
+    } catch (err) {
+      d = err as Error;
+    }
+    each?.(k, d);
+    return d;
+  });
+}
+
+interface Pending {
+  run: readonly ChunkInfo[];
+  start: number;
+  resolve: Array<(d: Buffer | Error) => void>;
+  /** chunks answered `null`, resolved with the request's bytes at `done` */
+  own: number[];
+}
+
+interface DecodeWorker { w: Worker; pending: Map<number, Pending> }
+
+const workers: Array<DecodeWorker | undefined> = [];
+let nextId = 1;
+let queued = 0;
+let threads = -1;
+
+function poolThreads(): number {
+  if (threads >= 0) return threads;
+  const env = process.env.NYDUS_DECODE_THREADS;
+  const n = env !== undefined && env !== '' ? Number(env) : Math.max(1, Math.min(4, availableParallelism() - 1));
+  threads = Number.isFinite(n) ? Math.max(0, Math.min(16, Math.floor(n))) : 1;
+  return threads;
+}
+
+const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+
+function failAll(dw: DecodeWorker, why: string): void {
+  const e = new Error(`decode worker failed: ${why}`);
+  for (const p of dw.pending.values()) {
+    queued--;
+    for (const r of p.resolve) r(e);
+  }
+  dw.pending.clear();
+}
+
+function startWorker(slot: number): DecodeWorker {
+  const ext = path.extname(__filename);
+  const w = new Worker(path.join(__dirname, `decode-worker${ext === '.ts' ? '.ts' : '.js'}`), {
+    execArgv: ext === '.ts' ? ['--require', require.resolve('tsx/cjs')] : [],
+  });
+  const dw: DecodeWorker = { w, pending: new Map() };
+  w.unref();
+  w.on('message', (m: DecodeReply) => {
+    const p = dw.pending.get(m.id);
+    if (!p) return;
+    if ('done' in m) {
+      const raw = asBuffer(m.raw);
+      for (const k of p.own) {
+        const c = p.run[k];
+        p.resolve[k](raw.subarray(c.compressedOffset - p.start, c.compressedOffset - p.start + c.compressedSize));
+      }
+      dw.pending.delete(m.id);
+      queued--;
+      if (dw.pending.size === 0) w.unref();
+      return;
+    }
+    if (m.data === null) p.own.push(m.k);
+    else p.resolve[m.k](typeof m.data === 'string' ? new Error(m.data) : asBuffer(m.data));
+  });
+  const gone = (why: string) => {
+    if (workers[slot] === dw) workers[slot] = undefined;
+    if (dw.pending.size) log.warn({ err: why, requests: dw.pending.size }, 'decode worker failed; its chunks are downloaded again');
+    failAll(dw, why);
+  };
+  w.on('error', (e) => gone(e.message));
+  w.on('exit', (code) => gone(`exited with code ${code}`));
+  return dw;
+}
+
+/** The worker with the fewest requests (started when its slot is empty). */
+function pickWorker(): DecodeWorker {
+  let best: DecodeWorker | undefined;
+  for (let i = 0; i < poolThreads(); i++) {
+    const dw = (workers[i] ??= startWorker(i));
+    if (!best || dw.pending.size < best.pending.size) best = dw;
+  }
+  return best!;
+}
+
+/** Start the workers now (a device about to serve reads), not at the first miss. */
+export function warmDecodePool(): void {
+  for (let i = 0; i < poolThreads(); i++) workers[i] ??= startWorker(i);
+}
+
+/**
+ * decodeRun on a worker when it is worth it: one promise per chunk of `run`,
+ * never rejected (an Error in its place). `raw` must not be used by the
+ * caller afterwards (its memory may have moved to the worker).
+ */
+export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: readonly ChunkInfo[], validate: boolean): Array<Promise<Buffer | Error>> {
+  const blob: DecodeBlob = { blobId: info.blobId, compressor: info.compressor, digester: info.digester };
+  const work = validate || run.some((c) => c.compressed || c.flags !== 0);
+  // one chunk is what a reader waits for right now (random reads): the hop would only add latency
+  if (!work || run.length < 2 || raw.length < MIN_POOL_BYTES || queued >= QUEUE_LIMIT || poolThreads() === 0) {
+    return decodeRun(blob, raw, start, run, validate).map((d) => Promise.resolve(d));
+  }
+  // a buffer owning its whole ArrayBuffer moves; anything else (a slice of a bigger one) is copied first
+  let sent: Uint8Array = raw;
+  if (raw.byteOffset !== 0 || raw.byteLength !== raw.buffer.byteLength || !(raw.buffer instanceof ArrayBuffer)) {
+    sent = new Uint8Array(raw.byteLength);
+    sent.set(raw);
+  }
+  const dw = pickWorker();
+  const id = nextId++;
+  const p: Pending = { run, start, resolve: [], own: [] };
+  const out = run.map(() => new Promise<Buffer | Error>((r) => p.resolve.push(r)));
+  dw.pending.set(id, p);
+  queued++;
+  dw.w.ref();
+  const req: DecodeRequest = { id, blob, raw: sent, start, chunks: run as ChunkInfo[], validate };
+  dw.w.postMessage(req, [sent.buffer as ArrayBuffer]);
+  return out;
+}
+
+/** Stop the workers (tests); they are started again on next use. */
+export async function closeDecodePool(): Promise<void> {
+  const all = workers.splice(0);
+  await Promise.all(all.map((dw) => dw?.w.terminate()));
+}

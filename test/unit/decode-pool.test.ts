@@ -1,0 +1,93 @@
+/**
+ * The chunk decode pool (src/storage/blob/decode-pool.ts): chunks decoded on a
+ * worker are exactly what the inline decoder gives, a chunk that does not
+ * decode or verify comes back as an error (its neighbours unharmed), and a
+ * dead worker fails its chunks without hanging; fetchRegion then downloads
+ * bad chunks again and never serves them.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as crypto from 'node:crypto';
+import { Compressor, compress } from '../../src/common/compress';
+import { DigestAlgorithm, digest, initDigest } from '../../src/common/digest';
+import type { BlobInfo, ChunkInfo } from '../../src/storage/format/types';
+import { closeDecodePool, decodeRun, decodeRunAsync } from '../../src/storage/blob/decode-pool';
+import { fetchRegion } from '../../src/storage/cache/region';
+import type { BlobBackend } from '../../src/storage/backend/backend';
+
+const info = { blobIndex: 0, blobId: 'a'.repeat(64), compressor: Compressor.Zstd, digester: DigestAlgorithm.Blake3, chunkCount: 8 } as BlobInfo;
+
+/** 8 chunks of 64 KiB (even ones text: compressed; odd ones random: stored raw) laid out back to back. */
+function blob(): { raw: Buffer; chunks: ChunkInfo[]; datas: Buffer[] } {
+  const parts: Buffer[] = [];
+  const chunks: ChunkInfo[] = [];
+  const datas: Buffer[] = [];
+  let off = 0;
+  for (let i = 0; i < 8; i++) {
+    const data = i % 2 ? crypto.randomBytes(64 << 10) : Buffer.from(`chunk ${i} `.repeat(8192).slice(0, 64 << 10));
+    const c = compress(Compressor.Zstd, data);
+    chunks.push({
+      digest: digest(DigestAlgorithm.Blake3, data), blobIndex: 0, index: i, flags: c.compressed ? 1 : 0, compressed: c.compressed,
+      compressedOffset: off, compressedSize: c.data.length, uncompressedOffset: i * (64 << 10), uncompressedSize: data.length, fileOffset: i * (64 << 10), crc32: 0,
+    });
+    parts.push(c.data);
+    datas.push(data);
+    off += c.data.length;
+  }
+  return { raw: Buffer.concat(parts), chunks, datas };
+}
+
+test.before(async () => { await initDigest(); });
+test.after(async () => { await closeDecodePool(); });
+
+test('chunks decoded on the worker equal the inline decoder, verified', async () => {
+  const { raw, chunks, datas } = blob();
+  const inline = decodeRun(info, raw, 0, chunks, true);
+  const got = await Promise.all(decodeRunAsync(info, Buffer.from(raw), 0, chunks, true));
+  for (let i = 0; i < 8; i++) {
+    assert.ok(Buffer.isBuffer(got[i]), `chunk ${i}: ${(got[i] as Error).message}`);
+    assert.ok((got[i] as Buffer).equals(datas[i]), `chunk ${i}`);
+    assert.ok((inline[i] as Buffer).equals(datas[i]));
+  }
+});
+
+test('a chunk with a wrong digest or a corrupt frame is an error, its neighbours are served', async () => {
+  const { raw, chunks, datas } = blob();
+  chunks[2] = { ...chunks[2], digest: Buffer.alloc(32, 7) };
+  const bad = Buffer.from(raw);
+  bad.fill(0xff, chunks[4].compressedOffset, chunks[4].compressedOffset + 16); // chunk 4 is compressed text
+  const got = await Promise.all(decodeRunAsync(info, bad, 0, chunks, true));
+  assert.instance(got[2], Error);
+  assert.match((got[2] as Error).message, /digest mismatch/);
+  assert.instance(got[4], Error);
+  for (const i of [0, 1, 3, 5, 6, 7]) assert.ok((got[i] as Buffer).equals(datas[i]), `chunk ${i}`);
+});
+
+test('a dead worker fails its chunks (no hang), and the pool starts again', async () => {
+  const { raw, chunks, datas } = blob();
+  const pending = decodeRunAsync(info, Buffer.from(raw), 0, chunks, true);
+  await closeDecodePool();
+  for (const r of await Promise.all(pending)) assert.ok(r instanceof Error || Buffer.isBuffer(r));
+  const again = await Promise.all(decodeRunAsync(info, Buffer.from(raw), 0, chunks, true));
+  for (let i = 0; i < 8; i++) assert.ok((again[i] as Buffer).equals(datas[i]), `chunk ${i}`);
+});
+
+test('fetchRegion: a chunk that fails verification on the worker is downloaded again, never served', async () => {
+  const { raw, chunks, datas } = blob();
+  let reads = 0;
+  const backend = {
+    type: 'registry',
+    async read(_id: string, offset: number, length: number) {
+      reads++;
+      const b = Buffer.from(raw.subarray(offset, offset + length));
+      // the first (merged) request flips a byte of chunk 3; its refetch is clean
+      if (reads === 1) b[chunks[3].compressedOffset - offset + 100] ^= 1;
+      return b;
+    },
+  } as unknown as BlobBackend;
+  const got = await Promise.all(fetchRegion({ backend, verify: true }, info, chunks));
+  for (let i = 0; i < 8; i++) assert.ok(got[i].equals(datas[i]), `chunk ${i}`);
+  assert.is(reads, 2);
+});
+
+test.run();
