@@ -1,8 +1,10 @@
 /**
  * `npm run bench` (FUSE): the same image served by this nydusd over
  * /dev/fuse, by squashfuse, and by the kernel's EROFS (the ceiling), in one
- * run: cold and warm sequential read of a 256 MiB file and find+stat over
- * 3000 files. Prints times and ratios (ours / squashfuse). Needs root.
+ * run: cold and warm sequential read of a 256 MiB file, cold random 4 KiB
+ * reads of it (fio, one job, psync, a fixed seed: the same offsets for every
+ * server) and find+stat over 3000 files. Prints times and ratios (ours /
+ * squashfuse). Needs root (and fio for the random reads).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -17,7 +19,25 @@ const BIG = BENCH_BIG;
 const SMALL = BENCH_SMALL;
 
 
-interface Result { cold: number; warm: number; meta: number }
+interface Result { cold: number; warm: number; meta: number; rand?: number }
+
+/** Random 4 KiB reads per cold run: 16 MiB in all, at offsets spread over the whole file. */
+const RAND_BYTES = 16 << 20;
+const fioMissing = spawnSync('sh', ['-c', 'command -v fio']).status !== 0;
+
+/**
+ * Seconds fio spends on RAND_BYTES of random 4 KiB reads of `file` (its own
+ * runtime, without its start-up), page cache dropped first; undefined without fio.
+ */
+function randCold(file: string): number | undefined {
+  if (fioMissing) return undefined;
+  dropCaches();
+  const out = execFileSync('fio', ['--name=rand', `--filename=${file}`, '--rw=randread', '--bs=4k', `--size=${BIG}`, `--io_size=${RAND_BYTES}`,
+    '--ioengine=psync', '--randrepeat=1', '--randseed=42', '--readonly', '--invalidate=1', '--output-format=json'], { encoding: 'utf8' });
+  const r = JSON.parse(out.slice(out.indexOf('{'))).jobs[0].read;
+  if (r.io_bytes !== RAND_BYTES) throw new Error(`fio read ${r.io_bytes} bytes, expected ${RAND_BYTES}`);
+  return r.runtime / 1000;
+}
 
 function measure(mnt: string, beforeCold: () => void): Result {
   beforeCold();
@@ -59,12 +79,19 @@ async function main() {
     dropCaches();
     results['nydusd (zstd, blobcache)'].cold = timeCmd(`dd if='${mnt}/big.bin' of=/dev/null bs=1M`);
   } finally { await d.stop(); }
+  // random reads, cold: a new daemon, an empty cache dir
+  fs.rmSync(cache, { recursive: true, force: true });
+  fs.mkdirSync(cache, { recursive: true });
+  d = await startNydusd(mnt, ['--bootstrap', path.join(work, 'image.boot'), '--config', cfg, '--thread-num', '4', '--log-level', 'warn']);
+  try { results['nydusd (zstd, blobcache)'].rand = randCold(`${mnt}/big.bin`); } finally { await d.stop(); }
 
   // the same image without a local cache (dummycache): what the blobcache's writes cost
   const cfgNone = path.join(work, 'config-nocache.json');
   fs.writeFileSync(cfgNone, JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: blobs } }, cache: { type: '' }, rafs: { mode: 'direct' } }));
   d = await startNydusd(mnt, ['--bootstrap', path.join(work, 'image.boot'), '--config', cfgNone, '--thread-num', '4', '--log-level', 'warn']);
   try { results['nydusd (zstd, no cache)'] = measure(mnt, () => {}); } finally { await d.stop(); }
+  d = await startNydusd(mnt, ['--bootstrap', path.join(work, 'image.boot'), '--config', cfgNone, '--thread-num', '4', '--log-level', 'warn']);
+  try { results['nydusd (zstd, no cache)'].rand = randCold(`${mnt}/big.bin`); } finally { await d.stop(); }
 
   // squashfuse over a zstd squashfs of the same tree
   const sq = path.join(work, 'image.sqfs'), smnt = path.join(work, 'mnt-squashfuse');
@@ -72,6 +99,8 @@ async function main() {
   fs.mkdirSync(smnt, { recursive: true });
   execFileSync('squashfuse', [sq, smnt]);
   try { results['squashfuse (zstd)'] = measure(smnt, () => {}); } finally { execFileSync('umount', [smnt]); }
+  execFileSync('squashfuse', [sq, smnt]); // a fresh mount: squashfuse's own block cache empty too
+  try { results['squashfuse (zstd)'].rand = randCold(`${smnt}/big.bin`); } finally { execFileSync('umount', [smnt]); }
 
   // kernel EROFS ceiling: uncompressed v6 image, blob as device
   const eb = path.join(work, 'eblobs'), emnt = path.join(work, 'mnt-erofs');
@@ -84,18 +113,23 @@ async function main() {
   const ld = execFileSync('losetup', ['-f', '--show', '-r', blob], { encoding: 'utf8' }).trim();
   try {
     execFileSync('mount', ['-t', 'erofs', '-o', `ro,device=${ld}`, lb, emnt]);
-    try { results['kernel EROFS (ceiling)'] = measure(emnt, () => {}); } finally { execFileSync('umount', [emnt]); }
+    try {
+      results['kernel EROFS (ceiling)'] = measure(emnt, () => {});
+      results['kernel EROFS (ceiling)'].rand = randCold(`${emnt}/big.bin`);
+    } finally { execFileSync('umount', [emnt]); }
   } finally { for (const l of [lb, ld]) spawnSync('losetup', ['-d', l]); }
 
-  console.log(`FUSE benchmark: ${BIG >> 20} MiB file (cold = caches dropped, daemon cache empty; warm = best of 2) and find+stat of ${SMALL} files (best of 3, caches dropped)`);
+  console.log(`FUSE benchmark (${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}): ${BIG >> 20} MiB file (cold = caches dropped, daemon cache empty; warm = best of 2; random = ${RAND_BYTES >> 20} MiB of 4 KiB fio randread, cold) and find+stat of ${SMALL} files (best of 3, caches dropped)`);
   const ref = results['squashfuse (zstd)'];
   for (const [name, r] of Object.entries(results)) {
     const mbps = (t: number) => `${(BIG / 1048576 / t).toFixed(0)} MiB/s`;
-    console.log(`${name.padEnd(26)} cold ${r.cold.toFixed(2)} s (${mbps(r.cold)})  warm ${r.warm.toFixed(2)} s (${mbps(r.warm)})  find+stat ${r.meta.toFixed(2)} s`);
+    const rand = r.rand === undefined ? 'n/a (no fio)' : `${r.rand.toFixed(2)} s (${(RAND_BYTES / 4096 / r.rand).toFixed(0)} IOPS)`;
+    console.log(`${name.padEnd(26)} cold ${r.cold.toFixed(2)} s (${mbps(r.cold)})  warm ${r.warm.toFixed(2)} s (${mbps(r.warm)})  random 4k cold ${rand}  find+stat ${r.meta.toFixed(2)} s`);
   }
   for (const name of ['nydusd (zstd, blobcache)', 'nydusd (zstd, no cache)']) {
     const o = results[name];
-    console.log(`ratios ${name} / squashfuse (time, lower is better): cold ${(o.cold / ref.cold).toFixed(2)}x  warm ${(o.warm / ref.warm).toFixed(2)}x  find+stat ${(o.meta / ref.meta).toFixed(2)}x`);
+    const rand = o.rand !== undefined && ref.rand !== undefined ? `  random 4k cold ${(o.rand / ref.rand).toFixed(2)}x` : '';
+    console.log(`ratios ${name} / squashfuse (time, lower is better): cold ${(o.cold / ref.cold).toFixed(2)}x  warm ${(o.warm / ref.warm).toFixed(2)}x${rand}  find+stat ${(o.meta / ref.meta).toFixed(2)}x`);
   }
   if (isMounted(mnt)) console.log('warning: nydusd mount left behind');
 }
