@@ -31,9 +31,8 @@ export class BlobMetaTables {
   /** Start loading what `sb` needs; resolves after the first attempt of each. */
   async start(sb: RafsSuper, opts: MetaLoadOptions): Promise<void> {
     if (sb.meta.version !== 6) return;
-    const inBoot = new Array<number>(sb.blobs.length).fill(0);
-    for (const c of sb.chunkTable()) if (c.blobIndex >= 0 && c.blobIndex < inBoot.length) inBoot[c.blobIndex]++;
-    const need = sb.blobs.filter((b) => needsBlobMeta(b, inBoot[b.blobIndex]));
+    const inBoot = sb.chunkCountsByBlob?.() ?? [];
+    const need = sb.blobs.filter((b) => needsBlobMeta(b, inBoot[b.blobIndex] ?? 0));
     if (!need.length) return;
     this.opts = opts;
     await Promise.all(need.map((b) => this.load(b)));

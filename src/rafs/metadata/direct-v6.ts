@@ -24,17 +24,18 @@ import {
   RAFS_MAX_CHUNKS_PER_BLOB, RAFS_SUPER_FLAGS_KNOWN, RAFS_SUPER_VERSION_V6, validateChunkSize,
 } from '../format/constants';
 import {
-  decodeChunkIndex, decodeChunkInfoRecord, decodeDeviceSlot, decodeDirBlock, decodeErofsSuperBlock,
+  decodeChunkIndex, decodeDeviceSlot, decodeDirBlock, decodeErofsSuperBlock,
   decodeExtSuperBlock, decodeInode, decodeV6Blob, decodeXattrEntry, decodeXattrIbody, EROFS_BLKSZ,
   EROFS_BLKSZ_BITS, EROFS_CHUNK_FORMAT_BLKBITS_MASK, EROFS_CHUNK_FORMAT_INDEXES, EROFS_CHUNK_INDEX_SIZE,
   EROFS_DEVSLOT_SIZE, EROFS_FEATURE_COMPAT_RAFS_V6, EROFS_FEATURE_INCOMPAT_TOLERATED, EROFS_INODE_CHUNK_BASED,
   EROFS_INODE_FLAT_INLINE, EROFS_INODE_FLAT_PLAIN, EROFS_NULL_ADDR, EROFS_SUPER_MAGIC_V1, EROFS_SUPER_OFFSET,
   EROFS_SUPER_SIZE, ErofsInode, ErofsSuperBlock, inodeSize, parseRafsChunkIndex, RafsV6ExtSuperBlock,
-  RAFSV6_BLOB_SIZE, RAFSV6_CHUNK_INFO_SIZE, RAFSV6_DEVTABLE_OFFSET, RAFSV6_FEATURE_INCOMPAT, xattrIbodySize,
+  RAFSV6_BLOB_SIZE, RAFSV6_DEVTABLE_OFFSET, RAFSV6_FEATURE_INCOMPAT, xattrIbodySize,
 } from '../format/v6';
 import type { BlobInfo, ChunkInfo, InodeType, RafsDirent, RafsInode, RafsSuper, RafsSuperMeta } from './types';
 import { noBlobMeta } from './types';
 import { BoundedMap } from '../../common/bounded-map';
+import { ChunkTable } from './chunk-table';
 
 const INODE_CACHE_LIMIT = 1 << 16;
 
@@ -118,8 +119,7 @@ class V6Super implements RafsSuper {
   readonly chunkSize: number;
   readonly deviceIdMask: number;
   private readonly devices: Device[] = [];
-  private readonly table: ChunkInfo[] = [];
-  private readonly tableIndex = new Map<number, ChunkInfo>();
+  private table: ChunkTable | undefined;
   /** decoded inodes (bounded, so huge images don't pin every inode in memory) */
   private readonly inodes = new BoundedMap<number, V6Inode>(INODE_CACHE_LIMIT);
   private readonly blobTables = new Map<number, BlobChunkTable | undefined>();
@@ -256,17 +256,9 @@ class V6Super implements RafsSuper {
 
     // chunk table
     if (ext.chunkTableSize > 0) {
-      ensure(ext.chunkTableSize % RAFSV6_CHUNK_INFO_SIZE === 0, `s_chunk_table_size ${ext.chunkTableSize} is not a multiple of 80`);
       ensure(ext.chunkTableOffset % EROFS_BLKSZ === 0, `s_chunk_table_offset 0x${ext.chunkTableOffset.toString(16)} is not 4K aligned`);
       this.region(ext.chunkTableOffset, ext.chunkTableSize, 'chunk table');
-      for (let off = ext.chunkTableOffset; off < ext.chunkTableOffset + ext.chunkTableSize; off += RAFSV6_CHUNK_INFO_SIZE) {
-        const c = decodeChunkInfoRecord(buf, off);
-        ensure(c.blobIndex < nblobs, `chunk table record at ${off}: blob_index ${c.blobIndex} >= ${nblobs} blobs`);
-        ensure(c.index < RAFS_MAX_CHUNKS_PER_BLOB, `chunk table record at ${off}: index ${c.index} exceeds 24 bits`);
-        this.table.push(c);
-        const key = c.blobIndex * RAFS_MAX_CHUNKS_PER_BLOB + c.index;
-        if (!this.tableIndex.has(key)) this.tableIndex.set(key, c);
-      }
+      this.table = new ChunkTable(buf, ext.chunkTableOffset, ext.chunkTableSize, nblobs);
     }
 
     // prefetch table (nids; a 0 terminates)
@@ -333,15 +325,19 @@ class V6Super implements RafsSuper {
    * through their blob.meta when it is loaded, so request merging sees where
    * their data really is.
    */
+  chunkCountsByBlob(): number[] {
+    return this.table?.countsByBlob(this.blobs.length) ?? new Array<number>(this.blobs.length).fill(0);
+  }
+
   chunkTable(): ChunkInfo[] {
-    return this.table.map((c) => {
+    return (this.table?.all() ?? []).map((c) => {
       if (this.isBatchRecord(c)) {
         try {
           const m = this.metaTable(c.blobIndex)?.get(c.index);
           if (m) return withRecord(m, c, c.fileOffset);
         } catch { /* a bad record fails when read */ }
       }
-      return { ...c };
+      return c;
     });
   }
 
@@ -370,14 +366,15 @@ class V6Super implements RafsSuper {
   /** Resolve a RAFS chunk index to a full ChunkInfo (§3.8). */
   resolveRafsChunk(blobIndex: number, ciIndex: number, blkaddr: number, fileOffset: number, where: string): ChunkInfo {
     ensure(blobIndex >= 0 && blobIndex < this.blobs.length, `${where}: chunk index names blob ${blobIndex} but the image has ${this.blobs.length} blobs`);
-    const rec = this.tableIndex.get(blobIndex * RAFS_MAX_CHUNKS_PER_BLOB + ciIndex);
+    const rec = this.table?.get(blobIndex, ciIndex);
     const blob = this.blobs[blobIndex];
     const inTable = rec && rec.uncompressedOffset === blkaddr * EROFS_BLKSZ;
     // without any blob.meta source (metadata only) a batch member stays as the bootstrap has it
-    if (inTable && (!this.opts.blobMeta || !this.isBatchRecord(rec))) return { ...rec, digest: Buffer.from(rec.digest), fileOffset };
+    // (rec is a fresh decode of the table record: ours to fill in)
+    if (inTable && (!this.opts.blobMeta || !this.isBatchRecord(rec))) return Object.assign(rec, { fileOffset });
     const c = this.metaTable(blobIndex)?.get(ciIndex);
     if (c) return inTable ? withRecord(c, rec, fileOffset) : { ...c, blobIndex, index: ciIndex, fileOffset };
-    if (inTable && this.opts.metaOptional) return { ...rec, digest: Buffer.from(rec.digest), fileOffset };
+    if (inTable && this.opts.metaOptional) return Object.assign(rec, { fileOffset });
     if (inTable) throw eio(`${where}: chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}) is a batch chunk and the blob's blob.meta is not loaded`);
     throw eio(`${where}: cannot resolve chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}): not in the chunk table and no blob meta`);
   }

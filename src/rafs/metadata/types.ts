@@ -70,6 +70,8 @@ export interface RafsSuper {
   root(): RafsInode;
   /** Every chunk record stored in the bootstrap (v5: collected from inodes, v6: chunk table). */
   chunkTable(): ChunkInfo[];
+  /** Records of the chunk table per blob index, without decoding them (v6). */
+  chunkCountsByBlob?(): number[];
 }
 
 /** BlobInfo fields a blob without readahead hints, blob.meta or ToC carries. */
