@@ -71,8 +71,6 @@ const MAX_SYMLINK = 4096;
  * may all name the same block: the data size bounds nothing).
  */
 const MAX_PLAIN_PIECES = 1 << 18;
-/** chunk lists longer than this are not kept on the inode (RafsFs has its own bounded cache) */
-const MAX_KEPT_CHUNKS = 1 << 16;
 
 /** True when `buf` carries an EROFS superblock (nydus v6 or plain EROFS). */
 export function isV6(buf: Buffer): boolean {
@@ -430,7 +428,6 @@ class V6Inode implements RafsInode {
   /** byte offset just past inode + inline xattrs */
   readonly bodyEnd: number;
   private entries?: DirEntry[];
-  private chunkList?: ChunkInfo[];
 
   constructor(private readonly sup: V6Super, nid: number, off: number) {
     const buf = sup.buf;
@@ -577,13 +574,10 @@ class V6Inode implements RafsInode {
     return undefined;
   }
 
+  /** The file's chunks, decoded afresh each call (callers that read often, like RafsFs, keep a bounded cache). */
   chunks(): ChunkInfo[] {
     if (!this.isReg() || this.size === 0) return [];
-    if (this.chunkList) return this.chunkList.map((c) => ({ ...c }));
-    const list = guard(() => (this.sup.rafs ? this.rafsChunks() : this.erofsChunks()));
-    if (list.length > MAX_KEPT_CHUNKS) return list; // not kept: the caller gets the only copy
-    this.chunkList = list;
-    return this.chunks();
+    return guard(() => (this.sup.rafs ? this.rafsChunks() : this.erofsChunks()));
   }
 
   /** Position and count of the chunk index array for `chunkSize` chunks and `unit`-byte entries. */
