@@ -31,6 +31,7 @@ import { noBlobMeta } from '../metadata/types';
 import { crc32c } from '../../storage/blob/chunk-reader';
 import { BATCH_CONTEXT_SIZE, type BatchContext, encodeBatchContexts } from '../../storage/blob/batch';
 import type { BuildInode } from './tree';
+import { BlobSink } from './blob-sink';
 
 export const INLINE_PLACEHOLDER_BLOB_ID = 'x'.repeat(64);
 const WRITE_BUFFER_SIZE = 4 << 20;
@@ -82,11 +83,13 @@ export class BlobWriter {
 
   private fd = -1;
   private tmpPath = '';
-  private buf = Buffer.allocUnsafe(WRITE_BUFFER_SIZE);
+  private buf: Buffer = Buffer.allocUnsafe(WRITE_BUFFER_SIZE);
   private bufLen = 0;
   /** bytes written (position in the blob) */
   private pos = 0;
   private hash: Hash = createHash('sha256');
+  /** the thread writing and hashing the file, when `useSink` was called */
+  private sink?: BlobSink;
 
   private chunkCount = 0;
   private uncompressedEnd = 0;
@@ -140,8 +143,31 @@ export class BlobWriter {
 
   private flush(): void {
     if (this.bufLen === 0) return;
-    this.writeFd(this.buf, 0, this.bufLen);
+    if (this.sink) {
+      this.sink.send(this.buf, this.bufLen, true);
+      this.buf = this.sink.buffer(WRITE_BUFFER_SIZE);
+    } else {
+      this.writeFd(this.buf, 0, this.bufLen);
+    }
     this.bufLen = 0;
+  }
+
+  /**
+   * From now on the file is written and hashed by a thread of its own
+   * (blob-sink.ts); call `room()` between chunks to bound what is on its way,
+   * and finish with `finishAsync`.
+   */
+  useSink(): void {
+    if (this.sink || this.finished) return;
+    this.open();
+    this.flush();
+    this.sink = new BlobSink(this.fd, this.tmpPath);
+    this.buf = this.sink.buffer(WRITE_BUFFER_SIZE);
+  }
+
+  /** Resolves when the sink has room for more (at once without a sink). */
+  room(): Promise<void> {
+    return this.sink ? this.sink.room() : Promise.resolve();
   }
 
   private writeFd(b: Buffer, off: number, len: number): void {
@@ -156,6 +182,24 @@ export class BlobWriter {
   /** Append bytes to the blob; `hashed` = false only for the raw blob.digest array. */
   private write(b: Buffer, hashed = true): void {
     this.open();
+    if (this.sink) {
+      this.pos += b.length;
+      if (!hashed) {
+        this.flush();
+        const own = this.sink.buffer(b.length);
+        b.copy(own);
+        this.sink.send(own, b.length, false);
+        return;
+      }
+      // the buffer is handed over when full: bytes are copied into it, however large
+      for (let off = 0; off < b.length;) {
+        if (this.bufLen === this.buf.length) this.flush();
+        const n = b.copy(this.buf, this.bufLen, off, Math.min(b.length, off + this.buf.length - this.bufLen));
+        this.bufLen += n;
+        off += n;
+      }
+      return;
+    }
     if (hashed) this.hash.update(b);
     this.pos += b.length;
     if (b.length >= WRITE_BUFFER_SIZE / 2) {
@@ -318,6 +362,13 @@ export class BlobWriter {
   }
 
   private discard(): void {
+    if (this.sink) {
+      // the thread may be writing to the fd: it is closed (and the number freed) only once the thread is gone
+      const sink = this.sink;
+      this.sink = undefined;
+      void sink.close().finally(() => this.discard());
+      return;
+    }
     if (this.fd >= 0) {
       try { fs.closeSync(this.fd); } catch { /* ignore */ }
       this.fd = -1;
@@ -331,6 +382,15 @@ export class BlobWriter {
     this.discard();
   }
 
+  /** `abort`, resolved once the temporary file is gone. */
+  async abandon(): Promise<void> {
+    this.finished = true;
+    const sink = this.sink;
+    this.sink = undefined;
+    await sink?.close();
+    this.discard();
+  }
+
   /**
    * Write the blob tail and move the file into place. With `inlineMeta`,
    * `bootstrapForInline` is called with the BlobInfo as it must appear in the
@@ -339,16 +399,44 @@ export class BlobWriter {
    */
   finish(bootstrapForInline?: (info: BlobInfo) => Buffer): BlobWriterResult {
     if (this.finished) throw einval('blob writer already finished');
+    if (this.sink) throw einval('blob writer with a sink: use finishAsync');
     this.finished = true;
     try {
-      return this.doFinish(bootstrapForInline);
+      const steps = this.doFinish(bootstrapForInline);
+      let step = steps.next();
+      while (!step.done) step = steps.next(step.value === 'end' ? this.hash.digest() : this.hash.copy().digest());
+      return step.value;
     } catch (e) {
       this.discard();
       throw e;
     }
   }
 
-  private doFinish(bootstrapForInline?: (info: BlobInfo) => Buffer): BlobWriterResult {
+  /** `finish` for every writer (with or without a sink). */
+  async finishAsync(bootstrapForInline?: (info: BlobInfo) => Buffer): Promise<BlobWriterResult> {
+    if (!this.sink) return this.finish(bootstrapForInline);
+    if (this.finished) throw einval('blob writer already finished');
+    this.finished = true;
+    const sink = this.sink;
+    try {
+      const steps = this.doFinish(bootstrapForInline);
+      let step = steps.next();
+      while (!step.done) {
+        this.flush();
+        step = steps.next(step.value === 'end' ? await sink.end() : await sink.digest());
+      }
+      return step.value;
+    } catch (e) {
+      await this.abandon();
+      throw e;
+    }
+  }
+
+  /**
+   * The tail of the blob. Yields 'digest' for the sha256 of the bytes so far
+   * and 'end' for the final one (the blob id), which it is given back.
+   */
+  private *doFinish(bootstrapForInline?: (info: BlobInfo) => Buffer): Generator<'digest' | 'end', BlobWriterResult, Buffer> {
     const o = this.opts;
     // upstream `finalize_blob_data`: the last batch goes out before the image.blob header
     this.flushBatch();
@@ -381,7 +469,7 @@ export class BlobWriter {
         toc.push({
           flags: tocFlagsFromCompressor(Compressor.None),
           name: TocEntryName.BLOB_RAW,
-          digest: this.hash.copy().digest(),
+          digest: yield 'digest',
           compressedOffset: 0,
           compressedSize: dataSize,
           uncompressedSize: this.uncompressedEnd,
@@ -463,10 +551,12 @@ export class BlobWriter {
     }
 
     this.flush();
+    const sum = yield 'end';
+    this.sink = undefined;
     fs.closeSync(this.fd);
     this.fd = -1;
     info.compressedSize = this.pos;
-    const blobId = o.blobId || this.hash.digest('hex');
+    const blobId = o.blobId || sum.toString('hex');
     info.blobId = blobId;
     const dest = o.blobPath ? path.resolve(o.blobPath) : path.join(path.resolve(o.blobDir ?? '.'), blobId);
     try {

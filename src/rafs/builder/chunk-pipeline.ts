@@ -6,6 +6,10 @@
  * dedup, batching, offsets and writes. The blob is therefore the same bytes
  * as a build on one thread (`BlobWriter.addFile`).
  *
+ * Each group goes to the worker with the fewest groups pending, which does
+ * its groups in order and answers with one buffer, given back to it once
+ * consumed (no allocation per group once the build runs).
+ *
  * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker are in flight, a
  * group holds at most `GROUP_BYTES` of file data (one chunk if bigger) and
  * `GROUP_JOBS` chunks, so the chunks pending (read, answered or being
@@ -18,63 +22,84 @@
  */
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
-import Piscina from 'piscina';
+import type { Worker } from 'node:worker_threads';
 import { DIGEST_SIZE } from '../../common/digest';
-import { eio } from '../../common/errno';
+import { ErrnoError, eio } from '../../common/errno';
 import type { BlobWriter } from './blob-writer';
-import { type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind } from './chunk-protocol';
+import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind } from './chunk-protocol';
+import { startWorker } from './worker-file';
 import type { BuildInode } from './tree';
 
 const GROUP_BYTES = 1 << 20;
 const GROUP_JOBS = 2048;
 const MAX_GROUPS_PER_THREAD = 4;
 
-/** Worker threads for a build: `NYDUS_BUILDER_THREADS` (0 = build on this thread), else the cores, at most 8. */
+/**
+ * Chunk worker threads for a build: `NYDUS_BUILDER_THREADS` (0 = build on
+ * this thread), else one less than the cores (this thread and the blob
+ * writer's take about one), at least 1, at most 8.
+ */
 export function defaultBuilderThreads(): number {
   const env = process.env.NYDUS_BUILDER_THREADS;
   if (env !== undefined && /^\d+$/.test(env)) return Math.min(64, parseInt(env, 10));
-  return Math.min(8, availableParallelism());
+  return Math.max(1, Math.min(8, availableParallelism() - 1));
 }
 
 /** One chunk of one file, as the main thread sees it. */
 interface Job { inode: BuildInode; off: number; len: number; batchable: boolean; last: boolean }
 
-interface Group { jobs: Job[]; answer?: Promise<ArrayBuffer>; sync?: BuildInode }
-
-function workerSpec(): { filename: string; execArgv: string[] } {
-  const ext = path.extname(__filename);
-  const filename = path.join(__dirname, `chunk-worker${ext === '.ts' ? '.ts' : '.js'}`);
-  // sources: the worker needs tsx too (tsx's hooks of this thread do not reach worker threads)
-  const execArgv = ext === '.ts' ? ['--require', require.resolve('tsx/cjs')] : [];
-  return { filename, execArgv };
-}
+interface Group { jobs: Job[]; answer?: Promise<ArrayBuffer>; worker?: number; sync?: BuildInode }
 
 /** The worker threads of one build; start them early (they load while the tree is read). */
 export class ChunkPool {
   readonly threads: number;
-  private readonly pool: Piscina<GroupTask, ArrayBuffer>;
+  private readonly workers: Worker[] = [];
+  /** per worker: its groups not answered yet, oldest first (a worker answers in order) */
+  private readonly queues: Array<Array<{ resolve: (ab: ArrayBuffer) => void; reject: (e: Error) => void }>> = [];
+  private failure?: Error;
 
   constructor(threads: number) {
     this.threads = threads;
-    const { filename, execArgv } = workerSpec();
-    this.pool = new Piscina<GroupTask, ArrayBuffer>({
-      filename,
-      execArgv,
-      minThreads: threads,
-      maxThreads: threads,
-      // every group goes to a worker at once (its own queue), so none waits for this thread to hand it the next
-      concurrentTasksPerWorker: MAX_GROUPS_PER_THREAD,
-      idleTimeout: 60_000,
-      recordTiming: false,
-    });
+    for (let i = 0; i < threads; i++) {
+      const w = startWorker('chunk-worker');
+      const q: ChunkPool['queues'][number] = [];
+      w.on('message', (r: GroupReply) => {
+        const p = q.shift();
+        if (!p) return;
+        if (r.ab) p.resolve(r.ab);
+        else p.reject(Object.assign(new ErrnoError(r.error?.code ?? 'EIO', r.error?.message ?? 'chunk worker failed')));
+      });
+      const fail = (e: Error) => {
+        this.failure ??= e;
+        for (const p of q.splice(0)) p.reject(e);
+      };
+      w.on('error', fail);
+      w.on('exit', () => fail(new Error('chunk worker exited')));
+      this.workers.push(w);
+      this.queues.push(q);
+    }
   }
 
-  run(t: GroupTask): Promise<ArrayBuffer> {
-    return this.pool.run(t);
+  /** Run a group on the least busy worker; resolves with the answer and the worker that gave it. */
+  run(t: GroupTask): { answer: Promise<ArrayBuffer>; worker: number } {
+    let i = 0;
+    for (let k = 1; k < this.threads; k++) if (this.queues[k].length < this.queues[i].length) i = k;
+    const answer = this.failure ? Promise.reject(this.failure) : new Promise<ArrayBuffer>((resolve, reject) => {
+      this.queues[i].push({ resolve, reject });
+      this.workers[i].postMessage({ task: t } satisfies GroupRequest);
+    });
+    return { answer, worker: i };
+  }
+
+  /** Give a consumed answer back to the worker that made it, for its next ones. */
+  recycle(worker: number, ab: ArrayBuffer): void {
+    if (this.failure) return;
+    this.workers[worker].postMessage({ recycle: ab } satisfies GroupRequest, [ab]);
   }
 
   async destroy(): Promise<void> {
-    await this.pool.destroy();
+    for (const w of this.workers) w.removeAllListeners('exit');
+    await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }
 
@@ -124,7 +149,8 @@ export async function addFilesParallel(writer: BlobWriter, files: BuildInode[], 
       };
       let raw = reread;
       let stored: { data: Buffer; compressed: boolean } | undefined;
-      if (kind === ResultKind.Raw || kind === ResultKind.Uncompressible) raw = () => data;
+      // a batch member's bytes wait in the batch (maybe past this group): a copy, the answer goes back to its worker
+      if (kind === ResultKind.Raw || kind === ResultKind.Uncompressible) raw = job.batchable ? () => Buffer.from(data) : () => data;
       if (kind === ResultKind.Compressed || kind === ResultKind.Uncompressible) stored = { data, compressed: kind === ResultKind.Compressed };
       job.inode.chunks.push(writer.addPrepared(id, job.len, job.off, job.batchable, raw, stored));
       if (job.last) {
@@ -133,6 +159,8 @@ export async function addFilesParallel(writer: BlobWriter, files: BuildInode[], 
         progress(done);
       }
     }
+    pool.recycle(g.worker!, ab);
+    await writer.room();
   };
 
   const submit = async (g: Group): Promise<void> => {
@@ -149,7 +177,8 @@ export async function addFilesParallel(writer: BlobWriter, files: BuildInode[], 
       jobs[k * 4 + 2] = j.len;
       jobs[k * 4 + 3] = j.batchable && batchSize > 0 ? JobMode.Raw : JobMode.Pack;
     });
-    const g: Group = { jobs: cur, answer: pool.run({ compressor: o.compressor, digester: o.digester, files: curFiles, jobs }) };
+    const { answer, worker } = pool.run({ compressor: o.compressor, digester: o.digester, files: curFiles, jobs });
+    const g: Group = { jobs: cur, answer, worker };
     // a failed group is reported when it is consumed, in order
     g.answer!.catch(() => {});
     cur = [];

@@ -156,9 +156,11 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
     let dataBytes = 0;
     if (pool) {
       try {
+        // the file is written and hashed by a thread of its own too (NYDUS_BUILDER_SINK=0: here, for comparison)
+        if (files.some((f) => f.size > 0) && process.env.NYDUS_BUILDER_SINK !== '0') writer.useSink();
         await addFilesParallel(writer, files, pool, (n) => progress.update(n));
       } catch (e) {
-        writer.abort();
+        await writer.abandon();
         throw e;
       }
       dataBytes = files.reduce((s, f) => s + f.size, 0);
@@ -182,7 +184,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
         (blobs.length > 0 && blobs.every((b) => b.features & 0x20) ? RafsSuperFlags.INLINED_CHUNK_DIGEST : 0),
     });
     const writeBoot = (blobs: BlobInfo[]) => (o.fsVersion === 5 ? writeBootstrapV5 : writeBootstrapV6)(root, bootOpts(blobs));
-    const fin = writer.finish(o.blobInlineMeta ? (info: BlobInfo) => writeBoot([info]) : undefined);
+    const fin = await writer.finishAsync(o.blobInlineMeta ? (info: BlobInfo) => writeBoot([info]) : undefined);
     const blobs = fin.info.chunkCount > 0 || o.blobInlineMeta ? [fin.info] : [];
     const bootstrap = o.blobInlineMeta ? Buffer.alloc(0) : writeBoot(blobs);
     let bootstrapPath = o.bootstrap;
