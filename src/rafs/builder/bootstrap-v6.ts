@@ -36,6 +36,8 @@ const FT_OF: Record<number, number> = {
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
 const MAX_SYMLINK = 4096;
+/** the xattr body of every inode without xattrs (one buffer, not one each) */
+const NO_XATTRS = Buffer.alloc(0);
 
 interface DirEnt { name: Buffer; node: Node }
 
@@ -78,7 +80,7 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
   let entriesTotal = 1;
   const mk = (inode: BuildInode, path: string, parent?: Node): Node => {
     const n: Node = {
-      inode, path, ino: 0, links: 0, parent, entries: [], xattrBody: Buffer.alloc(0), xattrIcount: 0, layout: 0,
+      inode, path, ino: 0, links: 0, parent, entries: [], xattrBody: NO_XATTRS, xattrIcount: 0, layout: 0,
       size: 0, dataLen: 0, inline: false, fullBlocks: 0, blkaddr: 0, objSize: 0, offset: 0, nid: 0, chunks: [],
     };
     byInode.set(inode, n);
@@ -123,7 +125,7 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
       ensure(isAllowedXattr(name), `${n.path}: xattr name '${name}' is not allowed`);
       ensure(value.length <= 0xffff, `${n.path}: xattr '${name}' value is too large`);
     }
-    const xa = encodeXattrIbody([...inode.xattrs].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
+    const xa = inode.xattrs.length === 0 ? { body: NO_XATTRS, icount: 0 } : encodeXattrIbody([...inode.xattrs].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
     n.xattrBody = xa.body;
     n.xattrIcount = xa.icount;
     if (xa.icount) hasXattr = true;

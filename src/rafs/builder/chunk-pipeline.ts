@@ -36,13 +36,13 @@ const MAX_GROUPS_PER_THREAD = 4;
 
 /**
  * Chunk worker threads for a build: `NYDUS_BUILDER_THREADS` (0 = build on
- * this thread), else one less than the cores (this thread and the blob
- * writer's take about one), at least 1, at most 8.
+ * this thread), else one per core, at most 8 (this thread mostly waits for
+ * them; the blob writer's thread takes a fraction of a core).
  */
 export function defaultBuilderThreads(): number {
   const env = process.env.NYDUS_BUILDER_THREADS;
   if (env !== undefined && /^\d+$/.test(env)) return Math.min(64, parseInt(env, 10));
-  return Math.max(1, Math.min(8, availableParallelism() - 1));
+  return Math.max(1, Math.min(8, availableParallelism()));
 }
 
 /** One chunk of one file, as the main thread sees it. */
