@@ -31,7 +31,7 @@ import { type PrefetchOptions, Prefetcher } from './cache/prefetcher';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
 import { BlobcacheMetrics } from './cache/metrics';
 import type { BlobDevice, ChunkLocation } from './blob/device';
-import { warmDecodePool } from './blob/decode-pool';
+import { acquireDecodePool, releaseDecodePool } from './blob/decode-pool';
 
 export interface BlobDeviceOptions {
   /** read every blob from this one file (localfs `blob_file`), whatever `backend.type` says */
@@ -184,7 +184,7 @@ export class StorageDevice implements BlobDevice {
     };
     this.prefetcher = new Prefetcher(opts.prefetch ?? { threads: 8, batchSize: 0, bandwidthLimit: 0 }, (info, run) => this.runPrefetch(info, run), this.cacheMetrics);
     for (const b of blobs) cache?.retain(b.blobId);
-    warmDecodePool();
+    acquireDecodePool();
   }
 
   /**
@@ -323,13 +323,17 @@ export class StorageDevice implements BlobDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.prefetcher.stop();
-    this.memory.clear();
-    if (this.cache) {
-      for (const b of this.blobs) await this.cache.release(b.blobId);
-      await releaseFileCache(this.cache);
+    try {
+      await this.prefetcher.stop();
+      this.memory.clear();
+      if (this.cache) {
+        for (const b of this.blobs) await this.cache.release(b.blobId);
+        await releaseFileCache(this.cache);
+      }
+      await this.backend.close();
+    } finally {
+      await releaseDecodePool();
     }
-    await this.backend.close();
   }
 }
 

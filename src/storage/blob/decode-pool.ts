@@ -149,9 +149,25 @@ function pickWorker(): DecodeWorker {
   return best!;
 }
 
-/** Start the workers now (a device about to serve reads), not at the first miss. */
-export function warmDecodePool(): void {
+let users = 0;
+
+/**
+ * A device starts using the pool: the workers start now, not at the first
+ * miss. Paired with releaseDecodePool.
+ */
+export function acquireDecodePool(): void {
+  users++;
   for (let i = 0; i < poolThreads(); i++) workers[i] ??= startWorker(i);
+}
+
+/**
+ * A (drained) device stops using the pool: the workers are stopped when it
+ * was the last, so none is alive while the process exits (a worker holding
+ * native addons must not be torn down by the exit itself).
+ */
+export async function releaseDecodePool(): Promise<void> {
+  if (users > 0) users--;
+  if (users === 0) await closeDecodePool();
 }
 
 /**
