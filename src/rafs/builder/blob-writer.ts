@@ -35,6 +35,8 @@ import { BlobSink } from './blob-sink';
 
 export const INLINE_PLACEHOLDER_BLOB_ID = 'x'.repeat(64);
 const WRITE_BUFFER_SIZE = 4 << 20;
+/** padding source: a chunk is padded to its 4 KiB-aligned end, so by less than 4 KiB */
+const ZEROS = Buffer.alloc(4096);
 
 export interface BlobWriterOptions {
   compressor: Compressor;
@@ -269,7 +271,8 @@ export class BlobWriter {
     // use the blob file itself as the bootstrap's `device=`.
     // Not in batch mode: a batch's members are contiguous in their batch, not at their 4K offsets.
     if (this.opts.aligned && this.opts.compressor === Compressor.None && this.batchSize === 0 && this.pos < this.uncompressedEnd) {
-      this.write(Buffer.alloc(this.uncompressedEnd - this.pos));
+      const pad = this.uncompressedEnd - this.pos;
+      this.write(pad <= ZEROS.length ? ZEROS.subarray(0, pad) : Buffer.alloc(pad));
     }
     this.addCi(chunk);
     this.opts.dedup.set(key, chunk);

@@ -104,10 +104,11 @@ export class ChunkPool {
 }
 
 /**
- * Chunk `files` (regular files, blob order) into `writer` through `pool`,
+ * Chunk `files` (regular files, blob order; may be produced as the tree is read) into `writer` through `pool`,
  * filling each inode's `chunks`; `progress` gets the file bytes done so far.
+ * With `sink`, the writer gets its own thread (`useSink`) once there is data.
  */
-export async function addFilesParallel(writer: BlobWriter, files: BuildInode[], pool: ChunkPool, progress: (bytes: number) => void): Promise<void> {
+export async function addFilesParallel(writer: BlobWriter, files: Iterable<BuildInode>, pool: ChunkPool, progress: (bytes: number) => void, sink = true): Promise<void> {
   const o = writer.opts;
   const cs = o.chunkSize;
   const batchSize = o.batchSize ?? 0;
@@ -170,6 +171,7 @@ export async function addFilesParallel(writer: BlobWriter, files: BuildInode[], 
 
   const flushGroup = async (): Promise<void> => {
     if (cur.length === 0) return;
+    if (sink) writer.useSink();
     const jobs: number[] = new Array(cur.length * 4);
     cur.forEach((j, k) => {
       jobs[k * 4] = curFileIdx.get(j.inode)!;

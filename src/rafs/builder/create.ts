@@ -17,7 +17,7 @@ import { writeBootstrapV5 } from './bootstrap-v5';
 import { writeBootstrapV6 } from './bootstrap-v6';
 import type { BootstrapOptions } from './options';
 import { gunzipToTemp, treeFromTar } from './source-tar';
-import { treeFromDir } from './source-dir';
+import { treeFromDir, walkDir } from './source-dir';
 import { BuildInode, walkTree } from './tree';
 import { Progress } from '../../common/progress';
 
@@ -107,12 +107,14 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   checkBatchSize(o.batchSize ?? 0, o.fsVersion, o.chunkSize);
   let tmpTar: string | undefined;
   let closeSource = () => {};
-  let root: BuildInode;
+  let root!: BuildInode;
   let implicitDirs: Set<string> | undefined;
   // asked for: started first, the workers load while the source tree is read
   let pool = o.threads ? new ChunkPool(o.threads) : undefined;
+  // a directory without prefetch list, with workers: its files go to them as the walk finds them
+  const walk = o.type === 'dir-rafs' && pool && o.prefetchPatterns.length === 0 ? walkDir(o.source) : undefined;
   try {
-    if (o.type === 'dir-rafs') root = treeFromDir(o.source);
+    if (walk) { /* read below, while chunking */ } else if (o.type === 'dir-rafs') root = treeFromDir(o.source);
     else {
       const tarFile = o.type === 'targz-rafs' ? (tmpTar = await gunzipToTemp(o.source)) : o.source;
       const t = treeFromTar(tarFile);
@@ -125,14 +127,12 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
     throw e;
   }
   try {
-    root.mtime = 0;
-    root.mtimeNsec = 0;
     const prefetch: BuildInode[] = [];
     for (const p of o.prefetchPatterns) {
       const i = lookupPath(root, p);
       if (i) prefetch.push(i); else log.warn({ pattern: p }, 'prefetch pattern matches nothing');
     }
-    const files = dumpOrder(root, prefetch);
+    const files = walk ? [] : dumpOrder(root, prefetch);
     if (o.threads === undefined) {
       const threads = defaultBuilderThreads();
       const bytes = files.reduce((s, f) => s + f.size, 0);
@@ -152,13 +152,23 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       batchSize: o.batchSize ?? 0,
       dedup: new Map<string, ChunkInfo>(),
     });
+    // streaming: the total is not known before the walk ends
     const progress = new Progress('building', files.reduce((s, f) => s + f.size, 0));
     let dataBytes = 0;
     if (pool) {
       try {
+        let source: Iterable<BuildInode> = files;
+        if (walk) {
+          source = {
+            *[Symbol.iterator]() {
+              let step = walk.next();
+              for (; !step.done; step = walk.next()) { files.push(step.value); yield step.value; }
+              root = step.value;
+            },
+          };
+        }
         // the file is written and hashed by a thread of its own too (NYDUS_BUILDER_SINK=0: here, for comparison)
-        if (files.some((f) => f.size > 0) && process.env.NYDUS_BUILDER_SINK !== '0') writer.useSink();
-        await addFilesParallel(writer, files, pool, (n) => progress.update(n));
+        await addFilesParallel(writer, source, pool, (n) => progress.update(n), process.env.NYDUS_BUILDER_SINK !== '0');
       } catch (e) {
         await writer.abandon();
         throw e;
@@ -173,6 +183,8 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       }
     }
     progress.done();
+    root.mtime = 0;
+    root.mtimeNsec = 0;
     const bootOpts = (blobs: BlobInfo[]): BootstrapOptions => ({
       chunkSize: o.chunkSize,
       compressor: o.compressor,

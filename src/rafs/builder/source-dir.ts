@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { einval } from '../../common/errno';
 import { encodeDevFromStat, getXattr, listXattrs } from '../../common/libc';
-import { BuildInode, DataSource, S_IFDIR, S_IFMT, S_IFSOCK, finalizeTree } from './tree';
+import { BuildInode, DataSource, S_IFDIR, S_IFMT, S_IFSOCK, compareNames, finalizeTree } from './tree';
 import { RAFS_MAX_NAME } from '../format/constants';
 import { isAllowedXattr } from './xattr';
 
@@ -52,12 +52,26 @@ function inodeFromStat(p: string, st: fs.BigIntStats): BuildInode {
 
 /** Load `dir` recursively. The root's own metadata becomes the image root's. */
 export function treeFromDir(dir: string): BuildInode {
+  const walk = walkDir(dir);
+  let step = walk.next();
+  while (!step.done) step = walk.next();
+  return step.value;
+}
+
+/**
+ * Load `dir` recursively, yielding each regular file (each inode once) as it
+ * is found, in the builder's dump order without prefetch (`walkTree` order:
+ * depth first, entries by name), so its chunks can be on their way while the
+ * rest of the tree is read; returns the finished root.
+ */
+export function* walkDir(dir: string): Generator<BuildInode, BuildInode> {
   const st = fs.lstatSync(dir, { bigint: true });
   if (!st.isDirectory()) throw einval(`source ${dir} is not a directory`);
   const root = inodeFromStat(dir, st);
   const links = new Map<string, BuildInode>();
-  const rec = (p: string, node: BuildInode) => {
-    for (const name of fs.readdirSync(p, { encoding: 'buffer' })) {
+  const rec = function* (p: string, node: BuildInode): Generator<BuildInode, void> {
+    const names = fs.readdirSync(p, { encoding: 'buffer' }).sort(compareNames);
+    for (const name of names) {
       if (name.length > RAFS_MAX_NAME) throw einval(`${p}: name longer than ${RAFS_MAX_NAME} bytes`);
       const child = path.join(p, name.toString());
       const cst = fs.lstatSync(child, { bigint: true });
@@ -69,12 +83,13 @@ export function treeFromDir(dir: string): BuildInode {
       else {
         inode = inodeFromStat(child, cst);
         if (!cst.isDirectory() && cst.nlink > 1n) links.set(key, inode);
+        if (inode.isReg()) yield inode;
       }
       node.children.push({ name, inode });
-      if ((inode.mode & S_IFMT) === S_IFDIR) rec(child, inode);
+      if ((inode.mode & S_IFMT) === S_IFDIR) yield* rec(child, inode);
     }
   };
-  rec(dir, root);
+  yield* rec(dir, root);
   finalizeTree(root);
   return root;
 }
