@@ -125,6 +125,7 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
     if (g.sync) {
       writer.addFile(g.sync);
       g.sync.source?.close?.();
+      g.sync.source = undefined;
       done += g.sync.size;
       progress(done);
       return;
@@ -156,6 +157,7 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
       job.inode.chunks.push(writer.addPrepared(id, job.len, job.off, job.batchable, raw, stored));
       if (job.last) {
         job.inode.source?.close?.();
+        job.inode.source = undefined; // done with (its memory goes with it: 100,000-file trees)
         done += job.inode.size;
         progress(done);
       }

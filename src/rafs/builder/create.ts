@@ -139,6 +139,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       if (threads > 0 && (bytes >= PARALLEL_MIN_BYTES || files.length >= PARALLEL_MIN_FILES)) pool = new ChunkPool(threads);
     }
     const blobDir = o.blobDir ?? (o.blob ? path.dirname(o.blob) : undefined);
+    const dedup = new Map<string, ChunkInfo>();
     const writer = new BlobWriter({
       compressor: o.compressor,
       digester: o.digester,
@@ -150,7 +151,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       blobPath: o.blob,
       blobId: o.blobId,
       batchSize: o.batchSize ?? 0,
-      dedup: new Map<string, ChunkInfo>(),
+      dedup,
     });
     // streaming: the total is not known before the walk ends
     const progress = new Progress('building', files.reduce((s, f) => s + f.size, 0));
@@ -183,6 +184,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       }
     }
     progress.done();
+    dedup.clear(); // the chunks stay with their files; the index is not needed any more
     root.mtime = 0;
     root.mtimeNsec = 0;
     const bootOpts = (blobs: BlobInfo[]): BootstrapOptions => ({
