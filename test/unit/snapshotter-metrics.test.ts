@@ -17,6 +17,7 @@ import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { writeFakeNydusd } from '../support/fake-nydusd';
 import { spawnSync } from 'node:child_process';
 import { NydusdClient } from '../../src/api/client';
 import { Compressor } from '../../src/common/compress';
@@ -253,13 +254,7 @@ for (const mode of ['dedicated', 'shared'] as const) {
  * and one just started. Every request is appended to `<dir>/api.log`.
  */
 function fakeNydusd(dir: string): string {
-  const p = path.join(dir, 'fake-nydusd');
-  fs.writeFileSync(p, `#!/usr/bin/env node
-const fs = require('fs'), http = require('http'), path = require('path');
-const a = process.argv.slice(2);
-const sock = a[a.indexOf('--apisock') + 1];
-const dir = ${JSON.stringify(dir)};
-const fsm = { data_read: 12345, fop_hits: [0,0,0,0,7,0,0,0,0,0,0,0,0,0,0], fop_errors: [0,0,0,0,1,0,0,0,0,0,0,0,0,0,0],
+  return writeFakeNydusd(dir, `const fsm = { data_read: 12345, fop_hits: [0,0,0,0,7,0,0,0,0,0,0,0,0,0,0], fop_errors: [0,0,0,0,1,0,0,0,0,0,0,0,0,0,0],
   block_count_read: [1,2,0,0,0,0,0,4], read_latency_dist: [3,0,1,0,0,0,0,3], nr_opens: 0 };
 const cm = { partial_hits: 2, whole_hits: 3, total: 6, entries_count: 4, prefetch_data_amount: 1024, prefetch_requests_count: 2,
   prefetch_workers: 1, prefetch_unmerged_chunks: 5, prefetch_cumulative_time_millis: 30, prefetch_begin_time_secs: 100,
@@ -277,12 +272,7 @@ const srv = http.createServer((req, res) => {
   if (u.pathname === '/api/v1/metrics') return json(fsm);
   if (u.pathname === '/api/v1/metrics/blobcache') return json(cm);
   res.writeHead(404); res.end('{"code":"NotFound","message":"no"}');
-});
-srv.listen(sock);
-process.on('SIGTERM', () => process.exit(0));
-`);
-  fs.chmodSync(p, 0o755);
-  return p;
+});`);
 }
 
 const BOOT = (): Buffer => {

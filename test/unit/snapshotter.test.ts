@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { writeFakeNydusd } from '../support/fake-nydusd';
 import { buildConfig, type SnapshotterConfig } from '../../src/snapshotter/config';
 import { serve, type RunningServer } from '../../src/snapshotter/grpc-service';
 import { snapshotsService } from '../../src/snapshotter/proto';
@@ -414,12 +415,7 @@ test('container snapshot on a meta layer without an image ref fails and leaves n
  * memory) and GET /api/v1/metrics?id= (404 unless mounted).
  */
 function fakeNydusd(dir: string): string {
-  const p = path.join(dir, 'fake-nydusd');
-  fs.writeFileSync(p, `#!/usr/bin/env node
-const fs = require('fs'), http = require('http');
-const a = process.argv.slice(2);
-fs.appendFileSync(${JSON.stringify(path.join(dir, 'argv.log'))}, JSON.stringify(a) + '\\n');
-const sock = a[a.indexOf('--apisock') + 1];
+  return writeFakeNydusd(dir, `fs.appendFileSync(${JSON.stringify(path.join(dir, 'argv.log'))}, JSON.stringify(a) + '\\n');
 const mounted = new Set();
 const rec = (o) => fs.appendFileSync(${JSON.stringify(path.join(dir, 'api.log'))}, JSON.stringify({ pid: process.pid, ...o }) + '\\n');
 const srv = http.createServer((req, res) => {
@@ -437,12 +433,7 @@ const srv = http.createServer((req, res) => {
     if (u.pathname === '/api/v1/metrics' && mounted.has(u.searchParams.get('id'))) { res.writeHead(200); res.end('{}'); return; }
     res.writeHead(404); res.end('{"code":"NotFound","message":"no"}');
   });
-});
-srv.listen(sock);
-process.on('SIGTERM', () => { srv.close(); process.exit(0); });
-`);
-  fs.chmodSync(p, 0o755);
-  return p;
+});`);
 }
 
 interface ApiLog { pid: number; op: string; mp: string; body?: Obj }
