@@ -25,8 +25,8 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { gzipSync } from 'node:zlib';
-import * as tarStream from 'tar-stream';
 import { ROOT } from '../support/cli';
+import { makeTar } from '../support/containerd';
 import { registryMissing, startRegistry, type Registry } from '../support/registry';
 import { sleep } from '../support/timing';
 import { RegistryClient } from '../../src/remote/client';
@@ -177,24 +177,6 @@ async function startNydusSnapshotter(): Promise<{ cd: Containerd; stop(): Promis
 
 // ---------------------------------------------------------------- the test image
 
-async function tarOf(entries: Array<{ name: string; data?: Buffer; mode?: number; dir?: boolean; link?: string }>): Promise<Buffer> {
-  const pack = tarStream.pack();
-  const parts: Buffer[] = [];
-  const done = new Promise<void>((resolve, reject) => {
-    pack.on('data', (c: unknown) => { parts.push(c as Buffer); });
-    pack.on('end', resolve);
-    pack.on('error', reject);
-  });
-  const mtime = new Date(1_700_000_000_000);
-  for (const e of entries) {
-    if (e.dir) pack.entry({ name: e.name, type: 'directory', mode: 0o755, mtime });
-    else if (e.link) pack.entry({ name: e.name, type: 'symlink', linkname: e.link, mode: 0o777, mtime });
-    else pack.entry({ name: e.name, mode: e.mode ?? 0o644, mtime, size: e.data!.length }, e.data!);
-  }
-  pack.finalize();
-  await done;
-  return Buffer.concat(parts);
-}
 
 const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -206,8 +188,8 @@ async function pushImage(ref: string, user?: { username: string; password: strin
   const c = new RegistryClient({ plainHttp: true, credentials: async () => user, pushRetries: 0 });
   try {
     const tars = [
-      await tarOf([{ name: 'bin/', dir: true }, { name: 'bin/busybox', data: fs.readFileSync(BUSYBOX), mode: 0o755 }, { name: 'bin/sh', link: 'busybox' }, { name: 'file', data: Buffer.from('old text\n') }]),
-      await tarOf([{ name: 'file', data: Buffer.from(FILE_TEXT) }, { name: 'etc/', dir: true }, { name: 'etc/motd', data: Buffer.from('ctr-remote e2e\n') }]),
+      await makeTar([{ name: 'bin/', type: 'directory' }, { name: 'bin/busybox', data: fs.readFileSync(BUSYBOX), mode: 0o755 }, { name: 'bin/sh', type: 'symlink', linkname: 'busybox', mode: 0o777 }, { name: 'file', data: 'old text\n' }]),
+      await makeTar([{ name: 'file', data: FILE_TEXT }, { name: 'etc/', type: 'directory' }, { name: 'etc/motd', data: 'ctr-remote e2e\n' }]),
     ];
     const layers: Descriptor[] = [];
     for (const t of tars) {

@@ -22,9 +22,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ROOT } from '../support/cli';
 import { spawnSync } from 'node:child_process';
-import * as http from 'node:http';
 import { fuseMissing } from '../support/nydusd';
-import { blobGets, registryMissing, startRegistry } from '../support/registry';
+import { blobGets, registryMissing, startRegistry, putManifest } from '../support/registry';
 import {
   buildOciArchive, busyboxLayer, ociImage, isCI, makeTar, shortTmp, skipUnlessContainerd, startContainerd, startSnapshotter, teardown,
   type Containerd, type SnapshotterProc,
@@ -232,15 +231,5 @@ test('nydus image: nydusify convert + ctr-remote rpull + ctr run (lazy, host nyd
   }
 });
 
-function putManifest(url: string, body: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const r = http.request(url, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': String(body.length) } }, (res) => {
-      res.resume();
-      res.on('end', () => (res.statusCode === 201 ? resolve() : reject(new Error(`PUT ${url}: HTTP ${res.statusCode}`))));
-    });
-    r.on('error', reject);
-    r.end(body);
-  });
-}
 
 test.run();

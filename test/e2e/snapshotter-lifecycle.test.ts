@@ -34,7 +34,7 @@ import {
   type Containerd, type SnapshotterProc,
 } from '../support/containerd';
 import { fuseMissing } from '../support/nydusd';
-import { freePort, registryMissing, startRegistry, type Registry } from '../support/registry';
+import { freePort, registryMissing, startRegistry, type Registry, putManifest } from '../support/registry';
 import { sleep } from '../support/timing';
 import { loadBootstrapFile } from '../../src/rafs/image';
 import { cacheFileBlob } from '../../src/snapshotter/cache-gc';
@@ -62,16 +62,6 @@ const IMG_A = () => `${reg!.host}/life/a:nydus`;
 const IMG_B = () => `${reg!.host}/life/b:nydus`;
 const SN = ['snapshots', '--snapshotter', 'nydus'];
 
-function putManifest(url: string, body: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const r = http.request(url, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': String(body.length) } }, (res) => {
-      res.resume();
-      res.on('end', () => (res.statusCode === 201 ? resolve() : reject(new Error(`PUT ${url}: HTTP ${res.statusCode}`))));
-    });
-    r.on('error', reject);
-    r.end(body);
-  });
-}
 
 async function pushAndConvert(repo: string, layers: Buffer[]): Promise<void> {
   const img = ociImage(layers);

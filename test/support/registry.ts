@@ -221,3 +221,15 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
 export function blobGets(log: string, digest: string): string[] {
   return log.split('\n').filter((l) => l.includes(`"GET /v2/`) && l.includes(`/blobs/sha256:${digest}`));
 }
+
+/** PUT an OCI image manifest by URL (201 expected), bypassing the client (tests that build images by hand). */
+export function putManifest(url: string, body: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const r = http.request(url, { method: 'PUT', headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': String(body.length) } }, (res) => {
+      res.resume();
+      res.on('end', () => (res.statusCode === 201 ? resolve() : reject(new Error(`PUT ${url}: HTTP ${res.statusCode}`))));
+    });
+    r.on('error', reject);
+    r.end(body);
+  });
+}
