@@ -160,6 +160,8 @@ export class StorageDevice implements BlobDevice {
   private readonly validate: boolean;
   private readonly verifyFetched: boolean;
   private readonly batchSize: number;
+  /** Resolves when the cache files and backend handles opened at construction are open (or failed to). */
+  readonly prepared: Promise<void>;
   /** `/api/v1/metrics/blobcache` of this device (without a cache: reads counted, the rest 0) */
   readonly cacheMetrics: BlobcacheMetrics;
 
@@ -184,6 +186,13 @@ export class StorageDevice implements BlobDevice {
     };
     this.prefetcher = new Prefetcher(opts.prefetch ?? { threads: 8, batchSize: 0, bandwidthLimit: 0 }, (info, run) => this.runPrefetch(info, run), this.cacheMetrics);
     for (const b of blobs) cache?.retain(b.blobId);
+    // cache files opened and the chunk directory built right after the mount, not at the first
+    // READ (which would wait for half a dozen file operations and a walk of every chunk record)
+    this.prepared = Promise.all(blobs.flatMap((b) => [
+      cache?.prepare(b).catch(() => { /* the first read opens again and reports it */ }),
+      backend.prepare?.(b.blobId).catch(() => { /* likewise */ }),
+    ])).then(() => undefined);
+    if (opts.chunks && blobs.length) setImmediate(() => { if (!this.closed) this.directory(0); });
     acquireDecodePool();
   }
 
@@ -219,6 +228,8 @@ export class StorageDevice implements BlobDevice {
 
   locate(chunk: ChunkInfo, probe = false): ChunkLocation | undefined {
     if (this.closed || !this.cache) return undefined;
+    // still in memory (just fetched or read ahead): served from there, no read of the cache file
+    if (this.memory.has(memKey(chunk))) return undefined;
     const info = this.blobs[chunk.blobIndex];
     const loc = info ? this.cache.locate(info, chunk, this.validate) : undefined;
     if (loc && !probe) {

@@ -13,7 +13,7 @@ import {
   decodeDirent, decodeDirentplus, direntSize,
 } from '../../src/virtiofs/fuse/abi';
 import { FuseServer } from '../../src/virtiofs/fuse/server';
-import { BufferReader, BufferWriter } from '../../src/virtiofs/fuse/transport';
+import { BufferReader, BufferWriter, GatherWriter } from '../../src/virtiofs/fuse/transport';
 import { MemoryFs, call, cstr, initBody, req, uniqueOf } from '../support/memory-fs';
 
 const ENOENT = -2, EIO = -5, EINVAL = -22, ERANGE = -34, ENOSYS = -38, ENODATA = -61, EPROTO = -71, EROFS = -30;
@@ -521,3 +521,41 @@ test('filesystem bugs become EIO; replies that do not fit become ERANGE and give
 });
 
 test.run();
+
+// ---- the /dev/fuse gathering writer --------------------------------------------------------------
+
+test('GatherWriter: buffers kept as views (no copy), file slices staged in scratch, overflow refused, reset', () => {
+  const os = require('node:os') as typeof import('node:os');
+  const nfs = require('node:fs') as typeof import('node:fs');
+  const path = require('node:path') as typeof import('node:path');
+  const file = path.join(nfs.mkdtempSync(path.join(os.tmpdir(), 'gather-')), 'f');
+  nfs.writeFileSync(file, Buffer.from('0123456789abcdef'));
+  const fd = nfs.openSync(file, 'r');
+  try {
+    const scratch = Buffer.alloc(8);
+    const w = new GatherWriter(32, scratch);
+    const a = Buffer.from('hdr:');
+    w.write(a);
+    w.writeFromFile(fd, 10, 6);
+    w.writeFromFile(fd, 0, 4); // beyond the scratch left (2 bytes): a buffer of its own
+    w.write(Buffer.alloc(0));
+    assert.is(w.bytesWritten(), 14);
+    assert.is(w.available(), 18);
+    const p = w.pieces();
+    assert.is(p.length, 3);
+    assert.ok(p[0] === a, 'a written buffer is the piece itself');
+    assert.is(p[1].buffer, scratch.buffer);
+    assert.is(Buffer.concat(p).toString(), 'hdr:abcdef0123');
+    assert.throws(() => w.write(Buffer.alloc(19)), /overflow/);
+    assert.throws(() => w.writeFromFile(fd, 0, 19), /overflow/);
+    // a slice past the end of the file is not the file's bytes
+    assert.throws(() => w.writeFromFile(fd, 12, 8), /shorter/);
+    w.reset();
+    assert.is(w.bytesWritten(), 0);
+    assert.is(w.pieces().length, 0);
+    w.writeFromFile(fd, 0, 8); // the scratch is whole again
+    assert.is(w.pieces()[0].buffer, scratch.buffer);
+  } finally {
+    nfs.closeSync(fd);
+  }
+});

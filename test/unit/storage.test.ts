@@ -426,9 +426,18 @@ test('shared blob cache: two mounts of images sharing a blob share one entry, on
   assert.is(m.entries_count, V6.chunks.length);
   assert.equal(m.underlying_files, [`${V6.info.blobId}.blob.data`]);
   assert.is(m.store_path, path.resolve(work));
-  assert.ok(devC.locate(V6.chunks[0]));
-  assert.is(devC.cacheMetrics!.partialHits, 1);
+  // a chunk still held in memory is served from there, not read back from the cache file
+  assert.is(devC.locate(V6.chunks[0]), undefined);
   await devC.close();
+  // a new mount: its cache files are open once the device is prepared, and ready chunks are file ranges
+  const devD = createBlobDevice(cfgFor(V6, {}, work), [V6.info], { backend: beC }) as StorageDevice;
+  await devD.prepared;
+  const loc = devD.locate(V6.chunks[0]);
+  assert.ok(loc);
+  assert.is(loc!.length, V6.chunks[0].uncompressedSize);
+  assert.is(devD.cacheMetrics!.partialHits, 1);
+  assert.is(beC.reads, 0);
+  await devD.close();
 });
 
 test('filecache: bad data from the backend is downloaded again (bounded), never returned', async () => {

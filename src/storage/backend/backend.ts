@@ -25,6 +25,11 @@ export interface BlobBackend {
   readonly type: string;
   /** Exactly `length` bytes at `offset` of blob `blobId`; EIO on a short read. */
   read(blobId: string, offset: number, length: number, opts?: ReadOptions): Promise<Buffer>;
+  /**
+   * Optional: get ready to read `blobId` (open its file) before the first
+   * read needs it. Best effort: a failure is reported by the reads.
+   */
+  prepare?(blobId: string): Promise<void>;
   /** Size of the blob in bytes, when the backend can tell. */
   size?(blobId: string): Promise<number>;
   /**

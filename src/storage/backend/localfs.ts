@@ -64,6 +64,10 @@ export class LocalFsBackend implements BlobBackend {
     return e;
   }
 
+  async prepare(blobId: string): Promise<void> {
+    await this.entry(blobId);
+  }
+
   async read(blobId: string, offset: number, length: number): Promise<Buffer> {
     checkBlobId(blobId);
     checkRange(blobId, offset, length);

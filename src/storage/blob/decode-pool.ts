@@ -203,5 +203,10 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
 /** Stop the workers (tests); they are started again on next use. */
 export async function closeDecodePool(): Promise<void> {
   const all = workers.splice(0);
-  await Promise.all(all.map((dw) => dw?.w.terminate()));
+  await Promise.all(all.map(async (dw) => {
+    if (!dw) return;
+    await dw.w.terminate();
+    // a worker stopped while still starting may never emit 'exit': its chunks fail here, never hang
+    failAll(dw, 'stopped');
+  }));
 }

@@ -222,6 +222,15 @@ export class FileCache {
     return e.map;
   }
 
+  /**
+   * Open (create) the blob's cache files now, as upstream does when the
+   * device is built, so the first READ does not wait for them. A failure is
+   * not kept: the first read opens again and reports it.
+   */
+  prepare(info: BlobInfo): Promise<void> {
+    return this.entry(info).then(() => undefined);
+  }
+
   /** Whether chunk data is already in the cache. */
   async isReady(info: BlobInfo, chunk: ChunkInfo): Promise<boolean> {
     const e = await this.entry(info);

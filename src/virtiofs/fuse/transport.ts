@@ -122,3 +122,59 @@ export class BufferWriter implements Writer {
     return this.buf.subarray(0, this.pos);
   }
 }
+
+/**
+ * Writer that gathers the reply instead of copying it: `write` keeps a view
+ * of each buffer (chunk data, headers), so the transport hands the kernel the
+ * pieces with one writev(2) and no copy in the daemon. File slices are read
+ * into `scratch` (the one staging copy a file needs). Callers must not change
+ * a buffer after writing it until the reply has been sent: the server writes
+ * only fresh buffers, chunk data (never modified) and request views (kept
+ * until the reply is out).
+ */
+export class GatherWriter implements Writer {
+  private pos = 0;
+  private used = 0;
+  private readonly iov: Buffer[] = [];
+
+  /** `limit`: the reply room; `scratch`: staging memory for file slices (at least `limit` bytes to never fall short). */
+  constructor(private readonly limit: number, private readonly scratch: Buffer) {}
+
+  available(): number {
+    return this.limit - this.pos;
+  }
+
+  write(b: Buffer): void {
+    if (b.length > this.limit - this.pos) throw new RangeError(`reply overflow: ${b.length} > ${this.limit - this.pos}`);
+    if (b.length === 0) return;
+    this.iov.push(b);
+    this.pos += b.length;
+  }
+
+  bytesWritten(): number {
+    return this.pos;
+  }
+
+  reset(): void {
+    this.pos = 0;
+    this.used = 0;
+    this.iov.length = 0;
+  }
+
+  writeFromFile(fd: number, position: number, length: number): void {
+    if (length > this.limit - this.pos) throw new RangeError(`reply overflow: ${length} > ${this.limit - this.pos}`);
+    // scratch is as large as the room, so what fits the room fits the scratch
+    const dst = length <= this.scratch.length - this.used ? this.scratch.subarray(this.used, this.used + length) : Buffer.allocUnsafe(length);
+    const got = preadFully(fd, dst, position);
+    if (got < length) throw eio(`file slice: ${got} of ${length} bytes at ${position} (file shorter than its index says)`);
+    if (dst.buffer === this.scratch.buffer) this.used += length;
+    this.iov.push(dst);
+    this.pos += length;
+  }
+
+  /** The reply's pieces, in order (views; valid until the reply is sent). */
+  pieces(): Buffer[] {
+    return this.iov;
+  }
+}
+

@@ -3,8 +3,10 @@
  * opens /dev/fuse non-blocking, mounts it with mount(2) (root only) and
  * watches it on the main loop. Every queued request is read at once and
  * handled asynchronously (so a slow chunk fetch never stalls the others, up
- * to 4 × `--thread-num` in flight); each reply is one write(2). No thread
- * hop sits on the request path. The session ends when the kernel says the
+ * to 4 × `--thread-num` in flight); each reply is one writev(2) of the
+ * reply's pieces (chunk data is never copied into a reply buffer), written
+ * on the thread pool when it carries READ data (64 KiB and up) and at once
+ * otherwise. The session ends when the kernel says the
  * mount is gone (ENODEV), e.g. after `umount` or our own `umount()`.
  */
 import * as fs from 'node:fs';
@@ -12,12 +14,16 @@ import { ErrnoError } from '../../common/errno';
 import { log } from '../../common/log';
 import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, mount, umount2 } from '../../common/libc';
 import type { FuseServer } from '../fuse/server';
-import { BufferReader, BufferWriter } from '../fuse/transport';
+import { BufferReader, GatherWriter } from '../fuse/transport';
 import { FdWatcher } from '../../common/poll';
 
 /** Largest request the kernel sends: max_write (1 MiB) + headers; FUSE_MIN_READ_BUFFER is 8 KiB. */
 const REQUEST_BUFFER = (1 << 20) + 4096;
 const REPLY_BUFFER = (1 << 20) + 4096;
+/** Replies this large are written on the thread pool (READ data); smaller ones at once. */
+const ASYNC_REPLY = 64 << 10;
+/** Pieces one writev(2) takes (IOV_MAX is 1024). */
+const MAX_IOV = 1024;
 
 export interface FuseDevOptions {
   mountpoint: string;
@@ -143,12 +149,13 @@ export class FuseDevSession {
   }
 
   private async handle(req: Buffer, n: number): Promise<void> {
-    const reply = this.replyBuffers.pop() ?? Buffer.allocUnsafe(REPLY_BUFFER);
+    const scratch = this.replyBuffers.pop() ?? Buffer.allocUnsafe(REPLY_BUFFER);
     try {
-      const len = await this.server.handleMessage(new BufferReader(req.subarray(0, n)), new BufferWriter(reply));
+      const w = new GatherWriter(REPLY_BUFFER, scratch);
+      const len = await this.server.handleMessage(new BufferReader(req.subarray(0, n)), w);
       if (len > 0 && !this.ended) {
         try {
-          fs.writeSync(this.fd, reply, 0, len);
+          await this.send(w.pieces(), len);
           // the kernel applied the INIT reply in that write: the bdi's readahead may now be raised
           if (n >= 8 && req.readUInt32LE(4) === FUSE_INIT) this.raiseReadahead();
         } catch (e) {
@@ -159,11 +166,29 @@ export class FuseDevSession {
       }
     } finally {
       this.requestBuffers.push(req);
-      this.replyBuffers.push(reply);
+      this.replyBuffers.push(scratch);
       this.inflight--;
       if (this.ended) { if (this.inflight === 0) this.finished?.(); }
       else if (this.inflight < this.maxInflight) this.watcher?.resume();
     }
+  }
+
+  /**
+   * One reply, as one writev(2) of its pieces (the kernel takes a reply in a
+   * single write). Large replies are written on the thread pool: the kernel's
+   * copy of a 1 MiB READ into the page cache then runs beside the event loop
+   * instead of on it. The pieces stay referenced until the write is done.
+   */
+  private send(pieces: Buffer[], len: number): Promise<void> | void {
+    // more pieces than one writev takes (tiny chunks): staged into one buffer
+    const iov = pieces.length > MAX_IOV ? [Buffer.concat(pieces, len)] : pieces;
+    if (len < ASYNC_REPLY) {
+      fs.writevSync(this.fd, iov);
+      return;
+    }
+    return new Promise((resolve, reject) => {
+      fs.writev(this.fd, iov, null, (err) => (err ? reject(err) : resolve()));
+    });
   }
 
   /** Best effort: `read_ahead_kb` of this mount's bdi (named after the connection, `0:<minor>`). */
