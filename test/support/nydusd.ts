@@ -23,9 +23,9 @@ export interface Daemon {
 export async function startNydusd(mountpoint: string, args: string[], timeoutMs = 15000): Promise<Daemon> {
   fs.mkdirSync(mountpoint, { recursive: true });
   let out = '';
-  // NYDUSD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") runs the daemon under node with those flags (profiling)
+  // NYDUSD_BIN runs another build (before/after benchmarks); NYDUSD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") runs the daemon under node with those flags (profiling)
   const nodeArgs = process.env.NYDUSD_NODE_ARGS?.split(' ').filter((a) => a) ?? [];
-  const bin = path.join(ROOT, 'bin/nydusd');
+  const bin = process.env.NYDUSD_BIN ?? path.join(ROOT, 'bin/nydusd');
   const proc = nodeArgs.length
     ? spawn(process.execPath, [...nodeArgs, bin, '--mountpoint', mountpoint, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn(bin, ['--mountpoint', mountpoint, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -51,6 +51,29 @@ test('chunks decoded on the worker equal the inline decoder, verified', async ()
   }
 });
 
+test('without validation, stored chunks are answered from the request bytes (kept here), only compressed ones go to the worker', async () => {
+  const { raw, chunks, datas } = blob();
+  // at an offset inside a bigger request, as a merged readahead run is
+  const pad = 4096;
+  const req = Buffer.concat([Buffer.alloc(pad, 0xee), raw]);
+  const run = chunks.map((c) => ({ ...c, compressedOffset: c.compressedOffset + 1000 }));
+  const got = await Promise.all(decodeRunAsync(info, req, 1000 - pad, run, false));
+  assert.is(req.length, raw.length + pad, 'the request buffer was not moved to the worker');
+  for (let i = 0; i < 8; i++) {
+    assert.ok(Buffer.isBuffer(got[i]), `chunk ${i}: ${(got[i] as Error).message}`);
+    assert.ok((got[i] as Buffer).equals(datas[i]), `chunk ${i}`);
+    // odd chunks are stored raw: views of the request, no copy
+    if (i % 2) assert.is((got[i] as Buffer).buffer, req.buffer, `chunk ${i} is a view of the request`);
+    else assert.is.not((got[i] as Buffer).buffer, req.buffer);
+  }
+  // a compressed chunk whose bytes are corrupt fails alone
+  const bad = Buffer.from(req);
+  bad.fill(0xff, pad + chunks[2].compressedOffset, pad + chunks[2].compressedOffset + 16);
+  const got2 = await Promise.all(decodeRunAsync(info, bad, 1000 - pad, run, false));
+  assert.instance(got2[2], Error);
+  for (const i of [0, 1, 3, 4, 5, 6, 7]) assert.ok((got2[i] as Buffer).equals(datas[i]), `chunk ${i}`);
+});
+
 test('a chunk with a wrong digest or a corrupt frame is an error, its neighbours are served', async () => {
   const { raw, chunks, datas } = blob();
   chunks[2] = { ...chunks[2], digest: Buffer.alloc(32, 7) };

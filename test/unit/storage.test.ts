@@ -575,6 +575,45 @@ test('merged misses: a bad chunk inside a merged request is downloaded again alo
   await inner.close();
 });
 
+test('merged misses are written behind as a run: its good chunks land at their offsets and are ready, a chunk that stays bad is not', async () => {
+  const dir = new ChunkDirectory(V6.info, V6.chunks);
+  const sorted = [...dir.all()];
+  const bad = sorted[1];
+  const inner = new LocalFsBackend({ blob_file: '', dir: V6.blobDir });
+  let reads = 0;
+  const rotten: BlobBackend = {
+    type: 'registry',
+    read: async (id: string, off: number, len: number) => {
+      reads++;
+      const b = Buffer.from(await inner.read(id, off, len));
+      // the bad chunk's bytes are wrong in every download
+      if (bad.compressedOffset >= off && bad.compressedOffset < off + len) b[bad.compressedOffset - off] ^= 0x40;
+      return b;
+    },
+    close: () => inner.close(),
+  };
+  const work = tmp('run-write');
+  const fc = new FileCache({ workDir: work });
+  const src = { backend: rotten, validate: false, verifyFetched: true, directory: () => dir, batchSize: 1 << 20 };
+  await rejectsWith(fc.readChunk(V6.info, bad, src), 'EIO');
+  const datas = await Promise.all(sorted.filter((c) => c !== bad).map((c) => fc.readChunk(V6.info, c, src)));
+  datas.forEach((d, i) => assert.equal(d, V6.expect.get(sorted.filter((c) => c !== bad)[i].index)));
+  await fc.close();
+  const data = fs.readFileSync(cacheFileNames(work, V6.info.blobId).data);
+  for (const c of sorted) {
+    if (c === bad) continue;
+    assert.ok(data.subarray(c.uncompressedOffset, c.uncompressedOffset + c.uncompressedSize).equals(V6.expect.get(c.index)!), `chunk ${c.index} at its offset`);
+  }
+  // a new cache on the same files: every good chunk ready (no download), the bad one not
+  const fc2 = new FileCache({ workDir: work });
+  for (const c of sorted) assert.is(await fc2.isReady(V6.info, c), c !== bad, `chunk ${c.index} readiness`);
+  const before = reads;
+  for (const c of sorted) if (c !== bad) assert.equal(await fc2.readChunk(V6.info, c, src), V6.expect.get(c.index));
+  assert.is(reads, before);
+  await fc2.close();
+  await inner.close();
+});
+
 test('no-cache device: a miss brings its neighbours into memory (one request for the blob), bytes verified', async () => {
   const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: V6.blobDir } }, cache: { type: '' }, rafs: { validate: true } }));
   const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));

@@ -177,10 +177,41 @@ export async function releaseDecodePool(): Promise<void> {
  */
 export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: readonly ChunkInfo[], validate: boolean): Array<Promise<Buffer | Error>> {
   const blob: DecodeBlob = { blobId: info.blobId, compressor: info.compressor, digester: info.digester };
-  const work = validate || run.some((c) => c.compressed || c.flags !== 0);
+  const needsWork = (c: ChunkInfo) => validate || c.compressed || c.flags !== 0;
+  const work = run.some(needsWork);
   // one chunk is what a reader waits for right now (random reads): the hop would only add latency
   if (!work || run.length < 2 || raw.length < MIN_POOL_BYTES || queued >= QUEUE_LIMIT || poolThreads() === 0) {
     return decodeRun(blob, raw, start, run, validate).map((d) => Promise.resolve(d));
+  }
+  const inRaw = (c: ChunkInfo) => c.compressedOffset >= start && c.compressedOffset - start + c.compressedSize <= raw.length;
+  if (!run.every(needsWork) && run.every(inRaw)) {
+    // chunks stored as they are (incompressible data) next to compressed ones: the stored ones are
+    // answered here, views of `raw`, and only the others' bytes go to the worker. `raw` stays in this
+    // thread: a buffer moved to a worker and back counts twice towards the heap's external memory,
+    // and each 64 MiB of that costs a full garbage collection
+    const out = new Array<Promise<Buffer | Error>>(run.length);
+    const stored: ChunkInfo[] = [];
+    const storedAt: number[] = [];
+    const sendRun: ChunkInfo[] = [];
+    const sendAt: number[] = [];
+    const placed = new Map<string, number>();
+    let size = 0;
+    run.forEach((c, k) => {
+      if (!needsWork(c)) { stored.push(c); storedAt.push(k); return; }
+      const key = `${c.compressedOffset}:${c.compressedSize}`; // batch members share their batch's bytes
+      let at = placed.get(key);
+      if (at === undefined) { placed.set(key, (at = size)); size += c.compressedSize; }
+      sendRun.push({ ...c, compressedOffset: at });
+      sendAt.push(k);
+    });
+    decodeRun(blob, raw, start, stored, validate).forEach((d, i) => { out[storedAt[i]] = Promise.resolve(d); });
+    const packed = Buffer.allocUnsafeSlow(size); // every byte copied below (all ranges inside raw)
+    for (const [key, at] of placed) {
+      const [off, len] = key.split(':').map(Number);
+      raw.copy(packed, at, off - start, off - start + len);
+    }
+    postRun(blob, packed, 0, sendRun, validate).forEach((p, i) => { out[sendAt[i]] = p; });
+    return out;
   }
   // a buffer owning its whole ArrayBuffer moves; anything else (a slice of a bigger one) is copied first
   let sent: Uint8Array = raw;
@@ -188,6 +219,11 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
     sent = new Uint8Array(raw.byteLength);
     sent.set(raw);
   }
+  return postRun(blob, sent, start, run, validate);
+}
+
+/** Hand `sent` (owning its memory, moved) and `run` to the least busy worker: one promise per chunk. */
+function postRun(blob: DecodeBlob, sent: Uint8Array, start: number, run: readonly ChunkInfo[], validate: boolean): Array<Promise<Buffer | Error>> {
   const dw = pickWorker();
   const id = nextId++;
   const p: Pending = { run, start, resolve: [], own: [] };
@@ -203,10 +239,11 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
 /** Stop the workers (tests); they are started again on next use. */
 export async function closeDecodePool(): Promise<void> {
   const all = workers.splice(0);
-  await Promise.all(all.map(async (dw) => {
-    if (!dw) return;
-    await dw.w.terminate();
-    // a worker stopped while still starting may never emit 'exit': its chunks fail here, never hang
-    failAll(dw, 'stopped');
+  // their chunks fail now (downloaded again by the caller), whenever the threads' 'exit' comes
+  for (const dw of all) if (dw) failAll(dw, 'stopped');
+  await Promise.all(all.map((dw) => {
+    if (!dw) return undefined;
+    dw.w.ref(); // the loop waits for the stop
+    return dw.w.terminate();
   }));
 }

@@ -49,6 +49,8 @@ import type { BlobcacheMetrics } from './metrics';
 export { REFETCH_LIMIT } from './region';
 /** Backend request size when the source names none (upstream's 128 KiB floor). */
 export const DEFAULT_BATCH = 128 << 10;
+/** Chunks written by one pwritev (IOV_MAX is 1024). */
+const MAX_WRITE_IOV = 512;
 /** Largest uncompressed offset + size accepted for a cached chunk (16 TiB, as the v6 blob bound). */
 const MAX_CACHE_OFFSET = 2 ** 44;
 
@@ -344,41 +346,74 @@ export class FileCache {
     return this.startRun(e, map, info, run, src, prefetch)[0];
   }
 
-  /** One backend request for `run`; every chunk of it in flight until written behind. */
+  /**
+   * One backend request for `run`; every chunk of it in flight until written
+   * behind. The run is written once all of it is in: chunks adjacent in the
+   * cache file with one pwritev each (one thread-pool trip per stretch, not
+   * per chunk); a chunk whose fetch failed is left out.
+   */
   private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean): Promise<Buffer>[] {
     const verify = src.validate || !!src.verifyFetched;
     const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts }, info, run);
-    run.forEach((chunk, k) => {
-      const p = datas[k];
-      const flight = { data: p, validated: verify };
+    const m = src.metrics;
+    const flights = run.map((chunk, k) => {
+      const flight = { data: datas[k], validated: verify };
       e.inflight.set(chunk.index, flight);
-      p.then((data) => {
-        // serve the verified data now; the cache file and chunk map are written behind
-        const m = src.metrics;
-        if (m) m.bufferedBackendSize += data.length;
-        const w = this.persist(e, map, info, chunk, data).finally(() => {
-          if (m) { m.bufferedBackendSize -= data.length; m.entriesCount++; }
-        });
-        e.writes.set(chunk.index, w);
-        void w.finally(() => { if (e.writes.get(chunk.index) === w) e.writes.delete(chunk.index); });
-        return w;
-      }, () => undefined).then(() => { if (e.inflight.get(chunk.index) === flight) e.inflight.delete(chunk.index); });
+      // served as soon as it is verified; counted as buffered until written
+      if (m) datas[k].then((d) => { m.bufferedBackendSize += d.length; }, () => undefined);
+      return flight;
+    });
+    const w = Promise.allSettled(datas).then((rs) => this.persistRun(e, map, info, run, rs.map((r) => (r.status === 'fulfilled' ? r.value : undefined)), m));
+    run.forEach((chunk, k) => {
+      e.writes.set(chunk.index, w);
+      void w.finally(() => {
+        if (e.writes.get(chunk.index) === w) e.writes.delete(chunk.index);
+        if (e.inflight.get(chunk.index) === flights[k]) e.inflight.delete(chunk.index);
+      });
     });
     return datas;
   }
 
-  private async persist(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, data: Buffer): Promise<void> {
+  /** Write the chunks of `run` that came (`datas[k]`), stretch by stretch, then mark them ready. */
+  private async persistRun(e: Entry, map: ChunkMap, info: BlobInfo, run: readonly ChunkInfo[], datas: Array<Buffer | undefined>, m: BlobcacheMetrics | undefined): Promise<void> {
+    for (let i = 0; i < run.length;) {
+      if (!datas[i]) { i++; continue; }
+      let j = i + 1;
+      let end = run[i].uncompressedOffset + datas[i]!.length;
+      while (j < run.length && datas[j] && run[j].uncompressedOffset === end && j - i < MAX_WRITE_IOV) end += datas[j++]!.length;
+      await this.persist(e, map, info, run.slice(i, j), datas.slice(i, j) as Buffer[]);
+      if (m) for (let k = i; k < j; k++) { m.bufferedBackendSize -= datas[k]!.length; m.entriesCount++; }
+      i = j;
+    }
+  }
+
+  /** Write `datas` (adjacent chunks `chunks`) at the first one's offset, then mark each ready. */
+  private async persist(e: Entry, map: ChunkMap, info: BlobInfo, chunks: readonly ChunkInfo[], datas: Buffer[]): Promise<void> {
     try {
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await e.data.write(data, done, data.length - done, chunk.uncompressedOffset + done);
-        done += bytesWritten;
+      let bufs = datas;
+      let pos = chunks[0].uncompressedOffset;
+      let left = datas.reduce((n, d) => n + d.length, 0);
+      while (left > 0) {
+        const { bytesWritten } = await e.data.writev(bufs, pos);
+        if (bytesWritten <= 0) throw eio('write made no progress');
+        left -= bytesWritten;
+        pos += bytesWritten;
+        // a short write: continue after what went out
+        let skip = bytesWritten;
+        const rest: Buffer[] = [];
+        for (const b of bufs) {
+          if (skip >= b.length) { skip -= b.length; continue; }
+          rest.push(skip > 0 ? b.subarray(skip) : b);
+          skip = 0;
+        }
+        bufs = rest;
       }
-      await map.setReady(chunk.index);
-      this.quota?.charge(info.blobId, data.length);
+      // all marked at once: one bitmap write for the stretch
+      await Promise.all(chunks.map((c) => map.setReady(c.index)));
+      for (const c of chunks) this.quota?.charge(info.blobId, c.uncompressedSize);
     } catch (err) {
       // the data was good and has been served; only the cache misses out
-      warnLimited('cache.write', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to write chunk to the cache');
+      warnLimited('cache.write', { blobId: info.blobId, chunkIndex: chunks[0].index, chunks: chunks.length, err: (err as Error).message }, 'failed to write chunks to the cache');
     }
   }
 
