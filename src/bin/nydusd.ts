@@ -13,6 +13,7 @@ import { einval, ErrnoError } from '../common/errno';
 import { LOG_LEVELS, log, setupLog, type LogLevel } from '../common/log';
 import { closeBlockingPool } from '../common/blocking';
 import { raiseNofileLimit } from '../common/rlimit';
+import { tuneMalloc } from '../common/libc';
 import { localfsDirConfig, readNydusdConfigFile, type ConfigV2, applyImagePullAuth } from '../common/config';
 import { Vfs } from '../virtiofs/vfs/vfs';
 import { FuseServer } from '../virtiofs/fuse/server';
@@ -209,7 +210,14 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   process.exit(0);
 }
 
+/** Buffers up to this size from the malloc arenas (glibc's largest mmap threshold, 32 MiB). */
+const MALLOC_MMAP_MAX = 32 << 20;
+/** Freed heap-top memory kept for the next buffers (about a readahead window). */
+const MALLOC_TRIM = 16 << 20;
+
 export function main(argv: string[]): void {
+  // chunk buffers from the malloc arenas, not one mmap each (see tuneMalloc)
+  tuneMalloc(MALLOC_MMAP_MAX, MALLOC_TRIM);
   const program = addFuseOptions(new Command('nydusd'))
     .description('Nydus image service daemon (FUSE mode without a subcommand)')
     .version(VERSION.package_ver)
