@@ -273,15 +273,25 @@ export async function readExact(r: HttpResponse, length: number): Promise<Buffer
       abortBody(r);
       throw eio(`expected ${length} bytes, server announced Content-Length ${cl}`);
     }
-    for await (const chunk of r.body) {
-      const b = chunk as Buffer;
-      if (n + b.length > length) {
-        abortBody(r);
-        throw eio(`expected ${length} bytes, server sent more`);
-      }
-      b.copy(out, n);
-      n += b.length;
-    }
+    // 'data' events straight into `out` (an async iterator costs a promise per 64 KiB piece)
+    await new Promise<void>((resolve, reject) => {
+      const body = r.body;
+      const fail = (err: unknown) => { body.off('data', onData); reject(err); };
+      const onData = (b: Buffer) => {
+        if (n + b.length > length) {
+          body.off('data', onData);
+          abortBody(r);
+          reject(eio(`expected ${length} bytes, server sent more`));
+          return;
+        }
+        b.copy(out, n);
+        n += b.length;
+      };
+      body.on('data', onData);
+      body.once('error', fail);
+      body.once('end', () => resolve());
+      body.once('close', () => resolve()); // destroyed without 'end': the length check below decides
+    });
   } catch (err) {
     if ((err as Error).name === 'ErrnoError') throw err;
     throw eio(`expected ${length} bytes, got ${n} before error: ${describe(err)}`, err);
