@@ -131,6 +131,12 @@ async function main() {
     const rand = o.rand !== undefined && ref.rand !== undefined ? `  random 4k cold ${(o.rand / ref.rand).toFixed(2)}x` : '';
     console.log(`ratios ${name} / squashfuse (time, lower is better): cold ${(o.cold / ref.cold).toFixed(2)}x  warm ${(o.warm / ref.warm).toFixed(2)}x${rand}  find+stat ${(o.meta / ref.meta).toFixed(2)}x`);
   }
+  // issue 11's goals for this transport
+  const verdict = (ok: boolean) => (ok ? 'MET' : 'NOT MET');
+  for (const name of ['nydusd (zstd, blobcache)', 'nydusd (zstd, no cache)']) {
+    const r = results[name].cold / ref.cold;
+    console.log(`goal: ${name} cold sequential read <= 1.0x squashfuse: ${r.toFixed(2)}x ${verdict(r <= 1.0)}`);
+  }
   if (isMounted(mnt)) console.log('warning: nydusd mount left behind');
 }
 
