@@ -20,10 +20,6 @@ import type { BlobInfo, ChunkInfo } from './format/types';
 import type { BlobBackend } from './backend/backend';
 import type { BackendMetrics } from './backend/metrics';
 import { LocalFsBackend } from './backend/localfs';
-import { RegistryBackend } from './backend/registry';
-import { S3Backend } from './backend/s3';
-import { OssBackend } from './backend/oss';
-import { HttpProxyBackend } from './backend/http-proxy';
 import { type ChunkSource, DEFAULT_BATCH, type FileCache } from './cache/filecache';
 import { ChunkDirectory, blobOrder, mergeRuns } from './blob/chunk-directory';
 import { RecentFailures, fetchRegion } from './cache/region';
@@ -55,24 +51,30 @@ export function createBackend(cfg: ConfigV2, opts: BlobDeviceOptions = {}): Blob
       if (!l) throw enosys('backend type localfs needs a backend.localfs section');
       return new LocalFsBackend(l, bo);
     }
+    // the remote backends (and their HTTP client and signing code, the bulk of nydusd's modules)
+    // are loaded when a mount needs one: a localfs daemon starts faster and carries a smaller heap
     case 'registry': {
       const r = cfg.backend.registry;
       if (!r) throw enosys('backend type registry needs a backend.registry section');
+      const { RegistryBackend } = require('./backend/registry') as typeof import('./backend/registry');
       return new RegistryBackend(r, bo);
     }
     case 'oss': {
       const o = cfg.backend.oss;
       if (!o) throw enosys('backend type oss needs a backend.oss section');
+      const { OssBackend } = require('./backend/oss') as typeof import('./backend/oss');
       return new OssBackend(o, bo);
     }
     case 's3': {
       const s = cfg.backend.s3;
       if (!s) throw enosys('backend type s3 needs a backend.s3 section');
+      const { S3Backend } = require('./backend/s3') as typeof import('./backend/s3');
       return new S3Backend(s, bo);
     }
     case 'http-proxy': {
       const h = cfg.backend['http-proxy'];
       if (!h) throw enosys('backend type http-proxy needs a backend.http-proxy section');
+      const { HttpProxyBackend } = require('./backend/http-proxy') as typeof import('./backend/http-proxy');
       return new HttpProxyBackend(h, bo);
     }
     default:
