@@ -58,7 +58,7 @@
 import * as fs from 'node:fs';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
-import type Piscina from 'piscina';
+import Piscina from 'piscina';
 import { ErrnoError } from './errno';
 import { errnoError } from './libc';
 import { log } from './log';
@@ -121,9 +121,7 @@ function workerSpec(): { filename: string; execArgv: string[] } {
 function getPool(): Piscina<BlockingOp, BlockingResult> {
   if (pool) return pool;
   const { filename, execArgv } = workerSpec();
-  // loaded on first use: a daemon without passthrough mounts never needs it
-  const PiscinaPool = (require('piscina') as { Piscina: typeof Piscina }).Piscina;
-  pool = new PiscinaPool<BlockingOp, BlockingResult>({
+  pool = new Piscina<BlockingOp, BlockingResult>({
     filename,
     execArgv,
     minThreads: 0,
