@@ -24,15 +24,19 @@ export function preadvFully(fd: number, iov: Buffer[], position: number): number
       break;
     }
     done += n;
-    // drop what was filled and continue with the rest
-    let skip = n;
-    const rest: Buffer[] = [];
-    for (const b of bufs) {
-      if (skip >= b.length) { skip -= b.length; continue; }
-      rest.push(skip > 0 ? b.subarray(skip) : b);
-      skip = 0;
-    }
-    bufs = rest;
+    bufs = iovAfter(bufs, n);
   }
   return done;
+}
+
+/** What is left of the vector `iov` once its first `n` bytes were transferred (a short readv/writev). */
+export function iovAfter(iov: Buffer[], n: number): Buffer[] {
+  let skip = n;
+  const rest: Buffer[] = [];
+  for (const b of iov) {
+    if (skip >= b.length) { skip -= b.length; continue; }
+    rest.push(skip > 0 ? b.subarray(skip) : b);
+    skip = 0;
+  }
+  return rest;
 }

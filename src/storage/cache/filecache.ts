@@ -36,6 +36,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ErrnoError, eio } from '../../common/errno';
 import { logLimited, warnLimited } from '../../common/log';
+import { iovAfter } from '../../common/pread';
 import type { ChunkLocation } from '../blob/device';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import { decodeChunk } from '../blob/chunk-reader';
@@ -398,15 +399,7 @@ export class FileCache {
         if (bytesWritten <= 0) throw eio('write made no progress');
         left -= bytesWritten;
         pos += bytesWritten;
-        // a short write: continue after what went out
-        let skip = bytesWritten;
-        const rest: Buffer[] = [];
-        for (const b of bufs) {
-          if (skip >= b.length) { skip -= b.length; continue; }
-          rest.push(skip > 0 ? b.subarray(skip) : b);
-          skip = 0;
-        }
-        bufs = rest;
+        bufs = iovAfter(bufs, bytesWritten); // a short write: continue after what went out
       }
       // all marked at once: one bitmap write for the stretch
       await Promise.all(chunks.map((c) => map.setReady(c.index)));
