@@ -42,6 +42,12 @@ import { ChunkTable } from './chunk-table';
  * mostly keeps directory tables across the lookups of their children.
  */
 const INODE_CACHE_LIMIT = 8192;
+/**
+ * Directory tables kept (FIFO), by count and by bytes over all of them (a
+ * table is about as large as the directory's blocks in the bootstrap).
+ */
+const DIR_CACHE_LIMIT = 1024;
+const DIR_CACHE_MAX_BYTES = 64 << 20;
 
 /** Chunk-info lookup for one blob, built from its blob.meta by the storage layer. */
 export interface BlobChunkTable {
@@ -125,6 +131,8 @@ class V6Super implements RafsSuper {
   /** decoded inodes (bounded, so huge images don't pin every inode in memory) */
   private readonly inodes = new BoundedMap<number, V6Inode>(INODE_CACHE_LIMIT);
   private readonly blobTables = new Map<number, BlobChunkTable | undefined>();
+  /** decoded directories, apart from the inodes: a directory stays while its many children come and go */
+  readonly dirs = new BoundedMap<number, DirTable>(DIR_CACHE_LIMIT, { weight: (t) => t.bytes, maxWeight: DIR_CACHE_MAX_BYTES });
 
   constructor(readonly buf: Buffer, private readonly opts: LoadV6Options) {
     ensure(isV6(buf), 'not an EROFS/RAFS v6 image: bad magic at offset 1024');
@@ -419,6 +427,9 @@ class DirTable {
 
   get length(): number { return this.nids.length; }
 
+  /** memory held, roughly */
+  get bytes(): number { return this.names.length + 13 * this.nids.length + 200; }
+
   name(k: number): Buffer { return Buffer.from(this.names.subarray(this.nameOff[k], this.nameOff[k + 1])); }
 
   /** Position of `name`, or -1. */
@@ -458,7 +469,6 @@ class V6Inode implements RafsInode {
   readonly offset: number;
   /** byte offset just past inode + inline xattrs */
   readonly bodyEnd: number;
-  private entries?: DirTable;
 
   constructor(private readonly sup: V6Super, nid: number, off: number) {
     const buf = sup.buf;
@@ -562,7 +572,8 @@ class V6Inode implements RafsInode {
   }
 
   private dirEntries(): DirTable {
-    if (this.entries) return this.entries;
+    const cached = this.sup.dirs.get(this.ino);
+    if (cached) return cached;
     if (!this.isDir()) throw enotdir(`${this.where()} is not a directory`);
     const data = this.readFlatData();
     const out: Array<{ name: Buffer; nid: number; fileType: number }> = [];
@@ -587,8 +598,9 @@ class V6Inode implements RafsInode {
     const nids = new Float64Array(out.length);
     const types = new Uint8Array(out.length);
     out.forEach((e, k) => { nameOff[k + 1] = nameOff[k] + e.name.length; nids[k] = e.nid; types[k] = e.fileType; });
-    this.entries = new DirTable(Buffer.concat(out.map((e) => e.name), nameOff[out.length]), nameOff, nids, types);
-    return this.entries;
+    const t = new DirTable(Buffer.concat(out.map((e) => e.name), nameOff[out.length]), nameOff, nids, types);
+    this.sup.dirs.set(this.ino, t);
+    return t;
   }
 
   children(): RafsDirent[] {
