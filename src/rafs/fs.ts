@@ -22,7 +22,7 @@ const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
 const ATTR_BLKSIZE = 4096;
 /** inodes whose chunk list / read position is kept (a reader works on a few files at a time) */
-const CACHE_LIMIT = 1024;
+const CACHE_LIMIT = 256;
 /** chunk infos kept over all cached inodes (~200 bytes each) */
 const CACHE_MAX_ITEMS = 1 << 16;
 /** chunks fetched ahead of a sequential reader */

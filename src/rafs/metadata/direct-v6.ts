@@ -38,10 +38,11 @@ import { BoundedMap } from '../../common/bounded-map';
 import { ChunkTable } from './chunk-table';
 
 /**
- * Decoded inodes kept (FIFO). Decoding one is a few field reads; the cache
- * mostly keeps directory tables across the lookups of their children.
+ * Decoded inodes kept (FIFO): enough for the requests of the files being
+ * read (lookup, open, read, release); decoding one is a few field reads, and
+ * a small cache lets them die young instead of filling V8's old space.
  */
-const INODE_CACHE_LIMIT = 8192;
+const INODE_CACHE_LIMIT = 2048;
 /**
  * Directory tables kept (FIFO), by count and by bytes over all of them (a
  * table is about as large as the directory's blocks in the bootstrap).
@@ -340,15 +341,16 @@ class V6Super implements RafsSuper {
   }
 
   chunkTable(): ChunkInfo[] {
-    return (this.table?.all() ?? []).map((c) => {
-      if (this.isBatchRecord(c)) {
-        try {
-          const m = this.metaTable(c.blobIndex)?.get(c.index);
-          if (m) return withRecord(m, c, c.fileOffset);
-        } catch { /* a bad record fails when read */ }
-      }
-      return c;
-    });
+    const all = this.table?.all() ?? [];
+    for (let i = 0; i < all.length; i++) {
+      const c = all[i];
+      if (!this.isBatchRecord(c)) continue;
+      try {
+        const m = this.metaTable(c.blobIndex)?.get(c.index);
+        if (m) all[i] = withRecord(m, c, c.fileOffset);
+      } catch { /* a bad record fails when read */ }
+    }
+    return all;
   }
 
   /**
