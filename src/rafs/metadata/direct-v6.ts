@@ -134,6 +134,8 @@ class V6Super implements RafsSuper {
   private readonly blobTables = new Map<number, BlobChunkTable | undefined>();
   /** decoded directories, apart from the inodes: a directory stays while its many children come and go */
   readonly dirs = new BoundedMap<number, DirTable>(DIR_CACHE_LIMIT, { weight: (t) => t.bytes, maxWeight: DIR_CACHE_MAX_BYTES });
+  /** the last directory too large for `dirs` (its table is about the size of its blocks, already in memory) */
+  bigDir: { nid: number; table: DirTable } | undefined;
 
   constructor(readonly buf: Buffer, private readonly opts: LoadV6Options) {
     ensure(isV6(buf), 'not an EROFS/RAFS v6 image: bad magic at offset 1024');
@@ -574,7 +576,7 @@ class V6Inode implements RafsInode {
   }
 
   private dirEntries(): DirTable {
-    const cached = this.sup.dirs.get(this.ino);
+    const cached = this.sup.dirs.get(this.ino) ?? (this.sup.bigDir?.nid === this.ino ? this.sup.bigDir.table : undefined);
     if (cached) return cached;
     if (!this.isDir()) throw enotdir(`${this.where()} is not a directory`);
     const data = this.readFlatData();
@@ -601,7 +603,8 @@ class V6Inode implements RafsInode {
     const types = new Uint8Array(out.length);
     out.forEach((e, k) => { nameOff[k + 1] = nameOff[k] + e.name.length; nids[k] = e.nid; types[k] = e.fileType; });
     const t = new DirTable(Buffer.concat(out.map((e) => e.name), nameOff[out.length]), nameOff, nids, types);
-    this.sup.dirs.set(this.ino, t);
+    if (t.bytes > DIR_CACHE_MAX_BYTES) this.sup.bigDir = { nid: this.ino, table: t };
+    else this.sup.dirs.set(this.ino, t);
     return t;
   }
 
