@@ -18,10 +18,13 @@ import type {
 import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE } from '../common/filesystem';
 
 const RAFS_TIMEOUT = 4294967296; // 2^32 s, as upstream
+const DOT = Buffer.from('.');
+const DOTDOT = Buffer.from('..');
 const ATTR_BLKSIZE = 4096;
-const CACHE_LIMIT = 8192;
-/** chunk infos / directory entries kept over all cached inodes (~100-200 bytes each) */
-const CACHE_MAX_ITEMS = 1 << 19;
+/** inodes whose chunk list / read position is kept (a reader works on a few files at a time) */
+const CACHE_LIMIT = 256;
+/** chunk infos kept over all cached inodes (~200 bytes each) */
+const CACHE_MAX_ITEMS = 1 << 16;
 /** chunks fetched ahead of a sequential reader */
 /** bytes of chunks fetched ahead of a sequential reader (at least 4 chunks), refilled half a window at a time */
 const READAHEAD_BYTES = 16 << 20;
@@ -43,8 +46,6 @@ export class RafsFs implements FileSystem {
   private readonly gid: number;
   /** bounded by entries too: one crafted inode can have a million chunks */
   private readonly chunkCache = new BoundedMap<number, ChunkInfo[]>(CACHE_LIMIT, { weight: (c) => c.length + 1, maxWeight: CACHE_MAX_ITEMS });
-  private readonly dirCache = new BoundedMap<number, DirEntry[]>(CACHE_LIMIT, { weight: (d) => d.length + 1, maxWeight: CACHE_MAX_ITEMS });
-  /** end offset of the last read per inode, to detect sequential readers */
   /** per inode: where the last read ended, and the chunk index readahead has been issued up to */
   private readonly lastEnd = new BoundedMap<number, { end: number; next: number }>(CACHE_LIMIT);
 
@@ -194,26 +195,35 @@ export class RafsFs implements FileSystem {
     else for (const c of batch) this.device.readChunk(c).catch(() => { /* the real read reports it */ });
   }
 
-  private dirEntries(dir: RafsInode): DirEntry[] {
-    let ents = this.dirCache.get(dir.ino);
-    if (ents) return ents;
-    ents = [];
-    ents.push({ ino: this.nodeid(dir.ino), offset: 1, type: 4, name: Buffer.from('.') });
-    ents.push({ ino: this.nodeid(dir.ino), offset: 2, type: 4, name: Buffer.from('..') }); // parent unknown here; kernels ignore d_ino of '..'
-    for (const d of dir.children()) ents.push({ ino: this.nodeid(d.ino), offset: ents.length + 1, type: dtype(d.type), name: d.name });
-    this.dirCache.set(dir.ino, ents);
-    return ents;
-  }
-
+  /**
+   * Entries from cookie `offset` on: `.` (cookie 1), `..` (2), then child k
+   * (k + 3), read from the directory as they are sent: nothing per entry is
+   * kept between calls.
+   */
   async readdir(_ctx: RequestContext, ino: bigint, _fh: bigint, offset: number, plus: boolean, add: (e: DirEntry) => boolean): Promise<void> {
     const dir = this.inode(ino);
     if (!dir.isDir()) throw enotdir(`inode ${ino} is not a directory`);
-    const ents = this.dirEntries(dir);
-    for (let k = offset; k < ents.length; k++) {
-      const e = ents[k];
-      const out: DirEntry = plus && e.ino !== 0n && k > 1 ? { ...e, entry: this.entryOf(this.inode(e.ino)) } : e;
-      if (!add(out)) return;
+    const self = this.nodeid(dir.ino);
+    const n = dir.childCount() + 2;
+    for (let k = Math.max(0, offset); k < n; k++) {
+      let e: DirEntry;
+      if (k < 2) {
+        // parent unknown here; kernels ignore d_ino of '..'
+        e = { ino: self, offset: k + 1, type: 4, name: k === 0 ? DOT : DOTDOT };
+      } else {
+        const d = dir.childAt(k - 2);
+        e = { ino: this.nodeid(d.ino), offset: k + 1, type: dtype(d.type), name: d.name };
+        if (plus && e.ino !== 0n) e.entry = this.entryOf(this.inode(e.ino));
+      }
+      if (!add(e)) return;
     }
+  }
+
+  /** The kernel dropped `ino`: what is kept per inode for reads goes too. */
+  forget(ino: bigint): void {
+    const i = this.ino(ino);
+    this.chunkCache.delete(i);
+    this.lastEnd.delete(i);
   }
 
   async statfs(): Promise<StatFs> {

@@ -5,7 +5,9 @@
  * dropped, daemon cache empty), and the daemon's RSS right after the mount
  * and after reading everything. Issue 11's goals: cold read of every file
  * ≤ 1.0x squashfuse's time; nydusd RSS ≤ 64 MB after mount, ≤ 120 MB after
- * the reads. MANY_FILES=N changes the file count (dirs of 1,000).
+ * the reads. MANY_FILES=N changes the file count (dirs of 1,000);
+ * MANY_WORK=DIR the work directory (default $TMPDIR/nydus-many-bench: two
+ * runs at once need two). The daemon runs under NYDUSD_NODE_ARGS when set.
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -45,20 +47,21 @@ function squashfusePid(mnt: string): number {
   return Number(out);
 }
 
-interface Row { mount: number; stat: number; read: number; rssMount: number; rssRead: number }
+interface Row { mount: number; stat: number; read: number; rssMount: number; rssStat: number; rssRead: number }
 
 function measure(mnt: string, pid: number, mountSecs: number): Row {
   const rssMount = rssMb(pid);
   dropCaches();
   const stat = timeCmd(`find '${mnt}' -type f -print0 | xargs -0 stat --format=%s > /dev/null`);
+  const rssStat = rssMb(pid);
   dropCaches();
   const read = timeCmd(`find '${mnt}' -type f -print0 | xargs -0 cat > /dev/null`);
-  return { mount: mountSecs, stat, read, rssMount, rssRead: rssMb(pid) };
+  return { mount: mountSecs, stat, read, rssMount, rssStat, rssRead: rssMb(pid) };
 }
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) { console.log('SKIP many-files bench: needs root'); return; }
-  const work = path.join(os.tmpdir(), 'nydus-many-bench');
+  const work = process.env.MANY_WORK || path.join(os.tmpdir(), 'nydus-many-bench');
   const src = path.join(work, `src-${N}`);
   makeTree(src);
   const rows: Record<string, Row> = {};
@@ -92,7 +95,7 @@ async function main(): Promise<void> {
 
   console.log(`many-files benchmark: ${N} files in ${N / PER_DIR} dirs (caches dropped before each pass), ${os.cpus().length} CPUs`);
   for (const [name, r] of Object.entries(rows)) {
-    console.log(`${name.padEnd(26)} mount ${r.mount.toFixed(2)} s  stat-all ${r.stat.toFixed(2)} s  read-all ${r.read.toFixed(2)} s  RSS after mount ${r.rssMount.toFixed(0)} MB, after reads ${r.rssRead.toFixed(0)} MB`);
+    console.log(`${name.padEnd(26)} mount ${r.mount.toFixed(2)} s  stat-all ${r.stat.toFixed(2)} s  read-all ${r.read.toFixed(2)} s  RSS after mount ${r.rssMount.toFixed(0)} MB, after stat ${r.rssStat.toFixed(0)} MB, after reads ${r.rssRead.toFixed(0)} MB`);
   }
   const o = rows['nydusd (zstd, blobcache)'], s = rows['squashfuse (zstd)'];
   const verdict = (ok: boolean) => (ok ? 'MET' : 'NOT MET');

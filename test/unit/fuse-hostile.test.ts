@@ -266,8 +266,8 @@ test('a crafted EROFS inode (huge i_size, 2^40-byte chunks on one block) is refu
   const img = fs.readFileSync(path.join(dir, 'img'));
   const sb = loadRafs(img);
   const f = sb.getInode(sb.meta.rootIno).children().find((c) => c.name.toString() === 'f')!;
-  const inode = sb.getInode(f.ino) as unknown as { offset: number; raw: { extended: boolean } };
-  assert.ok(inode.raw.extended, 'mkfs.erofs wrote an extended inode');
+  const inode = sb.getInode(f.ino) as unknown as { offset: number; extended: boolean };
+  assert.ok(inode.extended, 'mkfs.erofs wrote an extended inode');
   const crafted = Buffer.from(img);
   crafted.writeBigUInt64LE(64n << 30n, inode.offset + 8); // i_size 64 GiB
   crafted.writeUInt16LE(0x20 | 28, inode.offset + 16); // chunk indexes, 2^40-byte chunks

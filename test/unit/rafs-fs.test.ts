@@ -25,14 +25,14 @@ import { call, cstr, initBody, req } from '../support/memory-fs';
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'rafs-fs-'));
 const CHUNK = 0x1000;
 
-async function image(version: 5 | 6) {
+async function image(version: 5 | 6, tag = '') {
   await initDigest();
-  const src = path.join(work, `src${version}`);
+  const src = path.join(work, `src${version}${tag}`);
   fs.mkdirSync(path.join(src, 'd'), { recursive: true });
   fs.writeFileSync(path.join(src, 'slow'), Buffer.alloc(3 * CHUNK, 's'));
   fs.writeFileSync(path.join(src, 'fast'), Buffer.alloc(2 * CHUNK + 7, 'f'));
   fs.writeFileSync(path.join(src, 'd', 'x'), 'x');
-  const blobs = path.join(work, `blobs${version}`);
+  const blobs = path.join(work, `blobs${version}${tag}`);
   fs.mkdirSync(blobs);
   const r = await createImage({
     source: src, type: 'dir-rafs', fsVersion: version, compressor: Compressor.Zstd, digester: DigestAlgorithm.Blake3,
@@ -106,6 +106,39 @@ for (const v of [5, 6] as const) {
     const mk = await call(s.server, req(FuseOpcode.MKDIR, 1n, [Buffer.alloc(8), cstr('new')]));
     assert.is(mk.hdr!.error, -30, 'mutations on RAFS answer EROFS');
     await gated.close();
+  });
+}
+
+for (const v of [5, 6] as const) {
+  test(`v${v}: readdir resumes at every cookie; readdirplus entries; FORGET drops per-inode read state`, async () => {
+    const { sb, boot, device } = await image(v, '-readdir');
+    const fsys = new RafsFs(sb, device, { bootstrap: boot });
+    const ctx = {} as never;
+    const list = async (offset: number, plus: boolean) => {
+      const out: Array<{ name: string; offset: number; ino: bigint; type: number; entry?: bigint }> = [];
+      await fsys.readdir(ctx, 1n, 0n, offset, plus, (e) => { out.push({ name: e.name.toString(), offset: e.offset, ino: e.ino, type: e.type, entry: e.entry?.ino }); return true; });
+      return out;
+    };
+    const all = await list(0, false);
+    assert.equal(all.map((e) => e.name), ['.', '..', 'd', 'fast', 'slow']);
+    assert.equal(all.map((e) => e.offset), [1, 2, 3, 4, 5]);
+    assert.equal(all.map((e) => e.type), [4, 4, 4, 8, 8]);
+    for (let k = 0; k <= all.length; k++) assert.equal(await list(k, false), all.slice(k), `resume at ${k}`);
+    const plus = await list(0, true);
+    assert.equal(plus.map((e) => e.entry), [undefined, undefined, ...all.slice(2).map((e) => e.ino)]);
+    // `add` refusing an entry stops the listing there
+    let n = 0;
+    await fsys.readdir(ctx, 1n, 0n, 0, false, () => ++n < 3);
+    assert.is(n, 3);
+    const fast = await fsys.lookup(ctx, 1n, Buffer.from('fast'));
+    await fsys.read(ctx, fast.ino, 0n, 0, 100);
+    const state = fsys as unknown as { chunkCache: Map<number, unknown>; lastEnd: Map<number, unknown> };
+    assert.is(state.chunkCache.size, 1);
+    assert.is(state.lastEnd.size, 1);
+    fsys.forget(fast.ino);
+    assert.is(state.chunkCache.size, 0);
+    assert.is(state.lastEnd.size, 0);
+    await device.close();
   });
 }
 

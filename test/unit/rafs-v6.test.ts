@@ -302,6 +302,17 @@ test('writer → reader round trip covers every edge case', () => {
   assert.is(get('bigdir').nlink, 3);
   assert.is(r.nlink, 4);
   assert.is(get('bigdir').children().length, 302);
+  // childAt/childCount agree with children(); every name looks up to the same inode
+  const big = get('bigdir');
+  const kids = big.children();
+  assert.is(big.childCount(), kids.length);
+  kids.forEach((c, k) => {
+    assert.equal(big.childAt(k), c);
+    assert.is(big.lookup(c.name)!.ino, c.ino);
+  });
+  assert.is(big.lookup(Buffer.from('some-longish-file-name-0029')), undefined);
+  expectErrno(() => big.childAt(kids.length));
+  expectErrno(() => get('one').childCount(), 'ENOTDIR');
   assert.ok(get('bigdir').size > 4096, 'multi-block directory');
   assert.equal(get('bigdir').xattrs(), [['user.dir', Buffer.from('1')]]);
   assert.is(get('bigdir/some-longish-file-name-00299').mtime, 299);

@@ -523,6 +523,29 @@ test('ChunkDirectory.region: blob order, batch limit, gap limit, stops at cached
   assert.equal(mergeRuns([], 3000), []);
 });
 
+test('ChunkDirectory keeps every field of its records; records the columns cannot hold are kept as they are', () => {
+  const info = { ...V6.info, chunkCount: 6 };
+  const digest = (k: number) => Buffer.alloc(32, k + 1);
+  const plain = { ...ck(0, 0, 100), digest: digest(0), flags: 0x1234, compressed: true, uncompressedOffset: 2 ** 40, uncompressedSize: 300, fileOffset: 2 ** 33, crc32: 0xdeadbeef };
+  const batchA = { ...ck(1, 100, 50), digest: digest(1), batch: { index: 7, offset: 0, size: 900 } };
+  const batchB = { ...ck(2, 100, 50), digest: digest(2), batch: { index: 7, offset: 400, size: 900 } };
+  const shortDigest = { ...ck(3, 150, 10), digest: Buffer.alloc(20, 9) };
+  const extra = { ...ck(4, 160, 10), digest: digest(4), note: 'x' } as ChunkInfo;
+  const dir = new ChunkDirectory(info, [extra, batchB, plain, shortDigest, batchA]);
+  assert.is(dir.size, 5);
+  for (const c of [plain, batchA, batchB, shortDigest, extra]) assert.equal(dir.get(c.index), c, `chunk ${c.index}`);
+  assert.is(dir.get(3), shortDigest, 'odd records are not copied');
+  assert.is(dir.get(5), undefined);
+  assert.equal(dir.all().map((c) => c.index), [0, 1, 2, 3, 4]);
+  // a fresh object each time: callers may change what they get
+  dir.get(0)!.fileOffset = 1;
+  assert.is(dir.get(0)!.fileOffset, 2 ** 33);
+  // the other member of a batch comes with either one, then the run goes on in blob order
+  assert.equal(dir.region(batchB, 1 << 20, () => true).map((c) => c.index), [2, 1, 3, 4]);
+  assert.equal(dir.region(batchA, 1 << 20, () => true).map((c) => c.index), [1, 2, 3, 4]);
+  assert.equal(dir.region(plain, 1 << 20, (c) => c.index !== 2).map((c) => c.index), [0, 1, 3, 4], 'an unwanted batch member is skipped, not an end');
+});
+
 test('merged misses: one request fetches a miss and its uncached neighbours; they are then hits; a cached chunk splits the run', async () => {
   const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
   const dir = new ChunkDirectory(V6.info, V6.chunks);

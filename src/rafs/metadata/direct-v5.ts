@@ -127,28 +127,43 @@ export class DirectInodeV5 implements RafsInode {
 
   /** Child records in index (= name) order. */
   childInodes(): DirectInodeV5[] {
-    if (!this.isDir()) throw enotdir(`inode ${this.ino} is not a directory`);
     const out: DirectInodeV5[] = [];
-    for (let i = 0; i < this.raw.childCount; i++) {
-      const child = this.sb.inodeAt(this.raw.childIndex + i);
-      ensure(child.raw.parent === this.ino, () => `v5 inode index ${child.index}: i_parent ${child.raw.parent} != directory ino ${this.ino}`);
-      if (child.ino !== child.index) {
-        // a hardlink entry: the record of its first occurrence must be the same kind of inode
-        const first = this.sb.inodeAt(child.ino);
-        ensure(first.ino === child.ino && first.type === child.type,
-          () => `v5 inode index ${child.index}: hardlink to ino ${child.ino} whose record does not match`);
-      }
-      if (out.length > 0) {
-        ensure(Buffer.compare(out[out.length - 1].name, child.name) < 0,
-          () => `v5 directory ino ${this.ino}: children are not sorted or have duplicate names at index ${child.index}`);
-      }
-      out.push(child);
-    }
+    for (let i = 0; i < this.childCount(); i++) out.push(this.childInode(i));
     return out;
   }
 
+  childCount(): number {
+    if (!this.isDir()) throw enotdir(`inode ${this.ino} is not a directory`);
+    return this.raw.childCount;
+  }
+
+  /** Child record `i` (checked against its directory, its hardlink target and its predecessor). */
+  private childInode(i: number): DirectInodeV5 {
+    ensure(Number.isInteger(i) && i >= 0 && i < this.childCount(), () => `v5 directory ino ${this.ino}: no child ${i}`);
+    const child = this.sb.inodeAt(this.raw.childIndex + i);
+    ensure(child.raw.parent === this.ino, () => `v5 inode index ${child.index}: i_parent ${child.raw.parent} != directory ino ${this.ino}`);
+    if (child.ino !== child.index) {
+      // a hardlink entry: the record of its first occurrence must be the same kind of inode
+      const first = this.sb.inodeAt(child.ino);
+      ensure(first.ino === child.ino && first.type === child.type,
+        () => `v5 inode index ${child.index}: hardlink to ino ${child.ino} whose record does not match`);
+    }
+    if (i > 0) {
+      ensure(Buffer.compare(this.sb.inodeAt(this.raw.childIndex + i - 1).name, child.name) < 0,
+        () => `v5 directory ino ${this.ino}: children are not sorted or have duplicate names at index ${child.index}`);
+    }
+    return child;
+  }
+
+  childAt(k: number): RafsDirent {
+    const c = this.childInode(k);
+    return { name: Buffer.from(c.name), ino: c.ino, type: c.type };
+  }
+
   children(): RafsDirent[] {
-    return this.childInodes().map((c) => ({ name: Buffer.from(c.name), ino: c.ino, type: c.type }));
+    const out: RafsDirent[] = [];
+    for (let i = 0; i < this.childCount(); i++) out.push(this.childAt(i));
+    return out;
   }
 
   lookup(name: Buffer): RafsInode | undefined {

@@ -37,7 +37,18 @@ import { noBlobMeta } from './types';
 import { BoundedMap } from '../../common/bounded-map';
 import { ChunkTable } from './chunk-table';
 
-const INODE_CACHE_LIMIT = 1 << 16;
+/**
+ * Decoded inodes kept (FIFO): enough for the requests of the files being
+ * read (lookup, open, read, release); decoding one is a few field reads, and
+ * a small cache lets them die young instead of filling V8's old space.
+ */
+const INODE_CACHE_LIMIT = 2048;
+/**
+ * Directory tables kept (FIFO), by count and by bytes over all of them (a
+ * table is about as large as the directory's blocks in the bootstrap).
+ */
+const DIR_CACHE_LIMIT = 1024;
+const DIR_CACHE_MAX_BYTES = 64 << 20;
 
 /** Chunk-info lookup for one blob, built from its blob.meta by the storage layer. */
 export interface BlobChunkTable {
@@ -121,6 +132,10 @@ class V6Super implements RafsSuper {
   /** decoded inodes (bounded, so huge images don't pin every inode in memory) */
   private readonly inodes = new BoundedMap<number, V6Inode>(INODE_CACHE_LIMIT);
   private readonly blobTables = new Map<number, BlobChunkTable | undefined>();
+  /** decoded directories, apart from the inodes: a directory stays while its many children come and go */
+  readonly dirs = new BoundedMap<number, DirTable>(DIR_CACHE_LIMIT, { weight: (t) => t.bytes, maxWeight: DIR_CACHE_MAX_BYTES });
+  /** the last directory too large for `dirs` (its table is about the size of its blocks, already in memory) */
+  bigDir: { nid: number; table: DirTable } | undefined;
 
   constructor(readonly buf: Buffer, private readonly opts: LoadV6Options) {
     ensure(isV6(buf), 'not an EROFS/RAFS v6 image: bad magic at offset 1024');
@@ -328,15 +343,16 @@ class V6Super implements RafsSuper {
   }
 
   chunkTable(): ChunkInfo[] {
-    return (this.table?.all() ?? []).map((c) => {
-      if (this.isBatchRecord(c)) {
-        try {
-          const m = this.metaTable(c.blobIndex)?.get(c.index);
-          if (m) return withRecord(m, c, c.fileOffset);
-        } catch { /* a bad record fails when read */ }
-      }
-      return c;
-    });
+    const all = this.table?.all() ?? [];
+    for (let i = 0; i < all.length; i++) {
+      const c = all[i];
+      if (!this.isBatchRecord(c)) continue;
+      try {
+        const m = this.metaTable(c.blobIndex)?.get(c.index);
+        if (m) all[i] = withRecord(m, c, c.fileOffset);
+      } catch { /* a bad record fails when read */ }
+    }
+    return all;
   }
 
   /**
@@ -405,10 +421,34 @@ function roundupPow2(v: number): number {
   return p;
 }
 
-interface DirEntry {
-  name: Buffer;
-  nid: number;
-  fileType: number;
+/**
+ * A directory's entries (without `.`/`..`) sorted by name, in columns: the
+ * names concatenated in one Buffer, their offsets, nids and file types (one
+ * object per directory instead of three per entry).
+ */
+class DirTable {
+  constructor(readonly names: Buffer, readonly nameOff: Uint32Array, readonly nids: Float64Array, readonly types: Uint8Array) {}
+
+  get length(): number { return this.nids.length; }
+
+  /** memory held, roughly */
+  get bytes(): number { return this.names.length + 13 * this.nids.length + 200; }
+
+  name(k: number): Buffer { return Buffer.from(this.names.subarray(this.nameOff[k], this.nameOff[k + 1])); }
+
+  /** Position of `name`, or -1. */
+  find(name: Buffer): number {
+    let lo = 0;
+    let hi = this.nids.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const c = name.compare(this.names, this.nameOff[mid], this.nameOff[mid + 1]);
+      if (c === 0) return mid;
+      if (c > 0) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -1;
+  }
 }
 
 class V6Inode implements RafsInode {
@@ -422,20 +462,30 @@ class V6Inode implements RafsInode {
   readonly mtime: number;
   readonly mtimeNsec: number;
   readonly blocks: number;
-  readonly raw: ErofsInode;
+  /** extended (64-byte) on-disk inode */
+  readonly extended: boolean;
+  /** i_format data layout, raw i_u, inline xattr count, on-disk inode size (32 or 64) */
+  private readonly layout: number;
+  private readonly u: number;
+  private readonly xattrIcount: number;
+  private readonly isize: number;
   /** byte offset of the inode in the image */
   readonly offset: number;
   /** byte offset just past inode + inline xattrs */
   readonly bodyEnd: number;
-  private entries?: DirEntry[];
 
   constructor(private readonly sup: V6Super, nid: number, off: number) {
     const buf = sup.buf;
-    const raw = (this.raw = decodeInode(buf, off));
+    const raw: ErofsInode = decodeInode(buf, off);
+    this.extended = raw.extended;
+    this.layout = raw.layout;
+    this.u = raw.u;
+    this.xattrIcount = raw.xattrIcount;
+    this.isize = inodeSize(raw);
     const where = `inode nid ${nid}`;
     this.ino = nid;
     this.offset = off;
-    this.bodyEnd = off + inodeSize(raw) + xattrIbodySize(raw.xattrIcount);
+    this.bodyEnd = off + this.isize + xattrIbodySize(raw.xattrIcount);
     ensure(this.bodyEnd <= buf.length, `${where}: inode/xattrs run past the image`);
     const fmt = raw.mode & S_IFMT;
     ensure(MODE_TO_TYPE[fmt] !== undefined, `${where}: invalid i_mode 0${raw.mode.toString(8)}`);
@@ -471,17 +521,17 @@ class V6Inode implements RafsInode {
 
   /** Byte ranges in the image holding the data of a FLAT_PLAIN / FLAT_INLINE inode, in order. */
   flatExtents(): Array<{ off: number; len: number }> {
-    const { raw, size } = this;
+    const { size, u } = this;
     const buf = this.sup.buf;
     if (size === 0) return [];
     const nblocks = Math.ceil(size / EROFS_BLKSZ);
-    const inline = raw.layout === EROFS_INODE_FLAT_INLINE;
+    const inline = this.layout === EROFS_INODE_FLAT_INLINE;
     const full = inline ? nblocks - 1 : nblocks;
     const out: Array<{ off: number; len: number }> = [];
     if (full > 0) {
-      const start = raw.u * EROFS_BLKSZ;
+      const start = u * EROFS_BLKSZ;
       const len = inline ? full * EROFS_BLKSZ : size;
-      ensure(raw.u !== EROFS_NULL_ADDR && start + len <= buf.length, `${this.where()}: data blocks at block ${raw.u} are outside the image`);
+      ensure(u !== EROFS_NULL_ADDR && start + len <= buf.length, `${this.where()}: data blocks at block ${u} are outside the image`);
       out.push({ off: start, len });
     }
     if (inline) {
@@ -495,7 +545,7 @@ class V6Inode implements RafsInode {
 
   /** Whole data of a flat (non chunk-based) inode: directory blocks, symlink target, plain file bytes. */
   readFlatData(): Buffer {
-    ensure(this.raw.layout !== EROFS_INODE_CHUNK_BASED, `${this.where()}: chunk-based data is not stored in the bootstrap`);
+    ensure(this.layout !== EROFS_INODE_CHUNK_BASED, `${this.where()}: chunk-based data is not stored in the bootstrap`);
     const ext = this.flatExtents();
     return Buffer.concat(ext.map((e) => this.sup.buf.subarray(e.off, e.off + e.len)));
   }
@@ -510,10 +560,9 @@ class V6Inode implements RafsInode {
   }
 
   private readXattrs(): Array<[string, Buffer]> {
-    const { raw } = this;
-    if (raw.xattrIcount === 0) return [];
+    if (this.xattrIcount === 0) return [];
     const buf = this.sup.buf;
-    const { entries, shared } = decodeXattrIbody(buf, this.offset + inodeSize(raw), raw.xattrIcount);
+    const { entries, shared } = decodeXattrIbody(buf, this.offset + this.isize, this.xattrIcount);
     if (shared.length === 0) return entries;
     const out: Array<[string, Buffer]> = [];
     const base = this.sup.sb.xattrBlkaddr * EROFS_BLKSZ;
@@ -526,11 +575,12 @@ class V6Inode implements RafsInode {
     return out.concat(entries);
   }
 
-  private dirEntries(): DirEntry[] {
-    if (this.entries) return this.entries;
+  private dirEntries(): DirTable {
+    const cached = this.sup.dirs.get(this.ino) ?? (this.sup.bigDir?.nid === this.ino ? this.sup.bigDir.table : undefined);
+    if (cached) return cached;
     if (!this.isDir()) throw enotdir(`${this.where()} is not a directory`);
     const data = this.readFlatData();
-    const out: DirEntry[] = [];
+    const out: Array<{ name: Buffer; nid: number; fileType: number }> = [];
     let dots = 0;
     let dotdots = 0;
     for (let b = 0; b * EROFS_BLKSZ < data.length; b++) {
@@ -541,37 +591,50 @@ class V6Inode implements RafsInode {
         ensure(d.fileType <= 7, `${this.where()}: invalid dirent file type ${d.fileType}`);
         if (d.name.length === 1 && d.name[0] === 0x2e) { ensure(++dots === 1, `${this.where()}: duplicate '.' entry`); continue; }
         if (d.name.length === 2 && d.name[0] === 0x2e && d.name[1] === 0x2e) { ensure(++dotdots === 1, `${this.where()}: duplicate '..' entry`); continue; }
-        out.push({ name: d.name, nid: d.nid, fileType: d.fileType });
+        out.push(d);
       }
     }
     // on-disk order is sorted; re-sort defensively so lookup's binary search is sound
     for (let i = 1; i < out.length; i++) {
       if (Buffer.compare(out[i - 1].name, out[i].name) >= 0) { out.sort((a, b) => Buffer.compare(a.name, b.name)); break; }
     }
-    this.entries = out;
-    return out;
+    const nameOff = new Uint32Array(out.length + 1);
+    const nids = new Float64Array(out.length);
+    const types = new Uint8Array(out.length);
+    out.forEach((e, k) => { nameOff[k + 1] = nameOff[k] + e.name.length; nids[k] = e.nid; types[k] = e.fileType; });
+    const t = new DirTable(Buffer.concat(out.map((e) => e.name), nameOff[out.length]), nameOff, nids, types);
+    if (t.bytes > DIR_CACHE_MAX_BYTES) this.sup.bigDir = { nid: this.ino, table: t };
+    else this.sup.dirs.set(this.ino, t);
+    return t;
   }
 
   children(): RafsDirent[] {
-    return guard(() => this.dirEntries().map((e) => ({
-      name: Buffer.from(e.name),
-      ino: e.nid,
-      type: (e.fileType !== 0 ? e.fileType : MODE_TO_TYPE[this.sup.inode(e.nid).mode & S_IFMT]) as InodeType,
-    })));
+    return guard(() => {
+      const n = this.dirEntries().length;
+      const out = new Array<RafsDirent>(n);
+      for (let k = 0; k < n; k++) out[k] = this.childAt(k);
+      return out;
+    });
+  }
+
+  childCount(): number {
+    return guard(() => this.dirEntries().length);
+  }
+
+  childAt(k: number): RafsDirent {
+    return guard(() => {
+      const t = this.dirEntries();
+      ensure(Number.isInteger(k) && k >= 0 && k < t.length, `${this.where()}: no child ${k}`);
+      const nid = t.nids[k];
+      const ft = t.types[k];
+      return { name: t.name(k), ino: nid, type: (ft !== 0 ? ft : MODE_TO_TYPE[this.sup.inode(nid).mode & S_IFMT]) as InodeType };
+    });
   }
 
   lookup(name: Buffer): RafsInode | undefined {
-    const ents = guard(() => this.dirEntries());
-    let lo = 0;
-    let hi = ents.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const c = Buffer.compare(ents[mid].name, name);
-      if (c === 0) return this.sup.inode(ents[mid].nid);
-      if (c < 0) lo = mid + 1;
-      else hi = mid - 1;
-    }
-    return undefined;
+    const t = guard(() => this.dirEntries());
+    const k = t.find(name);
+    return k >= 0 ? this.sup.inode(t.nids[k]) : undefined;
   }
 
   /** The file's chunks, decoded afresh each call (callers that read often, like RafsFs, keep a bounded cache). */
@@ -590,7 +653,7 @@ class V6Inode implements RafsInode {
 
   private rafsChunks(): ChunkInfo[] {
     const sup = this.sup;
-    const fmt = this.raw.u & 0xffff;
+    const fmt = this.u & 0xffff;
     ensure(fmt & EROFS_CHUNK_FORMAT_INDEXES, `${this.where()}: chunk header 0x${fmt.toString(16)} lacks EROFS_CHUNK_FORMAT_INDEXES`);
     const cs = sup.chunkSize;
     const { pos, count } = this.indexArray(cs, EROFS_CHUNK_INDEX_SIZE);
@@ -627,7 +690,7 @@ class V6Inode implements RafsInode {
         compressedOffset: off, compressedSize: len, uncompressedOffset: off, uncompressedSize: len, fileOffset, crc32: 0,
       });
     };
-    if (this.raw.layout !== EROFS_INODE_CHUNK_BASED) {
+    if (this.layout !== EROFS_INODE_CHUNK_BASED) {
       let fileOffset = 0;
       for (const e of this.flatExtents()) {
         for (let o = 0; o < e.len; o += EROFS_BLKSZ) piece(fileOffset + o, -1, e.off + o);
@@ -635,7 +698,7 @@ class V6Inode implements RafsInode {
       }
       return pieces;
     }
-    const fmt = this.raw.u & 0xffff;
+    const fmt = this.u & 0xffff;
     const bits = EROFS_BLKSZ_BITS + (fmt & EROFS_CHUNK_FORMAT_BLKBITS_MASK);
     ensure(bits <= 40, `${this.where()}: chunk size 2^${bits} is too large`);
     const cs = 2 ** bits;

@@ -41,6 +41,10 @@ export interface RafsInode {
   xattrs(): Array<[string, Buffer]>;
   /** Children sorted by name bytes, without `.`/`..`; throws ENOTDIR. */
   children(): RafsDirent[];
+  /** Number of children (without `.`/`..`); throws ENOTDIR. */
+  childCount(): number;
+  /** Child `k` (0 ≤ k < childCount()) in name order, without building the whole list. */
+  childAt(k: number): RafsDirent;
   /** Child by exact name, or undefined. */
   lookup(name: Buffer): RafsInode | undefined;
   /** Chunks in file-offset order; [] for non-regular files. */

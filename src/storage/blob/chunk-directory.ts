@@ -7,44 +7,167 @@
  * (duplicates by index dropped; records whose index is out of range ignored).
  * Members of one batch (batch.ts) share one compressed range: a request for
  * one brings the others.
+ *
+ * Compact: the records are kept in typed-array columns (~90 bytes a chunk,
+ * off the JS heap) and a ChunkInfo is built only for the chunks a caller
+ * gets back; a 100,000-chunk image kept ~30 MB of ChunkInfo objects and
+ * digest Buffers alive before. A record that does not fit the columns (a
+ * digest other than 32 bytes, fields the columns lack) is kept as it is.
  */
 import type { BlobInfo, ChunkInfo } from '../format/types';
-import { sameBatch, unplaced } from './batch';
+import { batchOf, sameBatch, unplaced, type BatchRef } from './batch';
+
+/** Fields of a ChunkInfo the directory stores in its columns (anything else keeps the record as it is). */
+const PLAIN_KEYS = new Set(['digest', 'blobIndex', 'index', 'flags', 'compressed', 'compressedOffset', 'compressedSize',
+  'uncompressedOffset', 'uncompressedSize', 'fileOffset', 'crc32', 'batch']);
+const DIGEST = 32;
+
+/** Whether every field of `c` fits the columns (the common case: a plain chunk-table record). */
+function columnar(c: ChunkInfo): boolean {
+  if (!(c.digest instanceof Uint8Array) || c.digest.length !== DIGEST) return false;
+  if (!isU32(c.flags) || !isU32(c.crc32) || !isU32(c.compressedSize) || !isU32(c.uncompressedSize)) return false;
+  if (typeof c.compressed !== 'boolean' || !Number.isInteger(c.blobIndex)) return false;
+  const b = batchOf(c);
+  if (b !== undefined && !(isU32(b.index) && b.index < 0x7fffffff && isU32(b.offset) && isU32(b.size) && Object.keys(b).length === 3)) return false;
+  for (const k in c) if (!PLAIN_KEYS.has(k)) return false;
+  return true;
+}
+
+function isU32(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
+}
 
 export class ChunkDirectory {
-  /** chunks sorted by compressed offset */
-  private readonly sorted: ChunkInfo[];
-  /** chunk index → position in `sorted` (-1 when unknown) */
+  /** chunks in blob order (by compressed offset, then index), one column per field; a ChunkInfo is built on demand */
+  private readonly n: number;
+  private readonly idx: Uint32Array;
+  private readonly cOff: Float64Array;
+  private readonly cSize: Uint32Array;
+  private readonly uOff: Float64Array;
+  private readonly uSize: Uint32Array;
+  private readonly fOff: Float64Array;
+  private readonly flags: Uint32Array;
+  private readonly crc: Uint32Array;
+  /** bit 0: compressed, bit 1: batch member */
+  private readonly bits: Uint8Array;
+  private readonly digests: Uint8Array;
+  /** batch members: batch index / offset in the batch / batch size (-1 / 0 / 0 otherwise) */
+  private readonly bIndex: Int32Array;
+  private readonly bOffset: Uint32Array;
+  private readonly bSize: Uint32Array;
+  /** records that do not fit the columns (odd digests, extra fields), by position */
+  private readonly odd = new Map<number, ChunkInfo>();
+  /** chunk index → position in blob order (-1 when unknown) */
   private readonly pos: Int32Array;
+  private readonly blobIndex: number;
 
   /** some records could not be placed (batch members listed before their blob.meta loaded) */
   readonly partial: boolean = false;
 
   constructor(readonly info: BlobInfo, chunks: Iterable<ChunkInfo>) {
-    const byIndex = new Map<number, ChunkInfo>();
+    // first record per index (records whose index is out of range ignored)
+    const first = new Int32Array(info.chunkCount).fill(-1);
+    const kept: ChunkInfo[] = [];
     for (const c of chunks) {
       if (!Number.isInteger(c.index) || c.index < 0 || c.index >= info.chunkCount) continue;
       if (unplaced(c)) { this.partial = true; continue; }
-      if (!byIndex.has(c.index)) byIndex.set(c.index, c);
+      if (first[c.index] < 0) { first[c.index] = kept.length; kept.push(c); }
     }
-    this.sorted = [...byIndex.values()].sort((a, b) => a.compressedOffset - b.compressedOffset || a.index - b.index);
-    this.pos = new Int32Array(info.chunkCount).fill(-1);
-    this.sorted.forEach((c, i) => { this.pos[c.index] = i; });
+    const n = (this.n = kept.length);
+    const order = new Uint32Array(n);
+    for (let i = 0; i < n; i++) order[i] = i;
+    order.sort((a, b) => kept[a].compressedOffset - kept[b].compressedOffset || kept[a].index - kept[b].index);
+    this.blobIndex = info.blobIndex;
+    this.idx = new Uint32Array(n);
+    this.cOff = new Float64Array(n);
+    this.cSize = new Uint32Array(n);
+    this.uOff = new Float64Array(n);
+    this.uSize = new Uint32Array(n);
+    this.fOff = new Float64Array(n);
+    this.flags = new Uint32Array(n);
+    this.crc = new Uint32Array(n);
+    this.bits = new Uint8Array(n);
+    this.digests = new Uint8Array(n * DIGEST);
+    this.bIndex = new Int32Array(n).fill(-1);
+    this.bOffset = new Uint32Array(n);
+    this.bSize = new Uint32Array(n);
+    this.pos = first; // reused: rewritten below with positions
+    first.fill(-1);
+    for (let p = 0; p < n; p++) {
+      const c = kept[order[p]];
+      this.pos[c.index] = p;
+      this.idx[p] = c.index;
+      this.cOff[p] = c.compressedOffset;
+      if (c.blobIndex !== this.blobIndex || !columnar(c)) { this.odd.set(p, c); continue; }
+      this.cSize[p] = c.compressedSize;
+      this.uOff[p] = c.uncompressedOffset;
+      this.uSize[p] = c.uncompressedSize;
+      this.fOff[p] = c.fileOffset;
+      this.flags[p] = c.flags;
+      this.crc[p] = c.crc32;
+      this.digests.set(c.digest, p * DIGEST);
+      const b = batchOf(c);
+      this.bits[p] = (c.compressed ? 1 : 0) | (b ? 2 : 0);
+      if (b) { this.bIndex[p] = b.index; this.bOffset[p] = b.offset; this.bSize[p] = b.size; }
+    }
   }
 
   get size(): number {
-    return this.sorted.length;
+    return this.n;
+  }
+
+  /** The record at position `p` (a fresh object: callers may keep or change it). */
+  private at(p: number): ChunkInfo {
+    const o = this.odd.get(p);
+    if (o) return o;
+    const c: ChunkInfo = {
+      digest: Buffer.from(this.digests.subarray(p * DIGEST, (p + 1) * DIGEST)),
+      blobIndex: this.blobIndex,
+      index: this.idx[p],
+      flags: this.flags[p],
+      compressed: (this.bits[p] & 1) !== 0,
+      compressedOffset: this.cOff[p],
+      compressedSize: this.cSize[p],
+      uncompressedOffset: this.uOff[p],
+      uncompressedSize: this.uSize[p],
+      fileOffset: this.fOff[p],
+      crc32: this.crc[p],
+    };
+    if (this.bits[p] & 2) (c as ChunkInfo & { batch: BatchRef }).batch = { index: this.bIndex[p], offset: this.bOffset[p], size: this.bSize[p] };
+    return c;
+  }
+
+  /** Compressed end of position `p`. */
+  private cEnd(p: number): number {
+    const o = this.odd.get(p);
+    return o ? o.compressedOffset + o.compressedSize : this.cOff[p] + this.cSize[p];
+  }
+
+  /** sameBatch(record at `p`, ref) without building the record. */
+  private sameBatchAt(p: number, ref: ChunkInfo): boolean {
+    const rb = batchOf(ref);
+    if (!rb) return false;
+    const o = this.odd.get(p);
+    if (o) return sameBatch(o, ref);
+    return (this.bits[p] & 2) !== 0 && this.blobIndex === ref.blobIndex && this.cOff[p] === ref.compressedOffset &&
+      this.cSize[p] === ref.compressedSize && this.bIndex[p] === rb.index;
+  }
+
+  private posOf(index: number): number {
+    return Number.isInteger(index) && index >= 0 && index < this.pos.length ? this.pos[index] : -1;
   }
 
   /** Chunk with blob index `index`, if the image refers to it. */
   get(index: number): ChunkInfo | undefined {
-    const p = Number.isInteger(index) && index >= 0 && index < this.pos.length ? this.pos[index] : -1;
-    return p >= 0 ? this.sorted[p] : undefined;
+    const p = this.posOf(index);
+    return p >= 0 ? this.at(p) : undefined;
   }
 
   /** Every chunk, in blob order. */
-  all(): readonly ChunkInfo[] {
-    return this.sorted;
+  all(): ChunkInfo[] {
+    const out = new Array<ChunkInfo>(this.n);
+    for (let p = 0; p < this.n; p++) out[p] = this.at(p);
+    return out;
   }
 
   /**
@@ -55,28 +178,30 @@ export class ChunkDirectory {
    */
   region(first: ChunkInfo, limit: number, want: (c: ChunkInfo) => boolean): ChunkInfo[] {
     const out = [first];
-    const p = Number.isInteger(first.index) && first.index >= 0 && first.index < this.pos.length ? this.pos[first.index] : -1;
+    const p = this.posOf(first.index);
     if (p < 0) return out;
-    const d = this.sorted[p];
     // a caller's record that disagrees with the directory is fetched alone
-    if (d.compressedOffset !== first.compressedOffset || d.compressedSize !== first.compressedSize) return out;
+    if (this.cOff[p] !== first.compressedOffset || this.cEnd(p) - this.cOff[p] !== first.compressedSize) return out;
     // the other members of first's batch (on either side of it) come with the same request
-    for (let k = p - 1; k >= 0 && sameBatch(this.sorted[k], first); k--) if (want(this.sorted[k])) out.push(this.sorted[k]);
+    for (let k = p - 1; k >= 0 && this.sameBatchAt(k, first); k--) { const c = this.at(k); if (want(c)) out.push(c); }
     const stop = first.compressedOffset + limit;
     const maxGap = Math.floor(limit / 128);
     let end = first.compressedOffset + first.compressedSize;
     let prev = first;
-    for (let k = p + 1; k < this.sorted.length; k++) {
-      const c = this.sorted[k];
-      if (sameBatch(c, prev)) {
+    for (let k = p + 1; k < this.n; k++) {
+      if (this.sameBatchAt(k, prev)) {
+        const c = this.at(k);
         if (want(c)) out.push(c);
         continue;
       }
-      if (c.compressedOffset < end) break; // overlapping records: never merge across them
-      if (c.compressedOffset + c.compressedSize > stop || c.compressedOffset - end > maxGap) break;
+      const off = this.cOff[k];
+      const cend = this.cEnd(k);
+      if (off < end) break; // overlapping records: never merge across them
+      if (cend > stop || off - end > maxGap) break;
+      const c = this.at(k);
       if (!want(c)) break;
       out.push(c);
-      end = c.compressedOffset + c.compressedSize;
+      end = cend;
       prev = c;
     }
     return out;
