@@ -601,6 +601,8 @@ test('merged misses: a bad chunk inside a merged request is downloaded again alo
 test('merged misses are written behind as a run: its good chunks land at their offsets and are ready, a chunk that stays bad is not', async () => {
   const dir = new ChunkDirectory(V6.info, V6.chunks);
   const sorted = [...dir.all()];
+  // the run's chunks are written together with the 4 KiB alignment padding between them
+  assert.ok(sorted.some((c, k) => k > 0 && c.uncompressedOffset > sorted[k - 1].uncompressedOffset + sorted[k - 1].uncompressedSize), 'the image has padded chunks');
   const bad = sorted[1];
   const inner = new LocalFsBackend({ blob_file: '', dir: V6.blobDir });
   let reads = 0;

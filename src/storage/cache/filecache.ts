@@ -50,8 +50,20 @@ import type { BlobcacheMetrics } from './metrics';
 export { REFETCH_LIMIT } from './region';
 /** Backend request size when the source names none (upstream's 128 KiB floor). */
 export const DEFAULT_BATCH = 128 << 10;
-/** Chunks written by one pwritev (IOV_MAX is 1024). */
-const MAX_WRITE_IOV = 512;
+/** Chunks written by one pwritev (with their padding: IOV_MAX is 1024). */
+const MAX_WRITE_IOV = 500;
+/** v6 chunks start 4 KiB aligned in the cache file: the padding between two is written with them. */
+const CACHE_ALIGN = 4096;
+const ZERO_PAD = Buffer.alloc(CACHE_ALIGN);
+
+/**
+ * Whether a chunk at `next` can be written in one go after data ending at
+ * `end`: right after it, or at the next 4 KiB boundary (only padding between,
+ * which no chunk can start in, since chunks that are not back to back are aligned).
+ */
+function adjoins(end: number, next: number): boolean {
+  return next === end || (next > end && next - end < CACHE_ALIGN && next % CACHE_ALIGN === 0);
+}
 /** Largest uncompressed offset + size accepted for a cached chunk (16 TiB, as the v6 blob bound). */
 const MAX_CACHE_OFFSET = 2 ** 44;
 
@@ -381,19 +393,31 @@ export class FileCache {
       if (!datas[i]) { i++; continue; }
       let j = i + 1;
       let end = run[i].uncompressedOffset + datas[i]!.length;
-      while (j < run.length && datas[j] && run[j].uncompressedOffset === end && j - i < MAX_WRITE_IOV) end += datas[j++]!.length;
+      while (j < run.length && datas[j] && j - i < MAX_WRITE_IOV && adjoins(end, run[j].uncompressedOffset)) {
+        end = run[j].uncompressedOffset + datas[j++]!.length;
+      }
       await this.persist(e, map, info, run.slice(i, j), datas.slice(i, j) as Buffer[]);
       if (m) for (let k = i; k < j; k++) { m.bufferedBackendSize -= datas[k]!.length; m.entriesCount++; }
       i = j;
     }
   }
 
-  /** Write `datas` (adjacent chunks `chunks`) at the first one's offset, then mark each ready. */
+  /**
+   * Write `datas` (chunks `chunks`, each adjoining the previous one) with one
+   * pwritev from the first one's offset, alignment padding between them
+   * written as zeros, then mark each ready.
+   */
   private async persist(e: Entry, map: ChunkMap, info: BlobInfo, chunks: readonly ChunkInfo[], datas: Buffer[]): Promise<void> {
     try {
-      let bufs = datas;
+      let bufs: Buffer[] = [];
       let pos = chunks[0].uncompressedOffset;
-      let left = datas.reduce((n, d) => n + d.length, 0);
+      let left = 0;
+      chunks.forEach((c, k) => {
+        const gap = k === 0 ? 0 : c.uncompressedOffset - (chunks[k - 1].uncompressedOffset + datas[k - 1].length);
+        if (gap > 0) bufs.push(ZERO_PAD.subarray(0, gap));
+        bufs.push(datas[k]);
+        left += gap + datas[k].length;
+      });
       while (left > 0) {
         const { bytesWritten } = await e.data.writev(bufs, pos);
         if (bytesWritten <= 0) throw eio('write made no progress');
