@@ -74,6 +74,32 @@ test('without validation, stored chunks are answered from the request bytes (kep
   for (const i of [0, 1, 3, 4, 5, 6, 7]) assert.ok((got2[i] as Buffer).equals(datas[i]), `chunk ${i}`);
 });
 
+test('many small chunks come back in batched messages, each intact, errors in place', async () => {
+  const parts: Buffer[] = [];
+  const chunks: ChunkInfo[] = [];
+  const datas: Buffer[] = [];
+  let off = 0;
+  for (let i = 0; i < 300; i++) {
+    const data = Buffer.from(crypto.randomBytes(1000).toString('hex').slice(0, 1000 + i * 3)); // compresses, but not to nothing
+    const c = compress(Compressor.Zstd, data);
+    chunks.push({
+      digest: digest(DigestAlgorithm.Blake3, data), blobIndex: 0, index: i, flags: 1, compressed: true,
+      compressedOffset: off, compressedSize: c.data.length, uncompressedOffset: i * 4096, uncompressedSize: data.length, fileOffset: 0, crc32: 0,
+    });
+    parts.push(c.data);
+    datas.push(data);
+    off += c.data.length;
+  }
+  chunks[150] = { ...chunks[150], digest: Buffer.alloc(32, 1) };
+  const raw = Buffer.concat(parts);
+  assert.ok(raw.length >= 64 << 10, 'big enough for the worker');
+  const got = await Promise.all(decodeRunAsync(info, raw, 0, chunks, true));
+  got.forEach((d, i) => {
+    if (i === 150) { assert.instance(d, Error); return; }
+    assert.ok(Buffer.isBuffer(d) && d.equals(datas[i]), `chunk ${i}`);
+  });
+});
+
 test('a chunk with a wrong digest or a corrupt frame is an error, its neighbours are served', async () => {
   const { raw, chunks, datas } = blob();
   chunks[2] = { ...chunks[2], digest: Buffer.alloc(32, 7) };

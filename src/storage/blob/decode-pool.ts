@@ -42,13 +42,20 @@ export interface DecodeBlob { blobId: string; compressor: number; digester: numb
 /** main → worker: decode `chunks` of `raw` (offsets relative to `start`). */
 export interface DecodeRequest { id: number; blob: DecodeBlob; raw: Uint8Array; start: number; chunks: ChunkInfo[]; validate: boolean }
 /**
- * worker → main: chunk `k` of request `id` — its bytes, `null` (stored
- * uncompressed: the request's own bytes, which come back with `done`) or an
- * error message; or `done` with the request's bytes.
+ * worker → main: chunks `ks` of request `id`, each with its bytes, `null`
+ * (stored uncompressed: the request's own bytes, which come back with
+ * `done`) or an error message; or `done` with the request's bytes. The first
+ * chunk (the one a reader waits for) and big ones are posted alone, small
+ * ones together (a message per 4 KiB chunk would cost more than decoding it).
  */
 export type DecodeReply =
-  | { id: number; k: number; data: Uint8Array | null | string }
+  | { id: number; ks: number[]; data: Array<Uint8Array | null | string> }
   | { id: number; done: true; raw: Uint8Array };
+
+/** Decoded bytes gathered into one worker → main message (besides the first chunk, always alone). */
+export const REPLY_BATCH_BYTES = 256 << 10;
+/** Chunks gathered into one worker → main message at most. */
+export const REPLY_BATCH_CHUNKS = 64;
 
 /**
  * Decode each chunk of `run` from `raw` (the request's bytes from compressed
@@ -126,8 +133,11 @@ function startWorker(slot: number): DecodeWorker {
       if (dw.pending.size === 0) w.unref();
       return;
     }
-    if (m.data === null) p.own.push(m.k);
-    else p.resolve[m.k](typeof m.data === 'string' ? new Error(m.data) : asBuffer(m.data));
+    m.ks.forEach((k, i) => {
+      const d = m.data[i];
+      if (d === null) p.own.push(k);
+      else p.resolve[k](typeof d === 'string' ? new Error(d) : asBuffer(d));
+    });
   });
   const gone = (why: string) => {
     if (workers[slot] === dw) workers[slot] = undefined;

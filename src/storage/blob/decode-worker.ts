@@ -1,8 +1,9 @@
 /**
  * Worker side of the chunk decode pool (decode-pool.ts): decodes the chunks
- * of each request with decodeRun (the inline decoder) and posts every chunk
- * back as soon as it is decoded (its memory moved when it owns it, copied
- * otherwise), then the request's own bytes.
+ * of each request with decodeRun (the inline decoder) and posts the chunks
+ * back as they are decoded (their memory moved when they own it, copied
+ * otherwise): the first one alone at once, small ones together up to 256 KiB
+ * or 64 chunks a message; then the request's own bytes.
  *
  * Compiled to dist/storage/blob/decode-worker.js, or run from the TypeScript
  * source through tsx (decode-pool.ts passes the loader).
@@ -10,7 +11,7 @@
 import { parentPort } from 'node:worker_threads';
 import { initDigest } from '../../common/digest';
 import type { ChunkInfo } from '../format/types';
-import { type DecodeReply, type DecodeRequest, decodeRun } from './decode-pool';
+import { type DecodeReply, type DecodeRequest, REPLY_BATCH_BYTES, REPLY_BATCH_CHUNKS, decodeRun } from './decode-pool';
 
 const port = parentPort!;
 const ready = initDigest();
@@ -20,21 +21,37 @@ port.on('message', (req: DecodeRequest) => {
     const raw = Buffer.from(req.raw.buffer, req.raw.byteOffset, req.raw.byteLength);
     // structured clone turned the digests into plain Uint8Arrays
     const chunks: ChunkInfo[] = req.chunks.map((c) => ({ ...c, digest: Buffer.from(c.digest.buffer, c.digest.byteOffset, c.digest.byteLength) }));
+    let ks: number[] = [];
+    let data: Array<Uint8Array | null | string> = [];
+    let moved: ArrayBuffer[] = [];
+    let bytes = 0;
+    const flush = () => {
+      if (!ks.length) return;
+      port.postMessage({ id: req.id, ks, data } satisfies DecodeReply, moved);
+      ks = [];
+      data = [];
+      moved = [];
+      bytes = 0;
+    };
     decodeRun(req.blob, raw, req.start, chunks, req.validate, (k, d) => {
-      let m: DecodeReply;
-      if (d instanceof Error) m = { id: req.id, k, data: d.message };
-      else if (d.buffer === raw.buffer) m = { id: req.id, k, data: null }; // stored uncompressed: comes back with the request
+      ks.push(k);
+      if (d instanceof Error) data.push(d.message);
+      else if (d.buffer === raw.buffer) data.push(null); // stored uncompressed: comes back with the request
       else if (d.byteOffset === 0 && d.byteLength === d.buffer.byteLength) {
-        port.postMessage({ id: req.id, k, data: d } satisfies DecodeReply, [d.buffer as ArrayBuffer]);
-        return;
+        data.push(d);
+        moved.push(d.buffer as ArrayBuffer);
+        bytes += d.byteLength;
       } else {
         const own = new Uint8Array(d.byteLength);
         own.set(d);
-        port.postMessage({ id: req.id, k, data: own } satisfies DecodeReply, [own.buffer]);
-        return;
+        data.push(own);
+        moved.push(own.buffer);
+        bytes += d.byteLength;
       }
-      port.postMessage(m);
+      // the first chunk is what a reader is waiting for; the rest go in batches
+      if (k === 0 || bytes >= REPLY_BATCH_BYTES || ks.length >= REPLY_BATCH_CHUNKS) flush();
     });
+    flush();
     port.postMessage({ id: req.id, done: true, raw: req.raw } satisfies DecodeReply, [req.raw.buffer as ArrayBuffer]);
   });
 });
