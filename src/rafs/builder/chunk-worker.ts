@@ -73,8 +73,10 @@ function resultCapacity(t: GroupTask, n: number): number {
   return RESULT_HEADER + n * (8 + DIGEST_SIZE) + data + slack;
 }
 
-/** answers given back by the main thread, to be filled again */
+/** answers given back by the main thread, to be filled again (kept: fresh memory costs page faults) */
 const free: ArrayBuffer[] = [];
+/** about what is out at a time: the groups in flight and the answers whose bytes are being written (blob-sink.ts) */
+const MAX_FREE = 32;
 
 function answerBuffer(size: number): Buffer {
   const i = free.findIndex((b) => b.byteLength >= size);
@@ -83,7 +85,7 @@ function answerBuffer(size: number): Buffer {
 }
 
 function handle(m: GroupRequest): void {
-  if (m.recycle) { if (free.length < 8) free.push(m.recycle); return; }
+  if (m.recycle) { if (free.length < MAX_FREE) free.push(m.recycle); return; }
   let r: GroupReply;
   try {
     r = { ab: work(m.task!) };
