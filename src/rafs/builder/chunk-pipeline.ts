@@ -78,6 +78,7 @@ export class ChunkPool {
   /** per worker: its groups not answered yet, oldest first (a worker answers in order) */
   private readonly queues: Array<Array<{ resolve: (ab: ArrayBuffer) => void; reject: (e: Error) => void }>> = [];
   private failure?: Error;
+  private destroyed = false;
 
   constructor(threads: number) {
     this.threads = threads;
@@ -134,11 +135,12 @@ export class ChunkPool {
   /** Give a consumed answer back to the worker that made it, for its next ones. */
   recycle(worker: number, ab: ArrayBuffer): void {
     if (worker < 0) { this.local?.recycle(ab); return; }
-    if (this.failure) return;
+    if (this.failure || this.destroyed) return;
     this.workers[worker].postMessage({ recycle: ab } satisfies GroupRequest, [ab]);
   }
 
   async destroy(): Promise<void> {
+    this.destroyed = true;
     for (const w of this.workers) w.removeAllListeners('exit');
     await Promise.all(this.workers.map((w) => w.terminate()));
   }

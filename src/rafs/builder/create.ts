@@ -110,6 +110,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   let implicitDirs: Set<string> | undefined;
   // asked for: started first, the workers load while the source tree is read
   let pool = o.threads ? ChunkPool.take(o.threads) : undefined;
+  let poolGone: Promise<void> | undefined;
   // a directory without prefetch list, with workers: its files go to them as the walk finds them
   const walk = o.type === 'dir-rafs' && pool && o.prefetchPatterns.length === 0 ? walkDir(o.source) : undefined;
   try {
@@ -175,6 +176,9 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
         await writer.abandon();
         throw e;
       }
+      // the workers are done with: they stop while the bootstrap is made
+      poolGone = pool.destroy();
+      pool = undefined;
       dataBytes = files.reduce((s, f) => s + f.size, 0);
     } else {
       for (const f of files) {
@@ -218,7 +222,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       implicitDirs,
     };
   } finally {
-    await pool?.destroy();
+    await (pool?.destroy() ?? poolGone);
     closeSource();
     if (tmpTar) fs.rmSync(path.dirname(tmpTar), { recursive: true, force: true });
   }
