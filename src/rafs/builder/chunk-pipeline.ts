@@ -31,7 +31,7 @@
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import type { Worker } from 'node:worker_threads';
-import { DIGEST_SIZE } from '../../common/digest';
+import { DIGEST_SIZE, initDigest } from '../../common/digest';
 import { ErrnoError, eio } from '../../common/errno';
 import type { BlobWriter } from './blob-writer';
 import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind } from './chunk-protocol';
@@ -242,6 +242,10 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
     await writer.room();
   };
 
+  // this thread digests the groups it does itself: once the digest module is ready (at once when native)
+  let hereReady = false;
+  initDigest().then(() => { hereReady = true; }, () => {});
+
   // files walked but not cut into groups yet: the tree is read on (`files` may be a walk
   // of it) while the oldest group is being worked on, instead of waiting idle for it
   const it = files[Symbol.iterator]();
@@ -288,7 +292,7 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
     });
     const task: GroupTask = { compressor: o.compressor, digester: o.digester, files: curFiles, jobs };
     // the tree read and every worker busy: this thread does the group rather than wait
-    const { answer, worker } = walkDone && pool.busy(HERE_WHEN_PENDING) ? pool.runHere(task) : pool.run(task);
+    const { answer, worker } = walkDone && hereReady && pool.busy(HERE_WHEN_PENDING) ? pool.runHere(task) : pool.run(task);
     const g: Group = { jobs: cur, answer, worker, settled: false };
     // a failed group is reported when it is consumed, in order
     answer.then(() => { g.settled = true; }, () => { g.settled = true; });

@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Compressor } from '../../common/compress';
-import { DigestAlgorithm, initDigest } from '../../common/digest';
+import { DigestAlgorithm } from '../../common/digest';
 import { einval } from '../../common/errno';
 import { log } from '../../common/log';
 import { RafsSuperFlags, validateChunkSize } from '../format/constants';
@@ -104,7 +104,6 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   if (!o.bootstrap && !o.blobDir && !o.blobInlineMeta) throw einval('one of --bootstrap, --blob-dir or --blob-inline-meta is required');
   if (o.fsVersion === 5 && o.blobInlineMeta) throw einval('--blob-inline-meta requires --fs-version 6');
   checkBatchSize(o.batchSize ?? 0, o.fsVersion, o.chunkSize);
-  await initDigest(); // this thread digests too (small sources, groups it does itself)
   let tmpTar: string | undefined;
   let closeSource = () => {};
   let root!: BuildInode;
