@@ -13,40 +13,32 @@
  *
  * While the oldest group is not answered, this thread reads on in `files`
  * (a walk of the source tree) rather than waiting: the tree is read while
- * the workers crunch the big files found first. Once it is read, and every
- * worker has a queue, this thread does the next group itself (chunk-work.ts,
- * as a worker would) instead of waiting idle.
+ * the workers crunch the big files found first. (This thread doing groups
+ * itself once the tree is read was tried: no gain measured on 2 busy cores.)
  *
- * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker, and 2 more, are
- * in flight, a group holds at most `GROUP_BYTES` of file data (one chunk if
+ * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker are in flight, a
+ * group holds at most `GROUP_BYTES` of file data (one chunk if
  * bigger) and `GROUP_JOBS` chunks, so the chunks pending (read, answered or
  * being written) are a few MiB per thread whatever the tree.
  *
- * A runner (a worker, or this thread) remembers the digests it answered and
- * answers a repeat with the digest alone (no compression): the first
- * occurrence, earlier in blob order (a runner takes its groups in order), is
- * already in the writer's dedup map. Should it not be (it cannot), the chunk
+ * A worker remembers the digests it answered and answers a repeat with the
+ * digest alone (no compression): the first occurrence, earlier in blob order
+ * (a worker takes its groups in order), is already in the writer's dedup map. Should it not be (it cannot), the chunk
  * is read again here.
  */
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import type { Worker } from 'node:worker_threads';
-import { DIGEST_SIZE, initDigest } from '../../common/digest';
+import { DIGEST_SIZE } from '../../common/digest';
 import { ErrnoError, eio } from '../../common/errno';
 import type { BlobWriter } from './blob-writer';
 import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind } from './chunk-protocol';
 import { startWorker } from './worker-file';
 import type { BuildInode } from './tree';
-import type { ChunkWork } from './chunk-work';
 
 const GROUP_BYTES = 1 << 20;
 const GROUP_JOBS = 2048;
 const MAX_GROUPS_PER_THREAD = 4;
-/**
- * groups pending on every worker from which the main thread does the next
- * one itself (once the tree is read): the workers keep a queue while it does
- */
-const HERE_WHEN_PENDING = MAX_GROUPS_PER_THREAD - 1;
 
 /**
  * Chunk worker threads for a build: `NYDUS_BUILDER_THREADS` (0 = build on
@@ -102,25 +94,6 @@ export class ChunkPool {
     }
   }
 
-  /** this thread's own runner, for the groups it does itself (`runHere`) */
-  private local?: ChunkWork;
-
-  /** Whether every worker has at least `n` groups pending. */
-  busy(n: number): boolean {
-    return this.queues.every((q) => q.length >= n);
-  }
-
-  /** Do a group on this thread (worker -1); what a worker would have answered. */
-  runHere(t: GroupTask): { answer: Promise<ArrayBuffer>; worker: number } {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    this.local ??= new (require('./chunk-work') as typeof import('./chunk-work')).ChunkWork();
-    try {
-      return { answer: Promise.resolve(this.local.work(t)), worker: -1 };
-    } catch (e) {
-      return { answer: Promise.reject(new ErrnoError((e as NodeJS.ErrnoException).code ?? 'EIO', (e as Error).message)), worker: -1 };
-    }
-  }
-
   /** Run a group on the least busy worker; resolves with the answer and the worker that gave it. */
   run(t: GroupTask): { answer: Promise<ArrayBuffer>; worker: number } {
     let i = 0;
@@ -134,7 +107,6 @@ export class ChunkPool {
 
   /** Give a consumed answer back to the worker that made it, for its next ones. */
   recycle(worker: number, ab: ArrayBuffer): void {
-    if (worker < 0) { this.local?.recycle(ab); return; }
     if (this.failure || this.destroyed) return;
     this.workers[worker].postMessage({ recycle: ab } satisfies GroupRequest, [ab]);
   }
@@ -186,8 +158,7 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
   const cs = o.chunkSize;
   const batchSize = o.batchSize ?? 0;
   const inflight: Group[] = [];
-  // the workers' groups and those this thread does itself
-  const maxInflight = pool.threads * MAX_GROUPS_PER_THREAD + 2;
+  const maxInflight = Math.max(2, pool.threads * MAX_GROUPS_PER_THREAD);
   let done = 0;
 
   let cur: Job[] = [];
@@ -242,10 +213,6 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
     await writer.room();
   };
 
-  // this thread digests the groups it does itself: once the digest module is ready (at once when native)
-  let hereReady = false;
-  initDigest().then(() => { hereReady = true; }, () => {});
-
   // files walked but not cut into groups yet: the tree is read on (`files` may be a walk
   // of it) while the oldest group is being worked on, instead of waiting idle for it
   const it = files[Symbol.iterator]();
@@ -290,9 +257,7 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
       jobs[k * 4 + 2] = j.len;
       jobs[k * 4 + 3] = j.batchable && batchSize > 0 ? JobMode.Raw : JobMode.Pack;
     });
-    const task: GroupTask = { compressor: o.compressor, digester: o.digester, files: curFiles, jobs };
-    // the tree read and every worker busy: this thread does the group rather than wait
-    const { answer, worker } = walkDone && hereReady && pool.busy(HERE_WHEN_PENDING) ? pool.runHere(task) : pool.run(task);
+    const { answer, worker } = pool.run({ compressor: o.compressor, digester: o.digester, files: curFiles, jobs });
     const g: Group = { jobs: cur, answer, worker, settled: false };
     // a failed group is reported when it is consumed, in order
     answer.then(() => { g.settled = true; }, () => { g.settled = true; });

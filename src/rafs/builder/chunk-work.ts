@@ -1,11 +1,9 @@
 /**
- * What a chunk worker does with a group of chunks (chunk-pipeline.ts): read
- * them straight from their files, digest them and compress those that will
- * be stored on their own. Run by the worker threads (chunk-worker.ts) and,
- * when they are all busy and it has nothing else to do, by the builder's
- * main thread; each runner has its own `ChunkWork` and does its groups in
- * order. The answer is one ArrayBuffer (layout in chunk-protocol.ts), given
- * back once consumed, to be filled again.
+ * What a chunk worker thread (chunk-worker.ts) does with a group of chunks
+ * (chunk-pipeline.ts): read them straight from their files, digest them and
+ * compress those that will be stored on their own, groups in the order they
+ * come. The answer is one ArrayBuffer (layout in chunk-protocol.ts), given
+ * back once its bytes are written, to be filled again.
  *
  * The stored bytes are exactly what `compress()` of common/compress.ts
  * produces (zstd: the same ZSTD_compress2 call at level 3 with every other
