@@ -4,10 +4,16 @@
  * compression does not shrink it, as upstream does.
  */
 import { gzipSync, gunzipSync } from 'node:zlib';
-import * as zstd from 'zstd-napi';
-import * as zstdBinding from 'zstd-napi/binding';
-import * as lz4 from 'lz4-napi';
+import type * as zstdBinding from 'zstd-napi/binding';
 import { einval, eio } from './errno';
+
+// the native modules are loaded when first used (start-up of the CLIs)
+/* eslint-disable @typescript-eslint/no-require-imports */
+let zstdBin: typeof import('zstd-napi/binding') | undefined;
+let lz4Mod: typeof import('lz4-napi') | undefined;
+const binding = () => (zstdBin ??= require('zstd-napi/binding') as typeof import('zstd-napi/binding'));
+const lz4 = () => (lz4Mod ??= require('lz4-napi') as typeof import('lz4-napi'));
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 export enum Compressor { None = 0, Lz4Block = 1, GZip = 2, Zstd = 3 }
 
@@ -23,13 +29,28 @@ export function compressorName(c: Compressor): string {
   return Object.keys(NAMES).find((k) => NAMES[k] === c) ?? `unknown(${c})`;
 }
 
+let cctx: zstdBinding.CCtx | undefined;
+
+/** One zstd frame at level 3, every other parameter at its default (what zstd-napi's `compress` does, without loading its streams). */
+function zstdCompress(data: Buffer): Buffer {
+  const b = binding();
+  if (!cctx) {
+    cctx = new b.CCtx();
+    cctx.setParameter(b.CParameter.compressionLevel, 3);
+  }
+  const dest = Buffer.allocUnsafe(b.compressBound(data.length));
+  const n = cctx.compress2(dest, data);
+  // a copy when the bound wastes much
+  return n < 0.75 * dest.length ? Buffer.from(dest.subarray(0, n)) : dest.subarray(0, n);
+}
+
 /** Compress one chunk; `compressed` is false when the data is stored raw. */
 export function compress(c: Compressor, data: Buffer): { data: Buffer; compressed: boolean } {
   if (c === Compressor.None || data.length === 0) return { data, compressed: false };
   let out: Buffer;
   switch (c) {
-    case Compressor.Zstd: out = zstd.compress(data, { compressionLevel: 3 }); break;
-    case Compressor.Lz4Block: out = lz4.compressSync(data).subarray(4); break; // strip lz4_flex size prefix
+    case Compressor.Zstd: out = zstdCompress(data); break;
+    case Compressor.Lz4Block: out = lz4().compressSync(data).subarray(4); break; // strip lz4_flex size prefix
     case Compressor.GZip: out = gzipSync(data, { level: 6 }); break;
     default: throw einval(`unsupported compressor ${c}`);
   }
@@ -49,7 +70,7 @@ export function decompress(c: Compressor, data: Buffer, size: number): Buffer {
         // decompress into a buffer of exactly the expected size: a hostile frame
         // cannot make us allocate what its header claims
         out = Buffer.allocUnsafe(size);
-        const n = (dctx ??= new zstdBinding.DCtx()).decompress(out, data);
+        const n = (dctx ??= new (binding().DCtx)()).decompress(out, data);
         if (n !== size) throw eio(`zstd frame holds ${n} bytes, expected ${size}`);
         break;
       }
@@ -57,7 +78,7 @@ export function decompress(c: Compressor, data: Buffer, size: number): Buffer {
         const withSize = Buffer.allocUnsafe(data.length + 4);
         withSize.writeUInt32LE(size, 0);
         data.copy(withSize, 4);
-        out = lz4.uncompressSync(withSize);
+        out = lz4().uncompressSync(withSize);
         break;
       }
       case Compressor.GZip: out = gunzipSync(data, { maxOutputLength: Math.max(size, 1) }); break;

@@ -5,9 +5,13 @@
  * dependency) hash-wasm's WASM module is used, which must be instantiated
  * once (`await initDigest()`) before any synchronous hashing.
  */
-import { createHash } from 'node:crypto';
-import { createBLAKE3, type IHasher } from 'hash-wasm';
+import type { IHasher } from 'hash-wasm';
 import { einval } from './errno';
+
+// node:crypto and hash-wasm are loaded when first used (start-up of the CLIs and of the builder's threads)
+let crypto: typeof import('node:crypto') | undefined;
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const createHash = (alg: string) => (crypto ??= require('node:crypto') as typeof import('node:crypto')).createHash(alg);
 
 /** The part of @napi-rs/blake-hash's native binding used here. */
 interface NativeBlake {
@@ -44,7 +48,8 @@ export const DIGEST_SIZE = 32;
 let blake3: IHasher | undefined;
 
 export async function initDigest(): Promise<void> {
-  if (!native && !blake3) blake3 = await createBLAKE3();
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  if (!native && !blake3) blake3 = await (require('hash-wasm') as typeof import('hash-wasm')).createBLAKE3();
 }
 
 export function parseDigester(s: string): DigestAlgorithm {

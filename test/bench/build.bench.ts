@@ -12,7 +12,9 @@
  * Every tool reads a tree that is in the page cache (each run reads it all
  * first: another benchmark on the machine may drop caches) and is timed as
  * the best of RUNS runs; ratios compare runs of the same invocation of this
- * script, so a busy machine slows both sides. `NYDUS_BENCH_RUNS` sets RUNS.
+ * script, so a busy machine slows both sides; each row also shows the CPU
+ * time (all threads) of the timed run. `NYDUS_BENCH_RUNS` sets RUNS;
+ * `NYDUS_BENCH_BASE` names another bin/nydus-image to time on the big tree too.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -79,23 +81,27 @@ function warm(dir: string): void {
   spawnSync('sh', ['-c', 'find "$1" -type f -print0 | xargs -0 cat > /dev/null', 'sh', dir]);
 }
 
-interface Timing { secs: number; rssKiB: number }
+interface Timing { secs: number; rssKiB: number; cpuSecs: number }
 
-/** Best wall time of RUNS runs (each after warming `src`), with the peak RSS of that run (GNU time). */
+/**
+ * Best wall time of RUNS runs (each after warming `src`), with the peak RSS
+ * and the CPU time (user + system, all threads) of that run (GNU time); the
+ * CPU time is what a busy machine shares out, the wall time what a free one gives.
+ */
 function time(src: string, cmd: string, args: string[]): Timing {
-  let best: Timing = { secs: Infinity, rssKiB: 0 };
+  let best: Timing = { secs: Infinity, rssKiB: 0, cpuSecs: 0 };
   for (let r = 0; r < RUNS; r++) {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-bench-out-'));
     const a = args.map((x) => x.replace('$OUT', out));
     warm(src);
     const rssFile = path.join(out, '.rss');
     const t0 = process.hrtime.bigint();
-    const res = spawnSync('/usr/bin/time', ['-f', '%M', '-o', rssFile, cmd, ...a], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+    const res = spawnSync('/usr/bin/time', ['-f', '%M %U %S', '-o', rssFile, cmd, ...a], { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-    const rssKiB = res.status === 0 ? parseInt(fs.readFileSync(rssFile, 'utf8').trim().split('\n').pop() ?? '0', 10) : 0;
+    const [rss, user, sys] = res.status === 0 ? (fs.readFileSync(rssFile, 'utf8').trim().split('\n').pop() ?? '').split(' ').map(Number) : [0, 0, 0];
     fs.rmSync(out, { recursive: true, force: true });
     if (res.status !== 0) throw new Error(`${cmd} ${a.join(' ')} failed: ${res.stderr}`);
-    if (secs < best.secs) best = { secs, rssKiB };
+    if (secs < best.secs) best = { secs, rssKiB: rss, cpuSecs: user + sys };
   }
   return best;
 }
@@ -105,6 +111,9 @@ function main() {
   const many = makeManyTree();
   const ni = path.join(ROOT, 'bin/nydus-image');
   const nydus = (s: string, ...flags: string[]) => time(s, ni, ['create', ...flags, '--bootstrap', '$OUT/boot', '--blob-dir', '$OUT', s]);
+  // NYDUS_BENCH_BASE=<another bin/nydus-image> (e.g. a checkout of an older commit): its builds of the big tree too, for before/after in one run
+  const baseBin = process.env.NYDUS_BENCH_BASE;
+  const base = (s: string, ...flags: string[]) => (baseBin ? time(s, baseBin, ['create', ...flags, '--bootstrap', '$OUT/boot', '--blob-dir', '$OUT', s]) : undefined);
   const mkfs = (s: string) => time(s, 'mkfs.erofs', ['--chunksize=1048576', '--blobdev=$OUT/blob', '$OUT/boot', s]);
   const sq3 = (s: string) => time(s, 'mksquashfs', [s, '$OUT/img.sqfs', '-comp', 'zstd', '-Xcompression-level', '3', '-noappend', '-quiet']);
 
@@ -115,10 +124,14 @@ function main() {
   const sqZ = sq3(src);
   rows.push(['nydus-image v6 zstd', oursZ, 'mksquashfs -comp zstd -Xcompression-level 3', sqZ]);
   goals.push(['zstd build vs mksquashfs level 3', oursZ.secs / sqZ.secs, 1.5]);
+  const baseZ = base(src, '--fs-version', '6', '--compressor', 'zstd');
+  if (baseZ) rows.push(['(base) nydus-image v6 zstd', baseZ, 'mksquashfs -comp zstd -Xcompression-level 3', sqZ]);
   const ours6 = nydus(src, '--fs-version', '6', '--compressor', 'none');
   const erofs = mkfs(src);
   rows.push(['nydus-image v6 none', ours6, 'mkfs.erofs --chunksize 1M --blobdev', erofs]);
   goals.push(['uncompressed v6 build vs mkfs.erofs', ours6.secs / erofs.secs, 1.0]);
+  const base6 = base(src, '--fs-version', '6', '--compressor', 'none');
+  if (base6) rows.push(['(base) nydus-image v6 none', base6, 'mkfs.erofs --chunksize 1M --blobdev', erofs]);
   const ours5 = nydus(src, '--fs-version', '5', '--compressor', 'none');
   rows.push(['nydus-image v5 none', ours5, 'mkfs.erofs --chunksize 1M --blobdev', erofs]);
   const oursB = nydus(src, '--fs-version', '6', '--compressor', 'zstd', '--batch-size', '0x10000');
@@ -132,7 +145,8 @@ function main() {
 
   console.log(`builder benchmark: ${TOTAL >> 20} MiB + ${SMALL} files, and ${MANY_DIRS * MANY_PER_DIR} small files; best of ${RUNS}, ${os.cpus().length} cores, load average ${os.loadavg()[0].toFixed(1)} at the end`);
   for (const [a, ta, b, tb] of rows) {
-    console.log(`${a.padEnd(30)} ${ta.secs.toFixed(2).padStart(6)} s ${(ta.rssKiB >> 10).toString().padStart(5)} MiB | ${b.padEnd(44)} ${tb.secs.toFixed(2).padStart(6)} s ${(tb.rssKiB >> 10).toString().padStart(5)} MiB | ratio ${(ta.secs / tb.secs).toFixed(2)}x`);
+    const col = (t: Timing) => `${t.secs.toFixed(2).padStart(6)} s (cpu ${t.cpuSecs.toFixed(2).padStart(5)} s) ${(t.rssKiB >> 10).toString().padStart(5)} MiB`;
+    console.log(`${a.padEnd(30)} ${col(ta)} | ${b.padEnd(44)} ${col(tb)} | ratio ${(ta.secs / tb.secs).toFixed(2)}x (cpu ${(ta.cpuSecs / tb.cpuSecs).toFixed(2)}x)`);
   }
   console.log('goals:');
   for (const [what, ratio, goal] of goals) {

@@ -1,108 +1,140 @@
 /**
- * A thread that writes a blob file and hashes it (blob-sink-worker.ts), so
- * that the builder's main thread only fills buffers (BlobWriter with
- * `useSink`). Buffers are handed over (transferred) in blob order and come
- * back for reuse; at most MAX_PENDING bytes are on their way at any time:
- * `room()` waits until there is room again.
+ * Writes a blob file behind the builder's main thread (BlobWriter with
+ * `useSink`): bytes are hashed here as they come (sha256, the blob id) and
+ * written by libuv's thread pool (`fs.writev` at their offset, one write at
+ * a time, in order), without being copied: a buffer given to `write` must
+ * stay unchanged until `whenWritten` says it is written (the chunk
+ * pipeline's answers go back to their worker only then). At most
+ * MAX_PENDING bytes are on their way: `room()` waits until there is room.
  */
-import type { Worker } from 'node:worker_threads';
+import type { Hash } from 'node:crypto';
+import * as fs from 'node:fs';
 import { ErrnoError } from '../../common/errno';
-import { startWorker } from './worker-file';
-
-export type SinkRequest =
-  | { type: 'data'; buf: ArrayBuffer; len: number; hashed: boolean }
-  /** sha256 of everything hashed so far */
-  | { type: 'digest' }
-  /** the final sha256 (nothing may follow) */
-  | { type: 'end' };
-
-export type SinkReply =
-  | { type: 'written'; buf: ArrayBuffer; len: number }
-  | { type: 'digest'; digest: Uint8Array }
-  | { type: 'error'; message: string; code?: string };
 
 const MAX_PENDING = 16 << 20;
+/** buffers per writev (IOV_MAX is 1024 on Linux) */
+const MAX_IOV = 1024;
 
 export class BlobSink {
-  private readonly worker: Worker;
-  private pending = 0;
-  private readonly free: ArrayBuffer[] = [];
-  private readonly waiters: Array<{ resolve: (d: Buffer) => void; reject: (e: Error) => void }> = [];
-  private roomWaiter?: () => void;
+  /** buffers given to `write` and not handed to a write yet */
+  private queue: Buffer[] = [];
+  /** file offset after the last byte given to `write` */
+  private queuedEnd: number;
+  /** file offset up to which every byte is written */
+  private written: number;
+  private writing = false;
+  /** callbacks waiting for the bytes before `end` to be written, in order of `end` */
+  private readonly waiters: Array<{ end: number; cb: () => void }> = [];
+  private roomWaiters: Array<() => void> = [];
+  private idleWaiters: Array<() => void> = [];
   private error?: Error;
+  private closed = false;
 
-  constructor(fd: number, private readonly what: string) {
-    this.worker = startWorker('blob-sink-worker', { fd });
-    this.worker.on('message', (r: SinkReply) => this.onReply(r));
-    this.worker.on('error', (e) => this.fail(e));
-    this.worker.on('exit', () => this.fail(new Error('blob writer thread exited')));
+  /**
+   * `start`: the offset in the file of the first byte to come; `hash`: the
+   * blob's sha256 so far (updated here from now on).
+   */
+  constructor(private readonly fd: number, private readonly what: string, start: number, private readonly hash: Hash) {
+    this.queuedEnd = start;
+    this.written = start;
+  }
+
+  /** Append `b` (hashed unless `hashed` is false); it must stay unchanged until written. */
+  write(b: Buffer, hashed: boolean): void {
+    if (this.error) throw this.error;
+    if (this.closed) throw new ErrnoError('EIO', `blob ${this.what} already closed`);
+    if (b.length === 0) return;
+    if (hashed) this.hash.update(b);
+    this.queue.push(b);
+    this.queuedEnd += b.length;
+  }
+
+  /** Start writing what was given (called after each group of chunks and before waiting). */
+  flush(): void {
+    if (this.writing || this.queue.length === 0 || this.error) return;
+    const bufs = this.queue.length <= MAX_IOV ? this.queue : this.queue.slice(0, MAX_IOV);
+    this.queue = this.queue.length <= MAX_IOV ? [] : this.queue.slice(MAX_IOV);
+    this.writing = true;
+    this.writeAll(bufs, this.written);
+  }
+
+  private writeAll(bufs: Buffer[], pos: number): void {
+    fs.writev(this.fd, bufs, pos, (err, n) => {
+      if (err) {
+        this.writing = false;
+        this.fail(err);
+        return;
+      }
+      this.written = pos + n;
+      // a short write: the rest of the same buffers
+      let skip = n;
+      let i = 0;
+      while (i < bufs.length && skip >= bufs[i].length) skip -= bufs[i++].length;
+      if (i < bufs.length) {
+        const rest = bufs.slice(i);
+        rest[0] = rest[0].subarray(skip);
+        this.writeAll(rest, this.written);
+        return;
+      }
+      this.writing = false;
+      this.progress();
+      this.flush();
+      if (!this.writing) for (const w of this.idleWaiters.splice(0)) w();
+    });
+  }
+
+  private progress(): void {
+    while (this.waiters.length > 0 && this.waiters[0].end <= this.written) this.waiters.shift()!.cb();
+    if (this.queuedEnd - this.written <= MAX_PENDING) for (const w of this.roomWaiters.splice(0)) w();
   }
 
   private fail(e: Error): void {
-    this.error ??= e instanceof ErrnoError ? e : new ErrnoError('EIO', `failed to write blob ${this.what}: ${e.message}`, { cause: e });
-    for (const w of this.waiters.splice(0)) w.reject(this.error);
-    this.roomWaiter?.();
+    this.error ??= new ErrnoError((e as NodeJS.ErrnoException).code ?? 'EIO', `failed to write blob ${this.what}: ${e.message}`, { cause: e });
+    // buffers waiting for their write are released: nothing more is written
+    for (const w of this.waiters.splice(0)) w.cb();
+    for (const w of this.roomWaiters.splice(0)) w();
+    for (const w of this.idleWaiters.splice(0)) w();
   }
 
-  private onReply(r: SinkReply): void {
-    if (r.type === 'written') {
-      this.pending -= r.len;
-      if (r.buf.byteLength > 0 && this.free.length < 4) this.free.push(r.buf);
-      if (this.pending <= MAX_PENDING && this.roomWaiter) { const w = this.roomWaiter; this.roomWaiter = undefined; w(); }
-      return;
-    }
-    if (r.type === 'error') {
-      this.fail(new ErrnoError(r.code ?? 'EIO', `failed to write blob ${this.what}: ${r.message}`));
-      return;
-    }
-    this.waiters.shift()?.resolve(Buffer.from(r.digest.buffer, r.digest.byteOffset, r.digest.byteLength));
-  }
-
-  /** A buffer of at least `size` bytes to fill and `send` (reused when one came back). */
-  buffer(size: number): Buffer {
-    const i = this.free.findIndex((b) => b.byteLength >= size);
-    if (i >= 0) return Buffer.from(this.free.splice(i, 1)[0]);
-    return Buffer.allocUnsafeSlow(size);
-  }
-
-  /** Append the first `len` bytes of `b` (a `buffer()`; it is handed over). */
-  send(b: Buffer, len: number, hashed: boolean): void {
-    if (this.error) throw this.error;
-    this.pending += len;
-    const req: SinkRequest = { type: 'data', buf: b.buffer as ArrayBuffer, len, hashed };
-    this.worker.postMessage(req, [req.buf]);
+  /** Call `cb` once every byte given so far is written (or writing failed). */
+  whenWritten(cb: () => void): void {
+    if (this.error || this.written >= this.queuedEnd) cb();
+    else this.waiters.push({ end: this.queuedEnd, cb });
   }
 
   /** Resolves once the bytes on their way are at most the bound. */
   room(): Promise<void> {
+    this.flush();
     if (this.error) return Promise.reject(this.error);
-    if (this.pending <= MAX_PENDING) return Promise.resolve();
-    return new Promise<void>((resolve) => { this.roomWaiter = resolve; }).then(() => { if (this.error) throw this.error; });
+    if (this.queuedEnd - this.written <= MAX_PENDING) return Promise.resolve();
+    return new Promise<void>((resolve) => this.roomWaiters.push(resolve)).then(() => { if (this.error) throw this.error; });
   }
 
-  private ask(type: 'digest' | 'end'): Promise<Buffer> {
-    if (this.error) return Promise.reject(this.error);
-    return new Promise((resolve, reject) => {
-      this.waiters.push({ resolve, reject });
-      this.worker.postMessage({ type } satisfies SinkRequest);
-    });
+  /** sha256 of the hashed bytes given so far. */
+  digest(): Buffer {
+    return this.hash.copy().digest();
   }
 
-  /** sha256 of the hashed bytes sent so far (once they are written). */
-  digest(): Promise<Buffer> { return this.ask('digest'); }
+  /** Resolves once no write is going on (all written, or failed). */
+  private idle(): Promise<void> {
+    this.flush();
+    if (!this.writing) return Promise.resolve();
+    return new Promise<void>((resolve) => this.idleWaiters.push(resolve)).then(() => this.idle());
+  }
 
-  /** Final sha256, once everything is written; the thread is stopped. */
+  /** Final sha256, once everything is written; nothing may follow. */
   async end(): Promise<Buffer> {
-    try {
-      return await this.ask('end');
-    } finally {
-      await this.close();
-    }
+    await this.idle();
+    this.closed = true;
+    if (this.error) throw this.error;
+    return this.hash.digest();
   }
 
-  /** Stop the thread (after `end`, or to abandon the blob). */
+  /** Stop (to abandon the blob): resolves once no write uses the fd any more. */
   async close(): Promise<void> {
-    this.worker.removeAllListeners('exit');
-    await this.worker.terminate();
+    this.closed = true;
+    this.queue = [];
+    while (this.writing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    for (const w of this.waiters.splice(0)) w.cb();
   }
 }

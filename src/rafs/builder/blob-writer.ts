@@ -91,7 +91,7 @@ export class BlobWriter {
   /** bytes written (position in the blob) */
   private pos = 0;
   private hash: Hash = createHash('sha256');
-  /** the thread writing and hashing the file, when `useSink` was called */
+  /** writes the file behind this thread, when `useSink` was called */
   private sink?: BlobSink;
 
   private chunkCount = 0;
@@ -145,32 +145,39 @@ export class BlobWriter {
   }
 
   private flush(): void {
-    if (this.bufLen === 0) return;
     if (this.sink) {
-      this.sink.send(this.buf, this.bufLen, true);
-      this.buf = this.sink.buffer(WRITE_BUFFER_SIZE);
-    } else {
-      this.writeFd(this.buf, 0, this.bufLen);
+      this.sink.flush();
+      return;
     }
+    if (this.bufLen === 0) return;
+    this.writeFd(this.buf, 0, this.bufLen);
     this.bufLen = 0;
   }
 
   /**
-   * From now on the file is written and hashed by a thread of its own
-   * (blob-sink.ts); call `room()` between chunks to bound what is on its way,
-   * and finish with `finishAsync`.
+   * From now on the file is written behind this thread (blob-sink.ts): bytes
+   * given to the writer (chunk data passed to `addPrepared`) are not copied
+   * and must stay unchanged until `afterWritten` says they are written; call
+   * `room()` between chunks to bound what is on its way, and finish with
+   * `finishAsync`.
    */
   useSink(): void {
     if (this.sink || this.finished) return;
     this.open();
     this.flush();
-    this.sink = new BlobSink(this.fd, this.tmpPath);
-    this.buf = this.sink.buffer(WRITE_BUFFER_SIZE);
+    this.sink = new BlobSink(this.fd, this.tmpPath, this.pos, this.hash);
+    this.buf = Buffer.alloc(0);
   }
 
   /** Resolves when the sink has room for more (at once without a sink). */
   room(): Promise<void> {
     return this.sink ? this.sink.room() : Promise.resolve();
+  }
+
+  /** Call `cb` once the bytes given so far are written (at once without a sink: they were copied or written). */
+  afterWritten(cb: () => void): void {
+    if (this.sink) this.sink.whenWritten(cb);
+    else cb();
   }
 
   private writeFd(b: Buffer, off: number, len: number): void {
@@ -187,20 +194,7 @@ export class BlobWriter {
     this.open();
     if (this.sink) {
       this.pos += b.length;
-      if (!hashed) {
-        this.flush();
-        const own = this.sink.buffer(b.length);
-        b.copy(own);
-        this.sink.send(own, b.length, false);
-        return;
-      }
-      // the buffer is handed over when full: bytes are copied into it, however large
-      for (let off = 0; off < b.length;) {
-        if (this.bufLen === this.buf.length) this.flush();
-        const n = b.copy(this.buf, this.bufLen, off, Math.min(b.length, off + this.buf.length - this.bufLen));
-        this.bufLen += n;
-        off += n;
-      }
+      this.sink.write(b, hashed);
       return;
     }
     if (hashed) this.hash.update(b);
@@ -427,7 +421,7 @@ export class BlobWriter {
       let step = steps.next();
       while (!step.done) {
         this.flush();
-        step = steps.next(step.value === 'end' ? await sink.end() : await sink.digest());
+        step = steps.next(step.value === 'end' ? await sink.end() : sink.digest());
       }
       return step.value;
     } catch (e) {

@@ -43,7 +43,9 @@ interface DirEnt { name: Buffer; node: Node }
 
 interface Node {
   inode: BuildInode;
-  path: string;
+  /** the directory it was first found in (undefined: the root) and its name there; see pathOf */
+  dir?: Node;
+  name: Buffer;
   ino: number;
   links: number;
   parent?: Node;
@@ -78,9 +80,9 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
   const nodes: Node[] = [];
   const byInode = new Map<BuildInode, Node>();
   let entriesTotal = 1;
-  const mk = (inode: BuildInode, path: string, parent?: Node): Node => {
+  const mk = (inode: BuildInode, name: Buffer, dir?: Node, parent?: Node): Node => {
     const n: Node = {
-      inode, path, ino: 0, links: 0, parent, entries: [], xattrBody: NO_XATTRS, xattrIcount: 0, layout: 0,
+      inode, dir, name, ino: 0, links: 0, parent, entries: [], xattrBody: NO_XATTRS, xattrIcount: 0, layout: 0,
       size: 0, dataLen: 0, inline: false, fullBlocks: 0, blkaddr: 0, objSize: 0, offset: 0, nid: 0, chunks: [],
     };
     byInode.set(inode, n);
@@ -93,17 +95,18 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
     const subdirs: Node[] = [];
     for (let i = 0; i < kids.length; i++) {
       const { name, inode } = kids[i];
-      const path = `${dir.path === '/' ? '' : dir.path}/${name.toString('utf8')}`;
+      // paths for messages only: made when one is needed
+      const path = () => childPath(dir, name);
       validateName(name, path);
-      ensure(i === 0 || !kids[i - 1].name.equals(name), `duplicate directory entry ${path}`);
+      ensure(i === 0 || !kids[i - 1].name.equals(name), () => `duplicate directory entry ${path()}`);
       entriesTotal++;
       let n = byInode.get(inode);
       if (inode.isDir()) {
-        ensure(!n, `directory ${path} is linked more than once`);
-        n = mk(inode, path, dir);
+        ensure(!n, () => `directory ${path()} is linked more than once`);
+        n = mk(inode, name, dir, dir);
         subdirs.push(n);
       } else if (!n) {
-        n = mk(inode, path);
+        n = mk(inode, name, dir);
         place(n);
       }
       n.links++;
@@ -111,7 +114,7 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
     }
     for (const s of subdirs) visitDir(s);
   };
-  const rootNode = mk(root, '/');
+  const rootNode = mk(root, DOT);
   rootNode.links = 1;
   visitDir(rootNode);
 
@@ -120,10 +123,10 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
   for (const n of nodes) {
     const { inode } = n;
     const fmt = inode.mode & S_IFMT;
-    ensure(FT_OF[fmt] !== undefined, `${n.path}: unsupported file mode 0${inode.mode.toString(8)}`);
+    ensure(FT_OF[fmt] !== undefined, () => `${pathOf(n)}: unsupported file mode 0${inode.mode.toString(8)}`);
     for (const [name, value] of inode.xattrs) {
-      ensure(isAllowedXattr(name), `${n.path}: xattr name '${name}' is not allowed`);
-      ensure(value.length <= 0xffff, `${n.path}: xattr '${name}' value is too large`);
+      ensure(isAllowedXattr(name), () => `${pathOf(n)}: xattr name '${name}' is not allowed`);
+      ensure(value.length <= 0xffff, () => `${pathOf(n)}: xattr '${name}' value is too large`);
     }
     const xa = inode.xattrs.length === 0 ? { body: NO_XATTRS, icount: 0 } : encodeXattrIbody([...inode.xattrs].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)));
     n.xattrBody = xa.body;
@@ -134,7 +137,7 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
       if (fmt === S_IFDIR) {
         n.size = dirSize([DOT, DOTDOT, ...n.entries.map((e) => e.name)]);
       } else {
-        ensure(inode.symlink && inode.symlink.length > 0 && inode.symlink.length <= MAX_SYMLINK, `${n.path}: symlink target must be 1..${MAX_SYMLINK} bytes`);
+        ensure(inode.symlink && inode.symlink.length > 0 && inode.symlink.length <= MAX_SYMLINK, () => `${pathOf(n)}: symlink target must be 1..${MAX_SYMLINK} bytes`);
         n.size = inode.symlink.length;
       }
       const tail = n.size % EROFS_BLKSZ;
@@ -143,7 +146,7 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
       n.fullBlocks = n.inline ? Math.floor(n.size / EROFS_BLKSZ) : Math.ceil(n.size / EROFS_BLKSZ);
       n.objSize = head + (n.inline ? tail : 0);
     } else if (fmt === S_IFREG) {
-      ensure(Number.isSafeInteger(inode.size) && inode.size >= 0, `${n.path}: invalid size ${inode.size}`);
+      ensure(Number.isSafeInteger(inode.size) && inode.size >= 0, () => `${pathOf(n)}: invalid size ${inode.size}`);
       n.size = inode.size;
       n.layout = EROFS_INODE_CHUNK_BASED;
       n.dataLen = Math.ceil(n.size / cs);
@@ -195,9 +198,9 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
   // ---- chunk table: distinct (digest, blob), last visit wins, sorted by digest then blob
   const table = new Map<string, ChunkInfo>();
   for (const n of nodes) {
-    for (const c of n.chunks) if (c) table.set(c.digest.toString('hex') + String(c.blobIndex).padStart(3, '0'), c);
+    for (const c of n.chunks) if (c) table.set(c.digest.toString('latin1') + String.fromCharCode(c.blobIndex), c);
   }
-  // keys are the hex digest then the blob index in 3 digits (< 255 blobs): their string order is (digest, blob) order
+  // keys are the digest's bytes as latin1 characters then the blob index as one (< 255 blobs): their string order is (digest, blob) order
   const records = [...table.keys()].sort().map((k) => table.get(k)!);
   const chunkTableSize = records.length * RAFSV6_CHUNK_INFO_SIZE;
   const chunkTableOffset = records.length > 0 ? cursor : 0;
@@ -258,7 +261,7 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
     const isRoot = n === rootNode;
     const uid = opts.explicitUidGid ? inode.uid : 0;
     const gid = opts.explicitUidGid ? inode.gid : 0;
-    ensure(uid >= 0 && uid <= 0xffffffff && gid >= 0 && gid <= 0xffffffff, `${n.path}: uid/gid out of range`);
+    ensure(uid >= 0 && uid <= 0xffffffff && gid >= 0 && gid <= 0xffffffff, () => `${pathOf(n)}: uid/gid out of range`);
     const nlink = fmt === S_IFDIR ? 2 + n.entries.filter((e) => e.node.inode.isDir()).length : Math.max(1, n.links);
     encodeInode({
       extended: true, layout: n.layout, xattrIcount: n.xattrIcount, mode: inode.mode & 0xffff, nlink, size: n.size, u,
@@ -293,10 +296,20 @@ function sortedByName<T extends { name: Buffer }>(children: T[]): T[] {
   return children;
 }
 
-function validateName(name: Buffer, path: string): void {
-  if (name.length === 0 || name.length > RAFS_MAX_NAME) throw einval(`${path}: entry name must be 1..${RAFS_MAX_NAME} bytes`);
-  if (name.includes(0x2f) || name.includes(0)) throw einval(`${path}: entry name contains '/' or NUL`);
-  if (name.equals(DOT) || name.equals(DOTDOT)) throw einval(`${path}: entry name '.' or '..' is reserved`);
+function validateName(name: Buffer, path: () => string): void {
+  if (name.length === 0 || name.length > RAFS_MAX_NAME) throw einval(`${path()}: entry name must be 1..${RAFS_MAX_NAME} bytes`);
+  if (name.includes(0x2f) || name.includes(0)) throw einval(`${path()}: entry name contains '/' or NUL`);
+  if (name.length <= 2 && (name.equals(DOT) || name.equals(DOTDOT))) throw einval(`${path()}: entry name '.' or '..' is reserved`);
+}
+
+/** Image path of a node (for messages). */
+function pathOf(n: Node): string {
+  return n.dir ? childPath(n.dir, n.name) : '/';
+}
+
+function childPath(dir: Node, name: Buffer): string {
+  const d = pathOf(dir);
+  return `${d === '/' ? '' : d}/${name.toString('utf8')}`;
 }
 
 /** i_size of a directory holding `names` (§3.9 d_size rule). */
@@ -339,18 +352,18 @@ function dirData(n: Node): Buffer {
 function mapChunks(n: Node, cs: number, opts: BootstrapOptions): Array<ChunkInfo | undefined> {
   const out: Array<ChunkInfo | undefined> = new Array(n.dataLen).fill(undefined);
   for (const c of n.inode.chunks) {
-    const where = `${n.path}: chunk at file offset ${c.fileOffset}`;
-    ensure(Number.isSafeInteger(c.fileOffset) && c.fileOffset % cs === 0 && c.fileOffset < n.size, `${where} is not a chunk boundary inside the file`);
+    const where = () => `${pathOf(n)}: chunk at file offset ${c.fileOffset}`;
+    ensure(Number.isSafeInteger(c.fileOffset) && c.fileOffset % cs === 0 && c.fileOffset < n.size, () => `${where()} is not a chunk boundary inside the file`);
     const k = c.fileOffset / cs;
-    ensure(out[k] === undefined, `${where} appears twice`);
+    ensure(out[k] === undefined, () => `${where()} appears twice`);
     const expect = Math.min(cs, n.size - c.fileOffset);
-    ensure(c.uncompressedSize === expect, `${where}: uncompressed size ${c.uncompressedSize} != ${expect}`);
-    ensure(c.blobIndex >= 0 && c.blobIndex < opts.blobs.length, `${where}: blob index ${c.blobIndex} is not in the blob table`);
-    ensure(c.index >= 0 && c.index < RAFS_MAX_CHUNKS_PER_BLOB, `${where}: chunk index ${c.index} exceeds 24 bits`);
-    ensure(c.uncompressedOffset % EROFS_BLKSZ === 0, `${where}: uncompressed offset ${c.uncompressedOffset} is not 4 KiB aligned`);
-    ensure(c.digest.length === 32, `${where}: digest must be 32 bytes`);
+    ensure(c.uncompressedSize === expect, () => `${where()}: uncompressed size ${c.uncompressedSize} != ${expect}`);
+    ensure(c.blobIndex >= 0 && c.blobIndex < opts.blobs.length, () => `${where()}: blob index ${c.blobIndex} is not in the blob table`);
+    ensure(c.index >= 0 && c.index < RAFS_MAX_CHUNKS_PER_BLOB, () => `${where()}: chunk index ${c.index} exceeds 24 bits`);
+    ensure(c.uncompressedOffset % EROFS_BLKSZ === 0, () => `${where()}: uncompressed offset ${c.uncompressedOffset} is not 4 KiB aligned`);
+    ensure(c.digest.length === 32, () => `${where()}: digest must be 32 bytes`);
     const blob = opts.blobs[c.blobIndex];
-    ensure(c.uncompressedOffset + c.uncompressedSize <= alignUp(blob.uncompressedSize, EROFS_BLKSZ), `${where}: lies outside blob ${blob.blobId}'s uncompressed size`);
+    ensure(c.uncompressedOffset + c.uncompressedSize <= alignUp(blob.uncompressedSize, EROFS_BLKSZ), () => `${where()}: lies outside blob ${blob.blobId}'s uncompressed size`);
     out[k] = c;
   }
   return out;

@@ -8,17 +8,23 @@
  *
  * Each group goes to the worker with the fewest groups pending, which does
  * its groups in order and answers with one buffer, given back to it once
- * consumed (no allocation per group once the build runs).
+ * its stored bytes are written (the writer writes them from the answer
+ * itself; no allocation per group once the build runs).
+ *
+ * While the oldest group is not answered, this thread reads on in `files`
+ * (a walk of the source tree) rather than waiting: the tree is read while
+ * the workers crunch the big files found first. (This thread doing groups
+ * itself once the tree is read was tried: no gain measured on 2 busy cores.)
  *
  * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker are in flight, a
- * group holds at most `GROUP_BYTES` of file data (one chunk if bigger) and
- * `GROUP_JOBS` chunks, so the chunks pending (read, answered or being
- * written) are a few MiB per thread whatever the tree.
+ * group holds at most `GROUP_BYTES` of file data (one chunk if
+ * bigger) and `GROUP_JOBS` chunks, so the chunks pending (read, answered or
+ * being written) are a few MiB per thread whatever the tree.
  *
  * A worker remembers the digests it answered and answers a repeat with the
  * digest alone (no compression): the first occurrence, earlier in blob order
- * (a worker takes its groups in order), is already in the writer's dedup
- * map. Should it not be (it cannot), the chunk is read again here.
+ * (a worker takes its groups in order), is already in the writer's dedup map. Should it not be (it cannot), the chunk
+ * is read again here.
  */
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
@@ -51,7 +57,11 @@ export function defaultBuilderThreads(): number {
 /** One chunk of one file, as the main thread sees it. */
 interface Job { inode: BuildInode; off: number; len: number; batchable: boolean; last: boolean }
 
-interface Group { jobs: Job[]; answer?: Promise<ArrayBuffer>; worker?: number; sync?: BuildInode }
+interface Group { jobs: Job[]; answer?: Promise<ArrayBuffer>; worker?: number; sync?: BuildInode; settled: boolean }
+
+/** files walked at a time while waiting for an answer (a few ms of lstat and xattrs), between looks at the event loop */
+const WALK_AHEAD_STEP = 64;
+const yieldToLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /** The worker threads of one build; start them early (they load while the tree is read). */
 export class ChunkPool {
@@ -60,6 +70,7 @@ export class ChunkPool {
   /** per worker: its groups not answered yet, oldest first (a worker answers in order) */
   private readonly queues: Array<Array<{ resolve: (ab: ArrayBuffer) => void; reject: (e: Error) => void }>> = [];
   private failure?: Error;
+  private destroyed = false;
 
   constructor(threads: number) {
     this.threads = threads;
@@ -96,20 +107,51 @@ export class ChunkPool {
 
   /** Give a consumed answer back to the worker that made it, for its next ones. */
   recycle(worker: number, ab: ArrayBuffer): void {
-    if (this.failure) return;
+    if (this.failure || this.destroyed) return;
     this.workers[worker].postMessage({ recycle: ab } satisfies GroupRequest, [ab]);
   }
 
   async destroy(): Promise<void> {
+    this.destroyed = true;
     for (const w of this.workers) w.removeAllListeners('exit');
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
+
+  /** Whether the workers keep the process alive (a prestarted pool does not until adopted). */
+  private keepAlive(on: boolean): void {
+    for (const w of this.workers) if (on) w.ref(); else w.unref();
+  }
+
+  /**
+   * Start a pool before the rest of the program is loaded (the CLI, for
+   * `create`): its threads boot while this one loads the builder and reads
+   * the command line. Unused, it does not keep the process alive.
+   */
+  static prestart(threads = defaultBuilderThreads()): void {
+    if (threads <= 0 || prestarted) return;
+    prestarted = new ChunkPool(threads);
+    prestarted.keepAlive(false);
+  }
+
+  /** A pool of `threads` workers: the prestarted one when it has that many, else a new one. */
+  static take(threads: number): ChunkPool {
+    const p = prestarted;
+    prestarted = undefined;
+    if (p && p.threads === threads) {
+      p.keepAlive(true);
+      return p;
+    }
+    void p?.destroy();
+    return new ChunkPool(threads);
+  }
 }
+
+let prestarted: ChunkPool | undefined;
 
 /**
  * Chunk `files` (regular files, blob order; may be produced as the tree is read) into `writer` through `pool`,
  * filling each inode's `chunks`; `progress` gets the file bytes done so far.
- * With `sink`, the writer gets its own thread (`useSink`) once there is data.
+ * With `sink`, the writer writes behind this thread (`useSink`), from the answers themselves.
  */
 export async function addFilesParallel(writer: BlobWriter, files: Iterable<BuildInode>, pool: ChunkPool, progress: (bytes: number) => void, sink = true): Promise<void> {
   const o = writer.opts;
@@ -165,13 +207,44 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
         progress(done);
       }
     }
-    pool.recycle(g.worker!, ab);
+    // the stored bytes are written from the answer itself: it goes back to its worker once they are
+    const worker = g.worker!;
+    writer.afterWritten(() => pool.recycle(worker, ab));
     await writer.room();
+  };
+
+  // files walked but not cut into groups yet: the tree is read on (`files` may be a walk
+  // of it) while the oldest group is being worked on, instead of waiting idle for it
+  const it = files[Symbol.iterator]();
+  const backlog: BuildInode[] = [];
+  let backlogPos = 0;
+  let walkDone = false;
+  const walkOn = (n: number): void => {
+    for (let k = 0; k < n && !walkDone; k++) {
+      const step = it.next();
+      if (step.done) walkDone = true;
+      else backlog.push(step.value);
+    }
+  };
+  const nextFile = (): BuildInode | undefined => {
+    if (backlogPos === backlog.length) {
+      backlog.length = 0;
+      backlogPos = 0;
+      walkOn(1);
+      if (backlog.length === 0) return undefined;
+    }
+    return backlog[backlogPos++];
   };
 
   const submit = async (g: Group): Promise<void> => {
     inflight.push(g);
-    if (inflight.length >= maxInflight) await consume(inflight.shift()!);
+    while (inflight.length >= maxInflight) {
+      while (!inflight[0].settled && !walkDone) {
+        walkOn(WALK_AHEAD_STEP);
+        await yieldToLoop(); // answers come in through the event loop
+      }
+      await consume(inflight.shift()!);
+    }
   };
 
   const flushGroup = async (): Promise<void> => {
@@ -185,9 +258,9 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
       jobs[k * 4 + 3] = j.batchable && batchSize > 0 ? JobMode.Raw : JobMode.Pack;
     });
     const { answer, worker } = pool.run({ compressor: o.compressor, digester: o.digester, files: curFiles, jobs });
-    const g: Group = { jobs: cur, answer, worker };
+    const g: Group = { jobs: cur, answer, worker, settled: false };
     // a failed group is reported when it is consumed, in order
-    g.answer!.catch(() => {});
+    answer.then(() => { g.settled = true; }, () => { g.settled = true; });
     cur = [];
     curBytes = 0;
     curFiles = [];
@@ -196,13 +269,13 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
   };
 
   try {
-    for (const inode of files) {
+    for (let inode = nextFile(); inode; inode = nextFile()) {
       if (!inode.isReg() || inode.size === 0) continue;
       const loc = inode.source?.location;
       if (!loc) {
         // not readable by a worker: chunked here, in its turn
         await flushGroup();
-        await submit({ jobs: [], sync: inode });
+        await submit({ jobs: [], sync: inode, settled: true });
         continue;
       }
       inode.chunks = [];

@@ -16,7 +16,6 @@ import { ChunkPool, addFilesParallel, defaultBuilderThreads } from './chunk-pipe
 import { writeBootstrapV5 } from './bootstrap-v5';
 import { writeBootstrapV6 } from './bootstrap-v6';
 import type { BootstrapOptions } from './options';
-import { gunzipToTemp, treeFromTar } from './source-tar';
 import { treeFromDir, walkDir } from './source-dir';
 import { BuildInode, walkTree } from './tree';
 import { Progress } from '../../common/progress';
@@ -110,12 +109,15 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   let root!: BuildInode;
   let implicitDirs: Set<string> | undefined;
   // asked for: started first, the workers load while the source tree is read
-  let pool = o.threads ? new ChunkPool(o.threads) : undefined;
+  let pool = o.threads ? ChunkPool.take(o.threads) : undefined;
+  let poolGone: Promise<void> | undefined;
   // a directory without prefetch list, with workers: its files go to them as the walk finds them
   const walk = o.type === 'dir-rafs' && pool && o.prefetchPatterns.length === 0 ? walkDir(o.source) : undefined;
   try {
     if (walk) { /* read below, while chunking */ } else if (o.type === 'dir-rafs') root = treeFromDir(o.source);
     else {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { gunzipToTemp, treeFromTar } = require('./source-tar') as typeof import('./source-tar'); // tar sources only
       const tarFile = o.type === 'targz-rafs' ? (tmpTar = await gunzipToTemp(o.source)) : o.source;
       const t = treeFromTar(tarFile);
       root = t.root;
@@ -136,7 +138,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
     if (o.threads === undefined) {
       const threads = defaultBuilderThreads();
       const bytes = files.reduce((s, f) => s + f.size, 0);
-      if (threads > 0 && (bytes >= PARALLEL_MIN_BYTES || files.length >= PARALLEL_MIN_FILES)) pool = new ChunkPool(threads);
+      if (threads > 0 && (bytes >= PARALLEL_MIN_BYTES || files.length >= PARALLEL_MIN_FILES)) pool = ChunkPool.take(threads);
     }
     const blobDir = o.blobDir ?? (o.blob ? path.dirname(o.blob) : undefined);
     const dedup = new Map<string, ChunkInfo>();
@@ -168,12 +170,15 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
             },
           };
         }
-        // the file is written and hashed by a thread of its own too (NYDUS_BUILDER_SINK=0: here, for comparison)
+        // the file is written behind this thread, from the answers (NYDUS_BUILDER_SINK=0: copied and written here, for comparison)
         await addFilesParallel(writer, source, pool, (n) => progress.update(n), process.env.NYDUS_BUILDER_SINK !== '0');
       } catch (e) {
         await writer.abandon();
         throw e;
       }
+      // the workers are done with: they stop while the bootstrap is made
+      poolGone = pool.destroy();
+      pool = undefined;
       dataBytes = files.reduce((s, f) => s + f.size, 0);
     } else {
       for (const f of files) {
@@ -217,7 +222,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       implicitDirs,
     };
   } finally {
-    await pool?.destroy();
+    await (pool?.destroy() ?? poolGone);
     closeSource();
     if (tmpTar) fs.rmSync(path.dirname(tmpTar), { recursive: true, force: true });
   }

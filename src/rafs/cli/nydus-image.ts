@@ -3,6 +3,8 @@
  * Flags follow upstream's nydus-image where upstream has them
  * (src/bin/nydus-image/main.rs); extras are marked in --help.
  */
+// first: for `create`, the builder's worker threads start booting now, while the rest loads
+import './prestart';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
@@ -11,14 +13,21 @@ import { initDigest, parseDigester } from '../../common/digest';
 import { ErrnoError, einval } from '../../common/errno';
 import { LOG_LEVELS, setupLog, type LogLevel } from '../../common/log';
 import { RAFS_DEFAULT_CHUNK_SIZE, validateChunkSize } from '../format/constants';
-import { checkBatchSize, createImage, lookupPath, type SourceType } from '../builder/create';
-import { defaultBuilderThreads } from '../builder/chunk-pipeline';
-import { mergeLayers, type WhiteoutSpec } from '../builder/merge';
-import { writeBootstrapV5 } from '../builder/bootstrap-v5';
-import { writeBootstrapV6 } from '../builder/bootstrap-v6';
-import { RafsImage } from '../image';
-import { unpackToDir, unpackToTar } from '../unpack';
-import { checkImage, formatTree, imageStats, inspectImage } from '../inspect';
+import type { SourceType } from '../builder/create';
+import type { WhiteoutSpec } from '../builder/merge';
+import type { RafsImage } from '../image';
+
+// each subcommand loads the modules it needs when it runs (start-up time of every run)
+/* eslint-disable @typescript-eslint/no-require-imports */
+const builder = () => require('../builder/create') as typeof import('../builder/create');
+const pipeline = () => require('../builder/chunk-pipeline') as typeof import('../builder/chunk-pipeline');
+const merger = () => require('../builder/merge') as typeof import('../builder/merge');
+const bootV5 = () => require('../builder/bootstrap-v5') as typeof import('../builder/bootstrap-v5');
+const bootV6 = () => require('../builder/bootstrap-v6') as typeof import('../builder/bootstrap-v6');
+const image = () => require('../image') as typeof import('../image');
+const unpack = () => require('../unpack') as typeof import('../unpack');
+const inspect = () => require('../inspect') as typeof import('../inspect');
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 const VERSION = 'v2.4.4-ts';
 
@@ -52,7 +61,7 @@ function writeOutputJson(file: string | undefined, o: { bootstrap?: string; blob
 
 function openImage(boot: string | undefined, opts: { blob?: string; blobDir?: string }, validate = false): RafsImage {
   if (!boot) throw einval('a bootstrap is required (BOOTSTRAP argument or --bootstrap)');
-  return RafsImage.open({ bootstrap: boot, blobFile: opts.blob, blobDir: opts.blobDir, validate });
+  return image().RafsImage.open({ bootstrap: boot, blobFile: opts.blob, blobDir: opts.blobDir, validate });
 }
 
 const program = new Command('nydus-image')
@@ -92,6 +101,7 @@ program.command('create')
     validateChunkSize(chunkSize);
     const type: SourceType = o.type === 'directory' ? 'dir-rafs' : o.type;
     const batchSize = parseSize(o.batchSize);
+    const { checkBatchSize, createImage } = builder();
     checkBatchSize(batchSize, Number(o.fsVersion) as 5 | 6, chunkSize);
     if (!o.bootstrap && !o.blobDir && !o.blobInlineMeta) throw einval('one of --bootstrap, --blob-dir or --blob-inline-meta is required');
     if (o.blobInlineMeta && !o.blob && !o.blobDir) throw einval('--blob-inline-meta needs --blob or --blob-dir');
@@ -113,7 +123,7 @@ program.command('create')
       prefetchPatterns: o.prefetchPolicy === 'fs' ? readStdinLines() : [],
       batchSize,
       // workers start at once and load while the source is read (NYDUS_BUILDER_THREADS=0: none)
-      threads: defaultBuilderThreads(),
+      threads: pipeline().defaultBuilderThreads(),
     });
     const s = r.stats;
     process.stdout.write(`build finished: ${s.files} files, ${s.chunks} chunks (${s.uniqueChunks} unique), ${s.dataBytes} data bytes stored in ${s.storedBytes} bytes\n`);
@@ -141,10 +151,11 @@ program.command('merge')
       if (im.sb.meta.version !== first.version) throw einval(`${sources[i]} is RAFS v${im.sb.meta.version}, ${sources[0]} is v${first.version}`);
       if (im.sb.meta.chunkSize !== first.chunkSize) throw einval(`${sources[i]} uses chunk size 0x${im.sb.meta.chunkSize.toString(16)}, expected 0x${first.chunkSize.toString(16)}`);
     }
-    const m = mergeLayers(images.map((im, i) => ({ sb: im.sb, blobIdOverride: digests?.[i] })), o.whiteoutSpec as WhiteoutSpec);
+    const { lookupPath } = builder();
+    const m = merger().mergeLayers(images.map((im, i) => ({ sb: im.sb, blobIdOverride: digests?.[i] })), o.whiteoutSpec as WhiteoutSpec);
     const patterns = o.prefetchPolicy === 'fs' ? readStdinLines() : [];
     const prefetch = patterns.map((p) => lookupPath(m.root, p)).filter((x): x is NonNullable<typeof x> => !!x);
-    const boot = (first.version === 5 ? writeBootstrapV5 : writeBootstrapV6)(m.root, {
+    const boot = (first.version === 5 ? bootV5().writeBootstrapV5 : bootV6().writeBootstrapV6)(m.root, {
       chunkSize: first.chunkSize, compressor: first.compressor, digester: first.digester,
       explicitUidGid: first.explicitUidGid, blobs: m.blobs, prefetch,
       extraFlags: first.flags & (0x100 | 0x0100_0000),
@@ -169,12 +180,12 @@ program.command('check')
   .option('-C, --config <file>', 'Configuration file (accepted for compatibility)')
   .action((boot: string | undefined, o) => {
     const bootstrap = boot ?? o.bootstrap;
-    const image = openImage(bootstrap, o);
-    const r = checkImage(image, { verifyChunks: o.verifyChunks });
-    if (o.verbose) process.stdout.write(formatTree(image));
-    process.stdout.write(`RAFS v${image.sb.meta.version} image is valid: ${r.inodes} inodes, ${r.files} files, ${r.chunks} chunks${o.verifyChunks ? ` (${r.verifiedChunks} verified)` : ''}\n`);
-    writeOutputJson(o.outputJson, { bootstrap, blobs: image.sb.blobs.map((b) => b.blobId), fsVersion: image.sb.meta.version, compressor: compressorName(image.sb.meta.compressor) });
-    image.close();
+    const img = openImage(bootstrap, o);
+    const r = inspect().checkImage(img, { verifyChunks: o.verifyChunks });
+    if (o.verbose) process.stdout.write(inspect().formatTree(img));
+    process.stdout.write(`RAFS v${img.sb.meta.version} image is valid: ${r.inodes} inodes, ${r.files} files, ${r.chunks} chunks${o.verifyChunks ? ` (${r.verifiedChunks} verified)` : ''}\n`);
+    writeOutputJson(o.outputJson, { bootstrap, blobs: img.sb.blobs.map((b) => b.blobId), fsVersion: img.sb.meta.version, compressor: compressorName(img.sb.meta.compressor) });
+    img.close();
   });
 
 program.command('inspect')
@@ -184,9 +195,9 @@ program.command('inspect')
   .option('-D, --blob-dir <dir>', 'Directory hosting data blobs')
   .option('-R, --request <req>', 'stats | blobs | prefetch | superblock | chunks (default: a summary)')
   .action((boot: string | undefined, o) => {
-    const image = openImage(boot ?? o.bootstrap, o);
-    process.stdout.write(inspectImage(image, o.request) + '\n');
-    image.close();
+    const img = openImage(boot ?? o.bootstrap, o);
+    process.stdout.write(inspect().inspectImage(img, o.request) + '\n');
+    img.close();
   });
 
 program.command('stat')
@@ -202,7 +213,7 @@ program.command('stat')
     }) : [];
     if (boots.length === 0) throw einval('stat needs --bootstrap or a --blob-dir containing bootstraps');
     const images = boots.map((b) => openImage(b, {}));
-    const st = imageStats(images.map((i) => i.sb));
+    const st = inspect().imageStats(images.map((i) => i.sb));
     process.stdout.write(JSON.stringify(st, null, 2) + '\n');
     if (o.outputJson) fs.writeFileSync(o.outputJson, JSON.stringify(st, null, 2));
     images.forEach((i) => i.close());
@@ -219,10 +230,10 @@ program.command('unpack')
   .option('--verify-chunks', '(extra) verify every chunk digest while unpacking', false)
   .action((boot: string | undefined, o) => {
     if (!o.output && !o.outputDir) throw einval('invalid empty --output option');
-    const image = openImage(boot ?? o.bootstrap, o, o.verifyChunks);
-    const n = o.output ? unpackToTar(image, o.output) : unpackToDir(image, o.outputDir);
+    const img = openImage(boot ?? o.bootstrap, o, o.verifyChunks);
+    const n = o.output ? unpack().unpackToTar(img, o.output) : unpack().unpackToDir(img, o.outputDir);
     process.stdout.write(`unpacked ${n} entries to ${o.output ?? o.outputDir}\n`);
-    image.close();
+    img.close();
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {
