@@ -17,6 +17,7 @@ const c = {
   mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)'),
   umount2: lib.func('int umount2(const char *target, int flags)'),
   mallopt: lib.func('int mallopt(int param, int value)'),
+  read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
 };
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -140,5 +141,15 @@ export function tuneMalloc(mmapMax: number, trim: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * read(2) into `buf`: the byte count, or -errno. For non-blocking fds read
+ * until EAGAIN on a hot path (/dev/fuse): fs.readSync reports EAGAIN by
+ * throwing an Error, about ten times the cost of the system call itself.
+ */
+export function readFd(fd: number, buf: Buffer): number {
+  const n = Number(c.read(fd, buf, buf.length));
+  return n >= 0 ? n : -lastErrno();
 }
 

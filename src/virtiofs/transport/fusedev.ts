@@ -10,9 +10,10 @@
  * mount is gone (ENODEV), e.g. after `umount` or our own `umount()`.
  */
 import * as fs from 'node:fs';
+import { constants } from 'node:os';
 import { ErrnoError } from '../../common/errno';
 import { log } from '../../common/log';
-import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, mount, umount2 } from '../../common/libc';
+import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, errnoError, mount, readFd, umount2 } from '../../common/libc';
 import type { FuseServer } from '../fuse/server';
 import { BufferReader, GatherWriter } from '../fuse/transport';
 import { FdWatcher } from '../../common/poll';
@@ -44,6 +45,7 @@ export interface FuseDevOptions {
 /** Readahead of the mount (KiB): whole 1 MiB READs (max_pages), a few in flight. */
 const READAHEAD_KB = 4096;
 const FUSE_INIT = 26;
+const E = constants.errno;
 
 export class FuseDevSession {
   private fd = -1;
@@ -130,15 +132,14 @@ export class FuseDevSession {
     while (!this.ended) {
       if (this.inflight >= this.maxInflight) { this.watcher?.pause(); return; }
       const req = this.requestBuffers.pop() ?? Buffer.allocUnsafe(REQUEST_BUFFER);
-      let n: number;
-      try {
-        n = fs.readSync(this.fd, req, 0, req.length, null);
-      } catch (e) {
+      // read(2) through libc: the EAGAIN that ends every drain is a return value, not a thrown Error
+      const n = readFd(this.fd, req);
+      if (n < 0) {
         this.requestBuffers.push(req);
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'EAGAIN') return; // nothing queued
-        if (code === 'EINTR' || code === 'ENOENT') continue; // interrupted request
-        if (code !== 'ENODEV') log.error({ err: (e as Error).message }, 'reading /dev/fuse failed');
+        const errno = -n;
+        if (errno === E.EAGAIN) return; // nothing queued
+        if (errno === E.EINTR || errno === E.ENOENT) continue; // interrupted request
+        if (errno !== E.ENODEV) log.error({ err: errnoError(errno, 'read(/dev/fuse)').message }, 'reading /dev/fuse failed');
         this.end();
         return;
       }
