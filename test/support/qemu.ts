@@ -14,7 +14,7 @@
  * runs as `sh` in `/` as root, its stdout+stderr captured and printed between markers after
  * it ends (so kernel console messages cannot interleave with it), then `poweroff -f`.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -117,6 +117,46 @@ function baseInitramfs(g: GuestKernel, modules: string[]): { archive: Buffer; or
   return { archive, order };
 }
 
+const binArchives = new Map<string, Buffer>();
+
+/**
+ * Host executables with every shared library `ldd` lists, at the same paths, as an
+ * uncompressed cpio part (cached per list): the guest has no package manager, so a tool
+ * such as fio comes from the host. Uncompressed because the libraries are tens of MiB
+ * and the kernel copies a plain cpio far faster than it inflates one under TCG.
+ * Throws when a binary is missing or `ldd` reports a library it cannot find.
+ */
+export function hostBinariesArchive(bins: string[]): Buffer {
+  const key = bins.join('\0');
+  let a = binArchives.get(key);
+  if (a) return a;
+  const files = new Map<string, string>(); // guest path → host file (symlinks resolved)
+  for (const b of bins) {
+    if (!fs.existsSync(b)) throw new Error(`hostBinariesArchive: ${b} not found on the host`);
+    files.set(b, fs.realpathSync(b));
+    const out = execFileSync('ldd', [b], { encoding: 'utf8' });
+    for (const line of out.split('\n')) {
+      if (/not found/.test(line)) throw new Error(`hostBinariesArchive: ${b}: ${line.trim()}`);
+      const m = /=>\s*(\/\S+)\s+\(/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line);
+      if (m) files.set(m[1], fs.realpathSync(m[1]));
+    }
+  }
+  const dirs = new Set<string>();
+  const entries: CpioEntry[] = [];
+  for (const [g, h] of files) {
+    const rel = g.replace(/^\/+/, '');
+    const parts = rel.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const d = parts.slice(0, i).join('/');
+      if (!dirs.has(d)) { dirs.add(d); entries.push({ name: d, mode: DIR }); }
+    }
+    entries.push({ name: rel, mode: EXE, data: fs.readFileSync(h) });
+  }
+  a = cpioNewc(entries);
+  binArchives.set(key, a);
+  return a;
+}
+
 export interface BootOptions {
   /** vhost-user socket the daemon listens on (QEMU connects as client) */
   socket: string;
@@ -136,6 +176,8 @@ export interface BootOptions {
   stream?: boolean;
   /** more files for the initramfs: guest path (relative to /) → content */
   files?: Record<string, string | Buffer>;
+  /** host executables to copy into the guest with their shared libraries (see hostBinariesArchive) */
+  hostBinaries?: string[];
   /** extra QEMU arguments (e.g. a second -device) */
   qemuArgs?: string[];
   /** extra kernel command-line words */
@@ -182,7 +224,9 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-qemu-'));
   const initrd = path.join(dir, 'initrd.gz');
   // the kernel unpacks concatenated archives in order: base (cached) + this boot's /init and script
-  fs.writeFileSync(initrd, Buffer.concat([archive, gzipSync(cpioNewc(extra), { level: 1 })]));
+  // an uncompressed part must start 4-byte aligned (the kernel skips the zero padding)
+  const bins = opts.hostBinaries?.length ? [Buffer.alloc((4 - (archive.length % 4)) % 4), hostBinariesArchive(opts.hostBinaries)] : [];
+  fs.writeFileSync(initrd, Buffer.concat([archive, ...bins, gzipSync(cpioNewc(extra), { level: 1 })]));
 
   const mem = opts.memMiB ?? 512;
   const tag = opts.tag ?? 'myfs';
