@@ -48,6 +48,8 @@ export class MemoryRegion {
   private refs = 1;
   private readonly windows: (Buffer | undefined)[] = [];
   private unmapped = false;
+  /** host virtual address of the mapping's first byte of the region (offset 0), as a Number (< 2^47 on x86-64) */
+  readonly hostBase: number;
 
   private constructor(
     readonly gpa: number,
@@ -58,7 +60,9 @@ export class MemoryRegion {
     private readonly mapLen: number,
     private readonly delta: number,
     readonly windowStep: number,
-  ) {}
+  ) {
+    this.hostBase = Number(mapAddr) + delta;
+  }
 
   /**
    * Validate `spec` against the fd and map it. The fd is consumed (closed) in
@@ -141,6 +145,53 @@ export class MemoryRegion {
   }
 }
 
+/**
+ * Byte ranges of guest memory (a descriptor chain's readable or writable
+ * part) as parallel arrays: the region window holding each range, the
+ * range's offset in it, its length and its host virtual address. A range is
+ * a live view of guest memory; no per-range Buffer is created unless asked
+ * for (`views`). Ranges built from plain Buffers (tests, `fromBuffers`) have
+ * no host address (NaN), and readers fall back to Buffer APIs for them.
+ */
+export class SegmentList {
+  readonly bufs: Buffer[] = [];
+  readonly offs: number[] = [];
+  readonly lens: number[] = [];
+  readonly addrs: number[] = [];
+  length = 0;
+  /** every range has a host address (native I/O can target it directly) */
+  native = true;
+
+  push(buf: Buffer, off: number, len: number, addr: number): void {
+    const i = this.length++;
+    this.bufs[i] = buf;
+    this.offs[i] = off;
+    this.lens[i] = len;
+    this.addrs[i] = addr;
+    if (!(addr >= 0)) this.native = false;
+  }
+
+  truncate(n: number): void {
+    if (n >= this.length) return;
+    this.length = n;
+    this.bufs.length = this.offs.length = this.lens.length = this.addrs.length = n;
+    this.native = this.addrs.every((a) => a >= 0);
+  }
+
+  /** One view per range (allocates; for callers that need Buffers). */
+  views(): Buffer[] {
+    const out: Buffer[] = new Array(this.length);
+    for (let i = 0; i < this.length; i++) out[i] = this.bufs[i].subarray(this.offs[i], this.offs[i] + this.lens[i]);
+    return out;
+  }
+
+  static fromBuffers(bufs: readonly Buffer[]): SegmentList {
+    const l = new SegmentList();
+    for (const b of bufs) if (b.length > 0) l.push(b, 0, b.length, NaN);
+    return l;
+  }
+}
+
 /** An immutable region table. */
 export class GuestMemory {
   readonly regions: readonly MemoryRegion[];
@@ -193,6 +244,32 @@ export class GuestMemory {
     const { buf, pos } = r.locate(off);
     if (len > buf.length - pos) return undefined;
     return buf.subarray(pos, pos + len);
+  }
+
+  /**
+   * Split [gpa, gpa+len) into segments appended to `out` (crossing windows
+   * and GPA-adjacent regions) without creating a view per segment. Returns
+   * false, appending nothing, when any byte lies outside the table.
+   */
+  segmentsInto(gpa: number, len: number, out: SegmentList): boolean {
+    if (!(Number.isSafeInteger(gpa) && gpa >= 0 && Number.isSafeInteger(len) && len >= 0 && gpa + len <= MAX_ADDR)) return false;
+    const mark = out.length;
+    while (len > 0) {
+      const r = this.find(gpa);
+      if (r === undefined || !r.mapped) {
+        out.truncate(mark);
+        return false;
+      }
+      const off = gpa - r.gpa;
+      const k = Math.floor(off / r.windowStep);
+      const buf = r.window(k);
+      const pos = off - k * r.windowStep;
+      const n = Math.min(len, buf.length - pos, r.size - off);
+      out.push(buf, pos, n, r.hostBase + off);
+      gpa += n;
+      len -= n;
+    }
+    return true;
   }
 
   /**

@@ -16,7 +16,7 @@
  * Host byte order is assumed little endian (checked at load).
  */
 import * as os from 'node:os';
-import type { GuestMemory } from './guest-memory';
+import { type GuestMemory, SegmentList } from './guest-memory';
 
 if (os.endianness() !== 'LE') throw new Error('virtio queue: big-endian hosts are not supported');
 
@@ -35,17 +35,35 @@ const HI_LIMIT = 0x200000;
 
 /** A descriptor chain with every buffer already translated and bounds-checked. */
 export class DescriptorChain {
+  /** device-readable ranges, in order */
+  readonly readSegs: SegmentList;
+  /** device-writable ranges, in order */
+  readonly writeSegs: SegmentList;
+  private rviews: Buffer[] | undefined;
+  private wviews: Buffer[] | undefined;
+
   constructor(
     readonly head: number,
-    /** device-readable buffers, in order */
-    readonly readable: Buffer[],
-    /** device-writable buffers, in order */
-    readonly writable: Buffer[],
+    readable: Buffer[] | SegmentList,
+    writable: Buffer[] | SegmentList,
     readonly readableLen: number,
     readonly writableLen: number,
     /** descriptors visited (for tests / stats) */
     readonly descCount: number,
-  ) {}
+  ) {
+    this.readSegs = readable instanceof SegmentList ? readable : SegmentList.fromBuffers(readable);
+    this.writeSegs = writable instanceof SegmentList ? writable : SegmentList.fromBuffers(writable);
+  }
+
+  /** device-readable buffers as views, in order (created on first use) */
+  get readable(): Buffer[] {
+    return (this.rviews ??= this.readSegs.views());
+  }
+
+  /** device-writable buffers as views, in order (created on first use) */
+  get writable(): Buffer[] {
+    return (this.wviews ??= this.writeSegs.views());
+  }
 }
 
 export type ChainResult = DescriptorChain | { error: string; head: number };
@@ -162,8 +180,8 @@ export class SplitQueue {
     let rlen = 0;
     let wlen = 0;
     let visited = 0;
-    const readable: Buffer[] = [];
-    const writable: Buffer[] = [];
+    const readable = new SegmentList();
+    const writable = new SegmentList();
     for (;;) {
       if (!(idx < count)) return { error: `next index ${idx} out of range (${count})`, head };
       if (ttl-- <= 0) return { error: 'descriptor chain too long (loop?)', head };
@@ -200,7 +218,7 @@ export class SplitQueue {
         total += len;
         if (total > 0xffffffff) return { error: 'chain longer than 4 GiB', head };
         if (hi >= HI_LIMIT) return { error: 'buffer address out of range', head };
-        if (!mem.segments(hi * 0x100000000 + lo, len, write ? writable : readable)) {
+        if (!mem.segmentsInto(hi * 0x100000000 + lo, len, write ? writable : readable)) {
           return { error: `buffer [0x${(hi * 0x100000000 + lo).toString(16)}, +${len}) outside guest memory`, head };
         }
         if (write) wlen += len;
