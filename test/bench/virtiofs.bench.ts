@@ -23,7 +23,7 @@ import * as path from 'node:path';
 import { ROOT } from '../support/cli';
 import { BENCH_BIG, BENCH_SMALL, makeReadBenchTree } from '../support/bench-tree';
 import {
-  bootGuest, guestScriptHelpers as H, parseGuestTimings, prepareGuest, startDaemonProcess, startReferenceVirtiofsd,
+  bootGuest, guestScriptHelpers as H, parseGuestTimings, pinFilesInPageCache, prepareGuest, startDaemonProcess, startReferenceVirtiofsd,
 } from '../support/qemu';
 
 const BIG = BENCH_BIG;
@@ -79,10 +79,16 @@ async function main() {
   execFileSync(path.join(ROOT, 'bin/nydus-image'), ['create', '--compressor', 'none', '--bootstrap', boot, '--blob-dir', blobs, src], { stdio: 'ignore' });
 
   const guest = async (sock: string, who: string): Promise<Result> => {
-    const res = await bootGuest({
-      socket: sock, tag: 'benchfs', script: workload('', withFio), timeoutMs: 300_000, memMiB: 1024,
-      hostBinaries: withFio ? [FIO] : undefined,
-    });
+    // Both daemons read from the host page cache, kept there during the boot: another bench
+    // dropping the caches would otherwise turn the random reads into a disk benchmark.
+    const unpin = pinFilesInPageCache([src, blobs]);
+    let res;
+    try {
+      res = await bootGuest({
+        socket: sock, tag: 'benchfs', script: workload('', withFio), timeoutMs: 300_000, memMiB: 1024,
+        hostBinaries: withFio ? [FIO] : undefined,
+      });
+    } finally { unpin(); }
     if (!res.exitOk) throw new Error(`guest failed with ${who}: ${res.console.slice(-2000)}`);
     const r = summarize(res.output);
     if (withFio && !Number.isFinite(r.iops)) throw new Error(`fio failed in the guest with ${who}: ${res.output.slice(-2000)}`);
