@@ -295,7 +295,7 @@ let iovU32: Uint32Array | undefined;
  * holds (guest-memory.ts SegmentList); lengths are the caller's, bounded.
  * Throws HostError on an I/O error.
  */
-export function preadvInto(fd: number, addrs: readonly number[], lens: readonly number[], first: number, count: number, skip: number, total: number, position: number): number {
+export function preadvInto(fd: number, addrs: ArrayLike<number>, lens: ArrayLike<number>, first: number, count: number, skip: number, total: number, position: number): number {
   if (!isFd(fd) || !Number.isSafeInteger(position) || position < 0) throw new HostError('preadv(args)', 22);
   if (iovMem === undefined) {
     iovMem = koffi.alloc('uint8_t', 16 * IOV_MAX) as bigint;

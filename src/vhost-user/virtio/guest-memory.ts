@@ -154,28 +154,51 @@ export class MemoryRegion {
  * no host address (NaN), and readers fall back to Buffer APIs for them.
  */
 export class SegmentList {
-  readonly bufs: Buffer[] = [];
-  readonly offs: number[] = [];
-  readonly lens: number[] = [];
-  readonly addrs: number[] = [];
+  bufs: Buffer[];
+  /** offset of each range in its window buffer */
+  offs: Float64Array;
+  lens: Float64Array;
+  /** host virtual address of each range (NaN: none) */
+  addrs: Float64Array;
   length = 0;
   /** every range has a host address (native I/O can target it directly) */
   native = true;
 
+  constructor(capacity = 4) {
+    const n = Math.max(1, capacity);
+    this.bufs = new Array<Buffer>(n);
+    this.offs = new Float64Array(n);
+    this.lens = new Float64Array(n);
+    this.addrs = new Float64Array(n);
+  }
+
+  /** Room for `n` ranges in all (no reallocation while pushing up to that). */
+  reserve(n: number): void {
+    if (n <= this.offs.length) return;
+    const grow = (a: Float64Array) => { const b = new Float64Array(n); b.set(a.subarray(0, this.length)); return b; };
+    this.offs = grow(this.offs);
+    this.lens = grow(this.lens);
+    this.addrs = grow(this.addrs);
+    this.bufs.length = n;
+  }
+
   push(buf: Buffer, off: number, len: number, addr: number): void {
-    const i = this.length++;
+    const i = this.length;
+    if (i === this.offs.length) this.reserve(2 * i);
     this.bufs[i] = buf;
     this.offs[i] = off;
     this.lens[i] = len;
     this.addrs[i] = addr;
+    this.length = i + 1;
     if (!(addr >= 0)) this.native = false;
   }
 
   truncate(n: number): void {
     if (n >= this.length) return;
+    for (let i = n; i < this.length; i++) this.bufs[i] = undefined as unknown as Buffer;
     this.length = n;
-    this.bufs.length = this.offs.length = this.lens.length = this.addrs.length = n;
-    this.native = this.addrs.every((a) => a >= 0);
+    this.native = true;
+    for (let i = 0; i < n; i++) if (!(this.addrs[i] >= 0)) this.native = false;
   }
 
   /** One view per range (allocates; for callers that need Buffers). */
@@ -186,7 +209,7 @@ export class SegmentList {
   }
 
   static fromBuffers(bufs: readonly Buffer[]): SegmentList {
-    const l = new SegmentList();
+    const l = new SegmentList(bufs.length);
     for (const b of bufs) if (b.length > 0) l.push(b, 0, b.length, NaN);
     return l;
   }
@@ -253,6 +276,18 @@ export class GuestMemory {
    */
   segmentsInto(gpa: number, len: number, out: SegmentList): boolean {
     if (!(Number.isSafeInteger(gpa) && gpa >= 0 && Number.isSafeInteger(len) && len >= 0 && gpa + len <= MAX_ADDR)) return false;
+    // fast path: inside the last region used, within one window
+    const l = this.last;
+    if (l !== undefined && gpa >= l.gpa && len <= l.gpa + l.size - gpa && l.mapped) {
+      const off = gpa - l.gpa;
+      const k = Math.floor(off / l.windowStep);
+      const buf = l.window(k);
+      const pos = off - k * l.windowStep;
+      if (len <= buf.length - pos) {
+        out.push(buf, pos, len, l.hostBase + off);
+        return true;
+      }
+    }
     const mark = out.length;
     while (len > 0) {
       const r = this.find(gpa);
