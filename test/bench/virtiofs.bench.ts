@@ -10,8 +10,9 @@
  *    the host into the guest (test/support/qemu.ts hostBinaries);
  *  - find+stat of 3000 files (best of 3 per boot).
  * Rounds alternate ours / reference (NYDUS_BENCH_ROUNDS, default 3) and the
- * medians are compared. NYDUS_BENCH_NYDUSD=<path> benches another nydusd build
- * (e.g. a copy of the base commit's), NYDUS_BENCH_FIO_ENGINE=io_uring the other
+ * medians are compared. NYDUS_BENCH_NYDUSD=<path> benches another nydusd build;
+ * NYDUS_BENCH_BASE_NYDUSD=<path> adds a third daemon per round (e.g. a copy of
+ * the base commit's build) to show before/after in the same run; NYDUS_BENCH_FIO_ENGINE=io_uring the other
  * engine, NYDUS_BENCH_POPULATE=1 adds a run with --populate-guest-memory.
  * Prints MB/s, IOPS, times, ratios and MET / NOT MET per goal. Needs root,
  * QEMU, a guest kernel and fio on the host (`apt-get install fio`).
@@ -94,9 +95,9 @@ async function main() {
     if (withFio && !Number.isFinite(r.iops)) throw new Error(`fio failed in the guest with ${who}: ${res.output.slice(-2000)}`);
     return r;
   };
-  const runOurs = async (extra: string[]): Promise<Result> => {
+  const runOurs = async (extra: string[], bin = NYDUSD): Promise<Result> => {
     const sock = path.join(work, 'ours.sock');
-    const d = await startDaemonProcess(NYDUSD, ['virtiofs', '--sock', sock, '--bootstrap', boot, '--localfs-dir', blobs, '--cache-policy', 'none', '--log-level', 'warn', ...extra], sock, 20_000);
+    const d = await startDaemonProcess(bin, ['virtiofs', '--sock', sock, '--bootstrap', boot, '--localfs-dir', blobs, '--cache-policy', 'none', '--log-level', 'warn', ...extra], sock, 20_000);
     try { return await guest(sock, 'nydusd'); } finally { await d.stop(); }
   };
   const runRef = async (): Promise<Result> => {
@@ -105,8 +106,10 @@ async function main() {
     try { return await guest(sock, 'virtiofsd'); } finally { await d.stop(); }
   };
 
-  const ours: Result[] = [], refs: Result[] = [], pop: Result[] = [];
+  const ours: Result[] = [], refs: Result[] = [], pop: Result[] = [], base: Result[] = [];
+  const BASE = process.env.NYDUS_BENCH_BASE_NYDUSD;
   for (let i = 0; i < ROUNDS; i++) {
+    if (BASE) base.push(await runOurs([], BASE));
     ours.push(await runOurs([]));
     refs.push(await runRef());
     if (process.env.NYDUS_BENCH_POPULATE === '1') pop.push(await runOurs(['--populate-guest-memory']));
@@ -115,9 +118,14 @@ async function main() {
   const fmt = (x: Result) => `read ${x.mbps.toFixed(0).padStart(5)} MB/s  randread ${Number.isFinite(x.iops) ? x.iops.toFixed(0).padStart(6) : '     -'} IOPS  find+stat ${x.meta.toFixed(2)} s`;
   console.log(`virtio-fs benchmark (QEMU 7.2 TCG guest, 1 vCPU; medians of ${ROUNDS} alternating boots; dd bs=1M of ${BIG >> 20} MiB best of 3 per boot; fio 4k randread 4 jobs x iodepth 16 direct ${FIO_ENGINE} ${FIO_SECONDS} s; find+stat of ${SMALL} files best of 3 per boot; load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')})`);
   console.log(`nydusd (RAFS v6 none, blobcache, cache-policy none)  ${fmt(o)}`);
+  if (base.length) console.log(`nydusd base build (${BASE})`.padEnd(53) + fmt(med(base)));
   if (pop.length) console.log(`nydusd + --populate-guest-memory                     ${fmt(med(pop))}`);
   console.log(`virtiofsd (cache=none, directory)                    ${fmt(r)}`);
-  for (const [i, x] of ours.entries()) console.log(`  round ${i + 1}: nydusd ${fmt(x)} | virtiofsd ${fmt(refs[i])}`);
+  for (const [i, x] of ours.entries()) console.log(`  round ${i + 1}: nydusd ${fmt(x)} | virtiofsd ${fmt(refs[i])}${base.length ? ` | base ${fmt(base[i])}` : ''}`);
+  if (base.length) {
+    const b = med(base);
+    console.log(`this build / base build: throughput ${(o.mbps / b.mbps).toFixed(2)}x, IOPS ${(o.iops / b.iops).toFixed(2)}x, find+stat time ${(o.meta / b.meta).toFixed(2)}x; base / virtiofsd: throughput ${(b.mbps / r.mbps).toFixed(2)}x, IOPS ${(b.iops / r.iops).toFixed(2)}x`);
+  }
   const goal = (what: string, ratio: number, op: '>=' | '<=', want: number) => {
     const met = op === '>=' ? ratio >= want : ratio <= want;
     console.log(`  ${what.padEnd(40)} ${Number.isFinite(ratio) ? ratio.toFixed(2) : '  -'}x (goal ${op} ${want.toFixed(1)}x) ${Number.isFinite(ratio) ? (met ? 'MET' : 'NOT MET') : 'NOT MEASURED'}`);

@@ -154,7 +154,7 @@ export class MemoryRegion {
  * no host address (NaN), and readers fall back to Buffer APIs for them.
  */
 export class SegmentList {
-  bufs: Buffer[];
+  readonly bufs: Buffer[];
   /** offset of each range in its window buffer */
   offs: Float64Array;
   lens: Float64Array;
@@ -164,27 +164,30 @@ export class SegmentList {
   /** every range has a host address (native I/O can target it directly) */
   native = true;
 
-  constructor(capacity = 4) {
-    const n = Math.max(1, capacity);
-    this.bufs = new Array<Buffer>(n);
-    this.offs = new Float64Array(n);
-    this.lens = new Float64Array(n);
-    this.addrs = new Float64Array(n);
+  private static readonly EMPTY = new Float64Array(0);
+
+  /** Storage is allocated on the first push (or `reserve`), sized `capacity`. */
+  constructor(private capacity = 4) {
+    this.bufs = [];
+    this.offs = this.lens = this.addrs = SegmentList.EMPTY;
   }
 
   /** Room for `n` ranges in all (no reallocation while pushing up to that). */
   reserve(n: number): void {
     if (n <= this.offs.length) return;
-    const grow = (a: Float64Array) => { const b = new Float64Array(n); b.set(a.subarray(0, this.length)); return b; };
+    const grow = (a: Float64Array) => {
+      const b = new Float64Array(n);
+      if (this.length > 0) b.set(a.subarray(0, this.length));
+      return b;
+    };
     this.offs = grow(this.offs);
     this.lens = grow(this.lens);
     this.addrs = grow(this.addrs);
-    this.bufs.length = n;
   }
 
   push(buf: Buffer, off: number, len: number, addr: number): void {
     const i = this.length;
-    if (i === this.offs.length) this.reserve(2 * i);
+    if (i === this.offs.length) this.reserve(Math.max(this.capacity, 2 * i));
     this.bufs[i] = buf;
     this.offs[i] = off;
     this.lens[i] = len;
@@ -195,7 +198,7 @@ export class SegmentList {
 
   truncate(n: number): void {
     if (n >= this.length) return;
-    for (let i = n; i < this.length; i++) this.bufs[i] = undefined as unknown as Buffer;
+    this.bufs.length = n;
     this.length = n;
     this.native = true;
     for (let i = 0; i < n; i++) if (!(this.addrs[i] >= 0)) this.native = false;
