@@ -209,4 +209,69 @@ test('EVENT_IDX arithmetic and NO_INTERRUPT', () => {
   dispose();
 });
 
+
+test('ChainWriter.writeFromFile: native preadv into > IOV_MAX descriptors across regions, after a header, short file is EIO', () => {
+  const { ram, mem, off, dispose } = setup(64 * 1024);
+  const q = new SplitQueue(4096);
+  assert.ok(q.setSize(4096));
+  assert.ok(q.setAddresses(GPA + 0x10000, GPA + 0x1000, GPA + 0x2000));
+  q.setMemory(mem);
+  assert.ok(q.ready());
+  // 1 readable + 1100 writable descriptors of 300 bytes (odd sizes, odd addresses), the run
+  // crossing the region boundary at SIZE/2 and the 64 KiB windows
+  const N = 1100;
+  const base = GPA + SIZE / 2 - 150 * 300 - 7;
+  desc(ram, off(GPA + 0x10000), GPA + 0x100, 8, 1, 1);
+  for (let i = 0; i < N; i++) desc(ram, off(GPA + 0x10000 + 16 * (i + 1)), base + 300 * i, 300, 2 | (i + 1 < N ? 1 : 0), i + 2);
+  const c = q.parseChain(0);
+  assert.ok(c instanceof DescriptorChain);
+  const ch = c as DescriptorChain;
+  assert.is(ch.writableLen, 300 * N);
+  assert.ok(ch.writeSegs.native);
+  const file = require('node:path').join(require('node:os').tmpdir(), `vq-file-${process.pid}`);
+  const data = Buffer.alloc(300 * N + 4096);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7 + 3) & 0xff;
+  require('node:fs').writeFileSync(file, data);
+  const fd = require('node:fs').openSync(file, 'r');
+  try {
+    const w = new ChainWriter(ch);
+    w.write(Buffer.from('HDR!HDR!HDR!HDR!')); // 16 bytes: the file data starts mid-descriptor
+    const n = 300 * N - 16 - 100;
+    w.writeFromFile(fd, 1000, n);
+    assert.is(w.bytesWritten(), 16 + n);
+    const got = Buffer.concat(ch.writable).subarray(0, 16 + n);
+    assert.is(got.subarray(0, 16).toString(), 'HDR!HDR!HDR!HDR!');
+    assert.ok(got.subarray(16).equals(data.subarray(1000, 1000 + n)), 'file bytes land in order across descriptors, windows and regions');
+    // the writer continues where the file data ended
+    w.write(Buffer.from('tail'));
+    assert.is(Buffer.concat(ch.writable).subarray(16 + n, 16 + n + 4).toString(), 'tail');
+    // past the end of the file: EIO, nothing counted as written
+    const w2 = new ChainWriter(ch);
+    assert.throws(() => w2.writeFromFile(fd, data.length - 10, 100), (e: Error) => (e as { code?: string }).code === 'EIO');
+    assert.is(w2.bytesWritten(), 0);
+    // more than the room: refused before any I/O
+    assert.throws(() => new ChainWriter(ch).writeFromFile(fd, 0, 300 * N + 1), RangeError);
+  } finally {
+    require('node:fs').closeSync(fd);
+    require('node:fs').rmSync(file, { force: true });
+    dispose();
+  }
+});
+
+test('parseChain reads an indirect table once: a table changed after the walk does not change the chain', () => {
+  const { ram, mem, off, dispose } = setup();
+  const q = queue(mem);
+  const table = GPA + 0x3000;
+  desc(ram, off(table), GPA + 0x100, 40, 1, 1);
+  desc(ram, off(table + 16), GPA + 0x4000, 4096, 2, 0);
+  desc(ram, off(GPA), table, 32, 4, 0);
+  const c = q.parseChain(0) as DescriptorChain;
+  assert.ok(c instanceof DescriptorChain);
+  desc(ram, off(table + 16), GPA + 0x8000, 1 << 30, 2, 0); // the guest rewrites the table afterwards
+  assert.is(c.writableLen, 4096);
+  assert.is(c.writeSegs.length, 1);
+  assert.is(c.writeSegs.lens[0], 4096);
+  dispose();
+});
+
 test.run();
