@@ -175,14 +175,19 @@ export class SegmentList {
   /** Room for `n` ranges in all (no reallocation while pushing up to that). */
   reserve(n: number): void {
     if (n <= this.offs.length) return;
-    const grow = (a: Float64Array) => {
-      const b = new Float64Array(n);
-      if (this.length > 0) b.set(a.subarray(0, this.length));
-      return b;
-    };
-    this.offs = grow(this.offs);
-    this.lens = grow(this.lens);
-    this.addrs = grow(this.addrs);
+    // one backing store for the three columns (typed-array allocation is the cost here)
+    const ab = new ArrayBuffer(24 * n);
+    const offs = new Float64Array(ab, 0, n);
+    const lens = new Float64Array(ab, 8 * n, n);
+    const addrs = new Float64Array(ab, 16 * n, n);
+    for (let i = 0; i < this.length; i++) {
+      offs[i] = this.offs[i];
+      lens[i] = this.lens[i];
+      addrs[i] = this.addrs[i];
+    }
+    this.offs = offs;
+    this.lens = lens;
+    this.addrs = addrs;
   }
 
   push(buf: Buffer, off: number, len: number, addr: number): void {
