@@ -175,11 +175,19 @@ export class SegmentList {
   /** Room for `n` ranges in all (no reallocation while pushing up to that). */
   reserve(n: number): void {
     if (n <= this.offs.length) return;
-    // one backing store for the three columns (typed-array allocation is the cost here)
-    const ab = new ArrayBuffer(24 * n);
-    const offs = new Float64Array(ab, 0, n);
-    const lens = new Float64Array(ab, 8 * n, n);
-    const addrs = new Float64Array(ab, 16 * n, n);
+    let offs: Float64Array, lens: Float64Array, addrs: Float64Array;
+    if (n <= 8) {
+      // ≤ 64 bytes each: V8 keeps these on its heap (cheap, no backing-store allocation)
+      offs = new Float64Array(n);
+      lens = new Float64Array(n);
+      addrs = new Float64Array(n);
+    } else {
+      // one backing store for the three columns (its allocation is the cost here)
+      const ab = new ArrayBuffer(24 * n);
+      offs = new Float64Array(ab, 0, n);
+      lens = new Float64Array(ab, 8 * n, n);
+      addrs = new Float64Array(ab, 16 * n, n);
+    }
     for (let i = 0; i < this.length; i++) {
       offs[i] = this.offs[i];
       lens[i] = this.lens[i];
