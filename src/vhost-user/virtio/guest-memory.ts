@@ -198,8 +198,17 @@ export class SegmentList {
     this.addrs = addrs;
   }
 
+  /**
+   * Append a range; one that continues the previous range (same window, next
+   * host address) extends it instead, so the page-per-descriptor buffers of a
+   * READ that the guest allocated contiguously become one iovec.
+   */
   push(buf: Buffer, off: number, len: number, addr: number): void {
     const i = this.length;
+    if (i > 0 && this.bufs[i - 1] === buf && this.addrs[i - 1] + this.lens[i - 1] === addr) {
+      this.lens[i - 1] += len;
+      return;
+    }
     if (i === this.offs.length) this.reserve(Math.max(this.capacity, 2 * i));
     this.bufs[i] = buf;
     this.offs[i] = off;
