@@ -14,7 +14,7 @@
  * runs as `sh` in `/` as root, its stdout+stderr captured and printed between markers after
  * it ends (so kernel console messages cannot interleave with it), then `poweroff -f`.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -25,6 +25,7 @@ import {
   type GuestKernel,
 } from './guest-kernel';
 import { sleep } from './timing';
+import { mmapShared, munmap, viewOf } from '../../src/vhost-user/sys/host';
 
 export { prepareGuest, ensureReferenceVirtiofsd, BASE_MODULES, REFERENCE_VIRTIOFSD, GUEST_CACHE } from './guest-kernel';
 export type { GuestKernel, PrepareResult } from './guest-kernel';
@@ -117,6 +118,46 @@ function baseInitramfs(g: GuestKernel, modules: string[]): { archive: Buffer; or
   return { archive, order };
 }
 
+const binArchives = new Map<string, Buffer>();
+
+/**
+ * Host executables with every shared library `ldd` lists, at the same paths, as an
+ * uncompressed cpio part (cached per list): the guest has no package manager, so a tool
+ * such as fio comes from the host. Uncompressed because the libraries are tens of MiB
+ * and the kernel copies a plain cpio far faster than it inflates one under TCG.
+ * Throws when a binary is missing or `ldd` reports a library it cannot find.
+ */
+export function hostBinariesArchive(bins: string[]): Buffer {
+  const key = bins.join('\0');
+  let a = binArchives.get(key);
+  if (a) return a;
+  const files = new Map<string, string>(); // guest path → host file (symlinks resolved)
+  for (const b of bins) {
+    if (!fs.existsSync(b)) throw new Error(`hostBinariesArchive: ${b} not found on the host`);
+    files.set(b, fs.realpathSync(b));
+    const out = execFileSync('ldd', [b], { encoding: 'utf8' });
+    for (const line of out.split('\n')) {
+      if (/not found/.test(line)) throw new Error(`hostBinariesArchive: ${b}: ${line.trim()}`);
+      const m = /=>\s*(\/\S+)\s+\(/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line);
+      if (m) files.set(m[1], fs.realpathSync(m[1]));
+    }
+  }
+  const dirs = new Set<string>();
+  const entries: CpioEntry[] = [];
+  for (const [g, h] of files) {
+    const rel = g.replace(/^\/+/, '');
+    const parts = rel.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const d = parts.slice(0, i).join('/');
+      if (!dirs.has(d)) { dirs.add(d); entries.push({ name: d, mode: DIR }); }
+    }
+    entries.push({ name: rel, mode: EXE, data: fs.readFileSync(h) });
+  }
+  a = cpioNewc(entries);
+  binArchives.set(key, a);
+  return a;
+}
+
 export interface BootOptions {
   /** vhost-user socket the daemon listens on (QEMU connects as client) */
   socket: string;
@@ -136,6 +177,8 @@ export interface BootOptions {
   stream?: boolean;
   /** more files for the initramfs: guest path (relative to /) → content */
   files?: Record<string, string | Buffer>;
+  /** host executables to copy into the guest with their shared libraries (see hostBinariesArchive) */
+  hostBinaries?: string[];
   /** extra QEMU arguments (e.g. a second -device) */
   qemuArgs?: string[];
   /** extra kernel command-line words */
@@ -182,7 +225,9 @@ export async function bootGuest(opts: BootOptions): Promise<BootResult> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-qemu-'));
   const initrd = path.join(dir, 'initrd.gz');
   // the kernel unpacks concatenated archives in order: base (cached) + this boot's /init and script
-  fs.writeFileSync(initrd, Buffer.concat([archive, gzipSync(cpioNewc(extra), { level: 1 })]));
+  // an uncompressed part must start 4-byte aligned (the kernel skips the zero padding)
+  const bins = opts.hostBinaries?.length ? [Buffer.alloc((4 - (archive.length % 4)) % 4), hostBinariesArchive(opts.hostBinaries)] : [];
+  fs.writeFileSync(initrd, Buffer.concat([archive, ...bins, gzipSync(cpioNewc(extra), { level: 1 })]));
 
   const mem = opts.memMiB ?? 512;
   const tag = opts.tag ?? 'myfs';
@@ -342,6 +387,44 @@ export function parseGuestTimings(output: string): Record<string, { us: number; 
   const out: Record<string, { us: number; rc: number }> = {};
   for (const m of output.matchAll(/^@@TIME (\S+) (\d+) rc=(\d+)$/gm)) out[m[1]] = { us: Number(m[2]), rc: Number(m[3]) };
   return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// page cache
+
+/**
+ * Map every regular file of at least `minSize` bytes under `dirs` and touch each page, so
+ * their page cache is both filled and kept: `echo 3 > /proc/sys/vm/drop_caches` (other
+ * benches on a shared machine) drops only unmapped pages. Benches comparing two daemons
+ * reading the same data call this so that neither one measures the disk. Returns the
+ * function that unmaps everything.
+ */
+export function pinFilesInPageCache(dirs: string[], minSize = 1 << 20): () => void {
+  const maps: { addr: bigint; len: number }[] = [];
+  const walk = (p: string): void => {
+    const st = fs.statSync(p);
+    if (st.isDirectory()) { for (const n of fs.readdirSync(p)) walk(path.join(p, n)); return; }
+    if (!st.isFile() || st.size < minSize) return;
+    const fd = fs.openSync(p, 'r+');
+    try {
+      const addr = mmapShared(fd, st.size, 0);
+      maps.push({ addr, len: st.size });
+      for (let off = 0; off < st.size; off += 1 << 30) {
+        const len = Math.min(1 << 30, st.size - off);
+        const v = new Uint8Array(viewOf(addr + BigInt(off), len));
+        let x = 0;
+        for (let i = 0; i < len; i += 4096) x ^= v[i];
+        if (x === 0x100) throw new Error('unreachable');
+      }
+    } finally { fs.closeSync(fd); }
+  };
+  try {
+    for (const d of dirs) walk(d);
+  } catch (e) {
+    for (const m of maps) munmap(m.addr, m.len);
+    throw e;
+  }
+  return () => { for (const m of maps.splice(0)) munmap(m.addr, m.len); };
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,14 +15,14 @@ import { FakeGuest, GPA_BASE, GuestRam, MIB, VhostUserClient, state, u64 } from 
 
 const BIG = Buffer.from(Array.from({ length: 300000 }, (_, i) => (i * 7) % 251));
 
-function world(opts: { windowStep?: number } = {}) {
+function world(opts: { windowStep?: number; maxInflight?: number } = {}) {
   const fs = new MemoryFs();
   fs.addDir('dir');
   fs.addFile('dir/hello', 'hello, virtio-fs\n');
   fs.addFile('big', BIG);
   const server = new FuseServer(fs);
   const sock = path.join(fsp.mkdtempSync(path.join(os.tmpdir(), 'vhu-')), 'vhost.sock');
-  const daemon = new VirtioFsDaemon(server, { socketPath: sock, windowStep: opts.windowStep });
+  const daemon = new VirtioFsDaemon(server, { socketPath: sock, windowStep: opts.windowStep, maxInflight: opts.maxInflight });
   return { fs, server, sock, daemon };
 }
 
@@ -160,6 +160,33 @@ test('FUSE over the virtqueue: INIT, LOOKUP, GETATTR, READ (gather, indirect, ac
 
     const bases = await g.stop();
     assert.equal(bases, [1, 10]);
+  } finally {
+    g.close();
+    daemon.stop();
+    ram.dispose();
+  }
+});
+
+test('maxInflight: popping stops at the limit and completions resume it; every request is served once', async () => {
+  const { fs, sock, daemon } = world({ maxInflight: 2 });
+  await daemon.start();
+  const ram = new GuestRam();
+  const g = new FakeGuest(ram, sock);
+  try {
+    await g.setup({ queueSize: 256 });
+    await initFuse(g);
+    const bigIno = fs.inoOf('big');
+    const release = fs.hold();
+    const many = Array.from({ length: 12 }, (_, i) => g.submit(1, readReq(bigIno, i * 1000, 1000), 16 + 1000));
+    await new Promise((res) => setTimeout(res, 30));
+    const before = g.queues[1].usedIdx();
+    assert.is(daemon.device.served[1], 1); // INIT only: the 12 READs wait on the held fs (2 popped)
+    release();
+    const used = await g.queues[1].waitUsed(12);
+    assert.is(g.queues[1].usedIdx(), before + 12);
+    assert.equal(used.map((u) => u.id).sort((a, b) => a - b), many.map((m) => m.head).sort((a, b) => a - b));
+    assert.ok(used.every((u) => u.len === 16 + 1000));
+    assert.is(daemon.device.served[1], 13);
   } finally {
     g.close();
     daemon.stop();

@@ -209,4 +209,89 @@ test('EVENT_IDX arithmetic and NO_INTERRUPT', () => {
   dispose();
 });
 
+
+test('ChainWriter.writeFromFile: native preadv into > IOV_MAX descriptors across regions, after a header, short file is EIO', () => {
+  const { ram, mem, off, dispose } = setup(64 * 1024);
+  const q = new SplitQueue(4096);
+  assert.ok(q.setSize(4096));
+  assert.ok(q.setAddresses(GPA + 0x10000, GPA + 0x1000, GPA + 0x2000));
+  q.setMemory(mem);
+  assert.ok(q.ready());
+  // 1 readable + 1100 writable descriptors of 300 bytes with 4-byte gaps (odd sizes, odd
+  // addresses, no two adjacent), the run crossing the region boundary at SIZE/2 and the 64 KiB windows
+  const N = 1100;
+  const STRIDE = 304;
+  const base = GPA + SIZE / 2 - 150 * STRIDE - 7;
+  desc(ram, off(GPA + 0x10000), GPA + 0x100, 8, 1, 1);
+  for (let i = 0; i < N; i++) desc(ram, off(GPA + 0x10000 + 16 * (i + 1)), base + STRIDE * i, 300, 2 | (i + 1 < N ? 1 : 0), i + 2);
+  const c = q.parseChain(0);
+  assert.ok(c instanceof DescriptorChain);
+  const ch = c as DescriptorChain;
+  assert.is(ch.writableLen, 300 * N);
+  assert.ok(ch.writeSegs.native);
+  assert.ok(ch.writeSegs.length > 1024, 'more ranges than one preadv takes');
+  const file = require('node:path').join(require('node:os').tmpdir(), `vq-file-${process.pid}`);
+  const data = Buffer.alloc(300 * N + 4096);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7 + 3) & 0xff;
+  require('node:fs').writeFileSync(file, data);
+  const fd = require('node:fs').openSync(file, 'r');
+  try {
+    const w = new ChainWriter(ch);
+    w.write(Buffer.from('HDR!HDR!HDR!HDR!')); // 16 bytes: the file data starts mid-descriptor
+    const n = 300 * N - 16 - 100;
+    w.writeFromFile(fd, 1000, n);
+    assert.is(w.bytesWritten(), 16 + n);
+    const got = Buffer.concat(ch.writable).subarray(0, 16 + n);
+    assert.is(got.subarray(0, 16).toString(), 'HDR!HDR!HDR!HDR!');
+    assert.ok(got.subarray(16).equals(data.subarray(1000, 1000 + n)), 'file bytes land in order across descriptors, windows and regions');
+    // the writer continues where the file data ended
+    w.write(Buffer.from('tail'));
+    assert.is(Buffer.concat(ch.writable).subarray(16 + n, 16 + n + 4).toString(), 'tail');
+    // past the end of the file: EIO, nothing counted as written
+    const w2 = new ChainWriter(ch);
+    assert.throws(() => w2.writeFromFile(fd, data.length - 10, 100), (e: Error) => (e as { code?: string }).code === 'EIO');
+    assert.is(w2.bytesWritten(), 0);
+    // more than the room: refused before any I/O
+    assert.throws(() => new ChainWriter(ch).writeFromFile(fd, 0, 300 * N + 1), RangeError);
+  } finally {
+    require('node:fs').closeSync(fd);
+    require('node:fs').rmSync(file, { force: true });
+    dispose();
+  }
+});
+
+test('parseChain merges descriptors that continue each other into one range (not across windows or regions)', () => {
+  const { ram, mem, off, dispose } = setup(64 * 1024);
+  const q = queue(mem, 64);
+  // 40 page descriptors back to back from 8 KiB before the 64 KiB window edge, then one after a gap
+  const start = GPA + 0x20000 - 0x2000;
+  desc(ram, off(GPA), GPA + 0x100, 40, 1, 1);
+  for (let i = 0; i < 40; i++) desc(ram, off(GPA + 16 * (i + 1)), start + 4096 * i, 4096, 3, i + 2);
+  desc(ram, off(GPA + 16 * 41), start + 4096 * 41, 4096, 2, 0);
+  const c = q.parseChain(0) as DescriptorChain;
+  assert.ok(c instanceof DescriptorChain);
+  assert.is(c.writableLen, 41 * 4096);
+  // a range stays within the window (view) of its first byte, so the run splits where a
+  // descriptor starts in the next 64 KiB window: 2 pages, 16, 16, 6, then the one after the gap
+  assert.equal(Array.from(c.writeSegs.lens.subarray(0, c.writeSegs.length)), [8192, 65536, 65536, 24576, 4096]);
+  assert.is(c.writable.reduce((n, b) => n + b.length, 0), 41 * 4096);
+  dispose();
+});
+
+test('parseChain reads an indirect table once: a table changed after the walk does not change the chain', () => {
+  const { ram, mem, off, dispose } = setup();
+  const q = queue(mem);
+  const table = GPA + 0x3000;
+  desc(ram, off(table), GPA + 0x100, 40, 1, 1);
+  desc(ram, off(table + 16), GPA + 0x4000, 4096, 2, 0);
+  desc(ram, off(GPA), table, 32, 4, 0);
+  const c = q.parseChain(0) as DescriptorChain;
+  assert.ok(c instanceof DescriptorChain);
+  desc(ram, off(table + 16), GPA + 0x8000, 1 << 30, 2, 0); // the guest rewrites the table afterwards
+  assert.is(c.writableLen, 4096);
+  assert.is(c.writeSegs.length, 1);
+  assert.is(c.writeSegs.lens[0], 4096);
+  dispose();
+});
+
 test.run();

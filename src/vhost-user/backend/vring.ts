@@ -15,6 +15,8 @@ import { closeFd, eventfdRead, eventfdWrite } from '../sys/host';
 import type { GuestMemory } from '../virtio/guest-memory';
 import { DescriptorChain, SplitQueue } from '../virtio/queue';
 
+const RESOLVED = Promise.resolve();
+
 /** A popped chain, tied to the ring generation and memory it came from. */
 export interface InflightChain {
   readonly chain: DescriptorChain;
@@ -131,7 +133,10 @@ export class Vring {
       if (c.generation === this.generation && this.queue.ready()) {
         const l = Number.isInteger(len) && len > 0 ? Math.min(len, c.chain.writableLen) : 0;
         this.queue.addUsed(c.chain.head, l);
-        this.signal();
+        // the last chain in flight interrupts at once (one request at a time: no wait for
+        // a batch that is not coming); otherwise completions of this turn share one signal
+        if (this.inflight === 0 && !this.signalQueued) this.flushSignal();
+        else this.signal();
       }
     } finally {
       c.memory.release();
@@ -143,15 +148,18 @@ export class Vring {
   signal(): void {
     if (this.signalQueued) return;
     this.signalQueued = true;
-    queueMicrotask(() => {
-      this.signalQueued = false;
-      // No call fd yet: keep the EVENT_IDX decision for when one arrives (needsNotification consumes it).
-      if (this.callFd < 0 || !this.queue.ready()) return;
-      if (this.queue.needsNotification() && !eventfdWrite(this.callFd)) {
-        warnLimited('vring.call', { queue: this.index }, 'vhost-user: writing the call eventfd failed');
-      }
-    });
+    // a resolved promise rather than queueMicrotask: no AsyncResource per batch
+    RESOLVED.then(this.flushSignal);
   }
+
+  private readonly flushSignal = (): void => {
+    this.signalQueued = false;
+    // No call fd yet: keep the EVENT_IDX decision for when one arrives (needsNotification consumes it).
+    if (this.callFd < 0 || !this.queue.ready()) return;
+    if (this.queue.needsNotification() && !eventfdWrite(this.callFd)) {
+      warnLimited('vring.call', { queue: this.index }, 'vhost-user: writing the call eventfd failed');
+    }
+  };
 
   /** Resolve when no chain is in flight, or after `timeoutMs`. */
   whenIdle(timeoutMs: number): Promise<boolean> {

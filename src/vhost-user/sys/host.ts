@@ -32,6 +32,7 @@ const c = {
   memfd_create: lib.func('int memfd_create(const char *name, unsigned int flags)'),
   ftruncate: lib.func('int ftruncate(int fd, int64_t len)'),
   shutdown: lib.func('int shutdown(int fd, int how)'),
+  preadv: lib.func('intptr_t preadv(int fd, void *iov, int iovcnt, int64_t off)'),
 };
 
 export const AF_UNIX = 1;
@@ -277,6 +278,65 @@ export function memfdCreate(name: string, size: number): number {
     throw new HostError('ftruncate', e);
   }
   return fd;
+}
+
+// ---- preadv into mapped memory ---------------------------------------------------
+
+/** Most iovecs one preadv takes (Linux IOV_MAX). */
+export const IOV_MAX = 1024;
+let iovMem: bigint | undefined;
+let iovU32: Uint32Array | undefined;
+
+/**
+ * preadv(fd) straight into mapped memory ranges given by host address and
+ * length (guest memory segments: no Buffer per range), up to IOV_MAX per
+ * call, looping over short reads. Returns the bytes read (< the total only
+ * at end of file). Every address must come from a live mapping the caller
+ * holds (guest-memory.ts SegmentList); lengths are the caller's, bounded.
+ * Throws HostError on an I/O error.
+ */
+export function preadvInto(fd: number, addrs: ArrayLike<number>, lens: ArrayLike<number>, first: number, count: number, skip: number, total: number, position: number): number {
+  if (!isFd(fd) || !Number.isSafeInteger(position) || position < 0) throw new HostError('preadv(args)', 22);
+  if (iovMem === undefined) {
+    iovMem = koffi.alloc('uint8_t', 16 * IOV_MAX) as bigint;
+    iovU32 = new Uint32Array(koffi.view(iovMem, 16 * IOV_MAX));
+  }
+  const v = iovU32!;
+  let done = 0;
+  let i = first;
+  const end = first + count;
+  let off = skip; // bytes of range i already consumed
+  while (done < total && i < end) {
+    // fill up to IOV_MAX iovecs from range i (offset off)
+    let n = 0;
+    let want = 0;
+    for (let j = i; j < end && n < IOV_MAX && want < total - done; j++) {
+      const o = j === i ? off : 0;
+      const l = Math.min(lens[j] - o, total - done - want);
+      const a = addrs[j] + o;
+      v[4 * n] = a % 0x100000000;
+      v[4 * n + 1] = Math.floor(a / 0x100000000);
+      v[4 * n + 2] = l;
+      v[4 * n + 3] = 0;
+      want += l;
+      n++;
+    }
+    const r = Number(c.preadv(fd, iovMem, n, position + done));
+    if (r < 0) {
+      const e = koffi.errno();
+      if (e === EINTR) continue;
+      throw new HostError('preadv', e);
+    }
+    if (r === 0) break;
+    done += r;
+    // advance (i, off) by r bytes
+    let k = r;
+    while (k > 0 && i < end) {
+      const left = lens[i] - off;
+      if (k >= left) { k -= left; i++; off = 0; } else { off += k; k = 0; }
+    }
+  }
+  return done;
 }
 
 // ---- eventfd ---------------------------------------------------------------------

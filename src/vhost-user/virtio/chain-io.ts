@@ -13,15 +13,19 @@
  */
 import { eio, einval } from '../../common/errno';
 import { preadvFully } from '../../common/pread';
+import { HostError, preadvInto } from '../sys/host';
+import type { SegmentList } from './guest-memory';
 import type { DescriptorChain } from './queue';
 
 export class ChainReader {
   private seg = 0;
   private pos = 0;
   private left: number;
+  private readonly segs: SegmentList;
 
-  constructor(private readonly chain: DescriptorChain) {
+  constructor(chain: DescriptorChain) {
     this.left = chain.readableLen;
+    this.segs = chain.readSegs;
   }
 
   available(): number {
@@ -40,28 +44,28 @@ export class ChainReader {
 
   private take(n: number, shared: boolean): Buffer {
     if (!(Number.isInteger(n) && n >= 0) || n > this.left) throw einval(`request too short: need ${n}, have ${this.left}`);
-    const segs = this.chain.readable;
-    while (this.seg < segs.length && this.pos === segs[this.seg].length) {
+    const { bufs, offs, lens } = this.segs;
+    while (this.seg < this.segs.length && this.pos === lens[this.seg]) {
       this.seg++;
       this.pos = 0;
     }
     this.left -= n;
     if (n === 0) return Buffer.alloc(0);
-    const cur = segs[this.seg];
-    if (shared && cur.length - this.pos >= n) {
-      const b = cur.subarray(this.pos, this.pos + n);
+    if (shared && lens[this.seg] - this.pos >= n) {
+      const o = offs[this.seg] + this.pos;
       this.pos += n;
-      return b;
+      return bufs[this.seg].subarray(o, o + n);
     }
     const out = Buffer.allocUnsafe(n);
     let done = 0;
     while (done < n) {
-      const s = segs[this.seg];
-      const k = Math.min(n - done, s.length - this.pos);
-      s.copy(out, done, this.pos, this.pos + k);
+      const i = this.seg;
+      const k = Math.min(n - done, lens[i] - this.pos);
+      const o = offs[i] + this.pos;
+      bufs[i].copy(out, done, o, o + k);
       done += k;
       this.pos += k;
-      if (this.pos === s.length) {
+      if (this.pos === lens[i]) {
         this.seg++;
         this.pos = 0;
       }
@@ -74,8 +78,11 @@ export class ChainWriter {
   private seg = 0;
   private pos = 0;
   private written = 0;
+  private readonly segs: SegmentList;
 
-  constructor(private readonly chain: DescriptorChain) {}
+  constructor(private readonly chain: DescriptorChain) {
+    this.segs = chain.writeSegs;
+  }
 
   available(): number {
     return this.chain.writableLen - this.written;
@@ -83,15 +90,15 @@ export class ChainWriter {
 
   write(b: Buffer): void {
     if (b.length > this.available()) throw new RangeError(`reply overflow: ${b.length} > ${this.available()}`);
-    const segs = this.chain.writable;
+    const { bufs, offs, lens } = this.segs;
     let done = 0;
     while (done < b.length) {
-      const s = segs[this.seg];
-      const k = Math.min(b.length - done, s.length - this.pos);
-      b.copy(s, this.pos, done, done + k);
+      const i = this.seg;
+      const k = Math.min(b.length - done, lens[i] - this.pos);
+      b.copy(bufs[i], offs[i] + this.pos, done, done + k);
       done += k;
       this.pos += k;
-      if (this.pos === s.length) {
+      if (this.pos === lens[i]) {
         this.seg++;
         this.pos = 0;
       }
@@ -111,27 +118,52 @@ export class ChainWriter {
   }
 
   /**
-   * preadv straight into the guest's writable descriptors (zero copy, one
-   * system call for the usual page-per-descriptor READ buffers).
+   * preadv straight into the guest's writable descriptors: zero copy, one
+   * system call for up to IOV_MAX descriptors, and no Buffer per descriptor
+   * (the iovecs are built from the ranges' host addresses).
    */
   writeFromFile(fd: number, position: number, length: number): void {
     if (length > this.available()) throw new RangeError(`reply overflow: ${length} > ${this.available()}`);
-    const segs = this.chain.writable;
-    const iov: Buffer[] = [];
-    let done = 0;
-    while (done < length) {
-      const s = segs[this.seg];
-      const k = Math.min(length - done, s.length - this.pos);
-      iov.push(s.subarray(this.pos, this.pos + k));
-      done += k;
-      this.pos += k;
-      if (this.pos === s.length) {
-        this.seg++;
-        this.pos = 0;
+    if (length === 0) return;
+    const segs = this.segs;
+    const { lens } = segs;
+    const first = this.seg;
+    const skip = this.pos;
+    // where the writer ends up, and how many ranges the read spans
+    let i = this.seg;
+    let pos = this.pos;
+    let left = length;
+    while (left > 0) {
+      const k = Math.min(left, lens[i] - pos);
+      left -= k;
+      pos += k;
+      if (pos === lens[i]) {
+        i++;
+        pos = 0;
       }
     }
-    const got = preadvFully(fd, iov, position);
+    const count = (pos > 0 ? i + 1 : i) - first;
+    let got: number;
+    if (segs.native) {
+      try {
+        got = preadvInto(fd, segs.addrs, lens, first, count, skip, length, position);
+      } catch (e) {
+        throw e instanceof HostError ? eio(`file slice: preadv at ${position}: errno ${e.errno}`, e) : e;
+      }
+    } else {
+      const iov: Buffer[] = [];
+      let left2 = length;
+      for (let j = first; j < first + count; j++) {
+        const o = segs.offs[j] + (j === first ? skip : 0);
+        const k = Math.min(left2, lens[j] - (j === first ? skip : 0));
+        iov.push(segs.bufs[j].subarray(o, o + k));
+        left2 -= k;
+      }
+      got = preadvFully(fd, iov, position);
+    }
     if (got < length) throw eio(`file slice: ${got} of ${length} bytes at ${position} (file shorter than its index says)`);
+    this.seg = i;
+    this.pos = pos;
     this.written += length;
   }
 }

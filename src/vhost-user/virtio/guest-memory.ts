@@ -48,6 +48,8 @@ export class MemoryRegion {
   private refs = 1;
   private readonly windows: (Buffer | undefined)[] = [];
   private unmapped = false;
+  /** host virtual address of the mapping's first byte of the region (offset 0), as a Number (< 2^47 on x86-64) */
+  readonly hostBase: number;
 
   private constructor(
     readonly gpa: number,
@@ -58,7 +60,9 @@ export class MemoryRegion {
     private readonly mapLen: number,
     private readonly delta: number,
     readonly windowStep: number,
-  ) {}
+  ) {
+    this.hostBase = Number(mapAddr) + delta;
+  }
 
   /**
    * Validate `spec` against the fd and map it. The fd is consumed (closed) in
@@ -141,6 +145,101 @@ export class MemoryRegion {
   }
 }
 
+/**
+ * Byte ranges of guest memory (a descriptor chain's readable or writable
+ * part) as parallel arrays: the region window holding each range, the
+ * range's offset in it, its length and its host virtual address. A range is
+ * a live view of guest memory; no per-range Buffer is created unless asked
+ * for (`views`). Ranges built from plain Buffers (tests, `fromBuffers`) have
+ * no host address (NaN), and readers fall back to Buffer APIs for them.
+ */
+export class SegmentList {
+  readonly bufs: Buffer[];
+  /** offset of each range in its window buffer */
+  offs: Float64Array;
+  lens: Float64Array;
+  /** host virtual address of each range (NaN: none) */
+  addrs: Float64Array;
+  length = 0;
+  /** every range has a host address (native I/O can target it directly) */
+  native = true;
+
+  private static readonly EMPTY = new Float64Array(0);
+
+  /** Storage is allocated on the first push (or `reserve`), sized `capacity`. */
+  constructor(private capacity = 4) {
+    this.bufs = [];
+    this.offs = this.lens = this.addrs = SegmentList.EMPTY;
+  }
+
+  /** Room for `n` ranges in all (no reallocation while pushing up to that). */
+  reserve(n: number): void {
+    if (n <= this.offs.length) return;
+    let offs: Float64Array, lens: Float64Array, addrs: Float64Array;
+    if (n <= 8) {
+      // ≤ 64 bytes each: V8 keeps these on its heap (cheap, no backing-store allocation)
+      offs = new Float64Array(n);
+      lens = new Float64Array(n);
+      addrs = new Float64Array(n);
+    } else {
+      // one backing store for the three columns (its allocation is the cost here)
+      const ab = new ArrayBuffer(24 * n);
+      offs = new Float64Array(ab, 0, n);
+      lens = new Float64Array(ab, 8 * n, n);
+      addrs = new Float64Array(ab, 16 * n, n);
+    }
+    for (let i = 0; i < this.length; i++) {
+      offs[i] = this.offs[i];
+      lens[i] = this.lens[i];
+      addrs[i] = this.addrs[i];
+    }
+    this.offs = offs;
+    this.lens = lens;
+    this.addrs = addrs;
+  }
+
+  /**
+   * Append a range; one that continues the previous range (same window, next
+   * host address) extends it instead, so the page-per-descriptor buffers of a
+   * READ that the guest allocated contiguously become one iovec.
+   */
+  push(buf: Buffer, off: number, len: number, addr: number): void {
+    const i = this.length;
+    if (i > 0 && this.bufs[i - 1] === buf && this.addrs[i - 1] + this.lens[i - 1] === addr) {
+      this.lens[i - 1] += len;
+      return;
+    }
+    if (i === this.offs.length) this.reserve(Math.max(this.capacity, 2 * i));
+    this.bufs[i] = buf;
+    this.offs[i] = off;
+    this.lens[i] = len;
+    this.addrs[i] = addr;
+    this.length = i + 1;
+    if (!(addr >= 0)) this.native = false;
+  }
+
+  truncate(n: number): void {
+    if (n >= this.length) return;
+    this.bufs.length = n;
+    this.length = n;
+    this.native = true;
+    for (let i = 0; i < n; i++) if (!(this.addrs[i] >= 0)) this.native = false;
+  }
+
+  /** One view per range (allocates; for callers that need Buffers). */
+  views(): Buffer[] {
+    const out: Buffer[] = new Array(this.length);
+    for (let i = 0; i < this.length; i++) out[i] = this.bufs[i].subarray(this.offs[i], this.offs[i] + this.lens[i]);
+    return out;
+  }
+
+  static fromBuffers(bufs: readonly Buffer[]): SegmentList {
+    const l = new SegmentList(bufs.length);
+    for (const b of bufs) if (b.length > 0) l.push(b, 0, b.length, NaN);
+    return l;
+  }
+}
+
 /** An immutable region table. */
 export class GuestMemory {
   readonly regions: readonly MemoryRegion[];
@@ -193,6 +292,44 @@ export class GuestMemory {
     const { buf, pos } = r.locate(off);
     if (len > buf.length - pos) return undefined;
     return buf.subarray(pos, pos + len);
+  }
+
+  /**
+   * Split [gpa, gpa+len) into segments appended to `out` (crossing windows
+   * and GPA-adjacent regions) without creating a view per segment. Returns
+   * false, appending nothing, when any byte lies outside the table.
+   */
+  segmentsInto(gpa: number, len: number, out: SegmentList): boolean {
+    if (!(Number.isSafeInteger(gpa) && gpa >= 0 && Number.isSafeInteger(len) && len >= 0 && gpa + len <= MAX_ADDR)) return false;
+    // fast path: inside the last region used, within one window
+    const l = this.last;
+    if (l !== undefined && gpa >= l.gpa && len <= l.gpa + l.size - gpa && l.mapped) {
+      const off = gpa - l.gpa;
+      const k = Math.floor(off / l.windowStep);
+      const buf = l.window(k);
+      const pos = off - k * l.windowStep;
+      if (len <= buf.length - pos) {
+        out.push(buf, pos, len, l.hostBase + off);
+        return true;
+      }
+    }
+    const mark = out.length;
+    while (len > 0) {
+      const r = this.find(gpa);
+      if (r === undefined || !r.mapped) {
+        out.truncate(mark);
+        return false;
+      }
+      const off = gpa - r.gpa;
+      const k = Math.floor(off / r.windowStep);
+      const buf = r.window(k);
+      const pos = off - k * r.windowStep;
+      const n = Math.min(len, buf.length - pos, r.size - off);
+      out.push(buf, pos, n, r.hostBase + off);
+      gpa += n;
+      len -= n;
+    }
+    return true;
   }
 
   /**

@@ -16,7 +16,7 @@
  * Host byte order is assumed little endian (checked at load).
  */
 import * as os from 'node:os';
-import type { GuestMemory } from './guest-memory';
+import { type GuestMemory, SegmentList } from './guest-memory';
 
 if (os.endianness() !== 'LE') throw new Error('virtio queue: big-endian hosts are not supported');
 
@@ -35,17 +35,35 @@ const HI_LIMIT = 0x200000;
 
 /** A descriptor chain with every buffer already translated and bounds-checked. */
 export class DescriptorChain {
+  /** device-readable ranges, in order */
+  readonly readSegs: SegmentList;
+  /** device-writable ranges, in order */
+  readonly writeSegs: SegmentList;
+  private rviews: Buffer[] | undefined;
+  private wviews: Buffer[] | undefined;
+
   constructor(
     readonly head: number,
-    /** device-readable buffers, in order */
-    readonly readable: Buffer[],
-    /** device-writable buffers, in order */
-    readonly writable: Buffer[],
+    readable: Buffer[] | SegmentList,
+    writable: Buffer[] | SegmentList,
     readonly readableLen: number,
     readonly writableLen: number,
     /** descriptors visited (for tests / stats) */
     readonly descCount: number,
-  ) {}
+  ) {
+    this.readSegs = readable instanceof SegmentList ? readable : SegmentList.fromBuffers(readable);
+    this.writeSegs = writable instanceof SegmentList ? writable : SegmentList.fromBuffers(writable);
+  }
+
+  /** device-readable buffers as views, in order (created on first use) */
+  get readable(): Buffer[] {
+    return (this.rviews ??= this.readSegs.views());
+  }
+
+  /** device-writable buffers as views, in order (created on first use) */
+  get writable(): Buffer[] {
+    return (this.wviews ??= this.writeSegs.views());
+  }
 }
 
 export type ChainResult = DescriptorChain | { error: string; head: number };
@@ -62,7 +80,8 @@ export class SplitQueue {
   /** used idx at the last notification decision (EVENT_IDX) */
   private signalledUsed: number | undefined;
   private mem: GuestMemory | undefined;
-  private desc: DataView | undefined;
+  /** the descriptor table as u32 words (4 per descriptor) */
+  private desc: Uint32Array | undefined;
   private avail: Uint16Array | undefined;
   private usedHdr: Uint16Array | undefined;
   private usedRing: Uint32Array | undefined;
@@ -120,8 +139,8 @@ export class SplitQueue {
     const a = mem.slice(this.availGpa, 6 + 2 * n);
     const u = mem.slice(this.usedGpa, 6 + 8 * n);
     if (!d || !a || !u) return false;
-    if (a.byteOffset % 2 !== 0 || u.byteOffset % 4 !== 0) return false;
-    this.desc = new DataView(d.buffer, d.byteOffset, d.length);
+    if (d.byteOffset % 4 !== 0 || a.byteOffset % 2 !== 0 || u.byteOffset % 4 !== 0) return false;
+    this.desc = new Uint32Array(d.buffer, d.byteOffset, d.length / 4);
     this.avail = new Uint16Array(a.buffer, a.byteOffset, 3 + n);
     this.usedHdr = new Uint16Array(u.buffer, u.byteOffset, 3 + 4 * n);
     this.usedRing = new Uint32Array(u.buffer, u.byteOffset + 4, 2 * n);
@@ -150,7 +169,7 @@ export class SplitQueue {
   /** Walk the chain at `head`, translating every buffer. Never throws. */
   parseChain(head: number): ChainResult {
     const mem = this.mem;
-    let table = this.desc;
+    let table: Uint32Array | undefined = this.desc;
     if (mem === undefined || table === undefined) return { error: 'queue not ready', head };
     let count = this.size;
     if (!(head < count)) return { error: `head index ${head} ≥ queue size ${count}`, head };
@@ -162,18 +181,19 @@ export class SplitQueue {
     let rlen = 0;
     let wlen = 0;
     let visited = 0;
-    const readable: Buffer[] = [];
-    const writable: Buffer[] = [];
+    const readable = new SegmentList();
+    const writable = new SegmentList();
     for (;;) {
       if (!(idx < count)) return { error: `next index ${idx} out of range (${count})`, head };
       if (ttl-- <= 0) return { error: 'descriptor chain too long (loop?)', head };
       visited++;
-      const off = idx * DESC_SIZE;
-      const lo = table.getUint32(off, true);
-      const hi = table.getUint32(off + 4, true);
-      const len = table.getUint32(off + 8, true);
-      const flags = table.getUint16(off + 12, true);
-      const next = table.getUint16(off + 14, true);
+      const w = 4 * idx;
+      const lo: number = table[w];
+      const hi: number = table[w + 1];
+      const len: number = table[w + 2];
+      const fn: number = table[w + 3];
+      const flags = fn & 0xffff;
+      const next = fn >>> 16;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         // virtio 1.x 2.7.5.3.1: no INDIRECT within an indirect table, not with NEXT, len a multiple of 16
         if (indirect) return { error: 'nested indirect descriptor', head };
@@ -186,7 +206,11 @@ export class SplitQueue {
         if (hi >= HI_LIMIT) return { error: 'indirect table address out of range', head };
         const t = mem.slice(hi * 0x100000000 + lo, len);
         if (t === undefined) return { error: 'indirect table outside guest memory', head };
-        table = new DataView(t.buffer, t.byteOffset, t.length);
+        // one private copy of the table: aligned, and the guest cannot change it under the walk
+        table = new Uint32Array(len / 4);
+        new Uint8Array(table.buffer).set(t);
+        // an indirect READ is mostly page-sized writable buffers: room for all of them at once
+        writable.reserve(Math.min(entries, MAX_INDIRECT));
         count = entries;
         ttl = entries;
         idx = 0;
@@ -200,7 +224,7 @@ export class SplitQueue {
         total += len;
         if (total > 0xffffffff) return { error: 'chain longer than 4 GiB', head };
         if (hi >= HI_LIMIT) return { error: 'buffer address out of range', head };
-        if (!mem.segments(hi * 0x100000000 + lo, len, write ? writable : readable)) {
+        if (!mem.segmentsInto(hi * 0x100000000 + lo, len, write ? writable : readable)) {
           return { error: `buffer [0x${(hi * 0x100000000 + lo).toString(16)}, +${len}) outside guest memory`, head };
         }
         if (write) wlen += len;

@@ -42,6 +42,8 @@ export class VirtioFsDevice implements VhostUserBackend {
   private readonly maxInflight: number;
   /** requests served (completed) since start, per queue */
   readonly served: number[];
+  /** per queue: popping stopped at maxInflight, so completions must resume it */
+  private readonly throttled: boolean[];
 
   constructor(private readonly server: FuseServer, opts: VirtioFsDeviceOptions = {}) {
     const q = opts.queues ?? 2;
@@ -49,6 +51,7 @@ export class VirtioFsDevice implements VhostUserBackend {
     this.numQueues = q;
     this.maxInflight = Math.max(1, opts.maxInflight ?? DEFAULT_MAX_INFLIGHT);
     this.served = new Array<number>(q).fill(0);
+    this.throttled = new Array<boolean>(q).fill(false);
   }
 
   features(): bigint {
@@ -56,9 +59,14 @@ export class VirtioFsDevice implements VhostUserBackend {
   }
 
   handleQueueEvent(vring: Vring): void {
-    while (vring.inflight < this.maxInflight) {
+    for (;;) {
+      if (vring.inflight >= this.maxInflight) {
+        // stopped with entries possibly left and no kick armed: resume on a completion
+        this.throttled[vring.index] = true;
+        return;
+      }
       const c = vring.pop();
-      if (c === undefined) return;
+      if (c === undefined) return; // ring drained, kick re-armed (or not processable)
       void this.serve(vring, c);
     }
   }
@@ -74,8 +82,12 @@ export class VirtioFsDevice implements VhostUserBackend {
     }
     vring.complete(c, n);
     this.served[vring.index]++;
-    // room again: take what the guest queued meanwhile
-    if (vring.inflight < this.maxInflight && vring.canProcess()) this.handleQueueEvent(vring);
+    // room again after a throttle: take what the guest queued meanwhile (otherwise the
+    // ring was drained with the kick re-armed, and new entries come with a kick)
+    if (this.throttled[vring.index] && vring.inflight < this.maxInflight && vring.canProcess()) {
+      this.throttled[vring.index] = false;
+      this.handleQueueEvent(vring);
+    }
   }
 }
 
