@@ -179,12 +179,19 @@ export interface InflightOp {
   unique: number;
   timestamp_secs: number;
 }
-const inflight = new Map<number, InflightOp>();
+/** an op in flight, as recorded on the request path (the reported form is made when asked) */
+interface InflightEntry { vfsIndex: number; ino: number | undefined; opcode: number; unique: bigint | undefined; at: number }
+const inflight = new Map<number, InflightEntry>();
 let inflightSeq = 0;
 
 /** Requests currently being served by any decorated filesystem. */
 export function inflightOps(): InflightOp[] {
-  return [...inflight.values()];
+  return [...inflight.values()].map((e) => ({
+    inode: e.ino === undefined ? 0 : Number((BigInt(e.vfsIndex) << 56n) | BigInt(e.ino)),
+    opcode: e.opcode,
+    unique: Number(e.unique ?? 0n),
+    timestamp_secs: Math.floor(e.at / 1000),
+  }));
 }
 
 // ---- the decorator ------------------------------------------------------------------
@@ -222,12 +229,13 @@ export function withMetrics<T extends FileSystem>(fs: T, stats: FsIoStats): T {
         // forget(ino, n) has no ctx; every other op is (ctx, ino|parent, …)
         const ino = asNumber(prop === 'forget' ? args[0] : args[1]);
         const ctx = prop === 'forget' ? undefined : (args[0] as { unique?: bigint } | undefined);
-        const t0 = process.hrtime.bigint();
+        // per request: a double clock and a plain record (no BigInt, no encoding until someone asks)
+        const t0 = performance.now();
         const seq = ++inflightSeq;
         const done = (ok: boolean, result: unknown): void => {
           inflight.delete(seq);
           if (fop === undefined) return;
-          const us = Number((process.hrtime.bigint() - t0) / 1000n);
+          const us = Math.round((performance.now() - t0) * 1000);
           const bytes = ok && fop === FOP_INDEX.read && Array.isArray(result) ? readSize(result as ReadPiece[]) : 0;
           stats.record(fop, ino, ok, us, bytes);
         };
@@ -239,8 +247,7 @@ export function withMetrics<T extends FileSystem>(fs: T, stats: FsIoStats): T {
           throw e;
         }
         if (r && typeof (r as Promise<unknown>).then === 'function') {
-          const encoded = ino === undefined ? 0 : Number((BigInt(stats.vfsIndex) << 56n) | BigInt(ino));
-          inflight.set(seq, { inode: encoded, opcode: opcode ?? 0, unique: Number(ctx?.unique ?? 0n), timestamp_secs: Math.floor(Date.now() / 1000) });
+          inflight.set(seq, { vfsIndex: stats.vfsIndex, ino, opcode: opcode ?? 0, unique: ctx?.unique, at: Date.now() });
           return (r as Promise<unknown>).then(
             (x) => { done(true, x); return x; },
             (e: unknown) => { done(false, undefined); throw e; },

@@ -18,7 +18,7 @@ import { Vfs } from '../../src/virtiofs/vfs/vfs';
 import { DaemonService } from '../../src/service/service';
 import { startApiServer, type ApiServer } from '../../src/api/server';
 import { DaemonStateMachine } from '../../src/service/state';
-import { blockSizeIndex, latencyMicrosIndex } from '../../src/service/metrics';
+import { FsIoStats, blockSizeIndex, inflightOps, latencyMicrosIndex, withMetrics } from '../../src/service/metrics';
 import type { RequestContext } from '../../src/common/filesystem';
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-api-unit-'));
@@ -292,6 +292,24 @@ test('metrics: id selection, counters move through the decorator', async () => {
   assert.is((await request('GET', '/api/v1/metrics?id=/containers')).json.fop_hits[0], 1);
   assert.is(latencyMicrosIndex(150), 0);
   assert.is(latencyMicrosIndex(3_000_000), 7);
+});
+
+test('in-flight ops: a pending op is listed with upstream\'s encoded inode, opcode, unique and start time, and leaves when done', async () => {
+  let release!: () => void;
+  const slow = { readOnly: true, getattr: () => new Promise<never>((_r, reject) => { release = () => reject(new Error('done')); }) } as unknown as import('../../src/common/filesystem').FileSystem;
+  const stats = new FsIoStats('/slow');
+  stats.vfsIndex = 3;
+  const wrapped = withMetrics(slow, stats);
+  const before = inflightOps().length;
+  const t = Math.floor(Date.now() / 1000);
+  const p = wrapped.getattr!({ ...ctx, unique: 77n } as RequestContext, 5n).catch(() => undefined);
+  const mine = inflightOps().filter((o) => o.unique === 77);
+  assert.is(inflightOps().length, before + 1);
+  assert.equal(mine.map((o) => [o.inode, o.opcode]), [[Number((3n << 56n) | 5n), 3]]);
+  assert.ok(Math.abs(mine[0].timestamp_secs - t) <= 1);
+  release();
+  await p;
+  assert.is(inflightOps().length, before);
 });
 
 test('remount (PUT) swaps the fs; DELETE umounts, unknown → 204; metrics without id with one fs', async () => {
