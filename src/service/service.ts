@@ -79,7 +79,7 @@ export async function createRafsInstance(mountpoint: string, bootstrap: string, 
   const workDir = cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache' ? cfg.cache.filecache?.work_dir : undefined;
   // v6 blobs whose chunks the bootstrap does not list: their blob.meta comes from the cache, the image dir or the backend
   await metas.start(sb, { backend, workDir, dirs: [path.dirname(bootstrap)] });
-  const device = createBlobDevice(cfg, sb.blobs, { backend, chunks: () => sb.chunkTable() });
+  const device = createBlobDevice(cfg, sb.blobs, { backend, chunks: () => sb.chunkRecords() });
   const rafs = new RafsFs(sb, device, { bootstrap: boot, enableXattr: cfg.rafs.enable_xattr, directIo: opts.directIo });
   const pf = cfg.rafs.prefetch;
   if (prefetchFiles?.length || pf.enable) {

@@ -36,8 +36,8 @@ export interface BlobDeviceOptions {
   backend?: BlobBackend;
   /** per-attempt read metrics for the backend built here */
   metrics?: BackendMetrics;
-  /** every chunk record of the image (request merging, whole-blob prefetch) */
-  chunks?: () => ChunkInfo[];
+  /** every chunk record of the image (request merging, whole-blob prefetch), walked once */
+  chunks?: () => Iterable<ChunkInfo>;
 }
 
 /** The backend for `cfg.backend`; ENOSYS for types not implemented yet. */
@@ -131,8 +131,8 @@ export interface StorageDeviceOptions {
   /** merged request size for misses */
   batchSize?: number;
   prefetch?: PrefetchOptions;
-  /** every chunk record of the image (for request merging and whole-blob prefetch); called once, lazily */
-  chunks?: () => ChunkInfo[];
+  /** every chunk record of the image (for request merging and whole-blob prefetch); walked once, lazily */
+  chunks?: () => Iterable<ChunkInfo>;
 }
 
 /** Decompressed chunks kept in memory per image (a few chunks of read-ahead). */
@@ -209,10 +209,9 @@ export class StorageDevice implements BlobDevice {
     if (this.directories?.some((d) => d?.partial) && Date.now() - this.directoriesAt >= DIRECTORY_RETRY_MS) this.directories = undefined;
     if (!this.directories) {
       this.directoriesAt = Date.now();
-      const groups: ChunkInfo[][] = this.blobs.map(() => []);
       try {
-        for (const c of this.opts.chunks()) if (c.blobIndex >= 0 && c.blobIndex < groups.length) groups[c.blobIndex].push(c);
-        this.directories = this.blobs.map((b, i) => new ChunkDirectory(b, groups[i]));
+        // one walk over the records, each copied into its blob's columns and dropped
+        this.directories = ChunkDirectory.buildAll(this.blobs, this.opts.chunks());
       } catch (err) {
         warnLimited('storage.directory', { err: (err as Error).message }, 'cannot list the image chunks: requests are not merged');
         this.directories = [];

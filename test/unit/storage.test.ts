@@ -546,6 +546,31 @@ test('ChunkDirectory keeps every field of its records; records the columns canno
   assert.equal(dir.region(plain, 1 << 20, (c) => c.index !== 2).map((c) => c.index), [0, 1, 3, 4], 'an unwanted batch member is skipped, not an end');
 });
 
+test('ChunkDirectory.buildAll: one walk over many blobs\' records (columns grown as they come), first record per index, strangers skipped', () => {
+  const blobs = [0, 1, 2].map((i) => ({ ...V6.info, blobIndex: i, blobId: String(i).repeat(64), chunkCount: 500 }));
+  const recs: ChunkInfo[] = [];
+  // 3 blobs x 500 chunks, interleaved, in reverse compressed order, each listed twice (the second copy differs)
+  for (let k = 499; k >= 0; k--) for (const b of [0, 1, 2]) {
+    const c = { ...ck(k, k * 1000 + b, 1000), blobIndex: b, digest: Buffer.alloc(32, (k + b) & 0xff), uncompressedOffset: k * 4096, uncompressedSize: 900 + b };
+    recs.push(c, { ...c, uncompressedSize: 1 });
+  }
+  recs.push({ ...ck(1, 0, 10), blobIndex: 7, digest: Buffer.alloc(32) }, { ...ck(600, 0, 10), blobIndex: 1, digest: Buffer.alloc(32) });
+  let walks = 0;
+  const dirs = ChunkDirectory.buildAll(blobs, { *[Symbol.iterator]() { walks++; yield* recs; } });
+  assert.is(walks, 1);
+  assert.is(dirs.length, 3);
+  dirs.forEach((d, b) => {
+    assert.is(d.size, 500);
+    const all = d.all();
+    assert.equal(all.map((c) => c.index), [...Array(500).keys()], `blob ${b} in blob order`);
+    for (const k of [0, 63, 64, 65, 255, 499]) {
+      const c = d.get(k)!;
+      assert.equal([c.blobIndex, c.compressedOffset, c.uncompressedSize, c.digest[0]], [b, k * 1000 + b, 900 + b, (k + b) & 0xff], `blob ${b} chunk ${k}`);
+    }
+  });
+  assert.equal(new ChunkDirectory(blobs[1], recs.filter((c) => c.blobIndex === 1)).all(), dirs[1].all(), 'the same as one blob built alone');
+});
+
 test('merged misses: one request fetches a miss and its uncached neighbours; they are then hits; a cached chunk splits the run', async () => {
   const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
   const dir = new ChunkDirectory(V6.info, V6.chunks);

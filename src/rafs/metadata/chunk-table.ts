@@ -77,8 +77,11 @@ export class ChunkTable {
 
   /** Every record in table order, decoded (callers that list the whole table). */
   all(): ChunkInfo[] {
-    const out = new Array<ChunkInfo>(this.count);
-    for (let i = 0; i < this.count; i++) out[i] = decodeChunkInfoRecord(this.buf, this.start + i * RAFSV6_CHUNK_INFO_SIZE);
-    return out;
+    return [...this.records()];
+  }
+
+  /** Every record in table order, decoded one at a time (nothing kept). */
+  *records(): Generator<ChunkInfo> {
+    for (let i = 0; i < this.count; i++) yield decodeChunkInfoRecord(this.buf, this.start + i * RAFSV6_CHUNK_INFO_SIZE);
   }
 }

@@ -305,12 +305,14 @@ export class DirectSuperV5 implements RafsSuper {
 
   /** Chunk records of every regular-file inode (hardlink duplicates counted once), in index order. */
   chunkTable(): ChunkInfo[] {
-    const out: ChunkInfo[] = [];
+    return [...this.chunkRecords()];
+  }
+
+  *chunkRecords(): Generator<ChunkInfo> {
     for (let i = 1; i <= this.sb.inodeTableEntries; i++) {
       const inode = this.inodeAt(i);
-      if (inode.isReg() && inode.ino === i) out.push(...inode.rawChunks());
+      if (inode.isReg() && inode.ino === i) yield* inode.rawChunks();
     }
-    return out;
   }
 }
 

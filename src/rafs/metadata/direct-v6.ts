@@ -343,16 +343,20 @@ class V6Super implements RafsSuper {
   }
 
   chunkTable(): ChunkInfo[] {
-    const all = this.table?.all() ?? [];
-    for (let i = 0; i < all.length; i++) {
-      const c = all[i];
-      if (!this.isBatchRecord(c)) continue;
-      try {
-        const m = this.metaTable(c.blobIndex)?.get(c.index);
-        if (m) all[i] = withRecord(m, c, c.fileOffset);
-      } catch { /* a bad record fails when read */ }
+    return [...this.chunkRecords()];
+  }
+
+  *chunkRecords(): Generator<ChunkInfo> {
+    if (!this.table) return;
+    for (const c of this.table.records()) {
+      if (this.isBatchRecord(c)) {
+        try {
+          const m = this.metaTable(c.blobIndex)?.get(c.index);
+          if (m) { yield withRecord(m, c, c.fileOffset); continue; }
+        } catch { /* a bad record fails when read */ }
+      }
+      yield c;
     }
-    return all;
   }
 
   /**

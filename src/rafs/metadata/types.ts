@@ -74,6 +74,8 @@ export interface RafsSuper {
   root(): RafsInode;
   /** Every chunk record stored in the bootstrap (v5: collected from inodes, v6: chunk table). */
   chunkTable(): ChunkInfo[];
+  /** The same records as chunkTable(), one at a time (a whole-image walk that keeps none of them). */
+  chunkRecords(): Iterable<ChunkInfo>;
   /** Records of the chunk table per blob index, without decoding them (v6). */
   chunkCountsByBlob?(): number[];
 }

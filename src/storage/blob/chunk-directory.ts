@@ -64,19 +64,16 @@ export class ChunkDirectory {
   /** some records could not be placed (batch members listed before their blob.meta loaded) */
   readonly partial: boolean = false;
 
-  constructor(readonly info: BlobInfo, chunks: Iterable<ChunkInfo>) {
-    // first record per index (records whose index is out of range ignored)
-    const first = new Int32Array(info.chunkCount).fill(-1);
-    const kept: ChunkInfo[] = [];
-    for (const c of chunks) {
-      if (!Number.isInteger(c.index) || c.index < 0 || c.index >= info.chunkCount) continue;
-      if (unplaced(c)) { this.partial = true; continue; }
-      if (first[c.index] < 0) { first[c.index] = kept.length; kept.push(c); }
-    }
-    const n = (this.n = kept.length);
+  constructor(readonly info: BlobInfo, chunks: Iterable<ChunkInfo> | DirectoryBuilder) {
+    const b = chunks instanceof DirectoryBuilder ? chunks : new DirectoryBuilder(info);
+    if (!(chunks instanceof DirectoryBuilder)) for (const c of chunks) b.add(c);
+    const n = (this.n = b.count);
+    this.partial = b.partial;
     const order = new Uint32Array(n);
     for (let i = 0; i < n; i++) order[i] = i;
-    order.sort((a, b) => kept[a].compressedOffset - kept[b].compressedOffset || kept[a].index - kept[b].index);
+    const sc = b.cOff;
+    const si = b.idx;
+    order.sort((x, y) => sc[x] - sc[y] || si[x] - si[y]);
     this.blobIndex = info.blobIndex;
     this.idx = new Uint32Array(n);
     this.cOff = new Float64Array(n);
@@ -91,25 +88,39 @@ export class ChunkDirectory {
     this.bIndex = new Int32Array(n).fill(-1);
     this.bOffset = new Uint32Array(n);
     this.bSize = new Uint32Array(n);
-    this.pos = first; // reused: rewritten below with positions
-    first.fill(-1);
+    this.pos = b.first; // reused: rewritten below with positions
+    this.pos.fill(-1);
     for (let p = 0; p < n; p++) {
-      const c = kept[order[p]];
-      this.pos[c.index] = p;
-      this.idx[p] = c.index;
-      this.cOff[p] = c.compressedOffset;
-      if (c.blobIndex !== this.blobIndex || !columnar(c)) { this.odd.set(p, c); continue; }
-      this.cSize[p] = c.compressedSize;
-      this.uOff[p] = c.uncompressedOffset;
-      this.uSize[p] = c.uncompressedSize;
-      this.fOff[p] = c.fileOffset;
-      this.flags[p] = c.flags;
-      this.crc[p] = c.crc32;
-      this.digests.set(c.digest, p * DIGEST);
-      const b = batchOf(c);
-      this.bits[p] = (c.compressed ? 1 : 0) | (b ? 2 : 0);
-      if (b) { this.bIndex[p] = b.index; this.bOffset[p] = b.offset; this.bSize[p] = b.size; }
+      const k = order[p];
+      this.pos[si[k]] = p;
+      this.idx[p] = si[k];
+      this.cOff[p] = sc[k];
+      const o = b.odd.get(k);
+      if (o) { this.odd.set(p, o); continue; }
+      this.cSize[p] = b.cSize[k];
+      this.uOff[p] = b.uOff[k];
+      this.uSize[p] = b.uSize[k];
+      this.fOff[p] = b.fOff[k];
+      this.flags[p] = b.flags[k];
+      this.crc[p] = b.crc[k];
+      this.digests.set(b.digests.subarray(k * DIGEST, (k + 1) * DIGEST), p * DIGEST);
+      this.bits[p] = b.bits[k];
+      this.bIndex[p] = b.bIndex[k];
+      this.bOffset[p] = b.bOffset[k];
+      this.bSize[p] = b.bSize[k];
     }
+  }
+
+  /**
+   * One directory per blob from one walk over the image's chunk records
+   * (records naming no blob of `blobs` skipped). The records are read one at
+   * a time into columns: none is kept (but odd ones), so a walk over a whole
+   * image's table does not grow the heap by an object per chunk.
+   */
+  static buildAll(blobs: readonly BlobInfo[], records: Iterable<ChunkInfo>): ChunkDirectory[] {
+    const builders = blobs.map((b) => new DirectoryBuilder(b));
+    for (const c of records) if (Number.isInteger(c.blobIndex) && c.blobIndex >= 0 && c.blobIndex < builders.length) builders[c.blobIndex].add(c);
+    return blobs.map((b, i) => new ChunkDirectory(b, builders[i]));
   }
 
   get size(): number {
@@ -239,3 +250,78 @@ export function mergeRuns(chunks: readonly ChunkInfo[], limit: number): ChunkInf
   if (cur.length) runs.push(cur);
   return runs;
 }
+
+/**
+ * The first record of each chunk index of one blob, in arrival order, as
+ * columns that grow by doubling (a hostile chunk count allocates nothing
+ * up front beyond the index map, as before).
+ */
+export class DirectoryBuilder {
+  count = 0;
+  partial = false;
+  /** chunk index → slot (-1: not seen) */
+  readonly first: Int32Array;
+  readonly odd = new Map<number, ChunkInfo>();
+  idx = new Uint32Array(0);
+  cOff = new Float64Array(0);
+  cSize = new Uint32Array(0);
+  uOff = new Float64Array(0);
+  uSize = new Uint32Array(0);
+  fOff = new Float64Array(0);
+  flags = new Uint32Array(0);
+  crc = new Uint32Array(0);
+  bits = new Uint8Array(0);
+  digests = new Uint8Array(0);
+  bIndex = new Int32Array(0);
+  bOffset = new Uint32Array(0);
+  bSize = new Uint32Array(0);
+
+  constructor(readonly info: BlobInfo) {
+    this.first = new Int32Array(info.chunkCount).fill(-1);
+  }
+
+  /** Take `c` (its fields are copied; the object is kept only when the columns cannot hold it). */
+  add(c: ChunkInfo): void {
+    if (!Number.isInteger(c.index) || c.index < 0 || c.index >= this.info.chunkCount) return;
+    if (unplaced(c)) { this.partial = true; return; }
+    if (this.first[c.index] >= 0) return;
+    const k = this.count++;
+    if (k >= this.idx.length) this.grow(Math.min(Math.max(64, k * 2), this.info.chunkCount));
+    this.first[c.index] = k;
+    this.idx[k] = c.index;
+    this.cOff[k] = c.compressedOffset;
+    if (c.blobIndex !== this.info.blobIndex || !columnar(c)) { this.odd.set(k, c); return; }
+    this.cSize[k] = c.compressedSize;
+    this.uOff[k] = c.uncompressedOffset;
+    this.uSize[k] = c.uncompressedSize;
+    this.fOff[k] = c.fileOffset;
+    this.flags[k] = c.flags;
+    this.crc[k] = c.crc32;
+    this.digests.set(c.digest, k * DIGEST);
+    const b = batchOf(c);
+    this.bits[k] = (c.compressed ? 1 : 0) | (b ? 2 : 0);
+    if (b) { this.bIndex[k] = b.index; this.bOffset[k] = b.offset; this.bSize[k] = b.size; } else this.bIndex[k] = -1;
+  }
+
+  private grow(cap: number): void {
+    const g = <T extends { length: number; set(a: ArrayLike<number>): void }>(a: T, make: (n: number) => T, per = 1): T => {
+      const b = make(cap * per);
+      b.set(a as unknown as ArrayLike<number>);
+      return b;
+    };
+    this.idx = g(this.idx, (n) => new Uint32Array(n));
+    this.cOff = g(this.cOff, (n) => new Float64Array(n));
+    this.cSize = g(this.cSize, (n) => new Uint32Array(n));
+    this.uOff = g(this.uOff, (n) => new Float64Array(n));
+    this.uSize = g(this.uSize, (n) => new Uint32Array(n));
+    this.fOff = g(this.fOff, (n) => new Float64Array(n));
+    this.flags = g(this.flags, (n) => new Uint32Array(n));
+    this.crc = g(this.crc, (n) => new Uint32Array(n));
+    this.bits = g(this.bits, (n) => new Uint8Array(n));
+    this.digests = g(this.digests, (n) => new Uint8Array(n), DIGEST);
+    this.bIndex = g(this.bIndex, (n) => new Int32Array(n));
+    this.bOffset = g(this.bOffset, (n) => new Uint32Array(n));
+    this.bSize = g(this.bSize, (n) => new Uint32Array(n));
+  }
+}
+
