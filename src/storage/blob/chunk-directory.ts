@@ -304,24 +304,15 @@ export class DirectoryBuilder {
   }
 
   private grow(cap: number): void {
-    const g = <T extends { length: number; set(a: ArrayLike<number>): void }>(a: T, make: (n: number) => T, per = 1): T => {
-      const b = make(cap * per);
-      b.set(a as unknown as ArrayLike<number>);
-      return b;
-    };
-    this.idx = g(this.idx, (n) => new Uint32Array(n));
-    this.cOff = g(this.cOff, (n) => new Float64Array(n));
-    this.cSize = g(this.cSize, (n) => new Uint32Array(n));
-    this.uOff = g(this.uOff, (n) => new Float64Array(n));
-    this.uSize = g(this.uSize, (n) => new Uint32Array(n));
-    this.fOff = g(this.fOff, (n) => new Float64Array(n));
-    this.flags = g(this.flags, (n) => new Uint32Array(n));
-    this.crc = g(this.crc, (n) => new Uint32Array(n));
-    this.bits = g(this.bits, (n) => new Uint8Array(n));
-    this.digests = g(this.digests, (n) => new Uint8Array(n), DIGEST);
-    this.bIndex = g(this.bIndex, (n) => new Int32Array(n));
-    this.bOffset = g(this.bOffset, (n) => new Uint32Array(n));
-    this.bSize = g(this.bSize, (n) => new Uint32Array(n));
+    for (const name of BUILDER_COLUMNS) {
+      const old = this[name];
+      const next = new (old.constructor as new (n: number) => typeof old)(cap * (old === this.digests ? DIGEST : 1));
+      next.set(old as never);
+      (this as Record<typeof name, typeof old>)[name] = next;
+    }
   }
 }
+
+/** The builder's growable columns (all reallocated together). */
+const BUILDER_COLUMNS = ['idx', 'cOff', 'cSize', 'uOff', 'uSize', 'fOff', 'flags', 'crc', 'bits', 'digests', 'bIndex', 'bOffset', 'bSize'] as const;
 

@@ -204,22 +204,20 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
     const storedAt: number[] = [];
     const sendRun: ChunkInfo[] = [];
     const sendAt: number[] = [];
-    const placed = new Map<string, number>();
+    // each distinct stored range once (batch members share their batch's bytes), packed back to back
+    const placed = new Map<string, { from: ChunkInfo; at: number }>();
     let size = 0;
     run.forEach((c, k) => {
       if (!needsWork(c)) { stored.push(c); storedAt.push(k); return; }
-      const key = `${c.compressedOffset}:${c.compressedSize}`; // batch members share their batch's bytes
-      let at = placed.get(key);
-      if (at === undefined) { placed.set(key, (at = size)); size += c.compressedSize; }
-      sendRun.push({ ...c, compressedOffset: at });
+      const key = `${c.compressedOffset}:${c.compressedSize}`;
+      let p = placed.get(key);
+      if (!p) { placed.set(key, (p = { from: c, at: size })); size += c.compressedSize; }
+      sendRun.push({ ...c, compressedOffset: p.at });
       sendAt.push(k);
     });
     decodeRun(blob, raw, start, stored, validate).forEach((d, i) => { out[storedAt[i]] = Promise.resolve(d); });
     const packed = Buffer.allocUnsafeSlow(size); // every byte copied below (all ranges inside raw)
-    for (const [key, at] of placed) {
-      const [off, len] = key.split(':').map(Number);
-      raw.copy(packed, at, off - start, off - start + len);
-    }
+    for (const { from, at } of placed.values()) raw.copy(packed, at, from.compressedOffset - start, from.compressedOffset - start + from.compressedSize);
     postRun(blob, packed, 0, sendRun, validate).forEach((p, i) => { out[sendAt[i]] = p; });
     return out;
   }
