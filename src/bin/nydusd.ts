@@ -14,6 +14,7 @@ import { LOG_LEVELS, log, setupLog, type LogLevel } from '../common/log';
 import { closeBlockingPool } from '../common/blocking';
 import { raiseNofileLimit } from '../common/rlimit';
 import { tuneMalloc } from '../common/libc';
+import { enableChunkArena } from '../storage/blob/chunk-arena';
 import { localfsDirConfig, readNydusdConfigFile, type ConfigV2, applyImagePullAuth } from '../common/config';
 import { Vfs } from '../virtiofs/vfs/vfs';
 import { FuseServer } from '../virtiofs/fuse/server';
@@ -215,9 +216,22 @@ const MALLOC_MMAP_MAX = 32 << 20;
 /** Freed heap-top memory kept for the next buffers (about a readahead window). */
 const MALLOC_TRIM = 16 << 20;
 
+/**
+ * Recycled memory for decoded chunks (storage/blob/chunk-arena.ts), in MiB:
+ * NYDUS_CHUNK_ARENA, 0 = fresh buffers (benchmarks).
+ */
+function arenaBytes(): number {
+  const env = process.env.NYDUS_CHUNK_ARENA;
+  const mib = env !== undefined && env !== '' ? Number(env) : DEFAULT_ARENA_MIB;
+  return Number.isFinite(mib) && mib > 0 ? Math.min(mib, 4096) * (1 << 20) : 0;
+}
+const DEFAULT_ARENA_MIB = 64;
+
 export function main(argv: string[]): void {
   // chunk buffers from the malloc arenas, not one mmap each (see tuneMalloc)
   tuneMalloc(MALLOC_MMAP_MAX, MALLOC_TRIM);
+  // both transports hold a read-epoch token per request: decoded chunks may live in recycled memory
+  enableChunkArena(arenaBytes());
   const program = addFuseOptions(new Command('nydusd'))
     .description('Nydus image service daemon (FUSE mode without a subcommand)')
     .version(VERSION.package_ver)

@@ -60,16 +60,21 @@ export function compress(c: Compressor, data: Buffer): { data: Buffer; compresse
 
 let dctx: zstdBinding.DCtx | undefined;
 
-/** Decompress one chunk to exactly `size` bytes, or throw EIO. */
-export function decompress(c: Compressor, data: Buffer, size: number): Buffer {
+/**
+ * Decompress one chunk to exactly `size` bytes, or throw EIO. `into` (of
+ * `size` bytes) receives them when given (zstd decompresses straight into
+ * it; the others are copied); the result is then `into`.
+ */
+export function decompress(c: Compressor, data: Buffer, size: number, into?: Buffer): Buffer {
   let out: Buffer;
+  if (into && into.length !== size) throw einval(`decompress: target of ${into.length} bytes for ${size}`);
   try {
     switch (c) {
       case Compressor.None: out = data; break;
       case Compressor.Zstd: {
         // decompress into a buffer of exactly the expected size: a hostile frame
         // cannot make us allocate what its header claims
-        out = Buffer.allocUnsafe(size);
+        out = into ?? Buffer.allocUnsafe(size);
         const n = (dctx ??= new (binding().DCtx)()).decompress(out, data);
         if (n !== size) throw eio(`zstd frame holds ${n} bytes, expected ${size}`);
         break;
@@ -88,5 +93,6 @@ export function decompress(c: Compressor, data: Buffer, size: number): Buffer {
     throw eio(`failed to decompress ${compressorName(c)} data: ${(e as Error).message}`, e);
   }
   if (out.length !== size) throw eio(`decompressed size ${out.length} != expected ${size}`);
+  if (into && out !== into) { out.copy(into); return into; }
   return out;
 }

@@ -89,7 +89,7 @@ export function decodeChunk(raw: Buffer, chunk: ChunkInfo, info: BlobInfo, opts:
     }
     data = Buffer.from(whole.subarray(b.offset, b.offset + chunk.uncompressedSize));
   } else if (chunk.compressed && !opts.decoded) {
-    data = inflate(raw, true, chunk.uncompressedSize, info, where);
+    data = inflate(raw, true, chunk.uncompressedSize, info, where, opts.into);
   } else {
     if (raw.length !== chunk.uncompressedSize) throw eio(`${where()}: ${raw.length} bytes, expected ${chunk.uncompressedSize}`);
     data = raw;
@@ -99,13 +99,13 @@ export function decodeChunk(raw: Buffer, chunk: ChunkInfo, info: BlobInfo, opts:
 }
 
 /** Stored bytes → exactly `size` uncompressed bytes; EIO. */
-function inflate(raw: Buffer, compressed: boolean, size: number, info: BlobInfo, where: () => string): Buffer {
+function inflate(raw: Buffer, compressed: boolean, size: number, info: BlobInfo, where: () => string, into?: Buffer): Buffer {
   if (!compressed) {
     if (raw.length !== size) throw eio(`${where()}: ${raw.length} bytes, expected ${size}`);
     return raw;
   }
   try {
-    return decompress(info.compressor, raw, size);
+    return decompress(info.compressor, raw, size, into);
   } catch (e) {
     throw eio(`${where()}: ${compressorName(info.compressor)} decompression failed: ${(e as Error).message}`, e);
   }
@@ -118,6 +118,8 @@ export interface DecodeChunkOptions extends ReadChunkOptions {
   decoded?: boolean;
   /** blob name for messages when the blob id is empty */
   name?: string;
+  /** where a compressed, non-batch chunk is decompressed to (exactly its uncompressed size) */
+  into?: Buffer;
 }
 
 function checkChunkShape(chunk: ChunkInfo, where: () => string): void {

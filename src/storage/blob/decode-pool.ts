@@ -28,7 +28,9 @@ import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { log } from '../../common/log';
+import { BlobChunkFlags } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../format/types';
+import { type ChunkArena, chunkArena } from './chunk-arena';
 import { decodeChunk } from './chunk-reader';
 
 /** Requests queued or running on the workers; more are decoded inline. */
@@ -39,18 +41,28 @@ const MIN_POOL_BYTES = 64 << 10;
 /** What the worker needs of a BlobInfo. */
 export interface DecodeBlob { blobId: string; compressor: number; digester: number }
 
-/** main → worker: decode `chunks` of `raw` (offsets relative to `start`). */
-export interface DecodeRequest { id: number; blob: DecodeBlob; raw: Uint8Array; start: number; chunks: ChunkInfo[]; validate: boolean }
+/** Where chunk k is decompressed to: `len` bytes at `off` of `sab` (a chunk arena slot). */
+export interface DecodeTarget { sab: SharedArrayBuffer; off: number; len: number }
+
 /**
- * worker → main: chunks `ks` of request `id`, each with its bytes, `null`
- * (stored uncompressed: the request's own bytes, which come back with
- * `done`) or an error message; or `done` with the request's bytes. The first
+ * main → worker: decode `chunks` of `raw` (offsets relative to `start`);
+ * chunk k into `into[k]` when given.
+ */
+export interface DecodeRequest { id: number; blob: DecodeBlob; raw: Uint8Array; start: number; chunks: ChunkInfo[]; validate: boolean; into?: Array<DecodeTarget | null> }
+/**
+ * worker → main: chunks `ks` of request `id`, each with its bytes, `true`
+ * (decoded into its target), `null` (stored uncompressed: the request's own
+ * bytes, which come back with `done`) or an error message; or `done` with the request's bytes. The first
  * chunk (the one a reader waits for) and big ones are posted alone, small
  * ones together (a message per 4 KiB chunk would cost more than decoding it).
+ * The request's bytes come back only when a chunk was answered `null`:
+ * otherwise they die in the worker (each buffer arriving in this thread
+ * counts towards its heap's external memory, whose growth by 64 MiB starts
+ * a full garbage collection here).
  */
 export type DecodeReply =
-  | { id: number; ks: number[]; data: Array<Uint8Array | null | string> }
-  | { id: number; done: true; raw: Uint8Array };
+  | { id: number; ks: number[]; data: Array<Uint8Array | null | string | true> }
+  | { id: number; done: true; raw?: Uint8Array };
 
 /** Decoded bytes gathered into one worker → main message (besides the first chunk, always alone). */
 export const REPLY_BATCH_BYTES = 256 << 10;
@@ -63,13 +75,13 @@ export const REPLY_BATCH_CHUNKS = 64;
  * members of one request share one decompression. `each` sees every result
  * as soon as it is ready.
  */
-export function decodeRun(info: DecodeBlob, raw: Buffer, start: number, run: readonly ChunkInfo[], validate: boolean, each?: (k: number, d: Buffer | Error) => void): Array<Buffer | Error> {
+export function decodeRun(info: DecodeBlob, raw: Buffer, start: number, run: readonly ChunkInfo[], validate: boolean, each?: (k: number, d: Buffer | Error) => void, into?: (k: number) => Buffer | undefined): Array<Buffer | Error> {
   const batches = new Map<number, Buffer>();
   return run.map((chunk, k) => {
     const piece = raw.subarray(chunk.compressedOffset - start, chunk.compressedOffset - start + chunk.compressedSize);
     let d: Buffer | Error;
     try {
-      d = decodeChunk(piece, chunk, info as BlobInfo, { validate, batches });
+      d = decodeChunk(piece, chunk, info as BlobInfo, { validate, batches, into: into?.(k) });
     } catch (err) {
       d = err as Error;
     }
@@ -84,6 +96,34 @@ interface Pending {
   resolve: Array<(d: Buffer | Error) => void>;
   /** chunks answered `null`, resolved with the request's bytes at `done` */
   own: number[];
+  /** arena slots chunks are decoded into, until each is answered */
+  into: Array<Buffer | undefined> | undefined;
+}
+
+/** Chunks worth decoding into an arena slot: compressed on their own (batch members are cut from their batch). */
+const intoArena = (c: ChunkInfo): boolean => c.compressed && !(c.flags & BlobChunkFlags.BATCH) && c.uncompressedSize > 0;
+
+/** Arena slots for the chunks of `run` that decompress on their own (undefined: fresh buffers). */
+function slotsFor(arena: ChunkArena | undefined, run: readonly ChunkInfo[]): Array<Buffer | undefined> | undefined {
+  if (!arena) return undefined;
+  let any = false;
+  const out = run.map((c) => {
+    const b = intoArena(c) ? arena.alloc(c.uncompressedSize) : undefined;
+    if (b) any = true;
+    return b;
+  });
+  return any ? out : undefined;
+}
+
+/**
+ * Chunk k's result leaves the pool: its slot, when it was decoded into it,
+ * is released once the receivers' callbacks ran (they retain what they
+ * keep); a slot not used (an error, bytes from elsewhere) at once.
+ */
+function settleSlot(arena: ChunkArena | undefined, slot: Buffer | undefined, d: Buffer | Error): void {
+  if (!slot || !arena) return;
+  if (d === slot) arena.releaseSoon(slot);
+  else arena.release(slot);
 }
 
 interface DecodeWorker { w: Worker; pending: Map<number, Pending> }
@@ -107,9 +147,22 @@ function failAll(dw: DecodeWorker, why: string): void {
   const e = new Error(`decode worker failed: ${why}`);
   for (const p of dw.pending.values()) {
     queued--;
-    for (const r of p.resolve) r(e);
+    p.resolve.forEach((r, k) => answer(p, k, e));
   }
   dw.pending.clear();
+}
+
+/** Resolve chunk k of `p` with `d` (once: later answers are ignored), settling its slot. */
+function answer(p: Pending, k: number, d: Buffer | Error): void {
+  const r = p.resolve[k];
+  if (!r) return;
+  p.resolve[k] = undefined as unknown as (d: Buffer | Error) => void;
+  const slot = p.into?.[k];
+  if (slot) {
+    p.into![k] = undefined;
+    settleSlot(chunkArena(), slot, d);
+  }
+  r(d);
 }
 
 function startWorker(slot: number): DecodeWorker {
@@ -123,10 +176,10 @@ function startWorker(slot: number): DecodeWorker {
     const p = dw.pending.get(m.id);
     if (!p) return;
     if ('done' in m) {
-      const raw = asBuffer(m.raw);
+      const raw = m.raw ? asBuffer(m.raw) : Buffer.alloc(0);
       for (const k of p.own) {
         const c = p.run[k];
-        p.resolve[k](raw.subarray(c.compressedOffset - p.start, c.compressedOffset - p.start + c.compressedSize));
+        answer(p, k, raw.subarray(c.compressedOffset - p.start, c.compressedOffset - p.start + c.compressedSize));
       }
       dw.pending.delete(m.id);
       queued--;
@@ -136,7 +189,8 @@ function startWorker(slot: number): DecodeWorker {
     m.ks.forEach((k, i) => {
       const d = m.data[i];
       if (d === null) p.own.push(k);
-      else p.resolve[k](typeof d === 'string' ? new Error(d) : asBuffer(d));
+      else if (d === true) answer(p, k, p.into?.[k] ?? new Error('decode worker answered into a slot it was not given'));
+      else answer(p, k, typeof d === 'string' ? new Error(d) : asBuffer(d));
     });
   });
   const gone = (why: string) => {
@@ -190,8 +244,11 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
   const needsWork = (c: ChunkInfo) => validate || c.compressed || c.flags !== 0;
   const work = run.some(needsWork);
   // one chunk is what a reader waits for right now (random reads): the hop would only add latency
+  const arena = chunkArena();
   if (!work || run.length < 2 || raw.length < MIN_POOL_BYTES || queued >= QUEUE_LIMIT || poolThreads() === 0) {
-    return decodeRun(blob, raw, start, run, validate).map((d) => Promise.resolve(d));
+    const slots = slotsFor(arena, run);
+    return decodeRun(blob, raw, start, run, validate, slots && ((k, d) => settleSlot(arena, slots[k], d)), slots && ((k) => slots[k]))
+      .map((d) => Promise.resolve(d));
   }
   const inRaw = (c: ChunkInfo) => c.compressedOffset >= start && c.compressedOffset - start + c.compressedSize <= raw.length;
   if (!run.every(needsWork) && run.every(inRaw)) {
@@ -234,12 +291,14 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
 function postRun(blob: DecodeBlob, sent: Uint8Array, start: number, run: readonly ChunkInfo[], validate: boolean): Array<Promise<Buffer | Error>> {
   const dw = pickWorker();
   const id = nextId++;
-  const p: Pending = { run, start, resolve: [], own: [] };
+  const into = slotsFor(chunkArena(), run);
+  const p: Pending = { run, start, resolve: [], own: [], into };
   const out = run.map(() => new Promise<Buffer | Error>((r) => p.resolve.push(r)));
   dw.pending.set(id, p);
   queued++;
   dw.w.ref();
-  const req: DecodeRequest = { id, blob, raw: sent, start, chunks: run as ChunkInfo[], validate };
+  const targets = into?.map((b) => (b ? { sab: b.buffer as SharedArrayBuffer, off: b.byteOffset, len: b.length } : null));
+  const req: DecodeRequest = { id, blob, raw: sent, start, chunks: run as ChunkInfo[], validate, into: targets };
   dw.w.postMessage(req, [sent.buffer as ArrayBuffer]);
   return out;
 }

@@ -3,7 +3,8 @@
  * of each request with decodeRun (the inline decoder) and posts the chunks
  * back as they are decoded (their memory moved when they own it, copied
  * otherwise): the first one alone at once, small ones together up to 256 KiB
- * or 64 chunks a message; then the request's own bytes.
+ * or 64 chunks a message; then `done`, with the request's own bytes when
+ * some chunk was stored uncompressed (a view of them).
  *
  * Compiled to dist/storage/blob/decode-worker.js, or run from the TypeScript
  * source through tsx (decode-pool.ts passes the loader).
@@ -22,9 +23,11 @@ port.on('message', (req: DecodeRequest) => {
     // structured clone turned the digests into plain Uint8Arrays
     const chunks: ChunkInfo[] = req.chunks.map((c) => ({ ...c, digest: Buffer.from(c.digest.buffer, c.digest.byteOffset, c.digest.byteLength) }));
     let ks: number[] = [];
-    let data: Array<Uint8Array | null | string> = [];
+    let data: Array<Uint8Array | null | string | true> = [];
+    const targets = req.into?.map((t) => (t ? Buffer.from(t.sab, t.off, t.len) : undefined));
     let moved: ArrayBuffer[] = [];
     let bytes = 0;
+    let stored = false;
     const flush = () => {
       if (!ks.length) return;
       port.postMessage({ id: req.id, ks, data } satisfies DecodeReply, moved);
@@ -36,7 +39,8 @@ port.on('message', (req: DecodeRequest) => {
     decodeRun(req.blob, raw, req.start, chunks, req.validate, (k, d) => {
       ks.push(k);
       if (d instanceof Error) data.push(d.message);
-      else if (d.buffer === raw.buffer) data.push(null); // stored uncompressed: comes back with the request
+      else if (targets?.[k] && d === targets[k]) { data.push(true); bytes += d.byteLength; } // in its slot: nothing to move
+      else if (d.buffer === raw.buffer) { data.push(null); stored = true; } // stored uncompressed: comes back with the request
       else if (d.byteOffset === 0 && d.byteLength === d.buffer.byteLength) {
         data.push(d);
         moved.push(d.buffer as ArrayBuffer);
@@ -50,8 +54,10 @@ port.on('message', (req: DecodeRequest) => {
       }
       // the first chunk is what a reader is waiting for; the rest go in batches
       if (k === 0 || bytes >= REPLY_BATCH_BYTES || ks.length >= REPLY_BATCH_CHUNKS) flush();
-    });
+    }, targets && ((k) => targets[k]));
     flush();
-    port.postMessage({ id: req.id, done: true, raw: req.raw } satisfies DecodeReply, [req.raw.buffer as ArrayBuffer]);
+    // the request's bytes go back only for the chunks that are views of them
+    if (stored) port.postMessage({ id: req.id, done: true, raw: req.raw } satisfies DecodeReply, [req.raw.buffer as ArrayBuffer]);
+    else port.postMessage({ id: req.id, done: true } satisfies DecodeReply);
   });
 });

@@ -40,6 +40,7 @@ import { iovAfter } from '../../common/pread';
 import type { ChunkLocation } from '../blob/device';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import { decodeChunk } from '../blob/chunk-reader';
+import { chunkArena } from '../blob/chunk-arena';
 import type { ChunkDirectory } from '../blob/chunk-directory';
 import { fetchRegion } from './region';
 import { CacheQuota } from './quota';
@@ -369,11 +370,18 @@ export class FileCache {
     const verify = src.validate || !!src.verifyFetched;
     const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts }, info, run);
     const m = src.metrics;
+    const arena = chunkArena();
+    // what a flight brings is held (arena memory referenced) until the flight is over: a late
+    // reader joining it (e.inflight) gets bytes nothing else may reuse meanwhile
+    const held: Array<Buffer | undefined> = [];
     const flights = run.map((chunk, k) => {
       const flight = { data: datas[k], validated: verify };
       e.inflight.set(chunk.index, flight);
       // served as soon as it is verified; counted as buffered until written
-      if (m) datas[k].then((d) => { m.bufferedBackendSize += d.length; }, () => undefined);
+      datas[k].then((d) => {
+        if (m) m.bufferedBackendSize += d.length;
+        if (arena) { arena.retain(d); held[k] = d; }
+      }, () => undefined);
       return flight;
     });
     const w = Promise.allSettled(datas).then((rs) => this.persistRun(e, map, info, run, rs.map((r) => (r.status === 'fulfilled' ? r.value : undefined)), m));
@@ -382,6 +390,8 @@ export class FileCache {
       void w.finally(() => {
         if (e.writes.get(chunk.index) === w) e.writes.delete(chunk.index);
         if (e.inflight.get(chunk.index) === flights[k]) e.inflight.delete(chunk.index);
+        const d = held[k];
+        if (d) { held[k] = undefined; arena!.release(d); }
       });
     });
     return datas;

@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import { constants } from 'node:os';
 import { ErrnoError } from '../../common/errno';
 import { log } from '../../common/log';
+import { enterRead, exitRead } from '../../common/read-epoch';
 import { MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, errnoError, mount, readFd, umount2 } from '../../common/libc';
 import type { FuseServer } from '../fuse/server';
 import { BufferReader, GatherWriter } from '../fuse/transport';
@@ -151,6 +152,8 @@ export class FuseDevSession {
 
   private async handle(req: Buffer, n: number): Promise<void> {
     const scratch = this.replyBuffers.pop() ?? Buffer.allocUnsafe(REPLY_BUFFER);
+    // chunk memory this request is handed is not reused until its reply is written (common/read-epoch)
+    const token = enterRead();
     try {
       const w = new GatherWriter(REPLY_BUFFER, scratch);
       const len = await this.server.handleMessage(new BufferReader(req.subarray(0, n)), w);
@@ -166,6 +169,7 @@ export class FuseDevSession {
         }
       }
     } finally {
+      exitRead(token);
       this.requestBuffers.push(req);
       this.replyBuffers.push(scratch);
       this.inflight--;

@@ -21,6 +21,7 @@ import {
   VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 } from '../../vhost-user/protocol/message';
 import { logLimited } from '../../common/log';
+import { enterRead, exitRead } from '../../common/read-epoch';
 
 /** Offered virtio features: never RING_PACKED, IN_ORDER or ACCESS_PLATFORM (kata-contract §0.14). */
 export const VIRTIO_FS_FEATURES = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX | VHOST_USER_F_PROTOCOL_FEATURES;
@@ -73,6 +74,8 @@ export class VirtioFsDevice implements VhostUserBackend {
 
   private async serve(vring: Vring, c: InflightChain): Promise<void> {
     let n = 0;
+    // chunk memory this request is handed is not reused until its reply is in guest memory (common/read-epoch)
+    const token = enterRead();
     try {
       n = await this.server.handleMessage(new ChainReader(c.chain), new ChainWriter(c.chain));
     } catch (e) {
@@ -80,7 +83,11 @@ export class VirtioFsDevice implements VhostUserBackend {
       logLimited('error', 'virtiofs.threw', { queue: vring.index, err: (e as Error).stack }, 'virtio-fs: request handler threw');
       n = 0;
     }
-    vring.complete(c, n);
+    try {
+      vring.complete(c, n);
+    } finally {
+      exitRead(token);
+    }
     this.served[vring.index]++;
     // room again after a throttle: take what the guest queued meanwhile (otherwise the
     // ring was drained with the kick re-armed, and new entries come with a kick)

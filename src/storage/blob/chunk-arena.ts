@@ -1,0 +1,196 @@
+/**
+ * Recycled memory for decoded chunks (nydusd only: enableChunkArena).
+ *
+ * Why: every fresh Buffer that enters the main thread counts towards V8's
+ * external memory, and each 64 MiB of growth starts a full garbage
+ * collection; a cold read of 256 MiB cost ~10 of them, plus the page faults
+ * of fresh memory. Slots of a few SharedArrayBuffer slabs are allocated
+ * once, handed to the decode workers to decompress into, and used again:
+ * no new memory, nothing for V8 to count (shared backing stores are not
+ * counted per isolate), no faults.
+ *
+ * Who may use a slot, and until when:
+ *  - holders that hand a chunk out to later requests (the in-memory LRU, a
+ *    blob cache flight that late readers join) keep a reference: retain /
+ *    release, by any view of the slot;
+ *  - the producer's reference is dropped on the macrotask after delivery
+ *    (releaseSoon), so every holder's retain, made in the promise callbacks
+ *    of the delivery, comes first;
+ *  - readers (requests) hold read-epoch tokens (common/read-epoch.ts): a slot
+ *    whose references are gone is retired at the current epoch and reused
+ *    only when every request that was in flight then has written its reply.
+ * A slot is therefore never rewritten while a request may still copy it, nor
+ * while anything can still hand it out.
+ *
+ * Bounded: `capBytes` of slabs at most, allocated on demand and kept; when
+ * no slot is free (or a chunk is larger than a slab) callers use a fresh
+ * buffer, as without the arena. Sizes are rounded up to a power of two from
+ * 4 KiB to the slab size.
+ */
+import { warnLimited } from '../../common/log';
+import { currentEpoch, quiescent } from '../../common/read-epoch';
+
+const MIN_CLASS_SHIFT = 12;
+const FREE = 0, USED = 1, RETIRED = 2;
+
+interface Slot {
+  slab: Slab;
+  /** the whole slot */
+  view: Buffer;
+  refs: number;
+  state: number;
+  retiredAt: number;
+}
+
+interface Slab { sab: SharedArrayBuffer; shift: number; slots: Slot[] }
+
+/** Retired slots of one size class, in retirement (epoch) order; entries whose slot moved on are skipped. */
+interface RetiredQueue { items: Array<{ slot: Slot; at: number }>; head: number }
+
+export interface ArenaStats { slabs: number; bytes: number; used: number; retired: number; free: number }
+
+export class ChunkArena {
+  private readonly bySab = new Map<SharedArrayBuffer, Slab>();
+  private readonly free: Slot[][] = [];
+  private readonly retired: RetiredQueue[] = [];
+  private readonly maxShift: number;
+  private slabCount = 0;
+  private pending: Buffer[] = [];
+  private flushScheduled = false;
+
+  constructor(private readonly capBytes: number, private readonly slabBytes = 4 << 20) {
+    if (!Number.isInteger(Math.log2(slabBytes)) || slabBytes < 1 << MIN_CLASS_SHIFT) throw new RangeError(`slab size ${slabBytes} is not a power of two >= 4 KiB`);
+    this.maxShift = Math.log2(slabBytes);
+    for (let s = 0; s <= this.maxShift; s++) { this.free.push([]); this.retired.push({ items: [], head: 0 }); }
+  }
+
+  /**
+   * A `size`-byte view of a free slot, referenced once (by the caller:
+   * release or releaseSoon), or undefined (too large, or none free).
+   */
+  alloc(size: number): Buffer | undefined {
+    if (!(size > 0) || size > this.slabBytes) return undefined;
+    const shift = Math.max(MIN_CLASS_SHIFT, 32 - Math.clz32(size - 1));
+    const slot = this.free[shift].pop() ?? this.reuse(shift) ?? this.grow(shift);
+    if (!slot) return undefined;
+    slot.state = USED;
+    slot.refs = 1;
+    return size === slot.view.length ? slot.view : slot.view.subarray(0, size);
+  }
+
+  private reuse(shift: number): Slot | undefined {
+    const q = this.retired[shift];
+    while (q.head < q.items.length) {
+      const e = q.items[q.head];
+      if (e.slot.state !== RETIRED || e.slot.retiredAt !== e.at) { q.head++; continue; } // taken back meanwhile
+      if (!quiescent(e.at)) break; // later entries retired later still
+      q.head++;
+      this.compact(q);
+      return e.slot;
+    }
+    this.compact(q);
+    return undefined;
+  }
+
+  private compact(q: RetiredQueue): void {
+    if (q.head > 256 && q.head * 2 > q.items.length) { q.items = q.items.slice(q.head); q.head = 0; }
+  }
+
+  private grow(shift: number): Slot | undefined {
+    if ((this.slabCount + 1) * this.slabBytes > this.capBytes) return undefined;
+    const sab = new SharedArrayBuffer(this.slabBytes);
+    const size = 1 << shift;
+    const slab: Slab = { sab, shift, slots: [] };
+    for (let off = 0; off < this.slabBytes; off += size) {
+      slab.slots.push({ slab, view: Buffer.from(sab, off, size), refs: 0, state: FREE, retiredAt: 0 });
+    }
+    this.bySab.set(sab, slab);
+    this.slabCount++;
+    // hand out the first, keep the rest (popped from the end: lowest offsets first)
+    for (let i = slab.slots.length - 1; i > 0; i--) this.free[shift].push(slab.slots[i]);
+    return slab.slots[0];
+  }
+
+  /** The slot `buf` is a view of (any view: subarrays too), if it is arena memory. */
+  private slotOf(buf: Uint8Array): Slot | undefined {
+    const slab = this.bySab.get(buf.buffer as SharedArrayBuffer);
+    return slab?.slots[buf.byteOffset >>> slab.shift];
+  }
+
+  /** Whether `buf` is arena memory. */
+  owns(buf: Uint8Array): boolean {
+    return this.slotOf(buf) !== undefined;
+  }
+
+  /** One more reference to the slot under `buf` (no-op for other memory). */
+  retain(buf: Uint8Array): void {
+    const slot = this.slotOf(buf);
+    if (!slot) return;
+    if (slot.state === FREE) {
+      // a view kept past its slot's life: a bug, and using it again would serve another chunk's bytes
+      warnLimited('arena.retain', {}, 'chunk arena: retain of a free slot ignored');
+      return;
+    }
+    slot.state = USED;
+    slot.refs++;
+  }
+
+  /** Drop a reference; the last one retires the slot at the current read epoch. */
+  release(buf: Uint8Array): void {
+    const slot = this.slotOf(buf);
+    if (!slot) return;
+    if (slot.state !== USED || slot.refs <= 0) {
+      warnLimited('arena.release', {}, 'chunk arena: release of an unreferenced slot ignored');
+      return;
+    }
+    if (--slot.refs > 0) return;
+    slot.state = RETIRED;
+    slot.retiredAt = currentEpoch();
+    this.retired[slot.slab.shift].items.push({ slot, at: slot.retiredAt });
+  }
+
+  /**
+   * release() on the next macrotask: for a producer handing `buf` out through
+   * a promise, whose holders retain it in the promise's callbacks.
+   */
+  releaseSoon(buf: Uint8Array): void {
+    if (!this.slotOf(buf)) return;
+    this.pending.push(buf as Buffer);
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      const all = this.pending;
+      this.pending = [];
+      for (const b of all) this.release(b);
+    });
+  }
+
+  stats(): ArenaStats {
+    const s: ArenaStats = { slabs: this.slabCount, bytes: this.slabCount * this.slabBytes, used: 0, retired: 0, free: 0 };
+    for (const slab of this.bySab.values()) {
+      for (const slot of slab.slots) {
+        if (slot.state === USED) s.used++;
+        else if (slot.state === RETIRED) s.retired++;
+        else s.free++;
+      }
+    }
+    return s;
+  }
+}
+
+let arena: ChunkArena | undefined;
+
+/**
+ * Decode chunks into recycled memory from now on (nydusd, whose transports
+ * hold read-epoch tokens for every request). Without it every decoded chunk
+ * is a fresh buffer.
+ */
+export function enableChunkArena(capBytes: number): void {
+  arena = capBytes > 0 ? new ChunkArena(capBytes) : undefined;
+}
+
+/** The process's arena, when enabled. */
+export function chunkArena(): ChunkArena | undefined {
+  return arena;
+}

@@ -1,0 +1,225 @@
+/**
+ * Recycled chunk memory (src/storage/blob/chunk-arena.ts) and read epochs
+ * (src/common/read-epoch.ts): a slot is never handed out again while it is
+ * referenced or while a request that was in flight when it was retired is
+ * still out; the decode pool decompresses into slots (on the worker and
+ * inline) and the holders (memory LRU, blob cache flights) keep them.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Compressor, compress } from '../../src/common/compress';
+import { DigestAlgorithm, digest, initDigest } from '../../src/common/digest';
+import { enterRead, exitRead, quiescent, currentEpoch, readsInFlight } from '../../src/common/read-epoch';
+import { ChunkArena, chunkArena, enableChunkArena } from '../../src/storage/blob/chunk-arena';
+import { closeDecodePool, decodeRunAsync } from '../../src/storage/blob/decode-pool';
+import { ChunkMemoryCache } from '../../src/storage/cache/memory';
+import { FileCache } from '../../src/storage/cache/filecache';
+import type { BlobBackend } from '../../src/storage/backend/backend';
+import type { BlobInfo, ChunkInfo } from '../../src/storage/format/types';
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+test.before(async () => { await initDigest(); });
+test.after(async () => { enableChunkArena(0); await closeDecodePool(); });
+
+test('read epochs: quiescent once every token taken before the epoch is back, in any order', () => {
+  const a = enterRead();
+  const b = enterRead();
+  const e = currentEpoch();
+  const c = enterRead(); // taken after e: does not matter for e
+  assert.not.ok(quiescent(e));
+  exitRead(b);
+  assert.not.ok(quiescent(e), 'a is still out');
+  exitRead(a);
+  assert.ok(quiescent(e));
+  assert.not.ok(quiescent(currentEpoch()), 'c is still out');
+  exitRead(c);
+  exitRead(c); // twice: ignored
+  assert.ok(quiescent(currentEpoch()));
+  assert.is(readsInFlight(), 0);
+});
+
+test('arena: sizes rounded to classes, bounded by the cap, views of one slot map to it', () => {
+  const arena = new ChunkArena(8 << 20, 4 << 20);
+  const a = arena.alloc(5000)!;
+  assert.is(a.length, 5000);
+  assert.ok(a.buffer instanceof SharedArrayBuffer);
+  assert.ok(arena.owns(a.subarray(100, 200)));
+  assert.not.ok(arena.owns(Buffer.alloc(10)));
+  assert.is(arena.alloc(0), undefined);
+  assert.is(arena.alloc((4 << 20) + 1), undefined, 'larger than a slab');
+  const big1 = arena.alloc(4 << 20);
+  assert.ok(big1, 'second slab');
+  assert.is(arena.alloc(4 << 20), undefined, 'cap reached');
+  assert.equal(arena.stats().slabs, 2);
+});
+
+test('arena: a released slot is reused only after the requests in flight at its release are done', () => {
+  const arena = new ChunkArena(4 << 20, 4 << 20);
+  const slots: Buffer[] = [];
+  for (;;) { const b = arena.alloc(1 << 20); if (!b) break; slots.push(b); }
+  assert.is(slots.length, 4);
+  const reader = enterRead(); // a request that was handed slots[0]
+  arena.release(slots[0]);
+  assert.is(arena.alloc(1 << 20), undefined, 'retired but a reader may still copy it');
+  const later = enterRead(); // came after: irrelevant
+  exitRead(reader);
+  const again = arena.alloc(1 << 20);
+  assert.ok(again && again.byteOffset === slots[0].byteOffset, 'reused once the reader is done');
+  exitRead(later);
+  // a held slot (retain) is not retired by the producer's release
+  arena.retain(slots[1]);
+  arena.release(slots[1]);
+  assert.is(arena.alloc(1 << 20), undefined, 'still referenced');
+  arena.release(slots[1].subarray(10, 20)); // any view of it
+  assert.ok(arena.alloc(1 << 20), 'last reference dropped, nobody reading');
+});
+
+test('arena: retaining a retired slot takes it back; stale retirements are skipped', () => {
+  const arena = new ChunkArena(4 << 20, 4 << 20);
+  const all: Buffer[] = [];
+  for (;;) { const b = arena.alloc(2 << 20); if (!b) break; all.push(b); }
+  const r = enterRead();
+  arena.release(all[0]);
+  arena.retain(all[0]); // the LRU kept it in the same turn
+  exitRead(r);
+  assert.is(arena.alloc(2 << 20), undefined, 'held again: not free');
+  arena.release(all[0]);
+  const b = arena.alloc(2 << 20)!;
+  assert.is(b.byteOffset, all[0].byteOffset);
+  assert.is(arena.alloc(2 << 20), undefined, 'handed out once, not twice');
+});
+
+test('arena: releaseSoon waits for the promise callbacks of the delivery', async () => {
+  const arena = new ChunkArena(4 << 20, 4 << 20);
+  const all: Buffer[] = [];
+  for (;;) { const b = arena.alloc(4 << 20); if (!b) break; all.push(b); }
+  const p = Promise.resolve(all[0]);
+  arena.releaseSoon(all[0]);
+  let kept: Buffer | undefined;
+  await p.then((d) => { arena.retain(d); kept = d; });
+  await tick();
+  assert.is(arena.alloc(4 << 20), undefined, 'the holder retained it first');
+  arena.release(kept!);
+  assert.ok(arena.alloc(4 << 20));
+});
+
+const info = { blobIndex: 0, blobId: 'b'.repeat(64), compressor: Compressor.Zstd, digester: DigestAlgorithm.Blake3, chunkCount: 8 } as BlobInfo;
+
+function blob(n: number, size: number): { raw: Buffer; chunks: ChunkInfo[]; datas: Buffer[] } {
+  const parts: Buffer[] = [];
+  const chunks: ChunkInfo[] = [];
+  const datas: Buffer[] = [];
+  let off = 0;
+  for (let i = 0; i < n; i++) {
+    const data = i % 3 === 2 ? crypto.randomBytes(size) : Buffer.from(`arena chunk ${i} `.repeat(size).slice(0, size));
+    const c = compress(Compressor.Zstd, data);
+    chunks.push({
+      digest: digest(DigestAlgorithm.Blake3, data), blobIndex: 0, index: i, flags: c.compressed ? 1 : 0, compressed: c.compressed,
+      compressedOffset: off, compressedSize: c.data.length, uncompressedOffset: i * size, uncompressedSize: size, fileOffset: i * size, crc32: 0,
+    });
+    parts.push(c.data);
+    datas.push(data);
+    off += c.data.length;
+  }
+  return { raw: Buffer.concat(parts), chunks, datas };
+}
+
+test('decode pool: compressed chunks are decompressed into arena slots (worker and inline), stored ones are not', async () => {
+  enableChunkArena(16 << 20);
+  const arena = chunkArena()!;
+  const { raw, chunks, datas } = blob(8, 256 << 10);
+  const reader = enterRead();
+  const got = await Promise.all(decodeRunAsync(info, Buffer.from(raw), 0, chunks, true)); // worker
+  got.forEach((d, i) => {
+    assert.ok(Buffer.isBuffer(d) && d.equals(datas[i]), `chunk ${i}`);
+    assert.is(arena.owns(d as Buffer), chunks[i].compressed, `chunk ${i} in the arena iff compressed`);
+  });
+  const one = await decodeRunAsync(info, raw.subarray(0, chunks[0].compressedSize), 0, [chunks[0]], true)[0]; // inline
+  assert.ok(one instanceof Buffer && one.equals(datas[0]) && arena.owns(one));
+  await tick();
+  // produced, released after delivery; nobody holds them but this reader, so they are retired, not free
+  assert.is(arena.stats().used, 0);
+  assert.ok(arena.stats().retired >= 6);
+  exitRead(reader);
+  enableChunkArena(0);
+});
+
+test('decode pool: a chunk that fails in its slot is an error and the slot goes back', async () => {
+  enableChunkArena(4 << 20);
+  const arena = chunkArena()!;
+  const { raw, chunks } = blob(4, 256 << 10);
+  const bad = chunks.map((c) => ({ ...c }));
+  bad[0].digest = Buffer.alloc(32, 1);
+  const got = await Promise.all(decodeRunAsync(info, Buffer.from(raw), 0, bad, true));
+  assert.ok(got[0] instanceof Error);
+  await tick();
+  assert.is(arena.stats().used, 0, 'no slot kept for the failed chunk');
+  // with nobody reading, every slot can be handed out again
+  const n = arena.stats().retired + arena.stats().free;
+  for (let i = 0; i < n; i++) assert.ok(arena.alloc(256 << 10), `slot ${i}`);
+  enableChunkArena(0);
+});
+
+test('memory LRU keeps its chunks referenced and lets go of evicted ones', async () => {
+  enableChunkArena(4 << 20);
+  const arena = chunkArena()!;
+  const lru = new ChunkMemoryCache(2 << 20);
+  const bufs = [0, 1, 2, 3].map(() => arena.alloc(1 << 20)!); // the whole arena: the 4th stays with the test
+  bufs.forEach((b, i) => b.fill(i + 1));
+  for (let i = 0; i < 3; i++) {
+    await lru.get(`k${i}`, async () => bufs[i]);
+    arena.release(bufs[i]); // the producer's reference
+  }
+  await tick();
+  // k0 was evicted (2 MiB hold 2 chunks): its slot is free to reuse, k1/k2 are held
+  const s = arena.stats();
+  assert.is(s.used, 3);
+  const again = arena.alloc(1 << 20)!;
+  assert.is(again.byteOffset, bufs[0].byteOffset);
+  assert.is((await lru.get('k1', async () => Buffer.alloc(0)))[0], 2, 'held chunk intact');
+  lru.clear();
+  assert.is(arena.stats().used, 2, 'only the test\'s own slots');
+  enableChunkArena(0);
+});
+
+test('blob cache: a flight keeps its chunks until written; a late reader joining it gets intact bytes', async () => {
+  enableChunkArena(8 << 20);
+  const arena = chunkArena()!;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arena-fc-'));
+  const { raw, chunks, datas } = blob(6, 512 << 10);
+  const i2 = { ...info, chunkCount: chunks.length, uncompressedSize: chunks.length * (512 << 10) } as BlobInfo;
+  const backend: BlobBackend = {
+    async read(_id, off, len) { return Buffer.from(raw.subarray(off, off + len)); },
+    async close() {},
+  } as BlobBackend;
+  const cache = new FileCache({ workDir: dir, backend });
+  try {
+    const reader = enterRead();
+    const datasP = await cache.fetchRun(i2, chunks, { backend, validate: true });
+    const got = await Promise.all(datasP.map((p) => p!));
+    got.forEach((d, i) => assert.ok(d.equals(datas[i]), `chunk ${i}`));
+    assert.ok(got.some((d) => arena.owns(d)), 'decoded into the arena');
+    // while its flight is on (not yet written) a chunk stays referenced
+    await cache.prefetchRun(i2, chunks, { backend, validate: true });
+    exitRead(reader);
+    await tick();
+    // the first reader is gone; the chunks stay referenced by the flight until written (or already written)
+    const read = await Promise.all(chunks.map((c) => cache.readChunk(i2, c, { backend, validate: true })));
+    read.forEach((d, i) => assert.ok(d.equals(datas[i]), `chunk ${i} read back`));
+    // fill every free slot with garbage: nothing served above may change
+    for (;;) { const b = arena.alloc(512 << 10); if (!b) break; b.fill(0xee); }
+    const again = await Promise.all(chunks.map((c) => cache.readChunk(i2, c, { backend, validate: true })));
+    again.forEach((d, i) => assert.ok(d.equals(datas[i]), `chunk ${i} from the cache file`));
+  } finally {
+    await cache.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+    enableChunkArena(0);
+  }
+});
+
+test.run();
