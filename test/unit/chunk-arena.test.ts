@@ -18,6 +18,7 @@ import { ChunkArena, chunkArena, enableChunkArena } from '../../src/storage/blob
 import { closeDecodePool, decodeRunAsync } from '../../src/storage/blob/decode-pool';
 import { ChunkMemoryCache } from '../../src/storage/cache/memory';
 import { FileCache } from '../../src/storage/cache/filecache';
+import { fetchRegion } from '../../src/storage/cache/region';
 import type { BlobBackend } from '../../src/storage/backend/backend';
 import type { BlobInfo, ChunkInfo } from '../../src/storage/format/types';
 
@@ -150,7 +151,7 @@ test('decode pool: compressed chunks are decompressed into arena slots (worker a
 });
 
 test('decode pool: a chunk that fails in its slot is an error and the slot goes back', async () => {
-  enableChunkArena(4 << 20);
+  enableChunkArena(4 << 20, 4 << 20);
   const arena = chunkArena()!;
   const { raw, chunks } = blob(4, 256 << 10);
   const bad = chunks.map((c) => ({ ...c }));
@@ -161,12 +162,13 @@ test('decode pool: a chunk that fails in its slot is an error and the slot goes 
   assert.is(arena.stats().used, 0, 'no slot kept for the failed chunk');
   // with nobody reading, every slot can be handed out again
   const n = arena.stats().retired + arena.stats().free;
+  assert.ok(n > 0);
   for (let i = 0; i < n; i++) assert.ok(arena.alloc(256 << 10), `slot ${i}`);
   enableChunkArena(0);
 });
 
 test('memory LRU keeps its chunks referenced and lets go of evicted ones', async () => {
-  enableChunkArena(4 << 20);
+  enableChunkArena(4 << 20, 4 << 20);
   const arena = chunkArena()!;
   const lru = new ChunkMemoryCache(2 << 20);
   const bufs = [0, 1, 2, 3].map(() => arena.alloc(1 << 20)!); // the whole arena: the 4th stays with the test
@@ -184,6 +186,42 @@ test('memory LRU keeps its chunks referenced and lets go of evicted ones', async
   assert.is((await lru.get('k1', async () => Buffer.alloc(0)))[0], 2, 'held chunk intact');
   lru.clear();
   assert.is(arena.stats().used, 2, 'only the test\'s own slots');
+  enableChunkArena(0);
+});
+
+test('fetchRegion: a backend reading into the arena; stored chunks are views of that read, intact while held', async () => {
+  enableChunkArena(24 << 20, 8 << 20);
+  const arena = chunkArena()!;
+  const { raw, chunks, datas } = blob(9, 256 << 10);
+  const intos: Buffer[] = [];
+  const backend = {
+    type: 'test', readsInto: true,
+    async read(_id: string, off: number, len: number, opts?: { into?: Buffer }) {
+      const out = opts?.into ?? Buffer.alloc(len);
+      if (opts?.into) intos.push(opts.into);
+      raw.copy(out, 0, off, off + len);
+      return out;
+    },
+    async close() {},
+  } as unknown as BlobBackend;
+  const reader = enterRead();
+  const got = await Promise.all(fetchRegion({ backend, verify: true }, info, chunks));
+  got.forEach((d, i) => assert.ok(d.equals(datas[i]), `chunk ${i}`));
+  assert.is(intos.length, 1, 'the request was read into a slot');
+  const stored = chunks.findIndex((c) => !c.compressed);
+  assert.ok(stored >= 0 && got[stored].buffer === intos[0].buffer, 'a stored chunk is a view of the read');
+  const lru = new ChunkMemoryCache(8 << 20);
+  await lru.get('stored', async () => got[stored]);
+  exitRead(reader);
+  await tick();
+  await tick();
+  // everything not held can be handed out again: overwrite it all
+  let n = 0;
+  for (const size of [256 << 10, intos[0].length]) for (;;) { const b = arena.alloc(size); if (!b) break; b.fill(0xee); n++; }
+  assert.ok(n > 0);
+  const kept = await lru.get('stored', async () => Buffer.alloc(0));
+  assert.ok(kept.equals(datas[stored]), 'the held view is intact');
+  lru.clear();
   enableChunkArena(0);
 });
 

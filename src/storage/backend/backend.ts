@@ -12,6 +12,8 @@ export interface ReadOptions {
   prefetch?: boolean;
   /** at most this many attempts (a chunk that failed a moment ago is tried once, not a whole budget again) */
   attempts?: number;
+  /** read into this (exactly `length` bytes) and return it: honoured by backends with `readsInto` */
+  into?: Buffer;
 }
 
 /** What every backend constructor may be given. */
@@ -25,6 +27,11 @@ export interface BlobBackend {
   readonly type: string;
   /** Exactly `length` bytes at `offset` of blob `blobId`; EIO on a short read. */
   read(blobId: string, offset: number, length: number, opts?: ReadOptions): Promise<Buffer>;
+  /**
+   * read() fills `opts.into` when given, and nothing writes to it once the
+   * returned promise has settled (its memory may then be reused at once).
+   */
+  readonly readsInto?: boolean;
   /**
    * Optional: get ready to read `blobId` (open its file) before the first
    * read needs it. Best effort: a failure is reported by the reads.

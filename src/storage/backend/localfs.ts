@@ -10,7 +10,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ErrnoError, eio, enoent } from '../../common/errno';
 import type { LocalFsConfig } from '../../common/config';
-import { type BackendOptions, type BlobBackend, checkBlobId, checkRange } from './backend';
+import { type BackendOptions, type BlobBackend, type ReadOptions, checkBlobId, checkRange } from './backend';
 
 interface Entry {
   fh: fsp.FileHandle;
@@ -68,15 +68,19 @@ export class LocalFsBackend implements BlobBackend {
     await this.entry(blobId);
   }
 
-  async read(blobId: string, offset: number, length: number): Promise<Buffer> {
+  /** each read is one pread loop awaited to its end: nothing writes to `into` afterwards */
+  readonly readsInto = true;
+
+  async read(blobId: string, offset: number, length: number, opts?: ReadOptions): Promise<Buffer> {
     checkBlobId(blobId);
     checkRange(blobId, offset, length);
+    const into = opts?.into?.length === length ? opts.into : undefined;
     const m = this.opts.metrics;
-    if (!m) return this.readRange(blobId, offset, length);
+    if (!m) return this.readRange(blobId, offset, length, into);
     // one attempt per read (localfs does not retry)
     const t0 = performance.now();
     try {
-      const b = await this.readRange(blobId, offset, length);
+      const b = await this.readRange(blobId, offset, length, into);
       m.attempt(length, true, Math.round(performance.now() - t0));
       return b;
     } catch (err) {
@@ -85,9 +89,9 @@ export class LocalFsBackend implements BlobBackend {
     }
   }
 
-  private async readRange(blobId: string, offset: number, length: number): Promise<Buffer> {
+  private async readRange(blobId: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const { fh, path: p } = await this.entry(blobId);
-    const buf = Buffer.allocUnsafe(length);
+    const buf = into ?? Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       let n: number;

@@ -58,7 +58,7 @@ export class ChunkArena {
   private pending: Buffer[] = [];
   private flushScheduled = false;
 
-  constructor(private readonly capBytes: number, private readonly slabBytes = 4 << 20) {
+  constructor(private readonly capBytes: number, private readonly slabBytes = 8 << 20) {
     if (!Number.isInteger(Math.log2(slabBytes)) || slabBytes < 1 << MIN_CLASS_SHIFT) throw new RangeError(`slab size ${slabBytes} is not a power of two >= 4 KiB`);
     this.maxShift = Math.log2(slabBytes);
     for (let s = 0; s <= this.maxShift; s++) { this.free.push([]); this.retired.push({ items: [], head: 0 }); }
@@ -186,8 +186,8 @@ let arena: ChunkArena | undefined;
  * hold read-epoch tokens for every request). Without it every decoded chunk
  * is a fresh buffer.
  */
-export function enableChunkArena(capBytes: number): void {
-  arena = capBytes > 0 ? new ChunkArena(capBytes) : undefined;
+export function enableChunkArena(capBytes: number, slabBytes?: number): void {
+  arena = capBytes > 0 ? new ChunkArena(capBytes, slabBytes) : undefined;
 }
 
 /** The process's arena, when enabled. */

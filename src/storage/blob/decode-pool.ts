@@ -48,7 +48,10 @@ export interface DecodeTarget { sab: SharedArrayBuffer; off: number; len: number
  * main → worker: decode `chunks` of `raw` (offsets relative to `start`);
  * chunk k into `into[k]` when given.
  */
-export interface DecodeRequest { id: number; blob: DecodeBlob; raw: Uint8Array; start: number; chunks: ChunkInfo[]; validate: boolean; into?: Array<DecodeTarget | null> }
+export interface DecodeRequest { id: number; blob: DecodeBlob; raw: Uint8Array | DecodeTarget; start: number; chunks: ChunkInfo[]; validate: boolean; into?: Array<DecodeTarget | null> }
+
+/** Where an arena view lives, for the workers (shared, never moved). */
+const targetOf = (b: Buffer): DecodeTarget => ({ sab: b.buffer as SharedArrayBuffer, off: b.byteOffset, len: b.length });
 /**
  * worker → main: chunks `ks` of request `id`, each with its bytes, `true`
  * (decoded into its target), `null` (stored uncompressed: the request's own
@@ -96,6 +99,8 @@ interface Pending {
   resolve: Array<(d: Buffer | Error) => void>;
   /** chunks answered `null`, resolved with the request's bytes at `done` */
   own: number[];
+  /** the request's bytes when they are shared with the worker (arena memory): `done` brings none */
+  shared: Buffer | undefined;
   /** arena slots chunks are decoded into, until each is answered */
   into: Array<Buffer | undefined> | undefined;
 }
@@ -176,7 +181,7 @@ function startWorker(slot: number): DecodeWorker {
     const p = dw.pending.get(m.id);
     if (!p) return;
     if ('done' in m) {
-      const raw = m.raw ? asBuffer(m.raw) : Buffer.alloc(0);
+      const raw = p.shared ?? (m.raw ? asBuffer(m.raw) : Buffer.alloc(0));
       for (const k of p.own) {
         const c = p.run[k];
         answer(p, k, raw.subarray(c.compressedOffset - p.start, c.compressedOffset - p.start + c.compressedSize));
@@ -250,6 +255,8 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
     return decodeRun(blob, raw, start, run, validate, slots && ((k, d) => settleSlot(arena, slots[k], d)), slots && ((k) => slots[k]))
       .map((d) => Promise.resolve(d));
   }
+  // request bytes in arena memory are shared with the worker as they are: nothing moved or copied
+  if (arena?.owns(raw)) return postRun(blob, raw, start, run, validate, raw);
   const inRaw = (c: ChunkInfo) => c.compressedOffset >= start && c.compressedOffset - start + c.compressedSize <= raw.length;
   if (!run.every(needsWork) && run.every(inRaw)) {
     // chunks stored as they are (incompressible data) next to compressed ones: the stored ones are
@@ -287,19 +294,23 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
   return postRun(blob, sent, start, run, validate);
 }
 
-/** Hand `sent` (owning its memory, moved) and `run` to the least busy worker: one promise per chunk. */
-function postRun(blob: DecodeBlob, sent: Uint8Array, start: number, run: readonly ChunkInfo[], validate: boolean): Array<Promise<Buffer | Error>> {
+/**
+ * Hand `sent` (owning its memory, moved; or `shared`, arena memory the
+ * worker reads in place) and `run` to the least busy worker: one promise
+ * per chunk.
+ */
+function postRun(blob: DecodeBlob, sent: Uint8Array, start: number, run: readonly ChunkInfo[], validate: boolean, shared?: Buffer): Array<Promise<Buffer | Error>> {
   const dw = pickWorker();
   const id = nextId++;
   const into = slotsFor(chunkArena(), run);
-  const p: Pending = { run, start, resolve: [], own: [], into };
+  const p: Pending = { run, start, resolve: [], own: [], into, shared };
   const out = run.map(() => new Promise<Buffer | Error>((r) => p.resolve.push(r)));
   dw.pending.set(id, p);
   queued++;
   dw.w.ref();
-  const targets = into?.map((b) => (b ? { sab: b.buffer as SharedArrayBuffer, off: b.byteOffset, len: b.length } : null));
-  const req: DecodeRequest = { id, blob, raw: sent, start, chunks: run as ChunkInfo[], validate, into: targets };
-  dw.w.postMessage(req, [sent.buffer as ArrayBuffer]);
+  const targets = into?.map((b) => (b ? targetOf(b) : null));
+  const req: DecodeRequest = { id, blob, raw: shared ? targetOf(shared) : sent, start, chunks: run as ChunkInfo[], validate, into: targets };
+  dw.w.postMessage(req, shared ? [] : [sent.buffer as ArrayBuffer]);
   return out;
 }
 

@@ -19,7 +19,9 @@ const ready = initDigest();
 
 port.on('message', (req: DecodeRequest) => {
   void ready.then(() => {
-    const raw = Buffer.from(req.raw.buffer, req.raw.byteOffset, req.raw.byteLength);
+    // the request's bytes: moved here, or arena memory shared with the main thread (read in place)
+    const shared = 'sab' in req.raw;
+    const raw = 'sab' in req.raw ? Buffer.from(req.raw.sab, req.raw.off, req.raw.len) : Buffer.from(req.raw.buffer, req.raw.byteOffset, req.raw.byteLength);
     // structured clone turned the digests into plain Uint8Arrays
     const chunks: ChunkInfo[] = req.chunks.map((c) => ({ ...c, digest: Buffer.from(c.digest.buffer, c.digest.byteOffset, c.digest.byteLength) }));
     let ks: number[] = [];
@@ -57,7 +59,7 @@ port.on('message', (req: DecodeRequest) => {
     }, targets && ((k) => targets[k]));
     flush();
     // the request's bytes go back only for the chunks that are views of them
-    if (stored) port.postMessage({ id: req.id, done: true, raw: req.raw } satisfies DecodeReply, [req.raw.buffer as ArrayBuffer]);
+    if (stored && !shared) port.postMessage({ id: req.id, done: true, raw: req.raw as Uint8Array } satisfies DecodeReply, [(req.raw as Uint8Array).buffer as ArrayBuffer]);
     else port.postMessage({ id: req.id, done: true } satisfies DecodeReply);
   });
 });

@@ -13,6 +13,7 @@ import { logLimited, warnLimited } from '../../common/log';
 import { recordErrorEvent } from '../../common/events';
 import { decodeChunk } from '../blob/chunk-reader';
 import { decodeRunAsync } from '../blob/decode-pool';
+import { chunkArena } from '../blob/chunk-arena';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobBackend } from '../backend/backend';
 
@@ -40,9 +41,16 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   const last = run[run.length - 1];
   const start = first.compressedOffset;
   const length = last.compressedOffset + last.compressedSize - start;
-  const raw = src.backend.read(info.blobId, start, length, { prefetch: src.prefetch, attempts: src.attempts });
+  // read into recycled memory when the backend can (chunk-arena.ts): the slot is let go once every
+  // chunk is decoded (chunks stored as they are stay views of it, referenced by whoever keeps them)
+  const arena = src.backend.readsInto ? chunkArena() : undefined;
+  const into = arena?.alloc(length);
+  const raw = src.backend.read(info.blobId, start, length, { prefetch: src.prefetch, attempts: src.attempts, into });
   // decoded off the event loop (decode-pool.ts); members of one batch in the run are decompressed once
   const decoded = raw.then((buf) => decodeRunAsync(info, buf, start, run, src.verify));
+  if (into) {
+    decoded.then((ds) => Promise.allSettled(ds), () => undefined).then(() => arena!.releaseSoon(into));
+  }
   return run.map((chunk, k) => decoded.then(
     async (datas) => {
       const d = await datas[k];
