@@ -181,6 +181,13 @@ for (const mode of ['dedicated', 'shared'] as const) {
       assert.equal(fs.readFileSync(path.join(la, 'small')), Buffer.alloc(5000, 'small'));
       assert.equal(fs.readFileSync(path.join(la, 'mid')), Buffer.alloc(70000, 'mid'));
       assert.equal(fs.readFileSync(path.join(lb, 'big')), Buffer.alloc(300000, 'big'));
+      // chunks are counted as cache entries once written behind: wait until nothing is left to write
+      for (const inst of r.sn.daemons.store.instances()) {
+        const d = r.sn.daemons.daemons().find((x) => x.id === inst.daemonId)!;
+        const api = new NydusdClient(d.apiSock);
+        const id = mode === 'shared' ? `/${inst.snapshotId}` : undefined;
+        for (let i = 0; i < 100 && ((await api.blobcacheMetrics(id)) as Obj).buffered_backend_size !== 0; i++) await new Promise((res) => setTimeout(res, 50));
+      }
 
       await col.collectNow();
       const text = await scrape(r.port);
