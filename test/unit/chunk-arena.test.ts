@@ -167,6 +167,20 @@ test('decode pool: a chunk that fails in its slot is an error and the slot goes 
   enableChunkArena(0);
 });
 
+test('decode pool stopped mid-run: chunks fail or are intact, and every slot comes back once the workers have stopped', async () => {
+  enableChunkArena(32 << 20, 8 << 20);
+  const arena = chunkArena()!;
+  const { raw, chunks, datas } = blob(24, 512 << 10);
+  const ps = decodeRunAsync(info, Buffer.from(raw), 0, chunks, true);
+  const closing = closeDecodePool();
+  const got = await Promise.all(ps);
+  got.forEach((d, i) => assert.ok(d instanceof Error || d.equals(datas[i]), `chunk ${i}`));
+  await closing;
+  await tick();
+  assert.is(arena.stats().used, 0, 'no slot left referenced');
+  enableChunkArena(0);
+});
+
 test('memory LRU keeps its chunks referenced and lets go of evicted ones', async () => {
   enableChunkArena(4 << 20, 4 << 20);
   const arena = chunkArena()!;

@@ -148,10 +148,20 @@ function poolThreads(): number {
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
-function failAll(dw: DecodeWorker, why: string): void {
+/**
+ * Fail every chunk `dw` has not answered. Their slots go back at once when
+ * the thread is gone ('exit'); when it is still running (being terminated:
+ * `kept` given) they are collected there instead, to go back only once it
+ * has stopped, since it may be decompressing into one right now.
+ */
+function failAll(dw: DecodeWorker, why: string, kept?: Buffer[]): void {
   const e = new Error(`decode worker failed: ${why}`);
   for (const p of dw.pending.values()) {
     queued--;
+    if (kept && p.into) {
+      for (const b of p.into) if (b) kept.push(b);
+      p.into = undefined;
+    }
     p.resolve.forEach((r, k) => answer(p, k, e));
   }
   dw.pending.clear();
@@ -317,11 +327,18 @@ function postRun(blob: DecodeBlob, sent: Uint8Array, start: number, run: readonl
 /** Stop the workers (tests); they are started again on next use. */
 export async function closeDecodePool(): Promise<void> {
   const all = workers.splice(0);
-  // their chunks fail now (downloaded again by the caller), whenever the threads' 'exit' comes
-  for (const dw of all) if (dw) failAll(dw, 'stopped');
-  await Promise.all(all.map((dw) => {
-    if (!dw) return undefined;
-    dw.w.ref(); // the loop waits for the stop
-    return dw.w.terminate();
-  }));
+  // their chunks fail now (downloaded again by the caller), whenever the threads' 'exit' comes;
+  // the arena slots they decode into go back once they have stopped
+  const kept: Buffer[] = [];
+  for (const dw of all) if (dw) failAll(dw, 'stopped', kept);
+  try {
+    await Promise.all(all.map((dw) => {
+      if (!dw) return undefined;
+      dw.w.ref(); // the loop waits for the stop
+      return dw.w.terminate();
+    }));
+  } finally {
+    const arena = chunkArena();
+    if (arena) for (const b of kept) arena.release(b);
+  }
 }
