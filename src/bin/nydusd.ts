@@ -14,7 +14,7 @@ import { LOG_LEVELS, log, setupLog, type LogLevel } from '../common/log';
 import { closeBlockingPool } from '../common/blocking';
 import { raiseNofileLimit } from '../common/rlimit';
 import { tuneMalloc } from '../common/libc';
-import { enableChunkArena } from '../storage/blob/chunk-arena';
+import { chunkArena, enableChunkArena } from '../storage/blob/chunk-arena';
 import { localfsDirConfig, readNydusdConfigFile, type ConfigV2, applyImagePullAuth } from '../common/config';
 import { Vfs } from '../virtiofs/vfs/vfs';
 import { FuseServer } from '../virtiofs/fuse/server';
@@ -142,7 +142,7 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   await api?.close();
   await svc.closeAll();
   await closeBlockingPool();
-  log.info('nydusd exited');
+  log.info({ chunkArena: chunkArena()?.stats() }, 'nydusd exited');
 }
 
 interface VirtiofsOpts extends Omit<FuseOpts, 'mountpoint' | 'threadNum' | 'writable' | 'failoverPolicy'> {
@@ -207,7 +207,7 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   await daemon.stop();
   await svc.closeAll();
   await closeBlockingPool();
-  log.info('nydusd exited');
+  log.info({ chunkArena: chunkArena()?.stats() }, 'nydusd exited');
   process.exit(0);
 }
 
@@ -225,7 +225,7 @@ function arenaBytes(): number {
   const mib = env !== undefined && env !== '' ? Number(env) : DEFAULT_ARENA_MIB;
   return Number.isFinite(mib) && mib > 0 ? Math.min(mib, 4096) * (1 << 20) : 0;
 }
-const DEFAULT_ARENA_MIB = 64;
+const DEFAULT_ARENA_MIB = 128;
 
 export function main(argv: string[]): void {
   // chunk buffers from the malloc arenas, not one mmap each (see tuneMalloc)

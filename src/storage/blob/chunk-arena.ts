@@ -47,7 +47,7 @@ interface Slab { sab: SharedArrayBuffer; shift: number; slots: Slot[] }
 /** Retired slots of one size class, in retirement (epoch) order; entries whose slot moved on are skipped. */
 interface RetiredQueue { items: Array<{ slot: Slot; at: number }>; head: number }
 
-export interface ArenaStats { slabs: number; bytes: number; used: number; retired: number; free: number }
+export interface ArenaStats { slabs: number; bytes: number; used: number; retired: number; free: number; allocs: number; refused: number }
 
 export class ChunkArena {
   private readonly bySab = new Map<SharedArrayBuffer, Slab>();
@@ -55,6 +55,9 @@ export class ChunkArena {
   private readonly retired: RetiredQueue[] = [];
   private readonly maxShift: number;
   private slabCount = 0;
+  /** allocations served / refused (none free) */
+  private hits = 0;
+  private misses = 0;
   private pending: Buffer[] = [];
   private flushScheduled = false;
 
@@ -72,7 +75,8 @@ export class ChunkArena {
     if (!(size > 0) || size > this.slabBytes) return undefined;
     const shift = Math.max(MIN_CLASS_SHIFT, 32 - Math.clz32(size - 1));
     const slot = this.free[shift].pop() ?? this.reuse(shift) ?? this.grow(shift);
-    if (!slot) return undefined;
+    if (!slot) { this.misses++; return undefined; }
+    this.hits++;
     slot.state = USED;
     slot.refs = 1;
     return size === slot.view.length ? slot.view : slot.view.subarray(0, size);
@@ -167,7 +171,7 @@ export class ChunkArena {
   }
 
   stats(): ArenaStats {
-    const s: ArenaStats = { slabs: this.slabCount, bytes: this.slabCount * this.slabBytes, used: 0, retired: 0, free: 0 };
+    const s: ArenaStats = { slabs: this.slabCount, bytes: this.slabCount * this.slabBytes, used: 0, retired: 0, free: 0, allocs: this.hits, refused: this.misses };
     for (const slab of this.bySab.values()) {
       for (const slot of slab.slots) {
         if (slot.state === USED) s.used++;
