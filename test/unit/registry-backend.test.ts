@@ -635,4 +635,35 @@ test('createBackend builds the registry backend from a v2 config', async () => {
   }
 });
 
+test('read into a given buffer: a truncated attempt then a full one leave exactly the blob bytes in it', async () => {
+  let n = 0;
+  const s = await serve((req, res) => {
+    if (n++ === 0) {
+      // first attempt: garbage, cut short
+      res.writeHead(206, { 'content-length': 4000 });
+      res.write(Buffer.alloc(1500, 0xaa));
+      setTimeout(() => req.socket.destroy(), 10);
+      return;
+    }
+    sendRange(req, res);
+  });
+  const be = new RegistryBackend(cfg(s, { retry_limit: 2 }), fast);
+  try {
+    assert.ok(be.readsInto);
+    const into = Buffer.alloc(4000, 0x55);
+    const got = await be.read(BLOB_ID, 2000, 4000, { into });
+    assert.is(got, into, 'the given buffer is the result');
+    assert.ok(into.equals(BLOB.subarray(2000, 6000)));
+    assert.is(n, 2);
+    // a buffer of the wrong size is not used
+    const other = Buffer.alloc(10);
+    const got2 = await be.read(BLOB_ID, 0, 100, { into: other });
+    assert.is.not(got2, other);
+    assert.ok(got2.equals(BLOB.subarray(0, 100)));
+  } finally {
+    await be.close();
+    await s.close();
+  }
+});
+
 test.run();

@@ -86,6 +86,10 @@ export class HttpProxyBackend implements BlobBackend {
     return this.impl.read(blobId, offset, length, opts);
   }
 
+  get readsInto(): boolean {
+    return !!this.impl.readsInto;
+  }
+
   size(blobId: string): Promise<number> {
     return this.impl.size!(blobId);
   }
@@ -98,6 +102,8 @@ export class HttpProxyBackend implements BlobBackend {
 /** Local mode: `GET /` over a unix socket with only Range (see the module doc). */
 class LocalSocketBackend implements BlobBackend {
   readonly type = 'http-proxy';
+  /** attempts run one after another, each read to its end or aborted (readExact) before the next */
+  readonly readsInto = true;
   private readonly agent: Agent;
   private readonly timeoutMs: number;
   private readonly attempts: number;
@@ -141,7 +147,7 @@ class LocalSocketBackend implements BlobBackend {
         await discard(r, 0);
         throw eio(bad);
       }
-      return readExact(r, length);
+      return readExact(r, length, opts.into);
     });
   }
 

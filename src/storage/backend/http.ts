@@ -260,12 +260,14 @@ export async function errorText(r: HttpResponse, max = 512): Promise<string> {
 }
 
 /**
- * Exactly `length` bytes of body, copied into a buffer of that size: a
- * Content-Length that differs, a body that runs past `length` (aborted at
- * once, never buffered) or ends short are errors.
+ * Exactly `length` bytes of body, copied into a buffer of that size (`into`
+ * when given): a Content-Length that differs, a body that runs past `length`
+ * (aborted at once, never buffered) or ends short are errors. Nothing is
+ * written to the buffer once the returned promise has settled (the body's
+ * listener is gone or the body has ended).
  */
-export async function readExact(r: HttpResponse, length: number): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(length);
+export async function readExact(r: HttpResponse, length: number, into?: Buffer): Promise<Buffer> {
+  const out = into?.length === length ? into : Buffer.allocUnsafe(length);
   let n = 0;
   try {
     const cl = headerValue(r.headers, 'content-length');
@@ -319,9 +321,9 @@ export function describe(err: unknown): string {
  * Content-Range naming exactly the asked bytes (when it has one); a 200 is
  * accepted only at offset 0 (then the exact length decides) and otherwise is
  * a retryable error, so a server ignoring Range never yields bytes of the
- * wrong place. `from` names the server in messages.
+ * wrong place. `from` names the server in messages; `into` as readExact.
  */
-export async function rangedBody(r: HttpResponse, offset: number, length: number, from: string): Promise<Buffer> {
+export async function rangedBody(r: HttpResponse, offset: number, length: number, from: string, into?: Buffer): Promise<Buffer> {
   if (r.status >= 400 || r.status < 200) {
     const text = await errorText(r);
     throw eio(`status ${r.status} from ${from}${text ? `: ${text}` : ''}`);
@@ -342,7 +344,7 @@ export async function rangedBody(r: HttpResponse, offset: number, length: number
       throw eio(bad);
     }
   }
-  return readExact(r, length);
+  return readExact(r, length, into);
 }
 
 /** Why a reply's Content-Range (when it has one) does not name exactly the asked bytes, or undefined. */

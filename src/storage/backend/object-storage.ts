@@ -177,7 +177,7 @@ export class RemoteBlobBackend implements BlobBackend {
       describe,
     }, proxyAttempts(!!opts.prefetch, async (ro) => {
       const r = await this.send('GET', url, { range }, ro);
-      return rangedBody(r, offset, length, url.host);
+      return rangedBody(r, offset, length, url.host, opts.into);
     }));
   }
 

@@ -84,6 +84,8 @@ export interface RegistryBackendOptions extends BackendOptions {
 
 export class RegistryBackend implements BlobBackend {
   readonly type = 'registry';
+  /** attempts run one after another, each read to its end or aborted (readExact) before the next */
+  readonly readsInto = true;
   private readonly http: HttpClient;
   private scheme: 'http' | 'https';
   private readonly host: string;
@@ -149,7 +151,7 @@ export class RegistryBackend implements BlobBackend {
       closed: () => this.closed,
       again: (err) => this.maybeFallbackToHttp(err),
       describe,
-    }, proxyAttempts(!!opts.prefetch, (ro) => this.gated(() => this.tryRead(blobId, offset, length, range, ro))));
+    }, proxyAttempts(!!opts.prefetch, (ro) => this.gated(() => this.tryRead(blobId, offset, length, range, ro, opts.into))));
   }
 
   async size(blobId: string): Promise<number> {
@@ -226,11 +228,11 @@ export class RegistryBackend implements BlobBackend {
     return true;
   }
 
-  private async tryRead(blobId: string, offset: number, length: number, range: string, ro: RequestOptions): Promise<Buffer> {
+  private async tryRead(blobId: string, offset: number, length: number, range: string, ro: RequestOptions, into?: Buffer): Promise<Buffer> {
     const cached = this.redirects.get(blobId);
     if (cached) {
       const r = await this.send('GET', cached, { range }, undefined, ro);
-      if (r.status < 400) return rangedBody(r, offset, length, cached.host);
+      if (r.status < 400) return rangedBody(r, offset, length, cached.host, into);
       // deliberate: any failure status drops the cached URL (upstream: 401/403 only)
       await discard(r);
       this.redirects.delete(blobId);
@@ -247,7 +249,7 @@ export class RegistryBackend implements BlobBackend {
       r = await this.send('GET', url, { range }, undefined, ro);
       if (r.status >= 200 && r.status <= 299) this.redirects.set(blobId, url);
     }
-    return rangedBody(r, offset, length, url.host);
+    return rangedBody(r, offset, length, url.host, into);
   }
 
   private redirectTarget(loc: string, base: URL): URL {
