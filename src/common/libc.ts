@@ -18,6 +18,9 @@ const c = {
   umount2: lib.func('int umount2(const char *target, int flags)'),
   mallopt: lib.func('int mallopt(int param, int value)'),
   read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
+  // memset(p, 0, 0) returns p: the address of a buffer's memory
+  addressOf: lib.func('uintptr_t memset(void *s, int c, size_t n)'),
+  madvise: lib.func('int madvise(void *addr, size_t length, int advice)'),
 };
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -153,3 +156,24 @@ export function readFd(fd: number, buf: Buffer): number {
   return n >= 0 ? n : -lastErrno();
 }
 
+
+/** The address of `buf`'s first byte (for alignment decisions; never dereferenced from JS). */
+export function addressOf(buf: Uint8Array): number {
+  return Number(c.addressOf(buf, 0, 0));
+}
+
+const MADV_DONTNEED = 4;
+
+/**
+ * Give the pages of `buf` back to the kernel (madvise MADV_DONTNEED): they
+ * read as zeros when next touched. `buf` must start on a page boundary and
+ * span whole pages of private anonymous memory the caller owns and no one
+ * uses. Best effort: false when refused.
+ */
+export function discardPages(buf: Uint8Array): boolean {
+  try {
+    return c.madvise(buf, buf.length, MADV_DONTNEED) === 0;
+  } catch {
+    return false;
+  }
+}

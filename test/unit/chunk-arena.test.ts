@@ -13,6 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Compressor, compress } from '../../src/common/compress';
 import { DigestAlgorithm, digest, initDigest } from '../../src/common/digest';
+import { addressOf } from '../../src/common/libc';
 import { enterRead, exitRead, quiescent, currentEpoch, readsInFlight } from '../../src/common/read-epoch';
 import { ChunkArena, chunkArena, enableChunkArena } from '../../src/storage/blob/chunk-arena';
 import { closeDecodePool, decodeRunAsync } from '../../src/storage/blob/decode-pool';
@@ -93,6 +94,34 @@ test('arena: retaining a retired slot takes it back; stale retirements are skipp
   const b = arena.alloc(2 << 20)!;
   assert.is(b.byteOffset, all[0].byteOffset);
   assert.is(arena.alloc(2 << 20), undefined, 'handed out once, not twice');
+});
+
+test('arena: trim gives back the pages of slabs nothing uses (they read as zeros), never of one in use', () => {
+  const arena = new ChunkArena(16 << 20, 8 << 20);
+  const a = arena.alloc(1 << 20)!; // slab 1 (1 MiB class)
+  const b = arena.alloc(8 << 20)!; // slab 2
+  assert.is(addressOf(a) % 4096, 0, 'slots start on page boundaries');
+  assert.is(addressOf(b) % 4096, 0);
+  a.fill(0xee);
+  b.fill(0xdd);
+  const reader = enterRead();
+  arena.release(b);
+  assert.is(arena.trim(), 0, 'slab 1 in use, slab 2 retired while a reader may still copy it');
+  assert.is(b[0], 0xdd);
+  exitRead(reader);
+  assert.is(arena.trim(), 8 << 20, 'slab 2 given back');
+  assert.is(b[0], 0, 'its pages read as zeros');
+  assert.is(b[(8 << 20) - 1], 0);
+  assert.is(a[0], 0xee, 'slab 1 untouched');
+  assert.is(arena.trim(), 0, 'already trimmed');
+  const again = arena.alloc(8 << 20)!;
+  again.fill(1);
+  assert.is(again[100], 1, 'usable again');
+  arena.release(a);
+  arena.release(again);
+  assert.is(arena.trim(), 16 << 20);
+  assert.equal(arena.stats().used + arena.stats().retired, 0);
+  assert.ok(arena.alloc(1 << 20), 'free slots handed out after a trim');
 });
 
 test('arena: releaseSoon waits for the promise callbacks of the delivery', async () => {

@@ -27,10 +27,12 @@
  * buffer, as without the arena. Sizes are rounded up to a power of two from
  * 4 KiB to the slab size.
  */
+import { addressOf, discardPages } from '../../common/libc';
 import { warnLimited } from '../../common/log';
 import { currentEpoch, quiescent } from '../../common/read-epoch';
 
 const MIN_CLASS_SHIFT = 12;
+const PAGE = 4096;
 const FREE = 0, USED = 1, RETIRED = 2;
 
 interface Slot {
@@ -42,7 +44,15 @@ interface Slot {
   retiredAt: number;
 }
 
-interface Slab { sab: SharedArrayBuffer; shift: number; slots: Slot[] }
+interface Slab {
+  sab: SharedArrayBuffer;
+  shift: number;
+  /** where the slots start in `sab`: its first page boundary, when known */
+  base: number;
+  slots: Slot[];
+  /** its pages were given back (trim) and nothing was allocated from it since */
+  trimmed: boolean;
+}
 
 /** Retired slots of one size class, in retirement (epoch) order; entries whose slot moved on are skipped. */
 interface RetiredQueue { items: Array<{ slot: Slot; at: number }>; head: number }
@@ -61,10 +71,26 @@ export class ChunkArena {
   private pending: Buffer[] = [];
   private flushScheduled = false;
 
-  constructor(private readonly capBytes: number, private readonly slabBytes = 8 << 20) {
+  private allocsSinceTrim = 0;
+
+  /** `trimEveryMs`: check that often whether idle slabs can give their pages back (0: never; trim()). */
+  constructor(private readonly capBytes: number, private readonly slabBytes = 8 << 20, trimEveryMs = 0) {
     if (!Number.isInteger(Math.log2(slabBytes)) || slabBytes < 1 << MIN_CLASS_SHIFT) throw new RangeError(`slab size ${slabBytes} is not a power of two >= 4 KiB`);
     this.maxShift = Math.log2(slabBytes);
     for (let s = 0; s <= this.maxShift; s++) { this.free.push([]); this.retired.push({ items: [], head: 0 }); }
+    if (trimEveryMs > 0) {
+      // only when nothing was allocated for a whole period: a busy arena keeps its memory
+      this.timer = setInterval(() => { if (this.allocsSinceTrim === 0) this.trim(); this.allocsSinceTrim = 0; }, trimEveryMs);
+      this.timer.unref();
+    }
+  }
+
+  private timer: NodeJS.Timeout | undefined;
+
+  /** Stop the periodic trim (the arena stays usable). */
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
   }
 
   /**
@@ -77,6 +103,8 @@ export class ChunkArena {
     const slot = this.free[shift].pop() ?? this.reuse(shift) ?? this.grow(shift);
     if (!slot) { this.misses++; return undefined; }
     this.hits++;
+    this.allocsSinceTrim++;
+    slot.slab.trimmed = false;
     slot.state = USED;
     slot.refs = 1;
     return size === slot.view.length ? slot.view : slot.view.subarray(0, size);
@@ -102,11 +130,19 @@ export class ChunkArena {
 
   private grow(shift: number): Slot | undefined {
     if ((this.slabCount + 1) * this.slabBytes > this.capBytes) return undefined;
-    const sab = new SharedArrayBuffer(this.slabBytes);
+    // a page more, so the slots can start on a page boundary (trim gives whole pages back)
+    const sab = new SharedArrayBuffer(this.slabBytes + PAGE);
+    let base = 0;
+    try {
+      base = (PAGE - (addressOf(Buffer.from(sab, 0, 1)) % PAGE)) % PAGE;
+    } catch {
+      base = -1; // address unknown: never trimmed
+    }
     const size = 1 << shift;
-    const slab: Slab = { sab, shift, slots: [] };
+    const slab: Slab = { sab, shift, base, slots: [], trimmed: false };
+    const from = Math.max(0, base);
     for (let off = 0; off < this.slabBytes; off += size) {
-      slab.slots.push({ slab, view: Buffer.from(sab, off, size), refs: 0, state: FREE, retiredAt: 0 });
+      slab.slots.push({ slab, view: Buffer.from(sab, from + off, size), refs: 0, state: FREE, retiredAt: 0 });
     }
     this.bySab.set(sab, slab);
     this.slabCount++;
@@ -118,7 +154,33 @@ export class ChunkArena {
   /** The slot `buf` is a view of (any view: subarrays too), if it is arena memory. */
   private slotOf(buf: Uint8Array): Slot | undefined {
     const slab = this.bySab.get(buf.buffer as SharedArrayBuffer);
-    return slab?.slots[buf.byteOffset >>> slab.shift];
+    if (!slab) return undefined;
+    return slab.slots[(buf.byteOffset - Math.max(0, slab.base)) >>> slab.shift];
+  }
+
+  /**
+   * Give back the pages of every slab nothing uses (no slot referenced, and
+   * every request in flight when its slots were let go is done): they read
+   * as zeros when used again. The slabs stay (views of them are still
+   * around); only their memory goes. Returns the bytes given back.
+   */
+  trim(): number {
+    let bytes = 0;
+    for (const slab of this.bySab.values()) {
+      if (slab.trimmed || slab.base < 0) continue;
+      if (!slab.slots.every((x) => x.state === FREE || (x.state === RETIRED && quiescent(x.retiredAt)))) continue;
+      const free = this.free[slab.shift];
+      for (const x of slab.slots) {
+        if (x.state !== RETIRED) continue;
+        x.state = FREE; // its retirement entry is skipped from now on
+        free.push(x);
+      }
+      if (discardPages(Buffer.from(slab.sab, slab.base, this.slabBytes))) {
+        slab.trimmed = true;
+        bytes += this.slabBytes;
+      }
+    }
+    return bytes;
   }
 
   /** Whether `buf` is arena memory. */
@@ -191,8 +253,12 @@ let arena: ChunkArena | undefined;
  * is a fresh buffer.
  */
 export function enableChunkArena(capBytes: number, slabBytes?: number): void {
-  arena = capBytes > 0 ? new ChunkArena(capBytes, slabBytes) : undefined;
+  arena?.close();
+  arena = capBytes > 0 ? new ChunkArena(capBytes, slabBytes, TRIM_EVERY_MS) : undefined;
 }
+
+/** An arena idle this long gives the pages of its unused slabs back. */
+const TRIM_EVERY_MS = 10_000;
 
 /** The process's arena, when enabled. */
 export function chunkArena(): ChunkArena | undefined {
