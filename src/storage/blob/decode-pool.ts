@@ -96,7 +96,8 @@ export function decodeRun(info: DecodeBlob, raw: Buffer, start: number, run: rea
 interface Pending {
   run: readonly ChunkInfo[];
   start: number;
-  resolve: Array<(d: Buffer | Error) => void>;
+  /** per chunk, until it is answered */
+  resolve: Array<((d: Buffer | Error) => void) | undefined>;
   /** chunks answered `null`, resolved with the request's bytes at `done` */
   own: number[];
   /** the request's bytes when they are shared with the worker (arena memory): `done` brings none */
@@ -171,7 +172,7 @@ function failAll(dw: DecodeWorker, why: string, kept?: Buffer[]): void {
 function answer(p: Pending, k: number, d: Buffer | Error): void {
   const r = p.resolve[k];
   if (!r) return;
-  p.resolve[k] = undefined as unknown as (d: Buffer | Error) => void;
+  p.resolve[k] = undefined;
   const slot = p.into?.[k];
   if (slot) {
     p.into![k] = undefined;
