@@ -314,18 +314,28 @@ export class FileCache {
   /** Cached bytes, or undefined when the data file turned out short (then refetched). */
   private async readCached(e: Entry, map: ChunkMap, info: BlobInfo, chunk: ChunkInfo, validate: boolean): Promise<Buffer | undefined> {
     const len = chunk.uncompressedSize;
-    const buf = Buffer.allocUnsafe(len);
+    // recycled memory when there is a slot (chunk-arena.ts): let go once the receivers kept what they keep
+    const arena = chunkArena();
+    const slot = arena?.alloc(len);
+    const buf = slot ?? Buffer.allocUnsafe(len);
     let done = 0;
-    while (done < len) {
-      const { bytesRead } = await e.data.read(buf, done, len - done, chunk.uncompressedOffset + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
+    try {
+      while (done < len) {
+        const { bytesRead } = await e.data.read(buf, done, len - done, chunk.uncompressedOffset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    } catch (err) {
+      if (slot) arena!.release(slot);
+      throw err;
     }
     if (done < len) {
+      if (slot) arena!.release(slot);
       warnLimited('cache.short', { blobId: info.blobId, chunkIndex: chunk.index }, 'cache file shorter than a ready chunk, refetching');
       await map.clearReady(chunk.index);
       return undefined;
     }
+    if (slot) arena!.releaseSoon(slot);
     if (!validate) return buf;
     try {
       return decodeChunk(buf, chunk, info, { validate: true, decoded: true });
