@@ -268,6 +268,19 @@ test('fetchRegion: a backend reading into the arena; stored chunks are views of 
   enableChunkArena(0);
 });
 
+test('memory LRU counts a chunk in its own slot at the slot size (small chunks cannot hold more memory than its capacity)', async () => {
+  enableChunkArena(8 << 20, 8 << 20);
+  const arena = chunkArena()!;
+  const lru = new ChunkMemoryCache(64 << 10);
+  const bufs = Array.from({ length: 12 }, () => arena.alloc(5000)!); // 8 KiB slots
+  assert.is(arena.footprint(bufs[0]), 8192);
+  assert.is(arena.footprint(bufs[0].subarray(10, 20)), 10, 'a view inside a slot counts its length');
+  for (let i = 0; i < bufs.length; i++) { await lru.get(`k${i}`, async () => bufs[i]); arena.release(bufs[i]); }
+  assert.is(arena.stats().used, 8, '64 KiB of 8 KiB slots held');
+  lru.clear();
+  enableChunkArena(0);
+});
+
 test('blob cache: a flight keeps its chunks until written; a late reader joining it gets intact bytes', async () => {
   enableChunkArena(8 << 20);
   const arena = chunkArena()!;

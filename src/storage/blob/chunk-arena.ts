@@ -183,6 +183,16 @@ export class ChunkArena {
     return bytes;
   }
 
+  /**
+   * Memory `buf` stands for: the whole slot when it starts one (a chunk
+   * decoded into its own slot keeps the slot's rounded-up size), its length
+   * otherwise (a view inside a slot, or other memory).
+   */
+  footprint(buf: Uint8Array): number {
+    const slot = this.slotOf(buf);
+    return slot && slot.view.byteOffset === buf.byteOffset ? Math.max(buf.length, slot.view.length) : buf.length;
+  }
+
   /** Whether `buf` is arena memory. */
   owns(buf: Uint8Array): boolean {
     return this.slotOf(buf) !== undefined;

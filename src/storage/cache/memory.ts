@@ -9,7 +9,7 @@ import { chunkArena } from '../blob/chunk-arena';
  * it is held (blob/chunk-arena.ts).
  */
 export class ChunkMemoryCache {
-  private readonly map = new Map<string, Buffer>();
+  private readonly map = new Map<string, { buf: Buffer; size: number }>();
   private readonly loading = new Map<string, Promise<Buffer>>();
   private bytes = 0;
 
@@ -20,7 +20,7 @@ export class ChunkMemoryCache {
     if (hit) {
       this.map.delete(key); // refresh LRU position
       this.map.set(key, hit);
-      return Promise.resolve(hit);
+      return Promise.resolve(hit.buf);
     }
     let p = this.loading.get(key);
     if (!p) {
@@ -44,24 +44,26 @@ export class ChunkMemoryCache {
   }
 
   private put(key: string, buf: Buffer): void {
-    if (buf.length > this.capacityBytes) return;
     const arena = chunkArena();
+    // a chunk in its own arena slot holds the whole slot (rounded up to a power of two): counted so
+    const size = arena ? arena.footprint(buf) : buf.length;
+    if (size > this.capacityBytes) return;
     const old = this.map.get(key);
-    if (old) { this.map.delete(key); this.bytes -= old.length; arena?.release(old); }
+    if (old) { this.map.delete(key); this.bytes -= old.size; arena?.release(old.buf); }
     arena?.retain(buf);
-    this.map.set(key, buf);
-    this.bytes += buf.length;
+    this.map.set(key, { buf, size });
+    this.bytes += size;
     for (const [k, v] of this.map) {
       if (this.bytes <= this.capacityBytes) break;
       this.map.delete(k);
-      this.bytes -= v.length;
-      arena?.release(v);
+      this.bytes -= v.size;
+      arena?.release(v.buf);
     }
   }
 
   clear(): void {
     const arena = chunkArena();
-    if (arena) for (const v of this.map.values()) arena.release(v);
+    if (arena) for (const v of this.map.values()) arena.release(v.buf);
     this.map.clear();
     this.bytes = 0;
   }
