@@ -4,7 +4,7 @@
  * (src/bin/nydus-image/main.rs); extras are marked in --help.
  */
 // first: for `create`, the builder's worker threads start booting now, while the rest loads
-import './prestart';
+import { largeTree } from './prestart';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
@@ -124,6 +124,7 @@ program.command('create')
       batchSize,
       // workers start at once and load while the source is read (NYDUS_BUILDER_THREADS=0: none)
       threads: pipeline().defaultBuilderThreads(),
+      onFiles: largeTree,
     });
     const s = r.stats;
     process.stdout.write(`build finished: ${s.files} files, ${s.chunks} chunks (${s.uniqueChunks} unique), ${s.dataBytes} data bytes stored in ${s.storedBytes} bytes\n`);
