@@ -131,6 +131,7 @@ program.command('create')
     if (r.bootstrapPath) process.stdout.write(`bootstrap: ${r.bootstrapPath}\n`);
     for (const b of r.blobs) process.stdout.write(`blob: ${b}${r.blobPath ? ` (${r.blobPath})` : ''}\n`);
     writeOutputJson(o.outputJson, { bootstrap: r.bootstrapPath, blobs: r.blobs, fsVersion: Number(o.fsVersion), compressor: o.compressor });
+    exitWhenDone = true;
   });
 
 program.command('merge')
@@ -237,7 +238,18 @@ program.command('unpack')
     img.close();
   });
 
-program.parseAsync(process.argv).catch((err: unknown) => {
+/**
+ * Set by a subcommand that leaves nothing behind once it returns (its files
+ * written and closed, its workers stopped; stdout, stderr and the log are
+ * written synchronously on Linux): the process exits at once instead of
+ * letting V8 finish its background work (optimizing compiles, GC) and tear
+ * its heaps down, 10-30 ms of a build's end.
+ */
+let exitWhenDone = false;
+
+program.parseAsync(process.argv).then(() => {
+  if (exitWhenDone) process.exit();
+}, (err: unknown) => {
   const msg = err instanceof ErrnoError ? `${err.message} (${err.code})` : err instanceof Error ? err.message : String(err);
   process.stderr.write(`error: ${msg}\n`);
   if (process.env.NYDUS_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
