@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { Compressor } from '../../src/common/compress';
 import { DigestAlgorithm, initDigest, sha256hex } from '../../src/common/digest';
-import { createImage, type CreateOptions } from '../../src/rafs/builder/create';
+import { FILES_REPORT_STEP, createImage, type CreateOptions } from '../../src/rafs/builder/create';
 
 const tmps: string[] = [];
 const tmp = (p: string) => { const d = fs.mkdtempSync(path.join(os.tmpdir(), `nydus-pipe-${p}-`)); tmps.push(d); return d; };
@@ -82,6 +82,22 @@ for (const [name, o] of cases) {
     assert.equal(await build({ ...opts, threads: 1 }), one);
   });
 }
+
+test('pipeline: onFiles is told the files found, every FILES_REPORT_STEP of a walk and the total at the end', async () => {
+  const s = tmp('count');
+  const n = FILES_REPORT_STEP * 2 + 5;
+  for (let i = 0; i < n; i++) fs.writeFileSync(path.join(s, `f${i}`), `${i}`);
+  fs.writeFileSync(path.join(s, 'empty'), '');
+  fs.mkdirSync(path.join(s, 'dir'));
+  for (const threads of [1, 0]) {
+    const calls: number[] = [];
+    const out = tmp('count-out');
+    const r = await createImage(base({ source: s, blobDir: out, bootstrap: path.join(out, 'boot'), threads, onFiles: (k) => calls.push(k) }));
+    assert.equal(r.stats.files, n + 1);
+    // a walk (workers, no prefetch list) reports as it goes; otherwise the list is known at once
+    assert.equal(calls, threads ? [FILES_REPORT_STEP, FILES_REPORT_STEP * 2, n + 1] : [n + 1]);
+  }
+});
 
 test('pipeline: a file that vanishes after the walk fails the build and leaves no temporary blob', async () => {
   const s = tmp('vanish');

@@ -7,8 +7,8 @@
  *
  * The stored bytes are exactly what `compress()` of common/compress.ts
  * produces (zstd: the same ZSTD_compress2 call at level 3 with every other
- * parameter at its default, written straight into the answer instead of a
- * fresh buffer; test/unit/builder-pipeline.test.ts checks the two agree).
+ * parameter at its default, into a reused scratch buffer instead of a fresh
+ * one; test/unit/builder-pipeline.test.ts checks the two agree).
  */
 import * as fs from 'node:fs';
 import * as zstdBinding from 'zstd-napi/binding';
@@ -58,21 +58,26 @@ export class ChunkWork {
     return i >= 0 ? Buffer.from(this.free.splice(i, 1)[0]) : Buffer.allocUnsafeSlow(Math.max(size, 64 << 10));
   }
 
-  /** Stored form of `src` into `dst` (capacity ≥ compressBound): length and whether it is compressed. */
-  private pack(c: Compressor, src: Buffer, dst: Buffer): { len: number; compressed: boolean } {
+  /**
+   * Compress `src` (already in its place in the answer) into the scratch
+   * buffer and copy the frame over it when it is smaller: the length stored
+   * and whether it is compressed. Data that does not shrink (random, already
+   * compressed) stays where it was read, never copied.
+   */
+  private pack(c: Compressor, src: Buffer): { len: number; compressed: boolean } {
     if (c === ZSTD) {
       if (!this.cctx) {
         this.cctx = new zstdBinding.CCtx();
         this.cctx.setParameter(zstdBinding.CParameter.compressionLevel, 3);
       }
+      const dst = this.scratchOf(zstdBinding.compressBound(src.length));
       const n = this.cctx.compress2(dst, src);
-      if (n < src.length) return { len: n, compressed: true };
+      if (n < src.length) { dst.copy(src, 0, 0, n); return { len: n, compressed: true }; }
     } else if (c !== NONE) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const p = (require('../../common/compress') as typeof import('../../common/compress')).compress(c, src);
-      if (p.compressed) { p.data.copy(dst); return { len: p.data.length, compressed: true }; }
+      if (p.compressed) { p.data.copy(src); return { len: p.data.length, compressed: true }; }
     }
-    src.copy(dst);
     return { len: src.length, compressed: false };
   }
 
@@ -94,8 +99,8 @@ export class ChunkWork {
         let fd = src.fd ?? fds.get(fi);
         if (fd === undefined) { fd = fs.openSync(src.path!, 'r'); fds.set(fi, fd); }
         const stored = mode === JobMode.Pack && t.compressor !== NONE;
-        // raw answers are read straight into the answer; packed ones through the scratch buffer
-        const data = stored ? this.scratchOf(len) : out.subarray(dataPos, dataPos + len);
+        // read straight into the answer (packed ones are compressed over it when they shrink)
+        const data = out.subarray(dataPos, dataPos + len);
         readFull(fd, data, src.base + off, src.path ?? 'tar entry');
         const id = digest(t.digester as DigestAlgorithm, data);
         id.copy(out, RESULT_HEADER + n * 8 + j * DIGEST_SIZE);
@@ -107,7 +112,7 @@ export class ChunkWork {
         } else {
           if (this.seen.size < SEEN_MAX) this.seen.add(key);
           if (stored) {
-            const p = this.pack(t.compressor, data, out.subarray(dataPos));
+            const p = this.pack(t.compressor, data);
             kind = p.compressed ? ResultKind.Compressed : ResultKind.Uncompressible;
             outLen = p.len;
           } else {
@@ -126,14 +131,9 @@ export class ChunkWork {
   }
 }
 
-/** Room for the header, digests and every job's stored bytes (each at most its length), plus what compression may need beyond that. */
+/** Room for the header, digests and every job's bytes (stored bytes are at most the raw length: compressed only when smaller). */
 function resultCapacity(t: GroupTask, n: number): number {
   let data = 0;
-  let slack = 0;
-  for (let j = 0; j < n; j++) {
-    const len = t.jobs[j * 4 + 2];
-    data += len;
-    if (t.jobs[j * 4 + 3] === JobMode.Pack && t.compressor === ZSTD) slack = Math.max(slack, zstdBinding.compressBound(len) - len);
-  }
-  return RESULT_HEADER + n * (8 + DIGEST_SIZE) + data + slack;
+  for (let j = 0; j < n; j++) data += t.jobs[j * 4 + 2];
+  return RESULT_HEADER + n * (8 + DIGEST_SIZE) + data;
 }
