@@ -36,6 +36,16 @@ import type { BlobInfo, ChunkInfo, InodeType, RafsDirent, RafsInode, RafsSuper, 
 import { noBlobMeta } from './types';
 import { BoundedMap } from '../../common/bounded-map';
 import { ChunkTable } from './chunk-table';
+import { dropMappedPages } from '../../common/libc';
+
+/**
+ * A mapped bootstrap (image.ts) gives back the pages it touched after every
+ * this many inode, chunk or directory-block reads (and after whole-table
+ * walks): they stay in the page cache, out of the daemon's RSS. Dropping
+ * costs well under a millisecond; pages touched again fault back in from
+ * the page cache.
+ */
+const DROP_PAGES_EVERY = 4096;
 
 /**
  * Decoded inodes kept (FIFO): enough for the requests of the files being
@@ -136,6 +146,8 @@ class V6Super implements RafsSuper {
   readonly dirs = new BoundedMap<number, DirTable>(DIR_CACHE_LIMIT, { weight: (t) => t.bytes, maxWeight: DIR_CACHE_MAX_BYTES });
   /** the last directory too large for `dirs` (its table is about the size of its blocks, already in memory) */
   bigDir: { nid: number; table: DirTable } | undefined;
+  /** reads of the bootstrap since its pages were last dropped */
+  private touches = 0;
 
   constructor(readonly buf: Buffer, private readonly opts: LoadV6Options) {
     ensure(isV6(buf), 'not an EROFS/RAFS v6 image: bad magic at offset 1024');
@@ -211,6 +223,17 @@ class V6Super implements RafsSuper {
         is_rafs: this.rafs ? 1 : 0,
       },
     };
+    // the load walked the chunk table: none of it is needed in memory now
+    dropMappedPages(buf);
+  }
+
+  /** Count `n` reads of the bootstrap (see DROP_PAGES_EVERY). */
+  touched(n = 1): void {
+    this.touches += n;
+    if (this.touches >= DROP_PAGES_EVERY) {
+      this.touches = 0;
+      dropMappedPages(this.buf);
+    }
   }
 
   private region(off: number, size: number, what: string): void {
@@ -320,6 +343,7 @@ class V6Super implements RafsSuper {
     ensure(Number.isSafeInteger(nid) && nid >= 0, `invalid nid ${nid}`);
     const off = this.metaBase + nid * 32;
     ensure(off + 32 <= this.buf.length, `nid ${nid} is outside the image`);
+    this.touched();
     try {
       i = new V6Inode(this, nid, off);
     } catch (e) {
@@ -339,7 +363,9 @@ class V6Super implements RafsSuper {
    * their data really is.
    */
   chunkCountsByBlob(): number[] {
-    return this.table?.countsByBlob(this.blobs.length) ?? new Array<number>(this.blobs.length).fill(0);
+    const out = this.table?.countsByBlob(this.blobs.length) ?? new Array<number>(this.blobs.length).fill(0);
+    dropMappedPages(this.buf);
+    return out;
   }
 
   chunkTable(): ChunkInfo[] {
@@ -357,6 +383,7 @@ class V6Super implements RafsSuper {
       }
       yield c;
     }
+    dropMappedPages(this.buf);
   }
 
   /**
@@ -384,6 +411,7 @@ class V6Super implements RafsSuper {
   /** Resolve a RAFS chunk index to a full ChunkInfo (§3.8). */
   resolveRafsChunk(blobIndex: number, ciIndex: number, blkaddr: number, fileOffset: number, where: string): ChunkInfo {
     ensure(blobIndex >= 0 && blobIndex < this.blobs.length, `${where}: chunk index names blob ${blobIndex} but the image has ${this.blobs.length} blobs`);
+    this.touched();
     const rec = this.table?.get(blobIndex, ciIndex);
     const blob = this.blobs[blobIndex];
     const inTable = rec && rec.uncompressedOffset === blkaddr * EROFS_BLKSZ;
@@ -584,6 +612,7 @@ class V6Inode implements RafsInode {
     if (cached) return cached;
     if (!this.isDir()) throw enotdir(`${this.where()} is not a directory`);
     const data = this.readFlatData();
+    this.sup.touched(Math.ceil(data.length / EROFS_BLKSZ));
     const out: Array<{ name: Buffer; nid: number; fileType: number }> = [];
     let dots = 0;
     let dotdots = 0;
