@@ -9,7 +9,7 @@
  */
 import { ensure } from '../../common/errno';
 import { RAFS_MAX_CHUNKS_PER_BLOB } from '../format/constants';
-import { RAFSV6_CHUNK_INFO_SIZE, decodeChunkInfoRecord } from '../format/v6';
+import { RAFSV6_CHUNK_INFO_SIZE, decodeChunkInfoRecord, decodeChunkInfoRecordInto } from '../format/v6';
 import type { ChunkInfo } from './types';
 
 /** Offsets of the u64 fields of a record (compressed / uncompressed / file offset). */
@@ -54,9 +54,10 @@ export class ChunkTable {
     const buf = this.buf;
     const blobIndex = buf.readUInt32LE(off + 32);
     const index = buf.readUInt32LE(off + 72);
-    ensure(blobIndex < this.nblobs, `chunk table record at ${off}: blob_index ${blobIndex} >= ${this.nblobs} blobs`);
-    ensure(index < RAFS_MAX_CHUNKS_PER_BLOB, `chunk table record at ${off}: index ${index} exceeds 24 bits`);
-    for (const f of U64_FIELDS) ensure(buf.readUInt32LE(off + f + 4) <= MAX_SAFE_HIGH, `chunk table record at ${off}: u64 at +${f} is beyond 2^53`);
+    // messages built only on failure: this runs for every record of every walk
+    if (blobIndex >= this.nblobs) ensure(false, `chunk table record at ${off}: blob_index ${blobIndex} >= ${this.nblobs} blobs`);
+    if (index >= RAFS_MAX_CHUNKS_PER_BLOB) ensure(false, `chunk table record at ${off}: index ${index} exceeds 24 bits`);
+    for (const f of U64_FIELDS) if (buf.readUInt32LE(off + f + 4) > MAX_SAFE_HIGH) ensure(false, `chunk table record at ${off}: u64 at +${f} is beyond 2^53`);
     return blobIndex * RAFS_MAX_CHUNKS_PER_BLOB + index;
   }
 
@@ -76,7 +77,7 @@ export class ChunkTable {
       if (k === key) {
         const c = this.decode(this.offsets[mid]);
         // the bytes there may have changed since the load (mapped bootstrap): never hand out another chunk
-        ensure(c.blobIndex === blobIndex && c.index === index, `chunk table record at ${this.offsets[mid]} changed under the reader`);
+        if (c.blobIndex !== blobIndex || c.index !== index) ensure(false, `chunk table record at ${this.offsets[mid]} changed under the reader`);
         return c;
       }
       if (k < key) lo = mid + 1;
@@ -100,8 +101,21 @@ export class ChunkTable {
     return [...this.records()];
   }
 
-  /** Every record in table order, decoded one at a time (nothing kept). */
-  *records(): Generator<ChunkInfo> {
-    for (let i = 0; i < this.count; i++) yield this.decode(this.start + i * RAFSV6_CHUNK_INFO_SIZE);
+  /**
+   * Every record in table order, decoded one at a time (nothing kept). With
+   * `reuse`, one object is filled again for each record (valid until the next
+   * is pulled): a walk over a 100,000-chunk table allocates no object per chunk.
+   */
+  *records(reuse = false): Generator<ChunkInfo> {
+    if (!reuse) {
+      for (let i = 0; i < this.count; i++) yield this.decode(this.start + i * RAFSV6_CHUNK_INFO_SIZE);
+      return;
+    }
+    const c = decodeChunkInfoRecord(this.buf, this.start);
+    for (let i = 0; i < this.count; i++) {
+      const off = this.start + i * RAFSV6_CHUNK_INFO_SIZE;
+      this.check(off);
+      yield decodeChunkInfoRecordInto(this.buf, off, c);
+    }
   }
 }
