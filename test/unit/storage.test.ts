@@ -542,7 +542,8 @@ test('ChunkDirectory keeps every field of its records; records the columns canno
     for (const c of [extra, batchB, plain, shortDigest, batchA]) {
       for (const k of Object.keys(r)) delete r[k];
       Object.assign(r, c, { digest: Buffer.from(c.digest) });
-      if ((c as { batch?: object }).batch) r.batch = { ...(c as { batch: object }).batch };
+      const batch = (c as unknown as { batch?: object }).batch;
+      if (batch) r.batch = { ...batch };
       yield r as unknown as ChunkInfo;
     }
   }
