@@ -416,9 +416,10 @@ export function decodeXattrsV5(buf: Buffer, off: number): { pairs: Array<[string
 // ---------------------------------------------------------------------------
 // Chunk record (§2.9)
 
+/** (the digest from the shared Buffer pool: decodeChunkInfoInto overwrites all of its 32 bytes) */
 export function decodeChunkInfo(buf: Buffer, off: number): ChunkInfo {
   return decodeChunkInfoInto(buf, off, {
-    digest: Buffer.alloc(32), blobIndex: 0, flags: 0, compressed: false, compressedSize: 0, uncompressedSize: 0,
+    digest: Buffer.allocUnsafe(32), blobIndex: 0, flags: 0, compressed: false, compressedSize: 0, uncompressedSize: 0,
     compressedOffset: 0, uncompressedOffset: 0, fileOffset: 0, index: 0, crc32: 0,
   });
 }
