@@ -530,9 +530,9 @@ class V6Inode implements RafsInode {
     const isReg = fmt === S_IFREG;
     if (!(raw.layout === EROFS_INODE_FLAT_PLAIN || raw.layout === EROFS_INODE_FLAT_INLINE || (raw.layout === EROFS_INODE_CHUNK_BASED && isReg))) ensure(false,
       `${where()}: unsupported data layout ${raw.layout} for mode 0${raw.mode.toString(8)}${raw.layout === 1 || raw.layout === 3 ? ' (compressed EROFS inodes are not supported)' : ''}`);
-    if (fmt === S_IFDIR || fmt === S_IFLNK) if (!(raw.size <= buf.length)) ensure(false, `${where()}: i_size ${raw.size} exceeds the image`);
-    if (fmt === S_IFLNK) if (!(raw.size > 0 && raw.size <= MAX_SYMLINK)) ensure(false, `${where()}: symlink size ${raw.size} out of range`);
-    if (sup.rafs && isReg && raw.size > 0) if (!(raw.layout === EROFS_INODE_CHUNK_BASED)) ensure(false, `${where()}: RAFS regular file is not chunk-based`);
+    if ((fmt === S_IFDIR || fmt === S_IFLNK) && !(raw.size <= buf.length)) ensure(false, `${where()}: i_size ${raw.size} exceeds the image`);
+    if ((fmt === S_IFLNK) && !(raw.size > 0 && raw.size <= MAX_SYMLINK)) ensure(false, `${where()}: symlink size ${raw.size} out of range`);
+    if ((sup.rafs && isReg && raw.size > 0) && !(raw.layout === EROFS_INODE_CHUNK_BASED)) ensure(false, `${where()}: RAFS regular file is not chunk-based`);
     this.mode = raw.mode;
     this.uid = raw.uid;
     this.gid = raw.gid;
@@ -718,10 +718,11 @@ class V6Inode implements RafsInode {
     // every plain-EROFS chunk is a 4 KiB piece: k*4096 .. min(size, (k+1)*4096)
     const piece = (fileOffset: number, blobIndex: number, off: number): void => {
       const len = Math.min(EROFS_BLKSZ, size - fileOffset);
-      if (blobIndex < 0) if (!(off + len <= sup.buf.length)) ensure(false, `${this.where()}: data at ${off} is outside the image`);
-      else {
+      if (blobIndex < 0) {
+        if (!(off + len <= sup.buf.length)) ensure(false, `${this.where()}: data at ${off} is outside the image`);
+      } else {
         const blob = sup.blobs[blobIndex];
-        if (blob.uncompressedSize > 0) if (!(off + len <= blob.uncompressedSize)) ensure(false, `${this.where()}: data at ${off} is outside device ${blobIndex + 1}`);
+        if ((blob.uncompressedSize > 0) && !(off + len <= blob.uncompressedSize)) ensure(false, `${this.where()}: data at ${off} is outside device ${blobIndex + 1}`);
       }
       pieces.push({
         digest: ZERO_DIGEST, blobIndex, index: Math.floor(off / EROFS_BLKSZ), flags: 0, compressed: false,
