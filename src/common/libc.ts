@@ -20,7 +20,9 @@ const c = {
   read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
   // memset(p, 0, 0) returns p: the address of a buffer's memory
   addressOf: lib.func('uintptr_t memset(void *s, int c, size_t n)'),
-  madvise: lib.func('int madvise(void *addr, size_t length, int advice)'),
+  mmap: lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, intptr_t off)'),
+  munmap: lib.func('int munmap(void *addr, size_t len)'),
+  madvise: lib.func('int madvise(void *addr, size_t len, int advice)'),
 };
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -157,12 +159,55 @@ export function readFd(fd: number, buf: Buffer): number {
 }
 
 
+const PROT_READ = 1;
+const MAP_PRIVATE = 2;
+const MADV_DONTNEED = 4;
+const MAP_FAILED = 2n ** 64n - 1n;
+
+/** Read-only file mappings handed out by mapFile: their address and length, by backing ArrayBuffer. */
+const mappings = new WeakMap<ArrayBufferLike, { addr: unknown; len: number }>();
+/** A mapping goes once nothing refers to its memory any more (no view of it can be read after). */
+const unmapper = new FinalizationRegistry<{ addr: unknown; len: number }>((m) => { c.munmap(m.addr, m.len); });
+
+/**
+ * The first `len` bytes of file `fd` mapped read-only (MAP_PRIVATE), as a
+ * Buffer over the mapping: pages are read in when first touched and count
+ * in the process's RSS only while mapped in (dropMappedPages). The mapping
+ * outlives the fd and is unmapped when the Buffer and every view of it are
+ * garbage. As with any mapping, a file truncated under it makes the pages
+ * past the new end fault (SIGBUS): callers map files that are not rewritten
+ * in place (bootstraps). Throws ErrnoError when mmap(2) fails.
+ */
+export function mapFile(fd: number, len: number): Buffer {
+  if (!Number.isSafeInteger(len) || len <= 0) throw new ErrnoError('EINVAL', `mmap of ${len} bytes`);
+  const addr = c.mmap(null, len, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (addr === null || addr === MAP_FAILED || addr === -1n) throw errnoError(lastErrno(), 'mmap');
+  const ab = koffi.view(addr, len) as ArrayBuffer;
+  const m = { addr, len };
+  mappings.set(ab, m);
+  unmapper.register(ab, m);
+  return Buffer.from(ab, 0, len);
+}
+
+/** Whether `buf` views a mapping made by mapFile. */
+export function isMapped(buf: Buffer): boolean {
+  return mappings.has(buf.buffer);
+}
+
+/**
+ * Drop the pages of `buf`'s mapping (made by mapFile) from the process
+ * (madvise MADV_DONTNEED): they stay in the page cache and are mapped in
+ * again when next touched, with the file's bytes. No-op for other buffers.
+ */
+export function dropMappedPages(buf: Buffer): void {
+  const m = mappings.get(buf.buffer);
+  if (m) c.madvise(m.addr, m.len, MADV_DONTNEED);
+}
+
 /** The address of `buf`'s first byte (for alignment decisions; never dereferenced from JS). */
 export function addressOf(buf: Uint8Array): number {
   return Number(c.addressOf(buf, 0, 0));
 }
-
-const MADV_DONTNEED = 4;
 
 /**
  * Give the pages of `buf` back to the kernel (madvise MADV_DONTNEED): they

@@ -8,6 +8,9 @@
  * the reads. MANY_FILES=N changes the file count (dirs of 1,000);
  * MANY_WORK=DIR the work directory (default $TMPDIR/nydus-many-bench: two
  * runs at once need two). The daemon runs under NYDUSD_NODE_ARGS when set.
+ * Before/after: MANY_BASE=<another build's bin/nydusd> runs that build too,
+ * MANY_ROUNDS=N (default 1) rounds of base, this build and squashfuse in
+ * turn, medians and per-round ratios reported (a shared machine is noisy).
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -59,47 +62,90 @@ function measure(mnt: string, pid: number, mountSecs: number): Row {
   return { mount: mountSecs, stat, read, rssMount, rssStat, rssRead: rssMb(pid) };
 }
 
+const median = (v: number[]): number => { const s = [...v].sort((a, b) => a - b); return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+
+/** One mount of a nydusd build (`bin`: undefined for this one) with an empty cache, measured and unmounted. */
+async function runNydusd(work: string, boot: string, cfg: string, cache: string, bin: string | undefined): Promise<Row> {
+  const mnt = path.join(work, 'mnt-nydusd');
+  fs.rmSync(cache, { recursive: true, force: true });
+  fs.mkdirSync(cache, { recursive: true });
+  const saved = process.env.NYDUSD_BIN;
+  if (bin) process.env.NYDUSD_BIN = bin;
+  dropCaches();
+  const t0 = process.hrtime.bigint();
+  let d;
+  try {
+    d = await startNydusd(mnt, ['--bootstrap', boot, '--config', cfg, '--log-level', 'warn']);
+  } finally {
+    if (bin) { if (saved === undefined) delete process.env.NYDUSD_BIN; else process.env.NYDUSD_BIN = saved; }
+  }
+  const mountSecs = Number(process.hrtime.bigint() - t0) / 1e9;
+  try {
+    await sleep(500);
+    return measure(mnt, d.proc.pid!, mountSecs);
+  } finally { await d.stop(); }
+}
+
+async function runSquashfuse(work: string, sq: string): Promise<Row> {
+  const smnt = path.join(work, 'mnt-squashfuse');
+  fs.mkdirSync(smnt, { recursive: true });
+  dropCaches();
+  const t0 = process.hrtime.bigint();
+  execFileSync('squashfuse', [sq, smnt]);
+  const mountSecs = Number(process.hrtime.bigint() - t0) / 1e9;
+  try {
+    await sleep(500);
+    return measure(smnt, squashfusePid(smnt), mountSecs);
+  } finally { execFileSync('umount', [smnt]); }
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) { console.log('SKIP many-files bench: needs root'); return; }
   const work = process.env.MANY_WORK || path.join(os.tmpdir(), 'nydus-many-bench');
+  const base = process.env.MANY_BASE;
+  const rounds = Math.max(1, Math.min(20, Number(process.env.MANY_ROUNDS ?? 1) || 1));
   const src = path.join(work, `src-${N}`);
   makeTree(src);
-  const rows: Record<string, Row> = {};
 
-  const blobs = path.join(work, 'blobs'), cache = path.join(work, 'cache'), mnt = path.join(work, 'mnt-nydusd');
-  for (const d of [blobs, cache]) { fs.rmSync(d, { recursive: true, force: true }); fs.mkdirSync(d, { recursive: true }); }
+  const blobs = path.join(work, 'blobs'), cache = path.join(work, 'cache');
+  fs.rmSync(blobs, { recursive: true, force: true });
+  fs.mkdirSync(blobs, { recursive: true });
   const boot = path.join(work, 'image.boot');
   execFileSync(path.join(ROOT, 'bin/nydus-image'), ['create', '--compressor', 'zstd', '--bootstrap', boot, '--blob-dir', blobs, src], { stdio: 'ignore' });
   const cfg = path.join(work, 'config.json');
   fs.writeFileSync(cfg, JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: blobs } }, cache: { type: 'blobcache', filecache: { work_dir: cache } }, rafs: { mode: 'direct' } }));
-  dropCaches();
-  let t0 = process.hrtime.bigint();
-  const d = await startNydusd(mnt, ['--bootstrap', boot, '--config', cfg, '--log-level', 'warn']);
-  const nydusMount = Number(process.hrtime.bigint() - t0) / 1e9;
-  try {
-    await sleep(500);
-    rows['nydusd (zstd, blobcache)'] = measure(mnt, d.proc.pid!, nydusMount);
-  } finally { await d.stop(); }
-
-  const sq = path.join(work, 'image.sqfs'), smnt = path.join(work, 'mnt-squashfuse');
+  const sq = path.join(work, 'image.sqfs');
   execFileSync('mksquashfs', [src, sq, '-comp', 'zstd', '-noappend', '-quiet'], { stdio: 'ignore' });
-  fs.mkdirSync(smnt, { recursive: true });
-  dropCaches();
-  t0 = process.hrtime.bigint();
-  execFileSync('squashfuse', [sq, smnt]);
-  const sqMount = Number(process.hrtime.bigint() - t0) / 1e9;
-  try {
-    await sleep(500);
-    rows['squashfuse (zstd)'] = measure(smnt, squashfusePid(smnt), sqMount);
-  } finally { execFileSync('umount', [smnt]); }
 
-  console.log(`many-files benchmark: ${N} files in ${N / PER_DIR} dirs (caches dropped before each pass), ${os.cpus().length} CPUs`);
-  for (const [name, r] of Object.entries(rows)) {
-    console.log(`${name.padEnd(26)} mount ${r.mount.toFixed(2)} s  stat-all ${r.stat.toFixed(2)} s  read-all ${r.read.toFixed(2)} s  RSS after mount ${r.rssMount.toFixed(0)} MB, after stat ${r.rssStat.toFixed(0)} MB, after reads ${r.rssRead.toFixed(0)} MB`);
+  const NY = 'nydusd (zstd, blobcache)', BASE = 'base nydusd', SQ = 'squashfuse (zstd)';
+  const rows: Record<string, Row[]> = { [NY]: [], [SQ]: [] };
+  if (base) rows[BASE] = [];
+  const load = () => os.loadavg().map((l) => l.toFixed(2)).join(' ');
+  const loadBefore = load();
+  for (let r = 0; r < rounds; r++) {
+    if (base) rows[BASE].push(await runNydusd(work, boot, cfg, cache, base));
+    rows[NY].push(await runNydusd(work, boot, cfg, cache, undefined));
+    rows[SQ].push(await runSquashfuse(work, sq));
   }
-  const o = rows['nydusd (zstd, blobcache)'], s = rows['squashfuse (zstd)'];
+
+  console.log(`many-files benchmark: ${N} files in ${N / PER_DIR} dirs (caches dropped before each pass), ${os.cpus().length} CPUs, ${rounds} round(s), load average ${loadBefore} -> ${load()}`);
+  const fmt = (r: Row) => `mount ${r.mount.toFixed(2)} s  stat-all ${r.stat.toFixed(2)} s  read-all ${r.read.toFixed(2)} s  RSS after mount ${r.rssMount.toFixed(0)} MB, after stat ${r.rssStat.toFixed(0)} MB, after reads ${r.rssRead.toFixed(0)} MB`;
+  const med = (l: Row[]): Row => ({
+    mount: median(l.map((x) => x.mount)), stat: median(l.map((x) => x.stat)), read: median(l.map((x) => x.read)),
+    rssMount: median(l.map((x) => x.rssMount)), rssStat: median(l.map((x) => x.rssStat)), rssRead: median(l.map((x) => x.rssRead)),
+  });
+  for (const [name, l] of Object.entries(rows)) {
+    if (rounds > 1) l.forEach((x, i) => console.log(`  round ${i + 1} ${name.padEnd(26)} ${fmt(x)}`));
+    console.log(`${rounds > 1 ? 'median ' : ''}${name.padEnd(26)} ${fmt(med(l))}`);
+  }
+  const ratios = (name: string) => rows[name].map((x, i) => (x.read / rows[SQ][i].read).toFixed(2)).join(' ');
+  const o = med(rows[NY]), s = med(rows[SQ]);
   const verdict = (ok: boolean) => (ok ? 'MET' : 'NOT MET');
-  console.log(`ratios nydusd / squashfuse (time): stat-all ${(o.stat / s.stat).toFixed(2)}x  read-all ${(o.read / s.read).toFixed(2)}x (goal <= 1.0x: ${verdict(o.read <= s.read)})`);
+  console.log(`ratios nydusd / squashfuse (time, medians): stat-all ${(o.stat / s.stat).toFixed(2)}x  read-all ${(o.read / s.read).toFixed(2)}x (goal <= 1.0x: ${verdict(o.read <= s.read)}); read-all per round: ${ratios(NY)}`);
+  if (base) {
+    const b = med(rows[BASE]);
+    console.log(`base / squashfuse (medians): stat-all ${(b.stat / s.stat).toFixed(2)}x  read-all ${(b.read / s.read).toFixed(2)}x; read-all per round: ${ratios(BASE)}; base RSS ${b.rssMount.toFixed(0)} / ${b.rssRead.toFixed(0)} MB`);
+  }
   console.log(`nydusd RSS: after mount ${o.rssMount.toFixed(0)} MB (goal <= 64: ${verdict(o.rssMount <= 64)}), after reads ${o.rssRead.toFixed(0)} MB (goal <= 120: ${verdict(o.rssRead <= 120)}); squashfuse ${s.rssMount.toFixed(0)} / ${s.rssRead.toFixed(0)} MB`);
 }
 

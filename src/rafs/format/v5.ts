@@ -416,22 +416,30 @@ export function decodeXattrsV5(buf: Buffer, off: number): { pairs: Array<[string
 // ---------------------------------------------------------------------------
 // Chunk record (§2.9)
 
+/** (the digest from the shared Buffer pool: decodeChunkInfoInto overwrites all of its 32 bytes) */
 export function decodeChunkInfo(buf: Buffer, off: number): ChunkInfo {
+  return decodeChunkInfoInto(buf, off, {
+    digest: Buffer.allocUnsafe(32), blobIndex: 0, flags: 0, compressed: false, compressedSize: 0, uncompressedSize: 0,
+    compressedOffset: 0, uncompressedOffset: 0, fileOffset: 0, index: 0, crc32: 0,
+  });
+}
+
+/** decodeChunkInfo into `out` (its 32-byte digest overwritten in place): walks that reuse one record. */
+export function decodeChunkInfoInto(buf: Buffer, off: number, out: ChunkInfo): ChunkInfo {
   checkRange(buf, off, RAFSV5_CHUNK_INFO_SIZE, 'chunk info');
   const flags = buf.readUInt32LE(off + 36);
-  return {
-    digest: Buffer.from(buf.subarray(off, off + 32)),
-    blobIndex: buf.readUInt32LE(off + 32),
-    flags,
-    compressed: (flags & BlobChunkFlags.COMPRESSED) !== 0,
-    compressedSize: buf.readUInt32LE(off + 40),
-    uncompressedSize: buf.readUInt32LE(off + 44),
-    compressedOffset: readU64(buf, off + 48, 'chunk compressed_offset'),
-    uncompressedOffset: readU64(buf, off + 56, 'chunk uncompressed_offset'),
-    fileOffset: readU64(buf, off + 64, 'chunk file_offset'),
-    index: buf.readUInt32LE(off + 72),
-    crc32: buf.readUInt32LE(off + 76),
-  };
+  buf.copy(out.digest, 0, off, off + 32);
+  out.blobIndex = buf.readUInt32LE(off + 32);
+  out.flags = flags;
+  out.compressed = (flags & BlobChunkFlags.COMPRESSED) !== 0;
+  out.compressedSize = buf.readUInt32LE(off + 40);
+  out.uncompressedSize = buf.readUInt32LE(off + 44);
+  out.compressedOffset = readU64(buf, off + 48, 'chunk compressed_offset');
+  out.uncompressedOffset = readU64(buf, off + 56, 'chunk uncompressed_offset');
+  out.fileOffset = readU64(buf, off + 64, 'chunk file_offset');
+  out.index = buf.readUInt32LE(off + 72);
+  out.crc32 = buf.readUInt32LE(off + 76);
+  return out;
 }
 
 /** Encode `c`; the COMPRESSED bit follows `c.compressed` whatever `c.flags` says. */

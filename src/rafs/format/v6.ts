@@ -572,4 +572,4 @@ export function decodeDirBlock(block: Buffer, blockLen: number, where: string): 
 // -------------------------------------------------- 80-byte chunk info record
 
 /** RafsV5ChunkInfo (§2.9) is also the record of the v6 chunk table (§3.11); codec owned by v5.ts. */
-export { decodeChunkInfo as decodeChunkInfoRecord, encodeChunkInfo as encodeChunkInfoRecord } from './v5';
+export { decodeChunkInfo as decodeChunkInfoRecord, decodeChunkInfoInto as decodeChunkInfoRecordInto, encodeChunkInfo as encodeChunkInfoRecord } from './v5';

@@ -9,7 +9,7 @@
  */
 import { ensure } from '../../common/errno';
 import { RAFS_MAX_CHUNKS_PER_BLOB } from '../format/constants';
-import { RAFSV6_CHUNK_INFO_SIZE, decodeChunkInfoRecord } from '../format/v6';
+import { RAFSV6_CHUNK_INFO_SIZE, decodeChunkInfoRecord, decodeChunkInfoRecordInto } from '../format/v6';
 import type { ChunkInfo } from './types';
 
 /** Offsets of the u64 fields of a record (compressed / uncompressed / file offset). */
@@ -22,19 +22,11 @@ export class ChunkTable {
   private readonly offsets: Uint32Array;
   readonly count: number;
 
-  constructor(private readonly buf: Buffer, private readonly start: number, size: number, nblobs: number) {
+  constructor(private readonly buf: Buffer, private readonly start: number, size: number, private readonly nblobs: number) {
     ensure(size % RAFSV6_CHUNK_INFO_SIZE === 0, `s_chunk_table_size ${size} is not a multiple of 80`);
     this.count = size / RAFSV6_CHUNK_INFO_SIZE;
     const allKeys = new Float64Array(this.count);
-    for (let i = 0; i < this.count; i++) {
-      const off = start + i * RAFSV6_CHUNK_INFO_SIZE;
-      const blobIndex = buf.readUInt32LE(off + 32);
-      const index = buf.readUInt32LE(off + 72);
-      ensure(blobIndex < nblobs, `chunk table record at ${off}: blob_index ${blobIndex} >= ${nblobs} blobs`);
-      ensure(index < RAFS_MAX_CHUNKS_PER_BLOB, `chunk table record at ${off}: index ${index} exceeds 24 bits`);
-      for (const f of U64_FIELDS) ensure(buf.readUInt32LE(off + f + 4) <= MAX_SAFE_HIGH, `chunk table record at ${off}: u64 at +${f} is beyond 2^53`);
-      allKeys[i] = blobIndex * RAFS_MAX_CHUNKS_PER_BLOB + index;
-    }
+    for (let i = 0; i < this.count; i++) allKeys[i] = this.check(start + i * RAFSV6_CHUNK_INFO_SIZE);
     // record numbers sorted by key, the first record of a key kept (table order breaks ties)
     const order = new Uint32Array(this.count);
     for (let i = 0; i < this.count; i++) order[i] = i;
@@ -53,6 +45,27 @@ export class ChunkTable {
     this.offsets = offsets.slice(0, n);
   }
 
+  /**
+   * The key of the record at `off`, checked. Records are checked again
+   * whenever decoded: a mapped bootstrap (image.ts) may change under the
+   * reader, so what was checked at load proves nothing later.
+   */
+  private check(off: number): number {
+    const buf = this.buf;
+    const blobIndex = buf.readUInt32LE(off + 32);
+    const index = buf.readUInt32LE(off + 72);
+    // messages built only on failure: this runs for every record of every walk
+    if (blobIndex >= this.nblobs) ensure(false, `chunk table record at ${off}: blob_index ${blobIndex} >= ${this.nblobs} blobs`);
+    if (index >= RAFS_MAX_CHUNKS_PER_BLOB) ensure(false, `chunk table record at ${off}: index ${index} exceeds 24 bits`);
+    for (const f of U64_FIELDS) if (buf.readUInt32LE(off + f + 4) > MAX_SAFE_HIGH) ensure(false, `chunk table record at ${off}: u64 at +${f} is beyond 2^53`);
+    return blobIndex * RAFS_MAX_CHUNKS_PER_BLOB + index;
+  }
+
+  private decode(off: number): ChunkInfo {
+    this.check(off);
+    return decodeChunkInfoRecord(this.buf, off);
+  }
+
   /** The first record of chunk `index` of blob `blobIndex`, decoded, or undefined. */
   get(blobIndex: number, index: number): ChunkInfo | undefined {
     const key = blobIndex * RAFS_MAX_CHUNKS_PER_BLOB + index;
@@ -61,7 +74,12 @@ export class ChunkTable {
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1;
       const k = this.keys[mid];
-      if (k === key) return decodeChunkInfoRecord(this.buf, this.offsets[mid]);
+      if (k === key) {
+        const c = this.decode(this.offsets[mid]);
+        // the bytes there may have changed since the load (mapped bootstrap): never hand out another chunk
+        if (c.blobIndex !== blobIndex || c.index !== index) ensure(false, `chunk table record at ${this.offsets[mid]} changed under the reader`);
+        return c;
+      }
       if (k < key) lo = mid + 1;
       else hi = mid - 1;
     }
@@ -71,7 +89,10 @@ export class ChunkTable {
   /** Records per blob index (`nblobs` entries). */
   countsByBlob(nblobs: number): number[] {
     const out = new Array<number>(nblobs).fill(0);
-    for (let i = 0; i < this.count; i++) out[this.buf.readUInt32LE(this.start + i * RAFSV6_CHUNK_INFO_SIZE + 32)]++;
+    for (let i = 0; i < this.count; i++) {
+      const b = this.buf.readUInt32LE(this.start + i * RAFSV6_CHUNK_INFO_SIZE + 32);
+      if (b < nblobs) out[b]++;
+    }
     return out;
   }
 
@@ -80,8 +101,21 @@ export class ChunkTable {
     return [...this.records()];
   }
 
-  /** Every record in table order, decoded one at a time (nothing kept). */
-  *records(): Generator<ChunkInfo> {
-    for (let i = 0; i < this.count; i++) yield decodeChunkInfoRecord(this.buf, this.start + i * RAFSV6_CHUNK_INFO_SIZE);
+  /**
+   * Every record in table order, decoded one at a time (nothing kept). With
+   * `reuse`, one object is filled again for each record (valid until the next
+   * is pulled): a walk over a 100,000-chunk table allocates no object per chunk.
+   */
+  *records(reuse = false): Generator<ChunkInfo> {
+    if (!reuse) {
+      for (let i = 0; i < this.count; i++) yield this.decode(this.start + i * RAFSV6_CHUNK_INFO_SIZE);
+      return;
+    }
+    const c = decodeChunkInfoRecord(this.buf, this.start);
+    for (let i = 0; i < this.count; i++) {
+      const off = this.start + i * RAFSV6_CHUNK_INFO_SIZE;
+      this.check(off);
+      yield decodeChunkInfoRecordInto(this.buf, off, c);
+    }
   }
 }

@@ -36,6 +36,16 @@ import type { BlobInfo, ChunkInfo, InodeType, RafsDirent, RafsInode, RafsSuper, 
 import { noBlobMeta } from './types';
 import { BoundedMap } from '../../common/bounded-map';
 import { ChunkTable } from './chunk-table';
+import { dropMappedPages } from '../../common/libc';
+
+/**
+ * A mapped bootstrap (image.ts) gives back the pages it touched after every
+ * this many inode, chunk or directory-block reads (and after whole-table
+ * walks): they stay in the page cache, out of the daemon's RSS. Dropping
+ * costs well under a millisecond; pages touched again fault back in from
+ * the page cache.
+ */
+const DROP_PAGES_EVERY = 4096;
 
 /**
  * Decoded inodes kept (FIFO): enough for the requests of the files being
@@ -136,6 +146,8 @@ class V6Super implements RafsSuper {
   readonly dirs = new BoundedMap<number, DirTable>(DIR_CACHE_LIMIT, { weight: (t) => t.bytes, maxWeight: DIR_CACHE_MAX_BYTES });
   /** the last directory too large for `dirs` (its table is about the size of its blocks, already in memory) */
   bigDir: { nid: number; table: DirTable } | undefined;
+  /** reads of the bootstrap since its pages were last dropped */
+  private touches = 0;
 
   constructor(readonly buf: Buffer, private readonly opts: LoadV6Options) {
     ensure(isV6(buf), 'not an EROFS/RAFS v6 image: bad magic at offset 1024');
@@ -211,6 +223,17 @@ class V6Super implements RafsSuper {
         is_rafs: this.rafs ? 1 : 0,
       },
     };
+    // the load walked the chunk table: none of it is needed in memory now
+    dropMappedPages(buf);
+  }
+
+  /** Count `n` reads of the bootstrap (see DROP_PAGES_EVERY). */
+  touched(n = 1): void {
+    this.touches += n;
+    if (this.touches >= DROP_PAGES_EVERY) {
+      this.touches = 0;
+      dropMappedPages(this.buf);
+    }
   }
 
   private region(off: number, size: number, what: string): void {
@@ -317,9 +340,10 @@ class V6Super implements RafsSuper {
   inode(nid: number): V6Inode {
     let i = this.inodes.get(nid);
     if (i) return i;
-    ensure(Number.isSafeInteger(nid) && nid >= 0, `invalid nid ${nid}`);
+    if (!(Number.isSafeInteger(nid) && nid >= 0)) ensure(false, `invalid nid ${nid}`);
     const off = this.metaBase + nid * 32;
-    ensure(off + 32 <= this.buf.length, `nid ${nid} is outside the image`);
+    if (!(off + 32 <= this.buf.length)) ensure(false, `nid ${nid} is outside the image`);
+    this.touched();
     try {
       i = new V6Inode(this, nid, off);
     } catch (e) {
@@ -339,16 +363,23 @@ class V6Super implements RafsSuper {
    * their data really is.
    */
   chunkCountsByBlob(): number[] {
-    return this.table?.countsByBlob(this.blobs.length) ?? new Array<number>(this.blobs.length).fill(0);
+    const out = this.table?.countsByBlob(this.blobs.length) ?? new Array<number>(this.blobs.length).fill(0);
+    dropMappedPages(this.buf);
+    return out;
   }
 
   chunkTable(): ChunkInfo[] {
-    return [...this.chunkRecords()];
+    return [...this.walkRecords(false)];
   }
 
-  *chunkRecords(): Generator<ChunkInfo> {
+  /** Records one at a time; plain ones in one reused object (see RafsSuper.chunkRecords). */
+  chunkRecords(): Generator<ChunkInfo> {
+    return this.walkRecords(true);
+  }
+
+  private *walkRecords(reuse: boolean): Generator<ChunkInfo> {
     if (!this.table) return;
-    for (const c of this.table.records()) {
+    for (const c of this.table.records(reuse)) {
       if (this.isBatchRecord(c)) {
         try {
           const m = this.metaTable(c.blobIndex)?.get(c.index);
@@ -357,6 +388,7 @@ class V6Super implements RafsSuper {
       }
       yield c;
     }
+    dropMappedPages(this.buf);
   }
 
   /**
@@ -382,8 +414,9 @@ class V6Super implements RafsSuper {
   }
 
   /** Resolve a RAFS chunk index to a full ChunkInfo (§3.8). */
-  resolveRafsChunk(blobIndex: number, ciIndex: number, blkaddr: number, fileOffset: number, where: string): ChunkInfo {
-    ensure(blobIndex >= 0 && blobIndex < this.blobs.length, `${where}: chunk index names blob ${blobIndex} but the image has ${this.blobs.length} blobs`);
+  resolveRafsChunk(blobIndex: number, ciIndex: number, blkaddr: number, fileOffset: number, where: () => string): ChunkInfo {
+    if (!(blobIndex >= 0 && blobIndex < this.blobs.length)) ensure(false, `${where()}: chunk index names blob ${blobIndex} but the image has ${this.blobs.length} blobs`);
+    this.touched();
     const rec = this.table?.get(blobIndex, ciIndex);
     const blob = this.blobs[blobIndex];
     const inTable = rec && rec.uncompressedOffset === blkaddr * EROFS_BLKSZ;
@@ -393,12 +426,12 @@ class V6Super implements RafsSuper {
     const c = this.metaTable(blobIndex)?.get(ciIndex);
     if (c) return inTable ? withRecord(c, rec, fileOffset) : { ...c, blobIndex, index: ciIndex, fileOffset };
     if (inTable && this.opts.metaOptional) return Object.assign(rec, { fileOffset });
-    if (inTable) throw eio(`${where}: chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}) is a batch chunk and the blob's blob.meta is not loaded`);
-    throw eio(`${where}: cannot resolve chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}): not in the chunk table and no blob meta`);
+    if (inTable) throw eio(`${where()}: chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}) is a batch chunk and the blob's blob.meta is not loaded`);
+    throw eio(`${where()}: cannot resolve chunk ci_index ${ciIndex} of blob ${blobIndex} (${blob.blobId}): not in the chunk table and no blob meta`);
   }
 
   /** Map an EROFS (device id, blkaddr) pair to (blobIndex, byte offset) for plain EROFS images. */
-  mapErofsBlock(deviceId: number, blkaddr: number, where: string): { blobIndex: number; offset: number } {
+  mapErofsBlock(deviceId: number, blkaddr: number, where: () => string): { blobIndex: number; offset: number } {
     const dev = deviceId & this.deviceIdMask;
     if (dev === 0) {
       for (const d of this.devices) {
@@ -408,7 +441,7 @@ class V6Super implements RafsSuper {
       }
       return { blobIndex: -1, offset: blkaddr * EROFS_BLKSZ };
     }
-    ensure(dev <= this.devices.length, `${where}: chunk index names device ${dev} but the image has ${this.devices.length} extra devices`);
+    if (!(dev <= this.devices.length)) ensure(false, `${where()}: chunk index names device ${dev} but the image has ${this.devices.length} extra devices`);
     return { blobIndex: dev - 1, offset: blkaddr * EROFS_BLKSZ };
   }
 }
@@ -486,20 +519,20 @@ class V6Inode implements RafsInode {
     this.u = raw.u;
     this.xattrIcount = raw.xattrIcount;
     this.isize = inodeSize(raw);
-    const where = `inode nid ${nid}`;
+    const where = () => `inode nid ${nid}`;
     this.ino = nid;
     this.offset = off;
     this.bodyEnd = off + this.isize + xattrIbodySize(raw.xattrIcount);
-    ensure(this.bodyEnd <= buf.length, `${where}: inode/xattrs run past the image`);
+    if (!(this.bodyEnd <= buf.length)) ensure(false, `${where()}: inode/xattrs run past the image`);
     const fmt = raw.mode & S_IFMT;
-    ensure(MODE_TO_TYPE[fmt] !== undefined, `${where}: invalid i_mode 0${raw.mode.toString(8)}`);
-    ensure(raw.size <= Number.MAX_SAFE_INTEGER, `${where}: i_size too large`);
+    if (!(MODE_TO_TYPE[fmt] !== undefined)) ensure(false, `${where()}: invalid i_mode 0${raw.mode.toString(8)}`);
+    if (!(raw.size <= Number.MAX_SAFE_INTEGER)) ensure(false, `${where()}: i_size too large`);
     const isReg = fmt === S_IFREG;
-    ensure(raw.layout === EROFS_INODE_FLAT_PLAIN || raw.layout === EROFS_INODE_FLAT_INLINE || (raw.layout === EROFS_INODE_CHUNK_BASED && isReg),
-      `${where}: unsupported data layout ${raw.layout} for mode 0${raw.mode.toString(8)}${raw.layout === 1 || raw.layout === 3 ? ' (compressed EROFS inodes are not supported)' : ''}`);
-    if (fmt === S_IFDIR || fmt === S_IFLNK) ensure(raw.size <= buf.length, `${where}: i_size ${raw.size} exceeds the image`);
-    if (fmt === S_IFLNK) ensure(raw.size > 0 && raw.size <= MAX_SYMLINK, `${where}: symlink size ${raw.size} out of range`);
-    if (sup.rafs && isReg && raw.size > 0) ensure(raw.layout === EROFS_INODE_CHUNK_BASED, `${where}: RAFS regular file is not chunk-based`);
+    if (!(raw.layout === EROFS_INODE_FLAT_PLAIN || raw.layout === EROFS_INODE_FLAT_INLINE || (raw.layout === EROFS_INODE_CHUNK_BASED && isReg))) ensure(false,
+      `${where()}: unsupported data layout ${raw.layout} for mode 0${raw.mode.toString(8)}${raw.layout === 1 || raw.layout === 3 ? ' (compressed EROFS inodes are not supported)' : ''}`);
+    if ((fmt === S_IFDIR || fmt === S_IFLNK) && !(raw.size <= buf.length)) ensure(false, `${where()}: i_size ${raw.size} exceeds the image`);
+    if ((fmt === S_IFLNK) && !(raw.size > 0 && raw.size <= MAX_SYMLINK)) ensure(false, `${where()}: symlink size ${raw.size} out of range`);
+    if ((sup.rafs && isReg && raw.size > 0) && !(raw.layout === EROFS_INODE_CHUNK_BASED)) ensure(false, `${where()}: RAFS regular file is not chunk-based`);
     this.mode = raw.mode;
     this.uid = raw.uid;
     this.gid = raw.gid;
@@ -535,13 +568,13 @@ class V6Inode implements RafsInode {
     if (full > 0) {
       const start = u * EROFS_BLKSZ;
       const len = inline ? full * EROFS_BLKSZ : size;
-      ensure(u !== EROFS_NULL_ADDR && start + len <= buf.length, `${this.where()}: data blocks at block ${u} are outside the image`);
+      if (!(u !== EROFS_NULL_ADDR && start + len <= buf.length)) ensure(false, `${this.where()}: data blocks at block ${u} are outside the image`);
       out.push({ off: start, len });
     }
     if (inline) {
       const tail = size - full * EROFS_BLKSZ;
       const off = this.bodyEnd;
-      ensure((off % EROFS_BLKSZ) + tail <= EROFS_BLKSZ && off + tail <= buf.length, `${this.where()}: inline data crosses a block boundary`);
+      if (!((off % EROFS_BLKSZ) + tail <= EROFS_BLKSZ && off + tail <= buf.length)) ensure(false, `${this.where()}: inline data crosses a block boundary`);
       out.push({ off, len: tail });
     }
     return out;
@@ -549,7 +582,7 @@ class V6Inode implements RafsInode {
 
   /** Whole data of a flat (non chunk-based) inode: directory blocks, symlink target, plain file bytes. */
   readFlatData(): Buffer {
-    ensure(this.layout !== EROFS_INODE_CHUNK_BASED, `${this.where()}: chunk-based data is not stored in the bootstrap`);
+    if (!(this.layout !== EROFS_INODE_CHUNK_BASED)) ensure(false, `${this.where()}: chunk-based data is not stored in the bootstrap`);
     const ext = this.flatExtents();
     return Buffer.concat(ext.map((e) => this.sup.buf.subarray(e.off, e.off + e.len)));
   }
@@ -572,7 +605,7 @@ class V6Inode implements RafsInode {
     const base = this.sup.sb.xattrBlkaddr * EROFS_BLKSZ;
     for (const id of shared) {
       const off = base + id * 4;
-      ensure(off < buf.length, `${this.where()}: shared xattr id ${id} is outside the image`);
+      if (!(off < buf.length)) ensure(false, `${this.where()}: shared xattr id ${id} is outside the image`);
       const e = decodeXattrEntry(buf, off, buf.length);
       out.push([e.name, e.value]);
     }
@@ -584,6 +617,7 @@ class V6Inode implements RafsInode {
     if (cached) return cached;
     if (!this.isDir()) throw enotdir(`${this.where()} is not a directory`);
     const data = this.readFlatData();
+    this.sup.touched(Math.ceil(data.length / EROFS_BLKSZ));
     const out: Array<{ name: Buffer; nid: number; fileType: number }> = [];
     let dots = 0;
     let dotdots = 0;
@@ -591,10 +625,10 @@ class V6Inode implements RafsInode {
       const blockLen = Math.min(EROFS_BLKSZ, data.length - b * EROFS_BLKSZ);
       const block = data.subarray(b * EROFS_BLKSZ, b * EROFS_BLKSZ + blockLen);
       for (const d of decodeDirBlock(block, blockLen, `${this.where()} dir block ${b}`)) {
-        ensure(d.name.indexOf(0x2f) < 0 && d.name.indexOf(0) < 0, `${this.where()}: dirent name '${d.name.toString('latin1')}' contains '/' or NUL`);
-        ensure(d.fileType <= 7, `${this.where()}: invalid dirent file type ${d.fileType}`);
-        if (d.name.length === 1 && d.name[0] === 0x2e) { ensure(++dots === 1, `${this.where()}: duplicate '.' entry`); continue; }
-        if (d.name.length === 2 && d.name[0] === 0x2e && d.name[1] === 0x2e) { ensure(++dotdots === 1, `${this.where()}: duplicate '..' entry`); continue; }
+        if (!(d.name.indexOf(0x2f) < 0 && d.name.indexOf(0) < 0)) ensure(false, `${this.where()}: dirent name '${d.name.toString('latin1')}' contains '/' or NUL`);
+        if (!(d.fileType <= 7)) ensure(false, `${this.where()}: invalid dirent file type ${d.fileType}`);
+        if (d.name.length === 1 && d.name[0] === 0x2e) { if (!(++dots === 1)) ensure(false, `${this.where()}: duplicate '.' entry`); continue; }
+        if (d.name.length === 2 && d.name[0] === 0x2e && d.name[1] === 0x2e) { if (!(++dotdots === 1)) ensure(false, `${this.where()}: duplicate '..' entry`); continue; }
         out.push(d);
       }
     }
@@ -628,7 +662,7 @@ class V6Inode implements RafsInode {
   childAt(k: number): RafsDirent {
     return guard(() => {
       const t = this.dirEntries();
-      ensure(Number.isInteger(k) && k >= 0 && k < t.length, `${this.where()}: no child ${k}`);
+      if (!(Number.isInteger(k) && k >= 0 && k < t.length)) ensure(false, `${this.where()}: no child ${k}`);
       const nid = t.nids[k];
       const ft = t.types[k];
       return { name: t.name(k), ino: nid, type: (ft !== 0 ? ft : MODE_TO_TYPE[this.sup.inode(nid).mode & S_IFMT]) as InodeType };
@@ -651,14 +685,14 @@ class V6Inode implements RafsInode {
   private indexArray(chunkSize: number, unit: number): { pos: number; count: number } {
     const count = Math.ceil(this.size / chunkSize);
     const pos = Math.ceil(this.bodyEnd / unit) * unit;
-    ensure(pos + count * unit <= this.sup.buf.length, `${this.where()}: ${count} chunk indexes run past the image`);
+    if (!(pos + count * unit <= this.sup.buf.length)) ensure(false, `${this.where()}: ${count} chunk indexes run past the image`);
     return { pos, count };
   }
 
   private rafsChunks(): ChunkInfo[] {
     const sup = this.sup;
     const fmt = this.u & 0xffff;
-    ensure(fmt & EROFS_CHUNK_FORMAT_INDEXES, `${this.where()}: chunk header 0x${fmt.toString(16)} lacks EROFS_CHUNK_FORMAT_INDEXES`);
+    if (!(fmt & EROFS_CHUNK_FORMAT_INDEXES)) ensure(false, `${this.where()}: chunk header 0x${fmt.toString(16)} lacks EROFS_CHUNK_FORMAT_INDEXES`);
     const cs = sup.chunkSize;
     const { pos, count } = this.indexArray(cs, EROFS_CHUNK_INDEX_SIZE);
     const out: ChunkInfo[] = [];
@@ -666,11 +700,11 @@ class V6Inode implements RafsInode {
       const idx = decodeChunkIndex(sup.buf, pos + k * EROFS_CHUNK_INDEX_SIZE);
       if (idx.blkaddr === EROFS_NULL_ADDR) continue;
       const { blobIndex, ciIndex } = parseRafsChunkIndex(idx);
-      const where = `${this.where()} chunk ${k}`;
-      ensure(blobIndex >= 0, `${where}: blob index 0 in c_blob_addr_hi is invalid`);
+      const where = () => `${this.where()} chunk ${k}`;
+      if (!(blobIndex >= 0)) ensure(false, `${where()}: blob index 0 in c_blob_addr_hi is invalid`);
       const c = sup.resolveRafsChunk(blobIndex, ciIndex, idx.blkaddr, k * cs, where);
       const expect = Math.min(cs, this.size - k * cs);
-      ensure(c.uncompressedSize === expect, `${where}: chunk uncompressed size ${c.uncompressedSize} != expected ${expect}`);
+      if (!(c.uncompressedSize === expect)) ensure(false, `${where()}: chunk uncompressed size ${c.uncompressedSize} != expected ${expect}`);
       out.push(c);
     }
     return out;
@@ -679,15 +713,16 @@ class V6Inode implements RafsInode {
   private erofsChunks(): ChunkInfo[] {
     const sup = this.sup;
     const size = this.size;
-    ensure(size <= MAX_PLAIN_PIECES * EROFS_BLKSZ, `${this.where()}: file of ${size} bytes is too large for a plain EROFS chunk list`);
+    if (!(size <= MAX_PLAIN_PIECES * EROFS_BLKSZ)) ensure(false, `${this.where()}: file of ${size} bytes is too large for a plain EROFS chunk list`);
     const pieces: ChunkInfo[] = [];
     // every plain-EROFS chunk is a 4 KiB piece: k*4096 .. min(size, (k+1)*4096)
     const piece = (fileOffset: number, blobIndex: number, off: number): void => {
       const len = Math.min(EROFS_BLKSZ, size - fileOffset);
-      if (blobIndex < 0) ensure(off + len <= sup.buf.length, `${this.where()}: data at ${off} is outside the image`);
-      else {
+      if (blobIndex < 0) {
+        if (!(off + len <= sup.buf.length)) ensure(false, `${this.where()}: data at ${off} is outside the image`);
+      } else {
         const blob = sup.blobs[blobIndex];
-        if (blob.uncompressedSize > 0) ensure(off + len <= blob.uncompressedSize, `${this.where()}: data at ${off} is outside device ${blobIndex + 1}`);
+        if ((blob.uncompressedSize > 0) && !(off + len <= blob.uncompressedSize)) ensure(false, `${this.where()}: data at ${off} is outside device ${blobIndex + 1}`);
       }
       pieces.push({
         digest: ZERO_DIGEST, blobIndex, index: Math.floor(off / EROFS_BLKSZ), flags: 0, compressed: false,
@@ -704,7 +739,7 @@ class V6Inode implements RafsInode {
     }
     const fmt = this.u & 0xffff;
     const bits = EROFS_BLKSZ_BITS + (fmt & EROFS_CHUNK_FORMAT_BLKBITS_MASK);
-    ensure(bits <= 40, `${this.where()}: chunk size 2^${bits} is too large`);
+    if (!(bits <= 40)) ensure(false, `${this.where()}: chunk size 2^${bits} is too large`);
     const cs = 2 ** bits;
     const indexes = (fmt & EROFS_CHUNK_FORMAT_INDEXES) !== 0;
     const unit = indexes ? EROFS_CHUNK_INDEX_SIZE : 4;
@@ -720,7 +755,7 @@ class V6Inode implements RafsInode {
         blkaddr = sup.buf.readUInt32LE(pos + k * unit);
       }
       if (blkaddr === EROFS_NULL_ADDR) continue;
-      const { blobIndex, offset } = sup.mapErofsBlock(deviceId, blkaddr, `${this.where()} chunk ${k}`);
+      const { blobIndex, offset } = sup.mapErofsBlock(deviceId, blkaddr, () => `${this.where()} chunk ${k}`);
       const end = Math.min(size, (k + 1) * cs);
       for (let fo = k * cs; fo < end; fo += EROFS_BLKSZ) piece(fo, blobIndex, offset + (fo - k * cs));
     }

@@ -74,7 +74,11 @@ export interface RafsSuper {
   root(): RafsInode;
   /** Every chunk record stored in the bootstrap (v5: collected from inodes, v6: chunk table). */
   chunkTable(): ChunkInfo[];
-  /** The same records as chunkTable(), one at a time (a whole-image walk that keeps none of them). */
+  /**
+   * The same records as chunkTable(), one at a time (a whole-image walk that
+   * keeps none of them): a record object may be reused for the next one
+   * (v6), so a consumer copies what it keeps.
+   */
   chunkRecords(): Iterable<ChunkInfo>;
   /** Records of the chunk table per blob index, without decoding them (v6). */
   chunkCountsByBlob?(): number[];

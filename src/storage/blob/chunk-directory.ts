@@ -38,8 +38,14 @@ function isU32(v: unknown): v is number {
 }
 
 export class ChunkDirectory {
-  /** chunks in blob order (by compressed offset, then index), one column per field; a ChunkInfo is built on demand */
+  /**
+   * The builder's columns, in arrival order (one slot per chunk), read in
+   * blob order (by compressed offset, then index) through `order`: no second
+   * copy of the columns is made. A ChunkInfo is built on demand.
+   */
   private readonly n: number;
+  /** position in blob order → slot */
+  private readonly order: Uint32Array;
   private readonly idx: Uint32Array;
   private readonly cOff: Float64Array;
   private readonly cSize: Uint32Array;
@@ -55,8 +61,8 @@ export class ChunkDirectory {
   private readonly bIndex: Int32Array;
   private readonly bOffset: Uint32Array;
   private readonly bSize: Uint32Array;
-  /** records that do not fit the columns (odd digests, extra fields), by position */
-  private readonly odd = new Map<number, ChunkInfo>();
+  /** records that do not fit the columns (odd digests, extra fields), by slot */
+  private readonly odd: Map<number, ChunkInfo>;
   /** chunk index → position in blob order (-1 when unknown) */
   private readonly pos: Int32Array;
   private readonly blobIndex: number;
@@ -67,48 +73,32 @@ export class ChunkDirectory {
   constructor(readonly info: BlobInfo, chunks: Iterable<ChunkInfo> | DirectoryBuilder) {
     const b = chunks instanceof DirectoryBuilder ? chunks : new DirectoryBuilder(info);
     if (!(chunks instanceof DirectoryBuilder)) for (const c of chunks) b.add(c);
+    b.trim();
     const n = (this.n = b.count);
     this.partial = b.partial;
-    const order = new Uint32Array(n);
+    const order = (this.order = new Uint32Array(n));
     for (let i = 0; i < n; i++) order[i] = i;
     const sc = b.cOff;
     const si = b.idx;
     order.sort((x, y) => sc[x] - sc[y] || si[x] - si[y]);
     this.blobIndex = info.blobIndex;
-    this.idx = new Uint32Array(n);
-    this.cOff = new Float64Array(n);
-    this.cSize = new Uint32Array(n);
-    this.uOff = new Float64Array(n);
-    this.uSize = new Uint32Array(n);
-    this.fOff = new Float64Array(n);
-    this.flags = new Uint32Array(n);
-    this.crc = new Uint32Array(n);
-    this.bits = new Uint8Array(n);
-    this.digests = new Uint8Array(n * DIGEST);
-    this.bIndex = new Int32Array(n).fill(-1);
-    this.bOffset = new Uint32Array(n);
-    this.bSize = new Uint32Array(n);
+    this.idx = b.idx;
+    this.cOff = b.cOff;
+    this.cSize = b.cSize;
+    this.uOff = b.uOff;
+    this.uSize = b.uSize;
+    this.fOff = b.fOff;
+    this.flags = b.flags;
+    this.crc = b.crc;
+    this.bits = b.bits;
+    this.digests = b.digests;
+    this.bIndex = b.bIndex;
+    this.bOffset = b.bOffset;
+    this.bSize = b.bSize;
+    this.odd = b.odd;
     this.pos = b.first; // reused: rewritten below with positions
     this.pos.fill(-1);
-    for (let p = 0; p < n; p++) {
-      const k = order[p];
-      this.pos[si[k]] = p;
-      this.idx[p] = si[k];
-      this.cOff[p] = sc[k];
-      const o = b.odd.get(k);
-      if (o) { this.odd.set(p, o); continue; }
-      this.cSize[p] = b.cSize[k];
-      this.uOff[p] = b.uOff[k];
-      this.uSize[p] = b.uSize[k];
-      this.fOff[p] = b.fOff[k];
-      this.flags[p] = b.flags[k];
-      this.crc[p] = b.crc[k];
-      this.digests.set(b.digests.subarray(k * DIGEST, (k + 1) * DIGEST), p * DIGEST);
-      this.bits[p] = b.bits[k];
-      this.bIndex[p] = b.bIndex[k];
-      this.bOffset[p] = b.bOffset[k];
-      this.bSize[p] = b.bSize[k];
-    }
+    for (let p = 0; p < n; p++) this.pos[si[order[p]]] = p;
   }
 
   /**
@@ -129,39 +119,47 @@ export class ChunkDirectory {
 
   /** The record at position `p` (a fresh object: callers may keep or change it). */
   private at(p: number): ChunkInfo {
-    const o = this.odd.get(p);
+    const s = this.order[p];
+    const o = this.odd.get(s);
     if (o) return o;
     const c: ChunkInfo = {
-      digest: Buffer.from(this.digests.subarray(p * DIGEST, (p + 1) * DIGEST)),
+      digest: Buffer.from(this.digests.subarray(s * DIGEST, (s + 1) * DIGEST)),
       blobIndex: this.blobIndex,
-      index: this.idx[p],
-      flags: this.flags[p],
-      compressed: (this.bits[p] & 1) !== 0,
-      compressedOffset: this.cOff[p],
-      compressedSize: this.cSize[p],
-      uncompressedOffset: this.uOff[p],
-      uncompressedSize: this.uSize[p],
-      fileOffset: this.fOff[p],
-      crc32: this.crc[p],
+      index: this.idx[s],
+      flags: this.flags[s],
+      compressed: (this.bits[s] & 1) !== 0,
+      compressedOffset: this.cOff[s],
+      compressedSize: this.cSize[s],
+      uncompressedOffset: this.uOff[s],
+      uncompressedSize: this.uSize[s],
+      fileOffset: this.fOff[s],
+      crc32: this.crc[s],
     };
-    if (this.bits[p] & 2) (c as ChunkInfo & { batch: BatchRef }).batch = { index: this.bIndex[p], offset: this.bOffset[p], size: this.bSize[p] };
+    if (this.bits[s] & 2) (c as ChunkInfo & { batch: BatchRef }).batch = { index: this.bIndex[s], offset: this.bOffset[s], size: this.bSize[s] };
     return c;
+  }
+
+  /** Compressed offset of position `p`. */
+  private cOffAt(p: number): number {
+    return this.cOff[this.order[p]];
   }
 
   /** Compressed end of position `p`. */
   private cEnd(p: number): number {
-    const o = this.odd.get(p);
-    return o ? o.compressedOffset + o.compressedSize : this.cOff[p] + this.cSize[p];
+    const s = this.order[p];
+    const o = this.odd.get(s);
+    return o ? o.compressedOffset + o.compressedSize : this.cOff[s] + this.cSize[s];
   }
 
   /** sameBatch(record at `p`, ref) without building the record. */
   private sameBatchAt(p: number, ref: ChunkInfo): boolean {
     const rb = batchOf(ref);
     if (!rb) return false;
-    const o = this.odd.get(p);
+    const s = this.order[p];
+    const o = this.odd.get(s);
     if (o) return sameBatch(o, ref);
-    return (this.bits[p] & 2) !== 0 && this.blobIndex === ref.blobIndex && this.cOff[p] === ref.compressedOffset &&
-      this.cSize[p] === ref.compressedSize && this.bIndex[p] === rb.index;
+    return (this.bits[s] & 2) !== 0 && this.blobIndex === ref.blobIndex && this.cOff[s] === ref.compressedOffset &&
+      this.cSize[s] === ref.compressedSize && this.bIndex[s] === rb.index;
   }
 
   private posOf(index: number): number {
@@ -192,7 +190,7 @@ export class ChunkDirectory {
     const p = this.posOf(first.index);
     if (p < 0) return out;
     // a caller's record that disagrees with the directory is fetched alone
-    if (this.cOff[p] !== first.compressedOffset || this.cEnd(p) - this.cOff[p] !== first.compressedSize) return out;
+    if (this.cOffAt(p) !== first.compressedOffset || this.cEnd(p) - this.cOffAt(p) !== first.compressedSize) return out;
     // the other members of first's batch (on either side of it) come with the same request
     for (let k = p - 1; k >= 0 && this.sameBatchAt(k, first); k--) { const c = this.at(k); if (want(c)) out.push(c); }
     const stop = first.compressedOffset + limit;
@@ -205,7 +203,7 @@ export class ChunkDirectory {
         if (want(c)) out.push(c);
         continue;
       }
-      const off = this.cOff[k];
+      const off = this.cOffAt(k);
       const cend = this.cEnd(k);
       if (off < end) break; // overlapping records: never merge across them
       if (cend > stop || off - end > maxGap) break;
@@ -280,7 +278,10 @@ export class DirectoryBuilder {
     this.first = new Int32Array(info.chunkCount).fill(-1);
   }
 
-  /** Take `c` (its fields are copied; the object is kept only when the columns cannot hold it). */
+  /**
+   * Take `c` (its fields are copied: the caller may reuse the object for
+   * its next record; a copy of it is kept when the columns cannot hold it).
+   */
   add(c: ChunkInfo): void {
     if (!Number.isInteger(c.index) || c.index < 0 || c.index >= this.info.chunkCount) return;
     if (unplaced(c)) { this.partial = true; return; }
@@ -290,7 +291,7 @@ export class DirectoryBuilder {
     this.first[c.index] = k;
     this.idx[k] = c.index;
     this.cOff[k] = c.compressedOffset;
-    if (c.blobIndex !== this.info.blobIndex || !columnar(c)) { this.odd.set(k, c); return; }
+    if (c.blobIndex !== this.info.blobIndex || !columnar(c)) { this.odd.set(k, copyRecord(c)); return; }
     this.cSize[k] = c.compressedSize;
     this.uOff[k] = c.uncompressedOffset;
     this.uSize[k] = c.uncompressedSize;
@@ -303,14 +304,28 @@ export class DirectoryBuilder {
     if (b) { this.bIndex[k] = b.index; this.bOffset[k] = b.offset; this.bSize[k] = b.size; } else this.bIndex[k] = -1;
   }
 
+  /** Shrink the columns to the chunks taken (doubling leaves up to half of them unused). */
+  trim(): void {
+    if (this.idx.length - this.count > (this.count >> 3)) this.grow(this.count);
+  }
+
   private grow(cap: number): void {
     for (const name of BUILDER_COLUMNS) {
       const old = this[name];
-      const next = new (old.constructor as new (n: number) => typeof old)(cap * (old === this.digests ? DIGEST : 1));
-      next.set(old as never);
+      const unit = old === this.digests ? DIGEST : 1;
+      const next = new (old.constructor as new (n: number) => typeof old)(cap * unit);
+      next.set((old.length > cap * unit ? old.subarray(0, cap * unit) : old) as never);
       (this as Record<typeof name, typeof old>)[name] = next;
     }
   }
+}
+
+/** A record the builder keeps as it is: its own copy (with its own digest and batch reference). */
+function copyRecord(c: ChunkInfo): ChunkInfo {
+  const out = { ...c, digest: Buffer.from(c.digest) };
+  const b = batchOf(c);
+  if (b) (out as ChunkInfo & { batch: BatchRef }).batch = { ...b };
+  return out;
 }
 
 /** The builder's growable columns (all reallocated together). */
