@@ -2,9 +2,9 @@
  * The virtio-fs device over vhost-user (kata-contract §7.6, §8.1): queue 0
  * is hiprio (FORGETs), queues 1..n carry requests. Each descriptor chain is
  * one FUSE request: its readable part is the request, its writable part the
- * room for the reply. Chains are handed to FuseServer.handleMessage
- * asynchronously, so several requests are in flight per queue and complete
- * out of order; each completion adds a used element with len = bytes
+ * room for the reply. Chains are handed to FuseServer.handle: a READ of
+ * cached data is answered at once, anything else asynchronously, so several
+ * requests are in flight per queue and complete out of order; each completion adds a used element with len = bytes
  * written (0 for FORGET) and interrupts the guest as EVENT_IDX allows.
  *
  * Threading: everything runs on the main loop (kick eventfds watched with
@@ -59,27 +59,47 @@ export class VirtioFsDevice implements VhostUserBackend {
   }
 
   handleQueueEvent(vring: Vring): void {
-    for (;;) {
-      if (vring.inflight >= this.maxInflight) {
-        // stopped with entries possibly left and no kick armed: resume on a completion
-        this.throttled[vring.index] = true;
-        return;
+    // requests answered while this loop runs share one guest interrupt, sent when it ends
+    const outer = !vring.deferSignals;
+    vring.deferSignals = true;
+    try {
+      for (;;) {
+        if (vring.inflight >= this.maxInflight) {
+          // stopped with entries possibly left and no kick armed: resume on a completion
+          this.throttled[vring.index] = true;
+          return;
+        }
+        const c = vring.pop();
+        if (c === undefined) return; // ring drained, kick re-armed (or not processable)
+        this.serve(vring, c);
       }
-      const c = vring.pop();
-      if (c === undefined) return; // ring drained, kick re-armed (or not processable)
-      void this.serve(vring, c);
+    } finally {
+      if (outer) {
+        vring.deferSignals = false;
+        vring.flushPendingSignal();
+      }
     }
   }
 
-  private async serve(vring: Vring, c: InflightChain): Promise<void> {
-    let n = 0;
+  /** Hand a chain to the FUSE server; a READ served from cached data completes before this returns. */
+  private serve(vring: Vring, c: InflightChain): void {
+    let res: number | Promise<number>;
     try {
-      n = await this.server.handleMessage(new ChainReader(c.chain), new ChainWriter(c.chain));
+      res = this.server.handle(new ChainReader(c.chain), new ChainWriter(c.chain));
     } catch (e) {
-      // handleMessage never throws; a throw here is a bug, not guest input
-      logLimited('error', 'virtiofs.threw', { queue: vring.index, err: (e as Error).stack }, 'virtio-fs: request handler threw');
-      n = 0;
+      res = this.threw(vring, e);
     }
+    if (typeof res === 'number') this.finish(vring, c, res);
+    else res.then((n) => this.finish(vring, c, n), (e: unknown) => this.finish(vring, c, this.threw(vring, e)));
+  }
+
+  private threw(vring: Vring, e: unknown): number {
+    // handle never throws; a throw here is a bug, not guest input
+    logLimited('error', 'virtiofs.threw', { queue: vring.index, err: (e as Error).stack }, 'virtio-fs: request handler threw');
+    return 0;
+  }
+
+  private finish(vring: Vring, c: InflightChain, n: number): void {
     vring.complete(c, n);
     this.served[vring.index]++;
     // room again after a throttle: take what the guest queued meanwhile (otherwise the
