@@ -131,6 +131,14 @@ export interface FileSystem {
   open?(ctx: RequestContext, ino: bigint, flags: number): Promise<OpenReply>;
   /** up to `size` bytes at `offset`; fewer at EOF. May return several pieces (gather). */
   read?(ctx: RequestContext, ino: bigint, fh: bigint, offset: number, size: number): Promise<ReadPiece[]>;
+  /**
+   * Optional fast path of `read` for transports that can answer without a
+   * promise: the same pieces when every byte is ready now (cached and
+   * verified: file slices, holes), otherwise undefined and the caller uses
+   * `read`. Errors (bad inode, not a file) throw as `read` rejects. Must not
+   * start any I/O it then abandons.
+   */
+  readSync?(ctx: RequestContext, ino: bigint, fh: bigint, offset: number, size: number): ReadPiece[] | undefined;
   release?(ctx: RequestContext, ino: bigint, fh: bigint, flags: number): Promise<void>;
   flush?(ctx: RequestContext, ino: bigint, fh: bigint): Promise<void>;
   opendir?(ctx: RequestContext, ino: bigint, flags: number): Promise<OpenReply>;

@@ -155,6 +155,16 @@ export class RafsFs implements FileSystem {
 
 
   async read(_ctx: RequestContext, ino: bigint, _fh: bigint, offset: number, size: number): Promise<ReadPiece[]> {
+    return Promise.all(this.pieces(ino, offset, size, false)!);
+  }
+
+  /** `read` when every chunk is cached and verified (or a hole): file slices at once; otherwise undefined, nothing started. */
+  readSync(_ctx: RequestContext, ino: bigint, _fh: bigint, offset: number, size: number): ReadPiece[] | undefined {
+    return this.pieces(ino, offset, size, true) as ReadPiece[] | undefined;
+  }
+
+  /** The pieces of a read; `readyOnly`: undefined (before any fetch or readahead) as soon as a chunk is not cached. */
+  private pieces(ino: bigint, offset: number, size: number, readyOnly: boolean): Array<Promise<ReadPiece> | ReadPiece> | undefined {
     const i = this.inode(ino);
     if (!i.isReg()) throw einval(`inode ${ino} is not a regular file`);
     const end = Math.min(i.size, offset + size);
@@ -172,11 +182,12 @@ export class RafsFs implements FileSystem {
         pieces.push({ fd: loc.fd, position: loc.position + s.from, length: s.to - s.from });
         continue;
       }
+      if (readyOnly) return undefined;
       const data = this.readChunk(c);
       pieces.push(data instanceof Promise ? data.then((d) => d.subarray(s.from, s.to)) : data.subarray(s.from, s.to));
     }
     this.readahead(i, chunks, last >= 0 ? last : firstChunkAfter(chunks, end) - 1, offset, end);
-    return Promise.all(pieces);
+    return pieces;
   }
 
   /**

@@ -222,7 +222,8 @@ export function withMetrics<T extends FileSystem>(fs: T, stats: FsIoStats): T {
       if (hit) return hit;
       const fn = v as (...args: unknown[]) => unknown;
       const wrapped = (...args: unknown[]): unknown => {
-        const name = prop === 'readdir' && args[4] === true ? 'readdirplus' : prop;
+        // readSync is read's fast path: counted as a read when it answers (undefined: the read that follows counts)
+        const name = prop === 'readdir' && args[4] === true ? 'readdirplus' : prop === 'readSync' ? 'read' : prop;
         const fop = FOP_INDEX[name];
         const opcode = OPCODES[name];
         if (fop === undefined && opcode === undefined) return fn.apply(target, args);
@@ -253,7 +254,8 @@ export function withMetrics<T extends FileSystem>(fs: T, stats: FsIoStats): T {
             (e: unknown) => { done(false, undefined); throw e; },
           );
         }
-        done(true, r);
+        if (r === undefined && prop === 'readSync') inflight.delete(seq);
+        else done(true, r);
         return r;
       };
       cache.set(prop, wrapped);

@@ -13,6 +13,8 @@ import {
   decodeDirent, decodeDirentplus, direntSize,
 } from '../../src/virtiofs/fuse/abi';
 import { FuseServer } from '../../src/virtiofs/fuse/server';
+import type { FileSystem } from '../../src/common/filesystem';
+import { ErrnoError } from '../../src/common/errno';
 import { BufferReader, BufferWriter, GatherWriter } from '../../src/virtiofs/fuse/transport';
 import { MemoryFs, call, cstr, initBody, req, uniqueOf } from '../support/memory-fs';
 
@@ -42,6 +44,8 @@ function tree(opts: ConstructorParameters<typeof MemoryFs>[0] = {}): MemoryFs {
   fs.setXattr('big', 'trusted.overlay.opaque', 'y');
   return fs;
 }
+
+const ready0 = (fs: MemoryFs) => ready(fs);
 
 async function ready(fs = tree(), opts: ConstructorParameters<typeof FuseServer>[1] = {}): Promise<{ fs: MemoryFs; s: FuseServer }> {
   const s = new FuseServer(fs, opts);
@@ -249,6 +253,44 @@ test('READ truncates an over-long filesystem answer to the requested size', asyn
   assert.is(r.n, 16 + 4000);
   assert.is(r.payload[2999], 1);
   assert.is(r.payload[3000], 2);
+});
+
+test('READ via readSync is answered before handle returns; undefined falls back to read; holds end after the reply', async () => {
+  const fs: MemoryFs & { readSync?: FileSystem['readSync'] } = tree();
+  const calls: string[] = [];
+  let ready = true;
+  fs.readSync = (ctx, _ino, _fh, _offset, size) => {
+    calls.push('sync');
+    if (!ready) return undefined;
+    ctx.hold?.(() => calls.push('released'));
+    return [Buffer.alloc(3000, 7), Buffer.alloc(size - 3000, 8)];
+  };
+  const asyncRead = fs.read.bind(fs);
+  fs.read = async (...a) => { calls.push('async'); return asyncRead(...a); };
+  const { s } = await ready0(fs);
+  const msg = (size: number) => req(FuseOpcode.READ, fs.inoOf('big'), FuseReadIn.encode({ fh: 0n, offset: 0, size, readFlags: 0, lockOwner: 0n, flags: 0 }));
+  const w = new BufferWriter(Buffer.alloc(8192));
+  const n = s.handle(new BufferReader(msg(4000)), w);
+  assert.type(n, 'number', 'answered synchronously');
+  assert.is(n, 16 + 4000);
+  assert.equal(calls, ['sync', 'released']);
+  assert.is(w.bytes()[16], 7);
+  assert.is(w.bytes()[16 + 3000], 8);
+  // not ready: the async read answers, with the same reply rules
+  ready = false;
+  calls.length = 0;
+  const w2 = new BufferWriter(Buffer.alloc(8192));
+  const p = s.handle(new BufferReader(msg(4000)), w2);
+  assert.instance(p, Promise);
+  assert.is(await p, 16 + 4000);
+  assert.equal(calls, ['sync', 'async']);
+  const big = Buffer.from(Array.from({ length: 10000 }, (_, i) => i % 251));
+  assert.ok(w2.bytes().subarray(16).equals(big.subarray(0, 4000)));
+  // a readSync that throws is an error reply, still synchronous
+  fs.readSync = () => { throw new ErrnoError('ENOENT', 'gone'); };
+  const w3 = new BufferWriter(Buffer.alloc(8192));
+  assert.is(s.handle(new BufferReader(msg(4000)), w3), 16);
+  assert.is(w3.bytes().readInt32LE(4), ENOENT);
 });
 
 // ---- READDIR -----------------------------------------------------------------------------

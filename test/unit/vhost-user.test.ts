@@ -7,6 +7,7 @@ import {
   FuseAttrOut, FuseEntryOut, FuseForgetIn, FuseGetattrIn, FuseInitOut, FuseOpcode, FuseOutHeader, FuseReadIn,
 } from '../../src/virtiofs/fuse/abi';
 import { FuseServer } from '../../src/virtiofs/fuse/server';
+import type { FileSystem } from '../../src/common/filesystem';
 import { VIRTIO_FS_FEATURES, VirtioFsDaemon } from '../../src/virtiofs/transport/virtio-fs-device';
 import { FrontendReq, VhostUserSingleMemRegion, VhostUserVringAddr } from '../../src/vhost-user/protocol/message';
 import { eventfdCreate, closeFd, memfdCreate } from '../../src/vhost-user/sys/host';
@@ -187,6 +188,41 @@ test('maxInflight: popping stops at the limit and completions resume it; every r
     assert.equal(used.map((u) => u.id).sort((a, b) => a - b), many.map((m) => m.head).sort((a, b) => a - b));
     assert.ok(used.every((u) => u.len === 16 + 1000));
     assert.is(daemon.device.served[1], 13);
+  } finally {
+    g.close();
+    daemon.stop();
+    ram.dispose();
+  }
+});
+
+test('READs answered synchronously (readSync): one kick\'s batch is served at once and shares one interrupt', async () => {
+  const { fs, sock, daemon } = world();
+  const bigIno = fs.inoOf('big');
+  let sync = 0;
+  (fs as MemoryFs & { readSync?: FileSystem['readSync'] }).readSync = (_ctx, ino, _fh, offset, size) => {
+    if (ino !== bigIno) return undefined;
+    sync++;
+    return [BIG.subarray(offset, offset + size)];
+  };
+  await daemon.start();
+  const ram = new GuestRam();
+  const g = new FakeGuest(ram, sock);
+  try {
+    await g.setup({ queueSize: 256 });
+    await initFuse(g);
+    const q = g.queues[1];
+    q.calls();
+    q.setUsedEvent(q.usedIdx());
+    const many = Array.from({ length: 8 }, (_, i) => g.submit(1, readReq(bigIno, i * 5000, 5000), 16 + 5000, { indirect: true, writeSplit: 4096 }));
+    const replies = await Promise.all(many.map((m) => m.wait()));
+    for (const [i, r] of replies.entries()) {
+      assert.is(r.used.len, 16 + 5000);
+      assert.ok(r.reply.subarray(16).equals(BIG.subarray(i * 5000, i * 5000 + 5000)));
+    }
+    assert.is(sync, 8);
+    await new Promise((res) => setTimeout(res, 10));
+    assert.is(q.calls(), 1, 'one interrupt for the batch');
+    assert.is(daemon.device.served[1], 9);
   } finally {
     g.close();
     daemon.stop();

@@ -38,6 +38,12 @@ export class Vring {
   private generation = 0;
   private watcher: FdWatcher | undefined;
   private signalQueued = false;
+  /**
+   * Set by a device while it serves a batch popped in one go: completions then
+   * queue their signal (flushPendingSignal sends it once at the end) instead
+   * of interrupting for each.
+   */
+  deferSignals = false;
   private brokenLogged = false;
   private idleWaiters: (() => void)[] = [];
 
@@ -135,7 +141,7 @@ export class Vring {
         this.queue.addUsed(c.chain.head, l);
         // the last chain in flight interrupts at once (one request at a time: no wait for
         // a batch that is not coming); otherwise completions of this turn share one signal
-        if (this.inflight === 0 && !this.signalQueued) this.flushSignal();
+        if (this.inflight === 0 && !this.signalQueued && !this.deferSignals) this.flushSignal();
         else this.signal();
       }
     } finally {
@@ -149,8 +155,18 @@ export class Vring {
     if (this.signalQueued) return;
     this.signalQueued = true;
     // a resolved promise rather than queueMicrotask: no AsyncResource per batch
-    RESOLVED.then(this.flushSignal);
+    RESOLVED.then(this.queuedSignal);
   }
+
+  /** Send a queued signal now (a batch ended) rather than at the next microtask. */
+  flushPendingSignal(): void {
+    if (this.signalQueued) this.flushSignal();
+  }
+
+  /** the microtask of `signal`: nothing to do when flushPendingSignal already sent it */
+  private readonly queuedSignal = (): void => {
+    if (this.signalQueued) this.flushSignal();
+  };
 
   private readonly flushSignal = (): void => {
     this.signalQueued = false;

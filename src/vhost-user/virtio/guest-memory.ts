@@ -154,49 +154,19 @@ export class MemoryRegion {
  * no host address (NaN), and readers fall back to Buffer APIs for them.
  */
 export class SegmentList {
-  readonly bufs: Buffer[];
-  /** offset of each range in its window buffer */
-  offs: Float64Array;
-  lens: Float64Array;
+  readonly bufs: Buffer[] = [];
+  /**
+   * Offset of each range in its window buffer. The columns are plain arrays
+   * (V8 heap, bump-allocated): a typed array's backing store per chain cost
+   * more than the walk itself and drove the GC.
+   */
+  readonly offs: number[] = [];
+  readonly lens: number[] = [];
   /** host virtual address of each range (NaN: none) */
-  addrs: Float64Array;
+  readonly addrs: number[] = [];
   length = 0;
   /** every range has a host address (native I/O can target it directly) */
   native = true;
-
-  private static readonly EMPTY = new Float64Array(0);
-
-  /** Storage is allocated on the first push (or `reserve`), sized `capacity`. */
-  constructor(private capacity = 4) {
-    this.bufs = [];
-    this.offs = this.lens = this.addrs = SegmentList.EMPTY;
-  }
-
-  /** Room for `n` ranges in all (no reallocation while pushing up to that). */
-  reserve(n: number): void {
-    if (n <= this.offs.length) return;
-    let offs: Float64Array, lens: Float64Array, addrs: Float64Array;
-    if (n <= 8) {
-      // ≤ 64 bytes each: V8 keeps these on its heap (cheap, no backing-store allocation)
-      offs = new Float64Array(n);
-      lens = new Float64Array(n);
-      addrs = new Float64Array(n);
-    } else {
-      // one backing store for the three columns (its allocation is the cost here)
-      const ab = new ArrayBuffer(24 * n);
-      offs = new Float64Array(ab, 0, n);
-      lens = new Float64Array(ab, 8 * n, n);
-      addrs = new Float64Array(ab, 16 * n, n);
-    }
-    for (let i = 0; i < this.length; i++) {
-      offs[i] = this.offs[i];
-      lens[i] = this.lens[i];
-      addrs[i] = this.addrs[i];
-    }
-    this.offs = offs;
-    this.lens = lens;
-    this.addrs = addrs;
-  }
 
   /**
    * Append a range; one that continues the previous range (same window, next
@@ -209,18 +179,17 @@ export class SegmentList {
       this.lens[i - 1] += len;
       return;
     }
-    if (i === this.offs.length) this.reserve(Math.max(this.capacity, 2 * i));
-    this.bufs[i] = buf;
-    this.offs[i] = off;
-    this.lens[i] = len;
-    this.addrs[i] = addr;
+    this.bufs.push(buf);
+    this.offs.push(off);
+    this.lens.push(len);
+    this.addrs.push(addr);
     this.length = i + 1;
     if (!(addr >= 0)) this.native = false;
   }
 
   truncate(n: number): void {
     if (n >= this.length) return;
-    this.bufs.length = n;
+    this.bufs.length = this.offs.length = this.lens.length = this.addrs.length = n;
     this.length = n;
     this.native = true;
     for (let i = 0; i < n; i++) if (!(this.addrs[i] >= 0)) this.native = false;
@@ -234,7 +203,7 @@ export class SegmentList {
   }
 
   static fromBuffers(bufs: readonly Buffer[]): SegmentList {
-    const l = new SegmentList(bufs.length);
+    const l = new SegmentList();
     for (const b of bufs) if (b.length > 0) l.push(b, 0, b.length, NaN);
     return l;
   }

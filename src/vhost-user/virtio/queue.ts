@@ -32,6 +32,8 @@ const DESC_SIZE = 16;
 export const MAX_INDIRECT = 1024;
 /** Addresses ≥ 2^53 cannot be in any region: the high word must be below 2^21. */
 const HI_LIMIT = 0x200000;
+/** Private copy of the indirect table being walked (parseChain only; grown on demand). */
+let indirectScratch = new Uint32Array(4 * 260);
 
 /** A descriptor chain with every buffer already translated and bounds-checked. */
 export class DescriptorChain {
@@ -206,11 +208,12 @@ export class SplitQueue {
         if (hi >= HI_LIMIT) return { error: 'indirect table address out of range', head };
         const t = mem.slice(hi * 0x100000000 + lo, len);
         if (t === undefined) return { error: 'indirect table outside guest memory', head };
-        // one private copy of the table: aligned, and the guest cannot change it under the walk
-        table = new Uint32Array(len / 4);
-        new Uint8Array(table.buffer).set(t);
-        // an indirect READ is mostly page-sized writable buffers: room for all of them at once
-        writable.reserve(Math.min(entries, MAX_INDIRECT));
+        // one private copy of the table: aligned, and the guest cannot change it under the walk.
+        // The walk is synchronous and keeps nothing of the table, so one scratch copy serves every
+        // chain (no backing store per request); it grows to the largest table seen (bounded above).
+        if (indirectScratch.length < len / 4) indirectScratch = new Uint32Array(Math.max(len / 4, 2 * indirectScratch.length));
+        table = indirectScratch;
+        new Uint8Array(table.buffer, 0, len).set(t);
         count = entries;
         ttl = entries;
         idx = 0;

@@ -49,7 +49,7 @@ import {
   FuseRenameIn, FuseSetattrIn, FuseSetxattrIn, FuseSetxattrInExt, FuseWriteIn, type FuseInHeaderT,
   direntplusSize, direntSize, encodeDirent, encodeZeroEntryOut, writeU64,
 } from './abi';
-import type { AttrReply, DirEntry, Entry, FileSystem, OpenReply, RequestContext, SetattrIn, StatFs } from '../../common/filesystem';
+import type { AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, SetattrIn, StatFs } from '../../common/filesystem';
 import type { Reader, Writer } from './transport';
 
 const E = constants.errno;
@@ -164,6 +164,17 @@ export class FuseServer {
    * length), 0 when no reply must be sent. Never throws.
    */
   async handleMessage(r: Reader, w: Writer): Promise<number> {
+    return this.handle(r, w);
+  }
+
+  /**
+   * `handleMessage` without the promise when none is needed: a READ the
+   * filesystem serves at once (`FileSystem.readSync`: data already cached and
+   * verified) is answered before this returns, and the number comes back
+   * directly; anything else returns a promise. Never throws, never rejects.
+   * Same validation, reply and hold rules either way.
+   */
+  handle(r: Reader, w: Writer): number | Promise<number> {
     let hdr: FuseInHeaderT;
     try {
       hdr = FuseInHeader.decode(r.readBytes(IN_HDR));
@@ -178,25 +189,7 @@ export class FuseServer {
       if (ended) release();
       else holds.push(release);
     };
-    try {
-      return await this.dispatch(hdr, r, w, hold);
-    } catch (e) {
-      const errno = errnoOf(e);
-      if (e instanceof ErrnoError || (e as { code?: unknown })?.code !== undefined) {
-        if (log.isLevelEnabled('debug')) log.debug({ op: FuseOpcode[hdr.opcode] ?? hdr.opcode, unique: String(hdr.unique), nodeid: String(hdr.nodeid), errno }, 'fuse: request failed');
-      } else {
-        warnLimited('fuse.unexpected', { op: FuseOpcode[hdr.opcode] ?? hdr.opcode, unique: String(hdr.unique), err: e instanceof Error ? e.stack : String(e) }, 'fuse: unexpected error');
-      }
-      if (isNoReply(hdr.opcode)) return 0;
-      try {
-        // whatever part of a reply went out is void: the answer is the error alone
-        w.reset();
-        return this.replyError(w, hdr.unique, errno);
-      } catch (e2) {
-        warnLimited('fuse.reply', { err: (e2 as Error).message }, 'fuse: writing an error reply failed');
-        return 0;
-      }
-    } finally {
+    const end = (): void => {
       ended = true;
       for (const release of holds) {
         try {
@@ -205,6 +198,36 @@ export class FuseServer {
           warnLimited('fuse.release', { err: (e as Error).message }, 'fuse: releasing a request hold failed');
         }
       }
+    };
+    let res: number | Promise<number>;
+    try {
+      res = this.dispatch(hdr, r, w, hold);
+    } catch (e) {
+      res = this.failed(hdr, w, e);
+    }
+    if (typeof res === 'number') {
+      end();
+      return res;
+    }
+    return res.then((n) => n, (e: unknown) => this.failed(hdr, w, e)).finally(end);
+  }
+
+  /** The answer to a request whose handling threw: an error reply (none for no-reply ops). */
+  private failed(hdr: FuseInHeaderT, w: Writer, e: unknown): number {
+    const errno = errnoOf(e);
+    if (e instanceof ErrnoError || (e as { code?: unknown })?.code !== undefined) {
+      if (log.isLevelEnabled('debug')) log.debug({ op: FuseOpcode[hdr.opcode] ?? hdr.opcode, unique: String(hdr.unique), nodeid: String(hdr.nodeid), errno }, 'fuse: request failed');
+    } else {
+      warnLimited('fuse.unexpected', { op: FuseOpcode[hdr.opcode] ?? hdr.opcode, unique: String(hdr.unique), err: e instanceof Error ? e.stack : String(e) }, 'fuse: unexpected error');
+    }
+    if (isNoReply(hdr.opcode)) return 0;
+    try {
+      // whatever part of a reply went out is void: the answer is the error alone
+      w.reset();
+      return this.replyError(w, hdr.unique, errno);
+    } catch (e2) {
+      warnLimited('fuse.reply', { err: (e2 as Error).message }, 'fuse: writing an error reply failed');
+      return 0;
     }
   }
 
@@ -331,7 +354,8 @@ export class FuseServer {
 
   // ---- dispatch --------------------------------------------------------------
 
-  private async dispatch(hdr: FuseInHeaderT, r: Reader, w: Writer, hold: (release: () => void) => void): Promise<number> {
+  /** Validate the header and read the arguments (synchronously), then serve: READ at once when it can be. */
+  private dispatch(hdr: FuseInHeaderT, r: Reader, w: Writer, hold: (release: () => void) => void): number | Promise<number> {
     const op = hdr.opcode;
     if (hdr.len < IN_HDR) throw einval(`in_header.len ${hdr.len} < 40`);
     // Before touching the body: a length no valid request has costs nothing (upstream: ENOMEM).
@@ -360,10 +384,14 @@ export class FuseServer {
       return this.replyError(w, unique, E.EIO);
     }
 
-    const fs = this.fs;
-    const ino = hdr.nodeid;
     const ctx: RequestContext = { uid: hdr.uid, gid: hdr.gid, pid: hdr.pid, unique, hold };
+    if (op === FuseOpcode.READ) return this.doRead(ctx, hdr.nodeid, body, w);
+    return this.serveOp(op, ctx, hdr.nodeid, body, payload, w);
+  }
 
+  private async serveOp(op: number, ctx: RequestContext, ino: bigint, body: Buffer, payload: Buffer, w: Writer): Promise<number> {
+    const fs = this.fs;
+    const unique = ctx.unique;
     switch (op) {
       case FuseOpcode.DESTROY: {
         this._initialized = false;
@@ -416,8 +444,6 @@ export class FuseServer {
         const o = FuseOpenIn.decode(body);
         return this.replyOpen(ctx, w, ino, await fs.opendir!(ctx, ino, o.flags), true);
       }
-      case FuseOpcode.READ:
-        return this.doRead(ctx, ino, body, w);
       case FuseOpcode.RELEASE: {
         this.has('release');
         const rel = FuseReleaseIn.decode(body);
@@ -666,7 +692,12 @@ export class FuseServer {
 
   // ---- READ / READDIR ----------------------------------------------------------
 
-  private async doRead(ctx: RequestContext, ino: bigint, body: Buffer, w: Writer): Promise<number> {
+  /**
+   * READ: the filesystem's `readSync` answers at once when the data is ready
+   * (no promise, no microtask: the reply is written before this returns);
+   * otherwise (or without readSync) the async `read`.
+   */
+  private doRead(ctx: RequestContext, ino: bigint, body: Buffer, w: Writer): number | Promise<number> {
     this.has('read');
     const ri = FuseReadIn.decode(body);
     const room = w.available() - OUT_HDR;
@@ -675,7 +706,13 @@ export class FuseServer {
       return 0;
     }
     const size = Math.min(ri.size, room, this.maxRead);
-    const pieces = await this.fs.read!(ctx, ino, ri.fh, ri.offset, size);
+    const now = this.fs.readSync?.(ctx, ino, ri.fh, ri.offset, size);
+    if (now !== undefined) return this.replyRead(ctx, w, size, now);
+    return this.fs.read!(ctx, ino, ri.fh, ri.offset, size).then((pieces) => this.replyRead(ctx, w, size, pieces));
+  }
+
+  /** Out-header plus the pieces (at most `size` bytes), gathered straight into the reply. */
+  private replyRead(ctx: RequestContext, w: Writer, size: number, pieces: readonly ReadPiece[]): number {
     let total = 0;
     for (let i = 0; i < pieces.length; i++) total += pieces[i].length;
     if (total > size) total = size;

@@ -474,6 +474,18 @@ export class Vfs implements FileSystem {
     return o;
   }
 
+  readSync(ctx: RequestContext, nodeid: bigint, fh: bigint, offset: number, size: number): ReadPiece[] | undefined {
+    if (this.pseudo(nodeid)) throw err('EISDIR', 'pseudo directory');
+    const m = this.mountOf(nodeid);
+    if (!m.fs.readSync) return undefined;
+    const r = m.fs.readSync(ctx, Vfs.inner(nodeid), fh, offset, size);
+    if (r === undefined) return undefined; // `read` follows (and pins)
+    // pinned only when answering: all synchronous, nothing can unmount in between
+    Vfs.live(m);
+    this.pin(ctx, m);
+    return r;
+  }
+
   async read(ctx: RequestContext, nodeid: bigint, fh: bigint, offset: number, size: number): Promise<ReadPiece[]> {
     if (this.pseudo(nodeid)) throw err('EISDIR', 'pseudo directory');
     const m = this.use(ctx, nodeid);
