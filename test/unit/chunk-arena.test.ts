@@ -16,7 +16,7 @@ import { DigestAlgorithm, digest, initDigest } from '../../src/common/digest';
 import { addressOf } from '../../src/common/libc';
 import { enterRead, exitRead, quiescent, currentEpoch, readsInFlight } from '../../src/common/read-epoch';
 import { ChunkArena, chunkArena, enableChunkArena } from '../../src/storage/blob/chunk-arena';
-import { closeDecodePool, decodeRunAsync } from '../../src/storage/blob/decode-pool';
+import { closeDecodePool, decodeRunAsync, startDecodePool } from '../../src/storage/blob/decode-pool';
 import { ChunkMemoryCache } from '../../src/storage/cache/memory';
 import { FileCache } from '../../src/storage/cache/filecache';
 import { fetchRegion } from '../../src/storage/cache/region';
@@ -164,6 +164,7 @@ test('decode pool: compressed chunks are decompressed into arena slots (worker a
   const arena = chunkArena()!;
   const { raw, chunks, datas } = blob(8, 256 << 10);
   const reader = enterRead();
+  await startDecodePool();
   const got = await Promise.all(decodeRunAsync(info, Buffer.from(raw), 0, chunks, true)); // worker
   got.forEach((d, i) => {
     assert.ok(Buffer.isBuffer(d) && d.equals(datas[i]), `chunk ${i}`);
@@ -200,6 +201,7 @@ test('decode pool stopped mid-run: chunks fail or are intact, and every slot com
   enableChunkArena(32 << 20, 8 << 20);
   const arena = chunkArena()!;
   const { raw, chunks, datas } = blob(24, 512 << 10);
+  await startDecodePool();
   const ps = decodeRunAsync(info, Buffer.from(raw), 0, chunks, true);
   const closing = closeDecodePool();
   const got = await Promise.all(ps);

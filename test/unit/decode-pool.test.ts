@@ -11,7 +11,7 @@ import * as crypto from 'node:crypto';
 import { Compressor, compress } from '../../src/common/compress';
 import { DigestAlgorithm, digest, initDigest } from '../../src/common/digest';
 import type { BlobInfo, ChunkInfo } from '../../src/storage/format/types';
-import { closeDecodePool, decodeRun, decodeRunAsync } from '../../src/storage/blob/decode-pool';
+import { closeDecodePool, decodeRun, decodeRunAsync, startDecodePool } from '../../src/storage/blob/decode-pool';
 import { fetchRegion } from '../../src/storage/cache/region';
 import type { BlobBackend } from '../../src/storage/backend/backend';
 
@@ -37,7 +37,7 @@ function blob(): { raw: Buffer; chunks: ChunkInfo[]; datas: Buffer[] } {
   return { raw: Buffer.concat(parts), chunks, datas };
 }
 
-test.before(async () => { await initDigest(); });
+test.before(async () => { await initDigest(); await startDecodePool(); });
 test.after(async () => { await closeDecodePool(); });
 
 test('chunks decoded on the worker equal the inline decoder, verified', async () => {
@@ -119,6 +119,27 @@ test('a dead worker fails its chunks (no hang), and the pool starts again', asyn
   for (const r of await Promise.all(pending)) assert.ok(r instanceof Error || Buffer.isBuffer(r));
   const again = await Promise.all(decodeRunAsync(info, Buffer.from(raw), 0, chunks, true));
   for (let i = 0; i < 8; i++) assert.ok((again[i] as Buffer).equals(datas[i]), `chunk ${i}`);
+  await startDecodePool();
+});
+
+/** Whether all of `ps` settle within a few microtask turns (decoded inline, no worker hop). */
+async function settlesAtOnce(ps: Array<Promise<unknown>>): Promise<boolean> {
+  let done = false;
+  void Promise.all(ps).then(() => { done = true; });
+  for (let i = 0; i < 5; i++) await Promise.resolve();
+  return done;
+}
+
+test('workers start at the first request worth a hop, which (like all until one runs) is decoded inline', async () => {
+  const { raw, chunks, datas } = blob();
+  await closeDecodePool();
+  const first = decodeRunAsync(info, Buffer.from(raw), 0, chunks, true);
+  assert.ok(await settlesAtOnce(first), 'no worker running: decoded inline, nothing waits for a thread to start');
+  (await Promise.all(first)).forEach((d, i) => assert.ok((d as Buffer).equals(datas[i]), `chunk ${i}`));
+  await startDecodePool(); // started by that request: now running
+  const next = decodeRunAsync(info, Buffer.from(raw), 0, chunks, true);
+  assert.not.ok(await settlesAtOnce(next), 'on the worker once it runs');
+  (await Promise.all(next)).forEach((d, i) => assert.ok((d as Buffer).equals(datas[i]), `chunk ${i}`));
 });
 
 test('fetchRegion: a chunk that fails verification on the worker is downloaded again, never served', async () => {

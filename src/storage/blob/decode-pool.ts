@@ -132,7 +132,13 @@ function settleSlot(arena: ChunkArena | undefined, slot: Buffer | undefined, d: 
   else arena.release(slot);
 }
 
-interface DecodeWorker { w: Worker; pending: Map<number, Pending> }
+interface DecodeWorker {
+  w: Worker;
+  pending: Map<number, Pending>;
+  /** running JavaScript: requests go to it from then on (until then they are decoded inline) */
+  online: boolean;
+  ready: Promise<void>;
+}
 
 const workers: Array<DecodeWorker | undefined> = [];
 let nextId = 1;
@@ -186,7 +192,9 @@ function startWorker(slot: number): DecodeWorker {
   const w = new Worker(path.join(__dirname, `decode-worker${ext === '.ts' ? '.ts' : '.js'}`), {
     execArgv: ext === '.ts' ? ['--require', require.resolve('tsx/cjs')] : [],
   });
-  const dw: DecodeWorker = { w, pending: new Map() };
+  let up!: () => void;
+  const dw: DecodeWorker = { w, pending: new Map(), online: false, ready: new Promise<void>((r) => { up = r; }) };
+  w.once('online', () => { dw.online = true; up(); });
   w.unref();
   w.on('message', (m: DecodeReply) => {
     const p = dw.pending.get(m.id);
@@ -220,24 +228,37 @@ function startWorker(slot: number): DecodeWorker {
 }
 
 /** The worker with the fewest requests (started when its slot is empty). */
-function pickWorker(): DecodeWorker {
+/**
+ * The running worker with the fewest requests; empty slots get a worker
+ * started. Undefined while none is running yet (the caller decodes inline).
+ */
+function pickWorker(): DecodeWorker | undefined {
   let best: DecodeWorker | undefined;
   for (let i = 0; i < poolThreads(); i++) {
     const dw = (workers[i] ??= startWorker(i));
-    if (!best || dw.pending.size < best.pending.size) best = dw;
+    if (dw.online && (!best || dw.pending.size < best.pending.size)) best = dw;
   }
-  return best!;
+  return best;
 }
 
 let users = 0;
 
 /**
- * A device starts using the pool: the workers start now, not at the first
- * miss. Paired with releaseDecodePool.
+ * A device starts using the pool (paired with releaseDecodePool). The
+ * workers start at the first request worth a hop, not at mount: a mounted
+ * image that is not read costs no thread (~10 MB); until one is running
+ * (some tens of milliseconds), such requests are decoded inline, so the
+ * first reads never wait for it.
  */
 export function acquireDecodePool(): void {
   users++;
-  for (let i = 0; i < poolThreads(); i++) workers[i] ??= startWorker(i);
+}
+
+/** Start the workers now and resolve once they run (tests, benchmarks). */
+export function startDecodePool(): Promise<void> {
+  const all: Promise<void>[] = [];
+  for (let i = 0; i < poolThreads(); i++) all.push((workers[i] ??= startWorker(i)).ready);
+  return Promise.all(all).then(() => undefined);
 }
 
 /**
@@ -261,13 +282,14 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
   const work = run.some(needsWork);
   // one chunk is what a reader waits for right now (random reads): the hop would only add latency
   const arena = chunkArena();
-  if (!work || run.length < 2 || raw.length < MIN_POOL_BYTES || queued >= QUEUE_LIMIT || poolThreads() === 0) {
+  const dw = !work || run.length < 2 || raw.length < MIN_POOL_BYTES || queued >= QUEUE_LIMIT || poolThreads() === 0 ? undefined : pickWorker();
+  if (!dw) {
     const slots = slotsFor(arena, run);
     return decodeRun(blob, raw, start, run, validate, slots && ((k, d) => settleSlot(arena, slots[k], d)), slots && ((k) => slots[k]))
       .map((d) => Promise.resolve(d));
   }
   // request bytes in arena memory are shared with the worker as they are: nothing moved or copied
-  if (arena?.owns(raw)) return postRun(blob, raw, start, run, validate, raw);
+  if (arena?.owns(raw)) return postRun(dw, blob, raw, start, run, validate, raw);
   const inRaw = (c: ChunkInfo) => c.compressedOffset >= start && c.compressedOffset - start + c.compressedSize <= raw.length;
   if (!run.every(needsWork) && run.every(inRaw)) {
     // chunks stored as they are (incompressible data) next to compressed ones: the stored ones are
@@ -293,7 +315,7 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
     decodeRun(blob, raw, start, stored, validate).forEach((d, i) => { out[storedAt[i]] = Promise.resolve(d); });
     const packed = Buffer.allocUnsafeSlow(size); // every byte copied below (all ranges inside raw)
     for (const { from, at } of placed.values()) raw.copy(packed, at, from.compressedOffset - start, from.compressedOffset - start + from.compressedSize);
-    postRun(blob, packed, 0, sendRun, validate).forEach((p, i) => { out[sendAt[i]] = p; });
+    postRun(dw, blob, packed, 0, sendRun, validate).forEach((p, i) => { out[sendAt[i]] = p; });
     return out;
   }
   // a buffer owning its whole ArrayBuffer moves; anything else (a slice of a bigger one) is copied first
@@ -302,16 +324,14 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
     sent = new Uint8Array(raw.byteLength);
     sent.set(raw);
   }
-  return postRun(blob, sent, start, run, validate);
+  return postRun(dw, blob, sent, start, run, validate);
 }
 
 /**
  * Hand `sent` (owning its memory, moved; or `shared`, arena memory the
- * worker reads in place) and `run` to the least busy worker: one promise
- * per chunk.
+ * worker reads in place) and `run` to worker `dw`: one promise per chunk.
  */
-function postRun(blob: DecodeBlob, sent: Uint8Array, start: number, run: readonly ChunkInfo[], validate: boolean, shared?: Buffer): Array<Promise<Buffer | Error>> {
-  const dw = pickWorker();
+function postRun(dw: DecodeWorker, blob: DecodeBlob, sent: Uint8Array, start: number, run: readonly ChunkInfo[], validate: boolean, shared?: Buffer): Array<Promise<Buffer | Error>> {
   const id = nextId++;
   const into = slotsFor(chunkArena(), run);
   const p: Pending = { run, start, resolve: [], own: [], into, shared };
