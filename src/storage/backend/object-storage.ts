@@ -128,6 +128,8 @@ export async function headSize(r: HttpResponse, what: string): Promise<number> {
  * remote http-proxy are this class with their own URL and signer.
  */
 export class RemoteBlobBackend implements BlobBackend {
+  /** attempts run one after another, each read to its end or aborted (readExact) before the next */
+  readonly readsInto = true;
   protected readonly http: HttpClient;
   private readonly attempts: number;
   private readonly retryDelay: (n: number) => number;
