@@ -170,6 +170,13 @@ export class RafsFs implements FileSystem {
     const end = Math.min(i.size, offset + size);
     if (offset >= end) return [];
     const chunks = this.chunksOf(i);
+    // answering at once only when every chunk is in the cache: asked without counting first, so a
+    // read that falls back to `read` counts its cache hits once
+    if (readyOnly) {
+      for (const s of fileSpans(chunks, offset, end)) {
+        if (s.kind === 'chunk' && !(s.chunk.blobIndex >= 0 && this.device.locate?.(s.chunk, true))) return undefined;
+      }
+    }
     const pieces: Array<Promise<ReadPiece> | ReadPiece> = [];
     let last = -1; // index of the last chunk this read touches
     for (const s of fileSpans(chunks, offset, end)) {

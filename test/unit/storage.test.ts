@@ -25,6 +25,7 @@ import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-m
 import { FileCache, REFETCH_LIMIT, cacheFileNames } from '../../src/storage/cache/filecache';
 import { createBlobDevice, StorageDevice } from '../../src/storage/factory';
 import { RafsFs } from '../../src/rafs/fs';
+import type { BlobDevice } from '../../src/storage/blob/device';
 import { fileCacheUsers } from '../../src/storage/cache/manager';
 
 const ROOT = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-storage-'));
@@ -772,6 +773,36 @@ test('sequential readahead: a reader going through a file is served by a few lar
     assert.ok(be.reads <= 4, `${be.reads} backend requests for ${chunks} chunks (cache ${cache})`);
     await dev.close();
   }
+});
+
+test('readSync: answers from cache-file slices only when every chunk is there; a fallback to read counts no cache hit twice', async () => {
+  const src = tmp('rs-src');
+  const big = content(5, 3 << 16);
+  fs.writeFileSync(path.join(src, 'f'), big);
+  const r = await createImage({
+    source: src, type: 'dir-rafs', fsVersion: 6, compressor: Compressor.Zstd, digester: DigestAlgorithm.Blake3, chunkSize: 0x10000,
+    blobDir: tmp('rs-blobs'), blobInlineMeta: false, blobToc: false, alignedChunk: false, repeatable: true, prefetchPatterns: [],
+  });
+  const sb = loadRafs(r.bootstrap);
+  let counted = 0;
+  const cached = new Set([0]); // only the file's first chunk is in the cache file
+  const dev = {
+    locate(c: ChunkInfo, probe = false) {
+      if (!cached.has(c.index)) return undefined;
+      if (!probe) counted++;
+      return { fd: 99, position: c.uncompressedOffset, length: c.uncompressedSize };
+    },
+    readChunk: async () => { throw new Error('not used'); },
+    prefetch() {}, close: async () => {},
+  } as unknown as BlobDevice;
+  const rafs = new RafsFs(sb, dev, { bootstrap: r.bootstrap });
+  const ctx = { uid: 0, gid: 0, pid: 0, unique: 1n };
+  const e = await rafs.lookup(ctx, 1n, Buffer.from('f'));
+  assert.is(rafs.readSync(ctx, e.ino, 0n, 0, 2 << 16), undefined, 'second chunk not cached');
+  assert.is(counted, 0, 'nothing counted for a read that falls back');
+  const got = rafs.readSync(ctx, e.ino, 0n, 100, 1000)!;
+  assert.equal(got, [{ fd: 99, position: 100, length: 1000 }]);
+  assert.is(counted, 1);
 });
 
 test('a chunk whose fetch just failed gets one attempt, not a second retry budget (the kernel re-reads a failed page)', async () => {
