@@ -10,7 +10,7 @@ import { BoundedMap } from '../common/bounded-map';
 import { fileSpans, firstChunkAfter } from '../storage/blob/chunk-range';
 import { inImageChunk } from './image';
 import { einval, enodata, enoent, enosys, enotdir, ErrnoError } from '../common/errno';
-import type { BlobDevice } from '../storage/blob/device';
+import type { BlobDevice, ChunkLocation } from '../storage/blob/device';
 import type { ChunkInfo, RafsInode, RafsSuper } from './metadata/types';
 import type {
   Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, StatFs,
@@ -170,29 +170,26 @@ export class RafsFs implements FileSystem {
     const end = Math.min(i.size, offset + size);
     if (offset >= end) return [];
     const chunks = this.chunksOf(i);
-    // answering at once only when every chunk is in the cache: asked without counting first, so a
-    // read that falls back to `read` counts its cache hits once
-    if (readyOnly) {
-      for (const s of fileSpans(chunks, offset, end)) {
-        if (s.kind === 'chunk' && !(s.chunk.blobIndex >= 0 && this.device.locate?.(s.chunk, true))) return undefined;
-      }
-    }
     const pieces: Array<Promise<ReadPiece> | ReadPiece> = [];
+    // cache hits are counted once the read is answered: a readyOnly read that gives up counts none
+    let hits: ChunkLocation[] | undefined;
     let last = -1; // index of the last chunk this read touches
     for (const s of fileSpans(chunks, offset, end)) {
       if (s.kind === 'hole') { pieces.push(Buffer.alloc(s.length)); continue; }
       const c = s.chunk;
       last = s.index;
       // cached and verified on fill: let the transport copy it straight from the cache file
-      const loc = c.blobIndex >= 0 ? this.device.locate?.(c) : undefined;
+      const loc = c.blobIndex >= 0 ? this.device.locate?.(c, true) : undefined;
       if (loc) {
         pieces.push({ fd: loc.fd, position: loc.position + s.from, length: s.to - s.from });
+        (hits ??= []).push(loc);
         continue;
       }
       if (readyOnly) return undefined;
       const data = this.readChunk(c);
       pieces.push(data instanceof Promise ? data.then((d) => d.subarray(s.from, s.to)) : data.subarray(s.from, s.to));
     }
+    if (hits && this.device.servedFromCache) for (const loc of hits) this.device.servedFromCache(loc);
     this.readahead(i, chunks, last >= 0 ? last : firstChunkAfter(chunks, end) - 1, offset, end);
     return pieces;
   }

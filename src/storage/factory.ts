@@ -234,12 +234,14 @@ export class StorageDevice implements BlobDevice {
     if (this.memory.has(memKey(chunk))) return undefined;
     const info = this.blobs[chunk.blobIndex];
     const loc = info ? this.cache.locate(info, chunk, this.validate) : undefined;
-    if (loc && !probe) {
-      this.cacheMetrics.total++;
-      this.cacheMetrics.partialHits++;
-      this.prefetcher.userRead(loc.length);
-    }
+    if (loc && !probe) this.servedFromCache(loc);
     return loc;
+  }
+
+  servedFromCache(loc: ChunkLocation): void {
+    this.cacheMetrics.total++;
+    this.cacheMetrics.partialHits++;
+    this.prefetcher.userRead(loc.length);
   }
 
   readChunk(chunk: ChunkInfo): Promise<Buffer> {

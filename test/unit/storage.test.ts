@@ -792,6 +792,7 @@ test('readSync: answers from cache-file slices only when every chunk is there; a
       if (!probe) counted++;
       return { fd: 99, position: c.uncompressedOffset, length: c.uncompressedSize };
     },
+    servedFromCache() { counted++; },
     readChunk: async () => { throw new Error('not used'); },
     prefetch() {}, close: async () => {},
   } as unknown as BlobDevice;

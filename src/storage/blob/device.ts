@@ -21,6 +21,12 @@ export interface BlobDevice {
    * `probe`: only asking whether it is cached (readahead), not serving a read.
    */
   locate?(chunk: ChunkInfo, probe?: boolean): ChunkLocation | undefined;
+  /**
+   * A read is served from `loc`, found with `locate(chunk, true)`: counted
+   * as the cache hit `locate(chunk)` counts (a reader that first checks
+   * every chunk of a read counts only the reads it answers).
+   */
+  servedFromCache?(loc: ChunkLocation): void;
   /** Start fetching these chunks in the background (best effort). */
   prefetch?(chunks: ChunkInfo[]): void;
   /**
