@@ -325,17 +325,15 @@ export class FileCache {
         if (bytesRead === 0) break;
         done += bytesRead;
       }
-    } catch (err) {
-      if (slot) arena!.release(slot);
-      throw err;
+    } finally {
+      // handed out (after the receivers' callbacks) only when whole
+      if (slot) { if (done === len) arena!.releaseSoon(slot); else arena!.release(slot); }
     }
     if (done < len) {
-      if (slot) arena!.release(slot);
       warnLimited('cache.short', { blobId: info.blobId, chunkIndex: chunk.index }, 'cache file shorter than a ready chunk, refetching');
       await map.clearReady(chunk.index);
       return undefined;
     }
-    if (slot) arena!.releaseSoon(slot);
     if (!validate) return buf;
     try {
       return decodeChunk(buf, chunk, info, { validate: true, decoded: true });
