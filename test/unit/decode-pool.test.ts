@@ -122,6 +122,18 @@ test('a dead worker fails its chunks (no hang), and the pool starts again', asyn
   await startDecodePool();
 });
 
+test('stopping the pool while its workers are still loading waits for them (no teardown mid-load), then starts again', async () => {
+  const { raw, chunks, datas } = blob();
+  await closeDecodePool();
+  for (let i = 0; i < 3; i++) {
+    void startDecodePool(); // loading now
+    await closeDecodePool();
+  }
+  await startDecodePool();
+  const got = await Promise.all(decodeRunAsync(info, Buffer.from(raw), 0, chunks, true));
+  got.forEach((d, i) => assert.ok((d as Buffer).equals(datas[i]), `chunk ${i}`));
+});
+
 /** Whether all of `ps` settle within a few microtask turns (decoded inline, no worker hop). */
 async function settlesAtOnce(ps: Array<Promise<unknown>>): Promise<boolean> {
   let done = false;

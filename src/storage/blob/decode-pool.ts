@@ -31,67 +31,19 @@ import { log } from '../../common/log';
 import { BlobChunkFlags } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import { type ChunkArena, chunkArena } from './chunk-arena';
-import { decodeChunk } from './chunk-reader';
+import { type DecodeBlob, type DecodeReply, type DecodeRequest, type DecodeTarget, decodeRun } from './decode-run';
 
+export { decodeRun } from './decode-run';
+
+/** How long stopping the pool waits for a worker that is still loading. */
+const STOP_WAIT_MS = 5000;
 /** Requests queued or running on the workers; more are decoded inline. */
 const QUEUE_LIMIT = 64;
 /** Requests with less data than this are decoded inline (a hop costs ~0.1 ms). */
 const MIN_POOL_BYTES = 64 << 10;
 
-/** What the worker needs of a BlobInfo. */
-export interface DecodeBlob { blobId: string; compressor: number; digester: number }
-
-/** Where chunk k is decompressed to: `len` bytes at `off` of `sab` (a chunk arena slot). */
-export interface DecodeTarget { sab: SharedArrayBuffer; off: number; len: number }
-
-/**
- * main → worker: decode `chunks` of `raw` (offsets relative to `start`);
- * chunk k into `into[k]` when given.
- */
-export interface DecodeRequest { id: number; blob: DecodeBlob; raw: Uint8Array | DecodeTarget; start: number; chunks: ChunkInfo[]; validate: boolean; into?: Array<DecodeTarget | null> }
-
 /** Where an arena view lives, for the workers (shared, never moved). */
 const targetOf = (b: Buffer): DecodeTarget => ({ sab: b.buffer as SharedArrayBuffer, off: b.byteOffset, len: b.length });
-/**
- * worker → main: chunks `ks` of request `id`, each with its bytes, `true`
- * (decoded into its target), `null` (stored uncompressed: the request's own
- * bytes, which come back with `done`) or an error message; or `done` with the request's bytes. The first
- * chunk (the one a reader waits for) and big ones are posted alone, small
- * ones together (a message per 4 KiB chunk would cost more than decoding it).
- * The request's bytes come back only when a chunk was answered `null`:
- * otherwise they die in the worker (each buffer arriving in this thread
- * counts towards its heap's external memory, whose growth by 64 MiB starts
- * a full garbage collection here).
- */
-export type DecodeReply =
-  | { id: number; ks: number[]; data: Array<Uint8Array | null | string | true> }
-  | { id: number; done: true; raw?: Uint8Array };
-
-/** Decoded bytes gathered into one worker → main message (besides the first chunk, always alone). */
-export const REPLY_BATCH_BYTES = 256 << 10;
-/** Chunks gathered into one worker → main message at most. */
-export const REPLY_BATCH_CHUNKS = 64;
-
-/**
- * Decode each chunk of `run` from `raw` (the request's bytes from compressed
- * offset `start`): decoded bytes, or the error decodeChunk threw. Batch
- * members of one request share one decompression. `each` sees every result
- * as soon as it is ready.
- */
-export function decodeRun(info: DecodeBlob, raw: Buffer, start: number, run: readonly ChunkInfo[], validate: boolean, each?: (k: number, d: Buffer | Error) => void, into?: (k: number) => Buffer | undefined): Array<Buffer | Error> {
-  const batches = new Map<number, Buffer>();
-  return run.map((chunk, k) => {
-    const piece = raw.subarray(chunk.compressedOffset - start, chunk.compressedOffset - start + chunk.compressedSize);
-    let d: Buffer | Error;
-    try {
-      d = decodeChunk(piece, chunk, info as BlobInfo, { validate, batches, into: into?.(k) });
-    } catch (err) {
-      d = err as Error;
-    }
-    each?.(k, d);
-    return d;
-  });
-}
 
 interface Pending {
   run: readonly ChunkInfo[];
@@ -135,8 +87,9 @@ function settleSlot(arena: ChunkArena | undefined, slot: Buffer | undefined, d: 
 interface DecodeWorker {
   w: Worker;
   pending: Map<number, Pending>;
-  /** running JavaScript: requests go to it from then on (until then they are decoded inline) */
+  /** loaded (its `ready` message came): requests go to it from then on (until then they are decoded inline) */
   online: boolean;
+  /** resolves when it is online or gone */
   ready: Promise<void>;
 }
 
@@ -194,9 +147,9 @@ function startWorker(slot: number): DecodeWorker {
   });
   let up!: () => void;
   const dw: DecodeWorker = { w, pending: new Map(), online: false, ready: new Promise<void>((r) => { up = r; }) };
-  w.once('online', () => { dw.online = true; up(); });
   w.unref();
   w.on('message', (m: DecodeReply) => {
+    if ('ready' in m) { dw.online = true; up(); return; }
     const p = dw.pending.get(m.id);
     if (!p) return;
     if ('done' in m) {
@@ -218,6 +171,7 @@ function startWorker(slot: number): DecodeWorker {
     });
   });
   const gone = (why: string) => {
+    up(); // nobody waits for a worker that will never be ready
     if (workers[slot] === dw) workers[slot] = undefined;
     if (dw.pending.size) log.warn({ err: why, requests: dw.pending.size }, 'decode worker failed; its chunks are downloaded again');
     failAll(dw, why);
@@ -353,10 +307,14 @@ export async function closeDecodePool(): Promise<void> {
   const kept: Buffer[] = [];
   for (const dw of all) if (dw) failAll(dw, 'stopped', kept);
   try {
-    await Promise.all(all.map((dw) => {
-      if (!dw) return undefined;
+    await Promise.all(all.map(async (dw) => {
+      if (!dw) return;
       dw.w.ref(); // the loop waits for the stop
-      return dw.w.terminate();
+      // a worker still loading its native addons is not torn down mid-load (a fatal error in Node)
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([dw.ready, new Promise<void>((r) => { timer = setTimeout(r, STOP_WAIT_MS); })]);
+      clearTimeout(timer);
+      await dw.w.terminate();
     }));
   } finally {
     const arena = chunkArena();

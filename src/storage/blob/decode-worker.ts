@@ -12,10 +12,12 @@
 import { parentPort } from 'node:worker_threads';
 import { initDigest } from '../../common/digest';
 import type { ChunkInfo } from '../format/types';
-import { type DecodeReply, type DecodeRequest, REPLY_BATCH_BYTES, REPLY_BATCH_CHUNKS, decodeRun } from './decode-pool';
+import { type DecodeReply, type DecodeRequest, REPLY_BATCH_BYTES, REPLY_BATCH_CHUNKS, decodeRun } from './decode-run';
 
 const port = parentPort!;
 const ready = initDigest();
+// everything loaded: requests may come (the pool stops a worker only after this, never mid-load)
+void ready.then(() => port.postMessage({ ready: true } satisfies DecodeReply));
 
 port.on('message', (req: DecodeRequest) => {
   void ready.then(() => {
