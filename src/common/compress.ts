@@ -96,3 +96,9 @@ export function decompress(c: Compressor, data: Buffer, size: number, into?: Buf
   if (into && out !== into) { out.copy(into); return into; }
   return out;
 }
+
+/** Load the native codec `c` decodes with now (the first chunk otherwise pays for loading it). */
+export function loadCodec(c: Compressor): void {
+  if (c === Compressor.Zstd) binding();
+  else if (c === Compressor.Lz4Block) lz4();
+}

@@ -18,7 +18,7 @@ import type { BlobInfo, ChunkInfo } from '../../src/rafs/metadata/types';
 import { BlobFile } from '../../src/storage/blob/blob-file';
 import { readChunk as readChunkSync } from '../../src/storage/blob/chunk-reader';
 import type { BlobBackend } from '../../src/storage/backend/backend';
-import { ChunkDirectory, mergeRuns } from '../../src/storage/blob/chunk-directory';
+import { ChunkDirectory, DirectoryBuild, mergeRuns } from '../../src/storage/blob/chunk-directory';
 import { TokenBucket } from '../../src/storage/cache/prefetcher';
 import { LocalFsBackend } from '../../src/storage/backend/localfs';
 import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-map';
@@ -585,6 +585,62 @@ test('ChunkDirectory.buildAll: one walk over many blobs\' records (columns grown
     }
   });
   assert.equal(new ChunkDirectory(blobs[1], recs.filter((c) => c.blobIndex === 1)).all(), dirs[1].all(), 'the same as one blob built alone');
+});
+
+test('DirectoryBuild: slices of any size build what one walk builds', () => {
+  const blobs = [0, 1].map((i) => ({ ...V6.info, blobIndex: i, blobId: String(i).repeat(64), chunkCount: 300 }));
+  const recs: ChunkInfo[] = [];
+  for (let k = 299; k >= 0; k--) for (const b of [0, 1]) recs.push({ ...ck(k, k * 100 + b, 100), blobIndex: b, digest: Buffer.alloc(32, k & 0xff) });
+  const whole = ChunkDirectory.buildAll(blobs, recs).map((d) => d.all());
+  for (const n of [1, 7, 256, 599, 600, 10_000]) {
+    const build = new DirectoryBuild(blobs, recs);
+    let steps = 0;
+    while (!build.step(n)) steps++;
+    assert.is(steps, Math.floor(recs.length / n), `slices of ${n}`);
+    assert.equal(build.finish().map((d) => d.all()), whole, `slices of ${n}`);
+  }
+});
+
+test('factory: a small image\'s chunk directory is built after the mount, in slices, in the one walk a miss would make; a large one waits for its first miss', async () => {
+  const ticks = async (n: number) => { for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r)); };
+  const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: V6.blobDir } }, cache: { type: 'dummycache' } }));
+  // records counted as the walk takes them
+  const walk = (recs: ChunkInfo[]) => {
+    const w = { walks: 0, taken: 0, chunks: () => { w.walks++; return { *[Symbol.iterator]() { for (const r of recs) { w.taken++; yield r; } } }; } };
+    return w;
+  };
+  // the bench image's shape: built before anything is read
+  const small = walk(V6.chunks);
+  const dev = createBlobDevice(cfg, [V6.info], { backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }), chunks: small.chunks }) as StorageDevice;
+  await dev.prepared;
+  await ticks(3);
+  assert.equal([small.walks, small.taken], [1, V6.chunks.length], 'built without a read');
+  for (const c of V6.chunks) assert.equal(await dev.readChunk(c), V6.expect.get(c.index));
+  assert.is(small.walks, 1, 'reads use it: no second walk');
+  assert.ok(dev.directory(0)!.size > 0);
+  await dev.close();
+  // more records than one slice: a miss meanwhile takes the rest of the same walk
+  const info = { ...V6.info, chunkCount: 5000 };
+  const recs = Array.from({ length: 5000 }, (_, k) => ck(k, k * 10, 10));
+  const mid = walk(recs);
+  const dev2 = createBlobDevice(cfg, [info], { backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }), chunks: mid.chunks }) as StorageDevice;
+  await dev2.prepared;
+  await ticks(1);
+  assert.ok(mid.taken > 0 && mid.taken < 5000, `one slice taken (${mid.taken})`);
+  assert.is(dev2.directory(0)!.size, 5000);
+  assert.equal([mid.walks, mid.taken], [1, 5000], 'finished in the same walk');
+  await ticks(3);
+  assert.is(mid.taken, 5000, 'the background walk stopped');
+  await dev2.close();
+  // a large image (beyond ~32k chunks) keeps the footprint of a mount small: built at the first miss
+  const big = walk(V6.chunks);
+  const dev3 = createBlobDevice(cfg, [{ ...V6.info, chunkCount: 40_000 }], { backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }), chunks: big.chunks }) as StorageDevice;
+  await dev3.prepared;
+  await ticks(3);
+  assert.is(big.walks, 0, 'nothing walked at mount');
+  assert.equal(await dev3.readChunk(V6.chunks[0]), V6.expect.get(V6.chunks[0].index));
+  assert.is(big.walks, 1, 'walked at the first miss');
+  await dev3.close();
 });
 
 test('merged misses: one request fetches a miss and its uncached neighbours; they are then hits; a cached chunk splits the run', async () => {

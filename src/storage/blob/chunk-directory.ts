@@ -108,9 +108,7 @@ export class ChunkDirectory {
    * image's table does not grow the heap by an object per chunk.
    */
   static buildAll(blobs: readonly BlobInfo[], records: Iterable<ChunkInfo>): ChunkDirectory[] {
-    const builders = blobs.map((b) => new DirectoryBuilder(b));
-    for (const c of records) if (Number.isInteger(c.blobIndex) && c.blobIndex >= 0 && c.blobIndex < builders.length) builders[c.blobIndex].add(c);
-    return blobs.map((b, i) => new ChunkDirectory(b, builders[i]));
+    return new DirectoryBuild(blobs, records).finish();
   }
 
   get size(): number {
@@ -247,6 +245,39 @@ export function mergeRuns(chunks: readonly ChunkInfo[], limit: number): ChunkInf
   }
   if (cur.length) runs.push(cur);
   return runs;
+}
+
+/**
+ * ChunkDirectory.buildAll in steps: `step(n)` takes up to n more records
+ * (so a walk can run in slices between other work), `finish()` takes the
+ * rest and gives the directories. Either may throw what the walk throws.
+ */
+export class DirectoryBuild {
+  private readonly builders: DirectoryBuilder[];
+  private readonly it: Iterator<ChunkInfo>;
+  private done = false;
+
+  constructor(private readonly blobs: readonly BlobInfo[], records: Iterable<ChunkInfo>) {
+    this.builders = blobs.map((b) => new DirectoryBuilder(b));
+    this.it = records[Symbol.iterator]();
+  }
+
+  /** Take up to `n` records; true once every record is taken. */
+  step(n: number): boolean {
+    const builders = this.builders;
+    for (let k = 0; k < n && !this.done; k++) {
+      const r = this.it.next();
+      if (r.done) { this.done = true; break; }
+      const c = r.value;
+      if (Number.isInteger(c.blobIndex) && c.blobIndex >= 0 && c.blobIndex < builders.length) builders[c.blobIndex].add(c);
+    }
+    return this.done;
+  }
+
+  finish(): ChunkDirectory[] {
+    while (!this.step(Infinity)) { /* the rest of the walk */ }
+    return this.blobs.map((b, i) => new ChunkDirectory(b, this.builders[i]));
+  }
 }
 
 /**

@@ -11,11 +11,13 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { initDigest } from '../../common/digest';
+import { Compressor, loadCodec } from '../../common/compress';
 import type { ChunkInfo } from '../format/types';
 import { type DecodeReply, type DecodeRequest, REPLY_BATCH_BYTES, REPLY_BATCH_CHUNKS, decodeRun } from './decode-run';
 
 const port = parentPort!;
-const ready = initDigest();
+// the codec nydus images use is loaded before the worker says it is ready (its first chunk would wait for it)
+const ready = initDigest().then(() => { try { loadCodec(Compressor.Zstd); } catch { /* its first chunk reports it */ } });
 // everything loaded: requests may come (the pool stops a worker only after this, never mid-load)
 void ready.then(() => port.postMessage({ ready: true } satisfies DecodeReply));
 
