@@ -4,9 +4,11 @@
  * run: `curl` of the whole blob vs nydusd (FUSE, registry backend) reading the
  * 256 MiB file cold, with the blob cache on (the default a user gets) and off;
  * then a cold read of 3,000 small files (time, registry requests, bytes).
+ * For scale, squashfuse reading a local squashfs of the same tree cold: on
+ * loopback the wire can be faster than any FUSE read of the data.
  * Needs root and docker-registry (scripts/setup.sh installs it).
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -29,6 +31,27 @@ function gets(log: string, mark: number, digest: string): { n: number; bytes: nu
     if (m) bytes += Number(m[2]);
   }
   return { n, bytes };
+}
+
+/**
+ * Seconds squashfuse takes to read the big file of a zstd squashfs of `tree`
+ * with caches dropped (median of 3), or undefined without squashfuse.
+ */
+function squashfuseCold(tree: string, work: string): number | undefined {
+  if (spawnSync('sh', ['-c', 'command -v squashfuse && command -v mksquashfs']).status !== 0) return undefined;
+  const img = path.join(work, 'tree.sqfs');
+  const mnt = path.join(work, 'mnt-sq');
+  execFileSync('mksquashfs', [tree, img, '-comp', 'zstd', '-noappend', '-quiet'], { stdio: 'ignore' });
+  fs.mkdirSync(mnt, { recursive: true });
+  const times: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    execFileSync('squashfuse', [img, mnt]);
+    try {
+      dropCaches();
+      times.push(timeCmd(`dd if='${mnt}/big.bin' of=/dev/null bs=1M`));
+    } finally { execFileSync('umount', [mnt]); }
+  }
+  return times.sort((a, b) => a - b)[1];
 }
 
 async function main(): Promise<void> {
@@ -89,6 +112,8 @@ async function main(): Promise<void> {
     const withCache = await run(true);
     const noCache = await run(false);
     const local = await run(true, true);
+    // what any FUSE daemon reaches here: squashfuse (C) reading a local squashfs of the same tree, cold
+    const fuseCeiling = squashfuseCold(base, work);
     const mb = (n: number) => (n / 2 ** 20).toFixed(0);
     console.log(`registry benchmark (docker-registry 2.8 on 127.0.0.1, v6 zstd image: ${mb(BENCH_BIG)} MiB file + ${BENCH_SMALL} small files, blob ${mb(blob.length)} MiB; cold = caches dropped, new cache dir)`);
     console.log(`curl of the whole blob (the wire)                 ${curl.toFixed(2)} s  ${mb(blob.length / curl)} MiB/s`);
@@ -97,6 +122,7 @@ async function main(): Promise<void> {
     console.log(`nydusd + blobcache: cat of ${BENCH_SMALL} small files, cold  ${withCache.small.toFixed(2)} s  ${withCache.req} requests, ${(withCache.bytes / 1024).toFixed(0)} KiB fetched`);
     console.log(`nydusd, no cache:   cat of ${BENCH_SMALL} small files, cold  ${noCache.small.toFixed(2)} s  ${noCache.req} requests, ${(noCache.bytes / 1024).toFixed(0)} KiB fetched`);
     console.log(`reference: same image from a local blob (localfs + blobcache): dd ${local.big.toFixed(2)} s, small files ${local.small.toFixed(2)} s`);
+    if (fuseCeiling !== undefined) console.log(`FUSE reference: squashfuse (C) reading a local zstd squashfs of the same tree, dd cold ${fuseCeiling.toFixed(2)} s = ${(curl / fuseCeiling).toFixed(2)}x the wire's speed (no network at all)`);
     console.log(`ratios: registry cold read ${(curl / withCache.big).toFixed(2)}x the wire's speed with the blob cache, ${(curl / noCache.big).toFixed(2)}x without (goal >= 0.8x)`);
     console.log(`goal: registry-backed cold read >= 0.8x the wire (${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}): with blob cache ${(curl / withCache.big).toFixed(2)}x ${curl / withCache.big >= 0.8 ? 'MET' : 'NOT MET'}, without ${(curl / noCache.big).toFixed(2)}x ${curl / noCache.big >= 0.8 ? 'MET' : 'NOT MET'}`);
   } finally {
