@@ -6,13 +6,23 @@
  * from a file's chunk list (holes read as zeros).
  */
 import { compressorName, decompress } from '../../common/compress';
-import { digest } from '../../common/digest';
+import type * as DigestModule from '../../common/digest';
 import { ErrnoError, eio } from '../../common/errno';
 import { BlobChunkFlags, RAFS_MAX_CHUNK_SIZE } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobFile } from './blob-file';
 import { fileSpans } from './chunk-range';
 import { checkBatchShape } from './batch';
+
+let digests: typeof DigestModule | undefined;
+/**
+ * The digest module, loaded by the first chunk verified: a decode worker
+ * that never verifies never loads it (its native BLAKE3 costs ~4 MB a thread).
+ */
+export function digestModule(): typeof DigestModule {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return (digests ??= require('../../common/digest') as typeof DigestModule);
+}
 
 const ZERO_DIGEST = Buffer.alloc(32);
 
@@ -139,7 +149,7 @@ function verifyChunk(data: Buffer, chunk: ChunkInfo, info: BlobInfo, where: () =
   if (chunk.digest.length === 32 && !chunk.digest.equals(ZERO_DIGEST)) {
     let d: Buffer;
     try {
-      d = digest(info.digester, data);
+      d = digestModule().digest(info.digester, data);
     } catch (e) {
       throw e instanceof ErrnoError ? e : eio(`${where()}: cannot compute digest: ${(e as Error).message}`, e);
     }

@@ -199,16 +199,18 @@ let users = 0;
 
 /**
  * A device starts using the pool (paired with releaseDecodePool). The
- * workers start at the first request worth a hop, not at mount: a mounted
- * image that is not read costs no thread (~10 MB); until one is running
- * (some tens of milliseconds), such requests are decoded inline, so the
- * first reads never wait for it.
+ * workers start when a device calls startDecodePool once it is ready
+ * (after the mount: a worker takes 50-250 ms to start, and a cold read
+ * that starts one itself decodes its first tens of MiB inline on the
+ * loop meanwhile), or at the first request worth a hop. Until one is
+ * running, such requests are decoded inline, so no read waits for it.
+ * One pool serves every device of the process: ~5 MB a thread.
  */
 export function acquireDecodePool(): void {
   users++;
 }
 
-/** Start the workers now and resolve once they run (tests, benchmarks). */
+/** Start the workers now and resolve once they run (devices after their mount, tests, benchmarks). */
 export function startDecodePool(): Promise<void> {
   const all: Promise<void>[] = [];
   for (let i = 0; i < poolThreads(); i++) all.push((workers[i] ??= startWorker(i)).ready);
@@ -237,6 +239,7 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
   // one chunk is what a reader waits for right now (random reads): the hop would only add latency
   const arena = chunkArena();
   const dw = !work || run.length < 2 || raw.length < MIN_POOL_BYTES || queued >= QUEUE_LIMIT || poolThreads() === 0 ? undefined : pickWorker();
+  { const TR = (globalThis as { __tr?: number[][] }).__tr; if (TR) TR.push([2000, dw ? 1 : 0, raw.length, performance.now(), run.length, work ? 1 : 0, poolThreads(), workers[0]?.online ? 1 : 0]); }
   if (!dw) {
     const slots = slotsFor(arena, run);
     return decodeRun(blob, raw, start, run, validate, slots && ((k, d) => settleSlot(arena, slots[k], d)), slots && ((k) => slots[k]))
