@@ -239,7 +239,6 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
   // one chunk is what a reader waits for right now (random reads): the hop would only add latency
   const arena = chunkArena();
   const dw = !work || run.length < 2 || raw.length < MIN_POOL_BYTES || queued >= QUEUE_LIMIT || poolThreads() === 0 ? undefined : pickWorker();
-  { const TR = (globalThis as { __tr?: number[][] }).__tr; if (TR) TR.push([2000, dw ? 1 : 0, raw.length, performance.now(), run.length, work ? 1 : 0, poolThreads(), workers[0]?.online ? 1 : 0]); }
   if (!dw) {
     const slots = slotsFor(arena, run);
     return decodeRun(blob, raw, start, run, validate, slots && ((k, d) => settleSlot(arena, slots[k], d)), slots && ((k) => slots[k]))
