@@ -270,6 +270,64 @@ test('fetchRegion: a backend reading into the arena; stored chunks are views of 
   enableChunkArena(0);
 });
 
+test('fetchRegion: a backend reporting progress has the chunks already in decoded (in groups) before the rest arrives; a retry after a failure fills the rest elsewhere', async () => {
+  enableChunkArena(24 << 20, 8 << 20);
+  const { raw, chunks, datas } = blob(9, 256 << 10);
+  const endOf = (k: number) => chunks[k].compressedOffset + chunks[k].compressedSize;
+  // the backend sends the first 5 chunks, then waits to be let go; `fail`: the rest comes from a retry into a buffer of its own
+  const streaming = (fail: boolean) => {
+    let go!: () => void;
+    const held = new Promise<void>((r) => { go = r; });
+    const backend = {
+      type: 'test', readsInto: true,
+      async read(_id: string, off: number, len: number, opts?: { into?: Buffer; onProgress?: (n: number) => void }) {
+        const into = opts!.into!;
+        const cut = endOf(4) - off;
+        raw.copy(into, 0, off, off + cut);
+        opts!.onProgress!(cut);
+        await held;
+        if (fail) { const own = Buffer.alloc(len); raw.copy(own, 0, off, off + len); return own; }
+        raw.copy(into, cut, off + cut, off + len);
+        opts!.onProgress!(len);
+        return into;
+      },
+      async close() {},
+    } as unknown as BlobBackend;
+    return { backend, go: () => go() };
+  };
+  for (const fail of [false, true]) {
+    const { backend, go } = streaming(fail);
+    const reader = enterRead();
+    const ps = fetchRegion({ backend, verify: true }, info, chunks);
+    const early = await Promise.race([Promise.all(ps.slice(0, 5)).then(() => 'decoded'), new Promise((r) => setTimeout(() => r('waited'), 2000))]);
+    assert.is(early, 'decoded', 'the first five chunks did not wait for the rest of the request');
+    let late = false;
+    void ps[5].then(() => { late = true; });
+    await tick();
+    assert.not.ok(late, 'a chunk whose bytes are not in waits');
+    go();
+    const got = await Promise.all(ps);
+    got.forEach((d, i) => assert.ok(d.equals(datas[i]), `chunk ${i} (${fail ? 'retry' : 'one attempt'})`));
+    exitRead(reader);
+  }
+  // a request that fails after some chunks were decoded fails only the others
+  const failing = {
+    type: 'test', readsInto: true,
+    async read(_id: string, off: number, _len: number, opts?: { into?: Buffer; onProgress?: (n: number) => void }) {
+      const cut = endOf(4) - off;
+      raw.copy(opts!.into!, 0, off, off + cut);
+      opts!.onProgress!(cut);
+      await tick();
+      throw new Error('connection reset');
+    },
+    async close() {},
+  } as unknown as BlobBackend;
+  const rs = await Promise.allSettled(fetchRegion({ backend: failing, verify: true }, info, chunks));
+  rs.forEach((r, i) => assert.is(r.status, i < 5 ? 'fulfilled' : 'rejected', `chunk ${i}`));
+  rs.slice(0, 5).forEach((r, i) => assert.ok((r as PromiseFulfilledResult<Buffer>).value.equals(datas[i])));
+  enableChunkArena(0);
+});
+
 test('memory LRU counts a chunk in its own slot at the slot size (small chunks cannot hold more memory than its capacity)', async () => {
   enableChunkArena(8 << 20, 8 << 20);
   const arena = chunkArena()!;

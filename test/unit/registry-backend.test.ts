@@ -666,4 +666,40 @@ test('read into a given buffer: a truncated attempt then a full one leave exactl
   }
 });
 
+test('read with progress: bytes reported as they arrive; after a failed attempt that reported some, the retry never rewrites the given buffer', async () => {
+  let n = 0;
+  const s = await serve((req, res) => {
+    if (n++ === 0) {
+      // first attempt: the right bytes, cut short
+      res.writeHead(206, { 'content-length': 4000 });
+      res.write(BLOB.subarray(2000, 3500));
+      setTimeout(() => req.socket.destroy(), 10);
+      return;
+    }
+    sendRange(req, res);
+  });
+  const be = new RegistryBackend(cfg(s, { retry_limit: 2 }), fast);
+  try {
+    const into = Buffer.alloc(4000, 0x55);
+    const reports: number[] = [];
+    // a consumer of what was reported (a decoder, a reply): marks it, as if it were in use
+    const got = await be.read(BLOB_ID, 2000, 4000, { into, onProgress: (f) => { reports.push(f); into.fill(0xee, 0, f); } });
+    assert.ok(reports.length > 0 && reports.every((f, i) => f > 0 && f <= 1500 && (i === 0 || f > reports[i - 1])), `first attempt's progress only: ${reports}`);
+    assert.is.not(got, into, 'the retry read into a buffer of its own');
+    assert.ok(got.equals(BLOB.subarray(2000, 6000)));
+    assert.ok(into.subarray(0, reports[reports.length - 1]).every((b) => b === 0xee), 'reported bytes never rewritten');
+    assert.is(n, 2);
+    // a read that works at once reports up to the whole length, into the given buffer
+    const into2 = Buffer.alloc(4000);
+    let last = 0;
+    const got2 = await be.read(BLOB_ID, 2000, 4000, { into: into2, onProgress: (f) => { last = f; } });
+    assert.is(got2, into2);
+    assert.is(last, 4000);
+    assert.ok(into2.equals(BLOB.subarray(2000, 6000)));
+  } finally {
+    await be.close();
+    await s.close();
+  }
+});
+
 test.run();

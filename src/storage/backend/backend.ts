@@ -14,6 +14,14 @@ export interface ReadOptions {
   attempts?: number;
   /** read into this (exactly `length` bytes) and return it: honoured by backends with `readsInto` */
   into?: Buffer;
+  /**
+   * With `into`: told how many bytes of it (from its start) are in, as they
+   * arrive, so their chunks can be decoded before the rest is. A backend
+   * that reports progress never writes to `into` after its first report
+   * again: an attempt after a failed one reads into a buffer of its own,
+   * which it returns. Backends that stream nothing never call it.
+   */
+  onProgress?: (filled: number) => void;
 }
 
 /** What every backend constructor may be given. */

@@ -266,8 +266,9 @@ export async function errorText(r: HttpResponse, max = 512): Promise<string> {
  * written to the buffer once the returned promise has settled (the body's
  * listener is gone or the body has ended).
  */
-export async function readExact(r: HttpResponse, length: number, into?: Buffer): Promise<Buffer> {
+export async function readExact(r: HttpResponse, length: number, into?: Buffer, onProgress?: (filled: number) => void): Promise<Buffer> {
   const out = into?.length === length ? into : Buffer.allocUnsafe(length);
+  const progress = out === into ? onProgress : undefined;
   let n = 0;
   try {
     const cl = headerValue(r.headers, 'content-length');
@@ -288,6 +289,7 @@ export async function readExact(r: HttpResponse, length: number, into?: Buffer):
         }
         b.copy(out, n);
         n += b.length;
+        progress?.(n);
       };
       body.on('data', onData);
       body.once('error', fail);
@@ -323,7 +325,7 @@ export function describe(err: unknown): string {
  * a retryable error, so a server ignoring Range never yields bytes of the
  * wrong place. `from` names the server in messages; `into` as readExact.
  */
-export async function rangedBody(r: HttpResponse, offset: number, length: number, from: string, into?: Buffer): Promise<Buffer> {
+export async function rangedBody(r: HttpResponse, offset: number, length: number, from: string, into?: Buffer, onProgress?: (filled: number) => void): Promise<Buffer> {
   if (r.status >= 400 || r.status < 200) {
     const text = await errorText(r);
     throw eio(`status ${r.status} from ${from}${text ? `: ${text}` : ''}`);
@@ -344,7 +346,7 @@ export async function rangedBody(r: HttpResponse, offset: number, length: number
       throw eio(bad);
     }
   }
-  return readExact(r, length, into);
+  return readExact(r, length, into, onProgress);
 }
 
 /** Why a reply's Content-Range (when it has one) does not name exactly the asked bytes, or undefined. */

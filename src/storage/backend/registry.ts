@@ -84,7 +84,8 @@ export interface RegistryBackendOptions extends BackendOptions {
 
 export class RegistryBackend implements BlobBackend {
   readonly type = 'registry';
-  /** attempts run one after another, each read to its end or aborted (readExact) before the next */
+  /** attempts run one after another, each read to its end or aborted (readExact) before the next;
+   *  progress reported as the body arrives (ReadOptions.onProgress) */
   readonly readsInto = true;
   private readonly http: HttpClient;
   private scheme: 'http' | 'https';
@@ -142,6 +143,10 @@ export class RegistryBackend implements BlobBackend {
     checkRange(blobId, offset, length);
     if (length === 0) return Buffer.alloc(0);
     const range = `bytes=${offset}-${offset + length - 1}`;
+    // bytes of `into` reported as in may be in use (decoded, served): an attempt after a failed one
+    // then reads into a buffer of its own instead of rewriting them
+    let reported = false;
+    const progress = opts.into && opts.onProgress ? (n: number) => { reported = true; opts.onProgress!(n); } : undefined;
     return retryRead({
       what: `registry ${this.host}/${this.repo} blob ${blobId} range ${range}`,
       requested: length,
@@ -151,7 +156,7 @@ export class RegistryBackend implements BlobBackend {
       closed: () => this.closed,
       again: (err) => this.maybeFallbackToHttp(err),
       describe,
-    }, proxyAttempts(!!opts.prefetch, (ro) => this.gated(() => this.tryRead(blobId, offset, length, range, ro, opts.into))));
+    }, proxyAttempts(!!opts.prefetch, (ro) => this.gated(() => (reported ? this.tryRead(blobId, offset, length, range, ro) : this.tryRead(blobId, offset, length, range, ro, opts.into, progress)))));
   }
 
   async size(blobId: string): Promise<number> {
@@ -228,11 +233,11 @@ export class RegistryBackend implements BlobBackend {
     return true;
   }
 
-  private async tryRead(blobId: string, offset: number, length: number, range: string, ro: RequestOptions, into?: Buffer): Promise<Buffer> {
+  private async tryRead(blobId: string, offset: number, length: number, range: string, ro: RequestOptions, into?: Buffer, progress?: (filled: number) => void): Promise<Buffer> {
     const cached = this.redirects.get(blobId);
     if (cached) {
       const r = await this.send('GET', cached, { range }, undefined, ro);
-      if (r.status < 400) return rangedBody(r, offset, length, cached.host, into);
+      if (r.status < 400) return rangedBody(r, offset, length, cached.host, into, progress);
       // deliberate: any failure status drops the cached URL (upstream: 401/403 only)
       await discard(r);
       this.redirects.delete(blobId);
@@ -249,7 +254,7 @@ export class RegistryBackend implements BlobBackend {
       r = await this.send('GET', url, { range }, undefined, ro);
       if (r.status >= 200 && r.status <= 299) this.redirects.set(blobId, url);
     }
-    return rangedBody(r, offset, length, url.host, into);
+    return rangedBody(r, offset, length, url.host, into, progress);
   }
 
   private redirectTarget(loc: string, base: URL): URL {

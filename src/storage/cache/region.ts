@@ -35,7 +35,18 @@ function asEio(info: BlobInfo, chunk: ChunkInfo, err: unknown): ErrnoError {
   return eio(`blob ${info.blobId} chunk ${chunk.index}: ${(err as Error).message}`, err);
 }
 
-/** Decoded bytes of each chunk of `run` (sorted by compressed offset, non-overlapping), one promise each. */
+/** A streamed request's chunks are decoded in groups of at least this much decoded data (or at its end)... */
+const STREAM_GROUP_BYTES = 1 << 20;
+/** ...and of at least this many chunks (a group of one would be decoded on the event loop). */
+const STREAM_GROUP_CHUNKS = 2;
+
+/**
+ * Decoded bytes of each chunk of `run` (sorted by compressed offset,
+ * non-overlapping), one promise each. A backend that reports its progress
+ * (the registry) has the chunks whose bytes are in decoded while the rest
+ * of the request is still arriving, in groups; otherwise the request is
+ * decoded once it is in.
+ */
 export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly ChunkInfo[]): Promise<Buffer>[] {
   const first = run[0];
   const last = run[run.length - 1];
@@ -45,15 +56,41 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   // chunk is decoded (chunks stored as they are stay views of it, referenced by whoever keeps them)
   const arena = src.backend.readsInto ? chunkArena() : undefined;
   const into = arena?.alloc(length);
-  const raw = src.backend.read(info.blobId, start, length, { prefetch: src.prefetch, attempts: src.attempts, into });
-  // decoded off the event loop (decode-pool.ts); members of one batch in the run are decompressed once
-  const decoded = raw.then((buf) => decodeRunAsync(info, buf, start, run, src.verify));
+  const parts = run.map(() => deferred<Buffer | Error>());
+  let next = 0; // chunks before it have been handed to the decoder
+  const end = (k: number) => run[k].compressedOffset + run[k].compressedSize - start;
+  // the chunks whose bytes are all in (`filled` bytes of `buf`), decoded off the event loop
+  // (decode-pool.ts); members of one batch end together, so they are decoded together, once
+  const dispatch = (buf: Buffer, filled: number, final: boolean) => {
+    let j = next;
+    let size = 0;
+    while (j < run.length && end(j) <= filled) size += run[j++].uncompressedSize;
+    if (j === next) return;
+    if (!final && j < run.length && (j - next < STREAM_GROUP_CHUNKS || size < STREAM_GROUP_BYTES)) return;
+    const from = next;
+    next = j;
+    try {
+      decodeRunAsync(info, buf, start, run.slice(from, j), src.verify).forEach((d, i) => parts[from + i].resolve(d));
+    } catch (err) {
+      for (let k = from; k < j; k++) parts[k].reject(err);
+    }
+  };
+  const raw = src.backend.read(info.blobId, start, length, {
+    prefetch: src.prefetch, attempts: src.attempts, into,
+    // the backend never writes to `into` again once it reported bytes of it (a retry reads elsewhere)
+    onProgress: into && ((filled) => dispatch(into, filled, false)),
+  });
+  raw.then(
+    (buf) => dispatch(buf, length, true),
+    (err) => { for (let k = next; k < run.length; k++) parts[k].reject(err); },
+  );
   if (into) {
-    decoded.then((ds) => Promise.allSettled(ds), () => undefined).then(() => arena!.releaseSoon(into));
+    raw.then(() => undefined, () => undefined)
+      .then(() => Promise.allSettled(parts.map((p) => p.promise)))
+      .then(() => arena!.releaseSoon(into));
   }
-  return run.map((chunk, k) => decoded.then(
-    async (datas) => {
-      const d = await datas[k];
+  return run.map((chunk, k) => parts[k].promise.then(
+    async (d) => {
       if (!(d instanceof Error)) return d;
       warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: 1, err: d.message }, 'chunk data from the backend is bad, downloading it again');
       return refetch(src, info, chunk, 1);
@@ -63,6 +100,15 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
       throw asEio(info, chunk, err);
     },
   ));
+}
+
+interface Deferred<T> { promise: Promise<T>; resolve: (v: T | PromiseLike<T>) => void; reject: (e: unknown) => void }
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: Deferred<T>['resolve'];
+  let reject!: Deferred<T>['reject'];
+  const promise = new Promise<T>((a, b) => { resolve = a; reject = b; });
+  return { promise, resolve, reject };
 }
 
 async function refetch(src: RegionSource, info: BlobInfo, chunk: ChunkInfo, attempt: number): Promise<Buffer> {
