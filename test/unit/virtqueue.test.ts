@@ -294,4 +294,50 @@ test('parseChain reads an indirect table once: a table changed after the walk do
   dispose();
 });
 
+test('a recycled chain has no ranges left, and its lists serve the next chains without stale entries', () => {
+  const { ram, mem, off, dispose } = setup();
+  const q = queue(mem);
+  // chain 0: header + 3 scattered data pages; chain 1: header + 1 page
+  desc(ram, off(GPA), GPA + 0x100, 40, 1, 1);
+  desc(ram, off(GPA + 16), GPA + 0x4000, 4096, 3, 2);
+  desc(ram, off(GPA + 32), GPA + 0x6000, 4096, 3, 3);
+  desc(ram, off(GPA + 48), GPA + 0x8000, 4096, 2, 0);
+  desc(ram, off(GPA + 64), GPA + 0x200, 40, 1, 5);
+  desc(ram, off(GPA + 80), GPA + 0xa000, 4096, 2, 0);
+  const a = q.parseChain(0) as DescriptorChain;
+  assert.ok(a instanceof DescriptorChain);
+  const lists = [a.readSegs, a.writeSegs];
+  assert.is(a.writeSegs.length, 3);
+  q.recycle(a);
+  // nothing reachable through the finished chain: a late writer has no room
+  assert.is(a.readSegs.length, 0);
+  assert.is(a.writeSegs.length, 0);
+  assert.throws(() => new ChainWriter(a).write(Buffer.alloc(1)), /reply overflow/);
+  assert.is(new ChainWriter(a).available(), 0);
+  assert.is(new ChainReader(a).available(), 0);
+  assert.throws(() => new ChainReader(a).readBytes(1), /too short/);
+  // the next chain reuses both lists (capacity kept) and sees only its own ranges
+  const b = q.parseChain(4) as DescriptorChain;
+  assert.ok(b instanceof DescriptorChain);
+  assert.ok(lists.includes(b.readSegs) && lists.includes(b.writeSegs));
+  assert.is(b.writeSegs.length, 1);
+  assert.equal(b.writable.map((x) => x.length), [4096]);
+  new ChainWriter(b).write(Buffer.alloc(4096, 7));
+  assert.is(ram[off(GPA + 0xa000)], 7);
+  assert.is(ram[off(GPA + 0x4000)], 0); // chain 0's old first page untouched
+  // an invalid chain gives its lists back (the queue does not leak them) and a new table drops the spares
+  desc(ram, off(GPA + 96), GPA + (1 << 30), 4096, 2, 0); // outside guest memory
+  assert.ok(!(q.parseChain(6) instanceof DescriptorChain));
+  const c = q.parseChain(4) as DescriptorChain;
+  assert.ok(c instanceof DescriptorChain);
+  assert.is(c.writeSegs.length, 1);
+  q.recycle(b);
+  q.setMemory(mem);
+  assert.ok(q.ready());
+  const d = q.parseChain(0) as DescriptorChain;
+  assert.ok(!lists.includes(d.readSegs) && !lists.includes(d.writeSegs), 'spare lists dropped with the memory table');
+  assert.is(d.writeSegs.length, 3);
+  dispose();
+});
+
 test.run();

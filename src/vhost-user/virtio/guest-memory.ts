@@ -179,20 +179,34 @@ export class SegmentList {
       this.lens[i - 1] += len;
       return;
     }
-    this.bufs.push(buf);
-    this.offs.push(off);
-    this.lens.push(len);
-    this.addrs.push(addr);
+    // stored by index: a recycled list (clear) keeps its columns' capacity
+    this.bufs[i] = buf;
+    this.offs[i] = off;
+    this.lens[i] = len;
+    this.addrs[i] = addr;
     this.length = i + 1;
     if (!(addr >= 0)) this.native = false;
   }
 
+  /** Keep the first `n` ranges (the columns keep their capacity; entries past `length` are stale). */
   truncate(n: number): void {
     if (n >= this.length) return;
-    this.bufs.length = this.offs.length = this.lens.length = this.addrs.length = n;
     this.length = n;
     this.native = true;
     for (let i = 0; i < n; i++) if (!(this.addrs[i] >= 0)) this.native = false;
+  }
+
+  /**
+   * Empty the list for reuse by another chain (SplitQueue's spare lists): a
+   * 1 MiB READ has ~256 ranges, and growing four fresh columns to that size
+   * per request was a tenth of the chain walk plus young-generation garbage.
+   * Entries past `length` are never read, only overwritten; the window
+   * Buffers they still reference stay reachable until then (SplitQueue drops
+   * its spare lists when the memory table changes).
+   */
+  clear(): void {
+    this.length = 0;
+    this.native = true;
   }
 
   /** One view per range (allocates; for callers that need Buffers). */
