@@ -10,9 +10,9 @@
  * same TCG vCPU, the same host load at the same moment: boot-to-boot and
  * minute-to-minute noise (other processes on a 2-core machine, TCG speed)
  * cancels in the ratio of adjacent measurements. Per boot:
- *  - warm-up: one dd of the big file through each device (fills our blob
- *    cache, tiers up the JIT, faults the dd buffer's guest pages into both
- *    daemons' mappings);
+ *  - warm-up: two dd of the big file through each device (fills our blob
+ *    cache and lets its write-behind finish, tiers up the JIT, faults the dd
+ *    buffer's guest pages into both daemons' mappings);
  *  - NYDUS_BENCH_DD_PAIRS (default 7) pairs of sequential reads of the 256 MiB
  *    file with dd bs=1M iflag=direct, the order inside a pair alternating
  *    (ours first, then ref first);
@@ -21,6 +21,8 @@
  *    fio and its libraries are copied from the host into the guest
  *    (test/support/qemu.ts hostBinaries);
  *  - 3 pairs of find+stat over 3000 files.
+ * Each daemon's CPU time (all threads, /proc schedstat) over the dd pairs is
+ * printed per 1 MiB READ: unlike throughput it hardly depends on the load.
  * Each pair gives a ratio; the goals use the median of all pairs' ratios over
  * NYDUS_BENCH_ROUNDS boots (default 3, fresh daemons per boot), and every
  * round's medians and pair ratios are printed.
@@ -75,8 +77,12 @@ const workload = (tags: string[], withFio: boolean) => {
   // busybox dd may lack iflag=direct; the files are FOPEN_DIRECT_IO on every device anyway
   lines.push('DDF=iflag=direct; dd if=/m/ref/big.bin of=/dev/null bs=1M count=1 iflag=direct 2>/dev/null || DDF=');
   const dd = (t: string) => `dd if=/m/${t}/big.bin of=/dev/null bs=1M $DDF`;
-  for (const t of tags) lines.push(`${dd(t)} 2>/dev/null`); // warm-up
+  // warm-up, twice each: our blob cache is filled (and written behind) during the first pass,
+  // and the JIT's background compiles of the hot path land during the first few hundred requests
+  for (let i = 0; i < 2; i++) for (const t of tags) lines.push(`${dd(t)} 2>/dev/null`);
+  lines.push('echo "@@CPU dd-start"');
   for (let i = 0; i < DD_PAIRS; i++) for (const t of order(tags, i)) lines.push(`${H.time(`dd_${t}_${i}`, dd(t))} 2>/dev/null`);
+  lines.push('echo "@@CPU dd-end"');
   if (withFio) {
     for (let i = 0; i < FIO_PAIRS; i++) {
       for (const t of order(tags, i)) lines.push(`echo "@@FIO ${t} ${i} $(${fioCmd(`/m/${t}/big.bin`)} 2>&1 | grep '^3;' | head -n 1)"`);
@@ -88,8 +94,20 @@ const workload = (tags: string[], withFio: boolean) => {
   return lines.join('\n') + '\n';
 };
 
-/** One device's measurements in one boot. */
-interface Series { mbps: number[]; iops: number[]; meta: number[] }
+/** One device's measurements in one boot; cpu: its daemon's CPU time per 1 MiB READ of the dd runs, µs. */
+interface Series { mbps: number[]; iops: number[]; meta: number[]; cpu?: number }
+
+/** CPU time (ns, every thread) of a process and its descendants (virtiofsd forks its sandboxed worker). */
+function cpuNs(pid: number): number {
+  let ns = 0;
+  try {
+    for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+      for (const c of fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ')) if (c.trim()) ns += cpuNs(Number(c));
+    }
+  } catch { /* exited */ }
+  return ns;
+}
 
 function parse(out: string, tags: string[]): Record<string, Series> {
   const t = parseGuestTimings(out);
@@ -153,6 +171,20 @@ async function main() {
   const rounds: Record<string, Series>[] = [];
   for (let r = 0; r < ROUNDS; r++) {
     const daemons: RunningDaemon[] = [];
+    const pidOf: Record<string, number> = {};
+    // each daemon's CPU time at the guest's @@CPU markers (the console streams them as they happen)
+    const marks: Record<string, Record<string, number>> = {};
+    let con = '';
+    const onConsole = (d: string) => {
+      con += d;
+      for (let m = /@@CPU (\S+)\r?\n/.exec(con); m; m = /@@CPU (\S+)\r?\n/.exec(con)) {
+        // the first sighting only: a streaming guest prints its whole output again at the end
+        marks[m[1]] ??= Object.fromEntries(tags.map((t) => [t, cpuNs(pidOf[t])]));
+        if (process.env.DEBUG_MARKS) console.error(Date.now(), m[1], marks[m[1]], pidOf);
+        con = con.slice(m.index + m[0].length);
+      }
+      if (con.length > 4096) con = con.slice(-256);
+    };
     let res;
     // Both daemons read from the host page cache, kept there during the boot: another bench
     // dropping the caches would otherwise turn the random reads into a disk benchmark.
@@ -161,15 +193,17 @@ async function main() {
       for (const [i, o] of ours.entries()) {
         daemons.push(await startDaemonProcess(o.bin, ['virtiofs', '--sock', sock(o.tag), '--bootstrap', boot, '--localfs-dir', dirs[i + 1],
           '--cache-policy', 'none', '--log-level', 'warn', ...o.extra], sock(o.tag), 20_000));
+        pidOf[o.tag] = daemons[daemons.length - 1].proc.pid!;
       }
       daemons.push(await startReferenceVirtiofsd(src, sock('ref'), { cache: 'none' }));
+      pidOf.ref = daemons[daemons.length - 1].proc.pid!;
       for (const d of daemons) pin(d.proc.pid, CPUS?.[1]);
       const devs = tags.slice(1).flatMap((t, i) => [
         '-chardev', `socket,id=char${i + 1},path=${sock(t)}`, '-device', `vhost-user-fs-pci,chardev=char${i + 1},tag=${t},queue-size=1024`,
       ]);
       res = await bootGuest({
         socket: sock('ours'), tag: 'ours', script: workload(tags, withFio), timeoutMs: 600_000, memMiB: 1024,
-        hostBinaries: withFio ? [FIO] : undefined, qemuArgs: devs,
+        hostBinaries: withFio ? [FIO] : undefined, qemuArgs: devs, stream: true, onConsole,
       });
     } finally {
       unpin();
@@ -177,6 +211,7 @@ async function main() {
     }
     if (!res.exitOk) throw new Error(`guest failed: ${res.console.slice(-3000)}`);
     const p = parse(res.output, tags);
+    if (marks['dd-start'] && marks['dd-end']) for (const t of tags) p[t].cpu = (marks['dd-end'][t] - marks['dd-start'][t]) / 1e3 / (DD_PAIRS * (BIG >> 20));
     for (const t of tags) {
       if (p[t].mbps.some((x) => !Number.isFinite(x)) || p[t].meta.some((x) => !Number.isFinite(x))) throw new Error(`missing timings for ${t}: ${res.output.slice(-2000)}`);
       if (withFio && p[t].iops.some((x) => !Number.isFinite(x))) throw new Error(`fio failed in the guest on ${t}: ${res.output.slice(-2000)}`);
@@ -184,12 +219,14 @@ async function main() {
     rounds.push(p);
   }
 
-  const all = (t: string, k: keyof Series) => rounds.flatMap((p) => p[t][k]);
-  const pairRatios = (t: string, k: keyof Series) => rounds.flatMap((p) => ratios(p[t][k], p.ref[k]));
+  type Col = 'mbps' | 'iops' | 'meta';
+  const all = (t: string, k: Col) => rounds.flatMap((p) => p[t][k]);
+  const pairRatios = (t: string, k: Col) => rounds.flatMap((p) => ratios(p[t][k], p.ref[k]));
   const fmt = (t: string, p?: Record<string, Series>) => {
     const s = p ? p[t] : { mbps: all(t, 'mbps'), iops: all(t, 'iops'), meta: all(t, 'meta') };
     const iops = median(s.iops);
-    return `read ${median(s.mbps).toFixed(0).padStart(5)} MB/s  randread ${Number.isFinite(iops) ? iops.toFixed(0).padStart(6) : '     -'} IOPS  find+stat ${median(s.meta).toFixed(2)} s`;
+    const cpu = p ? p[t].cpu : median(rounds.map((x) => x[t].cpu ?? NaN));
+    return `read ${median(s.mbps).toFixed(0).padStart(5)} MB/s (${cpu !== undefined && Number.isFinite(cpu) ? cpu.toFixed(0).padStart(3) : '  -'} us CPU/MiB)  randread ${Number.isFinite(iops) ? iops.toFixed(0).padStart(6) : '     -'} IOPS  find+stat ${median(s.meta).toFixed(2)} s`;
   };
   const names: Record<string, string> = {
     ours: 'nydusd (RAFS v6 none, blobcache, cache-policy none)', ref: 'virtiofsd (cache=none, directory)',
@@ -206,7 +243,7 @@ async function main() {
     }
   }
   if (BASE) {
-    const br = (k: keyof Series) => median(rounds.flatMap((p) => ratios(p.ours[k], p.base[k])));
+    const br = (k: Col) => median(rounds.flatMap((p) => ratios(p.ours[k], p.base[k])));
     console.log(`this build / base build (median of pair ratios): throughput ${br('mbps').toFixed(2)}x, IOPS ${br('iops').toFixed(2)}x, find+stat time ${br('meta').toFixed(2)}x; `
       + `base / virtiofsd: throughput ${median(pairRatios('base', 'mbps')).toFixed(2)}x, IOPS ${median(pairRatios('base', 'iops')).toFixed(2)}x`);
   }
