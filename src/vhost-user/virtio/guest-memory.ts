@@ -278,6 +278,22 @@ export class GuestMemory {
   }
 
   /**
+   * The window `segmentsInto` uses for a range starting at `gpa` (one whose
+   * start lies in [gpa, gpa + step)), as the guest-physical range it covers,
+   * its Buffer and the host address of its first byte; undefined outside the
+   * table. Valid while the table holds its regions (a chain walk caches it:
+   * descriptors of one request mostly land in the same window).
+   */
+  windowAt(gpa: number): { gpa: number; step: number; end: number; buf: Buffer; addr: number } | undefined {
+    const r = this.find(gpa);
+    if (r === undefined || !r.mapped) return undefined;
+    const k = Math.floor((gpa - r.gpa) / r.windowStep);
+    const start = k * r.windowStep;
+    const buf = r.window(k);
+    return { gpa: r.gpa + start, step: r.windowStep, end: r.gpa + start + buf.length, buf, addr: r.hostBase + start };
+  }
+
+  /**
    * Split [gpa, gpa+len) into segments appended to `out` (crossing windows
    * and GPA-adjacent regions) without creating a view per segment. Returns
    * false, appending nothing, when any byte lies outside the table.

@@ -229,6 +229,13 @@ export class SplitQueue {
     let rlen = 0;
     let wlen = 0;
     let visited = 0;
+    // the guest-memory window the last buffer landed in (valid for this synchronous walk:
+    // the table cannot change or unmap under it)
+    let wGpa = 0;
+    let wEnd = 0;
+    let wStepEnd = 0;
+    let wBuf: Buffer | undefined;
+    let wAddr = 0;
     for (;;) {
       if (!(idx < count)) return { error: `next index ${idx} out of range (${count})`, head };
       if (ttl-- <= 0) return { error: 'descriptor chain too long (loop?)', head };
@@ -271,8 +278,19 @@ export class SplitQueue {
         total += len;
         if (total > 0xffffffff) return { error: 'chain longer than 4 GiB', head };
         if (hi >= HI_LIMIT) return { error: 'buffer address out of range', head };
-        if (!mem.segmentsInto(hi * 0x100000000 + lo, len, write ? writable : readable)) {
-          return { error: `buffer [0x${(hi * 0x100000000 + lo).toString(16)}, +${len}) outside guest memory`, head };
+        const gpa = hi * 0x100000000 + lo;
+        if (gpa >= wGpa && gpa < wStepEnd && gpa + len <= wEnd) {
+          // the window segmentsInto would pick, as for the previous descriptor: no region lookup
+          (write ? writable : readable).push(wBuf!, gpa - wGpa, len, wAddr + (gpa - wGpa));
+        } else {
+          if (!mem.segmentsInto(gpa, len, write ? writable : readable)) {
+            return { error: `buffer [0x${gpa.toString(16)}, +${len}) outside guest memory`, head };
+          }
+          const w = mem.windowAt(gpa);
+          if (w !== undefined) {
+            ({ gpa: wGpa, end: wEnd, buf: wBuf, addr: wAddr } = w);
+            wStepEnd = wGpa + w.step;
+          }
         }
         if (write) wlen += len;
         else rlen += len;
