@@ -180,7 +180,6 @@ async function main() {
       for (let m = /@@CPU (\S+)\r?\n/.exec(con); m; m = /@@CPU (\S+)\r?\n/.exec(con)) {
         // the first sighting only: a streaming guest prints its whole output again at the end
         marks[m[1]] ??= Object.fromEntries(tags.map((t) => [t, cpuNs(pidOf[t])]));
-        if (process.env.DEBUG_MARKS) console.error(Date.now(), m[1], marks[m[1]], pidOf);
         con = con.slice(m.index + m[0].length);
       }
       if (con.length > 4096) con = con.slice(-256);
