@@ -30,9 +30,12 @@
  * NYDUS_BENCH_BASE_NYDUSD=<path> adds a third device served by another build
  * (e.g. a copy of the base commit's build: before/after in the same guest);
  * NYDUS_BENCH_POPULATE=1 adds a device served with --populate-guest-memory;
- * NYDUS_BENCH_FIO_ENGINE=io_uring the other fio engine; NYDUS_BENCH_CPUS=
- * "qemu:daemons" (e.g. "0:1") pins QEMU and the daemons to CPU lists with
- * taskset (default: no pinning, the scheduler places both sides alike).
+ * NYDUS_BENCH_FIO_ENGINE=io_uring the other fio engine.
+ * CPU placement: unpinned by default; NYDUS_BENCH_CPUS="qemu:daemons"
+ * (taskset CPU lists, e.g. "0:1") pins QEMU and the daemons. On 2 CPUs at
+ * load 8-10 the dd ratio per boot was 0.61-0.89x unpinned and mostly
+ * 1.03-1.18x with "0:1" (one pinned boot 0.63x), same builds: placement
+ * relative to the TCG vCPU thread moves it more than the daemon changes do.
  * Prints MB/s, IOPS, times, ratios and MET / NOT MET per goal. Needs root,
  * QEMU, a guest kernel and fio on the host (`apt-get install fio`).
  */
@@ -60,7 +63,9 @@ const META_PAIRS = 3;
 const NYDUSD = process.env.NYDUS_BENCH_NYDUSD ?? path.join(ROOT, 'bin/nydusd');
 const BASE = process.env.NYDUS_BENCH_BASE_NYDUSD;
 const POPULATE = process.env.NYDUS_BENCH_POPULATE === '1';
-const CPUS = process.env.NYDUS_BENCH_CPUS ? process.env.NYDUS_BENCH_CPUS.split(':') : undefined;
+// "qemu:daemons" CPU lists for taskset, e.g. "0:1"; default (or 'none'): unpinned
+const CPU_SPEC = process.env.NYDUS_BENCH_CPUS ?? 'none';
+const CPUS = CPU_SPEC === 'none' ? undefined : CPU_SPEC.split(':');
 
 const fioCmd = (file: string) => [
   'fio', '--name=randread', `--filename=${file}`, '--rw=randread', '--bs=4k', '--direct=1', `--ioengine=${FIO_ENGINE}`,
