@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { GuestMemory, MemoryRegion } from '../../src/vhost-user/virtio/guest-memory';
+import { GuestMemory, MemoryRegion, SegmentList } from '../../src/vhost-user/virtio/guest-memory';
 import { DescriptorChain, SplitQueue } from '../../src/vhost-user/virtio/queue';
 import { ChainReader, ChainWriter } from '../../src/vhost-user/virtio/chain-io';
 import { closeFd, memfdCreate, mmapShared, munmap, viewOf } from '../../src/vhost-user/sys/host';
@@ -291,6 +291,101 @@ test('parseChain reads an indirect table once: a table changed after the walk do
   assert.is(c.writableLen, 4096);
   assert.is(c.writeSegs.length, 1);
   assert.is(c.writeSegs.lens[0], 4096);
+  dispose();
+});
+
+test('a recycled chain has no ranges left, and its lists serve the next chains without stale entries', () => {
+  const { ram, mem, off, dispose } = setup();
+  const q = queue(mem);
+  // chain 0: header + 3 scattered data pages; chain 1: header + 1 page
+  desc(ram, off(GPA), GPA + 0x100, 40, 1, 1);
+  desc(ram, off(GPA + 16), GPA + 0x4000, 4096, 3, 2);
+  desc(ram, off(GPA + 32), GPA + 0x6000, 4096, 3, 3);
+  desc(ram, off(GPA + 48), GPA + 0x8000, 4096, 2, 0);
+  desc(ram, off(GPA + 64), GPA + 0x200, 40, 1, 5);
+  desc(ram, off(GPA + 80), GPA + 0xa000, 4096, 2, 0);
+  const a = q.parseChain(0) as DescriptorChain;
+  assert.ok(a instanceof DescriptorChain);
+  const lists = [a.readSegs, a.writeSegs];
+  assert.is(a.writeSegs.length, 3);
+  q.recycle(a);
+  // nothing reachable through the finished chain: a late writer has no room
+  assert.is(a.readSegs.length, 0);
+  assert.is(a.writeSegs.length, 0);
+  assert.throws(() => new ChainWriter(a).write(Buffer.alloc(1)), /reply overflow/);
+  assert.is(new ChainWriter(a).available(), 0);
+  assert.is(new ChainReader(a).available(), 0);
+  assert.throws(() => new ChainReader(a).readBytes(1), /too short/);
+  // the next chain reuses both lists (capacity kept) and sees only its own ranges
+  const b = q.parseChain(4) as DescriptorChain;
+  assert.ok(b instanceof DescriptorChain);
+  assert.ok(lists.includes(b.readSegs) && lists.includes(b.writeSegs));
+  assert.is(b.writeSegs.length, 1);
+  assert.equal(b.writable.map((x) => x.length), [4096]);
+  new ChainWriter(b).write(Buffer.alloc(4096, 7));
+  assert.is(ram[off(GPA + 0xa000)], 7);
+  assert.is(ram[off(GPA + 0x4000)], 0); // chain 0's old first page untouched
+  // an invalid chain gives its lists back (the queue does not leak them) and a new table drops the spares
+  desc(ram, off(GPA + 96), GPA + (1 << 30), 4096, 2, 0); // outside guest memory
+  assert.ok(!(q.parseChain(6) instanceof DescriptorChain));
+  const c = q.parseChain(4) as DescriptorChain;
+  assert.ok(c instanceof DescriptorChain);
+  assert.is(c.writeSegs.length, 1);
+  q.recycle(b);
+  q.setMemory(mem);
+  assert.ok(q.ready());
+  const d = q.parseChain(0) as DescriptorChain;
+  assert.ok(!lists.includes(d.readSegs) && !lists.includes(d.writeSegs), 'spare lists dropped with the memory table');
+  assert.is(d.writeSegs.length, 3);
+  dispose();
+});
+
+test('the chain walk window cache gives the ranges segmentsInto gives, across windows, regions and bad buffers', () => {
+  const { ram, mem, off, dispose } = setup(64 * 1024);
+  const q = queue(mem, 256);
+  let seed = 12345;
+  let accepted = 0;
+  let refused = 0;
+  const rnd = (n: number) => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return seed % n; };
+  for (let round = 0; round < 300; round++) {
+    const n = 1 + rnd(60);
+    const bufs: [number, number, boolean][] = [];
+    let gpa = GPA + 0x8000 + rnd(SIZE - 0x10000);
+    for (let i = 0; i < n; i++) {
+      // mostly page runs that continue or skip a page, sometimes a jump, a window/region edge or a bad address
+      const kind = rnd(20);
+      if (kind === 0) gpa = GPA + SIZE / 2 - rnd(3) * 4096; // at the region boundary
+      else if (kind === 1) gpa = GPA + 0x8000 + rnd(SIZE - 0x10000);
+      else if (kind === 2 && round % 7 === 0) gpa = GPA + SIZE - 100; // runs off the end: chain refused
+      const len = kind === 3 ? 1 + rnd(200000) : 4096;
+      bufs.push([gpa, len, i > 0]);
+      gpa += len + (rnd(2) ? 4096 : 0);
+    }
+    const indirect = GPA + 0x3000 + 0x1000 * (round % 4);
+    bufs.forEach(([a, l, w], i) => desc(ram, off(indirect + 16 * i), a, l, (w ? 2 : 0) | (i + 1 < n ? 1 : 0), i + 1));
+    desc(ram, off(GPA), indirect, 16 * n, 4, 0);
+    const r = new SegmentList();
+    const w = new SegmentList();
+    let ok = true;
+    for (const [a, l, wr] of bufs) ok = mem.segmentsInto(a, l, wr ? w : r) && ok;
+    const c = q.parseChain(0);
+    if (!ok) {
+      assert.not.ok(c instanceof DescriptorChain, `round ${round}: a chain with a bad buffer is refused`);
+      refused++;
+      continue;
+    }
+    assert.ok(c instanceof DescriptorChain, `round ${round}`);
+    for (const [got, want] of [[c.readSegs, r], [c.writeSegs, w]] as const) {
+      assert.is(got.length, want.length, `round ${round}: ranges`);
+      for (let i = 0; i < want.length; i++) {
+        assert.ok(got.bufs[i] === want.bufs[i], `round ${round}: range ${i} window`);
+        assert.equal([got.offs[i], got.lens[i], got.addrs[i]], [want.offs[i], want.lens[i], want.addrs[i]], `round ${round}: range ${i}`);
+      }
+    }
+    accepted++;
+    q.recycle(c);
+  }
+  assert.ok(accepted > 200 && refused > 5, `${accepted} accepted, ${refused} refused`);
   dispose();
 });
 

@@ -145,6 +145,8 @@ export class Vring {
         else this.signal();
       }
     } finally {
+      // nothing uses the chain's ranges once its reply is written: the lists serve later chains
+      this.queue.recycle(c.chain);
       c.memory.release();
       if (this.inflight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }

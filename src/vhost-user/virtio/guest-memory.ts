@@ -179,20 +179,34 @@ export class SegmentList {
       this.lens[i - 1] += len;
       return;
     }
-    this.bufs.push(buf);
-    this.offs.push(off);
-    this.lens.push(len);
-    this.addrs.push(addr);
+    // stored by index: a recycled list (clear) keeps its columns' capacity
+    this.bufs[i] = buf;
+    this.offs[i] = off;
+    this.lens[i] = len;
+    this.addrs[i] = addr;
     this.length = i + 1;
     if (!(addr >= 0)) this.native = false;
   }
 
+  /** Keep the first `n` ranges (the columns keep their capacity; entries past `length` are stale). */
   truncate(n: number): void {
     if (n >= this.length) return;
-    this.bufs.length = this.offs.length = this.lens.length = this.addrs.length = n;
     this.length = n;
     this.native = true;
     for (let i = 0; i < n; i++) if (!(this.addrs[i] >= 0)) this.native = false;
+  }
+
+  /**
+   * Empty the list for reuse by another chain (SplitQueue's spare lists): a
+   * 1 MiB READ has ~256 ranges, and growing four fresh columns to that size
+   * per request was a tenth of the chain walk plus young-generation garbage.
+   * Entries past `length` are never read, only overwritten; the window
+   * Buffers they still reference stay reachable until then (SplitQueue drops
+   * its spare lists when the memory table changes).
+   */
+  clear(): void {
+    this.length = 0;
+    this.native = true;
   }
 
   /** One view per range (allocates; for callers that need Buffers). */
@@ -261,6 +275,22 @@ export class GuestMemory {
     const { buf, pos } = r.locate(off);
     if (len > buf.length - pos) return undefined;
     return buf.subarray(pos, pos + len);
+  }
+
+  /**
+   * The window `segmentsInto` uses for a range starting at `gpa` (one whose
+   * start lies in [gpa, gpa + step)), as the guest-physical range it covers,
+   * its Buffer and the host address of its first byte; undefined outside the
+   * table. Valid while the table holds its regions (a chain walk caches it:
+   * descriptors of one request mostly land in the same window).
+   */
+  windowAt(gpa: number): { gpa: number; step: number; end: number; buf: Buffer; addr: number } | undefined {
+    const r = this.find(gpa);
+    if (r === undefined || !r.mapped) return undefined;
+    const k = Math.floor((gpa - r.gpa) / r.windowStep);
+    const start = k * r.windowStep;
+    const buf = r.window(k);
+    return { gpa: r.gpa + start, step: r.windowStep, end: r.gpa + start + buf.length, buf, addr: r.hostBase + start };
   }
 
   /**

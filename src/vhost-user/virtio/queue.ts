@@ -37,10 +37,10 @@ let indirectScratch = new Uint32Array(4 * 260);
 
 /** A descriptor chain with every buffer already translated and bounds-checked. */
 export class DescriptorChain {
-  /** device-readable ranges, in order */
-  readonly readSegs: SegmentList;
-  /** device-writable ranges, in order */
-  readonly writeSegs: SegmentList;
+  /** device-readable ranges, in order (emptied when the chain is recycled) */
+  readSegs: SegmentList;
+  /** device-writable ranges, in order (emptied when the chain is recycled) */
+  writeSegs: SegmentList;
   private rviews: Buffer[] | undefined;
   private wviews: Buffer[] | undefined;
 
@@ -48,8 +48,10 @@ export class DescriptorChain {
     readonly head: number,
     readable: Buffer[] | SegmentList,
     writable: Buffer[] | SegmentList,
-    readonly readableLen: number,
-    readonly writableLen: number,
+    /** bytes in readSegs (0 once recycled) */
+    public readableLen: number,
+    /** bytes in writeSegs (0 once recycled) */
+    public writableLen: number,
     /** descriptors visited (for tests / stats) */
     readonly descCount: number,
   ) {
@@ -67,6 +69,11 @@ export class DescriptorChain {
     return (this.wviews ??= this.writeSegs.views());
   }
 }
+
+/** What a recycled chain points at: no ranges, so a late reader or writer finds nothing to touch. */
+const NO_SEGMENTS = new SegmentList();
+/** Spare segment lists a queue keeps for the next chains (2 per chain in flight, bounded). */
+const MAX_SPARE_LISTS = 512;
 
 export type ChainResult = DescriptorChain | { error: string; head: number };
 
@@ -87,8 +94,34 @@ export class SplitQueue {
   private avail: Uint16Array | undefined;
   private usedHdr: Uint16Array | undefined;
   private usedRing: Uint32Array | undefined;
+  /** emptied segment lists of completed chains, reused by parseChain (see SegmentList.clear) */
+  private spare: SegmentList[] = [];
 
   constructor(readonly maxSize = 1024) {}
+
+  private takeList(): SegmentList {
+    return this.spare.pop() ?? new SegmentList();
+  }
+
+  private giveList(l: SegmentList): void {
+    if (l === NO_SEGMENTS || this.spare.length >= MAX_SPARE_LISTS) return;
+    l.clear();
+    this.spare.push(l);
+  }
+
+  /**
+   * The chain is finished (its used element is published or dropped): its
+   * segment lists go back to the spare lists. The chain is left without
+   * ranges, so nothing can reach another chain's buffers through it.
+   */
+  recycle(chain: DescriptorChain): void {
+    const r = chain.readSegs;
+    const w = chain.writeSegs;
+    chain.readSegs = chain.writeSegs = NO_SEGMENTS;
+    chain.readableLen = chain.writableLen = 0;
+    this.giveList(r);
+    this.giveList(w);
+  }
 
   /** Validate and set the size (power of 2, 1..maxSize). */
   setSize(n: number): boolean {
@@ -117,6 +150,7 @@ export class SplitQueue {
   /** Use a new memory table; ring views are re-resolved on the next `ready()`. */
   setMemory(mem: GuestMemory | undefined): void {
     this.mem = mem;
+    this.spare = [];
     this.unmap();
   }
 
@@ -170,6 +204,18 @@ export class SplitQueue {
 
   /** Walk the chain at `head`, translating every buffer. Never throws. */
   parseChain(head: number): ChainResult {
+    const readable = this.takeList();
+    const writable = this.takeList();
+    const r = this.walk(head, readable, writable);
+    if (!(r instanceof DescriptorChain)) {
+      this.giveList(readable);
+      this.giveList(writable);
+    }
+    return r;
+  }
+
+  /** parseChain's walk, appending to the two (empty) lists it is given. */
+  private walk(head: number, readable: SegmentList, writable: SegmentList): ChainResult {
     const mem = this.mem;
     let table: Uint32Array | undefined = this.desc;
     if (mem === undefined || table === undefined) return { error: 'queue not ready', head };
@@ -183,8 +229,13 @@ export class SplitQueue {
     let rlen = 0;
     let wlen = 0;
     let visited = 0;
-    const readable = new SegmentList();
-    const writable = new SegmentList();
+    // the guest-memory window the last buffer landed in (valid for this synchronous walk:
+    // the table cannot change or unmap under it)
+    let wGpa = 0;
+    let wEnd = 0;
+    let wStepEnd = 0;
+    let wBuf: Buffer | undefined;
+    let wAddr = 0;
     for (;;) {
       if (!(idx < count)) return { error: `next index ${idx} out of range (${count})`, head };
       if (ttl-- <= 0) return { error: 'descriptor chain too long (loop?)', head };
@@ -227,8 +278,19 @@ export class SplitQueue {
         total += len;
         if (total > 0xffffffff) return { error: 'chain longer than 4 GiB', head };
         if (hi >= HI_LIMIT) return { error: 'buffer address out of range', head };
-        if (!mem.segmentsInto(hi * 0x100000000 + lo, len, write ? writable : readable)) {
-          return { error: `buffer [0x${(hi * 0x100000000 + lo).toString(16)}, +${len}) outside guest memory`, head };
+        const gpa = hi * 0x100000000 + lo;
+        if (gpa >= wGpa && gpa < wStepEnd && gpa + len <= wEnd) {
+          // the window segmentsInto would pick, as for the previous descriptor: no region lookup
+          (write ? writable : readable).push(wBuf!, gpa - wGpa, len, wAddr + (gpa - wGpa));
+        } else {
+          if (!mem.segmentsInto(gpa, len, write ? writable : readable)) {
+            return { error: `buffer [0x${gpa.toString(16)}, +${len}) outside guest memory`, head };
+          }
+          const w = mem.windowAt(gpa);
+          if (w !== undefined) {
+            ({ gpa: wGpa, end: wEnd, buf: wBuf, addr: wAddr } = w);
+            wStepEnd = wGpa + w.step;
+          }
         }
         if (write) wlen += len;
         else rlen += len;
@@ -287,6 +349,7 @@ export class SplitQueue {
     this.eventIdx = false;
     this.signalledUsed = undefined;
     this.mem = undefined;
+    this.spare = [];
     this.unmap();
   }
 }
