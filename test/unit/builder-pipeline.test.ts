@@ -80,6 +80,15 @@ for (const [name, o] of cases) {
     const one = await build({ ...opts, threads: 0 });
     assert.equal(await build({ ...opts, threads: 2 }), one);
     assert.equal(await build({ ...opts, threads: 1 }), one);
+    // groups only in the workers, and every other one on this thread (duplicates answered by either)
+    for (const mode of ['0', 'alternate']) {
+      process.env.NYDUS_BUILDER_HERE = mode;
+      try {
+        assert.equal(await build({ ...opts, threads: 2 }), one, `NYDUS_BUILDER_HERE=${mode}`);
+      } finally {
+        delete process.env.NYDUS_BUILDER_HERE;
+      }
+    }
   });
 }
 
@@ -104,9 +113,9 @@ test('pipeline: a file that vanishes after the walk fails the build and leaves n
   fs.writeFileSync(path.join(s, 'a'), 'a'.repeat(100_000));
   fs.writeFileSync(path.join(s, 'b'), 'b'.repeat(100));
   const out = tmp('vanish-out');
-  // remove `a` once the tree is read: the workers open files by path
-  const p = createImage(base({ source: s, blobDir: out, bootstrap: path.join(out, 'boot'), threads: 2 }));
-  fs.rmSync(path.join(s, 'a'));
+  // remove `a` once the tree is read (the walk's last report, before its chunks are read): files are opened by path
+  const onFiles = (n: number) => { if (n === 2) fs.rmSync(path.join(s, 'a')); };
+  const p = createImage(base({ source: s, blobDir: out, bootstrap: path.join(out, 'boot'), threads: 2, onFiles }));
   await p.then(() => assert.unreachable('build succeeded'), (e: Error) => assert.match(e.message, /ENOENT|no such file/i));
   assert.equal(fs.readdirSync(out).filter((f) => f.endsWith('.tmp')), []);
 });

@@ -13,8 +13,11 @@
  *
  * While the oldest group is not answered, this thread reads on in `files`
  * (a walk of the source tree) rather than waiting: the tree is read while
- * the workers crunch the big files found first. (This thread doing groups
- * itself once the tree is read was tried: no gain measured on 2 busy cores.)
+ * the workers crunch the big files found first. This thread also does
+ * groups itself (ChunkPool.run): all of them until a worker has loaded (tens
+ * of ms after start-up, the first groups would otherwise wait for it), then
+ * those made while every worker already has a few waiting (it would
+ * otherwise wait idle for their answers).
  *
  * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker are in flight, a
  * group holds at most `GROUP_BYTES` of file data (one chunk if
@@ -35,10 +38,18 @@ import type { BlobWriter } from './blob-writer';
 import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind } from './chunk-protocol';
 import { startWorker } from './worker-file';
 import type { BuildInode } from './tree';
+import type { ChunkWork } from './chunk-work';
 
 const GROUP_BYTES = 1 << 20;
 const GROUP_JOBS = 2048;
 const MAX_GROUPS_PER_THREAD = 4;
+/**
+ * Once a worker is ready, this thread does a group itself when every worker
+ * has at least this many waiting (it would otherwise wait for them, idle).
+ */
+const HERE_WHEN_PENDING = 2;
+/** `Group.worker` of a group done on this thread */
+const HERE = -1;
 
 /**
  * Chunk worker threads for a build: `NYDUS_BUILDER_THREADS` (0 = build on
@@ -71,6 +82,17 @@ export class ChunkPool {
   private readonly queues: Array<Array<{ resolve: (ab: ArrayBuffer) => void; reject: (e: Error) => void }>> = [];
   private failure?: Error;
   private destroyed = false;
+  /** workers that said they are loaded */
+  private ready = 0;
+  /** this thread's runner (chunk-work.ts), loaded when first used */
+  private here?: ChunkWork;
+  /**
+   * NYDUS_BUILDER_HERE (read when the pool starts): '0' = this thread never
+   * does groups (for comparison), 'alternate' = every other group (tests:
+   * duplicates spread over this thread and the workers), else as `run` says
+   */
+  private readonly hereMode = process.env.NYDUS_BUILDER_HERE === '0' ? 'off' : process.env.NYDUS_BUILDER_HERE === 'alternate' ? 'alternate' : 'auto';
+  private runs = 0;
 
   constructor(threads: number) {
     this.threads = threads;
@@ -78,6 +100,7 @@ export class ChunkPool {
       const w = startWorker('chunk-worker');
       const q: ChunkPool['queues'][number] = [];
       w.on('message', (r: GroupReply) => {
+        if (r.ready) { this.ready++; return; }
         const p = q.shift();
         if (!p) return;
         if (r.ab) p.resolve(r.ab);
@@ -94,10 +117,27 @@ export class ChunkPool {
     }
   }
 
-  /** Run a group on the least busy worker; resolves with the answer and the worker that gave it. */
+  /**
+   * Run a group on the least busy worker, or on this thread (synchronously,
+   * worker HERE) while no worker is loaded yet, or when every worker has
+   * HERE_WHEN_PENDING groups waiting; resolves with the answer and who gave it.
+   */
   run(t: GroupTask): { answer: Promise<ArrayBuffer>; worker: number } {
     let i = 0;
     for (let k = 1; k < this.threads; k++) if (this.queues[k].length < this.queues[i].length) i = k;
+    const here = this.hereMode === 'auto' ? this.ready === 0 || this.queues[i].length >= HERE_WHEN_PENDING : this.hereMode === 'alternate' && this.runs % 2 === 1;
+    this.runs++;
+    if (here && !this.failure) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      this.here ??= new (require('./chunk-work') as typeof import('./chunk-work')).ChunkWork();
+      let answer: Promise<ArrayBuffer>;
+      try {
+        answer = Promise.resolve(this.here.work(t));
+      } catch (e) {
+        answer = Promise.reject(new ErrnoError((e as NodeJS.ErrnoException).code ?? 'EIO', (e as Error).message, { cause: e }));
+      }
+      return { answer, worker: HERE };
+    }
     const answer = this.failure ? Promise.reject(this.failure) : new Promise<ArrayBuffer>((resolve, reject) => {
       this.queues[i].push({ resolve, reject });
       this.workers[i].postMessage({ task: t } satisfies GroupRequest);
@@ -107,6 +147,7 @@ export class ChunkPool {
 
   /** Give a consumed answer back to the worker that made it, for its next ones. */
   recycle(worker: number, ab: ArrayBuffer): void {
+    if (worker === HERE) { this.here?.recycle(ab); return; }
     if (this.failure || this.destroyed) return;
     this.workers[worker].postMessage({ recycle: ab } satisfies GroupRequest, [ab]);
   }
@@ -158,7 +199,7 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
   const cs = o.chunkSize;
   const batchSize = o.batchSize ?? 0;
   const inflight: Group[] = [];
-  const maxInflight = Math.max(2, pool.threads * MAX_GROUPS_PER_THREAD);
+  const maxInflight = Math.max(2, (pool.threads + 1) * MAX_GROUPS_PER_THREAD);
   let done = 0;
 
   let cur: Job[] = [];

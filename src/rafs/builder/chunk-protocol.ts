@@ -42,5 +42,5 @@ export const RESULT_HEADER = 8;
 
 /** main thread → worker: a group to do, or an answer's buffer to reuse */
 export interface GroupRequest { task?: GroupTask; recycle?: ArrayBuffer }
-/** worker → main thread, one per task, in order */
-export interface GroupReply { ab?: ArrayBuffer; error?: { message: string; code?: string } }
+/** worker → main thread: once that it is loaded (`ready`), then one per task, in order */
+export interface GroupReply { ab?: ArrayBuffer; error?: { message: string; code?: string }; ready?: boolean }

@@ -24,7 +24,11 @@ function handle(m: GroupRequest): void {
 
 // groups must be done in the order they come (see ChunkWork's `seen`): the first ones wait, in order, for the digest module
 // (should it fail, hashing throws and each group answers that error)
-let ready: Promise<void> | undefined = initDigest().catch(() => {}).then(() => { ready = undefined; });
+// (the main thread does groups itself until a worker says it is ready: chunk-pipeline.ts)
+let ready: Promise<void> | undefined = initDigest().catch(() => {}).then(() => {
+  ready = undefined;
+  parentPort!.postMessage({ ready: true } satisfies GroupReply);
+});
 parentPort!.on('message', (m: GroupRequest) => {
   if (ready) ready = ready.then(() => handle(m));
   else handle(m);
