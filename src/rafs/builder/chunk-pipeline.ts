@@ -35,7 +35,7 @@ import type { Worker } from 'node:worker_threads';
 import { DIGEST_SIZE } from '../../common/digest';
 import { ErrnoError, eio } from '../../common/errno';
 import type { BlobWriter } from './blob-writer';
-import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind } from './chunk-protocol';
+import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind, WORKER_STATE_SLOTS, WorkerState } from './chunk-protocol';
 import { startWorker } from './worker-file';
 import type { BuildInode } from './tree';
 import type { ChunkWork } from './chunk-work';
@@ -82,8 +82,9 @@ export class ChunkPool {
   private readonly queues: Array<Array<{ resolve: (ab: ArrayBuffer) => void; reject: (e: Error) => void }>> = [];
   private failure?: Error;
   private destroyed = false;
-  /** workers that said they are loaded */
-  private ready = 0;
+  /** per worker: what it shares (loaded, groups answered), and the groups sent to it */
+  private readonly states: Int32Array[] = [];
+  private readonly sent: number[] = [];
   /** this thread's runner (chunk-work.ts), loaded when first used */
   private here?: ChunkWork;
   /**
@@ -97,10 +98,10 @@ export class ChunkPool {
   constructor(threads: number) {
     this.threads = threads;
     for (let i = 0; i < threads; i++) {
-      const w = startWorker('chunk-worker');
+      const state = new Int32Array(new SharedArrayBuffer(4 * WORKER_STATE_SLOTS));
+      const w = startWorker('chunk-worker', state);
       const q: ChunkPool['queues'][number] = [];
       w.on('message', (r: GroupReply) => {
-        if (r.ready) { this.ready++; return; }
         const p = q.shift();
         if (!p) return;
         if (r.ab) p.resolve(r.ab);
@@ -114,6 +115,8 @@ export class ChunkPool {
       w.on('exit', () => fail(new Error('chunk worker exited')));
       this.workers.push(w);
       this.queues.push(q);
+      this.states.push(state);
+      this.sent.push(0);
     }
   }
 
@@ -123,9 +126,16 @@ export class ChunkPool {
    * HERE_WHEN_PENDING groups waiting; resolves with the answer and who gave it.
    */
   run(t: GroupTask): { answer: Promise<ArrayBuffer>; worker: number } {
+    // groups a worker has not answered yet, read from what it shares (its answers reach this
+    // thread's queues only when its event loop turns, and it may be busy here)
+    const pending = (k: number) => this.sent[k] - Atomics.load(this.states[k], WorkerState.Answered);
     let i = 0;
-    for (let k = 1; k < this.threads; k++) if (this.queues[k].length < this.queues[i].length) i = k;
-    const here = this.hereMode === 'auto' ? this.ready === 0 || this.queues[i].length >= HERE_WHEN_PENDING : this.hereMode === 'alternate' && this.runs % 2 === 1;
+    let ready = Atomics.load(this.states[0], WorkerState.Ready) === 1;
+    for (let k = 1; k < this.threads; k++) {
+      if (pending(k) < pending(i)) i = k;
+      ready ||= Atomics.load(this.states[k], WorkerState.Ready) === 1;
+    }
+    const here = this.hereMode === 'auto' ? !ready || pending(i) >= HERE_WHEN_PENDING : this.hereMode === 'alternate' && this.runs % 2 === 1;
     this.runs++;
     if (here && !this.failure) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -140,6 +150,7 @@ export class ChunkPool {
     }
     const answer = this.failure ? Promise.reject(this.failure) : new Promise<ArrayBuffer>((resolve, reject) => {
       this.queues[i].push({ resolve, reject });
+      this.sent[i]++;
       this.workers[i].postMessage({ task: t } satisfies GroupRequest);
     });
     return { answer, worker: i };
@@ -279,6 +290,11 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
 
   const submit = async (g: Group): Promise<void> => {
     inflight.push(g);
+    if (g.worker === HERE) {
+      // done here: let the answers and the finished writes in, and write what is done (in order)
+      await yieldToLoop();
+      while (inflight.length > 0 && inflight[0].settled) await consume(inflight.shift()!);
+    }
     while (inflight.length >= maxInflight) {
       while (!inflight[0].settled && !walkDone) {
         walkOn(WALK_AHEAD_STEP);
