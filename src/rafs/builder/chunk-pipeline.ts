@@ -14,10 +14,8 @@
  * While the oldest group is not answered, this thread reads on in `files`
  * (a walk of the source tree) rather than waiting: the tree is read while
  * the workers crunch the big files found first. This thread also does
- * groups itself (ChunkPool.run): all of them until a worker has loaded (tens
- * of ms after start-up, the first groups would otherwise wait for it), then
- * those made while every worker already has a few waiting (it would
- * otherwise wait idle for their answers).
+ * groups itself (ChunkPool.run) until a worker has loaded: the first groups
+ * are made tens of ms before that and would otherwise wait for it.
  *
  * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker are in flight, a
  * group holds at most `GROUP_BYTES` of file data (one chunk if
@@ -43,11 +41,6 @@ import type { ChunkWork } from './chunk-work';
 const GROUP_BYTES = 1 << 20;
 const GROUP_JOBS = 2048;
 const MAX_GROUPS_PER_THREAD = 4;
-/**
- * Once a worker is ready, this thread does a group itself when every worker
- * has at least this many waiting (it would otherwise wait for them, idle).
- */
-const HERE_WHEN_PENDING = 2;
 /** `Group.worker` of a group done on this thread */
 const HERE = -1;
 
@@ -89,14 +82,20 @@ export class ChunkPool {
   private here?: ChunkWork;
   /**
    * NYDUS_BUILDER_HERE (read when the pool starts): '0' = this thread never
-   * does groups (for comparison), 'alternate' = every other group (tests:
-   * duplicates spread over this thread and the workers), else as `run` says
+   * does groups (for comparison); 'alternate' = every other group (tests:
+   * duplicates spread over this thread and the workers); a number n = also
+   * once a worker is loaded, when every worker has n groups waiting (on a
+   * free machine this thread would otherwise wait for them; measured on 2
+   * loaded cores, n = 2 was slower: the worker ran dry while this thread was
+   * busy); unset = only until a worker is loaded
    */
-  private readonly hereMode = process.env.NYDUS_BUILDER_HERE === '0' ? 'off' : process.env.NYDUS_BUILDER_HERE === 'alternate' ? 'alternate' : 'auto';
+  private readonly hereMode: 'off' | 'alternate' | number;
   private runs = 0;
 
   constructor(threads: number) {
     this.threads = threads;
+    const env = process.env.NYDUS_BUILDER_HERE;
+    this.hereMode = env === '0' ? 'off' : env === 'alternate' ? 'alternate' : env && /^\d+$/.test(env) ? parseInt(env, 10) : Infinity;
     for (let i = 0; i < threads; i++) {
       const state = new Int32Array(new SharedArrayBuffer(4 * WORKER_STATE_SLOTS));
       const w = startWorker('chunk-worker', state);
@@ -122,8 +121,8 @@ export class ChunkPool {
 
   /**
    * Run a group on the least busy worker, or on this thread (synchronously,
-   * worker HERE) while no worker is loaded yet, or when every worker has
-   * HERE_WHEN_PENDING groups waiting; resolves with the answer and who gave it.
+   * worker HERE) while no worker is loaded yet (see `hereMode`); resolves
+   * with the answer and who gave it.
    */
   run(t: GroupTask): { answer: Promise<ArrayBuffer>; worker: number } {
     // groups a worker has not answered yet, read from what it shares (its answers reach this
@@ -135,7 +134,8 @@ export class ChunkPool {
       if (pending(k) < pending(i)) i = k;
       ready ||= Atomics.load(this.states[k], WorkerState.Ready) === 1;
     }
-    const here = this.hereMode === 'auto' ? !ready || pending(i) >= HERE_WHEN_PENDING : this.hereMode === 'alternate' && this.runs % 2 === 1;
+    const m = this.hereMode;
+    const here = m === 'off' ? false : m === 'alternate' ? this.runs % 2 === 1 : !ready || pending(i) >= m;
     this.runs++;
     if (here && !this.failure) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
