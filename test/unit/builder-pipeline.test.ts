@@ -80,8 +80,8 @@ for (const [name, o] of cases) {
     const one = await build({ ...opts, threads: 0 });
     assert.equal(await build({ ...opts, threads: 2 }), one);
     assert.equal(await build({ ...opts, threads: 1 }), one);
-    // groups only in the workers, and every other one on this thread (duplicates answered by either)
-    for (const mode of ['0', 'alternate']) {
+    // groups on this thread until a worker is loaded, and every other one (duplicates answered by either)
+    for (const mode of ['ready', 'alternate']) {
       process.env.NYDUS_BUILDER_HERE = mode;
       try {
         assert.equal(await build({ ...opts, threads: 2 }), one, `NYDUS_BUILDER_HERE=${mode}`);

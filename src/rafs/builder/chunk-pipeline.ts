@@ -13,9 +13,8 @@
  *
  * While the oldest group is not answered, this thread reads on in `files`
  * (a walk of the source tree) rather than waiting: the tree is read while
- * the workers crunch the big files found first. This thread also does
- * groups itself (ChunkPool.run) until a worker has loaded: the first groups
- * are made tens of ms before that and would otherwise wait for it.
+ * the workers crunch the big files found first. (This thread can also do
+ * groups itself, NYDUS_BUILDER_HERE: see ChunkPool.hereMode.)
  *
  * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker are in flight, a
  * group holds at most `GROUP_BYTES` of file data (one chunk if
@@ -81,13 +80,14 @@ export class ChunkPool {
   /** this thread's runner (chunk-work.ts), loaded when first used */
   private here?: ChunkWork;
   /**
-   * NYDUS_BUILDER_HERE (read when the pool starts): '0' = this thread never
-   * does groups (for comparison); 'alternate' = every other group (tests:
-   * duplicates spread over this thread and the workers); a number n = also
-   * once a worker is loaded, when every worker has n groups waiting (on a
-   * free machine this thread would otherwise wait for them; measured on 2
-   * loaded cores, n = 2 was slower: the worker ran dry while this thread was
-   * busy); unset = only until a worker is loaded
+   * Whether this thread does groups itself, NYDUS_BUILDER_HERE (read when the
+   * pool starts): unset or '0' = never; 'ready' = until a worker has loaded
+   * (the first groups are made tens of ms before that); a number n = that,
+   * and also when every worker has n groups waiting (on a free machine this
+   * thread would otherwise wait for them); 'alternate' = every other group
+   * (tests: duplicates spread over this thread and the workers). Measured on
+   * 2 cores loaded by other work (tmpfs tree, 16 paired runs), 'ready' and
+   * 2 were slower than never: 2.55x and ~2.7x mksquashfs against 2.06x.
    */
   private readonly hereMode: 'off' | 'alternate' | number;
   private runs = 0;
@@ -95,7 +95,7 @@ export class ChunkPool {
   constructor(threads: number) {
     this.threads = threads;
     const env = process.env.NYDUS_BUILDER_HERE;
-    this.hereMode = env === '0' ? 'off' : env === 'alternate' ? 'alternate' : env && /^\d+$/.test(env) ? parseInt(env, 10) : Infinity;
+    this.hereMode = env === 'alternate' ? 'alternate' : env === 'ready' ? Infinity : env && /^[1-9]\d*$/.test(env) ? parseInt(env, 10) : 'off';
     for (let i = 0; i < threads; i++) {
       const state = new Int32Array(new SharedArrayBuffer(4 * WORKER_STATE_SLOTS));
       const w = startWorker('chunk-worker', state);
@@ -121,8 +121,7 @@ export class ChunkPool {
 
   /**
    * Run a group on the least busy worker, or on this thread (synchronously,
-   * worker HERE) while no worker is loaded yet (see `hereMode`); resolves
-   * with the answer and who gave it.
+   * worker HERE) as `hereMode` says; resolves with the answer and who gave it.
    */
   run(t: GroupTask): { answer: Promise<ArrayBuffer>; worker: number } {
     // groups a worker has not answered yet, read from what it shares (its answers reach this
