@@ -92,6 +92,11 @@ export class ChunkPool {
   private readonly hereMode: 'off' | 'alternate' | number;
   private runs = 0;
 
+  /** Whether this thread may do groups itself (`hereMode`). */
+  get helps(): boolean {
+    return this.hereMode !== 'off';
+  }
+
   constructor(threads: number) {
     this.threads = threads;
     const env = process.env.NYDUS_BUILDER_HERE;
@@ -209,7 +214,8 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
   const cs = o.chunkSize;
   const batchSize = o.batchSize ?? 0;
   const inflight: Group[] = [];
-  const maxInflight = Math.max(2, (pool.threads + 1) * MAX_GROUPS_PER_THREAD);
+  // this thread, when it does groups, counts as one more thread
+  const maxInflight = Math.max(2, (pool.threads + (pool.helps ? 1 : 0)) * MAX_GROUPS_PER_THREAD);
   let done = 0;
 
   let cur: Job[] = [];
