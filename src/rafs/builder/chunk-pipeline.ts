@@ -86,8 +86,10 @@ export class ChunkPool {
    * and also when every worker has n groups waiting (on a free machine this
    * thread would otherwise wait for them); 'alternate' = every other group
    * (tests: duplicates spread over this thread and the workers). Measured on
-   * 2 cores loaded by other work (tmpfs tree, 16 paired runs), 'ready' and
-   * 2 were slower than never: 2.55x and ~2.7x mksquashfs against 2.06x.
+   * 2 cores loaded by other work (load 7-10, tmpfs tree, medians of 8-16
+   * interleaved runs, noisy), 'ready' and 2 were mostly slower than never
+   * (e.g. 2.55x mksquashfs for 'ready' against 2.06x); not measured on a
+   * free machine, where they should help (the worker is the bottleneck).
    */
   private readonly hereMode: 'off' | 'alternate' | number;
   private runs = 0;
