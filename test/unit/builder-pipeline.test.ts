@@ -80,6 +80,15 @@ for (const [name, o] of cases) {
     const one = await build({ ...opts, threads: 0 });
     assert.equal(await build({ ...opts, threads: 2 }), one);
     assert.equal(await build({ ...opts, threads: 1 }), one);
+    // groups on this thread until a worker is loaded, and every other one (duplicates answered by either)
+    for (const mode of ['ready', 'alternate']) {
+      process.env.NYDUS_BUILDER_HERE = mode;
+      try {
+        assert.equal(await build({ ...opts, threads: 2 }), one, `NYDUS_BUILDER_HERE=${mode}`);
+      } finally {
+        delete process.env.NYDUS_BUILDER_HERE;
+      }
+    }
   });
 }
 
@@ -104,11 +113,46 @@ test('pipeline: a file that vanishes after the walk fails the build and leaves n
   fs.writeFileSync(path.join(s, 'a'), 'a'.repeat(100_000));
   fs.writeFileSync(path.join(s, 'b'), 'b'.repeat(100));
   const out = tmp('vanish-out');
-  // remove `a` once the tree is read: the workers open files by path
-  const p = createImage(base({ source: s, blobDir: out, bootstrap: path.join(out, 'boot'), threads: 2 }));
-  fs.rmSync(path.join(s, 'a'));
+  // remove `a` once the tree is read (the walk's last report, before its chunks are read): files are opened by path
+  const onFiles = (n: number) => { if (n === 2) fs.rmSync(path.join(s, 'a')); };
+  const p = createImage(base({ source: s, blobDir: out, bootstrap: path.join(out, 'boot'), threads: 2, onFiles }));
   await p.then(() => assert.unreachable('build succeeded'), (e: Error) => assert.match(e.message, /ENOENT|no such file/i));
   assert.equal(fs.readdirSync(out).filter((f) => f.endsWith('.tmp')), []);
+});
+
+test('pipeline: a chunk worker stores what compress() makes of each chunk (zstd in place, raw when it does not shrink), with its digest', async () => {
+  const { ChunkWork } = await import('../../src/rafs/builder/chunk-work');
+  const { compress } = await import('../../src/common/compress');
+  const { digest } = await import('../../src/common/digest');
+  const { JobMode, RESULT_HEADER, ResultKind } = await import('../../src/rafs/builder/chunk-protocol');
+  let seed = 11;
+  const rnd = (n: number) => { const b = Buffer.alloc(n); for (let i = 0; i < n; i++) { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; b[i] = seed >>> 24; } return b; };
+  const text = (n: number) => Buffer.from('chunk worker text '.repeat(Math.ceil(n / 18) + 1)).subarray(0, n);
+  const parts = [rnd(1), text(1), text(100), rnd(4095), text(4096), rnd(0x10001), Buffer.concat([rnd(0x8000), text(0x8000)]), text(1 << 20), rnd(1 << 20)];
+  const file = path.join(tmp('work'), 'data');
+  fs.writeFileSync(file, Buffer.concat(parts));
+  const jobs: number[] = [];
+  let off = 0;
+  for (const p of parts) { jobs.push(0, off, p.length, JobMode.Pack); off += p.length; }
+  const w = new ChunkWork();
+  for (let round = 0; round < 2; round++) {
+    // the second round reuses the first answer's buffer and sees every chunk again: duplicates
+    const ab = w.work({ compressor: Compressor.Zstd, digester: DigestAlgorithm.Blake3, files: [{ path: file, base: 0 }], jobs });
+    const n = parts.length;
+    const meta = new Uint32Array(ab, 0, RESULT_HEADER / 4 + n * 2);
+    let pos = RESULT_HEADER + n * 8 + n * 32;
+    parts.forEach((p, j) => {
+      assert.equal(Buffer.from(ab, RESULT_HEADER + n * 8 + j * 32, 32), digest(DigestAlgorithm.Blake3, p), `digest of part ${j}`);
+      const kind = meta[RESULT_HEADER / 4 + j * 2];
+      const len = meta[RESULT_HEADER / 4 + j * 2 + 1];
+      if (round === 1) { assert.equal([kind, len], [ResultKind.Duplicate, 0], `part ${j} again`); return; }
+      const want = compress(Compressor.Zstd, p);
+      assert.equal(kind, want.compressed ? ResultKind.Compressed : ResultKind.Uncompressible, `kind of part ${j}`);
+      assert.ok(Buffer.from(ab, pos, len).equals(want.data), `stored bytes of part ${j}`);
+      pos += len;
+    });
+    w.recycle(ab);
+  }
 });
 
 test.run();

@@ -44,3 +44,12 @@ export const RESULT_HEADER = 8;
 export interface GroupRequest { task?: GroupTask; recycle?: ArrayBuffer }
 /** worker → main thread, one per task, in order */
 export interface GroupReply { ab?: ArrayBuffer; error?: { message: string; code?: string } }
+
+/**
+ * Shared with each worker (its workerData: an Int32Array over a
+ * SharedArrayBuffer) so that the main thread knows, without waiting for its
+ * event loop, whether the worker has loaded and how many groups it has
+ * answered (chunk-pipeline.ts: which groups it does itself).
+ */
+export enum WorkerState { Ready = 0, Answered = 1 }
+export const WORKER_STATE_SLOTS = 2;

@@ -7,8 +7,10 @@
  *
  * The stored bytes are exactly what `compress()` of common/compress.ts
  * produces (zstd: the same ZSTD_compress2 call at level 3 with every other
- * parameter at its default, into a reused scratch buffer instead of a fresh
- * one; test/unit/builder-pipeline.test.ts checks the two agree).
+ * parameter at its default, with a destination of the same bound size, but
+ * that destination is the answer itself instead of a fresh buffer; the raw
+ * bytes are copied there only when they do not shrink;
+ * test/unit/builder-pipeline.test.ts checks the two agree).
  */
 import * as fs from 'node:fs';
 import * as zstdBinding from 'zstd-napi/binding';
@@ -23,6 +25,8 @@ const ZSTD = 3 as Compressor;
 const SEEN_MAX = 1 << 20;
 /** about what is out at a time: the groups in flight and the answers whose bytes are being written (blob-sink.ts) */
 const MAX_FREE = 32;
+/** answers are allocated in multiples of this (a group holds up to 1 MiB of data plus its header) */
+const ANSWER_STEP = 256 << 10;
 
 function readFull(fd: number, buf: Buffer, pos: number, what: string): void {
   let done = 0;
@@ -55,29 +59,31 @@ export class ChunkWork {
   private answerBuffer(size: number): Buffer {
     const i = this.free.findIndex((b) => b.byteLength >= size);
     // its own ArrayBuffer (never the shared pool): it is transferred
-    return i >= 0 ? Buffer.from(this.free.splice(i, 1)[0]) : Buffer.allocUnsafeSlow(Math.max(size, 64 << 10));
+    // sizes rounded up so that answers of any group of up to a chunk size can be reused for any other
+    return i >= 0 ? Buffer.from(this.free.splice(i, 1)[0]) : Buffer.allocUnsafeSlow(Math.ceil(size / ANSWER_STEP) * ANSWER_STEP);
   }
 
   /**
-   * Compress `src` (already in its place in the answer) into the scratch
-   * buffer and copy the frame over it when it is smaller: the length stored
-   * and whether it is compressed. Data that does not shrink (random, already
-   * compressed) stays where it was read, never copied.
+   * Compress `src` (read into the scratch buffer) into `out` at `pos`, where
+   * there is room for zstd's bound: the frame is made in place, the raw bytes
+   * are copied there only when compression does not make them smaller.
+   * Returns the length stored and whether it is compressed.
    */
-  private pack(c: Compressor, src: Buffer): { len: number; compressed: boolean } {
+  private pack(c: Compressor, src: Buffer, out: Buffer, pos: number): { len: number; compressed: boolean } {
     if (c === ZSTD) {
       if (!this.cctx) {
         this.cctx = new zstdBinding.CCtx();
         this.cctx.setParameter(zstdBinding.CParameter.compressionLevel, 3);
       }
-      const dst = this.scratchOf(zstdBinding.compressBound(src.length));
-      const n = this.cctx.compress2(dst, src);
-      if (n < src.length) { dst.copy(src, 0, 0, n); return { len: n, compressed: true }; }
+      // the same call with a destination of the same (bound) size as compress(): the same frame
+      const n = this.cctx.compress2(out.subarray(pos, pos + zstdBinding.compressBound(src.length)), src);
+      if (n < src.length) return { len: n, compressed: true };
     } else if (c !== NONE) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const p = (require('../../common/compress') as typeof import('../../common/compress')).compress(c, src);
-      if (p.compressed) { p.data.copy(src); return { len: p.data.length, compressed: true }; }
+      if (p.compressed) { p.data.copy(out, pos); return { len: p.data.length, compressed: true }; }
     }
+    src.copy(out, pos);
     return { len: src.length, compressed: false };
   }
 
@@ -99,8 +105,9 @@ export class ChunkWork {
         let fd = src.fd ?? fds.get(fi);
         if (fd === undefined) { fd = fs.openSync(src.path!, 'r'); fds.set(fi, fd); }
         const stored = mode === JobMode.Pack && t.compressor !== NONE;
-        // read straight into the answer (packed ones are compressed over it when they shrink)
-        const data = out.subarray(dataPos, dataPos + len);
+        // to be compressed: read into the scratch buffer (compressed from there into the answer);
+        // else straight into the answer
+        const data = stored ? this.scratchOf(len) : out.subarray(dataPos, dataPos + len);
         readFull(fd, data, src.base + off, src.path ?? 'tar entry');
         const id = digest(t.digester as DigestAlgorithm, data);
         id.copy(out, RESULT_HEADER + n * 8 + j * DIGEST_SIZE);
@@ -112,7 +119,7 @@ export class ChunkWork {
         } else {
           if (this.seen.size < SEEN_MAX) this.seen.add(key);
           if (stored) {
-            const p = this.pack(t.compressor, data);
+            const p = this.pack(t.compressor, data, out, dataPos);
             kind = p.compressed ? ResultKind.Compressed : ResultKind.Uncompressible;
             outLen = p.len;
           } else {
@@ -131,9 +138,18 @@ export class ChunkWork {
   }
 }
 
-/** Room for the header, digests and every job's bytes (stored bytes are at most the raw length: compressed only when smaller). */
+/**
+ * Room for the header, digests and every job's bytes (stored bytes are at
+ * most the raw length: compressed only when smaller), plus what zstd may
+ * need past a job's raw length while it compresses (its bound).
+ */
 function resultCapacity(t: GroupTask, n: number): number {
   let data = 0;
-  for (let j = 0; j < n; j++) data += t.jobs[j * 4 + 2];
-  return RESULT_HEADER + n * (8 + DIGEST_SIZE) + data;
+  let slack = 0;
+  for (let j = 0; j < n; j++) {
+    const len = t.jobs[j * 4 + 2];
+    data += len;
+    if (t.compressor === ZSTD && t.jobs[j * 4 + 3] === JobMode.Pack) slack = Math.max(slack, zstdBinding.compressBound(len) - len);
+  }
+  return RESULT_HEADER + n * (8 + DIGEST_SIZE) + data + slack;
 }

@@ -4,12 +4,14 @@
  * (chunk-work.ts) in the order they come and answers each with one
  * transferred ArrayBuffer, which the main thread gives back once consumed.
  */
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { initDigest } from '../../common/digest';
-import type { GroupReply, GroupRequest } from './chunk-protocol';
+import { type GroupReply, type GroupRequest, WorkerState } from './chunk-protocol';
 import { ChunkWork } from './chunk-work';
 
 const runner = new ChunkWork();
+/** what the main thread reads of this worker (chunk-protocol.ts) */
+const state = workerData instanceof Int32Array ? workerData : undefined;
 
 function handle(m: GroupRequest): void {
   if (m.recycle) { runner.recycle(m.recycle); return; }
@@ -19,12 +21,17 @@ function handle(m: GroupRequest): void {
   } catch (e) {
     r = { error: { message: (e as Error).message, code: (e as NodeJS.ErrnoException).code } };
   }
+  if (state) Atomics.add(state, WorkerState.Answered, 1);
   parentPort!.postMessage(r, r.ab ? [r.ab] : []);
 }
 
 // groups must be done in the order they come (see ChunkWork's `seen`): the first ones wait, in order, for the digest module
 // (should it fail, hashing throws and each group answers that error)
-let ready: Promise<void> | undefined = initDigest().catch(() => {}).then(() => { ready = undefined; });
+// (the main thread does groups itself until a worker says it is ready: chunk-pipeline.ts)
+let ready: Promise<void> | undefined = initDigest().catch(() => {}).then(() => {
+  ready = undefined;
+  if (state) Atomics.store(state, WorkerState.Ready, 1);
+});
 parentPort!.on('message', (m: GroupRequest) => {
   if (ready) ready = ready.then(() => handle(m));
   else handle(m);
