@@ -7,11 +7,12 @@
  * virtio-fs mode (`nydusd virtiofs --sock S [--bootstrap B] [--shared-dir D]`):
  * the same Vfs and FuseServer behind a vhost-user-fs backend for QEMU.
  */
+// first: before the other modules load (see young-generation.ts)
+import './young-generation';
 import { Command, Option } from 'commander';
 import { initDigest } from '../common/digest';
 import { einval, ErrnoError } from '../common/errno';
 import { LOG_LEVELS, log, setupLog, type LogLevel } from '../common/log';
-import { closeBlockingPool } from '../common/blocking';
 import { raiseNofileLimit } from '../common/rlimit';
 import { tuneMalloc } from '../common/libc';
 import { chunkArena, enableChunkArena } from '../storage/blob/chunk-arena';
@@ -22,18 +23,32 @@ import { FUSE_ATOMIC_O_TRUNC } from '../virtiofs/fuse/abi';
 import { FuseDevSession } from '../virtiofs/transport/fusedev';
 import { readPrefetchList } from '../service/prefetch-list';
 import type { CachePolicy } from '../virtiofs/passthrough/passthrough-fs';
-import { VirtioFsDaemon } from '../virtiofs/transport/virtio-fs-device';
-import { setPopulateMappings } from '../vhost-user/sys/host';
 import { VERSION } from '../service/version';
 import { DaemonService, createPassthroughInstance, createRafsInstance } from '../service/service';
-import { startApiServer, type ApiServer } from '../api/server';
+import type { ApiServer } from '../api/server';
 
 export { VERSION };
+
+/*
+ * Modules a daemon may not need are loaded when it does (a FUSE daemon with
+ * neither --apisock nor a passthrough starts with less code, a smaller heap
+ * and RSS): the API server (node:http), the virtio-fs / vhost-user stack,
+ * the blocking-call pool (piscina; passthrough only, so its close at exit
+ * only matters once something loaded it).
+ */
 
 /** API server up at once (state INIT until the daemon is serving). */
 async function startApi(apisock: string | undefined, svc: DaemonService): Promise<ApiServer | undefined> {
   if (!apisock) return undefined;
+  const { startApiServer } = require('../api/server') as typeof import('../api/server');
   return startApiServer(svc, apisock);
+}
+
+/** Wait for the blocking-call pool's pending closes, when anything used it. */
+async function closeBlockingPoolIfLoaded(): Promise<void> {
+  const id = require.resolve('../common/blocking');
+  if (!require.cache[id]) return;
+  await (require(id) as typeof import('../common/blocking')).closeBlockingPool();
 }
 
 interface FuseOpts {
@@ -143,7 +158,7 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   svc.state.shutdown();
   await api?.close();
   await svc.closeAll();
-  await closeBlockingPool();
+  await closeBlockingPoolIfLoaded();
   log.info({ chunkArena: chunkArena()?.stats() }, 'nydusd exited');
 }
 
@@ -193,7 +208,8 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   svc.state.fire('Mount');
   // ATOMIC_O_TRUNC: the passthrough handles O_TRUNC in OPEN
   const server = new FuseServer(vfs, { readdirplus: true, extraFlags: FUSE_ATOMIC_O_TRUNC });
-  setPopulateMappings(o.populateGuestMemory);
+  (require('../vhost-user/sys/host') as typeof import('../vhost-user/sys/host')).setPopulateMappings(o.populateGuestMemory);
+  const { VirtioFsDaemon } = require('../virtiofs/transport/virtio-fs-device') as typeof import('../virtiofs/transport/virtio-fs-device');
   const daemon = new VirtioFsDaemon(server, { socketPath: o.sock });
   await daemon.start();
   // the vhost-user socket listens now: only then RUNNING (kata-contract §0 point 2)
@@ -208,7 +224,7 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   await api?.close();
   await daemon.stop();
   await svc.closeAll();
-  await closeBlockingPool();
+  await closeBlockingPoolIfLoaded();
   log.info({ chunkArena: chunkArena()?.stats() }, 'nydusd exited');
   process.exit(0);
 }
