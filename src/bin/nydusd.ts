@@ -131,13 +131,16 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   const threads = Number(o.fuseThreads ?? o.threadNum);
   if (!Number.isInteger(threads) || threads < 1 || threads > 1024) throw einval(`invalid --thread-num '${o.fuseThreads ?? o.threadNum}' (1..1024)`);
 
+  const cfg = o.bootstrap ? loadConfig(o) : undefined;
+  // both transports hold a read-epoch token per request: decoded chunks may live in recycled memory
+  enableChunkArena(arenaBytes(cfg));
   // a RAFS daemon skips OPEN and RELEASE as upstream's does (zero-message open, Vfs noOpen): its
   // API may mount more RAFS images, not a passthrough; --shared-dir and API-only daemons keep OPEN
   const vfs = new Vfs({ noOpen: !!o.bootstrap });
   const svc = new DaemonService(vfs, { id: o.id, supervisor: o.supervisor });
   const api = await startApi(o.apisock, svc);
   // one filesystem from the command line, or none (a shared daemon that gets mounts through the API)
-  if (o.bootstrap) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles)));
+  if (o.bootstrap && cfg) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles)));
   else if (o.sharedDir) svc.attach(await createPassthroughInstance(o.virtualMountpoint, o.sharedDir));
   svc.state.fire('Mount');
   const server = new FuseServer(vfs, { readdirplus: true });
@@ -202,6 +205,7 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   const sharedAt = o.sharedDir ? (o.bootstrap ? o.sharedMountpoint : o.sharedMountpoint ?? o.virtualMountpoint) : undefined;
   if (o.sharedDir && !sharedAt) throw einval('--shared-dir with --bootstrap needs --shared-mountpoint (they cannot share one mountpoint)');
   const cfg = o.bootstrap ? loadConfig(o) : undefined;
+  enableChunkArena(arenaBytes(cfg));
   const api = await startApi(o.apisock, svc);
   if (o.bootstrap && cfg) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles), { directIo: cachePolicy === 'none' }));
   if (o.sharedDir && sharedAt) svc.attach(await createPassthroughInstance(sharedAt, o.sharedDir, cachePolicy));
@@ -236,20 +240,26 @@ const MALLOC_TRIM = 16 << 20;
 
 /**
  * Recycled memory for decoded chunks (storage/blob/chunk-arena.ts), in MiB:
- * NYDUS_CHUNK_ARENA, 0 = fresh buffers (benchmarks).
+ * NYDUS_CHUNK_ARENA, 0 = fresh buffers (benchmarks). By default it follows
+ * the in-memory chunk LRU (storage/cache/memory.ts): an image with a blob
+ * cache keeps 4 MiB of chunks, so 32 MiB of arena (its slabs hold one size
+ * class each: a few classes in use) serve the chunks held and those in
+ * flight; without one (or before the images are known: mounts through the
+ * API) an image keeps 32 MiB and its merged neighbours, 128 MiB. A chunk that
+ * finds no free slot gets a fresh buffer: the cap only bounds the recycling.
  */
-function arenaBytes(): number {
+function arenaBytes(cfg: ConfigV2 | undefined): number {
   const env = process.env.NYDUS_CHUNK_ARENA;
-  const mib = env !== undefined && env !== '' ? Number(env) : DEFAULT_ARENA_MIB;
+  const mib = env !== undefined && env !== '' ? Number(env) : cfg && hasBlobCache(cfg) ? ARENA_MIB_WITH_BLOBCACHE : DEFAULT_ARENA_MIB;
   return Number.isFinite(mib) && mib > 0 ? Math.min(mib, 4096) * (1 << 20) : 0;
 }
 const DEFAULT_ARENA_MIB = 128;
+const ARENA_MIB_WITH_BLOBCACHE = 32;
+const hasBlobCache = (cfg: ConfigV2): boolean => cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache';
 
 export function main(argv: string[]): void {
   // chunk buffers from the malloc arenas, not one mmap each (see tuneMalloc)
   tuneMalloc(MALLOC_MMAP_MAX, MALLOC_TRIM);
-  // both transports hold a read-epoch token per request: decoded chunks may live in recycled memory
-  enableChunkArena(arenaBytes());
   const program = addFuseOptions(new Command('nydusd'))
     .description('Nydus image service daemon (FUSE mode without a subcommand)')
     .version(VERSION.package_ver)
