@@ -132,8 +132,6 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   if (!Number.isInteger(threads) || threads < 1 || threads > 1024) throw einval(`invalid --thread-num '${o.fuseThreads ?? o.threadNum}' (1..1024)`);
 
   const cfg = o.bootstrap ? loadConfig(o) : undefined;
-  // both transports hold a read-epoch token per request: decoded chunks may live in recycled memory
-  enableChunkArena(arenaBytes(cfg));
   // a RAFS daemon skips OPEN and RELEASE as upstream's does (zero-message open, Vfs noOpen): its
   // API may mount more RAFS images, not a passthrough; --shared-dir and API-only daemons keep OPEN
   const vfs = new Vfs({ noOpen: !!o.bootstrap });
@@ -205,7 +203,6 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   const sharedAt = o.sharedDir ? (o.bootstrap ? o.sharedMountpoint : o.sharedMountpoint ?? o.virtualMountpoint) : undefined;
   if (o.sharedDir && !sharedAt) throw einval('--shared-dir with --bootstrap needs --shared-mountpoint (they cannot share one mountpoint)');
   const cfg = o.bootstrap ? loadConfig(o) : undefined;
-  enableChunkArena(arenaBytes(cfg));
   const api = await startApi(o.apisock, svc);
   if (o.bootstrap && cfg) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles), { directIo: cachePolicy === 'none' }));
   if (o.sharedDir && sharedAt) svc.attach(await createPassthroughInstance(sharedAt, o.sharedDir, cachePolicy));
@@ -240,26 +237,23 @@ const MALLOC_TRIM = 16 << 20;
 
 /**
  * Recycled memory for decoded chunks (storage/blob/chunk-arena.ts), in MiB:
- * NYDUS_CHUNK_ARENA, 0 = fresh buffers (benchmarks). By default it follows
- * the in-memory chunk LRU (storage/cache/memory.ts): an image with a blob
- * cache keeps 4 MiB of chunks, so 32 MiB of arena (its slabs hold one size
- * class each: a few classes in use) serve the chunks held and those in
- * flight; without one (or before the images are known: mounts through the
- * API) an image keeps 32 MiB and its merged neighbours, 128 MiB. A chunk that
- * finds no free slot gets a fresh buffer: the cap only bounds the recycling.
+ * NYDUS_CHUNK_ARENA, 0 = fresh buffers (benchmarks). Not scaled down with
+ * the 4 MiB memory LRU of blob-cached images: capped at 32 MiB, a cold
+ * sequential read of a 256 MiB file took its 1 MiB chunks in fresh buffers
+ * and ended 60-90 MB larger (and slower) than with 128.
  */
-function arenaBytes(cfg: ConfigV2 | undefined): number {
+function arenaBytes(): number {
   const env = process.env.NYDUS_CHUNK_ARENA;
-  const mib = env !== undefined && env !== '' ? Number(env) : cfg && hasBlobCache(cfg) ? ARENA_MIB_WITH_BLOBCACHE : DEFAULT_ARENA_MIB;
+  const mib = env !== undefined && env !== '' ? Number(env) : DEFAULT_ARENA_MIB;
   return Number.isFinite(mib) && mib > 0 ? Math.min(mib, 4096) * (1 << 20) : 0;
 }
 const DEFAULT_ARENA_MIB = 128;
-const ARENA_MIB_WITH_BLOBCACHE = 32;
-const hasBlobCache = (cfg: ConfigV2): boolean => cfg.cache.type === 'blobcache' || cfg.cache.type === 'filecache';
 
 export function main(argv: string[]): void {
   // chunk buffers from the malloc arenas, not one mmap each (see tuneMalloc)
   tuneMalloc(MALLOC_MMAP_MAX, MALLOC_TRIM);
+  // both transports hold a read-epoch token per request: decoded chunks may live in recycled memory
+  enableChunkArena(arenaBytes());
   const program = addFuseOptions(new Command('nydusd'))
     .description('Nydus image service daemon (FUSE mode without a subcommand)')
     .version(VERSION.package_ver)
