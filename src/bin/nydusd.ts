@@ -7,11 +7,12 @@
  * virtio-fs mode (`nydusd virtiofs --sock S [--bootstrap B] [--shared-dir D]`):
  * the same Vfs and FuseServer behind a vhost-user-fs backend for QEMU.
  */
+// first: before the other modules load (see young-generation.ts)
+import './young-generation';
 import { Command, Option } from 'commander';
 import { initDigest } from '../common/digest';
 import { einval, ErrnoError } from '../common/errno';
 import { LOG_LEVELS, log, setupLog, type LogLevel } from '../common/log';
-import { closeBlockingPool } from '../common/blocking';
 import { raiseNofileLimit } from '../common/rlimit';
 import { tuneMalloc } from '../common/libc';
 import { chunkArena, enableChunkArena } from '../storage/blob/chunk-arena';
@@ -22,18 +23,32 @@ import { FUSE_ATOMIC_O_TRUNC } from '../virtiofs/fuse/abi';
 import { FuseDevSession } from '../virtiofs/transport/fusedev';
 import { readPrefetchList } from '../service/prefetch-list';
 import type { CachePolicy } from '../virtiofs/passthrough/passthrough-fs';
-import { VirtioFsDaemon } from '../virtiofs/transport/virtio-fs-device';
-import { setPopulateMappings } from '../vhost-user/sys/host';
 import { VERSION } from '../service/version';
 import { DaemonService, createPassthroughInstance, createRafsInstance } from '../service/service';
-import { startApiServer, type ApiServer } from '../api/server';
+import type { ApiServer } from '../api/server';
 
 export { VERSION };
+
+/*
+ * Modules a daemon may not need are loaded when it does (a FUSE daemon with
+ * neither --apisock nor a passthrough starts with less code, a smaller heap
+ * and RSS): the API server (node:http), the virtio-fs / vhost-user stack,
+ * the blocking-call pool (piscina; passthrough only, so its close at exit
+ * only matters once something loaded it).
+ */
 
 /** API server up at once (state INIT until the daemon is serving). */
 async function startApi(apisock: string | undefined, svc: DaemonService): Promise<ApiServer | undefined> {
   if (!apisock) return undefined;
+  const { startApiServer } = require('../api/server') as typeof import('../api/server');
   return startApiServer(svc, apisock);
+}
+
+/** Wait for the blocking-call pool's pending closes, when anything used it. */
+async function closeBlockingPoolIfLoaded(): Promise<void> {
+  const id = require.resolve('../common/blocking');
+  if (!require.cache[id]) return;
+  await (require(id) as typeof import('../common/blocking')).closeBlockingPool();
 }
 
 interface FuseOpts {
@@ -116,11 +131,14 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   const threads = Number(o.fuseThreads ?? o.threadNum);
   if (!Number.isInteger(threads) || threads < 1 || threads > 1024) throw einval(`invalid --thread-num '${o.fuseThreads ?? o.threadNum}' (1..1024)`);
 
-  const vfs = new Vfs();
+  const cfg = o.bootstrap ? loadConfig(o) : undefined;
+  // a RAFS daemon skips OPEN and RELEASE as upstream's does (zero-message open, Vfs noOpen): its
+  // API may mount more RAFS images, not a passthrough; --shared-dir and API-only daemons keep OPEN
+  const vfs = new Vfs({ noOpen: !!o.bootstrap });
   const svc = new DaemonService(vfs, { id: o.id, supervisor: o.supervisor });
   const api = await startApi(o.apisock, svc);
   // one filesystem from the command line, or none (a shared daemon that gets mounts through the API)
-  if (o.bootstrap) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles)));
+  if (o.bootstrap && cfg) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles)));
   else if (o.sharedDir) svc.attach(await createPassthroughInstance(o.virtualMountpoint, o.sharedDir));
   svc.state.fire('Mount');
   const server = new FuseServer(vfs, { readdirplus: true });
@@ -141,7 +159,7 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   svc.state.shutdown();
   await api?.close();
   await svc.closeAll();
-  await closeBlockingPool();
+  await closeBlockingPoolIfLoaded();
   log.info({ chunkArena: chunkArena()?.stats() }, 'nydusd exited');
 }
 
@@ -191,7 +209,8 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   svc.state.fire('Mount');
   // ATOMIC_O_TRUNC: the passthrough handles O_TRUNC in OPEN
   const server = new FuseServer(vfs, { readdirplus: true, extraFlags: FUSE_ATOMIC_O_TRUNC });
-  setPopulateMappings(o.populateGuestMemory);
+  (require('../vhost-user/sys/host') as typeof import('../vhost-user/sys/host')).setPopulateMappings(o.populateGuestMemory);
+  const { VirtioFsDaemon } = require('../virtiofs/transport/virtio-fs-device') as typeof import('../virtiofs/transport/virtio-fs-device');
   const daemon = new VirtioFsDaemon(server, { socketPath: o.sock });
   await daemon.start();
   // the vhost-user socket listens now: only then RUNNING (kata-contract §0 point 2)
@@ -206,7 +225,7 @@ async function runVirtiofs(o: VirtiofsOpts, extra: string[]): Promise<void> {
   await api?.close();
   await daemon.stop();
   await svc.closeAll();
-  await closeBlockingPool();
+  await closeBlockingPoolIfLoaded();
   log.info({ chunkArena: chunkArena()?.stats() }, 'nydusd exited');
   process.exit(0);
 }
@@ -218,7 +237,10 @@ const MALLOC_TRIM = 16 << 20;
 
 /**
  * Recycled memory for decoded chunks (storage/blob/chunk-arena.ts), in MiB:
- * NYDUS_CHUNK_ARENA, 0 = fresh buffers (benchmarks).
+ * NYDUS_CHUNK_ARENA, 0 = fresh buffers (benchmarks). Not scaled down with
+ * the 4 MiB memory LRU of blob-cached images: capped at 32 MiB, a cold
+ * sequential read of a 256 MiB file took its 1 MiB chunks in fresh buffers
+ * and ended 60-90 MB larger (and slower) than with 128.
  */
 function arenaBytes(): number {
   const env = process.env.NYDUS_CHUNK_ARENA;

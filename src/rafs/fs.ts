@@ -41,6 +41,12 @@ export interface RafsFsOptions {
 
 export class RafsFs implements FileSystem {
   readonly readOnly = true;
+  /**
+   * open keeps nothing and answers fh 0 + FOPEN_KEEP_CACHE, what the kernel
+   * assumes under zero-message open (virtiofs/vfs/vfs.ts noOpen); not with
+   * direct I/O, whose FOPEN_DIRECT_IO only OPEN can carry
+   */
+  readonly statelessOpen: boolean;
   private readonly xattrEnabled: boolean;
   private readonly uid: number;
   private readonly gid: number;
@@ -51,6 +57,7 @@ export class RafsFs implements FileSystem {
 
   constructor(readonly sb: RafsSuper, readonly device: BlobDevice, private readonly opts: RafsFsOptions) {
     this.xattrEnabled = !!opts.enableXattr || sb.meta.hasXattr;
+    this.statelessOpen = !opts.directIo;
     this.uid = sb.meta.explicitUidGid ? -1 : process.geteuid?.() ?? 0;
     this.gid = sb.meta.explicitUidGid ? -1 : process.getegid?.() ?? 0;
   }

@@ -14,7 +14,7 @@ import type { BlobcacheMetrics } from '../storage/cache/metrics';
 import type { BlobBackend } from '../storage/backend/backend';
 import { loadBootstrapFileAsync } from '../rafs/image';
 import type { FileSystem } from '../common/filesystem';
-import { PassthroughFs, type CachePolicy } from '../virtiofs/passthrough/passthrough-fs';
+import type { CachePolicy } from '../virtiofs/passthrough/passthrough-fs';
 import type { Vfs } from '../virtiofs/vfs/vfs';
 import { FsIoStats, withMetrics } from './metrics';
 import { BackendMetrics, metricsBackendType } from '../storage/backend/metrics';
@@ -100,6 +100,8 @@ export async function createRafsInstance(mountpoint: string, bootstrap: string, 
 export async function createPassthroughInstance(mountpoint: string, dir: string, cachePolicy: CachePolicy = 'auto'): Promise<MountedInstance> {
   const st = await fs.promises.stat(dir);
   if (!st.isDirectory()) throw new ErrnoError('ENOTDIR', `${dir} is not a directory`);
+  // loaded with the first passthrough mount (and with it the blocking-call pool): RAFS daemons never need it
+  const { PassthroughFs } = require('../virtiofs/passthrough/passthrough-fs') as typeof import('../virtiofs/passthrough/passthrough-fs');
   const pfs = new PassthroughFs(dir, { cachePolicy });
   const stats = new FsIoStats(mountpoint);
   return {

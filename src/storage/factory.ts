@@ -12,7 +12,7 @@
  * validation is off): bytes that crossed a network or a proxy are never
  * trusted. `validate` still decides whether cache hits are re-verified.
  */
-import { ChunkMemoryCache } from './cache/memory';
+import { ChunkMemoryCache, memoryCacheBytes } from './cache/memory';
 import { type ConfigV2, isChunkValidationEnabled } from '../common/config';
 import { eio, enosys } from '../common/errno';
 import { loadCodec } from '../common/compress';
@@ -136,8 +136,6 @@ export interface StorageDeviceOptions {
   chunks?: () => Iterable<ChunkInfo>;
 }
 
-/** Decompressed chunks kept in memory per image (a few chunks of read-ahead). */
-const MEMORY_CACHE_BYTES = 32 << 20;
 /** How long a chunk whose fetch failed gets a single attempt (the kernel's immediate re-read of a failed page). */
 const FAILURE_MEMO_MS = 2000;
 /** How often a directory missing batch members (blob.meta not loaded yet) is built again. */
@@ -157,7 +155,7 @@ const READAHEAD_REQUEST = 8 << 20;
  */
 export class StorageDevice implements BlobDevice {
   private closed = false;
-  private readonly memory = new ChunkMemoryCache(MEMORY_CACHE_BYTES);
+  private readonly memory: ChunkMemoryCache;
   private readonly failures = new RecentFailures(FAILURE_MEMO_MS);
   /** what this device's chunks come from, for the shared cache */
   private readonly source: ChunkSource;
@@ -181,6 +179,7 @@ export class StorageDevice implements BlobDevice {
     private readonly cache: FileCache | undefined,
     private readonly opts: StorageDeviceOptions,
   ) {
+    this.memory = new ChunkMemoryCache(memoryCacheBytes(cache !== undefined));
     this.validate = opts.validate;
     this.verifyFetched = !!opts.verifyFetched;
     this.batchSize = Math.max(opts.batchSize ?? DEFAULT_BATCH, DEFAULT_BATCH);

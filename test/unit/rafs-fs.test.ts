@@ -113,6 +113,9 @@ for (const v of [5, 6] as const) {
   test(`v${v}: readdir resumes at every cookie; readdirplus entries; FORGET drops per-inode read state`, async () => {
     const { sb, boot, device } = await image(v, '-readdir');
     const fsys = new RafsFs(sb, device, { bootstrap: boot });
+    // zero-message open (Vfs noOpen) only where the kernel's defaults are this open's answer
+    assert.is(fsys.statelessOpen, true);
+    assert.is(new RafsFs(sb, device, { bootstrap: boot, directIo: true }).statelessOpen, false);
     const ctx = {} as never;
     const list = async (offset: number, plus: boolean) => {
       const out: Array<{ name: string; offset: number; ino: bigint; type: number; entry?: bigint }> = [];

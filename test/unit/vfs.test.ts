@@ -2,7 +2,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { errnoOf } from '../../src/common/errno';
 import {
-  DT_DIR, FUSE_ASYNC_READ, FuseEntryOut, FuseForgetIn, FuseGetattrIn, FuseInitOut, FuseMkdirIn, FuseOpcode, FuseOpenIn,
+  DT_DIR, FUSE_ASYNC_READ, FUSE_NO_OPEN_SUPPORT, FuseEntryOut, FuseForgetIn, FuseGetattrIn, FuseInitOut, FuseMkdirIn, FuseOpcode, FuseOpenIn,
   FuseReadIn, decodeDirentplus,
 } from '../../src/virtiofs/fuse/abi';
 import type { DirEntry, RequestContext } from '../../src/common/filesystem';
@@ -337,6 +337,46 @@ test('through FuseServer: INIT forwards to mounts, lookups and READDIRPLUS of th
   assert.is(bare.destroyed, 1);
   assert.is(v.slotRefs(1), 0);
   void EIO;
+});
+
+
+test('noOpen: OPEN answered ENOSYS once the kernel supports it; only stateless-open filesystems mount', async () => {
+  const ENOSYS = 38;
+  const rafsLike = () => Object.assign(image('r'), { statelessOpen: true });
+  const open = (s: FuseServer, ino: bigint) => call(s, req(FuseOpcode.OPEN, ino, FuseOpenIn.encode({ flags: 0, openFlags: 0 })));
+  const lookupPath = async (s: FuseServer, path: string) => {
+    let ino = 1n;
+    for (const p of path.split('/')) ino = FuseEntryOut.decode((await call(s, req(FuseOpcode.LOOKUP, ino, cstr(p)))).payload).ino;
+    return ino;
+  };
+
+  // a kernel offering FUSE_NO_OPEN_SUPPORT: ENOSYS (it opens by itself from then on); reads still served
+  const v = new Vfs({ noOpen: true });
+  v.mount('/a', rafsLike());
+  assert.is(await errno(Promise.resolve().then(() => v.mount('/containers', new MemoryFs()))), EINVAL, 'a filesystem needing OPEN is refused');
+  assert.is(await errno(Promise.resolve().then(() => v.mount('/direct', Object.assign(image('d'), { statelessOpen: false })))), EINVAL);
+  v.mount('/more', rafsLike());
+  const s = new FuseServer(v);
+  await call(s, req(FuseOpcode.INIT, 0n, initBody(36, FUSE_ASYNC_READ | FUSE_NO_OPEN_SUPPORT)));
+  const f = await lookupPath(s, 'a/etc/os-release');
+  assert.is((await open(s, f)).hdr!.error, -ENOSYS);
+  const r = await call(s, req(FuseOpcode.READ, f, FuseReadIn.encode({ fh: 0n, offset: 0, size: 100, readFlags: 0, lockOwner: 0n, flags: 0 })));
+  assert.is(r.payload.toString(), 'ID=r\n');
+  assert.is((await call(s, req(FuseOpcode.OPENDIR, 1n, FuseOpenIn.encode({ flags: 0, openFlags: 0 })))).hdr!.error, 0, 'OPENDIR is still served');
+
+  // a kernel without it: OPEN is served as usual
+  const v2 = new Vfs({ noOpen: true });
+  v2.mount('/', rafsLike());
+  const s2 = new FuseServer(v2);
+  await call(s2, req(FuseOpcode.INIT, 0n, initBody(36, FUSE_ASYNC_READ)));
+  assert.is((await open(s2, await lookupPath(s2, 'etc/os-release'))).hdr!.error, 0);
+
+  // default: OPEN served even when the kernel supports zero-message open, any filesystem mounts
+  const v3 = new Vfs();
+  v3.mount('/', image('plain'));
+  const s3 = new FuseServer(v3);
+  await call(s3, req(FuseOpcode.INIT, 0n, initBody(36, FUSE_ASYNC_READ | FUSE_NO_OPEN_SUPPORT)));
+  assert.is((await open(s3, await lookupPath(s3, 'etc/os-release'))).hdr!.error, 0);
 });
 
 test.run();

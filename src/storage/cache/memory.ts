@@ -1,6 +1,27 @@
 import { chunkArena } from '../blob/chunk-arena';
 
 /**
+ * Bytes of decoded chunks one image keeps in memory without a local cache:
+ * the merged neighbours of a miss and the sequential read-ahead wait here
+ * until they are read, nowhere else.
+ */
+export const MEMORY_CACHE_BYTES = 32 << 20;
+/**
+ * With a blob cache: every chunk also lands in the cache file, whose page
+ * cache serves re-reads (upstream nydusd keeps no decoded chunks at all), so
+ * memory only has to bridge the kernel's sub-chunk READs of a chunk just
+ * decoded (a few 1 MiB chunks) and the read-ahead not yet persisted. Larger
+ * only grows the daemon: 32 MiB of small chunks held ~70 MB of arena slabs
+ * after a 100,000-file read.
+ */
+export const MEMORY_CACHE_BYTES_WITH_BLOBCACHE = 4 << 20;
+
+/** The memory LRU size of an image: smaller when a blob cache keeps every chunk anyway. */
+export function memoryCacheBytes(withBlobCache: boolean): number {
+  return withBlobCache ? MEMORY_CACHE_BYTES_WITH_BLOBCACHE : MEMORY_CACHE_BYTES;
+}
+
+/**
  * A small in-memory LRU of decompressed chunks in front of the blob cache.
  * FUSE reads arrive in pieces (128 KiB–1 MiB) smaller than a chunk; without
  * it every piece would re-read (and re-verify) the whole chunk. Concurrent

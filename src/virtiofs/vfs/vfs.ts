@@ -31,7 +31,7 @@
  */
 import { ErrnoError, einval, enoent, eio, erofs } from '../../common/errno';
 import { log, warnLimited } from '../../common/log';
-import { DT_DIR } from '../fuse/abi';
+import { DT_DIR, FUSE_NO_OPEN_SUPPORT } from '../fuse/abi';
 import type {
   Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, SetattrIn, StatFs,
 } from '../../common/filesystem';
@@ -46,6 +46,22 @@ const err = (code: string, msg: string) => new ErrnoError(code, msg);
 export interface VfsOptions {
   /** entry/attr timeout (s) of pseudo-tree entries and of mountpoint entries (default 1) */
   pseudoTimeout?: number;
+  /**
+   * Zero-message open (upstream's VfsOptions.no_open, which nydusd turns on
+   * for RAFS daemons): when the kernel offers FUSE_NO_OPEN_SUPPORT in INIT,
+   * OPEN of a file is answered ENOSYS; the kernel then opens every file of
+   * the connection by itself (fh 0, FOPEN_KEEP_CACHE) and sends neither OPEN
+   * nor RELEASE for files again: two requests less per file opened. It is
+   * connection-wide, so mount() refuses a filesystem that does not declare
+   * `statelessOpen` (one that keeps per-open state or needs open flags, such
+   * as the passthrough or direct-I/O RAFS). Open counters (nr_opens) stay 0.
+   */
+  noOpen?: boolean;
+}
+
+/** A filesystem whose open keeps no state and whose open flags the kernel's defaults match (fh 0, FOPEN_KEEP_CACHE). */
+export interface StatelessOpen {
+  readonly statelessOpen?: boolean;
 }
 
 export interface VfsMountInfo {
@@ -110,9 +126,13 @@ export class Vfs implements FileSystem {
   private freeClock = 0;
   private rootMount: Mount | null = null;
   private capable: bigint | undefined;
+  private readonly noOpen: boolean;
+  /** OPEN answered ENOSYS: noOpen, and the kernel of this session supports it */
+  private openless = false;
 
   constructor(opts: VfsOptions = {}) {
     this.pseudoTimeout = opts.pseudoTimeout ?? 1;
+    this.noOpen = !!opts.noOpen;
     this.root = this.newNode(ROOT, Buffer.alloc(0), null);
     for (let i = 0; i <= VFS_MAX_INDEX; i++) this.slots.push({ mount: null, gen: 0, refs: 0, freedAt: 0 });
   }
@@ -127,6 +147,9 @@ export class Vfs implements FileSystem {
    */
   mount(path: string, fs: FileSystem): number {
     const parts = splitPath(path);
+    if (this.noOpen && (fs as StatelessOpen).statelessOpen !== true) {
+      throw err('EINVAL', `${path}: this daemon answers OPEN itself (zero-message open, RAFS only); a filesystem that needs OPEN (passthrough, direct I/O) cannot be mounted in it`);
+    }
     // validate before creating anything
     let node: PseudoNode | undefined = this.root;
     for (const p of parts) {
@@ -393,6 +416,7 @@ export class Vfs implements FileSystem {
 
   async init(capable: bigint): Promise<bigint> {
     this.capable = capable;
+    this.openless = this.noOpen && (capable & FUSE_NO_OPEN_SUPPORT) !== 0n;
     for (const s of this.slots) {
       const m = s.mount;
       if (!m?.fs.init) continue;
@@ -466,6 +490,8 @@ export class Vfs implements FileSystem {
   // ---- files ---------------------------------------------------------------
 
   async open(ctx: RequestContext, nodeid: bigint, flags: number): Promise<OpenReply> {
+    // the kernel opens files by itself from now on (KEEP_CACHE, fh 0): no OPEN or RELEASE again
+    if (this.openless) throw err('ENOSYS', 'zero-message open');
     if (this.pseudo(nodeid)) throw err('EISDIR', 'pseudo directory');
     const m = this.use(ctx, nodeid);
     if (!m.fs.open) return { fh: 0n, openFlags: 0 };
