@@ -156,7 +156,9 @@ export class FuseDevSession {
     const token = enterRead();
     try {
       const w = new GatherWriter(REPLY_BUFFER, scratch);
-      const len = await this.server.handleMessage(new BufferReader(req.subarray(0, n)), w);
+      // a READ answered at once (cached data) comes back as a number: no promise hop before its reply
+      const res = this.server.handle(new BufferReader(req.subarray(0, n)), w);
+      const len = typeof res === 'number' ? res : await res;
       if (len > 0 && !this.ended) {
         try {
           await this.send(w.pieces(), len);
