@@ -28,7 +28,7 @@ import { type PrefetchOptions, Prefetcher } from './cache/prefetcher';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
 import { BlobcacheMetrics } from './cache/metrics';
 import type { BlobDevice, ChunkLocation } from './blob/device';
-import { acquireDecodePool, releaseDecodePool, startDecodePool } from './blob/decode-pool';
+import { acquireDecodePool, releaseDecodePool } from './blob/decode-pool';
 
 export interface BlobDeviceOptions {
   /** read every blob from this one file (localfs `blob_file`), whatever `backend.type` says */
@@ -206,8 +206,7 @@ export class StorageDevice implements BlobDevice {
 
   /**
    * After the mount, what the first READ would otherwise wait for: the
-   * blobs' codecs loaded (a native module: ~20 ms), the decode workers
-   * started (decode-pool.ts) and, for images of up to
+   * blobs' codecs loaded (a native module: ~20 ms) and, for images of up to
    * EAGER_DIRECTORY_CHUNKS chunks, the chunk directory built in slices
    * between other work (~10 µs a record while the code is cold). Larger
    * images still build it at the first miss: built here, it would add the
@@ -219,7 +218,6 @@ export class StorageDevice implements BlobDevice {
     for (const c of new Set(this.blobs.map((b) => b.compressor))) {
       try { loadCodec(c); } catch { /* the first decode reports it */ }
     }
-    startDecodePool().catch(() => { /* a worker that fails to start is replaced on next use */ });
     const chunks = this.blobs.reduce((n, b) => n + b.chunkCount, 0);
     if (!this.opts.chunks || this.directories || chunks > EAGER_DIRECTORY_CHUNKS) return;
     let build: DirectoryBuild;

@@ -199,18 +199,17 @@ let users = 0;
 
 /**
  * A device starts using the pool (paired with releaseDecodePool). The
- * workers start when a device calls startDecodePool once it is ready
- * (after the mount: a worker takes 50-250 ms to start, and a cold read
- * that starts one itself decodes its first tens of MiB inline on the
- * loop meanwhile), or at the first request worth a hop. Until one is
- * running, such requests are decoded inline, so no read waits for it.
- * One pool serves every device of the process: ~5 MB a thread.
+ * workers start at the first request worth a hop, not at mount: a mounted
+ * image that is not read costs no thread (~8 MB); until one is running
+ * (~50 ms, up to 250 ms on a loaded machine), such requests are decoded
+ * inline, so the first reads never wait for it. Started at mount, a cold
+ * sequential read was no faster on an idle machine (6 alternating runs).
  */
 export function acquireDecodePool(): void {
   users++;
 }
 
-/** Start the workers now and resolve once they run (devices after their mount, tests, benchmarks). */
+/** Start the workers now and resolve once they run (tests, benchmarks). */
 export function startDecodePool(): Promise<void> {
   const all: Promise<void>[] = [];
   for (let i = 0; i < poolThreads(); i++) all.push((workers[i] ??= startWorker(i)).ready);
