@@ -27,14 +27,17 @@ function world(opts: { windowStep?: number; maxInflight?: number } = {}) {
   return { fs, server, sock, daemon };
 }
 
+type World = ReturnType<typeof world>;
+
 /** A started daemon and a fake guest on it; everything is torn down after `fn`. */
-async function withGuest(fn: (g: FakeGuest) => Promise<void>): Promise<void> {
-  const { sock, daemon } = world();
+async function withGuest(fn: (g: FakeGuest, w: World) => Promise<void>, opts: Parameters<typeof world>[0] = {}): Promise<void> {
+  const w = world(opts);
+  const { sock, daemon } = w;
   await daemon.start();
   const ram = new GuestRam();
   const g = new FakeGuest(ram, sock);
   try {
-    await fn(g);
+    await fn(g, w);
   } finally {
     g.close();
     daemon.stop();
@@ -100,11 +103,7 @@ test('negotiation: replies carry flags 0x5; features, protocol features, queue c
 });
 
 test('FUSE over the virtqueue: INIT, LOOKUP, GETATTR, READ (gather, indirect, across regions), FORGET on hiprio', async () => {
-  const { fs, sock, daemon } = world();
-  await daemon.start();
-  const ram = new GuestRam();
-  const g = new FakeGuest(ram, sock);
-  try {
+  await withGuest(async (g, { fs, daemon }) => {
     await g.setup({ queueSize: 256 });
     assert.is(g.features & (1n << 29n), 1n << 29n);
     await initFuse(g);
@@ -161,19 +160,11 @@ test('FUSE over the virtqueue: INIT, LOOKUP, GETATTR, READ (gather, indirect, ac
 
     const bases = await g.stop();
     assert.equal(bases, [1, 10]);
-  } finally {
-    g.close();
-    daemon.stop();
-    ram.dispose();
-  }
+  });
 });
 
 test('maxInflight: popping stops at the limit and completions resume it; every request is served once', async () => {
-  const { fs, sock, daemon } = world({ maxInflight: 2 });
-  await daemon.start();
-  const ram = new GuestRam();
-  const g = new FakeGuest(ram, sock);
-  try {
+  await withGuest(async (g, { fs, daemon }) => {
     await g.setup({ queueSize: 256 });
     await initFuse(g);
     const bigIno = fs.inoOf('big');
@@ -188,26 +179,19 @@ test('maxInflight: popping stops at the limit and completions resume it; every r
     assert.equal(used.map((u) => u.id).sort((a, b) => a - b), many.map((m) => m.head).sort((a, b) => a - b));
     assert.ok(used.every((u) => u.len === 16 + 1000));
     assert.is(daemon.device.served[1], 13);
-  } finally {
-    g.close();
-    daemon.stop();
-    ram.dispose();
-  }
+  }, { maxInflight: 2 });
 });
 
 test('READs answered synchronously (readSync): one kick\'s batch is served at once and shares one interrupt', async () => {
-  const { fs, sock, daemon } = world();
-  const bigIno = fs.inoOf('big');
-  let sync = 0;
-  (fs as MemoryFs & { readSync?: FileSystem['readSync'] }).readSync = (_ctx, ino, _fh, offset, size) => {
-    if (ino !== bigIno) return undefined;
-    sync++;
-    return [BIG.subarray(offset, offset + size)];
-  };
-  await daemon.start();
-  const ram = new GuestRam();
-  const g = new FakeGuest(ram, sock);
-  try {
+  await withGuest(async (g, { fs, daemon }) => {
+    const bigIno = fs.inoOf('big');
+    let sync = 0;
+    // checked by the server at each READ, so set once the daemon runs
+    (fs as MemoryFs & { readSync?: FileSystem['readSync'] }).readSync = (_ctx, ino, _fh, offset, size) => {
+      if (ino !== bigIno) return undefined;
+      sync++;
+      return [BIG.subarray(offset, offset + size)];
+    };
     await g.setup({ queueSize: 256 });
     await initFuse(g);
     const q = g.queues[1];
@@ -223,11 +207,7 @@ test('READs answered synchronously (readSync): one kick\'s batch is served at on
     await new Promise((res) => setTimeout(res, 10));
     assert.is(q.calls(), 1, 'one interrupt for the batch');
     assert.is(daemon.device.served[1], 9);
-  } finally {
-    g.close();
-    daemon.stop();
-    ram.dispose();
-  }
+  });
 });
 
 test('bad chains are completed with len 0 and the queue keeps working', async () => {
