@@ -635,18 +635,27 @@ test('createBackend builds the registry backend from a v2 config', async () => {
   }
 });
 
-test('read into a given buffer: a truncated attempt then a full one leave exactly the blob bytes in it', async () => {
+/**
+ * A registry whose first GET answers 206 for 4000 bytes, sends `first` and
+ * drops the connection; every later GET is served whole. `gets()` counts them.
+ */
+async function cutFirstAttempt(first: Buffer): Promise<{ s: Awaited<ReturnType<typeof serve>>; gets: () => number }> {
   let n = 0;
   const s = await serve((req, res) => {
     if (n++ === 0) {
-      // first attempt: garbage, cut short
       res.writeHead(206, { 'content-length': 4000 });
-      res.write(Buffer.alloc(1500, 0xaa));
+      res.write(first);
       setTimeout(() => req.socket.destroy(), 10);
       return;
     }
     sendRange(req, res);
   });
+  return { s, gets: () => n };
+}
+
+test('read into a given buffer: a truncated attempt then a full one leave exactly the blob bytes in it', async () => {
+  // first attempt: garbage, cut short
+  const { s, gets } = await cutFirstAttempt(Buffer.alloc(1500, 0xaa));
   const be = new RegistryBackend(cfg(s, { retry_limit: 2 }), fast);
   try {
     assert.ok(be.readsInto);
@@ -654,7 +663,7 @@ test('read into a given buffer: a truncated attempt then a full one leave exactl
     const got = await be.read(BLOB_ID, 2000, 4000, { into });
     assert.is(got, into, 'the given buffer is the result');
     assert.ok(into.equals(BLOB.subarray(2000, 6000)));
-    assert.is(n, 2);
+    assert.is(gets(), 2);
     // a buffer of the wrong size is not used
     const other = Buffer.alloc(10);
     const got2 = await be.read(BLOB_ID, 0, 100, { into: other });
@@ -667,17 +676,8 @@ test('read into a given buffer: a truncated attempt then a full one leave exactl
 });
 
 test('read with progress: bytes reported as they arrive; after a failed attempt that reported some, the retry never rewrites the given buffer', async () => {
-  let n = 0;
-  const s = await serve((req, res) => {
-    if (n++ === 0) {
-      // first attempt: the right bytes, cut short
-      res.writeHead(206, { 'content-length': 4000 });
-      res.write(BLOB.subarray(2000, 3500));
-      setTimeout(() => req.socket.destroy(), 10);
-      return;
-    }
-    sendRange(req, res);
-  });
+  // first attempt: the right bytes, cut short
+  const { s, gets } = await cutFirstAttempt(BLOB.subarray(2000, 3500));
   const be = new RegistryBackend(cfg(s, { retry_limit: 2 }), fast);
   try {
     const into = Buffer.alloc(4000, 0x55);
@@ -688,7 +688,7 @@ test('read with progress: bytes reported as they arrive; after a failed attempt 
     assert.is.not(got, into, 'the retry read into a buffer of its own');
     assert.ok(got.equals(BLOB.subarray(2000, 6000)));
     assert.ok(into.subarray(0, reports[reports.length - 1]).every((b) => b === 0xee), 'reported bytes never rewritten');
-    assert.is(n, 2);
+    assert.is(gets(), 2);
     // a read that works at once reports up to the whole length, into the given buffer
     const into2 = Buffer.alloc(4000);
     let last = 0;
