@@ -131,14 +131,13 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   const threads = Number(o.fuseThreads ?? o.threadNum);
   if (!Number.isInteger(threads) || threads < 1 || threads > 1024) throw einval(`invalid --thread-num '${o.fuseThreads ?? o.threadNum}' (1..1024)`);
 
-  const cfg = o.bootstrap ? loadConfig(o) : undefined;
   // a RAFS daemon skips OPEN and RELEASE as upstream's does (zero-message open, Vfs noOpen): its
   // API may mount more RAFS images, not a passthrough; --shared-dir and API-only daemons keep OPEN
   const vfs = new Vfs({ noOpen: !!o.bootstrap });
   const svc = new DaemonService(vfs, { id: o.id, supervisor: o.supervisor });
   const api = await startApi(o.apisock, svc);
   // one filesystem from the command line, or none (a shared daemon that gets mounts through the API)
-  if (o.bootstrap && cfg) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, cfg, readPrefetchList(o.prefetchFiles)));
+  if (o.bootstrap) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles)));
   else if (o.sharedDir) svc.attach(await createPassthroughInstance(o.virtualMountpoint, o.sharedDir));
   svc.state.fire('Mount');
   const server = new FuseServer(vfs, { readdirplus: true });
