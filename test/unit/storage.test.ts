@@ -27,6 +27,8 @@ import { createBlobDevice, StorageDevice } from '../../src/storage/factory';
 import { RafsFs } from '../../src/rafs/fs';
 import type { BlobDevice } from '../../src/storage/blob/device';
 import { fileCacheUsers } from '../../src/storage/cache/manager';
+import { DIRECT_ALIGN, planWrites } from '../../src/storage/cache/direct-write';
+import { enableChunkArena } from '../../src/storage/blob/chunk-arena';
 
 const ROOT = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-storage-'));
 let n = 0;
@@ -734,6 +736,99 @@ test('merged misses are written behind as a run: its good chunks land at their o
   assert.is(reads, before);
   await fc2.close();
   await inner.close();
+});
+
+test('planWrites: whole-page chunks at page offsets go direct (aligned memory as is, other memory staged); short chunks and padding through the page cache', () => {
+  const P = DIRECT_ALIGN;
+  const a = Buffer.alloc(2 * P, 1); // aligned, whole pages
+  const b = Buffer.alloc(P + 100, 2); // ends inside a page: padding follows
+  const c = Buffer.alloc(P, 3); // whole page, memory not aligned: staged
+  const d = Buffer.alloc(3 * P, 4); // aligned
+  const e = Buffer.alloc(10, 5); // last chunk, short
+  const offs = [0, 2 * P, 4 * P, 5 * P, 8 * P];
+  const aligned = new Set<Buffer>([a, d]);
+  const staged: Buffer[] = [];
+  const zeros = (n: number) => Buffer.alloc(n);
+  const groups = planWrites(offs, [a, b, c, d, e], zeros, {
+    direct: true,
+    aligned: (x) => aligned.has(x),
+    stage: (x) => { const s = Buffer.from(x); staged.push(s); return s; },
+  });
+  assert.equal(groups.map((g) => [g.pos, g.direct, g.iov.map((x) => x.length)]), [
+    [0, true, [2 * P]],
+    [2 * P, false, [P + 100, P - 100]],
+    [4 * P, true, [P, 3 * P]],
+    [8 * P, false, [10]],
+  ]);
+  assert.is(groups[2].iov[0], staged[0]);
+  assert.equal(groups[2].staged, staged);
+  assert.ok(staged[0].equals(c));
+  // the bytes each group writes are exactly the chunks and zero padding, at their offsets
+  const file = Buffer.alloc(8 * P + 10, 0xee);
+  for (const g of groups) Buffer.concat(g.iov).copy(file, g.pos);
+  const want = Buffer.alloc(8 * P + 10, 0xee);
+  [a, b, c, d, e].forEach((x, k) => x.copy(want, offs[k]));
+  want.fill(0, 2 * P + P + 100, 4 * P);
+  assert.ok(file.equals(want));
+  // no staging memory: that chunk goes through the page cache, as a chunk at an unaligned offset does
+  const g2 = planWrites([0, P, 2 * P + 1], [c, a, Buffer.alloc(P)], zeros, { direct: true, aligned: (x) => x === a, stage: () => undefined });
+  assert.equal(g2.map((g) => [g.pos, g.direct, g.iov.length]), [[0, false, 1], [P, true, 1], [2 * P + 1, false, 1]]);
+  // direct off: one buffered group, as before
+  const g3 = planWrites(offs, [a, b, c, d, e], zeros, { direct: false, aligned: () => true, stage: () => undefined });
+  assert.equal(g3.map((g) => [g.pos, g.direct, g.iov.length]), [[0, false, 6]]);
+});
+
+/** Reject writes through O_DIRECT fds with EINVAL while `fn` runs (a file system that refuses them at write time). */
+async function refusingDirectWrites<T>(fn: () => Promise<T>): Promise<T> {
+  const probe = await fs.promises.open(path.join(ROOT, 'probe'), 'w');
+  const proto = Object.getPrototypeOf(probe) as { writev: (...a: unknown[]) => Promise<unknown> };
+  await probe.close();
+  const orig = proto.writev;
+  proto.writev = function (this: fs.promises.FileHandle, ...a: unknown[]) {
+    const flags = /flags:\s*(\d+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${this.fd}`, 'utf8'))![1];
+    if (parseInt(flags, 8) & fs.constants.O_DIRECT) return Promise.reject(Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL' }));
+    return orig.apply(this, a);
+  };
+  try { return await fn(); } finally { proto.writev = orig; }
+}
+
+test('filecache with the chunk arena: whole-page chunks are written with O_DIRECT, the rest through the page cache; the file\'s bytes are the same; a refused direct write falls back', async () => {
+  enableChunkArena(64 << 20, 1 << 20);
+  try {
+    for (const [img, refuse] of [[V6, false], [RAW, false], [V6, true]] as const) {
+      const dir = new ChunkDirectory(img.info, img.chunks);
+      const src = { backend: new LocalFsBackend({ blob_file: '', dir: img.blobDir }), validate: true, directory: () => dir, batchSize: 1 << 20 };
+      const fill = async (work: string, directWrites: boolean) => {
+        const fc = new FileCache({ workDir: work, directWrites });
+        for (const c of dir.all()) assert.equal(await fc.readChunk(img.info, c, src), img.expect.get(c.index));
+        await fc.close();
+        return fc.written;
+      };
+      const wd = tmp('direct');
+      const wb = tmp('buffered');
+      const direct = refuse ? await refusingDirectWrites(() => fill(wd, true)) : await fill(wd, true);
+      const buffered = await fill(wb, false);
+      assert.is(buffered.direct, 0);
+      if (refuse) assert.is(direct.direct, 0, 'every direct write was refused and done again through the page cache');
+      else {
+        assert.ok(direct.direct > 0 && direct.buffered > 0, `both kinds (${JSON.stringify(direct)})`);
+        assert.is(direct.direct % DIRECT_ALIGN, 0);
+      }
+      assert.is(direct.direct + direct.buffered, buffered.buffered, 'the same bytes written');
+      const names = (w: string) => cacheFileNames(w, img.info.blobId);
+      assert.ok(fs.readFileSync(names(wd).data).equals(fs.readFileSync(names(wb).data)), 'same cache file');
+      assert.ok(fs.readFileSync(names(wd).chunkMap).equals(fs.readFileSync(names(wb).chunkMap)), 'same chunk map');
+      // and it serves: a new cache over the direct-written files reads every chunk back, verified, with no download
+      const counting = new Counting(src.backend);
+      const fc = new FileCache({ workDir: wd });
+      for (const c of dir.all()) assert.equal(await fc.readChunk(img.info, c, { ...src, backend: counting }), img.expect.get(c.index));
+      assert.is(counting.reads, 0);
+      await fc.close();
+      await src.backend.close();
+    }
+  } finally {
+    enableChunkArena(0);
+  }
 });
 
 test('no-cache device: a miss brings its neighbours into memory (one request for the blob), bytes verified', async () => {

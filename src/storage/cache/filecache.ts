@@ -37,6 +37,8 @@ import * as path from 'node:path';
 import { ErrnoError, eio } from '../../common/errno';
 import { logLimited, warnLimited } from '../../common/log';
 import { iovAfter } from '../../common/pread';
+import { addressOf } from '../../common/libc';
+import { DIRECT_ALIGN, planWrites, type WriteGroup } from './direct-write';
 import type { ChunkLocation } from '../blob/device';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import { decodeChunk } from '../blob/chunk-reader';
@@ -89,6 +91,14 @@ interface Entry {
   inflight: Map<number, { data: Promise<Buffer>; validated: boolean }>;
   /** cache-file writes still running (write-behind) */
   writes: Map<number, Promise<void>>;
+  /**
+   * the data file opened again with O_DIRECT, for whole-page chunks
+   * (direct-write.ts); undefined where the file system refuses it. Closed
+   * with `data`, never before: a write may still be using it.
+   */
+  direct: fsp.FileHandle | undefined;
+  /** a direct write failed: the rest go through the page cache */
+  directFailed: boolean;
 }
 
 export interface FileCacheOptions {
@@ -100,6 +110,11 @@ export interface FileCacheOptions {
   validate?: boolean;
   /** size quota in bytes (`cache.filecache.quota`, not upstream; 0 = none): quota.ts */
   quota?: number;
+  /**
+   * write whole-page chunks with O_DIRECT (direct-write.ts); default on,
+   * `NYDUS_CACHE_DIRECT_WRITES=0` turns it off
+   */
+  directWrites?: boolean;
 }
 
 /** Where a call's missing chunks come from, and whether its reader verifies them. */
@@ -129,6 +144,8 @@ export class FileCache {
   /** mounts using each blob id (retain/release) */
   private readonly users = new Map<string, number>();
   private closed = false;
+  /** bytes written to cache files with O_DIRECT and through the page cache (tests, debugging) */
+  readonly written = { direct: 0, buffered: 0 };
   /** size quota with LRU eviction of unused blobs (quota.ts), when configured */
   readonly quota: CacheQuota | undefined;
 
@@ -136,6 +153,10 @@ export class FileCache {
     if (opts.quota && opts.quota > 0) {
       this.quota = new CacheQuota(opts.workDir, opts.quota, (id) => this.users.has(id) || this.entries.has(id));
     }
+  }
+
+  private get directWrites(): boolean {
+    return this.opts.directWrites ?? process.env.NYDUS_CACHE_DIRECT_WRITES !== '0';
   }
 
   private source(src?: ChunkSource): ChunkSource {
@@ -216,7 +237,8 @@ export class FileCache {
       const want = Math.min(info.uncompressedSize, MAX_CACHE_OFFSET);
       if (want > 0 && st.size < want) await data.truncate(want);
       const map = info.chunkCount > 0 ? await ChunkMap.open(names.chunkMap, info.chunkCount) : undefined;
-      return { blobId: info.blobId, data, map, inflight: new Map(), writes: new Map() };
+      const direct = this.directWrites ? await openDirect(names.data) : undefined;
+      return { blobId: info.blobId, data, map, inflight: new Map(), writes: new Map(), direct, directFailed: false };
     } catch (e) {
       await data.close().catch(() => {});
       throw e;
@@ -421,34 +443,61 @@ export class FileCache {
   }
 
   /**
-   * Write `datas` (chunks `chunks`, each adjoining the previous one) with one
-   * pwritev from the first one's offset, alignment padding between them
-   * written as zeros, then mark each ready.
+   * Write `datas` (chunks `chunks`, each adjoining the previous one), their
+   * alignment padding as zeros: whole-page chunks with O_DIRECT, the rest
+   * through the page cache (direct-write.ts), one pwritev per group; then
+   * mark each ready.
    */
   private async persist(e: Entry, map: ChunkMap, info: BlobInfo, chunks: readonly ChunkInfo[], datas: Buffer[]): Promise<void> {
+    const arena = chunkArena();
+    const groups = planWrites(chunks.map((c) => c.uncompressedOffset), datas, (n) => ZERO_PAD.subarray(0, n), {
+      direct: !!e.direct && !e.directFailed,
+      aligned: (b) => isPageAligned(b),
+      stage: (b) => {
+        const slot = arena?.alloc(b.length);
+        if (slot && !isPageAligned(slot)) { arena!.release(slot); return undefined; }
+        slot?.set(b);
+        return slot;
+      },
+    });
     try {
-      let bufs: Buffer[] = [];
-      let pos = chunks[0].uncompressedOffset;
-      let left = 0;
-      chunks.forEach((c, k) => {
-        const gap = k === 0 ? 0 : c.uncompressedOffset - (chunks[k - 1].uncompressedOffset + datas[k - 1].length);
-        if (gap > 0) bufs.push(ZERO_PAD.subarray(0, gap));
-        bufs.push(datas[k]);
-        left += gap + datas[k].length;
-      });
-      while (left > 0) {
-        const { bytesWritten } = await e.data.writev(bufs, pos);
-        if (bytesWritten <= 0) throw eio('write made no progress');
-        left -= bytesWritten;
-        pos += bytesWritten;
-        bufs = iovAfter(bufs, bytesWritten); // a short write: continue after what went out
-      }
+      for (const g of groups) await this.writeGroup(e, g);
       // all marked at once: one bitmap write for the stretch
       await Promise.all(chunks.map((c) => map.setReady(c.index)));
       for (const c of chunks) this.quota?.charge(info.blobId, c.uncompressedSize);
     } catch (err) {
       // the data was good and has been served; only the cache misses out
       warnLimited('cache.write', { blobId: info.blobId, chunkIndex: chunks[0].index, chunks: chunks.length, err: (err as Error).message }, 'failed to write chunks to the cache');
+    } finally {
+      for (const g of groups) for (const b of g.staged) arena!.release(b);
+    }
+  }
+
+  /** One group's pwritev, continued after short writes; a failed direct write is done again through the page cache. */
+  private async writeGroup(e: Entry, g: WriteGroup): Promise<void> {
+    let bufs = g.iov;
+    let pos = g.pos;
+    let left = bufs.reduce((n, b) => n + b.length, 0);
+    let fh = g.direct && !e.directFailed ? e.direct! : e.data;
+    while (left > 0) {
+      let bytesWritten: number;
+      try {
+        ({ bytesWritten } = await fh.writev(bufs, pos));
+      } catch (err) {
+        if (fh === e.data) throw err;
+        // the file system or device wants other alignment, or refuses O_DIRECT after all
+        e.directFailed = true;
+        warnLimited('cache.direct', { blobId: e.blobId, err: (err as Error).message }, 'O_DIRECT write to the cache file failed: writing through the page cache');
+        fh = e.data;
+        continue;
+      }
+      if (bytesWritten <= 0) throw eio('write made no progress');
+      if (fh === e.data) this.written.buffered += bytesWritten; else this.written.direct += bytesWritten;
+      left -= bytesWritten;
+      pos += bytesWritten;
+      bufs = iovAfter(bufs, bytesWritten); // a short write: continue after what went out
+      // a short direct write may leave the rest unaligned
+      if (fh !== e.data && left > 0 && pos % DIRECT_ALIGN !== 0) fh = e.data;
     }
   }
 
@@ -468,5 +517,24 @@ export class FileCache {
     await Promise.allSettled([...e.writes.values()]);
     await e.map?.close().catch(() => {});
     await e.data.close().catch(() => {});
+    await e.direct?.close().catch(() => {});
+  }
+}
+
+/** The cache file opened with O_DIRECT, or undefined where that is refused (tmpfs on older kernels, some FUSE file systems). */
+async function openDirect(file: string): Promise<fsp.FileHandle | undefined> {
+  try {
+    return await fsp.open(file, fsConstants.O_WRONLY | fsConstants.O_DIRECT);
+  } catch (err) {
+    logLimited('info', 'cache.direct.open', { file, err: (err as Error).message }, 'cache file cannot be opened with O_DIRECT: writing through the page cache');
+    return undefined;
+  }
+}
+
+function isPageAligned(b: Buffer): boolean {
+  try {
+    return addressOf(b) % DIRECT_ALIGN === 0;
+  } catch {
+    return false; // address unknown (no koffi)
   }
 }
