@@ -12,7 +12,7 @@
  * validation is off): bytes that crossed a network or a proxy are never
  * trusted. `validate` still decides whether cache hits are re-verified.
  */
-import { ChunkMemoryCache, memoryCacheBytes } from './cache/memory';
+import { ChunkMemoryCache, READ_AHEAD_HOLD_BYTES, memoryCacheBytes } from './cache/memory';
 import { type ConfigV2, isChunkValidationEnabled } from '../common/config';
 import { eio, enosys } from '../common/errno';
 import { loadCodec } from '../common/compress';
@@ -179,7 +179,8 @@ export class StorageDevice implements BlobDevice {
     private readonly cache: FileCache | undefined,
     private readonly opts: StorageDeviceOptions,
   ) {
-    this.memory = new ChunkMemoryCache(memoryCacheBytes(cache !== undefined));
+    // with a cache, read-ahead chunks wait apart for their first read (memory.ts)
+    this.memory = new ChunkMemoryCache(memoryCacheBytes(cache !== undefined), cache ? READ_AHEAD_HOLD_BYTES : 0);
     this.validate = opts.validate;
     this.verifyFetched = !!opts.verifyFetched;
     this.batchSize = Math.max(opts.batchSize ?? DEFAULT_BATCH, DEFAULT_BATCH);
