@@ -209,6 +209,15 @@ export function addressOf(buf: Uint8Array): number {
   return Number(c.addressOf(buf, 0, 0));
 }
 
+/** Whether `buf`'s memory starts on a multiple of `align` (false when the address cannot be known). */
+export function isAligned(buf: Uint8Array, align: number): boolean {
+  try {
+    return addressOf(buf) % align === 0;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Give the pages of `buf` back to the kernel (madvise MADV_DONTNEED): they
  * read as zeros when next touched. `buf` must start on a page boundary and

@@ -20,7 +20,7 @@ import { readChunk as readChunkSync } from '../../src/storage/blob/chunk-reader'
 import type { BlobBackend } from '../../src/storage/backend/backend';
 import { ChunkDirectory, DirectoryBuild, mergeRuns } from '../../src/storage/blob/chunk-directory';
 import { TokenBucket } from '../../src/storage/cache/prefetcher';
-import { LocalFsBackend } from '../../src/storage/backend/localfs';
+import { LOCALFS_DIRECT_ALIGN, LocalFsBackend } from '../../src/storage/backend/localfs';
 import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-map';
 import { FileCache, REFETCH_LIMIT, cacheFileNames } from '../../src/storage/cache/filecache';
 import { createBlobDevice, StorageDevice } from '../../src/storage/factory';
@@ -28,7 +28,8 @@ import { RafsFs } from '../../src/rafs/fs';
 import type { BlobDevice } from '../../src/storage/blob/device';
 import { fileCacheUsers } from '../../src/storage/cache/manager';
 import { DIRECT_ALIGN, planWrites } from '../../src/storage/cache/direct-write';
-import { enableChunkArena } from '../../src/storage/blob/chunk-arena';
+import { chunkArena, enableChunkArena } from '../../src/storage/blob/chunk-arena';
+import { isAligned } from '../../src/common/libc';
 
 const ROOT = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-storage-'));
 let n = 0;
@@ -778,19 +779,102 @@ test('planWrites: whole-page chunks at page offsets go direct (aligned memory as
   assert.equal(g3.map((g) => [g.pos, g.direct, g.iov.length]), [[0, false, 6]]);
 });
 
-/** Reject writes through O_DIRECT fds with EINVAL while `fn` runs (a file system that refuses them at write time). */
-async function refusingDirectWrites<T>(fn: () => Promise<T>): Promise<T> {
+/**
+ * Watch file I/O through O_DIRECT fds while `fn` runs: counts reads and
+ * writes made through them, and with `refuse` rejects them with EINVAL (a
+ * file system that takes O_DIRECT opens but not the I/O).
+ */
+async function directIo<T>(refuse: boolean, fn: (seen: { reads: number; writes: number }) => Promise<T>): Promise<T> {
   const probe = await fs.promises.open(path.join(ROOT, 'probe'), 'w');
-  const proto = Object.getPrototypeOf(probe) as { writev: (...a: unknown[]) => Promise<unknown> };
+  const proto = Object.getPrototypeOf(probe) as Record<'read' | 'writev', (...a: unknown[]) => Promise<unknown>>;
   await probe.close();
-  const orig = proto.writev;
-  proto.writev = function (this: fs.promises.FileHandle, ...a: unknown[]) {
-    const flags = /flags:\s*(\d+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${this.fd}`, 'utf8'))![1];
-    if (parseInt(flags, 8) & fs.constants.O_DIRECT) return Promise.reject(Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL' }));
-    return orig.apply(this, a);
-  };
-  try { return await fn(); } finally { proto.writev = orig; }
+  const orig = { read: proto.read, writev: proto.writev };
+  const seen = { reads: 0, writes: 0 };
+  const isDirect = (fd: number) => (parseInt(/flags:\s*(\d+)/.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1], 8) & fs.constants.O_DIRECT) !== 0;
+  for (const op of ['read', 'writev'] as const) {
+    proto[op] = function (this: fs.promises.FileHandle, ...a: unknown[]) {
+      if (isDirect(this.fd)) {
+        if (op === 'read') seen.reads++; else seen.writes++;
+        if (refuse) return Promise.reject(Object.assign(new Error(`EINVAL: invalid argument, ${op}`), { code: 'EINVAL' }));
+      }
+      return orig[op].apply(this, a);
+    };
+  }
+  try { return await fn(seen); } finally { Object.assign(proto, orig); }
 }
+
+test('localfs: a read given an aligned window is read with O_DIRECT into it; a misfit window, a refusal or the blob\'s end fall back to the page cache', async () => {
+  enableChunkArena(16 << 20, 1 << 20);
+  const arena = chunkArena()!;
+  const blob = fs.readFileSync(RAW.blobPath);
+  const id = RAW.info.blobId;
+  const windowFor = (start: number, length: number) => {
+    const at = start - (start % LOCALFS_DIRECT_ALIGN);
+    const buf = arena.alloc(Math.ceil((start + length) / LOCALFS_DIRECT_ALIGN) * LOCALFS_DIRECT_ALIGN - at)!;
+    assert.ok(isAligned(buf, LOCALFS_DIRECT_ALIGN), 'arena slots are page aligned');
+    return { buf, at, into: buf.subarray(start - at, start - at + length) };
+  };
+  try {
+    // a range that starts and ends inside pages, and one running to the blob's end (no whole last page)
+    for (const [start, length] of [[100, 70_000], [blob.length - 9_000, 9_000]]) {
+      const be = new LocalFsBackend({ blob_file: '', dir: RAW.blobDir });
+      const w = windowFor(start, length);
+      const got = await directIo(false, async (seen) => {
+        const b = await be.read(id, start, length, { into: w.into, window: { buf: w.buf, at: w.at } });
+        assert.ok(seen.reads > 0, 'read with O_DIRECT');
+        return b;
+      });
+      assert.is(got, w.into);
+      assert.ok(got.equals(blob.subarray(start, start + length)));
+      const inBlob = Math.min(w.buf.length, blob.length - w.at);
+      assert.ok(w.buf.subarray(0, inBlob).equals(blob.subarray(w.at, w.at + inBlob)), 'the window holds blob bytes around the range');
+      arena.release(w.buf);
+      await be.close();
+    }
+    // a window that does not hold `into` where the range is: read through the page cache into `into`
+    {
+      const be = new LocalFsBackend({ blob_file: '', dir: RAW.blobDir });
+      const w = windowFor(4096, 8192);
+      const into = Buffer.alloc(8192);
+      await directIo(false, async (seen) => {
+        const b = await be.read(id, 4096, 8192, { into, window: { buf: w.buf, at: w.at } });
+        assert.is(b, into);
+        assert.is(seen.reads, 0);
+      });
+      assert.ok(into.equals(blob.subarray(4096, 4096 + 8192)));
+      arena.release(w.buf);
+      await be.close();
+    }
+    // refused at read time: the same bytes through the page cache, and no second try with O_DIRECT
+    {
+      const be = new LocalFsBackend({ blob_file: '', dir: RAW.blobDir });
+      await directIo(true, async (seen) => {
+        for (let k = 0; k < 2; k++) {
+          const w = windowFor(5000, 20_000);
+          const b = await be.read(id, 5000, 20_000, { into: w.into, window: { buf: w.buf, at: w.at } });
+          assert.ok(b.equals(blob.subarray(5000, 25_000)));
+          arena.release(w.buf);
+        }
+        assert.is(seen.reads, 1);
+      });
+      await be.close();
+    }
+    // turned off: never
+    {
+      const be = new LocalFsBackend({ blob_file: '', dir: RAW.blobDir }, { directReads: false });
+      assert.is(be.directAlign, undefined);
+      const w = windowFor(0, 8192);
+      await directIo(false, async (seen) => {
+        assert.ok((await be.read(id, 0, 8192, { into: w.into, window: { buf: w.buf, at: w.at } })).equals(blob.subarray(0, 8192)));
+        assert.is(seen.reads, 0);
+      });
+      arena.release(w.buf);
+      await be.close();
+    }
+  } finally {
+    enableChunkArena(0);
+  }
+});
 
 test('filecache with the chunk arena: whole-page chunks are written with O_DIRECT, the rest through the page cache; the file\'s bytes are the same; a refused direct write falls back', async () => {
   enableChunkArena(64 << 20, 1 << 20);
@@ -806,7 +890,7 @@ test('filecache with the chunk arena: whole-page chunks are written with O_DIREC
       };
       const wd = tmp('direct');
       const wb = tmp('buffered');
-      const direct = refuse ? await refusingDirectWrites(() => fill(wd, true)) : await fill(wd, true);
+      const direct = await directIo(refuse, () => fill(wd, true));
       const buffered = await fill(wb, false);
       assert.is(buffered.direct, 0);
       if (refuse) assert.is(direct.direct, 0, 'every direct write was refused and done again through the page cache');

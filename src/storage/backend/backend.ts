@@ -22,6 +22,14 @@ export interface ReadOptions {
    * which it returns. Backends that stream nothing never call it.
    */
   onProgress?: (filled: number) => void;
+  /**
+   * With `into`, for backends with `directAlign`: `into` lies inside `buf`,
+   * whose first byte is blob offset `at`; `at` and `buf`'s length and
+   * address are multiples of `directAlign`. The backend may fill the whole
+   * window with direct I/O (bytes of `buf` outside `into` get blob bytes
+   * too, or stay as they were past the blob's end) and return `into`.
+   */
+  window?: { buf: Buffer; at: number };
 }
 
 /** What every backend constructor may be given. */
@@ -40,6 +48,11 @@ export interface BlobBackend {
    * returned promise has settled (its memory may then be reused at once).
    */
   readonly readsInto?: boolean;
+  /**
+   * Reads given a `window` (ReadOptions) may bypass the page cache
+   * (O_DIRECT), which needs this alignment; undefined when they never do.
+   */
+  readonly directAlign?: number;
   /**
    * Optional: get ready to read `blobId` (open its file) before the first
    * read needs it. Best effort: a failure is reported by the reads.

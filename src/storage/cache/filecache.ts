@@ -37,7 +37,7 @@ import * as path from 'node:path';
 import { ErrnoError, eio } from '../../common/errno';
 import { logLimited, warnLimited } from '../../common/log';
 import { iovAfter } from '../../common/pread';
-import { addressOf } from '../../common/libc';
+import { isAligned } from '../../common/libc';
 import { DIRECT_ALIGN, planWrites, type WriteGroup } from './direct-write';
 import type { ChunkLocation } from '../blob/device';
 import type { BlobInfo, ChunkInfo } from '../format/types';
@@ -452,10 +452,10 @@ export class FileCache {
     const arena = chunkArena();
     const groups = planWrites(chunks.map((c) => c.uncompressedOffset), datas, (n) => ZERO_PAD.subarray(0, n), {
       direct: !!e.direct && !e.directFailed,
-      aligned: (b) => isPageAligned(b),
+      aligned: (b) => isAligned(b, DIRECT_ALIGN),
       stage: (b) => {
         const slot = arena?.alloc(b.length);
-        if (slot && !isPageAligned(slot)) { arena!.release(slot); return undefined; }
+        if (slot && !isAligned(slot, DIRECT_ALIGN)) { arena!.release(slot); return undefined; }
         slot?.set(b);
         return slot;
       },
@@ -531,10 +531,3 @@ async function openDirect(file: string): Promise<fsp.FileHandle | undefined> {
   }
 }
 
-function isPageAligned(b: Buffer): boolean {
-  try {
-    return addressOf(b) % DIRECT_ALIGN === 0;
-  } catch {
-    return false; // address unknown (no koffi)
-  }
-}

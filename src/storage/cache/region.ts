@@ -13,7 +13,8 @@ import { logLimited, warnLimited } from '../../common/log';
 import { recordErrorEvent } from '../../common/events';
 import { decodeChunk } from '../blob/chunk-reader';
 import { decodeRunAsync } from '../blob/decode-pool';
-import { chunkArena } from '../blob/chunk-arena';
+import { type ChunkArena, chunkArena } from '../blob/chunk-arena';
+import { isAligned } from '../../common/libc';
 import type { BlobInfo, ChunkInfo } from '../format/types';
 import type { BlobBackend } from '../backend/backend';
 
@@ -55,7 +56,8 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   // read into recycled memory when the backend can (chunk-arena.ts): the slot is let go once every
   // chunk is decoded (chunks stored as they are stay views of it, referenced by whoever keeps them)
   const arena = src.backend.readsInto ? chunkArena() : undefined;
-  const into = arena?.alloc(length);
+  const window = arena && length >= DIRECT_READ_MIN ? alignedWindow(arena, src.backend.directAlign, start, length) : undefined;
+  const into = window ? window.buf.subarray(start - window.at, start - window.at + length) : arena?.alloc(length);
   const parts = run.map(() => deferred<Buffer | Error>());
   let next = 0; // chunks before it have been handed to the decoder
   const end = (k: number) => run[k].compressedOffset + run[k].compressedSize - start;
@@ -76,7 +78,7 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
     }
   };
   const raw = src.backend.read(info.blobId, start, length, {
-    prefetch: src.prefetch, attempts: src.attempts, into,
+    prefetch: src.prefetch, attempts: src.attempts, into, window,
     // the backend never writes to `into` again once it reported bytes of it (a retry reads elsewhere)
     onProgress: into && ((filled) => dispatch(into, filled, false)),
   });
@@ -100,6 +102,23 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
       throw asEio(info, chunk, err);
     },
   ));
+}
+
+/** Requests from this size on may be read with direct I/O by backends that can (merged and read-ahead runs). */
+export const DIRECT_READ_MIN = 1 << 20;
+
+/**
+ * An arena slot covering blob range `start`+`length` widened to `align`
+ * (ReadOptions.window), or undefined (no alignment asked, no slot that large
+ * free, or memory not aligned). Released through any view of it, as `into`.
+ */
+function alignedWindow(arena: ChunkArena, align: number | undefined, start: number, length: number): { buf: Buffer; at: number } | undefined {
+  if (!align) return undefined;
+  const at = start - (start % align);
+  const size = Math.ceil((start + length) / align) * align - at;
+  const buf = arena.alloc(size);
+  if (buf && !isAligned(buf, align)) { arena.release(buf); return undefined; }
+  return buf && { buf, at };
 }
 
 interface Deferred<T> { promise: Promise<T>; resolve: (v: T | PromiseLike<T>) => void; reject: (e: unknown) => void }
