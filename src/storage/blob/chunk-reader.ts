@@ -102,7 +102,8 @@ export function decodeChunk(raw: Buffer, chunk: ChunkInfo, info: BlobInfo, opts:
     data = inflate(raw, true, chunk.uncompressedSize, info, where, opts.into);
   } else {
     if (raw.length !== chunk.uncompressedSize) throw eio(`${where()}: ${raw.length} bytes, expected ${chunk.uncompressedSize}`);
-    data = raw;
+    // stored as it is: copied into `into` when given, so the chunk does not keep its request's buffer alive
+    data = !opts.decoded && opts.into?.length === raw.length ? (opts.into.set(raw), opts.into) : raw;
   }
   if (opts.validate) verifyChunk(data, chunk, info, where);
   return data;
@@ -128,7 +129,7 @@ export interface DecodeChunkOptions extends ReadChunkOptions {
   decoded?: boolean;
   /** blob name for messages when the blob id is empty */
   name?: string;
-  /** where a compressed, non-batch chunk is decompressed to (exactly its uncompressed size) */
+  /** where a non-batch chunk is decompressed (or, stored as it is, copied) to: exactly its uncompressed size */
   into?: Buffer;
 }
 

@@ -58,8 +58,14 @@ interface Pending {
   into: Array<Buffer | undefined> | undefined;
 }
 
-/** Chunks worth decoding into an arena slot: compressed on their own (batch members are cut from their batch). */
-const intoArena = (c: ChunkInfo): boolean => c.compressed && !(c.flags & BlobChunkFlags.BATCH) && c.uncompressedSize > 0;
+/**
+ * Chunks decoded into an arena slot: those that are not batch members (cut
+ * from their batch). Chunks stored as they are are copied into theirs: as
+ * views of their request's memory, one 1 MiB chunk kept by the LRU held the
+ * request's whole slot (up to 8 MiB), so a cold read grew the arena to its
+ * cap and paid the first-touch faults of all of it.
+ */
+const intoArena = (c: ChunkInfo): boolean => !(c.flags & BlobChunkFlags.BATCH) && c.uncompressedSize > 0;
 
 /** Arena slots for the chunks of `run` that decompress on their own (undefined: fresh buffers). */
 function slotsFor(arena: ChunkArena | undefined, run: readonly ChunkInfo[]): Array<Buffer | undefined> | undefined {
