@@ -21,6 +21,17 @@ export class ErrnoError extends Error {
 export const einval = (msg: string, cause?: unknown) => new ErrnoError('EINVAL', msg, { cause });
 export const enoent = (msg: string, cause?: unknown) => new ErrnoError('ENOENT', msg, { cause });
 export const eio = (msg: string, cause?: unknown) => new ErrnoError('EIO', msg, { cause });
+
+/**
+ * A read that may not wait for the disk found its bytes not all in the page
+ * cache (writeFromFile with `nowait`): the caller reads them off the event
+ * loop instead. Never reaches a peer.
+ */
+export class WouldBlock extends ErrnoError {
+  constructor(what: string) {
+    super('EAGAIN', `${what}: not in the page cache`);
+  }
+}
 export const enosys = (msg: string, cause?: unknown) => new ErrnoError('ENOSYS', msg, { cause });
 export const erofs = (msg: string, cause?: unknown) => new ErrnoError('EROFS', msg, { cause });
 export const enotdir = (msg: string, cause?: unknown) => new ErrnoError('ENOTDIR', msg, { cause });

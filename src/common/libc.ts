@@ -23,6 +23,7 @@ const c = {
   mmap: lib.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, intptr_t off)'),
   munmap: lib.func('int munmap(void *addr, size_t len)'),
   madvise: lib.func('int madvise(void *addr, size_t len, int advice)'),
+  preadv2: lib.func('intptr_t preadv2(int fd, const uint8_t *iov, int iovcnt, int64_t off, int flags)'),
 };
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -207,6 +208,32 @@ export function dropMappedPages(buf: Buffer): void {
 /** The address of `buf`'s first byte (for alignment decisions; never dereferenced from JS). */
 export function addressOf(buf: Uint8Array): number {
   return Number(c.addressOf(buf, 0, 0));
+}
+
+/** preadv2(2) flag: read only what the page cache holds, never wait for the disk. */
+export const RWF_NOWAIT = 0x8;
+/** what preadNowait answers when the bytes are not all in the page cache */
+export const WOULD_BLOCK = -1;
+const nowaitIov = Buffer.alloc(16);
+
+/**
+ * pread into `dst` from the page cache only (preadv2 RWF_NOWAIT): the bytes
+ * read (0 at the end of the file; fewer than asked when only the first
+ * pages are cached), or WOULD_BLOCK when none can be had without I/O (or
+ * the file system cannot tell: EOPNOTSUPP). Other errors throw ErrnoError.
+ */
+export function preadNowait(fd: number, dst: Uint8Array, position: number): number {
+  if (dst.length === 0) return 0;
+  nowaitIov.writeBigUInt64LE(BigInt(addressOf(dst)), 0);
+  nowaitIov.writeBigUInt64LE(BigInt(dst.length), 8);
+  for (;;) {
+    const n = Number(c.preadv2(fd, nowaitIov, 1, position, RWF_NOWAIT));
+    if (n >= 0) return n;
+    const e = lastErrno();
+    if (e === constants.errno.EINTR) continue;
+    if (e === constants.errno.EAGAIN || e === constants.errno.EOPNOTSUPP) return WOULD_BLOCK;
+    throw errnoError(e, `preadv2(fd ${fd}, ${dst.length} bytes at ${position})`);
+  }
 }
 
 /** Whether `buf`'s memory starts on a multiple of `align` (false when the address cannot be known). */

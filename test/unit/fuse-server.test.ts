@@ -17,6 +17,10 @@ import type { FileSystem } from '../../src/common/filesystem';
 import { ErrnoError } from '../../src/common/errno';
 import { BufferReader, BufferWriter, GatherWriter } from '../../src/virtiofs/fuse/transport';
 import { MemoryFs, call, cstr, initBody, req, uniqueOf } from '../support/memory-fs';
+import { isCached, writeNotCached } from '../support/page-cache';
+import * as fsys from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
 const ENOENT = -2, EIO = -5, EINVAL = -22, ERANGE = -34, ENOSYS = -38, ENODATA = -61, EPROTO = -71, EROFS = -30;
 
@@ -291,6 +295,45 @@ test('READ via readSync is answered before handle returns; undefined falls back 
   const w3 = new BufferWriter(Buffer.alloc(8192));
   assert.is(s.handle(new BufferReader(msg(4000)), w3), 16);
   assert.is(w3.bytes().readInt32LE(4), ENOENT);
+});
+
+test('READ of file slices the page cache does not hold: read on the thread pool (a promise), never on the loop; held slices stay synchronous', async () => {
+  const file = path.join(os.tmpdir(), `fuse-slices-${process.pid}`);
+  const data = Buffer.from(Array.from({ length: 1 << 20 }, (_, i) => (i * 13 + 5) & 0xff));
+  const bytes = (x: BufferWriter | GatherWriter) => (x instanceof BufferWriter ? x.bytes() : Buffer.concat(x.pieces()));
+  try {
+    for (const writer of [() => new BufferWriter(Buffer.alloc(16 + 8192)), () => new GatherWriter(16 + 8192, Buffer.alloc(16 + 8192))]) {
+      // written anew for each writer: a read also brings the kernel's readahead in
+      const why = writeNotCached(file, data);
+      if (why) { console.log(`SKIP page-cache-only READ test: ${why}`); return; }
+      const fd = fsys.openSync(file, 'r');
+      try {
+        const fs: MemoryFs & { readSync?: FileSystem['readSync'] } = tree();
+        fs.readSync = (_ctx, _ino, _fh, offset, size) => [Buffer.from('head'), { fd, position: offset, length: size - 4 }];
+        const { s } = await ready0(fs);
+        const msg = (offset: number, size: number) => req(FuseOpcode.READ, fs.inoOf('big'), FuseReadIn.encode({ fh: 0n, offset, size, readFlags: 0, lockOwner: 0n, flags: 0 }));
+        const w = writer();
+        const p = s.handle(new BufferReader(msg(4096, 8192)), w);
+        assert.instance(p, Promise, 'not answered on the loop');
+        assert.is(await p, 16 + 8192);
+        const want = Buffer.concat([Buffer.from('head'), data.subarray(4096, 4096 + 8192 - 4)]);
+        assert.ok(bytes(w).subarray(16).equals(want), 'the file\'s bytes, once, after the header');
+        assert.is(bytes(w).readUInt32LE(0), 16 + 8192);
+        // the pool's read brought them into the page cache: the next READ of them is answered at once
+        assert.ok(isCached(file, 4096, 8192 - 4));
+        const w2 = writer();
+        assert.is(s.handle(new BufferReader(msg(4096, 8192)), w2), 16 + 8192);
+        assert.ok(bytes(w2).subarray(16).equals(want));
+        // a slice past the end of the file is still EIO
+        fs.readSync = () => [{ fd, position: data.length - 100, length: 200 }];
+        assert.is((await call(s, msg(0, 200))).hdr!.error, EIO);
+      } finally {
+        fsys.closeSync(fd);
+      }
+    }
+  } finally {
+    fsys.rmSync(file, { force: true });
+  }
 });
 
 // ---- READDIR -----------------------------------------------------------------------------

@@ -1,4 +1,6 @@
 import { test } from 'uvu';
+import { WouldBlock } from '../../src/common/errno';
+import { isCached, writeNotCached } from '../support/page-cache';
 import * as assert from 'uvu/assert';
 import { GuestMemory, MemoryRegion, SegmentList } from '../../src/vhost-user/virtio/guest-memory';
 import { DescriptorChain, SplitQueue } from '../../src/vhost-user/virtio/queue';
@@ -256,6 +258,44 @@ test('ChainWriter.writeFromFile: native preadv into > IOV_MAX descriptors across
   } finally {
     require('node:fs').closeSync(fd);
     require('node:fs').rmSync(file, { force: true });
+    dispose();
+  }
+});
+
+test('ChainWriter.writeFromFile nowait: bytes the page cache does not hold are WouldBlock (nothing counted), held ones are read', () => {
+  const { ram, mem, off, dispose } = setup(64 * 1024);
+  const q = new SplitQueue(256);
+  assert.ok(q.setSize(256));
+  assert.ok(q.setAddresses(GPA + 0x10000, GPA + 0x1000, GPA + 0x2000));
+  q.setMemory(mem);
+  assert.ok(q.ready());
+  desc(ram, off(GPA + 0x10000), GPA + 0x100, 8, 1, 1);
+  for (let i = 0; i < 4; i++) desc(ram, off(GPA + 0x10000 + 16 * (i + 1)), GPA + 0x20000 + 5000 * i, 4096, 2 | (i < 3 ? 1 : 0), i + 2);
+  const ch = q.parseChain(0) as DescriptorChain;
+  assert.ok(ch instanceof DescriptorChain && ch.writeSegs.native);
+  const fsm = require('node:fs') as typeof import('node:fs');
+  const file = require('node:path').join(require('node:os').tmpdir(), `vq-nowait-${process.pid}`);
+  const data = Buffer.from(Array.from({ length: 1 << 20 }, (_, i) => (i * 5 + 1) & 0xff));
+  try {
+    const why = writeNotCached(file, data);
+    if (why) { console.log(`SKIP ChainWriter nowait test: ${why}`); return; }
+    const fd = fsm.openSync(file, 'r');
+    try {
+      const w = new ChainWriter(ch);
+      w.write(Buffer.from('HDR!'));
+      assert.throws(() => w.writeFromFile(fd, 8192, 12000, true), (e: Error) => e instanceof WouldBlock && (e as WouldBlock).code === 'EAGAIN');
+      assert.is(w.bytesWritten(), 4, 'nothing of the slice counted');
+      // read once (as the thread pool does): now held, and read straight into the descriptors
+      fsm.readSync(fd, Buffer.alloc(12000), 0, 12000, 8192);
+      assert.ok(isCached(file, 8192, 12000));
+      w.writeFromFile(fd, 8192, 12000, true);
+      assert.is(w.bytesWritten(), 4 + 12000);
+      assert.ok(Buffer.concat(ch.writable).subarray(4, 4 + 12000).equals(data.subarray(8192, 8192 + 12000)));
+    } finally {
+      fsm.closeSync(fd);
+    }
+  } finally {
+    fsm.rmSync(file, { force: true });
     dispose();
   }
 });

@@ -33,6 +33,7 @@ const c = {
   ftruncate: lib.func('int ftruncate(int fd, int64_t len)'),
   shutdown: lib.func('int shutdown(int fd, int how)'),
   preadv: lib.func('intptr_t preadv(int fd, void *iov, int iovcnt, int64_t off)'),
+  preadv2: lib.func('intptr_t preadv2(int fd, void *iov, int iovcnt, int64_t off, int flags)'),
 };
 
 export const AF_UNIX = 1;
@@ -55,6 +56,9 @@ export const PAGE_SIZE = 4096;
 
 export const EAGAIN = 11;
 export const EINTR = 4;
+export const EOPNOTSUPP = 95;
+/** preadv2(2) flag: only what the page cache holds, never wait for the disk */
+export const RWF_NOWAIT = 0x8;
 
 /** A failed system call: `errno` is the positive C errno. */
 export class HostError extends Error {
@@ -293,9 +297,10 @@ let iovU32: Uint32Array | undefined;
  * call, looping over short reads. Returns the bytes read (< the total only
  * at end of file). Every address must come from a live mapping the caller
  * holds (guest-memory.ts SegmentList); lengths are the caller's, bounded.
- * Throws HostError on an I/O error.
+ * Throws HostError on an I/O error. `flags`: preadv2(2) flags (RWF_NOWAIT:
+ * only what the page cache holds; EAGAIN, EOPNOTSUPP when it cannot tell).
  */
-export function preadvInto(fd: number, addrs: ArrayLike<number>, lens: ArrayLike<number>, first: number, count: number, skip: number, total: number, position: number): number {
+export function preadvInto(fd: number, addrs: ArrayLike<number>, lens: ArrayLike<number>, first: number, count: number, skip: number, total: number, position: number, flags = 0): number {
   if (!isFd(fd) || !Number.isSafeInteger(position) || position < 0) throw new HostError('preadv(args)', 22);
   if (iovMem === undefined) {
     iovMem = koffi.alloc('uint8_t', 16 * IOV_MAX) as bigint;
@@ -321,7 +326,7 @@ export function preadvInto(fd: number, addrs: ArrayLike<number>, lens: ArrayLike
       want += l;
       n++;
     }
-    const r = Number(c.preadv(fd, iovMem, n, position + done));
+    const r = Number(flags ? c.preadv2(fd, iovMem, n, position + done, flags) : c.preadv(fd, iovMem, n, position + done));
     if (r < 0) {
       const e = koffi.errno();
       if (e === EINTR) continue;

@@ -11,9 +11,9 @@
  * whatever is validated is what gets used. `readShared` returns a live view
  * when the bytes are contiguous, for payloads used once (file data).
  */
-import { eio, einval } from '../../common/errno';
+import { WouldBlock, eio, einval } from '../../common/errno';
 import { preadvFully } from '../../common/pread';
-import { HostError, preadvInto } from '../sys/host';
+import { EAGAIN, EOPNOTSUPP, HostError, RWF_NOWAIT, preadvInto } from '../sys/host';
 import type { SegmentList } from './guest-memory';
 import type { DescriptorChain } from './queue';
 
@@ -120,9 +120,11 @@ export class ChainWriter {
   /**
    * preadv straight into the guest's writable descriptors: zero copy, one
    * system call for up to IOV_MAX descriptors, and no Buffer per descriptor
-   * (the iovecs are built from the ranges' host addresses).
+   * (the iovecs are built from the ranges' host addresses). With `nowait`
+   * only from the page cache: WouldBlock (nothing counted as written) when
+   * the bytes are not all there.
    */
-  writeFromFile(fd: number, position: number, length: number): void {
+  writeFromFile(fd: number, position: number, length: number, nowait = false): void {
     if (length > this.available()) throw new RangeError(`reply overflow: ${length} > ${this.available()}`);
     if (length === 0) return;
     const segs = this.segs;
@@ -146,10 +148,13 @@ export class ChainWriter {
     let got: number;
     if (segs.native) {
       try {
-        got = preadvInto(fd, segs.addrs, lens, first, count, skip, length, position);
+        got = preadvInto(fd, segs.addrs, lens, first, count, skip, length, position, nowait ? RWF_NOWAIT : 0);
       } catch (e) {
+        if (nowait && e instanceof HostError && (e.errno === EAGAIN || e.errno === EOPNOTSUPP)) throw new WouldBlock(`file slice at ${position}`);
         throw e instanceof HostError ? eio(`file slice: preadv at ${position}: errno ${e.errno}`, e) : e;
       }
+    } else if (nowait) {
+      throw new WouldBlock(`file slice at ${position}`); // no page-cache-only read without the native iovecs
     } else {
       const iov: Buffer[] = [];
       let left2 = length;

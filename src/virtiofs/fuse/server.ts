@@ -33,9 +33,8 @@
  * errors that carry no errno (bugs) at warn.
  */
 import { constants } from 'node:os';
-import { ErrnoError, einval, enosys, erofs, errnoOf } from '../../common/errno';
+import { ErrnoError, WouldBlock, einval, enosys, erofs, errnoOf } from '../../common/errno';
 import { log, logLimited, warnLimited } from '../../common/log';
-import { preadFully } from '../../common/pread';
 import {
   FATTR_ATIME, FATTR_FH, FATTR_GID, FATTR_MODE, FATTR_MTIME, FATTR_SIZE, FATTR_UID,
   FUSE_ASYNC_DIO, FUSE_ASYNC_READ, FUSE_AUTO_INVAL_DATA, FUSE_BIG_WRITES, FUSE_CACHE_SYMLINKS,
@@ -50,7 +49,7 @@ import {
   direntplusSize, direntSize, encodeDirent, encodeZeroEntryOut, writeU64,
 } from './abi';
 import type { AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, SetattrIn, StatFs } from '../../common/filesystem';
-import type { Reader, Writer } from './transport';
+import { type Reader, type Writer, readSlice, readSliceOffLoop } from './transport';
 
 const E = constants.errno;
 const OUT_HDR = 16;
@@ -695,7 +694,11 @@ export class FuseServer {
   /**
    * READ: the filesystem's `readSync` answers at once when the data is ready
    * (no promise, no microtask: the reply is written before this returns);
-   * otherwise (or without readSync) the async `read`.
+   * otherwise (or without readSync) the async `read`. File slices are read
+   * into the reply on the event loop only from the page cache; when one is
+   * not all there (a blob cache file written with O_DIRECT, evicted, or left
+   * by an earlier run), the slices are read on the thread pool and the reply
+   * built from those bytes: a guest never makes the loop wait for a disk.
    */
   private doRead(ctx: RequestContext, ino: bigint, body: Buffer, w: Writer): number | Promise<number> {
     this.has('read');
@@ -707,12 +710,28 @@ export class FuseServer {
     }
     const size = Math.min(ri.size, room, this.maxRead);
     const now = this.fs.readSync?.(ctx, ino, ri.fh, ri.offset, size);
-    if (now !== undefined) return this.replyRead(ctx, w, size, now);
-    return this.fs.read!(ctx, ino, ri.fh, ri.offset, size).then((pieces) => this.replyRead(ctx, w, size, pieces));
+    if (now !== undefined) return this.replyRead(ctx, w, size, now) ?? this.replyOffLoop(ctx, w, size, now);
+    return this.fs.read!(ctx, ino, ri.fh, ri.offset, size).then((pieces) => this.replyRead(ctx, w, size, pieces) ?? this.replyOffLoop(ctx, w, size, pieces));
   }
 
-  /** Out-header plus the pieces (at most `size` bytes), gathered straight into the reply. */
-  private replyRead(ctx: RequestContext, w: Writer, size: number, pieces: readonly ReadPiece[]): number {
+  /** The reply of a READ whose file slices are not all in the page cache: they are read on the thread pool first. */
+  private async replyOffLoop(ctx: RequestContext, w: Writer, size: number, pieces: readonly ReadPiece[]): Promise<number> {
+    w.reset();
+    let left = size;
+    const bufs = await Promise.all(pieces.map((p) => {
+      const n = Math.min(p.length, Math.max(0, left));
+      left -= n;
+      return Buffer.isBuffer(p) ? p.subarray(0, n) : readSliceOffLoop(p.fd, p.position, n);
+    }));
+    return this.replyRead(ctx, w, size, bufs)!;
+  }
+
+  /**
+   * Out-header plus the pieces (at most `size` bytes), gathered straight into
+   * the reply; undefined (the reply is to be built again) when a file slice
+   * is not in the page cache.
+   */
+  private replyRead(ctx: RequestContext, w: Writer, size: number, pieces: readonly ReadPiece[]): number | undefined {
     let total = 0;
     for (let i = 0; i < pieces.length; i++) total += pieces[i].length;
     if (total > size) total = size;
@@ -724,12 +743,19 @@ export class FuseServer {
       const p = pieces[i];
       const n = Math.min(p.length, left);
       if (Buffer.isBuffer(p)) w.write(n === p.length ? p : p.subarray(0, n));
-      else if (w.writeFromFile) w.writeFromFile(p.fd, p.position, n);
       else {
-        // a writer without file support: stage the bytes
-        const tmp = Buffer.allocUnsafe(n);
-        if (preadFully(p.fd, tmp, p.position) < n) throw new ErrnoError('EIO', `file slice: short read at ${p.position}`);
-        w.write(tmp);
+        try {
+          if (w.writeFromFile) w.writeFromFile(p.fd, p.position, n, true);
+          else {
+            // a writer without file support: stage the bytes
+            const tmp = Buffer.allocUnsafe(n);
+            readSlice(p.fd, tmp, p.position, true);
+            w.write(tmp);
+          }
+        } catch (e) {
+          if (e instanceof WouldBlock) return undefined;
+          throw e;
+        }
       }
       left -= n;
     }

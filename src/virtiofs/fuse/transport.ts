@@ -26,8 +26,8 @@
  *    reused after the request completes; the server and filesystems must
  *    copy anything they keep beyond the request.
  */
-import { eio, einval } from '../../common/errno';
-import { preadFully } from '../../common/pread';
+import { WouldBlock, eio, einval } from '../../common/errno';
+import { WOULD_BLOCK, preadFully, preadFullyAsync, preadFullyNowait } from '../../common/pread';
 
 export interface Reader {
   /** bytes not yet consumed */
@@ -62,8 +62,11 @@ export interface Writer {
    * Optional: append `length` bytes read from `fd` at `position` straight into
    * the reply memory (no staging copy). A read error, or a file shorter than
    * `position + length`, throws EIO: the bytes would not be the file's.
+   * `nowait`: only from the page cache, never waiting for the disk (the
+   * caller is the event loop): WouldBlock when the bytes are not all there,
+   * and the reply is then started again (reset) with them read elsewhere.
    */
-  writeFromFile?(fd: number, position: number, length: number): void;
+  writeFromFile?(fd: number, position: number, length: number, nowait?: boolean): void;
 }
 
 export class BufferReader implements Reader {
@@ -110,10 +113,9 @@ export class BufferWriter implements Writer {
     this.pos = 0;
   }
 
-  writeFromFile(fd: number, position: number, length: number): void {
+  writeFromFile(fd: number, position: number, length: number, nowait = false): void {
     if (length > this.buf.length - this.pos) throw new RangeError(`reply overflow: ${length} > ${this.buf.length - this.pos}`);
-    const got = preadFully(fd, this.buf.subarray(this.pos, this.pos + length), position);
-    if (got < length) throw eio(`file slice: ${got} of ${length} bytes at ${position} (file shorter than its index says)`);
+    readSlice(fd, this.buf.subarray(this.pos, this.pos + length), position, nowait);
     this.pos += length;
   }
 
@@ -161,12 +163,11 @@ export class GatherWriter implements Writer {
     this.iov.length = 0;
   }
 
-  writeFromFile(fd: number, position: number, length: number): void {
+  writeFromFile(fd: number, position: number, length: number, nowait = false): void {
     if (length > this.limit - this.pos) throw new RangeError(`reply overflow: ${length} > ${this.limit - this.pos}`);
     // scratch is as large as the room, so what fits the room fits the scratch
     const dst = length <= this.scratch.length - this.used ? this.scratch.subarray(this.used, this.used + length) : Buffer.allocUnsafe(length);
-    const got = preadFully(fd, dst, position);
-    if (got < length) throw eio(`file slice: ${got} of ${length} bytes at ${position} (file shorter than its index says)`);
+    readSlice(fd, dst, position, nowait);
     if (dst.buffer === this.scratch.buffer) this.used += length;
     this.iov.push(dst);
     this.pos += length;
@@ -178,3 +179,21 @@ export class GatherWriter implements Writer {
   }
 }
 
+/**
+ * `dst.length` bytes of `fd` at `position` (a file slice of a reply):
+ * EIO when the file is shorter; with `nowait` only from the page cache
+ * (WouldBlock otherwise).
+ */
+export function readSlice(fd: number, dst: Buffer, position: number, nowait: boolean): void {
+  const got = nowait ? preadFullyNowait(fd, dst, position) : preadFully(fd, dst, position);
+  if (got === WOULD_BLOCK) throw new WouldBlock(`file slice at ${position}`);
+  if (got < dst.length) throw eio(`file slice: ${got} of ${dst.length} bytes at ${position} (file shorter than its index says)`);
+}
+
+/** A file slice of a reply read on the thread pool: EIO when the file is shorter. */
+export async function readSliceOffLoop(fd: number, position: number, length: number): Promise<Buffer> {
+  const dst = Buffer.allocUnsafe(length);
+  const got = await preadFullyAsync(fd, dst, position);
+  if (got < length) throw eio(`file slice: ${got} of ${length} bytes at ${position} (file shorter than its index says)`);
+  return dst;
+}
