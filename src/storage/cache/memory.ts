@@ -39,39 +39,93 @@ export function memoryCacheBytes(withBlobCache: boolean): number {
  * must treat them as read-only. A chunk in arena memory is referenced while
  * it is held (blob/chunk-arena.ts).
  */
-export class ChunkMemoryCache {
+/**
+ * Chunks held in insertion order up to `capacity` bytes of footprint, each
+ * with one arena reference (dropped when it leaves); the oldest go first.
+ */
+class HeldChunks {
   private readonly map = new Map<string, { buf: Buffer; size: number }>();
+  private used = 0;
+
+  constructor(readonly capacity: number) {}
+
+  has(key: string): boolean {
+    return this.map.has(key);
+  }
+
+  get(key: string): Buffer | undefined {
+    return this.map.get(key)?.buf;
+  }
+
+  /** Move `key` to the newest place. */
+  touch(key: string): void {
+    const e = this.map.get(key);
+    if (e) { this.map.delete(key); this.map.set(key, e); }
+  }
+
+  /** Hold `buf` (whose arena reference the caller hands over) as `key`; false, holding nothing, when it alone is over the capacity. */
+  add(key: string, buf: Buffer, size: number): boolean {
+    if (size > this.capacity) return false;
+    this.drop(key);
+    this.map.set(key, { buf, size });
+    this.used += size;
+    for (const k of this.map.keys()) {
+      if (this.used <= this.capacity) break;
+      this.drop(k);
+    }
+    return true;
+  }
+
+  /** Let go of `key` without dropping its arena reference (it moves elsewhere). */
+  take(key: string): Buffer | undefined {
+    const e = this.map.get(key);
+    if (!e) return undefined;
+    this.map.delete(key);
+    this.used -= e.size;
+    return e.buf;
+  }
+
+  private drop(key: string): void {
+    const buf = this.take(key);
+    if (buf) chunkArena()?.release(buf);
+  }
+
+  clear(): void {
+    for (const k of [...this.map.keys()]) this.drop(k);
+  }
+}
+
+export class ChunkMemoryCache {
+  private readonly lru: HeldChunks;
   /** offered chunks not read yet, oldest first (only with `aheadBytes`) */
-  private readonly ahead = new Map<string, { buf: Buffer; size: number }>();
+  private readonly ahead: HeldChunks | undefined;
   private readonly loading = new Map<string, Promise<Buffer>>();
-  private bytes = 0;
-  private aheadUsed = 0;
 
   /**
    * `aheadBytes` > 0: what `offer` brings is held apart, up to that many
    * bytes, until its first read moves it into the LRU of `capacityBytes`;
    * 0: offered chunks go to the LRU like read ones.
    */
-  constructor(private readonly capacityBytes: number, private readonly aheadBytes = 0) {}
+  constructor(readonly capacityBytes: number, readonly aheadBytes = 0) {
+    this.lru = new HeldChunks(capacityBytes);
+    this.ahead = aheadBytes > 0 ? new HeldChunks(aheadBytes) : undefined;
+  }
 
   get(key: string, load: () => Promise<Buffer>): Promise<Buffer> {
-    const hit = this.map.get(key);
+    const hit = this.lru.get(key);
     if (hit) {
-      this.map.delete(key); // refresh LRU position
-      this.map.set(key, hit);
-      return Promise.resolve(hit.buf);
+      this.lru.touch(key);
+      return Promise.resolve(hit);
     }
-    const early = this.ahead.get(key);
+    // first read of a read-ahead chunk: it joins the LRU (its arena reference moves with it)
+    const early = this.ahead?.take(key);
     if (early) {
-      // first read of a read-ahead chunk: it joins the LRU (its arena reference moves with it)
-      this.ahead.delete(key);
-      this.aheadUsed -= early.size;
-      this.put(key, early.buf, true);
-      return Promise.resolve(early.buf);
+      this.hold(this.lru, key, early, true);
+      return Promise.resolve(early);
     }
     let p = this.loading.get(key);
     if (!p) {
-      p = load().then((buf) => { this.put(key, buf); return buf; }).finally(() => this.loading.delete(key));
+      p = load().then((buf) => { this.hold(this.lru, key, buf); return buf; }).finally(() => this.loading.delete(key));
       this.loading.set(key, p);
     }
     return p;
@@ -79,58 +133,33 @@ export class ChunkMemoryCache {
 
   /** Whether `key` is held or being loaded. */
   has(key: string): boolean {
-    return this.map.has(key) || this.ahead.has(key) || this.loading.has(key);
+    return this.lru.has(key) || !!this.ahead?.has(key) || this.loading.has(key);
   }
 
   /** Hold what `p` brings for `key` (a neighbour fetched by the same request); no-op when known. */
   offer(key: string, p: Promise<Buffer>): void {
     if (this.has(key)) return;
-    const q = p.then((buf) => { if (this.aheadBytes > 0) this.hold(key, buf); else this.put(key, buf); return buf; }).finally(() => this.loading.delete(key));
+    const q = p.then((buf) => {
+      if (!this.lru.has(key) && !this.ahead?.has(key)) this.hold(this.ahead ?? this.lru, key, buf);
+      return buf;
+    }).finally(() => this.loading.delete(key));
     q.catch(() => undefined);
     this.loading.set(key, q);
   }
 
-  /** Keep an offered chunk until its first read, the oldest going first past `aheadBytes`. */
-  private hold(key: string, buf: Buffer): void {
+  /**
+   * Keep `buf` in `where`, counted at its footprint (a chunk in its own arena
+   * slot holds the whole slot, rounded up to a power of two); `referenced`:
+   * the caller hands over an arena reference it holds.
+   */
+  private hold(where: HeldChunks, key: string, buf: Buffer, referenced = false): void {
     const arena = chunkArena();
-    const size = arena ? arena.footprint(buf) : buf.length;
-    if (size > this.aheadBytes || this.map.has(key) || this.ahead.has(key)) return;
-    arena?.retain(buf);
-    this.ahead.set(key, { buf, size });
-    this.aheadUsed += size;
-    for (const [k, v] of this.ahead) {
-      if (this.aheadUsed <= this.aheadBytes) break;
-      this.ahead.delete(k);
-      this.aheadUsed -= v.size;
-      arena?.release(v.buf);
-    }
-  }
-
-  /** `referenced`: the caller hands over an arena reference it holds (a chunk moving from `ahead`). */
-  private put(key: string, buf: Buffer, referenced = false): void {
-    const arena = chunkArena();
-    // a chunk in its own arena slot holds the whole slot (rounded up to a power of two): counted so
-    const size = arena ? arena.footprint(buf) : buf.length;
-    if (size > this.capacityBytes) { if (referenced) arena?.release(buf); return; }
-    const old = this.map.get(key);
-    if (old) { this.map.delete(key); this.bytes -= old.size; arena?.release(old.buf); }
     if (!referenced) arena?.retain(buf);
-    this.map.set(key, { buf, size });
-    this.bytes += size;
-    for (const [k, v] of this.map) {
-      if (this.bytes <= this.capacityBytes) break;
-      this.map.delete(k);
-      this.bytes -= v.size;
-      arena?.release(v.buf);
-    }
+    if (!where.add(key, buf, arena ? arena.footprint(buf) : buf.length)) arena?.release(buf);
   }
 
   clear(): void {
-    const arena = chunkArena();
-    if (arena) for (const v of [...this.map.values(), ...this.ahead.values()]) arena.release(v.buf);
-    this.map.clear();
-    this.ahead.clear();
-    this.bytes = 0;
-    this.aheadUsed = 0;
+    this.lru.clear();
+    this.ahead?.clear();
   }
 }
