@@ -212,13 +212,19 @@ test('EVENT_IDX arithmetic and NO_INTERRUPT', () => {
 });
 
 
-test('ChainWriter.writeFromFile: native preadv into > IOV_MAX descriptors across regions, after a header, short file is EIO', () => {
-  const { ram, mem, off, dispose } = setup(64 * 1024);
-  const q = new SplitQueue(4096);
-  assert.ok(q.setSize(4096));
+/** A ready queue of `size` entries with its descriptor table at GPA + 0x10000, for the writeFromFile tests. */
+function fileQueue(size: number) {
+  const world = setup(64 * 1024);
+  const q = new SplitQueue(size);
+  assert.ok(q.setSize(size));
   assert.ok(q.setAddresses(GPA + 0x10000, GPA + 0x1000, GPA + 0x2000));
-  q.setMemory(mem);
+  q.setMemory(world.mem);
   assert.ok(q.ready());
+  return { ...world, q };
+}
+
+test('ChainWriter.writeFromFile: native preadv into > IOV_MAX descriptors across regions, after a header, short file is EIO', () => {
+  const { ram, off, dispose, q } = fileQueue(4096);
   // 1 readable + 1100 writable descriptors of 300 bytes with 4-byte gaps (odd sizes, odd
   // addresses, no two adjacent), the run crossing the region boundary at SIZE/2 and the 64 KiB windows
   const N = 1100;
@@ -263,12 +269,7 @@ test('ChainWriter.writeFromFile: native preadv into > IOV_MAX descriptors across
 });
 
 test('ChainWriter.writeFromFile nowait: bytes the page cache does not hold are WouldBlock (nothing counted), held ones are read', () => {
-  const { ram, mem, off, dispose } = setup(64 * 1024);
-  const q = new SplitQueue(256);
-  assert.ok(q.setSize(256));
-  assert.ok(q.setAddresses(GPA + 0x10000, GPA + 0x1000, GPA + 0x2000));
-  q.setMemory(mem);
-  assert.ok(q.ready());
+  const { ram, off, dispose, q } = fileQueue(256);
   desc(ram, off(GPA + 0x10000), GPA + 0x100, 8, 1, 1);
   for (let i = 0; i < 4; i++) desc(ram, off(GPA + 0x10000 + 16 * (i + 1)), GPA + 0x20000 + 5000 * i, 4096, 2 | (i < 3 ? 1 : 0), i + 2);
   const ch = q.parseChain(0) as DescriptorChain;
