@@ -15,7 +15,7 @@ import type { ChunkInfo, RafsInode, RafsSuper } from './metadata/types';
 import type {
   Attr, AttrReply, DirEntry, Entry, FileSystem, OpenReply, ReadPiece, RequestContext, StatFs,
 } from '../common/filesystem';
-import { FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE } from '../common/filesystem';
+import { FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE } from '../common/filesystem';
 
 const RAFS_TIMEOUT = 4294967296; // 2^32 s, as upstream
 const DOT = Buffer.from('.');
@@ -144,9 +144,10 @@ export class RafsFs implements FileSystem {
   async fsyncdir(): Promise<void> {}
   async access(_ctx: RequestContext, ino: bigint): Promise<void> { this.inode(ino); }
 
+  /** A read-only image's listings never change: the kernel may keep them (as upstream's Rafs: CACHE_DIR | KEEP_CACHE). */
   async opendir(_ctx: RequestContext, ino: bigint): Promise<OpenReply> {
     if (!this.inode(ino).isDir()) throw enotdir(`inode ${ino} is not a directory`);
-    return { fh: 0n, openFlags: 0 };
+    return { fh: 0n, openFlags: FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE };
   }
 
   private chunksOf(i: RafsInode): ChunkInfo[] {

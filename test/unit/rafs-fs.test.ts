@@ -14,6 +14,7 @@ import { localfsDirConfig } from '../../src/common/config';
 import { createImage } from '../../src/rafs/builder/create';
 import { loadRafs } from '../../src/rafs/metadata/super';
 import { RafsFs } from '../../src/rafs/fs';
+import { FOPEN_CACHE_DIR, FOPEN_KEEP_CACHE } from '../../src/common/filesystem';
 import { createBlobDevice } from '../../src/storage/factory';
 import type { BlobDevice } from '../../src/storage/blob/device';
 import type { ChunkInfo } from '../../src/rafs/metadata/types';
@@ -117,6 +118,8 @@ for (const v of [5, 6] as const) {
     assert.is(fsys.statelessOpen, true);
     assert.is(new RafsFs(sb, device, { bootstrap: boot, directIo: true }).statelessOpen, false);
     const ctx = {} as never;
+    // listings of a read-only image are kept by the kernel, as upstream's
+    assert.equal(await fsys.opendir(ctx, 1n), { fh: 0n, openFlags: FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE });
     const list = async (offset: number, plus: boolean) => {
       const out: Array<{ name: string; offset: number; ino: bigint; type: number; entry?: bigint }> = [];
       await fsys.readdir(ctx, 1n, 0n, offset, plus, (e) => { out.push({ name: e.name.toString(), offset: e.offset, ino: e.ino, type: e.type, entry: e.entry?.ino }); return true; });
