@@ -34,6 +34,9 @@ import { isAligned } from '../../src/common/libc';
 const ROOT = fs.mkdtempSync(path.join(os.tmpdir(), 'nydus-storage-'));
 let n = 0;
 const tmp = (name: string) => fs.mkdtempSync(path.join(ROOT, `${name}-${n++}-`));
+/** Every localfs backend a test makes, closed after the last test (caches and devices do not own the ones they are given). */
+const backends: LocalFsBackend[] = [];
+const localfs = (...a: ConstructorParameters<typeof LocalFsBackend>) => { const b = new LocalFsBackend(...a); backends.push(b); return b; };
 
 interface Img {
   blobDir: string;
@@ -112,7 +115,10 @@ test.before(async () => {
   RAW = await build(6, Compressor.None);
 });
 
-test.after(() => fs.rmSync(ROOT, { recursive: true, force: true }));
+test.after(async () => {
+  await Promise.all(backends.map((b) => b.close()));
+  fs.rmSync(ROOT, { recursive: true, force: true });
+});
 
 test('image sanity: compressed chunks, several per blob', () => {
   assert.ok(V6.chunks.length >= 5, `${V6.chunks.length} chunks`);
@@ -125,7 +131,7 @@ test('image sanity: compressed chunks, several per blob', () => {
 test('localfs: reads, short read, alt_dirs, blob_file, hostile ids', async () => {
   const whole = fs.readFileSync(V6.blobPath);
   const id = V6.info.blobId;
-  const b = new LocalFsBackend({ blob_file: '', dir: V6.blobDir, alt_dirs: [] });
+  const b = localfs({ blob_file: '', dir: V6.blobDir, alt_dirs: [] });
   assert.equal(await b.read(id, 0, 100), whole.subarray(0, 100));
   assert.equal(await b.read(id, 1234, 4000), whole.subarray(1234, 5234));
   assert.is(await b.size(id), whole.length);
@@ -139,13 +145,13 @@ test('localfs: reads, short read, alt_dirs, blob_file, hostile ids', async () =>
   // alt_dirs: the primary dir lacks the blob (an empty file does not count)
   const empty = tmp('empty');
   fs.writeFileSync(path.join(empty, id), '');
-  const alt = new LocalFsBackend({ blob_file: '', dir: empty, alt_dirs: [tmp('nothing'), V6.blobDir] });
+  const alt = localfs({ blob_file: '', dir: empty, alt_dirs: [tmp('nothing'), V6.blobDir] });
   assert.is(await alt.blobPath(id), path.join(V6.blobDir, id));
   assert.equal(await alt.read(id, 10, 10), whole.subarray(10, 20));
   await alt.close();
 
   // blob_file: every id maps to the file
-  const bf = new LocalFsBackend({ blob_file: V6.blobPath, dir: '' });
+  const bf = localfs({ blob_file: V6.blobPath, dir: '' });
   assert.equal(await bf.read('anything', 0, 8), whole.subarray(0, 8));
   await rejectsWith(bf.read('../etc/passwd', 0, 8), 'EINVAL');
   await bf.close();
@@ -201,7 +207,7 @@ test('chunk map: header bytes, MSB-first bits, persistence, reset of bad files',
 test('filecache: fill writes decompressed chunks at uncompressed offsets and an exact chunk_map', async () => {
   for (const img of [V6, V5]) {
     const work = tmp('work');
-    const be = new Counting(new LocalFsBackend({ blob_file: '', dir: img.blobDir }));
+    const be = new Counting(localfs({ blob_file: '', dir: img.blobDir }));
     const fc = new FileCache({ workDir: work, backend: be, validate: true });
     for (const c of img.chunks) assert.equal(await fc.readChunk(img.info, c), img.expect.get(c.index));
     assert.is(be.reads, img.chunks.length);
@@ -228,7 +234,7 @@ test('filecache: fill writes decompressed chunks at uncompressed offsets and an 
 
 test('filecache: partial fill bitmap, restart keeps the cache without touching the backend', async () => {
   const work = tmp('work');
-  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const fc = new FileCache({ workDir: work, backend: be, validate: false });
   await fc.readChunk(V6.info, V6.chunks[1]);
   await fc.readChunk(V6.info, V6.chunks[3]);
@@ -237,7 +243,7 @@ test('filecache: partial fill bitmap, restart keeps the cache without touching t
   assert.is(map.readUInt32LE(12), 0);
   assert.is(map[4096], 0b0101_0000);
 
-  const be2 = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be2 = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const fc2 = new FileCache({ workDir: work, backend: be2, validate: true });
   assert.equal(await fc2.readChunk(V6.info, V6.chunks[1]), V6.expect.get(V6.chunks[1].index));
   assert.equal(await fc2.readChunk(V6.info, V6.chunks[3]), V6.expect.get(V6.chunks[3].index));
@@ -248,7 +254,7 @@ test('filecache: partial fill bitmap, restart keeps the cache without touching t
 });
 
 test('filecache: single flight — concurrent reads of one chunk fetch once', async () => {
-  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const fc = new FileCache({ workDir: tmp('work'), backend: be, validate: true });
   const c = V6.chunks[2];
   const all = await Promise.all(Array.from({ length: 8 }, () => fc.readChunk(V6.info, c)));
@@ -265,7 +271,7 @@ test('filecache: corrupted blob data → EIO with validation, never cached', asy
   blob[c.compressedOffset + Math.floor(c.compressedSize / 2)] ^= 0x20;
   fs.writeFileSync(path.join(dir, V6.info.blobId), blob);
   const work = tmp('work');
-  const fc = new FileCache({ workDir: work, backend: new LocalFsBackend({ blob_file: '', dir }), validate: true });
+  const fc = new FileCache({ workDir: work, backend: localfs({ blob_file: '', dir }), validate: true });
   await rejectsWith(fc.readChunk(V6.info, c), 'EIO', new RegExp(`blob ${V6.info.blobId} chunk ${c.index}`));
   assert.not.ok(await fc.isReady(V6.info, c));
   // other chunks are fine
@@ -287,20 +293,20 @@ test('filecache: a stored-raw chunk with a flipped byte is caught by the digest 
   assert.not.ok(c.compressed);
   blob[c.compressedOffset + 100] ^= 0x01;
   fs.writeFileSync(path.join(dir, RAW.info.blobId), blob);
-  const backend = new LocalFsBackend({ blob_file: '', dir });
+  const backend = localfs({ blob_file: '', dir });
   const fc = new FileCache({ workDir: tmp('work'), backend, validate: true });
   await rejectsWith(fc.readChunk(RAW.info, c), 'EIO', /digest mismatch/);
   assert.not.ok(await fc.isReady(RAW.info, c));
   await fc.close();
   // the same read without validation returns the damaged bytes: validation is what protects
-  const lax = new FileCache({ workDir: tmp('work'), backend: new LocalFsBackend({ blob_file: '', dir }), validate: false });
+  const lax = new FileCache({ workDir: tmp('work'), backend: localfs({ blob_file: '', dir }), validate: false });
   assert.not.equal(await lax.readChunk(RAW.info, c), RAW.expect.get(c.index));
   await lax.close();
 });
 
 test('filecache: corrupted cache file → EIO with validation, ready bit dropped, next read refetches', async () => {
   const work = tmp('work');
-  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const fc = new FileCache({ workDir: work, backend: be, validate: true });
   for (const c of V6.chunks) await fc.readChunk(V6.info, c);
   await fc.close();
@@ -336,7 +342,7 @@ test('filecache: corrupted cache file → EIO with validation, ready bit dropped
 });
 
 test('filecache: hostile blob id and out-of-range chunks', async () => {
-  const fc = new FileCache({ workDir: tmp('work'), backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }), validate: true });
+  const fc = new FileCache({ workDir: tmp('work'), backend: localfs({ blob_file: '', dir: V6.blobDir }), validate: true });
   await rejectsWith(fc.readChunk({ ...V6.info, blobId: '../escape' }, V6.chunks[0]), 'EINVAL', /invalid blob id/);
   await rejectsWith(fc.readChunk(V6.info, { ...V6.chunks[0], index: V6.info.chunkCount }), 'EIO', /out of range/);
   await rejectsWith(fc.readChunk(V6.info, { ...V6.chunks[0], uncompressedOffset: 2 ** 50 }), 'EIO', /out of range/);
@@ -352,7 +358,7 @@ function cfgFor(img: Img, extra: Partial<ConfigV2['cache']> = {}, work?: string)
 
 test('factory: blobcache device, prefetch, bounds, close', async () => {
   const work = tmp('work');
-  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const cfg = cfgFor(V6, { validate: true, prefetch: { enable: true, threads: 2, batch_size: 1 << 20, bandwidth_limit: 0, prefetch_all: false, stream_prefetch: false } }, work);
   const dev = createBlobDevice(cfg, [V6.info], { backend: be }) as StorageDevice;
   dev.prefetch(V6.chunks);
@@ -376,7 +382,7 @@ test('factory: blobcache device, prefetch, bounds, close', async () => {
 
 test('factory: no cache reads + verifies every time; blobFile option; unsupported types', async () => {
   const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: V6.blobDir } }, cache: { type: 'dummycache' }, rafs: { validate: true } }));
-  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const dev = createBlobDevice(cfg, [V6.info], { backend: be });
   const c = V6.chunks[0];
   assert.equal(await dev.readChunk(c), V6.expect.get(c.index));
@@ -403,8 +409,8 @@ test('factory: no cache reads + verifies every time; blobFile option; unsupporte
 
 test('shared blob cache: two mounts of images sharing a blob share one entry, one download, one chunk map', async () => {
   const work = tmp('shared-work');
-  const beA = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
-  const beB = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const beA = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
+  const beB = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const devA = createBlobDevice(cfgFor(V6, {}, work), [V6.info], { backend: beA }) as StorageDevice;
   const devB = createBlobDevice(cfgFor(V6, { validate: true }, path.join(work, '.', '')), [V6.info], { backend: beB }) as StorageDevice;
   assert.is(fileCacheUsers().get(path.resolve(work)), 2, 'one cache object for the work_dir, two users');
@@ -419,7 +425,7 @@ test('shared blob cache: two mounts of images sharing a blob share one entry, on
   await devB.close();
   assert.is(fileCacheUsers().has(path.resolve(work)), false, 'closed with its last user');
   // readiness persisted once, for both: a new mount finds every chunk ready
-  const beC = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const beC = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const devC = createBlobDevice(cfgFor(V6, {}, work), [V6.info], { backend: beC }) as StorageDevice;
   for (const c of V6.chunks) assert.equal(await devC.readChunk(c), V6.expect.get(c.index));
   assert.is(beC.reads, 0);
@@ -446,7 +452,7 @@ test('shared blob cache: two mounts of images sharing a blob share one entry, on
 
 test('filecache: bad data from the backend is downloaded again (bounded), never returned', async () => {
   const c = V6.chunks[0];
-  const good = new LocalFsBackend({ blob_file: '', dir: V6.blobDir });
+  const good = localfs({ blob_file: '', dir: V6.blobDir });
   let reads = 0;
   let flips = 1;
   const flaky = {
@@ -479,7 +485,7 @@ test('shared blob cache: a validating mount joining an unverified fetch still ne
   // a backend that serves a corrupted chunk to the lax mount
   const lax: BlobBackend = {
     read: async (id: string, off: number, len: number) => {
-      const b = Buffer.from(await new LocalFsBackend({ blob_file: '', dir: V6.blobDir }).read(id, off, len));
+      const b = Buffer.from(await localfs({ blob_file: '', dir: V6.blobDir }).read(id, off, len));
       if (!c.compressed) b[0] ^= 0xff;
       else b[b.length - 1] ^= 0xff;
       await new Promise((r) => setTimeout(r, 20));
@@ -488,7 +494,7 @@ test('shared blob cache: a validating mount joining an unverified fetch still ne
     close: async () => {},
   } as unknown as BlobBackend;
   const devLax = createBlobDevice(cfgFor(V6, {}, work), [V6.info], { backend: lax }) as StorageDevice;
-  const devStrict = createBlobDevice(cfgFor(V6, { validate: true }, work), [V6.info], { backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }) }) as StorageDevice;
+  const devStrict = createBlobDevice(cfgFor(V6, { validate: true }, work), [V6.info], { backend: localfs({ blob_file: '', dir: V6.blobDir }) }) as StorageDevice;
   const pLax = devLax.readChunk(c).then(() => 'ok', () => 'err');
   const strict = await devStrict.readChunk(c).then((d) => d.equals(V6.expect.get(c.index)!) ? 'right' : 'WRONG', () => 'eio');
   await pLax;
@@ -614,7 +620,7 @@ test('factory: a small image\'s chunk directory is built after the mount, in sli
   };
   // the bench image's shape: built before anything is read
   const small = walk(V6.chunks);
-  const dev = createBlobDevice(cfg, [V6.info], { backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }), chunks: small.chunks }) as StorageDevice;
+  const dev = createBlobDevice(cfg, [V6.info], { backend: localfs({ blob_file: '', dir: V6.blobDir }), chunks: small.chunks }) as StorageDevice;
   await dev.prepared;
   await ticks(3);
   assert.equal([small.walks, small.taken], [1, V6.chunks.length], 'built without a read');
@@ -626,7 +632,7 @@ test('factory: a small image\'s chunk directory is built after the mount, in sli
   const info = { ...V6.info, chunkCount: 5000 };
   const recs = Array.from({ length: 5000 }, (_, k) => ck(k, k * 10, 10));
   const mid = walk(recs);
-  const dev2 = createBlobDevice(cfg, [info], { backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }), chunks: mid.chunks }) as StorageDevice;
+  const dev2 = createBlobDevice(cfg, [info], { backend: localfs({ blob_file: '', dir: V6.blobDir }), chunks: mid.chunks }) as StorageDevice;
   await dev2.prepared;
   await ticks(1);
   assert.ok(mid.taken > 0 && mid.taken < 5000, `one slice taken (${mid.taken})`);
@@ -637,7 +643,7 @@ test('factory: a small image\'s chunk directory is built after the mount, in sli
   await dev2.close();
   // a large image (beyond ~32k chunks) keeps the footprint of a mount small: built at the first miss
   const big = walk(V6.chunks);
-  const dev3 = createBlobDevice(cfg, [{ ...V6.info, chunkCount: 40_000 }], { backend: new LocalFsBackend({ blob_file: '', dir: V6.blobDir }), chunks: big.chunks }) as StorageDevice;
+  const dev3 = createBlobDevice(cfg, [{ ...V6.info, chunkCount: 40_000 }], { backend: localfs({ blob_file: '', dir: V6.blobDir }), chunks: big.chunks }) as StorageDevice;
   await dev3.prepared;
   await ticks(3);
   assert.is(big.walks, 0, 'nothing walked at mount');
@@ -647,7 +653,7 @@ test('factory: a small image\'s chunk directory is built after the mount, in sli
 });
 
 test('merged misses: one request fetches a miss and its uncached neighbours; they are then hits; a cached chunk splits the run', async () => {
-  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const dir = new ChunkDirectory(V6.info, V6.chunks);
   const sorted = [...dir.all()];
   const src = { backend: be, validate: true, directory: () => dir, batchSize: 1 << 20 };
@@ -658,7 +664,7 @@ test('merged misses: one request fetches a miss and its uncached neighbours; the
   assert.is(be.reads, 1, 'every neighbour came with the first request');
   await fc.close();
 
-  const be2 = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be2 = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const fc2 = new FileCache({ workDir: tmp('merge2') });
   const src2 = { ...src, backend: be2 };
   await fc2.readChunk(V6.info, sorted[2], src2); // fetches 2..end
@@ -676,7 +682,7 @@ test('merged misses: a bad chunk inside a merged request is downloaded again alo
   const sorted = [...dir.all()];
   const bad = sorted[Math.floor(sorted.length / 2)];
   const at = bad.compressedOffset + Math.floor(bad.compressedSize / 2);
-  const inner = new LocalFsBackend({ blob_file: '', dir: V6.blobDir });
+  const inner = localfs({ blob_file: '', dir: V6.blobDir });
   const ranges: Array<[number, number]> = [];
   let flipped = false;
   const flaky: BlobBackend = {
@@ -704,7 +710,7 @@ test('merged misses are written behind as a run: its good chunks land at their o
   // the run's chunks are written together with the 4 KiB alignment padding between them
   assert.ok(sorted.some((c, k) => k > 0 && c.uncompressedOffset > sorted[k - 1].uncompressedOffset + sorted[k - 1].uncompressedSize), 'the image has padded chunks');
   const bad = sorted[1];
-  const inner = new LocalFsBackend({ blob_file: '', dir: V6.blobDir });
+  const inner = localfs({ blob_file: '', dir: V6.blobDir });
   let reads = 0;
   const rotten: BlobBackend = {
     type: 'registry',
@@ -817,7 +823,7 @@ test('localfs: a read given an aligned window is read with O_DIRECT into it; a m
   try {
     // a range that starts and ends inside pages, and one running to the blob's end (no whole last page)
     for (const [start, length] of [[100, 70_000], [blob.length - 9_000, 9_000]]) {
-      const be = new LocalFsBackend({ blob_file: '', dir: RAW.blobDir });
+      const be = localfs({ blob_file: '', dir: RAW.blobDir });
       const w = windowFor(start, length);
       const got = await directIo(false, async (seen) => {
         const b = await be.read(id, start, length, { into: w.into, window: { buf: w.buf, at: w.at } });
@@ -833,7 +839,7 @@ test('localfs: a read given an aligned window is read with O_DIRECT into it; a m
     }
     // a window that does not hold `into` where the range is: read through the page cache into `into`
     {
-      const be = new LocalFsBackend({ blob_file: '', dir: RAW.blobDir });
+      const be = localfs({ blob_file: '', dir: RAW.blobDir });
       const w = windowFor(4096, 8192);
       const into = Buffer.alloc(8192);
       await directIo(false, async (seen) => {
@@ -847,7 +853,7 @@ test('localfs: a read given an aligned window is read with O_DIRECT into it; a m
     }
     // refused at read time: the same bytes through the page cache, and no second try with O_DIRECT
     {
-      const be = new LocalFsBackend({ blob_file: '', dir: RAW.blobDir });
+      const be = localfs({ blob_file: '', dir: RAW.blobDir });
       await directIo(true, async (seen) => {
         for (let k = 0; k < 2; k++) {
           const w = windowFor(5000, 20_000);
@@ -861,7 +867,7 @@ test('localfs: a read given an aligned window is read with O_DIRECT into it; a m
     }
     // turned off: never
     {
-      const be = new LocalFsBackend({ blob_file: '', dir: RAW.blobDir }, { directReads: false });
+      const be = localfs({ blob_file: '', dir: RAW.blobDir }, { directReads: false });
       assert.is(be.directAlign, undefined);
       const w = windowFor(0, 8192);
       await directIo(false, async (seen) => {
@@ -881,7 +887,7 @@ test('filecache with the chunk arena: whole-page chunks are written with O_DIREC
   try {
     for (const [img, refuse] of [[V6, false], [RAW, false], [V6, true]] as const) {
       const dir = new ChunkDirectory(img.info, img.chunks);
-      const src = { backend: new LocalFsBackend({ blob_file: '', dir: img.blobDir }), validate: true, directory: () => dir, batchSize: 1 << 20 };
+      const src = { backend: localfs({ blob_file: '', dir: img.blobDir }), validate: true, directory: () => dir, batchSize: 1 << 20 };
       const fill = async (work: string, directWrites: boolean) => {
         const fc = new FileCache({ workDir: work, directWrites });
         for (const c of dir.all()) assert.equal(await fc.readChunk(img.info, c, src), img.expect.get(c.index));
@@ -917,7 +923,7 @@ test('filecache with the chunk arena: whole-page chunks are written with O_DIREC
 
 test('no-cache device: a miss brings its neighbours into memory (one request for the blob), bytes verified', async () => {
   const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: V6.blobDir } }, cache: { type: '' }, rafs: { validate: true } }));
-  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
+  const be = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
   const dev = createBlobDevice(cfg, [V6.info], { backend: be, chunks: () => V6.chunks });
   for (const c of V6.chunks) assert.equal(await dev.readChunk(c), V6.expect.get(c.index));
   assert.is(be.reads, 1);
@@ -938,8 +944,8 @@ test('prefetch bandwidth bucket: full at start, refills at the rate, charges at 
 
 test('cache quota: least recently used blobs no mount uses are evicted whole; a blob in use never is; an evicted blob is fetched again', async () => {
   const work = tmp('quota');
-  const be = new Counting(new LocalFsBackend({ blob_file: '', dir: V6.blobDir }));
-  const be5 = new Counting(new LocalFsBackend({ blob_file: '', dir: V5.blobDir }));
+  const be = new Counting(localfs({ blob_file: '', dir: V6.blobDir }));
+  const be5 = new Counting(localfs({ blob_file: '', dir: V5.blobDir }));
   const size = (img: Img) => img.chunks.reduce((a, c) => a + Math.ceil(c.uncompressedSize / 4096) * 4096, 0) + 8192;
   // room for one of the two blobs, not both
   const quota = Math.max(size(V6), size(V5)) + 4096;
@@ -989,7 +995,7 @@ test('sequential readahead: a reader going through a file is served by a few lar
   });
   const sb = loadRafs(r.bootstrap);
   for (const cache of [false, true]) {
-    const be = new Counting(new LocalFsBackend({ blob_file: '', dir: blobDir }));
+    const be = new Counting(localfs({ blob_file: '', dir: blobDir }));
     const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: blobDir } },
       cache: cache ? { type: 'blobcache', filecache: { work_dir: tmp('ra-cache') } } : { type: '' } }));
     const dev = createBlobDevice(cfg, sb.blobs, { backend: be, chunks: () => sb.chunkTable() });
