@@ -57,8 +57,6 @@ export const PAGE_SIZE = 4096;
 export const EAGAIN = 11;
 export const EINTR = 4;
 export const EOPNOTSUPP = 95;
-/** preadv2(2) flag: only what the page cache holds, never wait for the disk */
-export const RWF_NOWAIT = 0x8;
 
 /** A failed system call: `errno` is the positive C errno. */
 export class HostError extends Error {

@@ -12,8 +12,9 @@
  * when the bytes are contiguous, for payloads used once (file data).
  */
 import { WouldBlock, eio, einval } from '../../common/errno';
+import { RWF_NOWAIT } from '../../common/libc';
 import { preadvFully } from '../../common/pread';
-import { EAGAIN, EOPNOTSUPP, HostError, RWF_NOWAIT, preadvInto } from '../sys/host';
+import { EAGAIN, EOPNOTSUPP, HostError, preadvInto } from '../sys/host';
 import type { SegmentList } from './guest-memory';
 import type { DescriptorChain } from './queue';
 
