@@ -322,12 +322,12 @@ export class StorageDevice implements BlobDevice {
       const info = this.blobs[i];
       for (const run of mergeRuns(blobOrder(l), READAHEAD_REQUEST)) {
         if (this.cache) {
-          this.cache.fetchRun(info, run, this.source).then(
+          this.cache.fetchRun(info, run, this.source, { readAhead: true }).then(
             (datas) => datas.forEach((p, k) => { if (p) this.memory.offer(memKey(run[k]), p); }),
             () => { /* the real read reports it */ },
           );
         } else {
-          const datas = fetchRegion({ backend: this.backend, verify: this.validate || this.verifyFetched }, info, run);
+          const datas = fetchRegion({ backend: this.backend, verify: this.validate || this.verifyFetched, readAhead: true }, info, run);
           datas.forEach((p, k) => this.memory.offer(memKey(run[k]), p));
         }
       }

@@ -27,6 +27,7 @@ import { createBlobDevice, StorageDevice } from '../../src/storage/factory';
 import { RafsFs } from '../../src/rafs/fs';
 import type { BlobDevice } from '../../src/storage/blob/device';
 import { fileCacheUsers } from '../../src/storage/cache/manager';
+import { fetchRegion } from '../../src/storage/cache/region';
 import { DIRECT_ALIGN, planWrites } from '../../src/storage/cache/direct-write';
 import { chunkArena, enableChunkArena } from '../../src/storage/blob/chunk-arena';
 import { isAligned } from '../../src/common/libc';
@@ -882,15 +883,58 @@ test('localfs: a read given an aligned window is read with O_DIRECT into it; a m
   }
 });
 
-test('filecache with the chunk arena: whole-page chunks are written with O_DIRECT, the rest through the page cache; the file\'s bytes are the same; a refused direct write falls back', async () => {
+test('fetchRegion: only read-ahead requests of 1 MiB and more get an aligned window for direct reads (random readers keep the page cache)', async () => {
+  enableChunkArena(32 << 20);
+  try {
+    const seen: Array<{ len: number; window?: { buf: Buffer; at: number }; into?: Buffer }> = [];
+    // one chunk of 1 MiB, stored as it is, at an odd blob offset
+    const big = Buffer.alloc(1 << 20);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 31 + 7) & 0xff;
+    const fake: ChunkInfo = { ...RAW.chunks[0], compressed: false, flags: 0, compressedOffset: 1000, compressedSize: big.length, uncompressedSize: big.length };
+    const bigBlob = Buffer.concat([Buffer.alloc(1000), big]);
+    // a backend that asks for windows and records what it is given
+    const spy: BlobBackend = {
+      type: 'spy', readsInto: true, directAlign: 4096,
+      read: async (_id, off, len, opts) => {
+        seen.push({ len, window: opts?.window, into: opts?.into });
+        const out = opts?.into ?? Buffer.alloc(len);
+        bigBlob.copy(out, 0, off, off + len);
+        return out;
+      },
+      close: async () => {},
+    };
+    const info = { ...RAW.info, chunkCount: 1 };
+    for (const readAhead of [false, true]) {
+      const [p] = fetchRegion({ backend: spy, verify: false, readAhead }, info, [fake]);
+      assert.ok((await p).equals(big));
+      const r = seen.pop()!;
+      if (!readAhead) assert.is(r.window, undefined, 'on demand: no window');
+      else {
+        assert.ok(r.window, 'read-ahead: a window');
+        assert.is(r.window!.at, 0);
+        assert.is(r.window!.buf.length, Math.ceil((1000 + big.length) / 4096) * 4096);
+        assert.ok(isAligned(r.window!.buf, 4096));
+        assert.is(r.into!.buffer, r.window!.buf.buffer);
+        assert.is(r.into!.byteOffset, r.window!.buf.byteOffset + 1000);
+      }
+    }
+  } finally {
+    enableChunkArena(0);
+  }
+});
+
+test('filecache with the chunk arena: read-ahead\'s whole-page chunks are written with O_DIRECT, the rest through the page cache; the file\'s bytes are the same; a refused direct write falls back', async () => {
   enableChunkArena(64 << 20, 1 << 20);
   try {
     for (const [img, refuse] of [[V6, false], [RAW, false], [V6, true]] as const) {
       const dir = new ChunkDirectory(img.info, img.chunks);
       const src = { backend: localfs({ blob_file: '', dir: img.blobDir }), validate: true, directory: () => dir, batchSize: 1 << 20 };
+      // as a sequential reader's read-ahead fetches them (written direct), then read (served from the flights or the file)
       const fill = async (work: string, directWrites: boolean) => {
         const fc = new FileCache({ workDir: work, directWrites });
-        for (const c of dir.all()) assert.equal(await fc.readChunk(img.info, c, src), img.expect.get(c.index));
+        const all = [...dir.all()];
+        await Promise.all((await fc.fetchRun(img.info, all, src, { readAhead: true })).map((p) => p));
+        for (const c of all) assert.equal(await fc.readChunk(img.info, c, src), img.expect.get(c.index));
         await fc.close();
         return fc.written;
       };
@@ -915,6 +959,17 @@ test('filecache with the chunk arena: whole-page chunks are written with O_DIREC
       assert.is(counting.reads, 0);
       await fc.close();
       await src.backend.close();
+    }
+    // chunks read on their own (random reads come back for the rest of a chunk through the file) and prefetched ones: through the page cache
+    const dir = new ChunkDirectory(V6.info, V6.chunks);
+    const src = { backend: localfs({ blob_file: '', dir: V6.blobDir }), validate: true, directory: () => dir, batchSize: 1 << 20 };
+    for (const how of ['on demand', 'prefetch'] as const) {
+      const fc = new FileCache({ workDir: tmp('not-direct'), directWrites: true });
+      if (how === 'prefetch') await fc.prefetchRun(V6.info, [...dir.all()], src);
+      else for (const c of dir.all()) await fc.readChunk(V6.info, c, src);
+      await fc.close();
+      assert.is(fc.written.direct, 0, how);
+      assert.ok(fc.written.buffered > 0, how);
     }
   } finally {
     enableChunkArena(0);

@@ -60,19 +60,20 @@ interface Pending {
 
 /**
  * Chunks decoded into an arena slot: those that are not batch members (cut
- * from their batch). Chunks stored as they are are copied into theirs: as
- * views of their request's memory, one 1 MiB chunk kept by the LRU held the
- * request's whole slot (up to 8 MiB), so a cold read grew the arena to its
- * cap and paid the first-touch faults of all of it.
+ * from their batch). Chunks stored as they are are copied into theirs when
+ * their request brought others too: as views of the request's memory, one
+ * 1 MiB chunk kept by the LRU held the request's whole slot (up to 8 MiB).
+ * A chunk that came alone stays a view of its request (the same memory, no
+ * copy: random reads of incompressible data decode one chunk per request).
  */
-const intoArena = (c: ChunkInfo): boolean => !(c.flags & BlobChunkFlags.BATCH) && c.uncompressedSize > 0;
+const intoArena = (c: ChunkInfo, alone: boolean): boolean => !(c.flags & BlobChunkFlags.BATCH) && c.uncompressedSize > 0 && (c.compressed || !alone);
 
 /** Arena slots for the chunks of `run` that decompress on their own (undefined: fresh buffers). */
 function slotsFor(arena: ChunkArena | undefined, run: readonly ChunkInfo[]): Array<Buffer | undefined> | undefined {
   if (!arena) return undefined;
   let any = false;
   const out = run.map((c) => {
-    const b = intoArena(c) ? arena.alloc(c.uncompressedSize) : undefined;
+    const b = intoArena(c, run.length === 1) ? arena.alloc(c.uncompressedSize) : undefined;
     if (b) any = true;
     return b;
   });

@@ -295,9 +295,12 @@ export class FileCache {
    * Fetch the chunks of `run` (one blob, sorted by compressed offset) that
    * are neither cached nor being fetched, each stretch of them with one
    * request. Per chunk: its data promise (joined when already in flight), or
-   * undefined when it is cached.
+   * undefined when it is cached. `how.prefetch`: at prefetch priority;
+   * `how.readAhead`: for a sequential reader, which reads each byte once (the
+   * chunks may be written with O_DIRECT, see persist).
    */
-  async fetchRun(info: BlobInfo, run: readonly ChunkInfo[], from?: ChunkSource, prefetch = false): Promise<Array<Promise<Buffer> | undefined>> {
+  async fetchRun(info: BlobInfo, run: readonly ChunkInfo[], from?: ChunkSource, how: { prefetch?: boolean; readAhead?: boolean } = {}): Promise<Array<Promise<Buffer> | undefined>> {
+    const prefetch = !!how.prefetch;
     const src = this.source(from);
     const e = await this.entry(info);
     src.metrics?.blobs.add(info.blobId);
@@ -305,7 +308,7 @@ export class FileCache {
     let stretch: ChunkInfo[] = [];
     const flush = () => {
       if (!stretch.length) return;
-      out.push(...this.startRun(e, e.map!, info, stretch, src, prefetch));
+      out.push(...this.startRun(e, e.map!, info, stretch, src, prefetch, !!how.readAhead));
       stretch = [];
     };
     for (const c of run) {
@@ -327,7 +330,7 @@ export class FileCache {
    * `run` is persisted (or failed).
    */
   async prefetchRun(info: BlobInfo, run: readonly ChunkInfo[], from?: ChunkSource): Promise<void> {
-    const datas = await this.fetchRun(info, run, from, true);
+    const datas = await this.fetchRun(info, run, from, { prefetch: true });
     await Promise.allSettled(datas);
     const e = await this.entry(info);
     await Promise.allSettled(run.map((c) => e.writes.get(c.index)));
@@ -387,7 +390,7 @@ export class FileCache {
     }
     const dir = src.directory?.(info);
     const run = dir ? dir.region(chunk, src.batchSize ?? DEFAULT_BATCH, (c) => !map.isReady(c.index) && !e.inflight.has(c.index)) : [chunk];
-    return this.startRun(e, map, info, run, src, prefetch)[0];
+    return this.startRun(e, map, info, run, src, prefetch, false)[0];
   }
 
   /**
@@ -396,9 +399,9 @@ export class FileCache {
    * cache file with one pwritev each (one thread-pool trip per stretch, not
    * per chunk); a chunk whose fetch failed is left out.
    */
-  private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean): Promise<Buffer>[] {
+  private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean, readAhead: boolean): Promise<Buffer>[] {
     const verify = src.validate || !!src.verifyFetched;
-    const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts }, info, run);
+    const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts, readAhead }, info, run);
     const m = src.metrics;
     const arena = chunkArena();
     // what a flight brings is held (arena memory referenced) until the flight is over: a late
@@ -414,7 +417,7 @@ export class FileCache {
       }, () => undefined);
       return flight;
     });
-    const w = Promise.allSettled(datas).then((rs) => this.persistRun(e, map, info, run, rs.map((r) => (r.status === 'fulfilled' ? r.value : undefined)), m));
+    const w = Promise.allSettled(datas).then((rs) => this.persistRun(e, map, info, run, rs.map((r) => (r.status === 'fulfilled' ? r.value : undefined)), m, readAhead));
     run.forEach((chunk, k) => {
       e.writes.set(chunk.index, w);
       void w.finally(() => {
@@ -428,7 +431,7 @@ export class FileCache {
   }
 
   /** Write the chunks of `run` that came (`datas[k]`), stretch by stretch, then mark them ready. */
-  private async persistRun(e: Entry, map: ChunkMap, info: BlobInfo, run: readonly ChunkInfo[], datas: Array<Buffer | undefined>, m: BlobcacheMetrics | undefined): Promise<void> {
+  private async persistRun(e: Entry, map: ChunkMap, info: BlobInfo, run: readonly ChunkInfo[], datas: Array<Buffer | undefined>, m: BlobcacheMetrics | undefined, direct: boolean): Promise<void> {
     for (let i = 0; i < run.length;) {
       if (!datas[i]) { i++; continue; }
       let j = i + 1;
@@ -436,7 +439,7 @@ export class FileCache {
       while (j < run.length && datas[j] && j - i < MAX_WRITE_IOV && adjoins(end, run[j].uncompressedOffset)) {
         end = run[j].uncompressedOffset + datas[j++]!.length;
       }
-      await this.persist(e, map, info, run.slice(i, j), datas.slice(i, j) as Buffer[]);
+      await this.persist(e, map, info, run.slice(i, j), datas.slice(i, j) as Buffer[], direct);
       if (m) for (let k = i; k < j; k++) { m.bufferedBackendSize -= datas[k]!.length; m.entriesCount++; }
       i = j;
     }
@@ -444,14 +447,18 @@ export class FileCache {
 
   /**
    * Write `datas` (chunks `chunks`, each adjoining the previous one), their
-   * alignment padding as zeros: whole-page chunks with O_DIRECT, the rest
-   * through the page cache (direct-write.ts), one pwritev per group; then
-   * mark each ready.
+   * alignment padding as zeros, one pwritev per group; then mark each ready.
+   * `direct` (chunks a sequential reader asked for ahead, read once: the
+   * kernel keeps them in the mount's page cache): whole-page chunks with
+   * O_DIRECT, the rest through the page cache (direct-write.ts). Chunks
+   * fetched on their own (random reads, which come back for the rest of a
+   * chunk through the cache file) and prefetched ones are written through
+   * the page cache, as upstream writes everything.
    */
-  private async persist(e: Entry, map: ChunkMap, info: BlobInfo, chunks: readonly ChunkInfo[], datas: Buffer[]): Promise<void> {
+  private async persist(e: Entry, map: ChunkMap, info: BlobInfo, chunks: readonly ChunkInfo[], datas: Buffer[], direct: boolean): Promise<void> {
     const arena = chunkArena();
     const groups = planWrites(chunks.map((c) => c.uncompressedOffset), datas, (n) => ZERO_PAD.subarray(0, n), {
-      direct: !!e.direct && !e.directFailed,
+      direct: direct && !!e.direct && !e.directFailed,
       aligned: (b) => isAligned(b, DIRECT_ALIGN),
       stage: (b) => {
         const slot = arena?.alloc(b.length);

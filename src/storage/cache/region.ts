@@ -29,6 +29,14 @@ export interface RegionSource {
   prefetch?: boolean;
   /** cap on backend attempts per request */
   attempts?: number;
+  /**
+   * a sequential reader's read-ahead, whose bytes are read once: a backend
+   * with `directAlign` may read it bypassing the page cache (requests of
+   * DIRECT_READ_MIN and more). Other requests keep the page cache: random
+   * readers come back to the same compressed bytes when their decoded
+   * chunks have left memory.
+   */
+  readAhead?: boolean;
 }
 
 function asEio(info: BlobInfo, chunk: ChunkInfo, err: unknown): ErrnoError {
@@ -56,7 +64,7 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   // read into recycled memory when the backend can (chunk-arena.ts): the slot is let go once every
   // chunk is decoded (chunks stored as they are stay views of it, referenced by whoever keeps them)
   const arena = src.backend.readsInto ? chunkArena() : undefined;
-  const window = arena && length >= DIRECT_READ_MIN ? alignedWindow(arena, src.backend.directAlign, start, length) : undefined;
+  const window = arena && src.readAhead && length >= DIRECT_READ_MIN ? alignedWindow(arena, src.backend.directAlign, start, length) : undefined;
   const into = window ? window.buf.subarray(start - window.at, start - window.at + length) : arena?.alloc(length);
   const parts = run.map(() => deferred<Buffer | Error>());
   let next = 0; // chunks before it have been handed to the decoder
@@ -104,7 +112,7 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   ));
 }
 
-/** Requests from this size on may be read with direct I/O by backends that can (merged and read-ahead runs). */
+/** Read-ahead requests from this size on may be read with direct I/O by backends that can. */
 export const DIRECT_READ_MIN = 1 << 20;
 
 /**
