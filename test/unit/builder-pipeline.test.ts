@@ -80,8 +80,9 @@ for (const [name, o] of cases) {
     const one = await build({ ...opts, threads: 0 });
     assert.equal(await build({ ...opts, threads: 2 }), one);
     assert.equal(await build({ ...opts, threads: 1 }), one);
-    // groups on this thread until a worker is loaded, and every other one (duplicates answered by either)
-    for (const mode of ['ready', 'alternate']) {
+    // (unset above: this thread does groups when the workers have their fill)
+    // groups only in the workers, on this thread until a worker is loaded, and every other one (duplicates answered by either)
+    for (const mode of ['0', 'ready', 'alternate']) {
       process.env.NYDUS_BUILDER_HERE = mode;
       try {
         assert.equal(await build({ ...opts, threads: 2 }), one, `NYDUS_BUILDER_HERE=${mode}`);

@@ -13,8 +13,9 @@
  *
  * While the oldest group is not answered, this thread reads on in `files`
  * (a walk of the source tree) rather than waiting: the tree is read while
- * the workers crunch the big files found first. (This thread can also do
- * groups itself, NYDUS_BUILDER_HERE: see ChunkPool.hereMode.)
+ * the workers crunch the big files found first; and when every worker has
+ * its fill of groups waiting, it does the next group itself (see
+ * ChunkPool.hereMode): both cores compress.
  *
  * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker are in flight, a
  * group holds at most `GROUP_BYTES` of file data (one chunk if
@@ -81,15 +82,17 @@ export class ChunkPool {
   private here?: ChunkWork;
   /**
    * Whether this thread does groups itself, NYDUS_BUILDER_HERE (read when the
-   * pool starts): unset or '0' = never; 'ready' = until a worker has loaded
-   * (the first groups are made tens of ms before that); a number n = that,
-   * and also when every worker has n groups waiting (on a free machine this
-   * thread would otherwise wait for them); 'alternate' = every other group
-   * (tests: duplicates spread over this thread and the workers). Measured on
-   * 2 cores loaded by other work (load 7-10, tmpfs tree, medians of 8-16
-   * interleaved runs, noisy), 'ready' and 2 were mostly slower than never
-   * (e.g. 2.55x mksquashfs for 'ready' against 2.06x); not measured on a
-   * free machine, where they should help (the worker is the bottleneck).
+   * pool starts): unset = until a worker has loaded (the first groups are
+   * made tens of ms before that) and whenever every worker has
+   * MAX_GROUPS_PER_THREAD groups waiting (instead of waiting for their answers:
+   * a worker then still has a few ms of work queued while this thread does
+   * one group, ~1 ms per MiB); a number n = the same with n groups waiting;
+   * 'ready' = only until a worker has loaded; '0' = never; 'alternate' =
+   * every other group (tests: duplicates spread over this thread and the
+   * workers). Measured on 2 cores (test/bench/build.bench.ts tree, 7
+   * alternating runs, load ~3.5 from other work): unset 0.46 s median,
+   * never 0.54 s, 2 0.50 s, 'ready' 0.53 s (mksquashfs 0.23 s); n = 2 lets a
+   * worker run dry while this thread is busy or preempted.
    */
   private readonly hereMode: 'off' | 'alternate' | number;
   private runs = 0;
@@ -102,7 +105,7 @@ export class ChunkPool {
   constructor(threads: number) {
     this.threads = threads;
     const env = process.env.NYDUS_BUILDER_HERE;
-    this.hereMode = env === 'alternate' ? 'alternate' : env === 'ready' ? Infinity : env && /^[1-9]\d*$/.test(env) ? parseInt(env, 10) : 'off';
+    this.hereMode = env === '0' ? 'off' : env === 'alternate' ? 'alternate' : env === 'ready' ? Infinity : env && /^[1-9]\d*$/.test(env) ? parseInt(env, 10) : MAX_GROUPS_PER_THREAD;
     for (let i = 0; i < threads; i++) {
       const state = new Int32Array(new SharedArrayBuffer(4 * WORKER_STATE_SLOTS));
       const w = startWorker('chunk-worker', state);
