@@ -28,6 +28,7 @@
  * is read again here.
  */
 import { availableParallelism } from 'node:os';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Worker } from 'node:worker_threads';
 import { DIGEST_SIZE } from '../../common/digest';
@@ -43,6 +44,10 @@ const GROUP_JOBS = 2048;
 const MAX_GROUPS_PER_THREAD = 4;
 /** `Group.worker` of a group done on this thread */
 const HERE = -1;
+/** groups between two looks at how busy the machine is (ChunkPool.spareCore) */
+const LOOK_EVERY = 4;
+const CORES = availableParallelism();
+const loadavgBuf = Buffer.alloc(128);
 
 /**
  * Chunk worker threads for a build: `NYDUS_BUILDER_THREADS` (0 = build on
@@ -83,19 +88,32 @@ export class ChunkPool {
   /**
    * Whether this thread does groups itself, NYDUS_BUILDER_HERE (read when the
    * pool starts): unset = until a worker has loaded (the first groups are
-   * made tens of ms before that) and whenever every worker has
-   * MAX_GROUPS_PER_THREAD groups waiting (instead of waiting for their answers:
-   * a worker then still has a few ms of work queued while this thread does
-   * one group, ~1 ms per MiB); a number n = the same with n groups waiting;
-   * 'ready' = only until a worker has loaded; '0' = never; 'alternate' =
-   * every other group (tests: duplicates spread over this thread and the
-   * workers). Measured on 2 cores (test/bench/build.bench.ts tree, 7
-   * alternating runs, load ~3.5 from other work): unset 0.46 s median,
-   * never 0.54 s, 2 0.50 s, 'ready' 0.53 s (mksquashfs 0.23 s); n = 2 lets a
-   * worker run dry while this thread is busy or preempted.
+   * made tens of ms before that), and whenever every worker has
+   * MAX_GROUPS_PER_THREAD groups waiting (instead of waiting for their
+   * answers: a worker still has a few ms of work queued while this thread
+   * does one group, ~1 ms per MiB) while the machine has a core to spare
+   * (`spareCore`); a number n = until a worker has loaded and whenever every
+   * worker has n groups waiting, busy machine or not; 'ready' = only until a
+   * worker has loaded; '0' = never; 'alternate' = every other group (tests:
+   * duplicates spread over this thread and the workers).
+   *
+   * Measured on 2 cores (test/bench/build.bench.ts tree, alternating runs):
+   * with other work loading them (load ~5), helping at 4 waiting was slower
+   * than never (0.78 s median against 0.58 s, 9 runs, and 0.12 s more CPU:
+   * this thread competes for the cores, and while it is preempted with a
+   * group no answer after it is written); with less load (~3.5) it was
+   * faster (0.46 s against 0.54 s, 7 runs; 2 waiting 0.50 s: the worker runs
+   * dry while this thread does a group). Hence the spare core test.
    */
   private readonly hereMode: 'off' | 'alternate' | number;
+  /** the default mode: help only while the machine has a core to spare */
+  private readonly adaptive: boolean;
   private runs = 0;
+  /** `runs` at which `spareCore` looks at the machine again, and what it saw last */
+  private nextLook = 0;
+  private spare = true;
+  /** /proc/loadavg, open while the pool is (null: not readable here) */
+  private loadavgFd: number | null | undefined;
 
   /** Whether this thread may do groups itself (`hereMode`). */
   get helps(): boolean {
@@ -106,6 +124,7 @@ export class ChunkPool {
     this.threads = threads;
     const env = process.env.NYDUS_BUILDER_HERE;
     this.hereMode = env === '0' ? 'off' : env === 'alternate' ? 'alternate' : env === 'ready' ? Infinity : env && /^[1-9]\d*$/.test(env) ? parseInt(env, 10) : MAX_GROUPS_PER_THREAD;
+    this.adaptive = !env;
     for (let i = 0; i < threads; i++) {
       const state = new Int32Array(new SharedArrayBuffer(4 * WORKER_STATE_SLOTS));
       const w = startWorker('chunk-worker', state);
@@ -144,7 +163,7 @@ export class ChunkPool {
       ready ||= Atomics.load(this.states[k], WorkerState.Ready) === 1;
     }
     const m = this.hereMode;
-    const here = m === 'off' ? false : m === 'alternate' ? this.runs % 2 === 1 : !ready || pending(i) >= m;
+    const here = m === 'off' ? false : m === 'alternate' ? this.runs % 2 === 1 : !ready || (pending(i) >= m && (!this.adaptive || this.spareCore()));
     this.runs++;
     if (here && !this.failure) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -165,6 +184,27 @@ export class ChunkPool {
     return { answer, worker: i };
   }
 
+  /**
+   * Whether the machine has a core to spare for this thread's groups: no more
+   * threads running or runnable than cores (this one and a busy worker count),
+   * from /proc/loadavg's count of them, looked at every LOOK_EVERY groups
+   * (a read of a few us). Where it cannot be read: yes.
+   */
+  private spareCore(): boolean {
+    if (this.runs < this.nextLook) return this.spare;
+    this.nextLook = this.runs + LOOK_EVERY;
+    if (this.loadavgFd === null) return (this.spare = true);
+    try {
+      this.loadavgFd ??= fs.openSync('/proc/loadavg', 'r');
+      const n = fs.readSync(this.loadavgFd, loadavgBuf, 0, loadavgBuf.length, 0);
+      this.spare = hasSpareCore(loadavgBuf.toString('latin1', 0, n), CORES);
+    } catch {
+      this.loadavgFd = null;
+      this.spare = true;
+    }
+    return this.spare;
+  }
+
   /** Give a consumed answer back to the worker that made it, for its next ones. */
   recycle(worker: number, ab: ArrayBuffer): void {
     if (worker === HERE) { this.here?.recycle(ab); return; }
@@ -174,6 +214,8 @@ export class ChunkPool {
 
   async destroy(): Promise<void> {
     this.destroyed = true;
+    if (this.loadavgFd) fs.closeSync(this.loadavgFd);
+    this.loadavgFd = null;
     for (const w of this.workers) w.removeAllListeners('exit');
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
@@ -208,6 +250,17 @@ export class ChunkPool {
 }
 
 let prestarted: ChunkPool | undefined;
+
+/**
+ * Whether a machine whose /proc/loadavg reads `loadavg` ("0.54 0.96 1.13
+ * 2/345 12345": its 4th field counts the threads running or runnable now)
+ * has no more of them than `cores` (the reader and a busy worker count);
+ * yes when the count is not there.
+ */
+export function hasSpareCore(loadavg: string, cores: number): boolean {
+  const m = /^\S+ \S+ \S+ (\d+)\//.exec(loadavg);
+  return !m || parseInt(m[1], 10) <= cores;
+}
 
 /**
  * Chunk `files` (regular files, blob order; may be produced as the tree is read) into `writer` through `pool`,
