@@ -34,8 +34,8 @@ import type { Worker } from 'node:worker_threads';
 import { DIGEST_SIZE } from '../../common/digest';
 import { ErrnoError, eio } from '../../common/errno';
 import type { BlobWriter } from './blob-writer';
-import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind, WORKER_STATE_SLOTS, WorkerState } from './chunk-protocol';
-import { startWorker } from './worker-file';
+import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind, WorkerState } from './chunk-protocol';
+import { type SpawnedWorker, defaultBuilderThreads, spawnChunkWorkers } from './worker-file';
 import type { BuildInode } from './tree';
 import type { ChunkWork } from './chunk-work';
 
@@ -49,19 +49,7 @@ const LOOK_EVERY = 4;
 const CORES = availableParallelism();
 const loadavgBuf = Buffer.alloc(128);
 
-/**
- * Chunk worker threads for a build: `NYDUS_BUILDER_THREADS` (0 = build on
- * this thread), else one less than the cores, at least 1, at most 8: this
- * thread (the walk, dedup, bootstrap) and the blob writer's take about one.
- * Measured on 2 cores under load (test/bench/build.bench.ts tree, 10
- * interleaved runs): 1 worker 0.85 s median at the CPU time of a one-thread
- * build, 2 workers 0.83–1.08 s with 0.2 s more CPU, one thread 0.96 s.
- */
-export function defaultBuilderThreads(): number {
-  const env = process.env.NYDUS_BUILDER_THREADS;
-  if (env !== undefined && /^\d+$/.test(env)) return Math.min(64, parseInt(env, 10));
-  return Math.max(1, Math.min(8, availableParallelism() - 1));
-}
+export { defaultBuilderThreads } from './worker-file';
 
 /** One chunk of one file, as the main thread sees it. */
 interface Job { inode: BuildInode; off: number; len: number; batchable: boolean; last: boolean }
@@ -120,14 +108,15 @@ export class ChunkPool {
     return this.hereMode !== 'off';
   }
 
-  constructor(threads: number) {
+  /** `spawned`: chunk workers already started for this pool (spawnChunkWorkers), else they are started here */
+  constructor(threads: number, spawned?: SpawnedWorker[]) {
     this.threads = threads;
     const env = process.env.NYDUS_BUILDER_HERE;
     this.hereMode = env === '0' ? 'off' : env === 'alternate' ? 'alternate' : env === 'ready' ? Infinity : env && /^[1-9]\d*$/.test(env) ? parseInt(env, 10) : MAX_GROUPS_PER_THREAD;
     this.adaptive = !env;
+    const workers = spawned?.length === threads ? spawned : spawnChunkWorkers(threads);
     for (let i = 0; i < threads; i++) {
-      const state = new Int32Array(new SharedArrayBuffer(4 * WORKER_STATE_SLOTS));
-      const w = startWorker('chunk-worker', state);
+      const { worker: w, state } = workers[i];
       const q: ChunkPool['queues'][number] = [];
       w.on('message', (r: GroupReply) => {
         const p = q.shift();
@@ -230,9 +219,9 @@ export class ChunkPool {
    * `create`): its threads boot while this one loads the builder and reads
    * the command line. Unused, it does not keep the process alive.
    */
-  static prestart(threads = defaultBuilderThreads()): void {
+  static prestart(threads = defaultBuilderThreads(), spawned?: SpawnedWorker[]): void {
     if (threads <= 0 || prestarted) return;
-    prestarted = new ChunkPool(threads);
+    prestarted = new ChunkPool(threads, spawned);
     prestarted.keepAlive(false);
   }
 
