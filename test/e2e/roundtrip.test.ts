@@ -9,7 +9,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { makeEdgeTree } from '../support/edge-tree';
 import { diffTrees, treeRecords } from '../support/tree-digest';
-import { isRoot, nydusImage, sh, tmpdir } from '../support/cli';
+import { spawnSync } from 'node:child_process';
+import { LOG_LEVELS } from '../../src/common/log';
+import { ROOT, isRoot, nydusImage, sh, tmpdir } from '../support/cli';
 
 const CHUNK = 0x10000;
 const work = tmpdir('roundtrip');
@@ -106,6 +108,23 @@ test('prefetch list from stdin: prefetch table filled, prefetched files first in
     assert.ok(head.equals(fs.readFileSync(path.join(src, 'text/hello.txt')).subarray(0, 64)), `v${v}: prefetched file is not first in the blob`);
     nydusImage(['check', boot, '--blob-dir', d, '--verify-chunks']);
   }
+});
+
+test('logging: --help lists the logger\'s levels; a build logs its warnings at the default level, not at a higher one, and to --log-file', () => {
+  const help = nydusImage(['--help']).replace(/\s+/g, ' ');
+  assert.match(help, `(choices: ${LOG_LEVELS.map((l) => `"${l}"`).join(', ')}, default: "info")`);
+  const d = path.join(work, 'logging');
+  fs.mkdirSync(d);
+  const create = (...flags: string[]) => {
+    const r = spawnSync(path.join(ROOT, 'bin/nydus-image'), [...flags, 'create', '--prefetch-policy', 'fs', '--bootstrap', path.join(d, 'boot'), '--blob-dir', d, src], { encoding: 'utf8', input: '/no/such/file\n' });
+    assert.is(r.status, 0, r.stderr);
+    return r.stderr;
+  };
+  assert.match(create(), /"level":40.*"pattern":"\/no\/such\/file".*prefetch pattern matches nothing/);
+  assert.not.match(create('--log-level', 'error'), /prefetch pattern/);
+  const logFile = path.join(d, 'build.log');
+  assert.not.match(create('--log-file', logFile), /prefetch pattern/);
+  assert.match(fs.readFileSync(logFile, 'utf8'), /prefetch pattern matches nothing/);
 });
 
 test.after(() => { if (!process.env.KEEP_TMP) fs.rmSync(work, { recursive: true, force: true }); });

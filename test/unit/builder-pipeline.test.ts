@@ -14,6 +14,7 @@ import { execFileSync } from 'node:child_process';
 import { Compressor } from '../../src/common/compress';
 import { DigestAlgorithm, initDigest, sha256hex } from '../../src/common/digest';
 import { FILES_REPORT_STEP, createImage, type CreateOptions } from '../../src/rafs/builder/create';
+import { hasSpareCore } from '../../src/rafs/builder/chunk-pipeline';
 
 const tmps: string[] = [];
 const tmp = (p: string) => { const d = fs.mkdtempSync(path.join(os.tmpdir(), `nydus-pipe-${p}-`)); tmps.push(d); return d; };
@@ -80,8 +81,9 @@ for (const [name, o] of cases) {
     const one = await build({ ...opts, threads: 0 });
     assert.equal(await build({ ...opts, threads: 2 }), one);
     assert.equal(await build({ ...opts, threads: 1 }), one);
-    // groups on this thread until a worker is loaded, and every other one (duplicates answered by either)
-    for (const mode of ['ready', 'alternate']) {
+    // (unset above: this thread does groups when the workers have their fill)
+    // groups only in the workers, on this thread until a worker is loaded, and every other one (duplicates answered by either)
+    for (const mode of ['0', 'ready', 'alternate']) {
       process.env.NYDUS_BUILDER_HERE = mode;
       try {
         assert.equal(await build({ ...opts, threads: 2 }), one, `NYDUS_BUILDER_HERE=${mode}`);
@@ -91,6 +93,17 @@ for (const [name, o] of cases) {
     }
   });
 }
+
+test('pipeline: the main thread helps with groups only while /proc/loadavg counts at most one more running thread than cores', () => {
+  assert.ok(hasSpareCore('0.54 0.96 1.13 2/345 12345\n', 2));
+  assert.ok(hasSpareCore('4.10 3.00 2.00 1/80 99\n', 2));
+  assert.ok(hasSpareCore('0.54 0.96 1.13 3/345 12345\n', 2));
+  assert.not.ok(hasSpareCore('0.54 0.96 1.13 4/345 12345\n', 2));
+  assert.not.ok(hasSpareCore('7.01 6.50 5.00 10/190 8697\n', 8));
+  // not that format: as on a free machine
+  assert.ok(hasSpareCore('', 2));
+  assert.ok(fs.existsSync('/proc/loadavg') ? /^\S+ \S+ \S+ \d+\//.test(fs.readFileSync('/proc/loadavg', 'latin1')) : true, 'this machine\'s /proc/loadavg has the count');
+});
 
 test('pipeline: onFiles is told the files found, every FILES_REPORT_STEP of a walk and the total at the end', async () => {
   const s = tmp('count');

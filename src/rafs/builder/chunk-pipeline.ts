@@ -13,8 +13,9 @@
  *
  * While the oldest group is not answered, this thread reads on in `files`
  * (a walk of the source tree) rather than waiting: the tree is read while
- * the workers crunch the big files found first. (This thread can also do
- * groups itself, NYDUS_BUILDER_HERE: see ChunkPool.hereMode.)
+ * the workers crunch the big files found first; and when every worker has
+ * its fill of groups waiting, it does the next group itself (see
+ * ChunkPool.hereMode): both cores compress.
  *
  * Bounds: at most `MAX_GROUPS_PER_THREAD` groups per worker are in flight, a
  * group holds at most `GROUP_BYTES` of file data (one chunk if
@@ -27,13 +28,14 @@
  * is read again here.
  */
 import { availableParallelism } from 'node:os';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Worker } from 'node:worker_threads';
 import { DIGEST_SIZE } from '../../common/digest';
 import { ErrnoError, eio } from '../../common/errno';
 import type { BlobWriter } from './blob-writer';
-import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind, WORKER_STATE_SLOTS, WorkerState } from './chunk-protocol';
-import { startWorker } from './worker-file';
+import { type GroupReply, type GroupRequest, type GroupTask, type JobFile, JobMode, RESULT_HEADER, ResultKind, WorkerState } from './chunk-protocol';
+import { type SpawnedWorker, defaultBuilderThreads, spawnChunkWorkers } from './worker-file';
 import type { BuildInode } from './tree';
 import type { ChunkWork } from './chunk-work';
 
@@ -42,20 +44,12 @@ const GROUP_JOBS = 2048;
 const MAX_GROUPS_PER_THREAD = 4;
 /** `Group.worker` of a group done on this thread */
 const HERE = -1;
+/** groups between two looks at how busy the machine is (ChunkPool.spareCore) */
+const LOOK_EVERY = 4;
+const CORES = availableParallelism();
+const loadavgBuf = Buffer.alloc(128);
 
-/**
- * Chunk worker threads for a build: `NYDUS_BUILDER_THREADS` (0 = build on
- * this thread), else one less than the cores, at least 1, at most 8: this
- * thread (the walk, dedup, bootstrap) and the blob writer's take about one.
- * Measured on 2 cores under load (test/bench/build.bench.ts tree, 10
- * interleaved runs): 1 worker 0.85 s median at the CPU time of a one-thread
- * build, 2 workers 0.83–1.08 s with 0.2 s more CPU, one thread 0.96 s.
- */
-export function defaultBuilderThreads(): number {
-  const env = process.env.NYDUS_BUILDER_THREADS;
-  if (env !== undefined && /^\d+$/.test(env)) return Math.min(64, parseInt(env, 10));
-  return Math.max(1, Math.min(8, availableParallelism() - 1));
-}
+export { defaultBuilderThreads } from './worker-file';
 
 /** One chunk of one file, as the main thread sees it. */
 interface Job { inode: BuildInode; off: number; len: number; batchable: boolean; last: boolean }
@@ -81,31 +75,48 @@ export class ChunkPool {
   private here?: ChunkWork;
   /**
    * Whether this thread does groups itself, NYDUS_BUILDER_HERE (read when the
-   * pool starts): unset or '0' = never; 'ready' = until a worker has loaded
-   * (the first groups are made tens of ms before that); a number n = that,
-   * and also when every worker has n groups waiting (on a free machine this
-   * thread would otherwise wait for them); 'alternate' = every other group
-   * (tests: duplicates spread over this thread and the workers). Measured on
-   * 2 cores loaded by other work (load 7-10, tmpfs tree, medians of 8-16
-   * interleaved runs, noisy), 'ready' and 2 were mostly slower than never
-   * (e.g. 2.55x mksquashfs for 'ready' against 2.06x); not measured on a
-   * free machine, where they should help (the worker is the bottleneck).
+   * pool starts): unset = until a worker has loaded (the first groups are
+   * made tens of ms before that), and whenever every worker has
+   * MAX_GROUPS_PER_THREAD groups waiting (instead of waiting for their
+   * answers: a worker still has a few ms of work queued while this thread
+   * does one group, ~1 ms per MiB) while the machine has a core to spare
+   * (`spareCore`); a number n = until a worker has loaded and whenever every
+   * worker has n groups waiting, busy machine or not; 'ready' = only until a
+   * worker has loaded; '0' = never; 'alternate' = every other group (tests:
+   * duplicates spread over this thread and the workers).
+   *
+   * Measured on 2 cores (test/bench/build.bench.ts tree, alternating runs):
+   * with other work loading them (load ~5), helping at 4 waiting was slower
+   * than never (0.78 s median against 0.58 s, 9 runs, and 0.12 s more CPU:
+   * this thread competes for the cores, and while it is preempted with a
+   * group no answer after it is written); with less load (~3.5) it was
+   * faster (0.46 s against 0.54 s, 7 runs; 2 waiting 0.50 s: the worker runs
+   * dry while this thread does a group). Hence the spare core test.
    */
   private readonly hereMode: 'off' | 'alternate' | number;
+  /** the default mode: help only while the machine has a core to spare */
+  private readonly adaptive: boolean;
   private runs = 0;
+  /** `runs` at which `spareCore` looks at the machine again, and what it saw last */
+  private nextLook = 0;
+  private spare = true;
+  /** /proc/loadavg, open while the pool is (null: not readable here) */
+  private loadavgFd: number | null | undefined;
 
   /** Whether this thread may do groups itself (`hereMode`). */
   get helps(): boolean {
     return this.hereMode !== 'off';
   }
 
-  constructor(threads: number) {
+  /** `spawned`: chunk workers already started for this pool (spawnChunkWorkers), else they are started here */
+  constructor(threads: number, spawned?: SpawnedWorker[]) {
     this.threads = threads;
     const env = process.env.NYDUS_BUILDER_HERE;
-    this.hereMode = env === 'alternate' ? 'alternate' : env === 'ready' ? Infinity : env && /^[1-9]\d*$/.test(env) ? parseInt(env, 10) : 'off';
+    this.hereMode = env === '0' ? 'off' : env === 'alternate' ? 'alternate' : env === 'ready' ? Infinity : env && /^[1-9]\d*$/.test(env) ? parseInt(env, 10) : MAX_GROUPS_PER_THREAD;
+    this.adaptive = !env;
+    const workers = spawned?.length === threads ? spawned : spawnChunkWorkers(threads);
     for (let i = 0; i < threads; i++) {
-      const state = new Int32Array(new SharedArrayBuffer(4 * WORKER_STATE_SLOTS));
-      const w = startWorker('chunk-worker', state);
+      const { worker: w, state } = workers[i];
       const q: ChunkPool['queues'][number] = [];
       w.on('message', (r: GroupReply) => {
         const p = q.shift();
@@ -141,11 +152,12 @@ export class ChunkPool {
       ready ||= Atomics.load(this.states[k], WorkerState.Ready) === 1;
     }
     const m = this.hereMode;
-    const here = m === 'off' ? false : m === 'alternate' ? this.runs % 2 === 1 : !ready || pending(i) >= m;
+    const here = m === 'off' ? false : m === 'alternate' ? this.runs % 2 === 1 : !ready || (pending(i) >= m && (!this.adaptive || this.spareCore()));
     this.runs++;
     if (here && !this.failure) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      this.here ??= new (require('./chunk-work') as typeof import('./chunk-work')).ChunkWork();
+      // answers kept: about this thread's groups in flight (32 like a worker's cost a 100,000-file build ~30 MiB more RSS)
+      this.here ??= new (require('./chunk-work') as typeof import('./chunk-work')).ChunkWork(MAX_GROUPS_PER_THREAD);
       let answer: Promise<ArrayBuffer>;
       try {
         answer = Promise.resolve(this.here.work(t));
@@ -162,6 +174,26 @@ export class ChunkPool {
     return { answer, worker: i };
   }
 
+  /**
+   * Whether the machine has a core to spare for this thread's groups (see
+   * hasSpareCore), from /proc/loadavg, looked at every LOOK_EVERY groups (a
+   * read of a few us). Where it cannot be read: yes.
+   */
+  private spareCore(): boolean {
+    if (this.runs < this.nextLook) return this.spare;
+    this.nextLook = this.runs + LOOK_EVERY;
+    if (this.loadavgFd === null) return (this.spare = true);
+    try {
+      this.loadavgFd ??= fs.openSync('/proc/loadavg', 'r');
+      const n = fs.readSync(this.loadavgFd, loadavgBuf, 0, loadavgBuf.length, 0);
+      this.spare = hasSpareCore(loadavgBuf.toString('latin1', 0, n), CORES);
+    } catch {
+      this.loadavgFd = null;
+      this.spare = true;
+    }
+    return this.spare;
+  }
+
   /** Give a consumed answer back to the worker that made it, for its next ones. */
   recycle(worker: number, ab: ArrayBuffer): void {
     if (worker === HERE) { this.here?.recycle(ab); return; }
@@ -171,6 +203,8 @@ export class ChunkPool {
 
   async destroy(): Promise<void> {
     this.destroyed = true;
+    if (this.loadavgFd) fs.closeSync(this.loadavgFd);
+    this.loadavgFd = null;
     for (const w of this.workers) w.removeAllListeners('exit');
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
@@ -185,9 +219,9 @@ export class ChunkPool {
    * `create`): its threads boot while this one loads the builder and reads
    * the command line. Unused, it does not keep the process alive.
    */
-  static prestart(threads = defaultBuilderThreads()): void {
+  static prestart(threads = defaultBuilderThreads(), spawned?: SpawnedWorker[]): void {
     if (threads <= 0 || prestarted) return;
-    prestarted = new ChunkPool(threads);
+    prestarted = new ChunkPool(threads, spawned);
     prestarted.keepAlive(false);
   }
 
@@ -205,6 +239,23 @@ export class ChunkPool {
 }
 
 let prestarted: ChunkPool | undefined;
+
+/**
+ * Whether a machine whose /proc/loadavg reads `loadavg` ("0.54 0.96 1.13
+ * 2/345 12345": its 4th field counts the threads running or runnable now,
+ * the reader and a busy worker among them) has at most one more of them
+ * than `cores`: one more because this build's own blob writes and V8's
+ * compiler and GC threads run now and then (on 2 free cores a look sees 3
+ * about a quarter of the time), and because beside one other busy thread
+ * helping at 4 waiting still paid (load ~2.4 with this build's, 9
+ * alternating runs: 0.48 s median, against 0.53 s for a build that never
+ * helps and 0.55 s for this test without the one more), beside three it did
+ * not (load ~5, ChunkPool.hereMode). Yes when the count is not there.
+ */
+export function hasSpareCore(loadavg: string, cores: number): boolean {
+  const m = /^\S+ \S+ \S+ (\d+)\//.exec(loadavg);
+  return !m || parseInt(m[1], 10) <= cores + 1;
+}
 
 /**
  * Chunk `files` (regular files, blob order; may be produced as the tree is read) into `writer` through `pool`,

@@ -39,6 +39,9 @@ function readFull(fd: number, buf: Buffer, pos: number, what: string): void {
 
 /** One runner's state: its compression context, scratch buffer, the answers given back, the digests it answered. */
 export class ChunkWork {
+  /** `maxFree`: answers kept for reuse (the main thread, which does a group now and then, keeps fewer) */
+  constructor(private readonly maxFree = MAX_FREE) {}
+
   private cctx: zstdBinding.CCtx | undefined;
   private scratch = Buffer.alloc(0);
   /** keys (digest:size) answered before: a later job with the same key is a duplicate */
@@ -48,7 +51,7 @@ export class ChunkWork {
 
   /** Take back a consumed answer. */
   recycle(ab: ArrayBuffer): void {
-    if (this.free.length < MAX_FREE) this.free.push(ab);
+    if (this.free.length < this.maxFree) this.free.push(ab);
   }
 
   private scratchOf(len: number): Buffer {

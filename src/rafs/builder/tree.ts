@@ -61,23 +61,29 @@ export function compareNames(a: Buffer, b: Buffer): number {
   return Buffer.compare(a, b);
 }
 
+/** Sort a directory's entries by name (a no-op, without sorting, when they already are: walks add them in order). */
 export function sortChildren(dir: BuildInode): void {
-  dir.children.sort((a, b) => compareNames(a.name, b.name));
+  const c = dir.children;
+  for (let i = 1; i < c.length; i++) {
+    if (compareNames(c[i - 1].name, c[i].name) > 0) {
+      c.sort((a, b) => compareNames(a.name, b.name));
+      return;
+    }
+  }
 }
 
 /**
  * Walk entries depth first, parents before children, children in name order.
- * `visit` gets the entry, its path from the root ('/a/b') and its parent inode.
+ * `visit` gets the entry and its parent inode.
  */
-export function walkTree(root: BuildInode, visit: (e: BuildEntry, path: string, parent: BuildInode) => void): void {
-  const rec = (dir: BuildInode, prefix: string) => {
+export function walkTree(root: BuildInode, visit: (e: BuildEntry, parent: BuildInode) => void): void {
+  const rec = (dir: BuildInode) => {
     for (const e of dir.children) {
-      const p = `${prefix}/${e.name.toString('utf8')}`;
-      visit(e, p, dir);
-      if (e.inode.isDir()) rec(e.inode, p);
+      visit(e, dir);
+      if (e.inode.isDir()) rec(e.inode);
     }
   };
-  rec(root, '');
+  rec(root);
 }
 
 /** Sort every directory and recount hardlinks; call once a tree is complete. */

@@ -4,10 +4,11 @@
  * is loaded, so they boot (tens of ms each) while this thread loads the
  * builder and reads the command line; `createImage` adopts them
  * (ChunkPool.take). Unused (an invalid command line), they do not keep the
- * process alive. Loads nothing but the pool and what it needs.
+ * process alive. Loads nothing but the pool and what it needs, and starts
+ * the threads before it loads the pool.
  */
 import { setFlagsFromString } from 'node:v8';
-import { ChunkPool, defaultBuilderThreads } from '../builder/chunk-pipeline';
+import { defaultBuilderThreads, spawnChunkWorkers } from '../builder/worker-file';
 
 /**
  * V8's profiler budget (bytecode run before a function is sent to TurboFan),
@@ -50,5 +51,9 @@ export function subcommandOf(args: string[]): string | undefined {
 if (subcommandOf(process.argv.slice(2)) === 'create') {
   setFlagsFromString(`--interrupt-budget=${CREATE_INTERRUPT_BUDGET}`);
   budgetRaised = true;
-  ChunkPool.prestart(defaultBuilderThreads());
+  const threads = defaultBuilderThreads();
+  // the threads start booting now; the pool around them (and the digest module it loads) after
+  const spawned = spawnChunkWorkers(threads);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  (require('../builder/chunk-pipeline') as typeof import('../builder/chunk-pipeline')).ChunkPool.prestart(threads, spawned);
 }
