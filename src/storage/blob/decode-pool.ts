@@ -59,21 +59,21 @@ interface Pending {
 }
 
 /**
- * Chunks decoded into an arena slot: those that are not batch members (cut
- * from their batch). Chunks stored as they are are copied into theirs when
- * their request brought others too: as views of the request's memory, one
- * 1 MiB chunk kept by the LRU held the request's whole slot (up to 8 MiB).
- * A chunk that came alone stays a view of its request (the same memory, no
- * copy: random reads of incompressible data decode one chunk per request).
+ * Chunks decoded into an arena slot: compressed ones that are not batch
+ * members (cut from their batch); with `copyStored` also those stored as
+ * they are, copied (otherwise views of their request's memory: no copy,
+ * which a cold read of incompressible data pays for 70-80 ms of CPU per
+ * 128 MiB; the blob cache asks for it where it writes them with O_DIRECT,
+ * which needs page-aligned memory).
  */
-const intoArena = (c: ChunkInfo, alone: boolean): boolean => !(c.flags & BlobChunkFlags.BATCH) && c.uncompressedSize > 0 && (c.compressed || !alone);
+const intoArena = (c: ChunkInfo, copyStored: boolean): boolean => !(c.flags & BlobChunkFlags.BATCH) && c.uncompressedSize > 0 && (c.compressed || copyStored);
 
 /** Arena slots for the chunks of `run` that decompress on their own (undefined: fresh buffers). */
-function slotsFor(arena: ChunkArena | undefined, run: readonly ChunkInfo[]): Array<Buffer | undefined> | undefined {
+function slotsFor(arena: ChunkArena | undefined, run: readonly ChunkInfo[], copyStored = false): Array<Buffer | undefined> | undefined {
   if (!arena) return undefined;
   let any = false;
   const out = run.map((c) => {
-    const b = intoArena(c, run.length === 1) ? arena.alloc(c.uncompressedSize) : undefined;
+    const b = intoArena(c, copyStored) ? arena.alloc(c.uncompressedSize) : undefined;
     if (b) any = true;
     return b;
   });
@@ -236,9 +236,11 @@ export async function releaseDecodePool(): Promise<void> {
 /**
  * decodeRun on a worker when it is worth it: one promise per chunk of `run`,
  * never rejected (an Error in its place). `raw` must not be used by the
- * caller afterwards (its memory may have moved to the worker).
+ * caller afterwards (its memory may have moved to the worker). `copyStored`:
+ * chunks stored as they are come back in arena slots of their own (page
+ * aligned) when there is one, not as views of `raw`.
  */
-export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: readonly ChunkInfo[], validate: boolean): Array<Promise<Buffer | Error>> {
+export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: readonly ChunkInfo[], validate: boolean, copyStored = false): Array<Promise<Buffer | Error>> {
   const blob: DecodeBlob = { blobId: info.blobId, compressor: info.compressor, digester: info.digester };
   const needsWork = (c: ChunkInfo) => validate || c.compressed || c.flags !== 0;
   const work = run.some(needsWork);
@@ -246,12 +248,12 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
   const arena = chunkArena();
   const dw = !work || run.length < 2 || raw.length < MIN_POOL_BYTES || queued >= QUEUE_LIMIT || poolThreads() === 0 ? undefined : pickWorker();
   if (!dw) {
-    const slots = slotsFor(arena, run);
+    const slots = slotsFor(arena, run, copyStored);
     return decodeRun(blob, raw, start, run, validate, slots && ((k, d) => settleSlot(arena, slots[k], d)), slots && ((k) => slots[k]))
       .map((d) => Promise.resolve(d));
   }
   // request bytes in arena memory are shared with the worker as they are: nothing moved or copied
-  if (arena?.owns(raw)) return postRun(dw, blob, raw, start, run, validate, raw);
+  if (arena?.owns(raw)) return postRun(dw, blob, raw, start, run, validate, raw, copyStored);
   const inRaw = (c: ChunkInfo) => c.compressedOffset >= start && c.compressedOffset - start + c.compressedSize <= raw.length;
   if (!run.every(needsWork) && run.every(inRaw)) {
     // chunks stored as they are (incompressible data) next to compressed ones: the stored ones are
@@ -274,7 +276,10 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
       sendRun.push({ ...c, compressedOffset: p.at });
       sendAt.push(k);
     });
-    decodeRun(blob, raw, start, stored, validate).forEach((d, i) => { out[storedAt[i]] = Promise.resolve(d); });
+    // (copied into slots of their own when asked)
+    const storedSlots = slotsFor(arena, stored, copyStored);
+    decodeRun(blob, raw, start, stored, validate, storedSlots && ((k, d) => settleSlot(arena, storedSlots[k], d)), storedSlots && ((k) => storedSlots[k]))
+      .forEach((d, i) => { out[storedAt[i]] = Promise.resolve(d); });
     const packed = Buffer.allocUnsafeSlow(size); // every byte copied below (all ranges inside raw)
     for (const { from, at } of placed.values()) raw.copy(packed, at, from.compressedOffset - start, from.compressedOffset - start + from.compressedSize);
     postRun(dw, blob, packed, 0, sendRun, validate).forEach((p, i) => { out[sendAt[i]] = p; });
@@ -286,16 +291,16 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
     sent = new Uint8Array(raw.byteLength);
     sent.set(raw);
   }
-  return postRun(dw, blob, sent, start, run, validate);
+  return postRun(dw, blob, sent, start, run, validate, undefined, copyStored);
 }
 
 /**
  * Hand `sent` (owning its memory, moved; or `shared`, arena memory the
  * worker reads in place) and `run` to worker `dw`: one promise per chunk.
  */
-function postRun(dw: DecodeWorker, blob: DecodeBlob, sent: Uint8Array, start: number, run: readonly ChunkInfo[], validate: boolean, shared?: Buffer): Array<Promise<Buffer | Error>> {
+function postRun(dw: DecodeWorker, blob: DecodeBlob, sent: Uint8Array, start: number, run: readonly ChunkInfo[], validate: boolean, shared?: Buffer, copyStored = false): Array<Promise<Buffer | Error>> {
   const id = nextId++;
-  const into = slotsFor(chunkArena(), run);
+  const into = slotsFor(chunkArena(), run, copyStored);
   const p: Pending = { run, start, resolve: [], own: [], into, shared };
   const out = run.map(() => new Promise<Buffer | Error>((r) => p.resolve.push(r)));
   dw.pending.set(id, p);

@@ -401,7 +401,8 @@ export class FileCache {
    */
   private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean, readAhead: boolean): Promise<Buffer>[] {
     const verify = src.validate || !!src.verifyFetched;
-    const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts, readAhead }, info, run);
+    // read-ahead chunks are written with O_DIRECT (persist): stored ones are wanted in aligned slots
+    const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts, readAhead, alignStored: readAhead && !!e.direct && !e.directFailed }, info, run);
     const m = src.metrics;
     const arena = chunkArena();
     // what a flight brings is held (arena memory referenced) until the flight is over: a late

@@ -37,6 +37,8 @@ export interface RegionSource {
    * chunks have left memory.
    */
   readAhead?: boolean;
+  /** chunks stored as they are come back in page-aligned slots of their own (the blob cache writes them with O_DIRECT) */
+  alignStored?: boolean;
 }
 
 function asEio(info: BlobInfo, chunk: ChunkInfo, err: unknown): ErrnoError {
@@ -80,7 +82,7 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
     const from = next;
     next = j;
     try {
-      decodeRunAsync(info, buf, start, run.slice(from, j), src.verify).forEach((d, i) => parts[from + i].resolve(d));
+      decodeRunAsync(info, buf, start, run.slice(from, j), src.verify, !!src.alignStored).forEach((d, i) => parts[from + i].resolve(d));
     } catch (err) {
       for (let k = from; k < j; k++) parts[k].reject(err);
     }
