@@ -46,6 +46,8 @@ const PAGE = 4096;
 const SLOTS_PER_SLAB = 8;
 /** ...and is at least this large (64 slots of 4 KiB). */
 const MIN_SLAB_BYTES = 256 << 10;
+/** Periods without an allocation after which the slabs nothing uses give their pages back (trim). */
+const IDLE_TICKS = 4;
 const FREE = 0, USED = 1, RETIRED = 2;
 
 interface Slot {
@@ -90,22 +92,24 @@ export class ChunkArena {
   private allocsSinceTrim = 0;
 
   /**
-   * `trimEveryMs`: that often, the retired slots of each size class beyond
-   * `spareBytes` give their pages back (shed), and when nothing was allocated
-   * for a whole period, the slabs nothing uses too (trim); 0: never (call
-   * them).
+   * `shedEveryMs`: that often, the retired slots of each size class beyond
+   * `spareBytes` give their pages back (shed), and once nothing was allocated
+   * for IDLE_TICKS periods in a row, the slabs nothing uses too (trim); 0:
+   * never (call them).
    */
-  constructor(private readonly capBytes: number, private readonly slabBytes = 8 << 20, trimEveryMs = 0, private readonly spareBytes = 2 << 20) {
+  constructor(private readonly capBytes: number, private readonly slabBytes = 8 << 20, shedEveryMs = 0, private readonly spareBytes = 2 << 20) {
     if (!Number.isInteger(Math.log2(slabBytes)) || slabBytes < 1 << MIN_CLASS_SHIFT) throw new RangeError(`slab size ${slabBytes} is not a power of two >= 4 KiB`);
     this.maxShift = Math.log2(slabBytes);
     for (let s = 0; s <= this.maxShift; s++) { this.free.push([]); this.retired.push({ items: [], head: 0 }); }
-    if (trimEveryMs > 0) {
+    if (shedEveryMs > 0) {
+      let idle = 0;
       this.timer = setInterval(() => {
-        // the whole slabs only when nothing was allocated for a whole period: a busy arena keeps them
-        if (this.allocsSinceTrim === 0) this.trim();
-        else this.shed(this.spareBytes);
+        // the whole slabs only when nothing was allocated for a while: a busy arena keeps them
+        idle = this.allocsSinceTrim === 0 ? idle + 1 : 0;
+        if (idle === IDLE_TICKS) this.trim();
+        this.shed(this.spareBytes);
         this.allocsSinceTrim = 0;
-      }, trimEveryMs);
+      }, shedEveryMs);
       this.timer.unref();
     }
   }
@@ -333,11 +337,11 @@ let arena: ChunkArena | undefined;
  */
 export function enableChunkArena(capBytes: number, slabBytes?: number): void {
   arena?.close();
-  arena = capBytes > 0 ? new ChunkArena(capBytes, slabBytes, TRIM_EVERY_MS) : undefined;
+  arena = capBytes > 0 ? new ChunkArena(capBytes, slabBytes, SHED_EVERY_MS) : undefined;
 }
 
-/** An arena sheds its retired slots beyond 2 MiB a size class this often, and trims when idle this long. */
-const TRIM_EVERY_MS = 1000;
+/** An arena sheds its retired slots beyond 2 MiB a size class this often (and trims after IDLE_TICKS idle periods). */
+const SHED_EVERY_MS = 250;
 
 /** The process's arena, when enabled. */
 export function chunkArena(): ChunkArena | undefined {
