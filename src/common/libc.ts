@@ -17,6 +17,7 @@ const c = {
   mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)'),
   umount2: lib.func('int umount2(const char *target, int flags)'),
   mallopt: lib.func('int mallopt(int param, int value)'),
+  malloc_trim: lib.func('int malloc_trim(size_t pad)'),
   read: lib.func('intptr_t read(int fd, _Out_ uint8_t *buf, size_t count)'),
   // memset(p, 0, 0) returns p: the address of a buffer's memory
   addressOf: lib.func('uintptr_t memset(void *s, int c, size_t n)'),
@@ -132,6 +133,7 @@ export function umount2(target: string, flags: number): void {
 
 const M_TRIM_THRESHOLD = -1;
 const M_MMAP_THRESHOLD = -3;
+const M_ARENA_MAX = -8;
 
 /**
  * malloc settings for a daemon that moves chunk buffers (128 KiB - 16 MiB)
@@ -141,9 +143,24 @@ const M_MMAP_THRESHOLD = -3;
  * CPU), and up to `trim` bytes freed at a heap top are kept for the next
  * buffers rather than given back at once. Best effort (glibc only).
  */
-export function tuneMalloc(mmapMax: number, trim: number): boolean {
+export function tuneMalloc(mmapMax: number, trim: number, arenas?: number): boolean {
   try {
-    return c.mallopt(M_MMAP_THRESHOLD, mmapMax) === 1 && c.mallopt(M_TRIM_THRESHOLD, trim) === 1;
+    const ok = c.mallopt(M_MMAP_THRESHOLD, mmapMax) === 1 && c.mallopt(M_TRIM_THRESHOLD, trim) === 1;
+    // threads that have not allocated yet share the first `arenas` (each other one is a 64 MiB heap)
+    return ok && (arenas === undefined || c.mallopt(M_ARENA_MAX, arenas) === 1);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * malloc_trim(0): give the free pages of every malloc arena back to the
+ * kernel (the heap top and the holes inside). Takes each arena's lock while
+ * it walks it (a few milliseconds for a 100 MB heap). Best effort (glibc).
+ */
+export function trimMalloc(): boolean {
+  try {
+    return c.malloc_trim(0) === 1;
   } catch {
     return false;
   }

@@ -138,6 +138,65 @@ test('arena: releaseSoon waits for the promise callbacks of the delivery', async
   assert.ok(arena.alloc(4 << 20));
 });
 
+test('arena: a slab holds 8 slots of its class, at least 256 KiB of them (a class used now and then costs little)', () => {
+  const arena = new ChunkArena(64 << 20, 8 << 20);
+  assert.ok(arena.alloc(4096));
+  assert.equal(arena.stats().bytes, 256 << 10, '64 slots of 4 KiB');
+  assert.ok(arena.alloc(100 << 10));
+  assert.equal(arena.stats().bytes, (256 << 10) + (1 << 20), '8 slots of 128 KiB');
+  assert.ok(arena.alloc(3 << 20));
+  assert.equal(arena.stats().bytes, (256 << 10) + (1 << 20) + (8 << 20), 'the slab size at most: 2 slots of 4 MiB');
+  assert.equal(arena.stats().slabs, 3);
+  // the cap counts the slabs' own sizes
+  const small = new ChunkArena(512 << 10, 8 << 20);
+  for (let i = 0; i < 128; i++) assert.ok(small.alloc(4096), `slot ${i}`);
+  assert.is(small.alloc(4096), undefined, 'two 256 KiB slabs: cap reached');
+});
+
+test('arena: a retired slot nobody can read any more is handed out before a never-used one; one a reader may copy is not', () => {
+  const arena = new ChunkArena(1 << 20, 8 << 20);
+  const a = arena.alloc(4096)!;
+  const b = arena.alloc(4096)!;
+  arena.release(a);
+  const c = arena.alloc(4096)!;
+  assert.is(c.byteOffset, a.byteOffset, 'memory used before comes first (its pages are resident already)');
+  const reader = enterRead();
+  arena.release(c);
+  const d = arena.alloc(4096)!;
+  assert.is.not(d.byteOffset, c.byteOffset, 'a reader may still copy it: a never-used slot instead');
+  assert.is.not(d.byteOffset, b.byteOffset);
+  exitRead(reader);
+  assert.is(arena.alloc(4096)!.byteOffset, c.byteOffset, 'reused once the reader is done');
+});
+
+test('arena: shed gives back the pages of retired slots beyond the spare, oldest first, never of one a reader may copy or one held', () => {
+  const arena = new ChunkArena(1 << 20, 8 << 20);
+  const s: Buffer[] = [];
+  for (let i = 0; i < 64; i++) { const b = arena.alloc(4096)!; b.fill(0xab); s.push(b); }
+  for (let i = 0; i < 32; i++) arena.release(s[i]);
+  const reader = enterRead();
+  for (let i = 32; i < 48; i++) arena.release(s[i]);
+  assert.is(arena.shed(4 * 4096), 32 * 4096, 'the 32 retired before the reader came; 16 more retired since');
+  for (let i = 0; i < 32; i++) assert.is(s[i][0] | s[i][4095], 0, `slot ${i} reads as zeros`);
+  for (let i = 32; i < 64; i++) assert.is(s[i][0] & s[i][4095], 0xab, `slot ${i} kept (a reader may copy it, or it is in use)`);
+  assert.equal([arena.stats().free, arena.stats().retired, arena.stats().used], [32, 16, 16]);
+  exitRead(reader);
+  arena.retain(s[33]); // held again (a cache kept it): not retired any more, never shed
+  assert.is(arena.shed(4 * 4096), 11 * 4096, '15 retired, 4 kept');
+  assert.is(s[33][0], 0xab, 'held');
+  for (let i = 44; i < 48; i++) assert.is(s[i][0], 0xab, `slot ${i}: the spare, newest retired`);
+  assert.is(arena.shed(4 * 4096), 0, 'nothing beyond the spare');
+  assert.is(arena.alloc(4096)!.byteOffset, s[44].byteOffset, 'a spare slot is handed out first');
+  const z = arena.alloc(4096)!;
+  assert.is(z.byteOffset, s[45].byteOffset);
+  for (let i = 0; i < 4; i++) arena.alloc(4096);
+  const shedOne = arena.alloc(4096)!; // a slot given back: usable, zeros until written
+  assert.ok(s.slice(0, 44).some((x) => x.byteOffset === shedOne.byteOffset));
+  assert.is(shedOne[0], 0);
+  shedOne.fill(7);
+  assert.is(shedOne[4095], 7);
+});
+
 const info = { blobIndex: 0, blobId: 'b'.repeat(64), compressor: Compressor.Zstd, digester: DigestAlgorithm.Blake3, chunkCount: 8 } as BlobInfo;
 
 function blob(n: number, size: number): { raw: Buffer; chunks: ChunkInfo[]; datas: Buffer[] } {

@@ -12,6 +12,8 @@ import { Compressor, compress } from '../../src/common/compress';
 import { DigestAlgorithm, digest, initDigest } from '../../src/common/digest';
 import type { BlobInfo, ChunkInfo } from '../../src/storage/format/types';
 import { closeDecodePool, decodeRun, decodeRunAsync, startDecodePool } from '../../src/storage/blob/decode-pool';
+import { chunkArena, enableChunkArena } from '../../src/storage/blob/chunk-arena';
+import { enterRead, exitRead } from '../../src/common/read-epoch';
 import { fetchRegion } from '../../src/storage/cache/region';
 import type { BlobBackend } from '../../src/storage/backend/backend';
 
@@ -74,7 +76,8 @@ test('without validation, stored chunks are answered from the request bytes (kep
   for (const i of [0, 1, 3, 4, 5, 6, 7]) assert.ok((got2[i] as Buffer).equals(datas[i]), `chunk ${i}`);
 });
 
-test('many small chunks come back in batched messages, each intact, errors in place', async () => {
+/** 300 small compressed chunks (1-2 KiB), chunk 150 with a wrong digest. */
+function smallBlob(): { raw: Buffer; chunks: ChunkInfo[]; datas: Buffer[] } {
   const parts: Buffer[] = [];
   const chunks: ChunkInfo[] = [];
   const datas: Buffer[] = [];
@@ -93,11 +96,54 @@ test('many small chunks come back in batched messages, each intact, errors in pl
   chunks[150] = { ...chunks[150], digest: Buffer.alloc(32, 1) };
   const raw = Buffer.concat(parts);
   assert.ok(raw.length >= 64 << 10, 'big enough for the worker');
-  const got = await Promise.all(decodeRunAsync(info, raw, 0, chunks, true));
-  got.forEach((d, i) => {
-    if (i === 150) { assert.instance(d, Error); return; }
-    assert.ok(Buffer.isBuffer(d) && d.equals(datas[i]), `chunk ${i}`);
-  });
+  return { raw, chunks, datas };
+}
+
+test('many small chunks come back from the worker in batched messages, each intact, errors in place', async () => {
+  const { raw, chunks, datas } = smallBlob();
+  process.env.NYDUS_DECODE_INLINE_BELOW = '0'; // small chunks to the worker too
+  try {
+    const got = await Promise.all(decodeRunAsync(info, raw, 0, chunks, true));
+    got.forEach((d, i) => {
+      if (i === 150) { assert.instance(d, Error); return; }
+      assert.ok(Buffer.isBuffer(d) && d.equals(datas[i]), `chunk ${i}`);
+    });
+  } finally {
+    delete process.env.NYDUS_DECODE_INLINE_BELOW;
+  }
+});
+
+test('a run of small chunks is decoded on the loop in slices: the first at once, the loop turns between slices; intact, errors in place, arena slots given back', async () => {
+  const { raw, chunks, datas } = smallBlob();
+  enableChunkArena(16 << 20);
+  try {
+    // loop turns, counted by an immediate that schedules itself
+    let turn = 0;
+    let ticking = true;
+    const tick = () => { turn++; if (ticking) setImmediate(tick); };
+    setImmediate(tick);
+    const reader = enterRead(); // a request reading what is decoded: its slots are not reused before it is done
+    const ps = decodeRunAsync(info, raw, 0, chunks, true);
+    const turns: number[] = [];
+    ps.forEach((p, i) => void p.then(() => { turns[i] = turn; }));
+    await Promise.resolve();
+    assert.is(turns[0], 0, 'the first slice is decoded at once');
+    assert.not.ok(await settlesAtOnce(ps), 'the rest on later turns');
+    const got = await Promise.all(ps);
+    ticking = false;
+    assert.ok(turns[299] > 0 && new Set(turns).size >= 2, `decoded over several turns: ${[...new Set(turns)]}`);
+    got.forEach((d, i) => {
+      if (i === 150) { assert.instance(d, Error); return; }
+      assert.ok(Buffer.isBuffer(d) && d.equals(datas[i]), `chunk ${i}`);
+      assert.ok(chunkArena()!.owns(d as Buffer), `chunk ${i} in an arena slot`);
+    });
+    await new Promise((r) => setImmediate(r)); // the producer's references go on the next turn
+    assert.is(chunkArena()!.stats().used, 0, 'nothing kept them: every slot retired');
+    assert.is(chunkArena()!.stats().retired, 300, 'and none reused while the reader is out (the bad chunk too)');
+    exitRead(reader);
+  } finally {
+    enableChunkArena(0);
+  }
 });
 
 test('a chunk with a wrong digest or a corrupt frame is an error, its neighbours are served', async () => {

@@ -43,9 +43,11 @@ import { dropMappedPages } from '../../common/libc';
  * this many inode, chunk or directory-block reads (and after whole-table
  * walks): they stay in the page cache, out of the daemon's RSS. Dropping
  * costs well under a millisecond; pages touched again fault back in from
- * the page cache.
+ * the page cache. Each fault maps up to 64 KiB around the page touched
+ * (the kernel's fault-around): at 4096 reads a drop, 8 of the 19 MB of a
+ * 100,000-file bootstrap were resident at the end of a read of every file.
  */
-const DROP_PAGES_EVERY = 4096;
+const DROP_PAGES_EVERY = 1024;
 
 /**
  * Decoded inodes kept (FIFO): enough for the requests of the files being

@@ -26,6 +26,15 @@
  * no slot is free (or a chunk is larger than a slab) callers use a fresh
  * buffer, as without the arena. Sizes are rounded up to a power of two from
  * 4 KiB to the slab size.
+ *
+ * Small resident set: a slab holds one size class, and is as small as
+ * SLOTS_PER_SLAB slots of it allow (at least MIN_SLAB_BYTES, at most the
+ * slab size): a class used only now and then (4 KiB chunks, a 256 KiB read)
+ * costs 256 KiB, not a whole 8 MiB slab. A slot used before (retired, and
+ * nobody can read it any more) is handed out before a never-used one, whose
+ * pages are not resident yet: the memory touched stays what is in use plus
+ * what the requests in flight may still read, however long the reads go on.
+ * An idle arena gives the pages of slabs nothing uses back (trim).
  */
 import { addressOf, discardPages } from '../../common/libc';
 import { warnLimited } from '../../common/log';
@@ -33,6 +42,12 @@ import { currentEpoch, quiescent } from '../../common/read-epoch';
 
 const MIN_CLASS_SHIFT = 12;
 const PAGE = 4096;
+/** A slab of a size class holds this many slots (fewer when that would pass the slab size)... */
+const SLOTS_PER_SLAB = 8;
+/** ...and is at least this large (64 slots of 4 KiB). */
+const MIN_SLAB_BYTES = 256 << 10;
+/** Periods without an allocation after which the slabs nothing uses give their pages back (trim). */
+const IDLE_TICKS = 4;
 const FREE = 0, USED = 1, RETIRED = 2;
 
 interface Slot {
@@ -47,6 +62,8 @@ interface Slot {
 interface Slab {
   sab: SharedArrayBuffer;
   shift: number;
+  /** bytes of slots (the SharedArrayBuffer has a page more, for alignment) */
+  bytes: number;
   /** where the slots start in `sab`: its first page boundary, when known */
   base: number;
   slots: Slot[];
@@ -65,6 +82,7 @@ export class ChunkArena {
   private readonly retired: RetiredQueue[] = [];
   private readonly maxShift: number;
   private slabCount = 0;
+  private slabTotal = 0;
   /** allocations served / refused (none free) */
   private hits = 0;
   private misses = 0;
@@ -73,14 +91,25 @@ export class ChunkArena {
 
   private allocsSinceTrim = 0;
 
-  /** `trimEveryMs`: check that often whether idle slabs can give their pages back (0: never; trim()). */
-  constructor(private readonly capBytes: number, private readonly slabBytes = 8 << 20, trimEveryMs = 0) {
+  /**
+   * `shedEveryMs`: that often, the retired slots of each size class beyond
+   * `spareBytes` give their pages back (shed), and once nothing was allocated
+   * for IDLE_TICKS periods in a row, the slabs nothing uses too (trim); 0:
+   * never (call them).
+   */
+  constructor(private readonly capBytes: number, private readonly slabBytes = 8 << 20, shedEveryMs = 0, private readonly spareBytes = 2 << 20) {
     if (!Number.isInteger(Math.log2(slabBytes)) || slabBytes < 1 << MIN_CLASS_SHIFT) throw new RangeError(`slab size ${slabBytes} is not a power of two >= 4 KiB`);
     this.maxShift = Math.log2(slabBytes);
     for (let s = 0; s <= this.maxShift; s++) { this.free.push([]); this.retired.push({ items: [], head: 0 }); }
-    if (trimEveryMs > 0) {
-      // only when nothing was allocated for a whole period: a busy arena keeps its memory
-      this.timer = setInterval(() => { if (this.allocsSinceTrim === 0) this.trim(); this.allocsSinceTrim = 0; }, trimEveryMs);
+    if (shedEveryMs > 0) {
+      let idle = 0;
+      this.timer = setInterval(() => {
+        // the whole slabs only when nothing was allocated for a while: a busy arena keeps them
+        idle = this.allocsSinceTrim === 0 ? idle + 1 : 0;
+        if (idle === IDLE_TICKS) this.trim();
+        this.shed(this.spareBytes);
+        this.allocsSinceTrim = 0;
+      }, shedEveryMs);
       this.timer.unref();
     }
   }
@@ -100,7 +129,8 @@ export class ChunkArena {
   alloc(size: number): Buffer | undefined {
     if (!(size > 0) || size > this.slabBytes) return undefined;
     const shift = Math.max(MIN_CLASS_SHIFT, 32 - Math.clz32(size - 1));
-    const slot = this.free[shift].pop() ?? this.reuse(shift) ?? this.grow(shift);
+    // memory used before first (resident already), then never-used slots, then a new slab
+    const slot = this.reuse(shift) ?? this.free[shift].pop() ?? this.grow(shift);
     if (!slot) { this.misses++; return undefined; }
     this.hits++;
     this.allocsSinceTrim++;
@@ -128,10 +158,16 @@ export class ChunkArena {
     if (q.head > 256 && q.head * 2 > q.items.length) { q.items = q.items.slice(q.head); q.head = 0; }
   }
 
+  /** Bytes of a slab of size class `shift`. */
+  private slabSize(shift: number): number {
+    return Math.min(this.slabBytes, Math.max(MIN_SLAB_BYTES, SLOTS_PER_SLAB << shift));
+  }
+
   private grow(shift: number): Slot | undefined {
-    if ((this.slabCount + 1) * this.slabBytes > this.capBytes) return undefined;
+    const bytes = this.slabSize(shift);
+    if (this.slabTotal + bytes > this.capBytes) return undefined;
     // a page more, so the slots can start on a page boundary (trim gives whole pages back)
-    const sab = new SharedArrayBuffer(this.slabBytes + PAGE);
+    const sab = new SharedArrayBuffer(bytes + PAGE);
     let base = 0;
     try {
       base = (PAGE - (addressOf(Buffer.from(sab, 0, 1)) % PAGE)) % PAGE;
@@ -139,16 +175,53 @@ export class ChunkArena {
       base = -1; // address unknown: never trimmed
     }
     const size = 1 << shift;
-    const slab: Slab = { sab, shift, base, slots: [], trimmed: false };
+    const slab: Slab = { sab, shift, bytes, base, slots: [], trimmed: false };
     const from = Math.max(0, base);
-    for (let off = 0; off < this.slabBytes; off += size) {
+    for (let off = 0; off < bytes; off += size) {
       slab.slots.push({ slab, view: Buffer.from(sab, from + off, size), refs: 0, state: FREE, retiredAt: 0 });
     }
     this.bySab.set(sab, slab);
     this.slabCount++;
+    this.slabTotal += bytes;
     // hand out the first, keep the rest (popped from the end: lowest offsets first)
     for (let i = slab.slots.length - 1; i > 0; i--) this.free[shift].push(slab.slots[i]);
     return slab.slots[0];
+  }
+
+  /**
+   * Give back the pages of the oldest retired slots nobody can read any more,
+   * in each size class, keeping `spareBytes` of retired slots per class: a
+   * request that was slow to answer (a reader of one slot held up the reuse
+   * of every slot retired after it came) leaves the arena this much
+   * resident, not all it took meanwhile (reuse takes one retired slot per
+   * allocation, so the backlog would stay). Their slots are free again and
+   * read as zeros. Returns the bytes given back.
+   */
+  shed(spareBytes: number): number {
+    let bytes = 0;
+    for (let shift = MIN_CLASS_SHIFT; shift <= this.maxShift; shift++) {
+      const q = this.retired[shift];
+      let live = 0;
+      for (let i = q.head; i < q.items.length; i++) if (this.stillRetired(q.items[i])) live++;
+      let excess = live - Math.floor(spareBytes / (1 << shift));
+      while (excess > 0 && q.head < q.items.length) {
+        const e = q.items[q.head];
+        if (!this.stillRetired(e)) { q.head++; continue; }
+        if (!quiescent(e.at) || e.slot.slab.base < 0) break; // later entries retired later still
+        q.head++;
+        excess--;
+        // free either way (nobody can read it); resident still when the kernel refused
+        if (discardPages(e.slot.view)) bytes += e.slot.view.length;
+        e.slot.state = FREE;
+        this.free[shift].push(e.slot);
+      }
+      this.compact(q);
+    }
+    return bytes;
+  }
+
+  private stillRetired(e: { slot: Slot; at: number }): boolean {
+    return e.slot.state === RETIRED && e.slot.retiredAt === e.at;
   }
 
   /** The slot `buf` is a view of (any view: subarrays too), if it is arena memory. */
@@ -175,9 +248,9 @@ export class ChunkArena {
         x.state = FREE; // its retirement entry is skipped from now on
         free.push(x);
       }
-      if (discardPages(Buffer.from(slab.sab, slab.base, this.slabBytes))) {
+      if (discardPages(Buffer.from(slab.sab, slab.base, slab.bytes))) {
         slab.trimmed = true;
-        bytes += this.slabBytes;
+        bytes += slab.bytes;
       }
     }
     return bytes;
@@ -243,7 +316,7 @@ export class ChunkArena {
   }
 
   stats(): ArenaStats {
-    const s: ArenaStats = { slabs: this.slabCount, bytes: this.slabCount * this.slabBytes, used: 0, retired: 0, free: 0, allocs: this.hits, refused: this.misses };
+    const s: ArenaStats = { slabs: this.slabCount, bytes: this.slabTotal, used: 0, retired: 0, free: 0, allocs: this.hits, refused: this.misses };
     for (const slab of this.bySab.values()) {
       for (const slot of slab.slots) {
         if (slot.state === USED) s.used++;
@@ -264,11 +337,11 @@ let arena: ChunkArena | undefined;
  */
 export function enableChunkArena(capBytes: number, slabBytes?: number): void {
   arena?.close();
-  arena = capBytes > 0 ? new ChunkArena(capBytes, slabBytes, TRIM_EVERY_MS) : undefined;
+  arena = capBytes > 0 ? new ChunkArena(capBytes, slabBytes, SHED_EVERY_MS) : undefined;
 }
 
-/** An arena idle this long gives the pages of its unused slabs back. */
-const TRIM_EVERY_MS = 10_000;
+/** An arena sheds its retired slots beyond 2 MiB a size class this often (and trims after IDLE_TICKS idle periods). */
+const SHED_EVERY_MS = 250;
 
 /** The process's arena, when enabled. */
 export function chunkArena(): ChunkArena | undefined {
