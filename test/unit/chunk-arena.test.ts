@@ -299,10 +299,8 @@ test('memory LRU keeps its chunks referenced and lets go of evicted ones', async
   enableChunkArena(0);
 });
 
-test('fetchRegion: a backend reading into the arena; stored chunks are views of that read, intact while held', async () => {
-  enableChunkArena(24 << 20, 8 << 20);
-  const arena = chunkArena()!;
-  const { raw, chunks, datas } = blob(9, 256 << 10);
+/** A backend serving `raw` that reads into the buffer it is given; `intos`: those buffers. */
+function readingInto(raw: Buffer): { backend: BlobBackend; intos: Buffer[] } {
   const intos: Buffer[] = [];
   const backend = {
     type: 'test', readsInto: true,
@@ -314,6 +312,14 @@ test('fetchRegion: a backend reading into the arena; stored chunks are views of 
     },
     async close() {},
   } as unknown as BlobBackend;
+  return { backend, intos };
+}
+
+test('fetchRegion: a backend reading into the arena; stored chunks are views of that read, intact while held', async () => {
+  enableChunkArena(24 << 20, 8 << 20);
+  const arena = chunkArena()!;
+  const { raw, chunks, datas } = blob(9, 256 << 10);
+  const { backend, intos } = readingInto(raw);
   const reader = enterRead();
   const got = await Promise.all(fetchRegion({ backend, verify: true }, info, chunks));
   got.forEach((d, i) => assert.ok(d.equals(datas[i]), `chunk ${i}`));
@@ -340,17 +346,7 @@ test('fetchRegion with alignStored: stored chunks are copied out of the read, wh
   enableChunkArena(24 << 20, 8 << 20);
   const arena = chunkArena()!;
   const { raw, chunks, datas } = blob(9, 256 << 10);
-  const intos: Buffer[] = [];
-  const backend = {
-    type: 'test', readsInto: true,
-    async read(_id: string, off: number, len: number, opts?: { into?: Buffer }) {
-      const out = opts?.into ?? Buffer.alloc(len);
-      if (opts?.into) intos.push(opts.into);
-      raw.copy(out, 0, off, off + len);
-      return out;
-    },
-    async close() {},
-  } as unknown as BlobBackend;
+  const { backend, intos } = readingInto(raw);
   const reader = enterRead();
   const got = await Promise.all(fetchRegion({ backend, verify: true, alignStored: true }, info, chunks));
   got.forEach((d, i) => assert.ok(d.equals(datas[i]), `chunk ${i}`));
