@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { Compressor } from '../../common/compress';
 import { DigestAlgorithm } from '../../common/digest';
 import { einval } from '../../common/errno';
+import { log } from '../../common/log';
 import { RafsSuperFlags, validateChunkSize } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../metadata/types';
 import { BlobWriter } from './blob-writer';
@@ -139,9 +140,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
     const prefetch: BuildInode[] = [];
     for (const p of o.prefetchPatterns) {
       const i = lookupPath(root, p);
-      // the logger (pino) is loaded when first needed: most builds log nothing
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      if (i) prefetch.push(i); else (require('../../common/log') as typeof import('../../common/log')).log.warn({ pattern: p }, 'prefetch pattern matches nothing');
+      if (i) prefetch.push(i); else log.warn({ pattern: p }, 'prefetch pattern matches nothing');
     }
     const files = walk ? [] : dumpOrder(root, prefetch);
     if (!walk) o.onFiles?.(files.length);

@@ -11,7 +11,7 @@ import { Command, Option } from 'commander';
 import { compressorName, parseCompressor } from '../../common/compress';
 import { initDigest, parseDigester } from '../../common/digest';
 import { ErrnoError, einval } from '../../common/errno';
-import type { LogLevel } from '../../common/log';
+import { LOG_LEVELS, setupLog, type LogLevel } from '../../common/log';
 import { RAFS_DEFAULT_CHUNK_SIZE, validateChunkSize } from '../format/constants';
 import type { SourceType } from '../builder/create';
 import type { WhiteoutSpec } from '../builder/merge';
@@ -27,18 +27,10 @@ const bootV6 = () => require('../builder/bootstrap-v6') as typeof import('../bui
 const image = () => require('../image') as typeof import('../image');
 const unpack = () => require('../unpack') as typeof import('../unpack');
 const inspect = () => require('../inspect') as typeof import('../inspect');
-const logger = () => require('../../common/log') as typeof import('../../common/log');
 /* eslint-enable @typescript-eslint/no-require-imports */
 
 const VERSION = 'v2.4.4-ts';
 
-/**
- * `--log-level` values: common/log's LOG_LEVELS (a unit test checks they
- * agree through --help), listed here so that the logger (pino, ~12 ms to load) is loaded
- * only when a command line asks for something else than the default logger
- * (preAction) or something logs.
- */
-const CLI_LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error'];
 
 function parseSize(s: string): number {
   const v = /^0x[0-9a-f]+$/i.test(s) ? parseInt(s, 16) : /^\d+$/.test(s) ? parseInt(s, 10) : NaN;
@@ -77,11 +69,11 @@ const program = new Command('nydus-image')
   .description('Build, analyze, inspect or validate RAFS filesystems/Nydus accelerated container images')
   .version(VERSION)
   .addOption(new Option('-L, --log-file <file>', 'Log file path'))
-  .addOption(new Option('-l, --log-level <level>', 'Log level').choices(CLI_LOG_LEVELS).default('info'))
+  .addOption(new Option('-l, --log-level <level>', 'Log level').choices(LOG_LEVELS).default('info'))
   .hook('preAction', async (cmd) => {
     const o = cmd.opts();
-    // the default logger (common/log) is what setupLog('info') would make: made when first used
-    if (o.logFile || o.logLevel !== 'info' || process.env.NYDUS_LOG_LEVEL !== undefined) logger().setupLog(o.logLevel as LogLevel, o.logFile);
+    // (the logger loads pino only when it writes its first line: most builds log nothing)
+    setupLog(o.logLevel as LogLevel, o.logFile);
     await initDigest();
   });
 
