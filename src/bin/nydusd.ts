@@ -275,6 +275,7 @@ function shrink(): void {
  * garbage after 8 s idle).
  */
 function shrinkWhenIdle(): void {
+  if (process.env.NYDUS_IDLE_SHRINK === '0') return;
   setTimeout(shrink, 100).unref();
   let seen = currentEpoch();
   let shrunk = false;
