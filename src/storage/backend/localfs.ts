@@ -6,7 +6,7 @@
  * read with FileHandle positional reads, so I/O runs on the libuv threadpool
  * and never blocks the event loop.
  */
-import { constants as fsConstants } from 'node:fs';
+import { DIRECT_IO_ALIGN, openDirect } from '../../common/direct-io';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { ErrnoError, eio, enoent } from '../../common/errno';
@@ -26,8 +26,8 @@ interface Entry {
   directFailed: boolean;
 }
 
-/** Alignment of direct reads (the page size: more than any device's logical block needs). */
-export const LOCALFS_DIRECT_ALIGN = 4096;
+/** Alignment of direct reads. */
+export const LOCALFS_DIRECT_ALIGN = DIRECT_IO_ALIGN;
 
 export class LocalFsBackend implements BlobBackend {
   readonly type = 'localfs';
@@ -64,7 +64,7 @@ export class LocalFsBackend implements BlobBackend {
         const p = await this.blobPath(blobId);
         try {
           const fh = await fsp.open(p, 'r');
-          return { fh, path: p, direct: this.directReads ? await openDirect(p) : undefined, directFailed: false };
+          return { fh, path: p, direct: this.directReads ? await openDirect(p, 'read') : undefined, directFailed: false };
         } catch (err) {
           const code = (err as NodeJS.ErrnoException).code ?? 'EIO';
           throw new ErrnoError(code, `failed to open blob ${blobId} at ${p}: ${(err as Error).message}`, { cause: err });
@@ -179,15 +179,6 @@ export class LocalFsBackend implements BlobBackend {
         await opened.direct?.close();
       } catch { /* open failed or already closed */ }
     }));
-  }
-}
-
-/** The blob file opened with O_DIRECT, or undefined where that is refused (tmpfs on older kernels, some FUSE file systems). */
-async function openDirect(file: string): Promise<fsp.FileHandle | undefined> {
-  try {
-    return await fsp.open(file, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
-  } catch {
-    return undefined;
   }
 }
 

@@ -19,7 +19,9 @@
  * them, v5 blobs laid out back to back) is written through the page cache as
  * before. A direct write never touches a byte outside its chunks.
  */
-export const DIRECT_ALIGN = 4096;
+import { DIRECT_IO_ALIGN } from '../../common/direct-io';
+
+export const DIRECT_ALIGN = DIRECT_IO_ALIGN;
 
 /** One pwritev: `iov` from `pos`, through the O_DIRECT fd or the page cache. */
 export interface WriteGroup {

@@ -38,6 +38,7 @@ import { ErrnoError, eio } from '../../common/errno';
 import { logLimited, warnLimited } from '../../common/log';
 import { iovAfter } from '../../common/pread';
 import { isAligned } from '../../common/libc';
+import { openDirect } from '../../common/direct-io';
 import { DIRECT_ALIGN, planWrites, type WriteGroup } from './direct-write';
 import type { ChunkLocation } from '../blob/device';
 import type { BlobInfo, ChunkInfo } from '../format/types';
@@ -237,7 +238,8 @@ export class FileCache {
       const want = Math.min(info.uncompressedSize, MAX_CACHE_OFFSET);
       if (want > 0 && st.size < want) await data.truncate(want);
       const map = info.chunkCount > 0 ? await ChunkMap.open(names.chunkMap, info.chunkCount) : undefined;
-      const direct = this.directWrites ? await openDirect(names.data) : undefined;
+      const direct = this.directWrites ? await openDirect(names.data, 'write') : undefined;
+      if (this.directWrites && !direct) logLimited('info', 'cache.direct.open', { file: names.data }, 'cache file cannot be opened with O_DIRECT: writing through the page cache');
       return { blobId: info.blobId, data, map, inflight: new Map(), writes: new Map(), direct, directFailed: false };
     } catch (e) {
       await data.close().catch(() => {});
@@ -529,13 +531,4 @@ export class FileCache {
   }
 }
 
-/** The cache file opened with O_DIRECT, or undefined where that is refused (tmpfs on older kernels, some FUSE file systems). */
-async function openDirect(file: string): Promise<fsp.FileHandle | undefined> {
-  try {
-    return await fsp.open(file, fsConstants.O_WRONLY | fsConstants.O_DIRECT);
-  } catch (err) {
-    logLimited('info', 'cache.direct.open', { file, err: (err as Error).message }, 'cache file cannot be opened with O_DIRECT: writing through the page cache');
-    return undefined;
-  }
-}
 
