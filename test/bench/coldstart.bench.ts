@@ -25,14 +25,11 @@ import * as path from 'node:path';
 import { ROOT } from '../support/cli';
 import { containerdMissing, killUnder, shortTmp, startContainerd, startSnapshotter, teardown, unmountUnder, type Containerd, type SnapshotterProc } from '../support/containerd';
 import { freePort, registryMissing, REGISTRY_BIN } from '../support/registry';
+import { linkUp, type ShapedLink } from '../support/shaped-link';
 import { dropCaches, sleep } from '../support/timing';
 
 const GiB = 1 << 30;
-const NS = 'nydus-coldstart';
-const VETH_H = 'ncs-h';
-const VETH_N = 'ncs-n';
-const HOST_IP = '10.231.77.1';
-const NS_IP = '10.231.77.2';
+const LINK = { ns: 'nydus-coldstart', hostDev: 'ncs-h', nsDev: 'ncs-n', net: '10.231.77' };
 const SHAPE = 'tbf rate 200mbit burst 256kb latency 50ms';
 const RUN_CMD = '/bin/busybox cat /etc/passwd /etc/group /etc/hostname.img >/dev/null && /bin/busybox head -c 1048576 /data/big0.bin | /bin/busybox wc -c';
 
@@ -329,35 +326,6 @@ async function sample(way: 'oci' | 'nydus', reg: Reg, repo: string, gib: number,
   }
 }
 
-// ---------------------------------------------------------------- shaped link
-
-function netnsDown(): void {
-  sh(`ip netns pids ${NS} 2>/dev/null | xargs -r kill -9`);
-  sh(`ip link del ${VETH_H} 2>/dev/null`);
-  sh(`ip netns del ${NS} 2>/dev/null`);
-}
-
-function netnsUp(): string | undefined {
-  netnsDown();
-  const steps = [
-    `ip netns add ${NS}`,
-    `ip link add ${VETH_H} type veth peer name ${VETH_N}`,
-    `ip link set ${VETH_N} netns ${NS}`,
-    `ip addr add ${HOST_IP}/30 dev ${VETH_H}`,
-    `ip link set ${VETH_H} up`,
-    `ip netns exec ${NS} ip addr add ${NS_IP}/30 dev ${VETH_N}`,
-    `ip netns exec ${NS} ip link set ${VETH_N} up`,
-    `ip netns exec ${NS} ip link set lo up`,
-    `tc qdisc add dev ${VETH_H} root ${SHAPE}`,
-    `ip netns exec ${NS} tc qdisc add dev ${VETH_N} root ${SHAPE}`,
-  ];
-  for (const s of steps) {
-    const r = sh(s);
-    if (r.status !== 0) { netnsDown(); return `${s}: ${r.out.trim()}`; }
-  }
-  return undefined;
-}
-
 // ---------------------------------------------------------------- chart
 
 async function chart(samples: Sample[], file: string): Promise<void> {
@@ -413,7 +381,7 @@ async function main(): Promise<void> {
   fs.mkdirSync(storage);
   let reg: Reg | undefined;
   let shaped: Reg | undefined;
-  let nsUp = false;
+  let link: ShapedLink | undefined;
   const samples: Sample[] = [];
   const images: ImageInfo[] = [];
   let shapedNote = '';
@@ -426,7 +394,7 @@ async function main(): Promise<void> {
     }
     reg?.proc.kill('SIGKILL');
     shaped?.proc.kill('SIGKILL');
-    netnsDown();
+    link?.down();
     for (const d of [sampleDir, work]) if (d) fs.rmSync(d, { recursive: true, force: true });
     process.exit(130);
   };
@@ -458,12 +426,12 @@ async function main(): Promise<void> {
       }
     }
     if (shapedSizes.length) {
-      const err = netnsUp();
-      if (err) { shapedNote = `shaped link skipped: ${err}`; console.log(`SKIP shaped link: ${err}`); }
+      const up = linkUp(LINK, SHAPE);
+      if (typeof up === 'string') { shapedNote = `shaped link skipped: ${up}`; console.log(`SKIP shaped link: ${up}`); }
       else {
-        nsUp = true;
-        shaped = await launchRegistry(storage, path.join(work, 'registry-shaped.log'), `${NS_IP}:5000`, NS);
-        shapedNote = `registry in netns ${NS} behind veth, tc ${SHAPE} both directions`;
+        link = up;
+        shaped = await launchRegistry(storage, path.join(work, 'registry-shaped.log'), `${up.nsIp}:5000`, up.ns);
+        shapedNote = `registry in netns ${up.ns} behind veth, tc ${SHAPE} both directions`;
         for (const gib of shapedSizes) {
           const img = images.find((x) => x.size_gib === gib)!;
           for (let i = 0; i < nSamples; i++) {
@@ -480,7 +448,7 @@ async function main(): Promise<void> {
     process.removeListener('SIGINT', onSig);
     process.removeListener('SIGTERM', onSig);
     await shaped?.stop().catch(() => undefined);
-    if (nsUp) netnsDown();
+    link?.down();
     await reg?.stop().catch(() => undefined);
     fs.rmSync(work, { recursive: true, force: true });
   }
@@ -524,4 +492,4 @@ async function main(): Promise<void> {
   console.log('wrote docs/coldstart.json, docs/coldstart.svg');
 }
 
-main().catch((e: unknown) => { netnsDown(); console.error(e); process.exitCode = 1; });
+main().catch((e: unknown) => { console.error(e); process.exitCode = 1; });

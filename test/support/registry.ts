@@ -71,6 +71,8 @@ export interface RegistryOptions {
   pass?: string;
   /** token auth instead of htpasswd */
   token?: TokenAuth;
+  /** run inside this network namespace (`ip netns exec`), listening on `listenIp` (see shaped-link.ts) */
+  netns?: { name: string; listenIp: string };
 }
 
 export interface Registry {
@@ -87,7 +89,7 @@ export interface Registry {
   stop(): Promise<void>;
 }
 
-function configYaml(port: number, storage: string, authYaml: string): string {
+function configYaml(addr: string, storage: string, authYaml: string): string {
   return [
     'version: 0.1',
     'log:',
@@ -98,7 +100,7 @@ function configYaml(port: number, storage: string, authYaml: string): string {
     '  filesystem:',
     `    rootdirectory: ${storage}`,
     'http:',
-    `  addr: 127.0.0.1:${port}`,
+    `  addr: ${addr}`,
     authYaml,
   ].join('\n');
 }
@@ -118,7 +120,9 @@ function bearerParams(v: string | string[] | undefined): Record<string, string> 
 
 export async function startRegistry(opts: RegistryOptions = {}): Promise<Registry> {
   const dir = tmpdir('registry');
-  const port = await freePort();
+  // inside a netns any port is free (the namespace is ours)
+  const port = opts.netns ? 5000 : await freePort();
+  const ip = opts.netns?.listenIp ?? '127.0.0.1';
   const storage = path.join(dir, 'storage');
   fs.mkdirSync(storage);
   let authYaml = '';
@@ -133,19 +137,21 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     authYaml = `auth:\n  htpasswd:\n    realm: nydus-test\n    path: ${file}\n`;
   }
   const config = path.join(dir, 'config.yml');
-  fs.writeFileSync(config, configYaml(port, storage, authYaml));
+  fs.writeFileSync(config, configYaml(`${ip}:${port}`, storage, authYaml));
   let out = '';
   // The registry logs into a file, not a pipe: a test that blocks its event loop (spawnSync of
   // dd, cat …) would stop draining a pipe, and a registry blocked on a full pipe stops answering.
   const logFile = path.join(dir, 'registry.log');
   const readLog = (): string => { try { return fs.readFileSync(logFile, 'utf8'); } catch { return out; } };
-  const base = `http://127.0.0.1:${port}`;
+  const base = `http://${ip}:${port}`;
   let proc: ChildProcess;
   let exited = false;
   let exit: Promise<void>;
   const launch = async () => {
     const logFd = fs.openSync(logFile, 'a');
-    proc = spawn(REGISTRY_BIN, ['serve', config], { stdio: ['ignore', logFd, logFd] });
+    proc = opts.netns
+      ? spawn('ip', ['netns', 'exec', opts.netns.name, REGISTRY_BIN, 'serve', config], { stdio: ['ignore', logFd, logFd] })
+      : spawn(REGISTRY_BIN, ['serve', config], { stdio: ['ignore', logFd, logFd] });
     fs.closeSync(logFd);
     exited = false;
     const p = proc;
@@ -187,7 +193,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     return req(method, url, { ...headers, authorization: `Bearer ${j.token || j.access_token}` }, body);
   };
   return {
-    host: `127.0.0.1:${port}`,
+    host: `${ip}:${port}`,
     port,
     auth,
     log: readLog,
@@ -205,7 +211,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       await halt();
       if (token) {
         tokenCfg = token;
-        fs.writeFileSync(config, configYaml(port, storage, tokenYaml(token)));
+        fs.writeFileSync(config, configYaml(`${ip}:${port}`, storage, tokenYaml(token)));
       }
       await launch();
     },
