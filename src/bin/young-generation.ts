@@ -23,9 +23,11 @@
  * after a 100,000-file read. Growing it by HEAP_GROWING_PERCENT instead
  * (V8's flag, read at each collection) keeps it within ~1.2x what lives
  * (plus V8's minimum step); NYDUS_V8_HEAP_GROWING=0 keeps V8's default.
+ * While a download streams, common/heap-growing.ts gives it more room.
  */
 import * as v8 from 'node:v8';
 import type { Worker } from 'node:worker_threads';
+import { reapplyHeapGrowing, setHeapGrowing } from '../common/heap-growing';
 
 const HEAP_GROWING_PERCENT = 20;
 
@@ -35,10 +37,9 @@ const growing = oldEnv !== undefined && oldEnv !== '' && Number.isInteger(Number
 
 const apply = (): void => {
   if (young) v8.setFlagsFromString('--semi-space-growth-factor=1');
-  if (growing > 0) v8.setFlagsFromString(`--heap-growing-percent=${growing}`);
+  reapplyHeapGrowing();
 };
 
-if (young || growing > 0) {
-  apply();
-  process.on('worker', (w: Worker) => w.once('online', apply));
-}
+setHeapGrowing(growing);
+if (young) v8.setFlagsFromString('--semi-space-growth-factor=1');
+process.on('worker', (w: Worker) => w.once('online', apply));

@@ -22,6 +22,7 @@ import * as tls from 'node:tls';
 import { Agent, type Dispatcher, type Pool } from 'undici';
 import type { ProxyConfig } from '../../common/config';
 import { eio } from '../../common/errno';
+import { streamEnded, streamStarted } from '../../common/heap-growing';
 import { warnLimited } from '../../common/log';
 import { ProxyForbiddenError, ProxyRateLimitedError, ProxyRouter, type RequestOptions } from './proxy';
 
@@ -264,12 +265,14 @@ export async function errorText(r: HttpResponse, max = 512): Promise<string> {
  * when given): a Content-Length that differs, a body that runs past `length`
  * (aborted at once, never buffered) or ends short are errors. Nothing is
  * written to the buffer once the returned promise has settled (the body's
- * listener is gone or the body has ended).
+ * listener is gone or the body has ended). While it streams, V8's heap
+ * limit has room for the socket's buffers (common/heap-growing.ts).
  */
 export async function readExact(r: HttpResponse, length: number, into?: Buffer, onProgress?: (filled: number) => void): Promise<Buffer> {
   const out = into?.length === length ? into : Buffer.allocUnsafe(length);
   const progress = out === into ? onProgress : undefined;
   let n = 0;
+  streamStarted();
   try {
     const cl = headerValue(r.headers, 'content-length');
     if (cl !== undefined && /^\d+$/.test(cl) && Number(cl) !== length) {
@@ -300,6 +303,7 @@ export async function readExact(r: HttpResponse, length: number, into?: Buffer, 
     if ((err as Error).name === 'ErrnoError') throw err;
     throw eio(`expected ${length} bytes, got ${n} before error: ${describe(err)}`, err);
   } finally {
+    streamEnded();
     r.done();
   }
   if (n !== length) throw eio(`expected ${length} bytes, got ${n}`);
