@@ -15,7 +15,7 @@
 import { ChunkMemoryCache, READ_AHEAD_HOLD_BYTES, memoryCacheBytes } from './cache/memory';
 import { type ConfigV2, isChunkValidationEnabled } from '../common/config';
 import { eio, enosys } from '../common/errno';
-import { loadCodec } from '../common/compress';
+import { Compressor, loadCodec } from '../common/compress';
 import { warnLimited } from '../common/log';
 import type { BlobInfo, ChunkInfo } from './format/types';
 import type { BlobBackend } from './backend/backend';
@@ -28,7 +28,7 @@ import { type PrefetchOptions, Prefetcher } from './cache/prefetcher';
 import { acquireFileCache, releaseFileCache } from './cache/manager';
 import { BlobcacheMetrics } from './cache/metrics';
 import type { BlobDevice, ChunkLocation } from './blob/device';
-import { acquireDecodePool, releaseDecodePool } from './blob/decode-pool';
+import { acquireDecodePool, decodesOnWorkers, releaseDecodePool, startDecodePool } from './blob/decode-pool';
 
 export interface BlobDeviceOptions {
   /** read every blob from this one file (localfs `blob_file`), whatever `backend.type` says */
@@ -218,6 +218,14 @@ export class StorageDevice implements BlobDevice {
     if (this.closed) return;
     for (const c of new Set(this.blobs.map((b) => b.compressor))) {
       try { loadCodec(c); } catch { /* the first decode reports it */ }
+    }
+    // the decode workers, when this image's chunks are large enough to go to them and need work
+    // (decompressed or verified): started at the first such request, they came up a third of the
+    // way into a cold sequential read, whose runs until then were decoded on the event loop
+    const work = this.blobs.filter((b) => b.compressor !== Compressor.None || this.validate || this.verifyFetched);
+    const workChunks = work.reduce((n, b) => n + b.chunkCount, 0);
+    if (workChunks > 0 && decodesOnWorkers(work.reduce((n, b) => n + b.uncompressedSize, 0) / workChunks)) {
+      startDecodePool().catch(() => { /* the first request starts them again */ });
     }
     const chunks = this.blobs.reduce((n, b) => n + b.chunkCount, 0);
     if (!this.opts.chunks || this.directories || chunks > EAGER_DIRECTORY_CHUNKS) return;

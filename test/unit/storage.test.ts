@@ -24,6 +24,7 @@ import { LOCALFS_DIRECT_ALIGN, LocalFsBackend } from '../../src/storage/backend/
 import { ChunkMap, CHUNK_MAP_HEADER_SIZE } from '../../src/storage/cache/chunk-map';
 import { FileCache, REFETCH_LIMIT, cacheFileNames } from '../../src/storage/cache/filecache';
 import { createBlobDevice, StorageDevice } from '../../src/storage/factory';
+import { closeDecodePool, decodeWorkersOnline } from '../../src/storage/blob/decode-pool';
 import { RafsFs } from '../../src/rafs/fs';
 import type { BlobDevice } from '../../src/storage/blob/device';
 import { fileCacheUsers } from '../../src/storage/cache/manager';
@@ -651,6 +652,25 @@ test('factory: a small image\'s chunk directory is built after the mount, in sli
   assert.equal(await dev3.readChunk(V6.chunks[0]), V6.expect.get(V6.chunks[0].index));
   assert.is(big.walks, 1, 'walked at the first miss');
   await dev3.close();
+});
+
+test('factory: the decode workers start right after the mount for an image of large compressed chunks, not for one of small files', async () => {
+  await closeDecodePool();
+  const cfg = parseNydusdConfig(JSON.stringify({ version: 2, backend: { type: 'localfs', localfs: { dir: V6.blobDir } }, cache: { type: 'dummycache' } }));
+  const settle = async (ms: number, until: () => boolean) => { for (const t0 = Date.now(); Date.now() - t0 < ms && !until();) await new Promise((r) => setTimeout(r, 20)); };
+  // V6's chunks average ~37 KiB: decoded on the event loop, no thread started for them
+  const small = createBlobDevice(cfg, [V6.info], { backend: localfs({ blob_file: '', dir: V6.blobDir }) }) as StorageDevice;
+  await small.prepared;
+  await settle(500, () => decodeWorkersOnline() > 0);
+  assert.is(decodeWorkersOnline(), 0, 'no worker for small chunks');
+  await small.close();
+  // the same blob described as 1 MiB chunks: workers come up before any read
+  const big = createBlobDevice(cfg, [{ ...V6.info, uncompressedSize: V6.info.chunkCount << 20 }], { backend: localfs({ blob_file: '', dir: V6.blobDir }) }) as StorageDevice;
+  await big.prepared;
+  await settle(10_000, () => decodeWorkersOnline() > 0);
+  assert.ok(decodeWorkersOnline() > 0, 'workers started at mount');
+  await big.close();
+  assert.is(decodeWorkersOnline(), 0, 'stopped with the last device');
 });
 
 test('merged misses: one request fetches a miss and its uncached neighbours; they are then hits; a cached chunk splits the run', async () => {

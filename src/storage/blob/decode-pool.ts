@@ -225,17 +225,31 @@ let users = 0;
 
 /**
  * A device starts using the pool (paired with releaseDecodePool). The
- * workers start at the first request worth a hop, not at mount: a mounted
- * image that is not read costs no thread (~8 MB); until one is running
- * (~50 ms, up to 250 ms on a loaded machine), such requests are decoded
- * inline, so the first reads never wait for it. Started at mount, a cold
- * sequential read was no faster on an idle machine (6 alternating runs).
+ * workers start at the first request worth a hop, or right after the mount
+ * for images whose chunks they will decode (StorageDevice.warmUp,
+ * decodesOnWorkers): an image of small files costs no thread (~8 MB). Until
+ * one is running (~50 ms, up to 250 ms on a loaded machine), such requests
+ * are decoded inline, so the first reads never wait for it; started at the
+ * first request, that was 9 of the 31 runs of a cold 256 MiB read.
  */
 export function acquireDecodePool(): void {
   users++;
 }
 
-/** Start the workers now and resolve once they run (tests, benchmarks). */
+/**
+ * Whether runs of chunks averaging `avgChunkBytes` go to a worker (not
+ * decoded on the event loop as small files' chunks are).
+ */
+export function decodesOnWorkers(avgChunkBytes: number): boolean {
+  return poolThreads() > 0 && avgChunkBytes >= inlineBelow();
+}
+
+/** Workers running now (tests). */
+export function decodeWorkersOnline(): number {
+  return workers.filter((w) => w?.online).length;
+}
+
+/** Start the workers now and resolve once they run (tests, benchmarks, and images whose chunks they decode). */
 export function startDecodePool(): Promise<void> {
   const all: Promise<void>[] = [];
   for (let i = 0; i < poolThreads(); i++) all.push((workers[i] ??= startWorker(i)).ready);
