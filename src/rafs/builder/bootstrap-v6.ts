@@ -12,22 +12,25 @@
  * indexes, and xattr pairs are written in name order. Output is deterministic.
  */
 import { einval, ensure } from '../../common/errno';
-import {
-  alignUp, compressorFlag, digesterFlag, RafsSuperFlags, RAFS_MAX_CHUNKS_PER_BLOB, RAFS_MAX_NAME,
-  RAFS_SUPER_FLAGS_KNOWN, validateChunkSize,
-} from '../format/constants';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from '../../common/mode';
+// (from where they are defined, not through a module that re-exports them: a compiled
+// re-export is a getter, called at each use, and this code runs cold, once per build)
+import { RAFS_MAX_CHUNKS_PER_BLOB, alignUp } from '../../storage/format/constants';
+import { compressorFlag, digesterFlag, RafsSuperFlags, RAFS_MAX_NAME, RAFS_SUPER_FLAGS_KNOWN, validateChunkSize } from '../format/constants';
 import {
   chunkHeaderFormat, EROFS_BLKSZ, EROFS_BLKSZ_BITS, EROFS_CHUNK_INDEX_SIZE, EROFS_DEVSLOT_SIZE, EROFS_DIRENT_SIZE,
   EROFS_FEATURE_COMPAT_RAFS_V6, EROFS_FT, EROFS_INODE_CHUNK_BASED, EROFS_INODE_EXTENDED_SIZE, EROFS_INODE_FLAT_INLINE,
-  EROFS_INODE_FLAT_PLAIN, EROFS_NULL_ADDR, EROFS_SLOT_SIZE, EROFS_SUPER_MAGIC_V1, encodeChunkIndex, encodeChunkInfoRecord,
+  EROFS_INODE_FLAT_PLAIN, EROFS_NULL_ADDR, EROFS_SLOT_SIZE, EROFS_SUPER_MAGIC_V1, encodeChunkIndex,
   encodeDeviceSlot, encodeDirent, encodeErofsSuperBlock, encodeExtSuperBlock, encodeInode, encodeV6Blob,
   encodeXattrIbody, rafsChunkIndex, RAFSV6_BLOB_SIZE, RAFSV6_CHUNK_INFO_SIZE, RAFSV6_DEVSLOT_ALIGN,
   RAFSV6_DEVTABLE_OFFSET, RAFSV6_DEVT_SLOTOFF, RAFSV6_FEATURE_INCOMPAT,
 } from '../format/v6';
+// v6's chunk info record is v5's (format/v6.ts re-exports it as encodeChunkInfoRecord)
+import { encodeChunkInfo as encodeChunkInfoRecord } from '../format/v5';
 import { isAllowedXattr } from './xattr';
 import type { ChunkInfo } from '../metadata/types';
 import type { BootstrapOptions } from './options';
-import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, type BuildInode } from './tree';
+import type { BuildInode } from './tree';
 
 const FT_OF: Record<number, number> = {
   [S_IFREG]: EROFS_FT.REG, [S_IFDIR]: EROFS_FT.DIR, [S_IFCHR]: EROFS_FT.CHR, [S_IFBLK]: EROFS_FT.BLK,
@@ -251,12 +254,13 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
     buf.writeUInt32LE(n.nid, prefetchOffset + i * 4);
   });
 
+  const chunkFormat = chunkHeaderFormat(cs);
   for (const n of nodes) {
     const { inode } = n;
     const fmt = inode.mode & S_IFMT;
     let u = 0;
     if (fmt === S_IFDIR || fmt === S_IFLNK) u = n.blkaddr;
-    else if (fmt === S_IFREG) u = chunkHeaderFormat(cs);
+    else if (fmt === S_IFREG) u = chunkFormat;
     else if (fmt === S_IFCHR || fmt === S_IFBLK) u = inode.rdev >>> 0;
     const isRoot = n === rootNode;
     const uid = opts.explicitUidGid ? inode.uid : 0;
@@ -352,19 +356,30 @@ function dirData(n: Node): Buffer {
 function mapChunks(n: Node, cs: number, opts: BootstrapOptions): Array<ChunkInfo | undefined> {
   const out: Array<ChunkInfo | undefined> = new Array(n.dataLen).fill(undefined);
   for (const c of n.inode.chunks) {
-    const where = () => `${pathOf(n)}: chunk at file offset ${c.fileOffset}`;
-    ensure(Number.isSafeInteger(c.fileOffset) && c.fileOffset % cs === 0 && c.fileOffset < n.size, () => `${where()} is not a chunk boundary inside the file`);
     const k = c.fileOffset / cs;
-    ensure(out[k] === undefined, () => `${where()} appears twice`);
-    const expect = Math.min(cs, n.size - c.fileOffset);
-    ensure(c.uncompressedSize === expect, () => `${where()}: uncompressed size ${c.uncompressedSize} != ${expect}`);
-    ensure(c.blobIndex >= 0 && c.blobIndex < opts.blobs.length, () => `${where()}: blob index ${c.blobIndex} is not in the blob table`);
-    ensure(c.index >= 0 && c.index < RAFS_MAX_CHUNKS_PER_BLOB, () => `${where()}: chunk index ${c.index} exceeds 24 bits`);
-    ensure(c.uncompressedOffset % EROFS_BLKSZ === 0, () => `${where()}: uncompressed offset ${c.uncompressedOffset} is not 4 KiB aligned`);
-    ensure(c.digest.length === 32, () => `${where()}: digest must be 32 bytes`);
     const blob = opts.blobs[c.blobIndex];
-    ensure(c.uncompressedOffset + c.uncompressedSize <= alignUp(blob.uncompressedSize, EROFS_BLKSZ), () => `${where()}: lies outside blob ${blob.blobId}'s uncompressed size`);
+    // the usual case tested at once; the checks one by one (and their messages) only when it fails
+    // (a build's bootstrap is made once, by code that has not warmed up: a closure per check and chunk shows)
+    if (!(Number.isSafeInteger(c.fileOffset) && c.fileOffset % cs === 0 && c.fileOffset < n.size && out[k] === undefined &&
+      c.uncompressedSize === Math.min(cs, n.size - c.fileOffset) && blob !== undefined && c.index >= 0 && c.index < RAFS_MAX_CHUNKS_PER_BLOB &&
+      c.uncompressedOffset % EROFS_BLKSZ === 0 && c.digest.length === 32 &&
+      c.uncompressedOffset + c.uncompressedSize <= alignUp(blob.uncompressedSize, EROFS_BLKSZ))) checkChunk(n, c, cs, opts, out);
     out[k] = c;
   }
   return out;
+}
+
+/** mapChunks' checks of chunk `c` of `n`, each with its message. */
+function checkChunk(n: Node, c: ChunkInfo, cs: number, opts: BootstrapOptions, out: Array<ChunkInfo | undefined>): void {
+  const where = () => `${pathOf(n)}: chunk at file offset ${c.fileOffset}`;
+  ensure(Number.isSafeInteger(c.fileOffset) && c.fileOffset % cs === 0 && c.fileOffset < n.size, () => `${where()} is not a chunk boundary inside the file`);
+  ensure(out[c.fileOffset / cs] === undefined, () => `${where()} appears twice`);
+  const expect = Math.min(cs, n.size - c.fileOffset);
+  ensure(c.uncompressedSize === expect, () => `${where()}: uncompressed size ${c.uncompressedSize} != ${expect}`);
+  ensure(c.blobIndex >= 0 && c.blobIndex < opts.blobs.length, () => `${where()}: blob index ${c.blobIndex} is not in the blob table`);
+  ensure(c.index >= 0 && c.index < RAFS_MAX_CHUNKS_PER_BLOB, () => `${where()}: chunk index ${c.index} exceeds 24 bits`);
+  ensure(c.uncompressedOffset % EROFS_BLKSZ === 0, () => `${where()}: uncompressed offset ${c.uncompressedOffset} is not 4 KiB aligned`);
+  ensure(c.digest.length === 32, () => `${where()}: digest must be 32 bytes`);
+  const blob = opts.blobs[c.blobIndex];
+  ensure(c.uncompressedOffset + c.uncompressedSize <= alignUp(blob.uncompressedSize, EROFS_BLKSZ), () => `${where()}: lies outside blob ${blob.blobId}'s uncompressed size`);
 }

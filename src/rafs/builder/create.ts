@@ -13,8 +13,6 @@ import { RafsSuperFlags, validateChunkSize } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../metadata/types';
 import { BlobWriter } from './blob-writer';
 import { ChunkPool, addFilesParallel, defaultBuilderThreads } from './chunk-pipeline';
-import { writeBootstrapV5 } from './bootstrap-v5';
-import { writeBootstrapV6 } from './bootstrap-v6';
 import type { BootstrapOptions } from './options';
 import { treeFromDir, walkDir } from './source-dir';
 import { BuildInode, walkTree } from './tree';
@@ -112,6 +110,12 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   if (!o.bootstrap && !o.blobDir && !o.blobInlineMeta) throw einval('one of --bootstrap, --blob-dir or --blob-inline-meta is required');
   if (o.fsVersion === 5 && o.blobInlineMeta) throw einval('--blob-inline-meta requires --fs-version 6');
   checkBatchSize(o.batchSize ?? 0, o.fsVersion, o.chunkSize);
+  /* eslint-disable @typescript-eslint/no-require-imports */
+  // the one bootstrap writer this build needs (loading the other too costs every build a few ms of start-up)
+  const writeBootstrap = o.fsVersion === 5
+    ? (require('./bootstrap-v5') as typeof import('./bootstrap-v5')).writeBootstrapV5
+    : (require('./bootstrap-v6') as typeof import('./bootstrap-v6')).writeBootstrapV6;
+  /* eslint-enable @typescript-eslint/no-require-imports */
   let tmpTar: string | undefined;
   let closeSource = () => {};
   let root!: BuildInode;
@@ -216,7 +220,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       extraFlags: (o.fsVersion === 6 ? RafsSuperFlags.ENCRYPTION_NONE : 0) |
         (blobs.length > 0 && blobs.every((b) => b.features & 0x20) ? RafsSuperFlags.INLINED_CHUNK_DIGEST : 0),
     });
-    const writeBoot = (blobs: BlobInfo[]) => (o.fsVersion === 5 ? writeBootstrapV5 : writeBootstrapV6)(root, bootOpts(blobs));
+    const writeBoot = (blobs: BlobInfo[]) => writeBootstrap(root, bootOpts(blobs));
     const fin = await writer.finishAsync(o.blobInlineMeta ? (info: BlobInfo) => writeBoot([info]) : undefined);
     const blobs = fin.info.chunkCount > 0 || o.blobInlineMeta ? [fin.info] : [];
     const bootstrap = o.blobInlineMeta ? Buffer.alloc(0) : writeBoot(blobs);
