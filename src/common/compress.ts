@@ -3,7 +3,6 @@
  * 2 gzip (one member), 3 zstd (one frame). `compress` stores data raw when
  * compression does not shrink it, as upstream does.
  */
-import { gzipSync, gunzipSync } from 'node:zlib';
 import type * as zstdBinding from 'zstd-napi/binding';
 import { einval, eio } from './errno';
 
@@ -11,8 +10,11 @@ import { einval, eio } from './errno';
 /* eslint-disable @typescript-eslint/no-require-imports */
 let zstdBin: typeof import('zstd-napi/binding') | undefined;
 let lz4Mod: typeof import('lz4-napi') | undefined;
+let zlibMod: typeof import('node:zlib') | undefined;
 const binding = () => (zstdBin ??= require('zstd-napi/binding') as typeof import('zstd-napi/binding'));
 const lz4 = () => (lz4Mod ??= require('lz4-napi') as typeof import('lz4-napi'));
+// node:zlib too (gzip only): a few ms of every zstd build's start-up
+const zlib = () => (zlibMod ??= require('node:zlib') as typeof import('node:zlib'));
 /* eslint-enable @typescript-eslint/no-require-imports */
 
 export enum Compressor { None = 0, Lz4Block = 1, GZip = 2, Zstd = 3 }
@@ -51,7 +53,7 @@ export function compress(c: Compressor, data: Buffer): { data: Buffer; compresse
   switch (c) {
     case Compressor.Zstd: out = zstdCompress(data); break;
     case Compressor.Lz4Block: out = lz4().compressSync(data).subarray(4); break; // strip lz4_flex size prefix
-    case Compressor.GZip: out = gzipSync(data, { level: 6 }); break;
+    case Compressor.GZip: out = zlib().gzipSync(data, { level: 6 }); break;
     default: throw einval(`unsupported compressor ${c}`);
   }
   if (out.length >= data.length) return { data, compressed: false };
@@ -86,7 +88,7 @@ export function decompress(c: Compressor, data: Buffer, size: number, into?: Buf
         out = lz4().uncompressSync(withSize);
         break;
       }
-      case Compressor.GZip: out = gunzipSync(data, { maxOutputLength: Math.max(size, 1) }); break;
+      case Compressor.GZip: out = zlib().gunzipSync(data, { maxOutputLength: Math.max(size, 1) }); break;
       default: throw einval(`unsupported compressor ${c}`);
     }
   } catch (e) {

@@ -24,11 +24,12 @@ import {
   encodeChunkInfoV1,
   encodeChunkInfoV2,
 } from '../../storage/format/blob-meta';
-import { BlobChunkFlags, BlobFeatures, RAFS_MAX_CHUNKS_PER_BLOB, alignUp, validateChunkSize } from '../format/constants';
+// (from where they are defined: a compiled re-export is a getter called at each use)
+import { BlobChunkFlags, BlobFeatures, RAFS_MAX_CHUNKS_PER_BLOB, alignUp } from '../../storage/format/constants';
+import { validateChunkSize } from '../format/constants';
 import { TOC_ENTRY_SIZE, type TocEntry, TocEntryName, encodeTarHeader, encodeTocEntry, tocFlagsFromCompressor } from '../../storage/format/toc';
 import type { BlobInfo, ChunkInfo } from '../metadata/types';
 import { noBlobMeta } from '../metadata/types';
-import { crc32c } from '../../storage/blob/chunk-reader';
 import { BATCH_CONTEXT_SIZE, type BatchContext, encodeBatchContexts } from '../../storage/blob/batch';
 import type { BuildInode } from './tree';
 import { BlobSink } from './blob-sink';
@@ -303,7 +304,9 @@ export class BlobWriter {
     let flags = stored.compressed ? BlobChunkFlags.COMPRESSED : 0;
     let crc = 0;
     if (this.opts.crc32) {
-      crc = crc32c(data!);
+      // the chunk reader (and what it loads) only for builds that want CRC-32C
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      crc = (require('../../storage/blob/chunk-reader') as typeof import('../../storage/blob/chunk-reader')).crc32c(data!);
       flags |= BlobChunkFlags.HAS_CRC32;
     }
     const chunk: ChunkInfo = {

@@ -12,22 +12,25 @@
  * indexes, and xattr pairs are written in name order. Output is deterministic.
  */
 import { einval, ensure } from '../../common/errno';
-import {
-  alignUp, compressorFlag, digesterFlag, RafsSuperFlags, RAFS_MAX_CHUNKS_PER_BLOB, RAFS_MAX_NAME,
-  RAFS_SUPER_FLAGS_KNOWN, validateChunkSize,
-} from '../format/constants';
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK } from '../../common/mode';
+// (from where they are defined, not through a module that re-exports them: a compiled
+// re-export is a getter, called at each use, and this code runs cold, once per build)
+import { RAFS_MAX_CHUNKS_PER_BLOB, alignUp } from '../../storage/format/constants';
+import { compressorFlag, digesterFlag, RafsSuperFlags, RAFS_MAX_NAME, RAFS_SUPER_FLAGS_KNOWN, validateChunkSize } from '../format/constants';
 import {
   chunkHeaderFormat, EROFS_BLKSZ, EROFS_BLKSZ_BITS, EROFS_CHUNK_INDEX_SIZE, EROFS_DEVSLOT_SIZE, EROFS_DIRENT_SIZE,
   EROFS_FEATURE_COMPAT_RAFS_V6, EROFS_FT, EROFS_INODE_CHUNK_BASED, EROFS_INODE_EXTENDED_SIZE, EROFS_INODE_FLAT_INLINE,
-  EROFS_INODE_FLAT_PLAIN, EROFS_NULL_ADDR, EROFS_SLOT_SIZE, EROFS_SUPER_MAGIC_V1, encodeChunkIndex, encodeChunkInfoRecord,
+  EROFS_INODE_FLAT_PLAIN, EROFS_NULL_ADDR, EROFS_SLOT_SIZE, EROFS_SUPER_MAGIC_V1, encodeChunkIndex,
   encodeDeviceSlot, encodeDirent, encodeErofsSuperBlock, encodeExtSuperBlock, encodeInode, encodeV6Blob,
   encodeXattrIbody, rafsChunkIndex, RAFSV6_BLOB_SIZE, RAFSV6_CHUNK_INFO_SIZE, RAFSV6_DEVSLOT_ALIGN,
   RAFSV6_DEVTABLE_OFFSET, RAFSV6_DEVT_SLOTOFF, RAFSV6_FEATURE_INCOMPAT,
 } from '../format/v6';
+// v6's chunk info record is v5's (format/v6.ts re-exports it as encodeChunkInfoRecord)
+import { encodeChunkInfo as encodeChunkInfoRecord } from '../format/v5';
 import { isAllowedXattr } from './xattr';
 import type { ChunkInfo } from '../metadata/types';
 import type { BootstrapOptions } from './options';
-import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, type BuildInode } from './tree';
+import type { BuildInode } from './tree';
 
 const FT_OF: Record<number, number> = {
   [S_IFREG]: EROFS_FT.REG, [S_IFDIR]: EROFS_FT.DIR, [S_IFCHR]: EROFS_FT.CHR, [S_IFBLK]: EROFS_FT.BLK,
@@ -67,15 +70,149 @@ interface Node {
   chunks: Array<ChunkInfo | undefined>;
 }
 
-/** Serialize `root` as a RAFS v6 bootstrap. Throws EINVAL for trees it cannot represent. */
-export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buffer {
+/**
+ * What a v6 bootstrap's layout depends on besides the tree: the layout
+ * (inodes, directories, their places) is the same for any chunks and blobs
+ * of that count, so a build can make it while its last chunks are still
+ * being compressed (prepareBootstrapV6) and only fill in chunks and blobs
+ * at the end.
+ */
+interface LayoutKey { root: BuildInode; chunkSize: number; blobCount: number; prefetch: BuildInode[]; explicitUidGid: boolean }
+
+/** A bootstrap laid out without its chunks and blobs: inodes and directory data encoded in `image`. */
+interface Layout {
+  key: LayoutKey;
+  nodes: Node[];
+  rootNode: Node;
+  entriesTotal: number;
+  hasXattr: boolean;
+  prefetchNodes: Node[];
+  blobTableOffset: number;
+  blobTableSize: number;
+  prefetchOffset: number;
+  prefetchSize: number;
+  metaAddr: number;
+  /** end of the inodes and directory blocks: where the chunk table goes */
+  cursor: number;
+  /** bytes [0, cursor): inodes and directory data (without chunk indexes), zeros elsewhere */
+  image: Buffer;
+}
+
+/** A layout made ahead of `writeBootstrapV6` (opaque). */
+export interface PreparedBootstrapV6 { readonly layout?: Layout }
+
+/**
+ * Lay out `root` for writeBootstrapV6 ahead of time, with what is known
+ * before its chunks are: pass the result to writeBootstrapV6, which uses it
+ * when called with the same root, chunk size, number of blobs, prefetch list
+ * and uid/gid choice (else lays out again). The tree must not change in
+ * between except for the chunks of its regular files and the root's mtime
+ * (not stored). Never throws: a tree it cannot lay out is laid out again,
+ * and refused, by writeBootstrapV6.
+ */
+export function prepareBootstrapV6(root: BuildInode, key: Omit<LayoutKey, 'root'>): PreparedBootstrapV6 {
+  try {
+    validateChunkSize(key.chunkSize);
+    ensure(root.isDir(), 'root inode is not a directory');
+    return { layout: layoutV6({ root, ...key }) };
+  } catch {
+    return {};
+  }
+}
+
+function sameKey(a: LayoutKey, b: LayoutKey): boolean {
+  return a.root === b.root && a.chunkSize === b.chunkSize && a.blobCount === b.blobCount && a.explicitUidGid === b.explicitUidGid &&
+    a.prefetch.length === b.prefetch.length && a.prefetch.every((p, i) => p === b.prefetch[i]);
+}
+
+/** Serialize `root` as a RAFS v6 bootstrap (with a layout made by prepareBootstrapV6, when it fits). Throws EINVAL for trees it cannot represent. */
+export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions, prepared?: PreparedBootstrapV6): Buffer {
   validateChunkSize(opts.chunkSize);
   const cs = opts.chunkSize;
   const blobs = opts.blobs;
   ensure(blobs.length < 255, `too many blobs (${blobs.length}); RAFS v6 allows at most 254`);
   blobs.forEach((b, i) => ensure(b.blobIndex === i, `blob ${b.blobId}: blobIndex ${b.blobIndex} != position ${i}`));
   ensure(root.isDir(), 'root inode is not a directory');
+  const key: LayoutKey = { root, chunkSize: cs, blobCount: blobs.length, prefetch: opts.prefetch, explicitUidGid: opts.explicitUidGid };
+  const L = prepared?.layout && sameKey(prepared.layout.key, key) ? prepared.layout : layoutV6(key);
+  const { nodes, rootNode, entriesTotal, hasXattr, prefetchNodes, blobTableOffset, blobTableSize, prefetchOffset, prefetchSize, metaAddr, cursor } = L;
+  const nblobs = blobs.length;
+  for (const n of nodes) if (n.layout === EROFS_INODE_CHUNK_BASED) n.chunks = mapChunks(n, cs, opts);
 
+  // ---- chunk table: distinct (digest, blob), last visit wins, sorted by digest then blob
+  const table = new Map<string, ChunkInfo>();
+  for (const n of nodes) {
+    for (const c of n.chunks) if (c) table.set(c.digest.toString('latin1') + String.fromCharCode(c.blobIndex), c);
+  }
+  // keys are the digest's bytes as latin1 characters then the blob index as one (< 255 blobs): their string order is (digest, blob) order
+  const records = [...table.keys()].sort().map((k) => table.get(k)!);
+  const chunkTableSize = records.length * RAFSV6_CHUNK_INFO_SIZE;
+  const chunkTableOffset = records.length > 0 ? cursor : 0;
+  const end = alignUp(cursor + chunkTableSize, EROFS_BLKSZ);
+
+  // ---- device slots: blocks and flat mapped addresses (512 KiB aligned)
+  const slots: Array<{ blocks: number; mapped: number }> = [];
+  let nextMapped = alignUp(end, RAFSV6_DEVSLOT_ALIGN) / EROFS_BLKSZ;
+  let totalBlocks = 0;
+  for (const b of blobs) {
+    const blocks = Math.floor(b.uncompressedSize / EROFS_BLKSZ);
+    slots.push({ blocks, mapped: nextMapped });
+    totalBlocks += blocks;
+    nextMapped = alignUp((nextMapped + blocks) * EROFS_BLKSZ, RAFSV6_DEVSLOT_ALIGN) / EROFS_BLKSZ;
+  }
+  ensure(totalBlocks <= 0xffffffff && nextMapped <= 0xffffffff, 'blobs are too large for a v6 device table');
+
+  let flags = compressorFlag(opts.compressor) | digesterFlag(opts.digester) | opts.extraFlags;
+  if (opts.explicitUidGid) flags |= RafsSuperFlags.EXPLICIT_UID_GID;
+  if (hasXattr) flags |= RafsSuperFlags.HAS_XATTR;
+  flags >>>= 0;
+  ensure((flags & ~RAFS_SUPER_FLAGS_KNOWN) === 0, `unknown RAFS super flags 0x${flags.toString(16)}`);
+
+  // ---- write
+  const buf = Buffer.alloc(end);
+  L.image.copy(buf);
+  encodeErofsSuperBlock({
+    magic: EROFS_SUPER_MAGIC_V1, checksum: 0, featureCompat: EROFS_FEATURE_COMPAT_RAFS_V6, blkszbits: EROFS_BLKSZ_BITS,
+    sbExtslots: 0, rootNid: rootNode.nid, inos: entriesTotal, buildTime: 0, buildTimeNsec: 0, blocks: totalBlocks,
+    metaBlkaddr: metaAddr / EROFS_BLKSZ, xattrBlkaddr: 0, uuid: Buffer.alloc(16), volumeName: Buffer.alloc(16),
+    featureIncompat: RAFSV6_FEATURE_INCOMPAT, u1: 0, extraDevices: nblobs, devtSlotoff: RAFSV6_DEVT_SLOTOFF,
+  }, buf);
+  encodeExtSuperBlock({
+    flags, blobTableOffset, blobTableSize, chunkSize: cs, chunkTableOffset, chunkTableSize,
+    prefetchTableOffset: prefetchSize > 0 ? prefetchOffset : 0, prefetchTableSize: prefetchSize,
+  }, buf);
+  blobs.forEach((b, i) => {
+    encodeDeviceSlot({ tag: Buffer.from(b.blobId, 'latin1'), blocks: slots[i].blocks, mappedBlkaddr: slots[i].mapped }, buf, RAFSV6_DEVTABLE_OFFSET + i * EROFS_DEVSLOT_SIZE);
+    encodeV6Blob({
+      blobId: b.blobId, blobIndex: i, chunkSize: cs, chunkCount: b.chunkCount, compressionAlgo: b.compressor,
+      digestAlgo: b.digester, features: b.features, compressedSize: b.compressedSize, uncompressedSize: b.uncompressedSize,
+      blobTocSize: b.tocSize, ciCompressor: b.metaCompressor, ciOffset: b.metaOffset, ciCompressedSize: b.metaCompressedSize,
+      ciUncompressedSize: b.metaUncompressedSize, blobTocDigest: b.tocDigest, blobMetaDigest: Buffer.alloc(32),
+      blobMetaSize: 0, cipherIv: Buffer.alloc(8), cipherAlgo: 0,
+    }, buf, blobTableOffset + i * RAFSV6_BLOB_SIZE);
+  });
+  prefetchNodes.forEach((n, i) => {
+    ensure(n.nid <= 0xffffffff, 'prefetch nid does not fit 32 bits');
+    buf.writeUInt32LE(n.nid, prefetchOffset + i * 4);
+  });
+
+  for (const n of nodes) {
+    if (n.layout !== EROFS_INODE_CHUNK_BASED) continue;
+    const pos = alignUp(n.offset + EROFS_INODE_EXTENDED_SIZE + n.xattrBody.length, 8);
+    n.chunks.forEach((c, k) => {
+      const idx = c
+        ? rafsChunkIndex(c.blobIndex, c.index, c.uncompressedOffset / EROFS_BLKSZ)
+        : { advise: 0, deviceId: 0, blkaddr: EROFS_NULL_ADDR };
+      encodeChunkIndex(idx, buf, pos + k * EROFS_CHUNK_INDEX_SIZE);
+    });
+  }
+  records.forEach((c, i) => encodeChunkInfoRecord(c, buf, chunkTableOffset + i * RAFSV6_CHUNK_INFO_SIZE));
+  return buf;
+}
+
+/** The layout of `key.root`: nodes, sizes, places, and the inodes and directory data encoded. */
+function layoutV6(key: LayoutKey): Layout {
+  const { root, chunkSize: cs, blobCount: nblobs, prefetch, explicitUidGid } = key;
   // ---- collect nodes in allocation order: dir, its non-dir children, then subdirs (DFS)
   const nodes: Node[] = [];
   const byInode = new Map<BuildInode, Node>();
@@ -150,7 +287,6 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
       n.size = inode.size;
       n.layout = EROFS_INODE_CHUNK_BASED;
       n.dataLen = Math.ceil(n.size / cs);
-      n.chunks = mapChunks(n, cs, opts);
       n.objSize = alignUp(head, 8) + n.dataLen * EROFS_CHUNK_INDEX_SIZE;
     } else {
       n.size = 0;
@@ -160,12 +296,11 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
   }
 
   // ---- fixed areas: superblocks, device slots, blob table, prefetch table
-  const nblobs = blobs.length;
   const blobTableOffset = nblobs > 0 ? alignUp(RAFSV6_DEVTABLE_OFFSET + nblobs * EROFS_DEVSLOT_SIZE, EROFS_BLKSZ) : 0;
   const blobTableSize = nblobs * RAFSV6_BLOB_SIZE;
   const prefetchNodes: Node[] = [];
   if (nblobs > 0) {
-    for (const p of opts.prefetch) {
+    for (const p of prefetch) {
       const n = byInode.get(p);
       ensure(n, 'prefetch list names an inode that is not in the tree');
       prefetchNodes.push(n);
@@ -195,97 +330,36 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions): Buff
   }
   ensure(cursor / EROFS_BLKSZ < EROFS_NULL_ADDR, 'bootstrap is too large');
 
-  // ---- chunk table: distinct (digest, blob), last visit wins, sorted by digest then blob
-  const table = new Map<string, ChunkInfo>();
-  for (const n of nodes) {
-    for (const c of n.chunks) if (c) table.set(c.digest.toString('latin1') + String.fromCharCode(c.blobIndex), c);
-  }
-  // keys are the digest's bytes as latin1 characters then the blob index as one (< 255 blobs): their string order is (digest, blob) order
-  const records = [...table.keys()].sort().map((k) => table.get(k)!);
-  const chunkTableSize = records.length * RAFSV6_CHUNK_INFO_SIZE;
-  const chunkTableOffset = records.length > 0 ? cursor : 0;
-  const end = alignUp(cursor + chunkTableSize, EROFS_BLKSZ);
-
-  // ---- device slots: blocks and flat mapped addresses (512 KiB aligned)
-  const slots: Array<{ blocks: number; mapped: number }> = [];
-  let nextMapped = alignUp(end, RAFSV6_DEVSLOT_ALIGN) / EROFS_BLKSZ;
-  let totalBlocks = 0;
-  for (const b of blobs) {
-    const blocks = Math.floor(b.uncompressedSize / EROFS_BLKSZ);
-    slots.push({ blocks, mapped: nextMapped });
-    totalBlocks += blocks;
-    nextMapped = alignUp((nextMapped + blocks) * EROFS_BLKSZ, RAFSV6_DEVSLOT_ALIGN) / EROFS_BLKSZ;
-  }
-  ensure(totalBlocks <= 0xffffffff && nextMapped <= 0xffffffff, 'blobs are too large for a v6 device table');
-
-  let flags = compressorFlag(opts.compressor) | digesterFlag(opts.digester) | opts.extraFlags;
-  if (opts.explicitUidGid) flags |= RafsSuperFlags.EXPLICIT_UID_GID;
-  if (hasXattr) flags |= RafsSuperFlags.HAS_XATTR;
-  flags >>>= 0;
-  ensure((flags & ~RAFS_SUPER_FLAGS_KNOWN) === 0, `unknown RAFS super flags 0x${flags.toString(16)}`);
-
-  // ---- write
-  const buf = Buffer.alloc(end);
-  encodeErofsSuperBlock({
-    magic: EROFS_SUPER_MAGIC_V1, checksum: 0, featureCompat: EROFS_FEATURE_COMPAT_RAFS_V6, blkszbits: EROFS_BLKSZ_BITS,
-    sbExtslots: 0, rootNid: rootNode.nid, inos: entriesTotal, buildTime: 0, buildTimeNsec: 0, blocks: totalBlocks,
-    metaBlkaddr: metaAddr / EROFS_BLKSZ, xattrBlkaddr: 0, uuid: Buffer.alloc(16), volumeName: Buffer.alloc(16),
-    featureIncompat: RAFSV6_FEATURE_INCOMPAT, u1: 0, extraDevices: nblobs, devtSlotoff: RAFSV6_DEVT_SLOTOFF,
-  }, buf);
-  encodeExtSuperBlock({
-    flags, blobTableOffset, blobTableSize, chunkSize: cs, chunkTableOffset, chunkTableSize,
-    prefetchTableOffset: prefetchSize > 0 ? prefetchOffset : 0, prefetchTableSize: prefetchSize,
-  }, buf);
-  blobs.forEach((b, i) => {
-    encodeDeviceSlot({ tag: Buffer.from(b.blobId, 'latin1'), blocks: slots[i].blocks, mappedBlkaddr: slots[i].mapped }, buf, RAFSV6_DEVTABLE_OFFSET + i * EROFS_DEVSLOT_SIZE);
-    encodeV6Blob({
-      blobId: b.blobId, blobIndex: i, chunkSize: cs, chunkCount: b.chunkCount, compressionAlgo: b.compressor,
-      digestAlgo: b.digester, features: b.features, compressedSize: b.compressedSize, uncompressedSize: b.uncompressedSize,
-      blobTocSize: b.tocSize, ciCompressor: b.metaCompressor, ciOffset: b.metaOffset, ciCompressedSize: b.metaCompressedSize,
-      ciUncompressedSize: b.metaUncompressedSize, blobTocDigest: b.tocDigest, blobMetaDigest: Buffer.alloc(32),
-      blobMetaSize: 0, cipherIv: Buffer.alloc(8), cipherAlgo: 0,
-    }, buf, blobTableOffset + i * RAFSV6_BLOB_SIZE);
-  });
-  prefetchNodes.forEach((n, i) => {
-    ensure(n.nid <= 0xffffffff, 'prefetch nid does not fit 32 bits');
-    buf.writeUInt32LE(n.nid, prefetchOffset + i * 4);
-  });
-
+  const image = Buffer.alloc(cursor);
+  const chunkFormat = chunkHeaderFormat(cs);
   for (const n of nodes) {
     const { inode } = n;
     const fmt = inode.mode & S_IFMT;
     let u = 0;
     if (fmt === S_IFDIR || fmt === S_IFLNK) u = n.blkaddr;
-    else if (fmt === S_IFREG) u = chunkHeaderFormat(cs);
+    else if (fmt === S_IFREG) u = chunkFormat;
     else if (fmt === S_IFCHR || fmt === S_IFBLK) u = inode.rdev >>> 0;
     const isRoot = n === rootNode;
-    const uid = opts.explicitUidGid ? inode.uid : 0;
-    const gid = opts.explicitUidGid ? inode.gid : 0;
+    const uid = explicitUidGid ? inode.uid : 0;
+    const gid = explicitUidGid ? inode.gid : 0;
     ensure(uid >= 0 && uid <= 0xffffffff && gid >= 0 && gid <= 0xffffffff, () => `${pathOf(n)}: uid/gid out of range`);
     const nlink = fmt === S_IFDIR ? 2 + n.entries.filter((e) => e.node.inode.isDir()).length : Math.max(1, n.links);
     encodeInode({
       extended: true, layout: n.layout, xattrIcount: n.xattrIcount, mode: inode.mode & 0xffff, nlink, size: n.size, u,
       ino: n.ino, uid, gid, mtime: isRoot ? 0 : Math.max(0, Math.floor(inode.mtime)), mtimeNsec: isRoot ? 0 : inode.mtimeNsec >>> 0,
-    }, buf, n.offset);
+    }, image, n.offset);
     const bodyEnd = n.offset + EROFS_INODE_EXTENDED_SIZE + n.xattrBody.length;
-    n.xattrBody.copy(buf, n.offset + EROFS_INODE_EXTENDED_SIZE);
+    n.xattrBody.copy(image, n.offset + EROFS_INODE_EXTENDED_SIZE);
     if (fmt === S_IFDIR || fmt === S_IFLNK) {
       const data = fmt === S_IFDIR ? dirData(n) : inode.symlink!;
       const fullLen = n.fullBlocks * EROFS_BLKSZ;
-      data.copy(buf, n.blkaddr * EROFS_BLKSZ, 0, Math.min(fullLen, data.length));
-      if (n.inline) data.copy(buf, bodyEnd, fullLen);
-    } else if (fmt === S_IFREG) {
-      const pos = alignUp(bodyEnd, 8);
-      n.chunks.forEach((c, k) => {
-        const idx = c
-          ? rafsChunkIndex(c.blobIndex, c.index, c.uncompressedOffset / EROFS_BLKSZ)
-          : { advise: 0, deviceId: 0, blkaddr: EROFS_NULL_ADDR };
-        encodeChunkIndex(idx, buf, pos + k * EROFS_CHUNK_INDEX_SIZE);
-      });
+      data.copy(image, n.blkaddr * EROFS_BLKSZ, 0, Math.min(fullLen, data.length));
+      if (n.inline) data.copy(image, bodyEnd, fullLen);
     }
   }
-  records.forEach((c, i) => encodeChunkInfoRecord(c, buf, chunkTableOffset + i * RAFSV6_CHUNK_INFO_SIZE));
-  return buf;
+  return {
+    key, nodes, rootNode, entriesTotal, hasXattr, prefetchNodes, blobTableOffset, blobTableSize, prefetchOffset, prefetchSize, metaAddr, cursor, image,
+  };
 }
 
 /** `children` in name order: the array itself when already sorted (trees are, see finalizeTree). */
@@ -352,19 +426,30 @@ function dirData(n: Node): Buffer {
 function mapChunks(n: Node, cs: number, opts: BootstrapOptions): Array<ChunkInfo | undefined> {
   const out: Array<ChunkInfo | undefined> = new Array(n.dataLen).fill(undefined);
   for (const c of n.inode.chunks) {
-    const where = () => `${pathOf(n)}: chunk at file offset ${c.fileOffset}`;
-    ensure(Number.isSafeInteger(c.fileOffset) && c.fileOffset % cs === 0 && c.fileOffset < n.size, () => `${where()} is not a chunk boundary inside the file`);
     const k = c.fileOffset / cs;
-    ensure(out[k] === undefined, () => `${where()} appears twice`);
-    const expect = Math.min(cs, n.size - c.fileOffset);
-    ensure(c.uncompressedSize === expect, () => `${where()}: uncompressed size ${c.uncompressedSize} != ${expect}`);
-    ensure(c.blobIndex >= 0 && c.blobIndex < opts.blobs.length, () => `${where()}: blob index ${c.blobIndex} is not in the blob table`);
-    ensure(c.index >= 0 && c.index < RAFS_MAX_CHUNKS_PER_BLOB, () => `${where()}: chunk index ${c.index} exceeds 24 bits`);
-    ensure(c.uncompressedOffset % EROFS_BLKSZ === 0, () => `${where()}: uncompressed offset ${c.uncompressedOffset} is not 4 KiB aligned`);
-    ensure(c.digest.length === 32, () => `${where()}: digest must be 32 bytes`);
     const blob = opts.blobs[c.blobIndex];
-    ensure(c.uncompressedOffset + c.uncompressedSize <= alignUp(blob.uncompressedSize, EROFS_BLKSZ), () => `${where()}: lies outside blob ${blob.blobId}'s uncompressed size`);
+    // the usual case tested at once; the checks one by one (and their messages) only when it fails
+    // (a build's bootstrap is made once, by code that has not warmed up: a closure per check and chunk shows)
+    if (!(Number.isSafeInteger(c.fileOffset) && c.fileOffset % cs === 0 && c.fileOffset < n.size && out[k] === undefined &&
+      c.uncompressedSize === Math.min(cs, n.size - c.fileOffset) && blob !== undefined && c.index >= 0 && c.index < RAFS_MAX_CHUNKS_PER_BLOB &&
+      c.uncompressedOffset % EROFS_BLKSZ === 0 && c.digest.length === 32 &&
+      c.uncompressedOffset + c.uncompressedSize <= alignUp(blob.uncompressedSize, EROFS_BLKSZ))) checkChunk(n, c, cs, opts, out);
     out[k] = c;
   }
   return out;
+}
+
+/** mapChunks' checks of chunk `c` of `n`, each with its message. */
+function checkChunk(n: Node, c: ChunkInfo, cs: number, opts: BootstrapOptions, out: Array<ChunkInfo | undefined>): void {
+  const where = () => `${pathOf(n)}: chunk at file offset ${c.fileOffset}`;
+  ensure(Number.isSafeInteger(c.fileOffset) && c.fileOffset % cs === 0 && c.fileOffset < n.size, () => `${where()} is not a chunk boundary inside the file`);
+  ensure(out[c.fileOffset / cs] === undefined, () => `${where()} appears twice`);
+  const expect = Math.min(cs, n.size - c.fileOffset);
+  ensure(c.uncompressedSize === expect, () => `${where()}: uncompressed size ${c.uncompressedSize} != ${expect}`);
+  ensure(c.blobIndex >= 0 && c.blobIndex < opts.blobs.length, () => `${where()}: blob index ${c.blobIndex} is not in the blob table`);
+  ensure(c.index >= 0 && c.index < RAFS_MAX_CHUNKS_PER_BLOB, () => `${where()}: chunk index ${c.index} exceeds 24 bits`);
+  ensure(c.uncompressedOffset % EROFS_BLKSZ === 0, () => `${where()}: uncompressed offset ${c.uncompressedOffset} is not 4 KiB aligned`);
+  ensure(c.digest.length === 32, () => `${where()}: digest must be 32 bytes`);
+  const blob = opts.blobs[c.blobIndex];
+  ensure(c.uncompressedOffset + c.uncompressedSize <= alignUp(blob.uncompressedSize, EROFS_BLKSZ), () => `${where()}: lies outside blob ${blob.blobId}'s uncompressed size`);
 }

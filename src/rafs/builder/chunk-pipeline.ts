@@ -261,8 +261,12 @@ export function hasSpareCore(loadavg: string, cores: number): boolean {
  * Chunk `files` (regular files, blob order; may be produced as the tree is read) into `writer` through `pool`,
  * filling each inode's `chunks`; `progress` gets the file bytes done so far.
  * With `sink`, the writer writes behind this thread (`useSink`), from the answers themselves.
+ * `whileLastGroups` is called once every file is read and cut into groups, while the last ones are
+ * still being worked on (what can be done before they are: the bootstrap's layout, create.ts).
  */
-export async function addFilesParallel(writer: BlobWriter, files: Iterable<BuildInode>, pool: ChunkPool, progress: (bytes: number) => void, sink = true): Promise<void> {
+export async function addFilesParallel(
+  writer: BlobWriter, files: Iterable<BuildInode>, pool: ChunkPool, progress: (bytes: number) => void, sink = true, whileLastGroups?: () => void,
+): Promise<void> {
   const o = writer.opts;
   const cs = o.chunkSize;
   const batchSize = o.batchSize ?? 0;
@@ -407,6 +411,7 @@ export async function addFilesParallel(writer: BlobWriter, files: Iterable<Build
       }
     }
     await flushGroup();
+    whileLastGroups?.();
     while (inflight.length > 0) await consume(inflight.shift()!);
   } finally {
     // let no answer outlive the build unobserved (the pool is destroyed by the caller)

@@ -7,10 +7,15 @@
  *
  * The stored bytes are exactly what `compress()` of common/compress.ts
  * produces (zstd: the same ZSTD_compress2 call at level 3 with every other
- * parameter at its default, with a destination of the same bound size, but
- * that destination is the answer itself instead of a fresh buffer; the raw
- * bytes are copied there only when they do not shrink;
- * test/unit/builder-pipeline.test.ts checks the two agree).
+ * parameter at its default, with a destination of the same bound size;
+ * test/unit/builder-pipeline.test.ts checks the two agree). A chunk is read
+ * straight into the answer and compressed from there into a scratch buffer
+ * that every chunk reuses (it stays in the CPU's caches), and only the
+ * frame, when it is smaller, is copied back over the raw bytes: a chunk that
+ * does not shrink (the random half of a typical tree) is not copied again,
+ * and the answers, which the main thread hashes and the kernel copies into
+ * the blob file, are touched once per byte. Answers given back are reused
+ * most recent first, for the same reason.
  */
 import * as fs from 'node:fs';
 import * as zstdBinding from 'zstd-napi/binding';
@@ -60,16 +65,18 @@ export class ChunkWork {
   }
 
   private answerBuffer(size: number): Buffer {
-    const i = this.free.findIndex((b) => b.byteLength >= size);
+    // the most recently given back that fits: the likeliest to be in the caches still
+    let i = this.free.length - 1;
+    while (i >= 0 && this.free[i].byteLength < size) i--;
     // its own ArrayBuffer (never the shared pool): it is transferred
     // sizes rounded up so that answers of any group of up to a chunk size can be reused for any other
     return i >= 0 ? Buffer.from(this.free.splice(i, 1)[0]) : Buffer.allocUnsafeSlow(Math.ceil(size / ANSWER_STEP) * ANSWER_STEP);
   }
 
   /**
-   * Compress `src` (read into the scratch buffer) into `out` at `pos`, where
-   * there is room for zstd's bound: the frame is made in place, the raw bytes
-   * are copied there only when compression does not make them smaller.
+   * Compress `src` (a chunk read into `out` at `pos`) in place: the frame is
+   * made in the scratch buffer (room for zstd's bound) and copied over the
+   * raw bytes only when it is smaller; else the raw bytes stay where they are.
    * Returns the length stored and whether it is compressed.
    */
   private pack(c: Compressor, src: Buffer, out: Buffer, pos: number): { len: number; compressed: boolean } {
@@ -79,14 +86,14 @@ export class ChunkWork {
         this.cctx.setParameter(zstdBinding.CParameter.compressionLevel, 3);
       }
       // the same call with a destination of the same (bound) size as compress(): the same frame
-      const n = this.cctx.compress2(out.subarray(pos, pos + zstdBinding.compressBound(src.length)), src);
-      if (n < src.length) return { len: n, compressed: true };
+      const frame = this.scratchOf(zstdBinding.compressBound(src.length));
+      const n = this.cctx.compress2(frame, src);
+      if (n < src.length) { frame.copy(out, pos, 0, n); return { len: n, compressed: true }; }
     } else if (c !== NONE) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const p = (require('../../common/compress') as typeof import('../../common/compress')).compress(c, src);
       if (p.compressed) { p.data.copy(out, pos); return { len: p.data.length, compressed: true }; }
     }
-    src.copy(out, pos);
     return { len: src.length, compressed: false };
   }
 
@@ -108,9 +115,8 @@ export class ChunkWork {
         let fd = src.fd ?? fds.get(fi);
         if (fd === undefined) { fd = fs.openSync(src.path!, 'r'); fds.set(fi, fd); }
         const stored = mode === JobMode.Pack && t.compressor !== NONE;
-        // to be compressed: read into the scratch buffer (compressed from there into the answer);
-        // else straight into the answer
-        const data = stored ? this.scratchOf(len) : out.subarray(dataPos, dataPos + len);
+        // straight into the answer (compressed there in place: pack)
+        const data = out.subarray(dataPos, dataPos + len);
         readFull(fd, data, src.base + off, src.path ?? 'tar entry');
         const id = digest(t.digester as DigestAlgorithm, data);
         id.copy(out, RESULT_HEADER + n * 8 + j * DIGEST_SIZE);
@@ -143,16 +149,11 @@ export class ChunkWork {
 
 /**
  * Room for the header, digests and every job's bytes (stored bytes are at
- * most the raw length: compressed only when smaller), plus what zstd may
- * need past a job's raw length while it compresses (its bound).
+ * most the raw length: compressed only when smaller; zstd makes its frame
+ * in the scratch buffer, see pack).
  */
 function resultCapacity(t: GroupTask, n: number): number {
   let data = 0;
-  let slack = 0;
-  for (let j = 0; j < n; j++) {
-    const len = t.jobs[j * 4 + 2];
-    data += len;
-    if (t.compressor === ZSTD && t.jobs[j * 4 + 3] === JobMode.Pack) slack = Math.max(slack, zstdBinding.compressBound(len) - len);
-  }
-  return RESULT_HEADER + n * (8 + DIGEST_SIZE) + data + slack;
+  for (let j = 0; j < n; j++) data += t.jobs[j * 4 + 2];
+  return RESULT_HEADER + n * (8 + DIGEST_SIZE) + data;
 }

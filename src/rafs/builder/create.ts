@@ -13,8 +13,6 @@ import { RafsSuperFlags, validateChunkSize } from '../format/constants';
 import type { BlobInfo, ChunkInfo } from '../metadata/types';
 import { BlobWriter } from './blob-writer';
 import { ChunkPool, addFilesParallel, defaultBuilderThreads } from './chunk-pipeline';
-import { writeBootstrapV5 } from './bootstrap-v5';
-import { writeBootstrapV6 } from './bootstrap-v6';
 import type { BootstrapOptions } from './options';
 import { treeFromDir, walkDir } from './source-dir';
 import { BuildInode, walkTree } from './tree';
@@ -112,6 +110,13 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   if (!o.bootstrap && !o.blobDir && !o.blobInlineMeta) throw einval('one of --bootstrap, --blob-dir or --blob-inline-meta is required');
   if (o.fsVersion === 5 && o.blobInlineMeta) throw einval('--blob-inline-meta requires --fs-version 6');
   checkBatchSize(o.batchSize ?? 0, o.fsVersion, o.chunkSize);
+  /* eslint-disable @typescript-eslint/no-require-imports */
+  // the one bootstrap writer this build needs (loading the other too costs every build a few ms of start-up)
+  const v5 = o.fsVersion === 5 ? require('./bootstrap-v5') as typeof import('./bootstrap-v5') : undefined;
+  const v6 = o.fsVersion === 6 ? require('./bootstrap-v6') as typeof import('./bootstrap-v6') : undefined;
+  /* eslint-enable @typescript-eslint/no-require-imports */
+  /** v6: the bootstrap's layout, made while the last chunks are compressed (see `whileLastGroups`) */
+  let prepared: import('./bootstrap-v6').PreparedBootstrapV6 | undefined;
   let tmpTar: string | undefined;
   let closeSource = () => {};
   let root!: BuildInode;
@@ -185,7 +190,15 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
           };
         }
         // the file is written behind this thread, from the answers (NYDUS_BUILDER_SINK=0: copied and written here, for comparison)
-        await addFilesParallel(writer, source, pool, (n) => progress.update(n), process.env.NYDUS_BUILDER_SINK !== '0');
+        // the tree is complete once every file is cut into groups: the v6 bootstrap is laid out while the last are worked on
+        // (one blob unless no file has data, as below; should the guess be wrong, the writer lays it out again)
+        const layOut = v6 ? () => {
+          prepared = v6.prepareBootstrapV6(root, {
+            chunkSize: o.chunkSize, explicitUidGid: !o.repeatable, prefetch,
+            blobCount: o.blobInlineMeta || files.some((f) => f.size > 0) ? 1 : 0,
+          });
+        } : undefined;
+        await addFilesParallel(writer, source, pool, (n) => progress.update(n), process.env.NYDUS_BUILDER_SINK !== '0', layOut);
       } catch (e) {
         await writer.abandon();
         throw e;
@@ -216,7 +229,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
       extraFlags: (o.fsVersion === 6 ? RafsSuperFlags.ENCRYPTION_NONE : 0) |
         (blobs.length > 0 && blobs.every((b) => b.features & 0x20) ? RafsSuperFlags.INLINED_CHUNK_DIGEST : 0),
     });
-    const writeBoot = (blobs: BlobInfo[]) => (o.fsVersion === 5 ? writeBootstrapV5 : writeBootstrapV6)(root, bootOpts(blobs));
+    const writeBoot = (blobs: BlobInfo[]) => (v5 ? v5.writeBootstrapV5(root, bootOpts(blobs)) : v6!.writeBootstrapV6(root, bootOpts(blobs), prepared));
     const fin = await writer.finishAsync(o.blobInlineMeta ? (info: BlobInfo) => writeBoot([info]) : undefined);
     const blobs = fin.info.chunkCount > 0 || o.blobInlineMeta ? [fin.info] : [];
     const bootstrap = o.blobInlineMeta ? Buffer.alloc(0) : writeBoot(blobs);
