@@ -143,7 +143,9 @@ async function runFuse(o: FuseOpts & { fuseThreads?: string }): Promise<void> {
   if (o.bootstrap) svc.attach(await createRafsInstance(o.virtualMountpoint, o.bootstrap, loadConfig(o), readPrefetchList(o.prefetchFiles)));
   else if (o.sharedDir) svc.attach(await createPassthroughInstance(o.virtualMountpoint, o.sharedDir));
   svc.state.fire('Mount');
-  const server = new FuseServer(vfs, { readdirplus: true });
+  // a RAFS daemon's entries come with their attributes in every READDIR (not only a listing's first):
+  // a walk that then opens or stats the files sends no LOOKUP for them (~0.87 a file before)
+  const server = new FuseServer(vfs, { readdirplus: o.bootstrap ? 'always' : true });
   const session = new FuseDevSession(server, { mountpoint: o.mountpoint, readOnly: !o.writable, threads });
   session.mount();
   shrinkWhenIdle();

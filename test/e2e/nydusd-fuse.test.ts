@@ -14,6 +14,7 @@ import { makeEdgeTree } from '../support/edge-tree';
 import { diffTrees, treeRecords } from '../support/tree-digest';
 import { hasCommand, nydusImage, sh, tmpdir } from '../support/cli';
 import { fuseMissing, isMounted, startNydusd } from '../support/nydusd';
+import { api, waitForState } from '../support/api';
 import { needFixtures, TEXTURE as F } from '../support/fixtures';
 
 const skip = fuseMissing();
@@ -89,6 +90,30 @@ test('concurrent readers get correct data', async () => {
       const r = spawnSync('fio', ['--name=rr', `--directory=${mnt}/sizes`, '--filename=three-chunks-and-a-bit', '--rw=randread', '--bs=4k', '--numjobs=4', '--size=150k', '--readonly', '--ioengine=psync', '--group_reporting', '--output-format=terse'], { encoding: 'utf8' });
       assert.is(r.status, 0, r.stderr);
     } else console.log('SKIP fio part: fio not installed');
+  } finally {
+    assert.is(await d.stop(), 0, d.log());
+  }
+});
+
+test('a listing brings every entry with its attributes: stat and read of the listed files send no LOOKUP', async () => {
+  if (skip) return;
+  const { boot, blobs } = build('rdplus', ['--compressor', 'zstd']);
+  const mnt = path.join(work, 'mnt-rdplus');
+  const apisock = path.join(work, 'rdplus-api.sock');
+  const d = await startNydusd(mnt, ['--bootstrap', boot, '--config', config(blobs, path.join(work, 'cache-rdplus')), '--apisock', apisock, '--log-level', 'warn']);
+  try {
+    await waitForState(apisock);
+    const lookups = async () => ((await api(apisock, 'GET', '/api/v1/metrics')).json as { fop_hits: number[] }).fop_hits[9];
+    const dir = path.join(mnt, 'many');
+    const names = fs.readdirSync(dir); // READDIRPLUS for every part of the listing, not only the first
+    assert.is(names.length, 3000);
+    const before = await lookups();
+    for (const n of names) {
+      assert.is(fs.statSync(path.join(dir, n)).size, fs.statSync(path.join(src, 'many', n)).size, n);
+    }
+    for (const n of names.slice(0, 100)) assert.equal(fs.readFileSync(path.join(dir, n)), fs.readFileSync(path.join(src, 'many', n)), n);
+    // with READDIRPLUS_AUTO the kernel asked for attributes with the first READDIR only: ~2,900 LOOKUPs here
+    assert.is(await lookups() - before, 0, 'LOOKUPs after the listing');
   } finally {
     assert.is(await d.stop(), 0, d.log());
   }

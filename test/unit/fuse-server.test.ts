@@ -88,6 +88,17 @@ test('INIT 64-byte form: negotiated flags, sizes, exact reply layout', async () 
   assert.is(s.flags, want);
 });
 
+test("INIT with readdirplus 'always': DO_READDIRPLUS without READDIRPLUS_AUTO (every READDIR of a listing is a READDIRPLUS)", async () => {
+  const s = new FuseServer(tree(), { readdirplus: 'always' });
+  const o = FuseInitOut.decode((await call(s, req(FuseOpcode.INIT, 0n, initBody(38, KERNEL_FLAGS)))).payload);
+  assert.is(o.flags, BASE_WANTED | FUSE_DO_READDIRPLUS);
+  assert.is(o.flags & FUSE_READDIRPLUS_AUTO, 0n);
+  // a kernel without READDIRPLUS gets neither
+  const s2 = new FuseServer(tree(), { readdirplus: 'always' });
+  const o2 = FuseInitOut.decode((await call(s2, req(FuseOpcode.INIT, 0n, initBody(38, KERNEL_FLAGS & ~FUSE_DO_READDIRPLUS)))).payload);
+  assert.is(o2.flags & (FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO), 0n);
+});
+
 test('INIT 16-byte form (old kernel, no INIT_EXT) and minor < 23 reply size', async () => {
   const s = new FuseServer(tree());
   const flags = KERNEL_FLAGS & 0x3fff_ffffn & ~FUSE_INIT_EXT;

@@ -60,12 +60,17 @@ function content(seed: number, len: number): Buffer {
   return b;
 }
 
-async function build(fsVersion: 5 | 6, compressor: Compressor): Promise<Img> {
+/** An image of the three test files, or of `files` (name -> content) when given. */
+async function build(fsVersion: 5 | 6, compressor: Compressor, files?: Record<string, Buffer>): Promise<Img> {
   const src = tmp('src');
-  fs.writeFileSync(path.join(src, 'a'), content(1, 150_000));
-  fs.writeFileSync(path.join(src, 'b'), content(2, 70_001));
-  fs.mkdirSync(path.join(src, 'd'));
-  fs.writeFileSync(path.join(src, 'd', 'c'), content(3, 5_000));
+  if (files) {
+    for (const [name, data] of Object.entries(files)) fs.writeFileSync(path.join(src, name), data);
+  } else {
+    fs.writeFileSync(path.join(src, 'a'), content(1, 150_000));
+    fs.writeFileSync(path.join(src, 'b'), content(2, 70_001));
+    fs.mkdirSync(path.join(src, 'd'));
+    fs.writeFileSync(path.join(src, 'd', 'c'), content(3, 5_000));
+  }
   const blobDir = tmp('blobs');
   const r = await createImage({
     source: src, type: 'dir-rafs', fsVersion, compressor, digester: DigestAlgorithm.Blake3, chunkSize: 0x10000,
@@ -763,6 +768,49 @@ test('merged misses are written behind as a run: its good chunks land at their o
   for (const c of sorted) if (c !== bad) assert.equal(await fc2.readChunk(V6.info, c, src), V6.expect.get(c.index));
   assert.is(reads, before);
   await fc2.close();
+  await inner.close();
+});
+
+test('merged misses are written behind in groups: a run\'s first chunks are ready while a later one is still being downloaded again', async () => {
+  // 12 chunks of 64 KiB: the first group (512 KiB) and the rest are written apart
+  const img = await build(6, Compressor.Zstd, { big: content(7, 12 << 16) });
+  const dir = new ChunkDirectory(img.info, img.chunks);
+  const sorted = [...dir.all()];
+  assert.is(sorted.length, 12);
+  const last = sorted[sorted.length - 1];
+  const inner = localfs({ blob_file: '', dir: img.blobDir });
+  let open!: () => void;
+  const gate = new Promise<void>((r) => { open = r; });
+  let reads = 0;
+  const slow: BlobBackend = {
+    type: 'registry',
+    read: async (id: string, off: number, len: number) => {
+      reads++;
+      const b = Buffer.from(await inner.read(id, off, len));
+      // the last chunk is bad in the merged request, and downloading it again waits for the gate
+      if (reads === 1) b[last.compressedOffset - off] ^= 0x40;
+      else await gate;
+      return b;
+    },
+    close: () => inner.close(),
+  };
+  const fc = new FileCache({ workDir: tmp('run-groups') });
+  const src = { backend: slow, validate: false, verifyFetched: true, directory: () => dir, batchSize: 4 << 20 };
+  assert.equal(await fc.readChunk(img.info, sorted[0], src), img.expect.get(sorted[0].index));
+  const until = async (what: string, ok: () => Promise<boolean>) => {
+    for (const t0 = Date.now(); !(await ok());) {
+      if (Date.now() - t0 > 5000) assert.unreachable(what);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  await until('the first group never became ready', () => fc.isReady(img.info, sorted[0]));
+  assert.is(reads, 2, 'the bad chunk is being downloaded again');
+  for (const c of sorted.slice(0, 8)) assert.ok(await fc.isReady(img.info, c), `chunk ${c.index} of the first group ready`);
+  assert.not.ok(await fc.isReady(img.info, last), 'the chunk downloaded again is not ready yet');
+  open();
+  assert.equal(await fc.readChunk(img.info, last, src), img.expect.get(last.index));
+  await until('the last group never became ready', () => fc.isReady(img.info, last));
+  await fc.close();
   await inner.close();
 });
 

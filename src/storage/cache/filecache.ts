@@ -56,6 +56,13 @@ export { REFETCH_LIMIT } from './region';
 export const DEFAULT_BATCH = 128 << 10;
 /** Chunks written by one pwritev (with their padding: IOV_MAX is 1024). */
 const MAX_WRITE_IOV = 500;
+/**
+ * Decoded bytes of a run written (and their memory let go) together. A
+ * 128 KiB request of well-compressed small files decodes to ~3 MB: held
+ * until the whole run was written, its arena slots were shed (madvise) and
+ * faulted in again for every request of a 100,000-file read.
+ */
+const PERSIST_GROUP_BYTES = 512 << 10;
 /** v6 chunks start 4 KiB aligned in the cache file: the padding between two is written with them. */
 const CACHE_ALIGN = 4096;
 const ZERO_PAD = Buffer.alloc(CACHE_ALIGN);
@@ -397,9 +404,11 @@ export class FileCache {
 
   /**
    * One backend request for `run`; every chunk of it in flight until written
-   * behind. The run is written once all of it is in: chunks adjacent in the
-   * cache file with one pwritev each (one thread-pool trip per stretch, not
-   * per chunk); a chunk whose fetch failed is left out.
+   * behind. The run is written in groups of PERSIST_GROUP_BYTES of decoded
+   * chunks, each once all of its chunks are in: chunks adjacent in the cache
+   * file with one pwritev each (one thread-pool trip per stretch, not per
+   * chunk); a chunk whose fetch failed is left out. A group's chunks are
+   * ready, and their memory let go, without waiting for the rest of the run.
    */
   private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean, readAhead: boolean): Promise<Buffer>[] {
     const verify = src.validate || !!src.verifyFetched;
@@ -420,16 +429,25 @@ export class FileCache {
       }, () => undefined);
       return flight;
     });
-    const w = Promise.allSettled(datas).then((rs) => this.persistRun(e, map, info, run, rs.map((r) => (r.status === 'fulfilled' ? r.value : undefined)), m, readAhead));
-    run.forEach((chunk, k) => {
-      e.writes.set(chunk.index, w);
+    for (let from = 0; from < run.length;) {
+      let to = from;
+      let bytes = 0;
+      while (to < run.length && (to === from || bytes < PERSIST_GROUP_BYTES)) bytes += run[to++].uncompressedSize;
+      const part = run.slice(from, to);
+      const first = from;
+      const w = Promise.allSettled(datas.slice(from, to)).then((rs) => this.persistRun(e, map, info, part, rs.map((r) => (r.status === 'fulfilled' ? r.value : undefined)), m, readAhead));
+      for (const chunk of part) e.writes.set(chunk.index, w);
       void w.finally(() => {
-        if (e.writes.get(chunk.index) === w) e.writes.delete(chunk.index);
-        if (e.inflight.get(chunk.index) === flights[k]) e.inflight.delete(chunk.index);
-        const d = held[k];
-        if (d) { held[k] = undefined; arena!.release(d); }
+        part.forEach((chunk, i) => {
+          const k = first + i;
+          if (e.writes.get(chunk.index) === w) e.writes.delete(chunk.index);
+          if (e.inflight.get(chunk.index) === flights[k]) e.inflight.delete(chunk.index);
+          const d = held[k];
+          if (d) { held[k] = undefined; arena!.release(d); }
+        });
       });
-    });
+      from = to;
+    }
     return datas;
   }
 

@@ -68,8 +68,16 @@ export interface FuseServerOptions {
   /** max_background / congestion_threshold (defaults 64 / 48; 0 keeps the kernel's default) */
   maxBackground?: number;
   congestionThreshold?: number;
-  /** negotiate DO_READDIRPLUS + READDIRPLUS_AUTO (default false) */
-  readdirplus?: boolean;
+  /**
+   * READDIRPLUS (default false). `true`: DO_READDIRPLUS + READDIRPLUS_AUTO,
+   * the kernel asks for entries with their attributes only for the first
+   * READDIR of a listing (or after lookups in the directory). `'always'`:
+   * DO_READDIRPLUS alone, every READDIR of a listing is a READDIRPLUS, for
+   * filesystems whose entries cost nothing more to produce (RAFS: the
+   * attributes are in the bootstrap and never change): a walk that then
+   * opens or stats the files sends no LOOKUP for them.
+   */
+  readdirplus?: boolean | 'always';
   /** WRITEBACK_CACHE is never negotiated (kata-contract §8.2) */
   writeback?: false;
   /**
@@ -126,7 +134,7 @@ export class FuseServer {
 
   constructor(private readonly fs: FileSystem, private readonly opts: FuseServerOptions = {}) {
     let wanted = DEFAULT_WANTED_FLAGS | (opts.extraFlags ?? 0n);
-    if (opts.readdirplus) wanted |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
+    if (opts.readdirplus) wanted |= FUSE_DO_READDIRPLUS | (opts.readdirplus === 'always' ? 0n : FUSE_READDIRPLUS_AUTO);
     this.wanted = wanted & ~(1n << 16n); // never WRITEBACK_CACHE
     this.maxWrite = Math.max(PAGE, Math.floor(opts.maxWrite ?? 1 << 20));
     this.maxPages = Math.min(0xffff, Math.max(1, Math.floor(opts.maxPages ?? Math.ceil(this.maxWrite / PAGE))));
