@@ -412,42 +412,53 @@ export class FileCache {
    */
   private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean, readAhead: boolean): Promise<Buffer>[] {
     const verify = src.validate || !!src.verifyFetched;
-    // read-ahead chunks are written with O_DIRECT (persist): stored ones are wanted in aligned slots
-    const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts, readAhead, alignStored: readAhead && !!e.direct && !e.directFailed }, info, run);
     const m = src.metrics;
     const arena = chunkArena();
     // what a flight brings is held (arena memory referenced) until the flight is over: a late
     // reader joining it (e.inflight) gets bytes nothing else may reuse meanwhile
-    const held: Array<Buffer | undefined> = [];
-    const flights = run.map((chunk, k) => {
-      const flight = { data: datas[k], validated: verify };
-      e.inflight.set(chunk.index, flight);
-      // served as soon as it is verified; counted as buffered until written
-      datas[k].then((d) => {
-        if (m) m.bufferedBackendSize += d.length;
-        if (arena) { arena.retain(d); held[k] = d; }
-      }, () => undefined);
-      return flight;
-    });
-    for (let from = 0; from < run.length;) {
+    const got = new Array<Buffer | undefined>(run.length);
+    // the groups' bounds, how many chunks of each are still coming, and what starts each one's write
+    const groupOf = new Array<number>(run.length);
+    const left: number[] = [];
+    const open: Array<() => void> = [];
+    for (let from = 0, g = 0; from < run.length; g++) {
       let to = from;
       let bytes = 0;
-      while (to < run.length && (to === from || bytes < PERSIST_GROUP_BYTES)) bytes += run[to++].uncompressedSize;
+      while (to < run.length && (to === from || bytes < PERSIST_GROUP_BYTES)) { groupOf[to] = g; bytes += run[to++].uncompressedSize; }
+      left.push(to - from);
       const part = run.slice(from, to);
       const first = from;
-      const w = Promise.allSettled(datas.slice(from, to)).then((rs) => this.persistRun(e, map, info, part, rs.map((r) => (r.status === 'fulfilled' ? r.value : undefined)), m, readAhead));
+      const w = new Promise<void>((res) => { open.push(res); })
+        .then(() => this.persistRun(e, map, info, part, got.slice(first, first + part.length), m, readAhead));
       for (const chunk of part) e.writes.set(chunk.index, w);
       void w.finally(() => {
-        part.forEach((chunk, i) => {
+        for (let i = 0; i < part.length; i++) {
+          const chunk = part[i];
           const k = first + i;
           if (e.writes.get(chunk.index) === w) e.writes.delete(chunk.index);
           if (e.inflight.get(chunk.index) === flights[k]) e.inflight.delete(chunk.index);
-          const d = held[k];
-          if (d) { held[k] = undefined; arena!.release(d); }
-        });
+          const d = got[k];
+          if (d) { got[k] = undefined; arena?.release(d); }
+        }
       });
       from = to;
     }
+    // read-ahead chunks are written with O_DIRECT (persist): stored ones are wanted in aligned slots
+    const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts, readAhead, alignStored: readAhead && !!e.direct && !e.directFailed }, info, run, (k, d) => {
+      // before the chunk is served: counted as buffered until written, held while in flight
+      if (d) {
+        if (m) m.bufferedBackendSize += d.length;
+        arena?.retain(d);
+        got[k] = d;
+      }
+      const g = groupOf[k];
+      if (--left[g] === 0) open[g]();
+    });
+    const flights = run.map((chunk, k) => {
+      const flight = { data: datas[k], validated: verify };
+      e.inflight.set(chunk.index, flight);
+      return flight;
+    });
     return datas;
   }
 
@@ -491,7 +502,7 @@ export class FileCache {
     try {
       for (const g of groups) await this.writeGroup(e, g);
       // all marked at once: one bitmap write for the stretch
-      await Promise.all(chunks.map((c) => map.setReady(c.index)));
+      await map.setReadyAll(chunks);
       for (const c of chunks) this.quota?.charge(info.blobId, c.uncompressedSize);
     } catch (err) {
       // the data was good and has been served; only the cache misses out
