@@ -45,7 +45,7 @@ import type { BlobInfo, ChunkInfo } from '../format/types';
 import { decodeChunk } from '../blob/chunk-reader';
 import { chunkArena } from '../blob/chunk-arena';
 import type { ChunkDirectory } from '../blob/chunk-directory';
-import { fetchRegion } from './region';
+import { fetchRegionEach } from './region';
 import { CacheQuota } from './quota';
 import { type BlobBackend, checkBlobId } from '../backend/backend';
 import { CHUNK_MAP_SUFFIX, ChunkMap } from './chunk-map';
@@ -96,7 +96,7 @@ interface Entry {
   data: fsp.FileHandle;
   map: ChunkMap | undefined;
   /** single flight: the fetch of a chunk in progress, and whether it verifies */
-  inflight: Map<number, { data: Promise<Buffer>; validated: boolean }>;
+  inflight: Map<number, Flight>;
   /** cache-file writes still running (write-behind) */
   writes: Map<number, Promise<void>>;
   /**
@@ -143,6 +143,47 @@ export interface ChunkSource {
   attempts?: number;
   /** the reader's blob cache metrics (hits, persisted chunks, write-behind bytes) */
   metrics?: BlobcacheMetrics;
+}
+
+/**
+ * One chunk's fetch in progress. Its promise is made only when someone asks
+ * for it (the reader that started the fetch, a reader joining it): the
+ * hundreds of neighbours a request decodes along cost no promise each.
+ */
+class Flight {
+  private p: Promise<Buffer> | undefined;
+  private resolve: ((d: Buffer) => void) | undefined;
+  private reject: ((e: unknown) => void) | undefined;
+  private got: Buffer | undefined;
+  private err: unknown;
+  private done = false;
+
+  constructor(readonly validated: boolean) {}
+
+  /** The chunk's bytes (verified when `validated`), or its fetch's EIO. */
+  get data(): Promise<Buffer> {
+    if (!this.p) {
+      if (!this.done) this.p = new Promise<Buffer>((res, rej) => { this.resolve = res; this.reject = rej; });
+      else if (this.got) this.p = Promise.resolve(this.got);
+      else this.p = Promise.reject(this.err);
+    }
+    return this.p;
+  }
+
+  settle(d: Buffer | undefined, err: unknown): void {
+    this.done = true;
+    if (d) { this.got = d; this.resolve?.(d); return; }
+    this.err = err;
+    if (this.reject) {
+      this.p!.catch(() => undefined); // a neighbour nobody waits for any more is not an unhandled rejection
+      this.reject(err);
+    }
+  }
+
+  /** The flight is over (out of `inflight`): its bytes are forgotten, the arena may reuse them. */
+  clear(): void {
+    if (this.got) { this.got = undefined; this.err = eio('chunk fetch already over'); }
+  }
 }
 
 export class FileCache {
@@ -317,7 +358,7 @@ export class FileCache {
     let stretch: ChunkInfo[] = [];
     const flush = () => {
       if (!stretch.length) return;
-      out.push(...this.startRun(e, e.map!, info, stretch, src, prefetch, !!how.readAhead));
+      for (const f of this.startRun(e, e.map!, info, stretch, src, prefetch, !!how.readAhead)) out.push(f.data);
       stretch = [];
     };
     for (const c of run) {
@@ -399,7 +440,7 @@ export class FileCache {
     }
     const dir = src.directory?.(info);
     const run = dir ? dir.region(chunk, src.batchSize ?? DEFAULT_BATCH, (c) => !map.isReady(c.index) && !e.inflight.has(c.index)) : [chunk];
-    return this.startRun(e, map, info, run, src, prefetch, false)[0];
+    return this.startRun(e, map, info, run, src, prefetch, false)[0].data;
   }
 
   /**
@@ -410,10 +451,12 @@ export class FileCache {
    * chunk); a chunk whose fetch failed is left out. A group's chunks are
    * ready, and their memory let go, without waiting for the rest of the run.
    */
-  private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean, readAhead: boolean): Promise<Buffer>[] {
+  private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean, readAhead: boolean): Flight[] {
     const verify = src.validate || !!src.verifyFetched;
     const m = src.metrics;
     const arena = chunkArena();
+    const flights = new Array<Flight>(run.length);
+    for (let k = 0; k < run.length; k++) e.inflight.set(run[k].index, (flights[k] = new Flight(verify)));
     // what a flight brings is held (arena memory referenced) until the flight is over: a late
     // reader joining it (e.inflight) gets bytes nothing else may reuse meanwhile
     const got = new Array<Buffer | undefined>(run.length);
@@ -437,6 +480,7 @@ export class FileCache {
           const k = first + i;
           if (e.writes.get(chunk.index) === w) e.writes.delete(chunk.index);
           if (e.inflight.get(chunk.index) === flights[k]) e.inflight.delete(chunk.index);
+          flights[k].clear();
           const d = got[k];
           if (d) { got[k] = undefined; arena?.release(d); }
         }
@@ -444,22 +488,18 @@ export class FileCache {
       from = to;
     }
     // read-ahead chunks are written with O_DIRECT (persist): stored ones are wanted in aligned slots
-    const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts, readAhead, alignStored: readAhead && !!e.direct && !e.directFailed }, info, run, (k, d) => {
+    fetchRegionEach({ backend: src.backend, verify, prefetch, attempts: src.attempts, readAhead, alignStored: readAhead && !!e.direct && !e.directFailed }, info, run, (k, d, err) => {
       // before the chunk is served: counted as buffered until written, held while in flight
       if (d) {
         if (m) m.bufferedBackendSize += d.length;
         arena?.retain(d);
         got[k] = d;
       }
+      flights[k].settle(d, err);
       const g = groupOf[k];
       if (--left[g] === 0) open[g]();
     });
-    const flights = run.map((chunk, k) => {
-      const flight = { data: datas[k], validated: verify };
-      e.inflight.set(chunk.index, flight);
-      return flight;
-    });
-    return datas;
+    return flights;
   }
 
   /** Write the chunks of `run` that came (`datas[k]`), stretch by stretch, then mark them ready. */

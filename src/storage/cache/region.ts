@@ -56,11 +56,28 @@ const STREAM_GROUP_CHUNKS = 2;
  * non-overlapping), one promise each. A backend that reports its progress
  * (the registry) has the chunks whose bytes are in decoded while the rest
  * of the request is still arriving, in groups; otherwise the request is
- * decoded once it is in. `onSettled(k, data)`, called before chunk k's
- * promise settles, gets its final bytes (after any refetch) or undefined
- * when it failed: what a caller does per chunk without a promise callback each.
+ * decoded once it is in.
  */
-export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly ChunkInfo[], onSettled?: (k: number, data: Buffer | undefined) => void): Promise<Buffer>[] {
+export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly ChunkInfo[]): Promise<Buffer>[] {
+  const resolvers = new Array<(v: Buffer) => void>(run.length);
+  const rejecters = new Array<(e: unknown) => void>(run.length);
+  const out = new Array<Promise<Buffer>>(run.length);
+  for (let k = 0; k < run.length; k++) out[k] = new Promise<Buffer>((res, rej) => { resolvers[k] = res; rejecters[k] = rej; });
+  fetchRegionEach(src, info, run, (k, d, err) => {
+    if (d) { resolvers[k](d); return; }
+    out[k].catch(() => undefined); // whoever asked for it sees it; the neighbours nobody waits for are not unhandled
+    rejecters[k](err);
+  });
+  return out;
+}
+
+/**
+ * fetchRegion without a promise per chunk: `settled(k, data, err)` is
+ * called once per chunk of `run` with its final bytes (after any refetch),
+ * or with the EIO it failed with, for callers that keep their own
+ * per-chunk state (the blob cache's flights).
+ */
+export function fetchRegionEach(src: RegionSource, info: BlobInfo, run: readonly ChunkInfo[], settled: (k: number, data: Buffer | undefined, err?: ErrnoError) => void): void {
   const first = run[0];
   const last = run[run.length - 1];
   const start = first.compressedOffset;
@@ -70,29 +87,19 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   const arena = src.backend.readsInto ? chunkArena() : undefined;
   const window = arena && src.readAhead && length >= DIRECT_READ_MIN ? alignedWindow(arena, src.backend.directAlign, start, length) : undefined;
   const into = window ? window.buf.subarray(start - window.at, start - window.at + length) : arena?.alloc(length);
-  // one promise per chunk, settled straight from its decode (no deferred object, no chain per chunk)
-  const resolvers = new Array<(v: Buffer | Promise<Buffer>) => void>(run.length);
-  const rejecters = new Array<(e: unknown) => void>(run.length);
-  const out = new Array<Promise<Buffer>>(run.length);
-  for (let k = 0; k < run.length; k++) out[k] = new Promise<Buffer>((res, rej) => { resolvers[k] = res; rejecters[k] = rej; });
   // the request's slot goes once it is over and every chunk's decode is known (good, bad or failed)
   let pending = run.length + 1;
   const decodedOne = () => { if (--pending === 0 && into) arena!.releaseSoon(into); };
   const failed = (k: number, err: unknown) => {
     logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: run[k].index, err: (err as Error).message }, 'failed to fetch chunk');
-    out[k].catch(() => undefined); // whoever asked for it sees it; the neighbours nobody waits for are not unhandled
-    onSettled?.(k, undefined);
-    rejecters[k](asEio(info, run[k], err));
+    settled(k, undefined, asEio(info, run[k], err));
   };
   const settle = (k: number, d: Buffer | Error) => {
-    if (!(d instanceof Error)) { onSettled?.(k, d); resolvers[k](d); return; }
+    if (!(d instanceof Error)) { settled(k, d); return; }
     const chunk = run[k];
     warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: 1, err: d.message }, 'chunk data from the backend is bad, downloading it again');
-    out[k].catch(() => undefined);
-    resolvers[k](refetch(src, info, chunk, 1).then(
-      (v) => { onSettled?.(k, v); return v; },
-      (err) => { onSettled?.(k, undefined); throw err; },
-    ));
+    // (refetch logs its failures and gives EIOs)
+    refetch(src, info, chunk, 1).then((v) => settled(k, v), (err) => settled(k, undefined, asEio(info, chunk, err)));
   };
   let next = 0; // chunks before it have been handed to the decoder
   const end = (k: number) => run[k].compressedOffset + run[k].compressedSize - start;
@@ -127,7 +134,6 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
     (buf) => { dispatch(buf, length, true); decodedOne(); },
     (err) => { for (let k = next; k < run.length; k++) { decodedOne(); failed(k, err); } decodedOne(); },
   );
-  return out;
 }
 
 /** Read-ahead requests from this size on may be read with direct I/O by backends that can. */
