@@ -165,7 +165,8 @@ class Flight {
     if (!this.p) {
       if (!this.done) this.p = new Promise<Buffer>((res, rej) => { this.resolve = res; this.reject = rej; });
       else if (this.got) this.p = Promise.resolve(this.got);
-      else this.p = Promise.reject(this.err);
+      // (a flight over is out of `inflight`: nobody asks it any more; its error made only if one did)
+      else this.p = Promise.reject(this.err ?? eio('chunk fetch already over'));
     }
     return this.p;
   }
@@ -182,7 +183,7 @@ class Flight {
 
   /** The flight is over (out of `inflight`): its bytes are forgotten, the arena may reuse them. */
   clear(): void {
-    if (this.got) { this.got = undefined; this.err = eio('chunk fetch already over'); }
+    this.got = undefined;
   }
 }
 
