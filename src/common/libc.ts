@@ -232,6 +232,23 @@ export const RWF_NOWAIT = 0x8;
 /** what preadNowait answers when the bytes are not all in the page cache */
 export const WOULD_BLOCK = -1;
 const nowaitIov = Buffer.alloc(16);
+/**
+ * Address of each ArrayBuffer's memory, learnt on its first preadNowait:
+ * the reply buffers READs fill are few and reused, so a read then makes one
+ * native call, not two. An ArrayBuffer's memory never moves while it is
+ * attached (and a view of a detached one has no bytes to read into).
+ */
+const bufferBases = new WeakMap<ArrayBufferLike, number>();
+
+function addressOfView(dst: Uint8Array): number {
+  const ab = dst.buffer; // (makes an on-heap typed array's memory off-heap, where it stays)
+  let base = bufferBases.get(ab);
+  if (base === undefined) {
+    base = addressOf(dst) - dst.byteOffset;
+    bufferBases.set(ab, base);
+  }
+  return base + dst.byteOffset;
+}
 
 /**
  * pread into `dst` from the page cache only (preadv2 RWF_NOWAIT): the bytes
@@ -241,8 +258,12 @@ const nowaitIov = Buffer.alloc(16);
  */
 export function preadNowait(fd: number, dst: Uint8Array, position: number): number {
   if (dst.length === 0) return 0;
-  nowaitIov.writeBigUInt64LE(BigInt(addressOf(dst)), 0);
-  nowaitIov.writeBigUInt64LE(BigInt(dst.length), 8);
+  // iovec { base, len } as two 64-bit little-endian words (addresses stay below 2^53)
+  const addr = addressOfView(dst);
+  nowaitIov.writeUInt32LE(addr >>> 0, 0);
+  nowaitIov.writeUInt32LE(Math.floor(addr / 0x1_0000_0000), 4);
+  nowaitIov.writeUInt32LE(dst.length >>> 0, 8);
+  nowaitIov.writeUInt32LE(Math.floor(dst.length / 0x1_0000_0000), 12);
   for (;;) {
     const n = Number(c.preadv2(fd, nowaitIov, 1, position, RWF_NOWAIT));
     if (n >= 0) return n;

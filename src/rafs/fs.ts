@@ -177,7 +177,10 @@ export class RafsFs implements FileSystem {
     if (!i.isReg()) throw einval(`inode ${ino} is not a regular file`);
     const end = Math.min(i.size, offset + size);
     if (offset >= end) return [];
-    const chunks = this.chunksOf(i);
+    // a read to the end of the file has no sequel to read ahead for; one of the whole file (small
+    // files, read in one go) none to keep the chunk list for: nothing is kept per inode for them
+    const toEof = end === i.size;
+    const chunks = toEof && offset === 0 ? this.chunkCache.get(i.ino) ?? i.chunks() : this.chunksOf(i);
     const pieces: Array<Promise<ReadPiece> | ReadPiece> = [];
     // cache hits are counted once the read is answered: a readyOnly read that gives up counts none
     let hits: ChunkLocation[] | undefined;
@@ -198,7 +201,8 @@ export class RafsFs implements FileSystem {
       pieces.push(data instanceof Promise ? data.then((d) => d.subarray(s.from, s.to)) : data.subarray(s.from, s.to));
     }
     if (hits && this.device.servedFromCache) for (const loc of hits) this.device.servedFromCache(loc);
-    this.readahead(i, chunks, last >= 0 ? last : firstChunkAfter(chunks, end) - 1, offset, end);
+    if (!toEof) this.readahead(i, chunks, last >= 0 ? last : firstChunkAfter(chunks, end) - 1, offset, end);
+    else if (this.lastEnd.size > 0) this.lastEnd.delete(i.ino); // a read at the end answers nothing to read ahead for
     return pieces;
   }
 

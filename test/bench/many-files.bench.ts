@@ -3,7 +3,8 @@
  * files of 1–8 KiB) served by this nydusd and by squashfuse in one run:
  * mount time, stat of every file and cold read of every file (page caches
  * dropped, daemon cache empty), and the daemon's RSS right after the mount
- * and after reading everything. Issue 11's goals: cold read of every file
+ * and after reading everything, and the daemon's CPU time (user + system)
+ * during the read of everything. Issue 11's goals: cold read of every file
  * ≤ 1.0x squashfuse's time; nydusd RSS ≤ 64 MB after mount, ≤ 120 MB after
  * the reads. MANY_FILES=N changes the file count (dirs of 1,000);
  * MANY_WORK=DIR the work directory (default $TMPDIR/nydus-many-bench: two
@@ -50,7 +51,14 @@ function squashfusePid(mnt: string): number {
   return Number(out);
 }
 
-interface Row { mount: number; stat: number; read: number; rssMount: number; rssStat: number; rssRead: number }
+interface Row { mount: number; stat: number; read: number; rssMount: number; rssStat: number; rssRead: number; cpuRead: number }
+
+/** CPU seconds (user + system, all threads) process `pid` has used so far. */
+const cpuSecs = (pid: number): number => {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' '); // fields from 3 on (state): utime is 14, stime 15
+  return (Number(rest[11]) + Number(rest[12])) / 100; // USER_HZ
+};
 
 function measure(mnt: string, pid: number, mountSecs: number): Row {
   const rssMount = rssMb(pid);
@@ -58,8 +66,9 @@ function measure(mnt: string, pid: number, mountSecs: number): Row {
   const stat = timeCmd(`find '${mnt}' -type f -print0 | xargs -0 stat --format=%s > /dev/null`);
   const rssStat = rssMb(pid);
   dropCaches();
+  const cpu0 = cpuSecs(pid);
   const read = timeCmd(`find '${mnt}' -type f -print0 | xargs -0 cat > /dev/null`);
-  return { mount: mountSecs, stat, read, rssMount, rssStat, rssRead: rssMb(pid) };
+  return { mount: mountSecs, stat, read, rssMount, rssStat, rssRead: rssMb(pid), cpuRead: cpuSecs(pid) - cpu0 };
 }
 
 const median = (v: number[]): number => { const s = [...v].sort((a, b) => a - b); return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
@@ -129,10 +138,11 @@ async function main(): Promise<void> {
   }
 
   console.log(`many-files benchmark: ${N} files in ${N / PER_DIR} dirs (caches dropped before each pass), ${os.cpus().length} CPUs, ${rounds} round(s), load average ${loadBefore} -> ${load()}`);
-  const fmt = (r: Row) => `mount ${r.mount.toFixed(2)} s  stat-all ${r.stat.toFixed(2)} s  read-all ${r.read.toFixed(2)} s  RSS after mount ${r.rssMount.toFixed(0)} MB, after stat ${r.rssStat.toFixed(0)} MB, after reads ${r.rssRead.toFixed(0)} MB`;
+  const fmt = (r: Row) => `mount ${r.mount.toFixed(2)} s  stat-all ${r.stat.toFixed(2)} s  read-all ${r.read.toFixed(2)} s (daemon CPU ${r.cpuRead.toFixed(2)} s)  RSS after mount ${r.rssMount.toFixed(0)} MB, after stat ${r.rssStat.toFixed(0)} MB, after reads ${r.rssRead.toFixed(0)} MB`;
   const med = (l: Row[]): Row => ({
     mount: median(l.map((x) => x.mount)), stat: median(l.map((x) => x.stat)), read: median(l.map((x) => x.read)),
     rssMount: median(l.map((x) => x.rssMount)), rssStat: median(l.map((x) => x.rssStat)), rssRead: median(l.map((x) => x.rssRead)),
+    cpuRead: median(l.map((x) => x.cpuRead)),
   });
   for (const [name, l] of Object.entries(rows)) {
     if (rounds > 1) l.forEach((x, i) => console.log(`  round ${i + 1} ${name.padEnd(26)} ${fmt(x)}`));
@@ -144,7 +154,7 @@ async function main(): Promise<void> {
   console.log(`ratios nydusd / squashfuse (time, medians): stat-all ${(o.stat / s.stat).toFixed(2)}x  read-all ${(o.read / s.read).toFixed(2)}x (goal <= 1.0x: ${verdict(o.read <= s.read)}); read-all per round: ${ratios(NY)}`);
   if (base) {
     const b = med(rows[BASE]);
-    console.log(`base / squashfuse (medians): stat-all ${(b.stat / s.stat).toFixed(2)}x  read-all ${(b.read / s.read).toFixed(2)}x; read-all per round: ${ratios(BASE)}; base RSS ${b.rssMount.toFixed(0)} / ${b.rssRead.toFixed(0)} MB`);
+    console.log(`base / squashfuse (medians): stat-all ${(b.stat / s.stat).toFixed(2)}x  read-all ${(b.read / s.read).toFixed(2)}x; read-all per round: ${ratios(BASE)}; base RSS ${b.rssMount.toFixed(0)} / ${b.rssRead.toFixed(0)} MB; daemon CPU during read-all this / base ${(o.cpuRead / b.cpuRead).toFixed(2)}x (${o.cpuRead.toFixed(2)} / ${b.cpuRead.toFixed(2)} s); read-all time this / base ${(o.read / b.read).toFixed(2)}x`);
   }
   console.log(`nydusd RSS: after mount ${o.rssMount.toFixed(0)} MB (goal <= 64: ${verdict(o.rssMount <= 64)}), after reads ${o.rssRead.toFixed(0)} MB (goal <= 120: ${verdict(o.rssRead <= 120)}); squashfuse ${s.rssMount.toFixed(0)} / ${s.rssRead.toFixed(0)} MB`);
 }

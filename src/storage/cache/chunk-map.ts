@@ -167,15 +167,26 @@ export class ChunkMap {
 
   /** Mark chunk `index` ready and persist the bit (and all_ready when complete). */
   setReady(index: number): Promise<void> {
+    this.mark(index);
+    return this.flush();
+  }
+
+  /** setReady of every chunk of `chunks` (by their `index`): one flush (one promise) for all. */
+  setReadyAll(chunks: ReadonlyArray<{ index: number }>): Promise<void> {
+    for (const c of chunks) this.mark(c.index);
+    return this.flush();
+  }
+
+  /** Set chunk `index`'s bit in memory, its write (and all_ready's, when complete) queued. */
+  private mark(index: number): void {
     this.checkIndex(index);
     const byte = index >>> 3;
     const mask = chunkMapMask(index);
-    if (this.bits[byte] & mask) return this.flush();
+    if (this.bits[byte] & mask) return;
     this.bits[byte] |= mask;
     this.readyCount++;
     this.markDirty(byte);
     if (this.readyCount >= this.chunkCount) this.enqueue(() => this.writeAllReady(true));
-    return this.flush();
   }
 
   /** Forget chunk `index` (its cached data is bad); clears all_ready first. */

@@ -45,7 +45,7 @@ import type { BlobInfo, ChunkInfo } from '../format/types';
 import { decodeChunk } from '../blob/chunk-reader';
 import { chunkArena } from '../blob/chunk-arena';
 import type { ChunkDirectory } from '../blob/chunk-directory';
-import { fetchRegion } from './region';
+import { fetchRegionEach } from './region';
 import { CacheQuota } from './quota';
 import { type BlobBackend, checkBlobId } from '../backend/backend';
 import { CHUNK_MAP_SUFFIX, ChunkMap } from './chunk-map';
@@ -96,7 +96,7 @@ interface Entry {
   data: fsp.FileHandle;
   map: ChunkMap | undefined;
   /** single flight: the fetch of a chunk in progress, and whether it verifies */
-  inflight: Map<number, { data: Promise<Buffer>; validated: boolean }>;
+  inflight: Map<number, Flight>;
   /** cache-file writes still running (write-behind) */
   writes: Map<number, Promise<void>>;
   /**
@@ -143,6 +143,48 @@ export interface ChunkSource {
   attempts?: number;
   /** the reader's blob cache metrics (hits, persisted chunks, write-behind bytes) */
   metrics?: BlobcacheMetrics;
+}
+
+/**
+ * One chunk's fetch in progress. Its promise is made only when someone asks
+ * for it (the reader that started the fetch, a reader joining it): the
+ * hundreds of neighbours a request decodes along cost no promise each.
+ */
+class Flight {
+  private p: Promise<Buffer> | undefined;
+  private resolve: ((d: Buffer) => void) | undefined;
+  private reject: ((e: unknown) => void) | undefined;
+  private got: Buffer | undefined;
+  private err: unknown;
+  private done = false;
+
+  constructor(readonly validated: boolean) {}
+
+  /** The chunk's bytes (verified when `validated`), or its fetch's EIO. */
+  get data(): Promise<Buffer> {
+    if (!this.p) {
+      if (!this.done) this.p = new Promise<Buffer>((res, rej) => { this.resolve = res; this.reject = rej; });
+      else if (this.got) this.p = Promise.resolve(this.got);
+      // (a flight over is out of `inflight`: nobody asks it any more; its error made only if one did)
+      else this.p = Promise.reject(this.err ?? eio('chunk fetch already over'));
+    }
+    return this.p;
+  }
+
+  settle(d: Buffer | undefined, err: unknown): void {
+    this.done = true;
+    if (d) { this.got = d; this.resolve?.(d); return; }
+    this.err = err;
+    if (this.reject) {
+      this.p!.catch(() => undefined); // a neighbour nobody waits for any more is not an unhandled rejection
+      this.reject(err);
+    }
+  }
+
+  /** The flight is over (out of `inflight`): its bytes are forgotten, the arena may reuse them. */
+  clear(): void {
+    this.got = undefined;
+  }
 }
 
 export class FileCache {
@@ -317,7 +359,7 @@ export class FileCache {
     let stretch: ChunkInfo[] = [];
     const flush = () => {
       if (!stretch.length) return;
-      out.push(...this.startRun(e, e.map!, info, stretch, src, prefetch, !!how.readAhead));
+      for (const f of this.startRun(e, e.map!, info, stretch, src, prefetch, !!how.readAhead)) out.push(f.data);
       stretch = [];
     };
     for (const c of run) {
@@ -399,7 +441,7 @@ export class FileCache {
     }
     const dir = src.directory?.(info);
     const run = dir ? dir.region(chunk, src.batchSize ?? DEFAULT_BATCH, (c) => !map.isReady(c.index) && !e.inflight.has(c.index)) : [chunk];
-    return this.startRun(e, map, info, run, src, prefetch, false)[0];
+    return this.startRun(e, map, info, run, src, prefetch, false)[0].data;
   }
 
   /**
@@ -410,45 +452,55 @@ export class FileCache {
    * chunk); a chunk whose fetch failed is left out. A group's chunks are
    * ready, and their memory let go, without waiting for the rest of the run.
    */
-  private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean, readAhead: boolean): Promise<Buffer>[] {
+  private startRun(e: Entry, map: ChunkMap, info: BlobInfo, run: ChunkInfo[], src: ChunkSource, prefetch: boolean, readAhead: boolean): Flight[] {
     const verify = src.validate || !!src.verifyFetched;
-    // read-ahead chunks are written with O_DIRECT (persist): stored ones are wanted in aligned slots
-    const datas = fetchRegion({ backend: src.backend, verify, prefetch, attempts: src.attempts, readAhead, alignStored: readAhead && !!e.direct && !e.directFailed }, info, run);
     const m = src.metrics;
     const arena = chunkArena();
+    const flights = new Array<Flight>(run.length);
+    for (let k = 0; k < run.length; k++) e.inflight.set(run[k].index, (flights[k] = new Flight(verify)));
     // what a flight brings is held (arena memory referenced) until the flight is over: a late
     // reader joining it (e.inflight) gets bytes nothing else may reuse meanwhile
-    const held: Array<Buffer | undefined> = [];
-    const flights = run.map((chunk, k) => {
-      const flight = { data: datas[k], validated: verify };
-      e.inflight.set(chunk.index, flight);
-      // served as soon as it is verified; counted as buffered until written
-      datas[k].then((d) => {
-        if (m) m.bufferedBackendSize += d.length;
-        if (arena) { arena.retain(d); held[k] = d; }
-      }, () => undefined);
-      return flight;
-    });
-    for (let from = 0; from < run.length;) {
+    const got = new Array<Buffer | undefined>(run.length);
+    // the groups' bounds, how many chunks of each are still coming, and what starts each one's write
+    const groupOf = new Array<number>(run.length);
+    const left: number[] = [];
+    const open: Array<() => void> = [];
+    for (let from = 0, g = 0; from < run.length; g++) {
       let to = from;
       let bytes = 0;
-      while (to < run.length && (to === from || bytes < PERSIST_GROUP_BYTES)) bytes += run[to++].uncompressedSize;
+      while (to < run.length && (to === from || bytes < PERSIST_GROUP_BYTES)) { groupOf[to] = g; bytes += run[to++].uncompressedSize; }
+      left.push(to - from);
       const part = run.slice(from, to);
       const first = from;
-      const w = Promise.allSettled(datas.slice(from, to)).then((rs) => this.persistRun(e, map, info, part, rs.map((r) => (r.status === 'fulfilled' ? r.value : undefined)), m, readAhead));
+      const w = new Promise<void>((res) => { open.push(res); })
+        .then(() => this.persistRun(e, map, info, part, got.slice(first, first + part.length), m, readAhead));
       for (const chunk of part) e.writes.set(chunk.index, w);
       void w.finally(() => {
-        part.forEach((chunk, i) => {
+        for (let i = 0; i < part.length; i++) {
+          const chunk = part[i];
           const k = first + i;
           if (e.writes.get(chunk.index) === w) e.writes.delete(chunk.index);
           if (e.inflight.get(chunk.index) === flights[k]) e.inflight.delete(chunk.index);
-          const d = held[k];
-          if (d) { held[k] = undefined; arena!.release(d); }
-        });
+          flights[k].clear();
+          const d = got[k];
+          if (d) { got[k] = undefined; arena?.release(d); }
+        }
       });
       from = to;
     }
-    return datas;
+    // read-ahead chunks are written with O_DIRECT (persist): stored ones are wanted in aligned slots
+    fetchRegionEach({ backend: src.backend, verify, prefetch, attempts: src.attempts, readAhead, alignStored: readAhead && !!e.direct && !e.directFailed }, info, run, (k, d, err) => {
+      // before the chunk is served: counted as buffered until written, held while in flight
+      if (d) {
+        if (m) m.bufferedBackendSize += d.length;
+        arena?.retain(d);
+        got[k] = d;
+      }
+      flights[k].settle(d, err);
+      const g = groupOf[k];
+      if (--left[g] === 0) open[g]();
+    });
+    return flights;
   }
 
   /** Write the chunks of `run` that came (`datas[k]`), stretch by stretch, then mark them ready. */
@@ -491,7 +543,7 @@ export class FileCache {
     try {
       for (const g of groups) await this.writeGroup(e, g);
       // all marked at once: one bitmap write for the stretch
-      await Promise.all(chunks.map((c) => map.setReady(c.index)));
+      await map.setReadyAll(chunks);
       for (const c of chunks) this.quota?.charge(info.blobId, c.uncompressedSize);
     } catch (err) {
       // the data was good and has been served; only the cache misses out

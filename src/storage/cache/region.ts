@@ -59,6 +59,25 @@ const STREAM_GROUP_CHUNKS = 2;
  * decoded once it is in.
  */
 export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly ChunkInfo[]): Promise<Buffer>[] {
+  const resolvers = new Array<(v: Buffer) => void>(run.length);
+  const rejecters = new Array<(e: unknown) => void>(run.length);
+  const out = new Array<Promise<Buffer>>(run.length);
+  for (let k = 0; k < run.length; k++) out[k] = new Promise<Buffer>((res, rej) => { resolvers[k] = res; rejecters[k] = rej; });
+  fetchRegionEach(src, info, run, (k, d, err) => {
+    if (d) { resolvers[k](d); return; }
+    out[k].catch(() => undefined); // whoever asked for it sees it; the neighbours nobody waits for are not unhandled
+    rejecters[k](err);
+  });
+  return out;
+}
+
+/**
+ * fetchRegion without a promise per chunk: `settled(k, data, err)` is
+ * called once per chunk of `run` with its final bytes (after any refetch),
+ * or with the EIO it failed with, for callers that keep their own
+ * per-chunk state (the blob cache's flights).
+ */
+export function fetchRegionEach(src: RegionSource, info: BlobInfo, run: readonly ChunkInfo[], settled: (k: number, data: Buffer | undefined, err?: ErrnoError) => void): void {
   const first = run[0];
   const last = run[run.length - 1];
   const start = first.compressedOffset;
@@ -68,7 +87,20 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
   const arena = src.backend.readsInto ? chunkArena() : undefined;
   const window = arena && src.readAhead && length >= DIRECT_READ_MIN ? alignedWindow(arena, src.backend.directAlign, start, length) : undefined;
   const into = window ? window.buf.subarray(start - window.at, start - window.at + length) : arena?.alloc(length);
-  const parts = run.map(() => deferred<Buffer | Error>());
+  // the request's slot goes once it is over and every chunk's decode is known (good, bad or failed)
+  let pending = run.length + 1;
+  const decodedOne = () => { if (--pending === 0 && into) arena!.releaseSoon(into); };
+  const failed = (k: number, err: unknown) => {
+    logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: run[k].index, err: (err as Error).message }, 'failed to fetch chunk');
+    settled(k, undefined, asEio(info, run[k], err));
+  };
+  const settle = (k: number, d: Buffer | Error) => {
+    if (!(d instanceof Error)) { settled(k, d); return; }
+    const chunk = run[k];
+    warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: 1, err: d.message }, 'chunk data from the backend is bad, downloading it again');
+    // (refetch logs its failures and gives EIOs)
+    refetch(src, info, chunk, 1).then((v) => settled(k, v), (err) => settled(k, undefined, asEio(info, chunk, err)));
+  };
   let next = 0; // chunks before it have been handed to the decoder
   const end = (k: number) => run[k].compressedOffset + run[k].compressedSize - start;
   // the chunks whose bytes are all in (`filled` bytes of `buf`), decoded off the event loop
@@ -81,10 +113,16 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
     if (!final && j < run.length && (j - next < STREAM_GROUP_CHUNKS || size < STREAM_GROUP_BYTES)) return;
     const from = next;
     next = j;
+    let ds: Array<Promise<Buffer | Error>>;
     try {
-      decodeRunAsync(info, buf, start, run.slice(from, j), src.verify, !!src.alignStored).forEach((d, i) => parts[from + i].resolve(d));
+      ds = decodeRunAsync(info, buf, start, run.slice(from, j), src.verify, !!src.alignStored);
     } catch (err) {
-      for (let k = from; k < j; k++) parts[k].reject(err);
+      for (let k = from; k < j; k++) { decodedOne(); failed(k, err); }
+      return;
+    }
+    for (let i = 0; i < ds.length; i++) {
+      const k = from + i;
+      ds[i].then((d) => { decodedOne(); settle(k, d); }, (err) => { decodedOne(); failed(k, err); });
     }
   };
   const raw = src.backend.read(info.blobId, start, length, {
@@ -93,25 +131,9 @@ export function fetchRegion(src: RegionSource, info: BlobInfo, run: readonly Chu
     onProgress: into && ((filled) => dispatch(into, filled, false)),
   });
   raw.then(
-    (buf) => dispatch(buf, length, true),
-    (err) => { for (let k = next; k < run.length; k++) parts[k].reject(err); },
+    (buf) => { dispatch(buf, length, true); decodedOne(); },
+    (err) => { for (let k = next; k < run.length; k++) { decodedOne(); failed(k, err); } decodedOne(); },
   );
-  if (into) {
-    raw.then(() => undefined, () => undefined)
-      .then(() => Promise.allSettled(parts.map((p) => p.promise)))
-      .then(() => arena!.releaseSoon(into));
-  }
-  return run.map((chunk, k) => parts[k].promise.then(
-    async (d) => {
-      if (!(d instanceof Error)) return d;
-      warnLimited('cache.refetch', { blobId: info.blobId, chunkIndex: chunk.index, attempt: 1, err: d.message }, 'chunk data from the backend is bad, downloading it again');
-      return refetch(src, info, chunk, 1);
-    },
-    (err) => {
-      logLimited('error', 'cache.fetch', { blobId: info.blobId, chunkIndex: chunk.index, err: (err as Error).message }, 'failed to fetch chunk');
-      throw asEio(info, chunk, err);
-    },
-  ));
 }
 
 /** Read-ahead requests from this size on may be read with direct I/O by backends that can. */
@@ -129,15 +151,6 @@ function alignedWindow(arena: ChunkArena, align: number | undefined, start: numb
   const buf = arena.alloc(size);
   if (buf && !isAligned(buf, align)) { arena.release(buf); return undefined; }
   return buf && { buf, at };
-}
-
-interface Deferred<T> { promise: Promise<T>; resolve: (v: T | PromiseLike<T>) => void; reject: (e: unknown) => void }
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: Deferred<T>['resolve'];
-  let reject!: Deferred<T>['reject'];
-  const promise = new Promise<T>((a, b) => { resolve = a; reject = b; });
-  return { promise, resolve, reject };
 }
 
 async function refetch(src: RegionSource, info: BlobInfo, chunk: ChunkInfo, attempt: number): Promise<Buffer> {

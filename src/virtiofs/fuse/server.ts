@@ -189,15 +189,16 @@ export class FuseServer {
       warnLimited('fuse.header', { err: (e as Error).message }, 'fuse: dropping request with an unreadable header');
       return 0;
     }
-    const holds: (() => void)[] = [];
+    let holds: (() => void)[] | undefined; // (most requests take none)
     let ended = false;
     // a hold taken after the reply (a filesystem's late continuation) is released at once: never leaked
     const hold = (release: () => void): void => {
       if (ended) release();
-      else holds.push(release);
+      else (holds ??= []).push(release);
     };
     const end = (): void => {
       ended = true;
+      if (holds === undefined) return;
       for (const release of holds) {
         try {
           release();

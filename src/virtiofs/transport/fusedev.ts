@@ -59,7 +59,8 @@ export class FuseDevSession {
   private watcher: FdWatcher | undefined;
   private finished: (() => void) | undefined;
   private readonly requestBuffers: Buffer[] = [];
-  private readonly replyBuffers: Buffer[] = [];
+  /** reply writers (each with its staging memory), reused once their reply is written */
+  private readonly writers: GatherWriter[] = [];
 
   constructor(private readonly server: FuseServer, private readonly opts: FuseDevOptions) {}
 
@@ -151,17 +152,18 @@ export class FuseDevSession {
   }
 
   private async handle(req: Buffer, n: number): Promise<void> {
-    const scratch = this.replyBuffers.pop() ?? Buffer.allocUnsafe(REPLY_BUFFER);
+    const w = this.writers.pop() ?? new GatherWriter(REPLY_BUFFER, Buffer.allocUnsafe(REPLY_BUFFER));
     // chunk memory this request is handed is not reused until its reply is written (common/read-epoch)
     const token = enterRead();
     try {
-      const w = new GatherWriter(REPLY_BUFFER, scratch);
       // a READ answered at once (cached data) comes back as a number: no promise hop before its reply
       const res = this.server.handle(new BufferReader(req.subarray(0, n)), w);
       const len = typeof res === 'number' ? res : await res;
       if (len > 0 && !this.ended) {
         try {
-          await this.send(w.pieces(), len);
+          // a small reply is written at once: no await (no suspension of this request) for it
+          const sent = this.send(w.pieces(), len);
+          if (sent) await sent;
           // the kernel applied the INIT reply in that write: the bdi's readahead may now be raised
           if (n >= 8 && req.readUInt32LE(4) === FUSE_INIT) this.raiseReadahead();
         } catch (e) {
@@ -173,7 +175,8 @@ export class FuseDevSession {
     } finally {
       exitRead(token);
       this.requestBuffers.push(req);
-      this.replyBuffers.push(scratch);
+      w.reset();
+      this.writers.push(w);
       this.inflight--;
       if (this.ended) { if (this.inflight === 0) this.finished?.(); }
       else if (this.inflight < this.maxInflight) this.watcher?.resume();
