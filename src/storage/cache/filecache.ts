@@ -63,6 +63,13 @@ const MAX_WRITE_IOV = 500;
  * faulted in again for every request of a 100,000-file read.
  */
 const PERSIST_GROUP_BYTES = 512 << 10;
+/**
+ * ...and at least this many chunks: a sequential reader's 8 MiB read-ahead
+ * of 1 MiB chunks in groups of one cost a cold 256 MiB read ~80 ms (0.36 s
+ * against 0.28 s in alternating runs), the writes, chunk-map updates and
+ * continuations of 8 groups instead of one.
+ */
+const PERSIST_GROUP_CHUNKS = 8;
 /** v6 chunks start 4 KiB aligned in the cache file: the padding between two is written with them. */
 const CACHE_ALIGN = 4096;
 const ZERO_PAD = Buffer.alloc(CACHE_ALIGN);
@@ -447,7 +454,7 @@ export class FileCache {
   /**
    * One backend request for `run`; every chunk of it in flight until written
    * behind. The run is written in groups of PERSIST_GROUP_BYTES of decoded
-   * chunks, each once all of its chunks are in: chunks adjacent in the cache
+   * chunks (and PERSIST_GROUP_CHUNKS), each once all of its chunks are in: chunks adjacent in the cache
    * file with one pwritev each (one thread-pool trip per stretch, not per
    * chunk); a chunk whose fetch failed is left out. A group's chunks are
    * ready, and their memory let go, without waiting for the rest of the run.
@@ -468,7 +475,7 @@ export class FileCache {
     for (let from = 0, g = 0; from < run.length; g++) {
       let to = from;
       let bytes = 0;
-      while (to < run.length && (to === from || bytes < PERSIST_GROUP_BYTES)) { groupOf[to] = g; bytes += run[to++].uncompressedSize; }
+      while (to < run.length && (to - from < PERSIST_GROUP_CHUNKS || bytes < PERSIST_GROUP_BYTES)) { groupOf[to] = g; bytes += run[to++].uncompressedSize; }
       left.push(to - from);
       const part = run.slice(from, to);
       const first = from;
