@@ -35,11 +35,8 @@ const young = process.env.NYDUS_V8_YOUNG_GROWTH !== '2';
 const oldEnv = process.env.NYDUS_V8_HEAP_GROWING;
 const growing = oldEnv !== undefined && oldEnv !== '' && Number.isInteger(Number(oldEnv)) ? Math.max(0, Math.min(400, Number(oldEnv))) : HEAP_GROWING_PERCENT;
 
-const apply = (): void => {
-  if (young) v8.setFlagsFromString('--semi-space-growth-factor=1');
-  reapplyHeapGrowing();
-};
+const capYoung = (): void => { if (young) v8.setFlagsFromString('--semi-space-growth-factor=1'); };
 
+capYoung();
 setHeapGrowing(growing);
-if (young) v8.setFlagsFromString('--semi-space-growth-factor=1');
-process.on('worker', (w: Worker) => w.once('online', apply));
+process.on('worker', (w: Worker) => w.once('online', () => { capYoung(); reapplyHeapGrowing(); }));

@@ -150,9 +150,10 @@ export class RafsFs implements FileSystem {
     return { fh: 0n, openFlags: FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE };
   }
 
-  private chunksOf(i: RafsInode): ChunkInfo[] {
+  /** `i`'s chunk list, kept for the next read of it unless `keep` is false. */
+  private chunksOf(i: RafsInode, keep = true): ChunkInfo[] {
     let c = this.chunkCache.get(i.ino);
-    if (!c) { c = i.chunks(); this.chunkCache.set(i.ino, c); }
+    if (!c) { c = i.chunks(); if (keep) this.chunkCache.set(i.ino, c); }
     return c;
   }
 
@@ -180,7 +181,7 @@ export class RafsFs implements FileSystem {
     // a read to the end of the file has no sequel to read ahead for; one of the whole file (small
     // files, read in one go) none to keep the chunk list for: nothing is kept per inode for them
     const toEof = end === i.size;
-    const chunks = toEof && offset === 0 ? this.chunkCache.get(i.ino) ?? i.chunks() : this.chunksOf(i);
+    const chunks = this.chunksOf(i, !(toEof && offset === 0));
     const pieces: Array<Promise<ReadPiece> | ReadPiece> = [];
     // cache hits are counted once the read is answered: a readyOnly read that gives up counts none
     let hits: ChunkLocation[] | undefined;

@@ -241,8 +241,11 @@ export function acquireDecodePool(): void {
  * decoded on the event loop as small files' chunks are).
  */
 export function decodesOnWorkers(avgChunkBytes: number): boolean {
-  return poolThreads() > 0 && avgChunkBytes >= inlineBelow();
+  return poolThreads() > 0 && !smallChunks(avgChunkBytes);
 }
+
+/** Chunks this small on average are decoded on the event loop (INLINE_BELOW). */
+const smallChunks = (avgChunkBytes: number): boolean => avgChunkBytes < inlineBelow();
 
 /** Workers running now (tests). */
 export function decodeWorkersOnline(): number {
@@ -279,7 +282,7 @@ export function decodeRunAsync(info: BlobInfo, raw: Buffer, start: number, run: 
   const work = run.some(needsWork);
   // one chunk is what a reader waits for right now (random reads): the hop would only add latency
   const arena = chunkArena();
-  if (work && run.length >= 2 && raw.length >= MIN_POOL_BYTES && run.reduce((n, c) => n + c.uncompressedSize, 0) < inlineBelow() * run.length) {
+  if (work && run.length >= 2 && raw.length >= MIN_POOL_BYTES && smallChunks(run.reduce((n, c) => n + c.uncompressedSize, 0) / run.length)) {
     return decodeSliced(blob, raw, start, run, validate, arena);
   }
   const dw = !work || run.length < 2 || raw.length < MIN_POOL_BYTES || queued >= QUEUE_LIMIT || poolThreads() === 0 ? undefined : pickWorker();
