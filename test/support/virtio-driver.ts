@@ -196,30 +196,38 @@ export class DriverQueue {
    * Build a chain from buffers [gpa, len, writable] and make it available.
    * `indirectTable` (a GPA): put the chain in an indirect table there instead.
    */
-  submit(bufs: [number, number, boolean][], indirectTable?: number): number {
+  submit(bufs: [number, number, boolean][], indirectTable?: number, staged = false): number {
     if (indirectTable !== undefined) {
       bufs.forEach(([a, l, w], i) => this.writeDesc(indirectTable, i, a, l, (w ? 2 : 0) | (i + 1 < bufs.length ? 1 : 0), i + 1));
       const [head] = this.allocDescs(1);
       this.writeDesc(this.descGpa, head, indirectTable, 16 * bufs.length, 4, 0);
-      this.publish(head);
+      this.publish(head, staged);
       return head;
     }
     const ids = this.allocDescs(bufs.length);
     bufs.forEach(([a, l, w], i) => this.writeDesc(this.descGpa, ids[i], a, l, (w ? 2 : 0) | (i + 1 < bufs.length ? 1 : 0), ids[i + 1] ?? 0));
-    this.publish(ids[0]);
+    this.publish(ids[0], staged);
     return ids[0];
   }
 
-  /** Put `head` in the avail ring and publish avail.idx (no kick). */
-  publish(head: number): void {
+  /**
+   * Put `head` in the avail ring and publish avail.idx (no kick). `staged`:
+   * leave avail.idx as it is; `staged` then says where (memfd offset) and
+   * what to write to publish it, e.g. from another thread (stagedIdx).
+   */
+  publish(head: number, staged = false): void {
     const slot = Buffer.alloc(2);
     slot.writeUInt16LE(head, 0);
     this.ram.write(this.availGpa + 4 + 2 * (this.nextAvail % this.size), slot);
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
     const idx = Buffer.alloc(2);
     idx.writeUInt16LE(this.nextAvail, 0);
-    this.ram.write(this.availGpa + 2, idx);
+    if (staged) this.stagedIdx = { fd: this.ram.fd, offset: this.ram.off(this.availGpa + 2), idx: this.nextAvail };
+    else this.ram.write(this.availGpa + 2, idx);
   }
+
+  /** what the last staged publish left to write: avail.idx = `idx` at `offset` of the guest RAM memfd `fd` */
+  stagedIdx: { fd: number; offset: number; idx: number } | undefined;
 
   doKick(): void {
     eventfdWrite(this.kick);
@@ -366,7 +374,7 @@ export class FakeGuest {
    * bytes, `replyRoom` writable bytes split into pieces of `writeSplit`.
    * Returns a function that reads the reply once the chain is used.
    */
-  submit(q: number, msg: Buffer, replyRoom: number, o: { readSplit?: number; writeSplit?: number; indirect?: boolean; at?: number } = {}): { head: number; wait: () => Promise<{ used: Used; reply: Buffer }> } {
+  submit(q: number, msg: Buffer, replyRoom: number, o: { readSplit?: number; writeSplit?: number; indirect?: boolean; at?: number; staged?: boolean } = {}): { head: number; wait: () => Promise<{ used: Used; reply: Buffer }> } {
     const queue = this.queues[q];
     const bufs: [number, number, boolean][] = [];
     const rs = o.readSplit ?? msg.length;
@@ -378,8 +386,9 @@ export class FakeGuest {
     const ws = o.writeSplit ?? replyRoom;
     for (let off = 0; off < replyRoom; off += ws) bufs.push([wgpa + off, Math.min(ws, replyRoom - off), true]);
     this.ram.buf.fill(0xee, replyRoom > 0 ? this.ram.off(wgpa) : 0, replyRoom > 0 ? this.ram.off(wgpa) + replyRoom : 0);
-    const head = queue.submit(bufs, o.indirect ? this.alloc(16 * bufs.length, 16) : undefined);
-    queue.doKick();
+    const head = queue.submit(bufs, o.indirect ? this.alloc(16 * bufs.length, 16) : undefined, o.staged);
+    // staged: neither published nor kicked (queue.stagedIdx says how to publish it)
+    if (!o.staged) queue.doKick();
     return {
       head,
       wait: async () => {

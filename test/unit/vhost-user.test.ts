@@ -3,6 +3,7 @@ import * as assert from 'uvu/assert';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as fsp from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import {
   FuseAttrOut, FuseEntryOut, FuseForgetIn, FuseGetattrIn, FuseInitOut, FuseOpcode, FuseOutHeader, FuseReadIn,
 } from '../../src/virtiofs/fuse/abi';
@@ -16,14 +17,14 @@ import { FakeGuest, GPA_BASE, GuestRam, MIB, VhostUserClient, state, u64 } from 
 
 const BIG = Buffer.from(Array.from({ length: 300000 }, (_, i) => (i * 7) % 251));
 
-function world(opts: { windowStep?: number; maxInflight?: number } = {}) {
+function world(opts: { windowStep?: number; maxInflight?: number; pollUs?: number } = {}) {
   const fs = new MemoryFs();
   fs.addDir('dir');
   fs.addFile('dir/hello', 'hello, virtio-fs\n');
   fs.addFile('big', BIG);
   const server = new FuseServer(fs);
   const sock = path.join(fsp.mkdtempSync(path.join(os.tmpdir(), 'vhu-')), 'vhost.sock');
-  const daemon = new VirtioFsDaemon(server, { socketPath: sock, windowStep: opts.windowStep, maxInflight: opts.maxInflight });
+  const daemon = new VirtioFsDaemon(server, { socketPath: sock, windowStep: opts.windowStep, maxInflight: opts.maxInflight, pollUs: opts.pollUs ?? 0 });
   return { fs, server, sock, daemon };
 }
 
@@ -208,6 +209,100 @@ test('READs answered synchronously (readSync): one kick\'s batch is served at on
     assert.is(q.calls(), 1, 'one interrupt for the batch');
     assert.is(daemon.device.served[1], 9);
   });
+});
+
+/**
+ * From another thread (the daemon's loop may be busy polling): once used.idx
+ * of `q` reaches `used`, wait `afterMs`, then publish the staged avail.idx.
+ */
+function publishAfterUsed(g: FakeGuest, q: number, used: number, afterMs: number): Promise<number> {
+  const queue = g.queues[q];
+  const st = queue.stagedIdx!;
+  const w = new Worker(`
+    const { workerData: d } = require('node:worker_threads');
+    const fs = require('node:fs');
+    const b = Buffer.alloc(2);
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      fs.readSync(d.fd, b, 0, 2, d.usedOffset);
+      if (b.readUInt16LE(0) === d.used) break;
+      if (Date.now() > deadline) process.exit(3);
+    }
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, d.afterMs);
+    b.writeUInt16LE(d.idx, 0);
+    fs.writeSync(d.fd, b, 0, 2, d.offset);
+  `, { eval: true, workerData: { ...st, usedOffset: g.ram.off(queue.usedGpa + 2), used, afterMs } });
+  return new Promise((resolve, reject) => { w.on('exit', resolve); w.on('error', reject); });
+}
+
+/** READs of `ino` answered synchronously, as RAFS answers cached data (the batch completes before the queue drains). */
+function syncReads(fs: MemoryFs, ino: bigint, data: Buffer): void {
+  (fs as MemoryFs & { readSync?: FileSystem['readSync'] }).readSync = (_ctx, i, _fh, offset, size) => (i === ino ? [data.subarray(offset, offset + size)] : undefined);
+}
+
+test('polling: a drained queue that polls serves a request the guest makes meanwhile without a kick', async () => {
+  await withGuest(async (g, { fs, daemon }) => {
+    syncReads(fs, fs.inoOf('dir/hello'), Buffer.from('hello, virtio-fs\n'));
+    await g.setup({ queueSize: 256 });
+    await initFuse(g);
+    const q = g.queues[1];
+    const vring = daemon.vhost.handler!.vrings[1];
+    vring.pollScore = 1; // as after a run of requests that came soon after each drain
+    const ino = fs.inoOf('dir/hello');
+    const a = g.submit(1, readReq(ino, 0, 5), 16 + 5);
+    const b = g.submit(1, readReq(ino, 7, 10), 16 + 10, { staged: true });
+    const published = publishAfterUsed(g, 1, q.usedIdx() + 1, 20);
+    const ra = await a.wait();
+    assert.is(ra.reply.subarray(16).toString(), 'hello');
+    // b is published after a was answered, and never kicked: only the poll can find it
+    const rb = await b.wait();
+    assert.is(rb.reply.subarray(16).toString(), 'virtio-fs\n'.slice(0, 10));
+    assert.is(await published, 0);
+    assert.is(daemon.device.served[1], 3);
+    assert.ok(vring.pollScore > 0.9, `score ${vring.pollScore}`);
+  }, { pollUs: 300_000 });
+});
+
+test('polling: a queue whose requests come late does not poll; a kick still serves them', async () => {
+  await withGuest(async (g, { fs, daemon }) => {
+    syncReads(fs, fs.inoOf('dir/hello'), Buffer.from('hello, virtio-fs\n'));
+    await g.setup({ queueSize: 256 });
+    await initFuse(g);
+    const q = g.queues[1];
+    const vring = daemon.vhost.handler!.vrings[1];
+    assert.is(vring.pollScore, 0);
+    const ino = fs.inoOf('dir/hello');
+    const a = g.submit(1, readReq(ino, 0, 5), 16 + 5);
+    const b = g.submit(1, readReq(ino, 7, 10), 16 + 10, { staged: true });
+    const published = publishAfterUsed(g, 1, q.usedIdx() + 1, 5);
+    await a.wait();
+    assert.is(await published, 0);
+    await new Promise((res) => setTimeout(res, 100));
+    assert.is(daemon.device.served[1], 2, 'not polled: the unkicked request waits');
+    q.doKick();
+    const rb = await b.wait();
+    assert.is(rb.reply.subarray(16).toString(), 'virtio-fs\n'.slice(0, 10));
+    assert.is(daemon.device.served[1], 3);
+  }, { pollUs: 300_000 });
+});
+
+test('polling: the score rises while kicks come within the window of a drain and falls when they come later', async () => {
+  await withGuest(async (g, { fs, daemon }) => {
+    syncReads(fs, fs.inoOf('dir/hello'), Buffer.from('hello, virtio-fs\n'));
+    await g.setup({ queueSize: 256 });
+    await initFuse(g);
+    const vring = daemon.vhost.handler!.vrings[1];
+    const ino = fs.inoOf('dir/hello');
+    // the window is 50 ms: a request made right after the last reply is within it
+    for (let i = 0; i < 6; i++) await g.submit(1, readReq(ino, 0, 5), 16 + 5).wait();
+    assert.ok(vring.pollScore >= 0.5, `score ${vring.pollScore} after prompt requests`);
+    // now every request comes later than the window: the score decays below the threshold
+    for (let i = 0; i < 8; i++) {
+      await new Promise((res) => setTimeout(res, 80));
+      await g.submit(1, readReq(ino, 0, 5), 16 + 5).wait();
+    }
+    assert.ok(vring.pollScore < 0.5, `score ${vring.pollScore} after late requests`);
+  }, { pollUs: 50_000 });
 });
 
 test('bad chains are completed with len 0 and the queue keeps working', async () => {

@@ -36,7 +36,23 @@ export interface VirtioFsDeviceOptions {
   /** total number of queues: hiprio + request queues (default 2) */
   queues?: number;
   maxInflight?: number;
+  /** how long a drained queue is watched for the next request, us (Vring.pollAfterDrain); 0 never polls */
+  pollUs?: number;
 }
+
+/**
+ * Default poll window after a queue drains, us: QEMU's iothreads poll up to
+ * 32 us (`poll-max-ns`). NYDUS_VIRTIO_POLL_US sets it; 0 turns polling off.
+ */
+export function defaultPollUs(env: string | undefined = process.env.NYDUS_VIRTIO_POLL_US): number {
+  const us = env !== undefined && env !== '' ? Number(env) : DEFAULT_POLL_US;
+  return Number.isFinite(us) && us > 0 ? Math.min(us, MAX_POLL_US) : 0;
+}
+const DEFAULT_POLL_US = 32;
+/** batches one queue event may take by polling before the kick is re-armed and the loop runs on */
+const MAX_POLLED_PER_EVENT = 64;
+/** a window the guest cannot stretch: the loop is held that long at most */
+const MAX_POLL_US = 1_000_000;
 
 export class VirtioFsDevice implements VhostUserBackend {
   readonly numQueues: number;
@@ -46,6 +62,8 @@ export class VirtioFsDevice implements VhostUserBackend {
   readonly served: number[];
   /** per queue: popping stopped at maxInflight, so completions must resume it */
   private readonly throttled: boolean[];
+  /** poll window after a drain, ns */
+  private readonly pollNs: number;
 
   constructor(private readonly server: FuseServer, opts: VirtioFsDeviceOptions = {}) {
     const q = opts.queues ?? 2;
@@ -54,6 +72,7 @@ export class VirtioFsDevice implements VhostUserBackend {
     this.maxInflight = Math.max(1, opts.maxInflight ?? DEFAULT_MAX_INFLIGHT);
     this.served = new Array<number>(q).fill(0);
     this.throttled = new Array<boolean>(q).fill(false);
+    this.pollNs = Math.min(Math.max(0, opts.pollUs ?? defaultPollUs()), MAX_POLL_US) * 1000;
   }
 
   features(): bigint {
@@ -64,6 +83,8 @@ export class VirtioFsDevice implements VhostUserBackend {
     // requests answered while this loop runs share one guest interrupt, sent when it ends
     const outer = !vring.deferSignals;
     vring.deferSignals = true;
+    // requests found by polling in this call: bounded, so the loop's other work gets its turn
+    let polled = 0;
     try {
       for (;;) {
         if (vring.inflight >= this.maxInflight) {
@@ -71,8 +92,20 @@ export class VirtioFsDevice implements VhostUserBackend {
           this.throttled[vring.index] = true;
           return;
         }
-        const c = vring.pop();
-        if (c === undefined) return; // ring drained, kick re-armed (or not processable)
+        let c = vring.pop(false);
+        if (c === undefined) {
+          // drained: the replies go out first, then a short watch for the guest's next
+          // requests (they come without a kick meanwhile), then the kick is re-armed
+          if (outer && polled < MAX_POLLED_PER_EVENT) {
+            vring.flushPendingSignal();
+            if (vring.pollAfterDrain(this.pollNs)) {
+              polled++;
+              continue;
+            }
+          }
+          c = vring.pop();
+          if (c === undefined) return; // ring drained, kick re-armed (or not processable)
+        }
         this.serve(vring, c);
       }
     } finally {
