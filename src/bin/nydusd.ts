@@ -249,6 +249,8 @@ const MALLOC_TRIM = 16 << 20;
 const MALLOC_ARENAS = 1;
 /** A daemon that got no request for this long gives its free malloc pages back (once per quiet spell). */
 const IDLE_SHRINK_MS = 1000;
+/** ... with a full collection first when the V8 heap grew this much since the last one. */
+const IDLE_GC_GROWTH = 16 << 20;
 
 /** V8's full collection (the flag puts `gc` into contexts created meanwhile: one, for this). */
 const fullGc: () => void = (() => {
@@ -262,9 +264,21 @@ const fullGc: () => void = (() => {
   }
 })();
 
-/** Collect and give the free malloc pages back. */
-function shrink(): void {
-  fullGc();
+/** V8 heap in use after the last full collection of `shrink` (bytes). */
+let heapAfterGc = 0;
+
+/**
+ * Collect (when the V8 heap grew by IDLE_GC_GROWTH since the last time, or
+ * `force`) and give the free malloc pages back. A forced full collection
+ * after every quiet spell cost a guest streaming cached data in bursts a
+ * few seconds apart ~30 ms of CPU per burst, more than the collection
+ * itself (the first burst after it ran slower); the trim alone costs little.
+ */
+function shrink(force = false): void {
+  if (force || v8.getHeapStatistics().used_heap_size - heapAfterGc >= IDLE_GC_GROWTH) {
+    fullGc();
+    heapAfterGc = v8.getHeapStatistics().used_heap_size;
+  }
   trimMalloc();
 }
 
@@ -274,11 +288,11 @@ function shrink(): void {
  * holes the trim threshold never returns), once the daemon serves; then
  * again whenever no request came for IDLE_SHRINK_MS (once per quiet spell:
  * a burst of reads leaves the same holes, and V8 would only collect its
- * garbage after 8 s idle).
+ * garbage after 8 s idle), the collection only when the heap grew (shrink).
  */
 function shrinkWhenIdle(): void {
   if (process.env.NYDUS_IDLE_SHRINK === '0') return;
-  setTimeout(shrink, 100).unref();
+  setTimeout(() => shrink(true), 100).unref();
   let seen = currentEpoch();
   let shrunk = false;
   setInterval(() => {
