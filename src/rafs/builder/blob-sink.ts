@@ -54,6 +54,8 @@ export class BlobSink {
   /** file offset up to which the hash needs no buffer any more */
   private hashedEnd: number;
   private hashing = false;
+  /** the buffer being hashed on the pool (held here until its update is over, whatever else lets it go) */
+  private hashingNow?: Buffer;
   private stage?: Buffer;
 
   /**
@@ -125,8 +127,10 @@ export class BlobSink {
       this.hashQueuePos = 0;
     }
     this.hashing = true;
+    this.hashingNow = data;
     this.hash.updateAsync(data, (err) => {
       this.hashing = false;
+      this.hashingNow = undefined;
       if (err) { this.fail(err); return; }
       this.hashedEnd = end;
       this.progress();
