@@ -15,6 +15,8 @@ import { Compressor } from '../../src/common/compress';
 import { DigestAlgorithm, initDigest, sha256hex } from '../../src/common/digest';
 import { FILES_REPORT_STEP, createImage, type CreateOptions } from '../../src/rafs/builder/create';
 import { hasSpareCore } from '../../src/rafs/builder/chunk-pipeline';
+import { prepareBootstrapV6, prepareBootstrapV6Steps, writeBootstrapV6 } from '../../src/rafs/builder/bootstrap-v6';
+import { treeFromDir } from '../../src/rafs/builder/source-dir';
 
 const tmps: string[] = [];
 const tmp = (p: string) => { const d = fs.mkdtempSync(path.join(os.tmpdir(), `nydus-pipe-${p}-`)); tmps.push(d); return d; };
@@ -93,6 +95,21 @@ for (const [name, o] of cases) {
     }
   });
 }
+
+test('pipeline: the v6 layout made in steps (while the chunks are worked on) is the one made at once, and the bootstrap made from it the same', () => {
+  const root = treeFromDir(src);
+  const key = { chunkSize: 0x10000, explicitUidGid: false, prefetch: [], blobCount: 0 };
+  const steps = prepareBootstrapV6Steps(root, key);
+  let n = 0;
+  let r = steps.next();
+  for (; !r.done; r = steps.next()) n++;
+  assert.ok(n >= 3, `${n} steps for ~900 files`);
+  assert.ok(r.value.layout, 'laid out');
+  const opts = { chunkSize: 0x10000, compressor: Compressor.Zstd, digester: DigestAlgorithm.Blake3, explicitUidGid: false, blobs: [], prefetch: [], extraFlags: 0 };
+  const plain = writeBootstrapV6(root, opts);
+  assert.equal(writeBootstrapV6(root, opts, r.value), plain);
+  assert.equal(writeBootstrapV6(root, opts, prepareBootstrapV6(root, key)), plain);
+});
 
 test('pipeline: the main thread helps with groups only while /proc/loadavg counts at most one more running thread than cores', () => {
   assert.ok(hasSpareCore('0.54 0.96 1.13 2/345 12345\n', 2));

@@ -3,7 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as crypto from 'node:crypto';
 import { createBLAKE3 } from 'hash-wasm';
-import { DigestAlgorithm, blake3Implementation, digest, hasher, initDigest } from '../../src/common/digest';
+import { DigestAlgorithm, blake3Implementation, digest, hasher, initDigest, sha256Stream } from '../../src/common/digest';
 
 test('blake3: one-shot and incremental digests equal the WASM reference, and the empty-input value', async () => {
   await initDigest();
@@ -24,6 +24,20 @@ test('blake3: one-shot and incremental digests equal the WASM reference, and the
 test('sha256 matches node:crypto', () => {
   const b = crypto.randomBytes(5000);
   assert.equal(digest(DigestAlgorithm.Sha256, b), crypto.createHash('sha256').update(b).digest());
+});
+
+test('sha256Stream: updates on the thread pool, in order, with peeks between, equal node:crypto (and it runs off this thread here)', async () => {
+  const s = sha256Stream();
+  assert.ok(s.async, 'the SHA256_* functions of the process OpenSSL were found');
+  const ref = crypto.createHash('sha256');
+  const parts = [0, 1, 63, 64, 65, 4096, 65536, (1 << 20) + 3].map((n) => crypto.randomBytes(n));
+  for (const [i, b] of parts.entries()) {
+    if (i % 2) s.update(b);
+    else await new Promise<void>((resolve, reject) => s.updateAsync(b, (e) => (e ? reject(e) : resolve())));
+    ref.update(b);
+    assert.equal(s.peek(), ref.copy().digest(), `after part ${i}`);
+  }
+  assert.equal(s.digest(), ref.digest());
 });
 
 test.run();

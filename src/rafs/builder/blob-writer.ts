@@ -9,11 +9,10 @@
  * Output is streamed through an internal buffer to a temporary file in the
  * destination directory and renamed to `<blobDir>/<blobId>` (or `blobPath`).
  */
-import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Compressor, compress } from '../../common/compress';
-import { DigestAlgorithm, digest, sha256 } from '../../common/digest';
+import { DigestAlgorithm, type Sha256Stream, digest, sha256, sha256Stream } from '../../common/digest';
 import { ErrnoError, einval, eio } from '../../common/errno';
 import {
   BLOB_META_HEADER_SIZE,
@@ -91,7 +90,8 @@ export class BlobWriter {
   private bufLen = 0;
   /** bytes written (position in the blob) */
   private pos = 0;
-  private hash: Hash = createHash('sha256');
+  /** the blob id's sha256 (on the thread pool once written through a sink) */
+  private hash: Sha256Stream = sha256Stream();
   /** writes the file behind this thread, when `useSink` was called */
   private sink?: BlobSink;
 
@@ -405,7 +405,7 @@ export class BlobWriter {
     try {
       const steps = this.doFinish(bootstrapForInline);
       let step = steps.next();
-      while (!step.done) step = steps.next(step.value === 'end' ? this.hash.digest() : this.hash.copy().digest());
+      while (!step.done) step = steps.next(step.value === 'end' ? this.hash.digest() : this.hash.peek());
       return step.value;
     } catch (e) {
       this.discard();
@@ -424,7 +424,7 @@ export class BlobWriter {
       let step = steps.next();
       while (!step.done) {
         this.flush();
-        step = steps.next(step.value === 'end' ? await sink.end() : sink.digest());
+        step = steps.next(step.value === 'end' ? await sink.end() : await sink.digest());
       }
       return step.value;
     } catch (e) {

@@ -111,13 +111,38 @@ export interface PreparedBootstrapV6 { readonly layout?: Layout }
  * and refused, by writeBootstrapV6.
  */
 export function prepareBootstrapV6(root: BuildInode, key: Omit<LayoutKey, 'root'>): PreparedBootstrapV6 {
+  return runSteps(prepareBootstrapV6Steps(root, key));
+}
+
+/**
+ * `prepareBootstrapV6` in steps of a few hundred inodes each (a generator:
+ * each `next()` does one; the last returns the prepared layout), so that a
+ * build can lay out its tree while it waits for its chunk workers' answers
+ * without keeping them waiting for the whole layout (tens of ms for a few
+ * thousand files: code that runs once per build, cold).
+ */
+export function* prepareBootstrapV6Steps(root: BuildInode, key: Omit<LayoutKey, 'root'>): Generator<void, PreparedBootstrapV6> {
   try {
     validateChunkSize(key.chunkSize);
     ensure(root.isDir(), 'root inode is not a directory');
-    return { layout: layoutV6({ root, ...key }) };
+    return { layout: yield* layoutV6Steps({ root, ...key }) };
   } catch {
     return {};
   }
+}
+
+/** inodes laid out per step of prepareBootstrapV6Steps */
+const LAYOUT_STEP = 256;
+
+function runSteps<T>(g: Generator<void, T>): T {
+  for (;;) {
+    const r = g.next();
+    if (r.done) return r.value;
+  }
+}
+
+function layoutV6(key: LayoutKey): Layout {
+  return runSteps(layoutV6Steps(key));
 }
 
 function sameKey(a: LayoutKey, b: LayoutKey): boolean {
@@ -210,8 +235,8 @@ export function writeBootstrapV6(root: BuildInode, opts: BootstrapOptions, prepa
   return buf;
 }
 
-/** The layout of `key.root`: nodes, sizes, places, and the inodes and directory data encoded. */
-function layoutV6(key: LayoutKey): Layout {
+/** The layout of `key.root`: nodes, sizes, places, and the inodes and directory data encoded (in steps: prepareBootstrapV6Steps). */
+function* layoutV6Steps(key: LayoutKey): Generator<void, Layout> {
   const { root, chunkSize: cs, blobCount: nblobs, prefetch, explicitUidGid } = key;
   // ---- collect nodes in allocation order: dir, its non-dir children, then subdirs (DFS)
   const nodes: Node[] = [];
@@ -226,11 +251,13 @@ function layoutV6(key: LayoutKey): Layout {
     return n;
   };
   const place = (n: Node) => { n.ino = nodes.length + 1; nodes.push(n); };
-  const visitDir = (dir: Node) => {
+  let sinceStep = 0;
+  const visitDir = function* (dir: Node): Generator<void, void> {
     place(dir);
     const kids = sortedByName(dir.inode.children);
     const subdirs: Node[] = [];
     for (let i = 0; i < kids.length; i++) {
+      if (++sinceStep === LAYOUT_STEP) { sinceStep = 0; yield; }
       const { name, inode } = kids[i];
       // paths for messages only: made when one is needed
       const path = () => childPath(dir, name);
@@ -249,15 +276,17 @@ function layoutV6(key: LayoutKey): Layout {
       n.links++;
       dir.entries.push({ name, node: n });
     }
-    for (const s of subdirs) visitDir(s);
+    for (const s of subdirs) yield* visitDir(s);
   };
   const rootNode = mk(root, DOT);
   rootNode.links = 1;
-  visitDir(rootNode);
+  yield* visitDir(rootNode);
 
   // ---- per-node sizes and layouts
   let hasXattr = false;
-  for (const n of nodes) {
+  for (let k = 0; k < nodes.length; k++) {
+    if (k % LAYOUT_STEP === LAYOUT_STEP - 1) yield;
+    const n = nodes[k];
     const { inode } = n;
     const fmt = inode.mode & S_IFMT;
     ensure(FT_OF[fmt] !== undefined, () => `${pathOf(n)}: unsupported file mode 0${inode.mode.toString(8)}`);
@@ -332,7 +361,9 @@ function layoutV6(key: LayoutKey): Layout {
 
   const image = Buffer.alloc(cursor);
   const chunkFormat = chunkHeaderFormat(cs);
-  for (const n of nodes) {
+  for (let k = 0; k < nodes.length; k++) {
+    if (k % LAYOUT_STEP === LAYOUT_STEP - 1) yield;
+    const n = nodes[k];
     const { inode } = n;
     const fmt = inode.mode & S_IFMT;
     let u = 0;

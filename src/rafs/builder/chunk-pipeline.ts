@@ -261,11 +261,13 @@ export function hasSpareCore(loadavg: string, cores: number): boolean {
  * Chunk `files` (regular files, blob order; may be produced as the tree is read) into `writer` through `pool`,
  * filling each inode's `chunks`; `progress` gets the file bytes done so far.
  * With `sink`, the writer writes behind this thread (`useSink`), from the answers themselves.
- * `whileLastGroups` is called once every file is read and cut into groups, while the last ones are
- * still being worked on (what can be done before they are: the bootstrap's layout, create.ts).
+ * `afterWalk` is called once `files` is exhausted (the tree is read) and gives work that can be done
+ * before the chunks are (the bootstrap's layout, create.ts) in steps: they are taken while this
+ * thread waits for an answer, and those left once every file is cut into groups then, while the
+ * last groups are still being worked on.
  */
 export async function addFilesParallel(
-  writer: BlobWriter, files: Iterable<BuildInode>, pool: ChunkPool, progress: (bytes: number) => void, sink = true, whileLastGroups?: () => void,
+  writer: BlobWriter, files: Iterable<BuildInode>, pool: ChunkPool, progress: (bytes: number) => void, sink = true, afterWalk?: () => Iterator<unknown>,
 ): Promise<void> {
   const o = writer.opts;
   const cs = o.chunkSize;
@@ -350,6 +352,17 @@ export async function addFilesParallel(
     return backlog[backlogPos++];
   };
 
+  // the work after the walk (afterWalk), once started; done when it has no step left
+  let later: Iterator<unknown> | undefined;
+  let laterDone = !afterWalk;
+  /** one step of the work after the walk; false when there is none left */
+  const stepLater = (): boolean => {
+    if (laterDone) return false;
+    later ??= afterWalk!();
+    if (later.next().done) laterDone = true;
+    return !laterDone;
+  };
+
   const submit = async (g: Group): Promise<void> => {
     inflight.push(g);
     if (g.worker === HERE) {
@@ -358,8 +371,9 @@ export async function addFilesParallel(
       while (inflight.length > 0 && inflight[0].settled) await consume(inflight.shift()!);
     }
     while (inflight.length >= maxInflight) {
-      while (!inflight[0].settled && !walkDone) {
-        walkOn(WALK_AHEAD_STEP);
+      while (!inflight[0].settled && (!walkDone || !laterDone)) {
+        if (!walkDone) walkOn(WALK_AHEAD_STEP);
+        else stepLater();
         await yieldToLoop(); // answers come in through the event loop
       }
       await consume(inflight.shift()!);
@@ -411,7 +425,7 @@ export async function addFilesParallel(
       }
     }
     await flushGroup();
-    whileLastGroups?.();
+    while (stepLater());
     while (inflight.length > 0) await consume(inflight.shift()!);
   } finally {
     // let no answer outlive the build unobserved (the pool is destroyed by the caller)

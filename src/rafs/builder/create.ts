@@ -115,7 +115,7 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
   const v5 = o.fsVersion === 5 ? require('./bootstrap-v5') as typeof import('./bootstrap-v5') : undefined;
   const v6 = o.fsVersion === 6 ? require('./bootstrap-v6') as typeof import('./bootstrap-v6') : undefined;
   /* eslint-enable @typescript-eslint/no-require-imports */
-  /** v6: the bootstrap's layout, made while the last chunks are compressed (see `whileLastGroups`) */
+  /** v6: the bootstrap's layout, made while the chunks are compressed (addFilesParallel's `afterWalk`) */
   let prepared: import('./bootstrap-v6').PreparedBootstrapV6 | undefined;
   let tmpTar: string | undefined;
   let closeSource = () => {};
@@ -190,10 +190,10 @@ export async function createImage(o: CreateOptions): Promise<CreateResult> {
           };
         }
         // the file is written behind this thread, from the answers (NYDUS_BUILDER_SINK=0: copied and written here, for comparison)
-        // the tree is complete once every file is cut into groups: the v6 bootstrap is laid out while the last are worked on
+        // the tree is complete once the walk is: the v6 bootstrap is laid out, in steps, while the chunks are worked on
         // (one blob unless no file has data, as below; should the guess be wrong, the writer lays it out again)
-        const layOut = v6 ? () => {
-          prepared = v6.prepareBootstrapV6(root, {
+        const layOut = v6 ? function* (): Generator<void, void> {
+          prepared = yield* v6.prepareBootstrapV6Steps(root, {
             chunkSize: o.chunkSize, explicitUidGid: !o.repeatable, prefetch,
             blobCount: o.blobInlineMeta || files.some((f) => f.size > 0) ? 1 : 0,
           });
