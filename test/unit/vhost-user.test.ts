@@ -240,55 +240,60 @@ function syncReads(fs: MemoryFs, ino: bigint, data: Buffer): void {
   (fs as MemoryFs & { readSync?: FileSystem['readSync'] }).readSync = (_ctx, i, _fh, offset, size) => (i === ino ? [data.subarray(offset, offset + size)] : undefined);
 }
 
+const HELLO = 'hello, virtio-fs\n';
+
+/**
+ * After INIT: READ a of dir/hello made and kicked, READ b staged behind it
+ * (neither published nor kicked), and another thread publishing b `afterMs`
+ * after a is answered. `score` preset on the request queue.
+ */
+async function aThenUnkickedB(g: FakeGuest, w: World, score: number, afterMs: number) {
+  const { fs, daemon } = w;
+  syncReads(fs, fs.inoOf('dir/hello'), Buffer.from(HELLO));
+  await g.setup({ queueSize: 256 });
+  await initFuse(g);
+  const q = g.queues[1];
+  const vring = daemon.vhost.handler!.vrings[1];
+  vring.pollScore = score;
+  const ino = fs.inoOf('dir/hello');
+  const a = g.submit(1, readReq(ino, 0, 5), 16 + 5);
+  const b = g.submit(1, readReq(ino, 7, 10), 16 + 10, { staged: true });
+  const published = publishAfterUsed(g, 1, q.usedIdx() + 1, afterMs);
+  return { q, vring, a, b, published };
+}
+
 test('polling: a drained queue that polls serves a request the guest makes meanwhile without a kick', async () => {
-  await withGuest(async (g, { fs, daemon }) => {
-    syncReads(fs, fs.inoOf('dir/hello'), Buffer.from('hello, virtio-fs\n'));
-    await g.setup({ queueSize: 256 });
-    await initFuse(g);
-    const q = g.queues[1];
-    const vring = daemon.vhost.handler!.vrings[1];
-    vring.pollScore = 1; // as after a run of requests that came soon after each drain
-    const ino = fs.inoOf('dir/hello');
-    const a = g.submit(1, readReq(ino, 0, 5), 16 + 5);
-    const b = g.submit(1, readReq(ino, 7, 10), 16 + 10, { staged: true });
-    const published = publishAfterUsed(g, 1, q.usedIdx() + 1, 20);
+  await withGuest(async (g, w) => {
+    // as after a run of requests that came soon after each drain
+    const { vring, a, b, published } = await aThenUnkickedB(g, w, 1, 20);
     const ra = await a.wait();
     assert.is(ra.reply.subarray(16).toString(), 'hello');
     // b is published after a was answered, and never kicked: only the poll can find it
     const rb = await b.wait();
-    assert.is(rb.reply.subarray(16).toString(), 'virtio-fs\n'.slice(0, 10));
+    assert.is(rb.reply.subarray(16).toString(), HELLO.slice(7, 17));
     assert.is(await published, 0);
-    assert.is(daemon.device.served[1], 3);
+    assert.is(w.daemon.device.served[1], 3);
     assert.ok(vring.pollScore > 0.9, `score ${vring.pollScore}`);
   }, { pollUs: 300_000 });
 });
 
 test('polling: a queue whose requests come late does not poll; a kick still serves them', async () => {
-  await withGuest(async (g, { fs, daemon }) => {
-    syncReads(fs, fs.inoOf('dir/hello'), Buffer.from('hello, virtio-fs\n'));
-    await g.setup({ queueSize: 256 });
-    await initFuse(g);
-    const q = g.queues[1];
-    const vring = daemon.vhost.handler!.vrings[1];
-    assert.is(vring.pollScore, 0);
-    const ino = fs.inoOf('dir/hello');
-    const a = g.submit(1, readReq(ino, 0, 5), 16 + 5);
-    const b = g.submit(1, readReq(ino, 7, 10), 16 + 10, { staged: true });
-    const published = publishAfterUsed(g, 1, q.usedIdx() + 1, 5);
+  await withGuest(async (g, w) => {
+    const { q, a, b, published } = await aThenUnkickedB(g, w, 0, 5);
     await a.wait();
     assert.is(await published, 0);
     await new Promise((res) => setTimeout(res, 100));
-    assert.is(daemon.device.served[1], 2, 'not polled: the unkicked request waits');
+    assert.is(w.daemon.device.served[1], 2, 'not polled: the unkicked request waits');
     q.doKick();
     const rb = await b.wait();
-    assert.is(rb.reply.subarray(16).toString(), 'virtio-fs\n'.slice(0, 10));
-    assert.is(daemon.device.served[1], 3);
+    assert.is(rb.reply.subarray(16).toString(), HELLO.slice(7, 17));
+    assert.is(w.daemon.device.served[1], 3);
   }, { pollUs: 300_000 });
 });
 
 test('polling: the score rises while kicks come within the window of a drain and falls when they come later', async () => {
   await withGuest(async (g, { fs, daemon }) => {
-    syncReads(fs, fs.inoOf('dir/hello'), Buffer.from('hello, virtio-fs\n'));
+    syncReads(fs, fs.inoOf('dir/hello'), Buffer.from(HELLO));
     await g.setup({ queueSize: 256 });
     await initFuse(g);
     const vring = daemon.vhost.handler!.vrings[1];
