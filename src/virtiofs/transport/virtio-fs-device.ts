@@ -44,9 +44,8 @@ export interface VirtioFsDeviceOptions {
  * Default poll window after a queue drains, us: QEMU's iothreads poll up to
  * 32 us (`poll-max-ns`). NYDUS_VIRTIO_POLL_US sets it; 0 turns polling off.
  */
-export function defaultPollUs(env: string | undefined = process.env.NYDUS_VIRTIO_POLL_US): number {
-  const us = env !== undefined && env !== '' ? Number(env) : DEFAULT_POLL_US;
-  return Number.isFinite(us) && us > 0 ? Math.min(us, MAX_POLL_US) : 0;
+function defaultPollUs(env: string | undefined = process.env.NYDUS_VIRTIO_POLL_US): number {
+  return env !== undefined && env !== '' ? Number(env) : DEFAULT_POLL_US;
 }
 const DEFAULT_POLL_US = 32;
 /** batches one queue event may take by polling before the kick is re-armed and the loop runs on */
@@ -72,7 +71,8 @@ export class VirtioFsDevice implements VhostUserBackend {
     this.maxInflight = Math.max(1, opts.maxInflight ?? DEFAULT_MAX_INFLIGHT);
     this.served = new Array<number>(q).fill(0);
     this.throttled = new Array<boolean>(q).fill(false);
-    this.pollNs = Math.min(Math.max(0, opts.pollUs ?? defaultPollUs()), MAX_POLL_US) * 1000;
+    const pollUs = opts.pollUs ?? defaultPollUs();
+    this.pollNs = Number.isFinite(pollUs) && pollUs > 0 ? Math.min(pollUs, MAX_POLL_US) * 1000 : 0;
   }
 
   features(): bigint {
@@ -92,19 +92,19 @@ export class VirtioFsDevice implements VhostUserBackend {
           this.throttled[vring.index] = true;
           return;
         }
-        let c = vring.pop(false);
+        // a drained ring may be polled first (its kick re-armed only after): the replies go out,
+        // then a short watch for the guest's next requests, which come without a kick meanwhile
+        const mayPoll = outer && this.pollNs > 0 && polled < MAX_POLLED_PER_EVENT;
+        let c = vring.pop(!mayPoll);
         if (c === undefined) {
-          // drained: the replies go out first, then a short watch for the guest's next
-          // requests (they come without a kick meanwhile), then the kick is re-armed
-          if (outer && polled < MAX_POLLED_PER_EVENT) {
-            vring.flushPendingSignal();
-            if (vring.pollAfterDrain(this.pollNs)) {
-              polled++;
-              continue;
-            }
+          if (!mayPoll) return; // ring drained, kick re-armed (or not processable)
+          vring.flushPendingSignal();
+          if (vring.pollAfterDrain(this.pollNs)) {
+            polled++;
+            continue;
           }
           c = vring.pop();
-          if (c === undefined) return; // ring drained, kick re-armed (or not processable)
+          if (c === undefined) return;
         }
         this.serve(vring, c);
       }
