@@ -126,6 +126,8 @@ export class Vring {
         if (arm && q.enableNotification()) continue;
         return undefined;
       }
+      // a request the guest made after the ring went idle that no kick has scored (it came as the kick was re-armed)
+      if (this.idleSince !== 0) this.scoreKick();
       const head = q.popHead();
       const r = q.parseChain(head);
       if (!(r instanceof DescriptorChain)) {
@@ -155,6 +157,7 @@ export class Vring {
   pollAfterDrain(windowNs: number): boolean {
     if (!(windowNs > 0) || !this.canProcess()) return false;
     this.pollWindowNs = windowNs;
+    this.idleSince = 0;
     const start = performance.now();
     if (this.pollScore >= 0.5) {
       const q = this.queue;
@@ -170,7 +173,7 @@ export class Vring {
     return false;
   }
 
-  /** A kick after the ring went idle: score whether a poll would have caught it. */
+  /** The first request after the ring went idle (its kick, or found when the kick was re-armed): score whether a poll would have caught it. */
   private scoreKick(): void {
     const waitedNs = (performance.now() - this.idleSince) * 1e6;
     this.idleSince = 0;
